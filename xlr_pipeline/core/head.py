@@ -1,0 +1,154 @@
+"""The trainable projection head between two frozen encoders, and its training loop."""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from xlr_pipeline.core.losses import NegativeMining, triplet_ranking_loss
+
+Architecture = Literal["linear", "mlp"]
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    architecture: Architecture = "linear"
+    embed_dim: int = 256
+    hidden_dim: int = 1024
+    objective: Literal["patr"] = "patr"
+    margin: float = 0.2
+    negatives: NegativeMining = "all"
+    epochs: int = 60
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _branch(in_dim: int, config: HeadConfig) -> nn.Module:
+    if config.architecture == "linear":
+        return nn.Linear(in_dim, config.embed_dim)
+    return nn.Sequential(
+        nn.Linear(in_dim, config.hidden_dim), nn.GELU(), nn.Dropout(0.1), nn.Linear(config.hidden_dim, config.embed_dim)
+    )
+
+
+class ProjectionHead(nn.Module):
+    """Projects frozen text and image features into one shared, L2-normalised space.
+
+    Text features are centred with the training text mean (multilingual-e5 vectors are very anisotropic);
+    image features are standardised with the training image statistics. Both are stored as buffers so
+    a saved head carries everything needed to project new data.
+    """
+
+    def __init__(self, text_dim: int, image_dim: int, config: HeadConfig):
+        super().__init__()
+        self.config = config
+        self.register_buffer("text_mean", torch.zeros(text_dim))
+        self.register_buffer("image_mean", torch.zeros(image_dim))
+        self.register_buffer("image_std", torch.ones(image_dim))
+        self.text_branch = _branch(text_dim, config)
+        self.image_branch = _branch(image_dim, config)
+
+    def fit_normalisation(self, text: torch.Tensor, image: torch.Tensor) -> None:
+        self.text_mean.copy_(text.mean(0))
+        self.image_mean.copy_(image.mean(0))
+        self.image_std.copy_(image.std(0).clamp(min=1e-6))
+
+    def project_text(self, text: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.text_branch(text - self.text_mean), dim=-1)
+
+    def project_image(self, image: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.image_branch((image - self.image_mean) / self.image_std), dim=-1)
+
+
+def new_head(text_dim: int, image_dim: int, config: HeadConfig) -> ProjectionHead:
+    """A freshly initialised head (seeded): the starting point of training and the random-head baseline."""
+    torch.manual_seed(config.seed)
+    return ProjectionHead(text_dim, image_dim, config)
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    head: ProjectionHead
+    loss_history: list[float]
+
+
+def train_head(
+    text: np.ndarray, image: np.ndarray, image_ids: np.ndarray, config: HeadConfig
+) -> TrainingResult:
+    """Train on aligned rows: text[i] captions image[i]; `image_ids[i]` groups captions of one image."""
+    if not (len(text) == len(image) == len(image_ids)) or len(text) < 2:
+        raise ValueError(f"need >= 2 aligned training pairs, got {len(text)} texts and {len(image)} images")
+    head = new_head(text.shape[1], image.shape[1], config)
+    text_t, image_t = torch.from_numpy(text), torch.from_numpy(image)
+    _, group_ids = np.unique(image_ids, return_inverse=True)
+    groups = torch.from_numpy(group_ids)
+    head.fit_normalisation(text_t, image_t)
+    optimiser = torch.optim.AdamW(head.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed)
+    history: list[float] = []
+    batches_per_epoch = math.ceil(len(text) / config.batch_size)
+    head.train()
+    for _ in range(config.epochs):
+        order = torch.randperm(len(text), generator=generator)
+        epoch_loss = 0.0
+        for start in range(0, len(text), config.batch_size):
+            batch = order[start : start + config.batch_size]
+            loss = triplet_ranking_loss(
+                head.project_text(text_t[batch]),
+                head.project_image(image_t[batch]),
+                groups[batch],
+                config.margin,
+                config.negatives,
+            )
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            epoch_loss += float(loss)
+        history.append(epoch_loss / batches_per_epoch)
+    head.eval()
+    return TrainingResult(head, history)
+
+
+def project(head: ProjectionHead, vectors: np.ndarray, modality: Literal["text", "image"]) -> np.ndarray:
+    with torch.inference_mode():
+        tensor = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+        out = head.project_text(tensor) if modality == "text" else head.project_image(tensor)
+    return out.numpy().astype(np.float32)
+
+
+def head_to_bytes(head: ProjectionHead, extra: dict) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(
+        {
+            "config": head.config.as_dict(),
+            "text_dim": head.text_mean.shape[0],
+            "image_dim": head.image_mean.shape[0],
+            "state_dict": head.state_dict(),
+            "extra": extra,
+        },
+        buffer,
+    )
+    return buffer.getvalue()
+
+
+def head_from_bytes(data: bytes) -> tuple[ProjectionHead, dict]:
+    saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    head = ProjectionHead(saved["text_dim"], saved["image_dim"], HeadConfig(**saved["config"]))
+    head.load_state_dict(saved["state_dict"])
+    head.eval()
+    return head, saved["extra"]
+
+
+def weights_are_finite(head: ProjectionHead) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in head.parameters())
