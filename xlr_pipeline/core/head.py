@@ -64,6 +64,10 @@ class ProjectionHead(nn.Module):
         self.image_mean.copy_(image.mean(0))
         self.image_std.copy_(image.std(0).clamp(min=1e-6))
 
+    def copy_normalisation(self, other: "ProjectionHead") -> None:
+        for name in ("text_mean", "image_mean", "image_std"):
+            getattr(self, name).copy_(getattr(other, name))
+
     def project_text(self, text: torch.Tensor) -> torch.Tensor:
         return nn.functional.normalize(self.text_branch(text - self.text_mean), dim=-1)
 

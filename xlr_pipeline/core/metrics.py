@@ -9,9 +9,13 @@ captions.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
+
+if TYPE_CHECKING:
+    from xlr_pipeline.core.head import ProjectionHead
 
 DEFAULT_KS = (1, 5, 10)
 
@@ -85,6 +89,31 @@ def evaluate_retrieval(
     text_to_image = first_correct_ranks(image_index, text_vectors, text_labels, image_labels)
     image_to_text = first_correct_ranks(flat_ip_index(text_vectors), image_vectors, image_labels, text_labels)
     return [summarise("text_to_image", text_to_image, ks), summarise("image_to_text", image_to_text, ks)]
+
+
+def evaluate_trained_and_random(
+    head: "ProjectionHead",
+    image_features: np.ndarray,
+    text_features: np.ndarray,
+    text_labels: np.ndarray,
+    image_index: faiss.Index | None = None,
+) -> dict[str, list[DirectionResult]]:
+    """Retrieval with the trained head and with a random head (same seed, same normalisation).
+
+    Image i of `image_features` has label i; `text_labels[j]` is the image of caption j. When given,
+    `image_index` must hold the trained head's projection of `image_features` in the same order.
+    """
+    from xlr_pipeline.core.head import new_head, project
+
+    random_head = new_head(text_features.shape[1], image_features.shape[1], head.config)
+    random_head.copy_normalisation(head)
+    image_labels = np.arange(len(image_features))
+    results = {}
+    for name, model in (("trained", head), ("random", random_head)):
+        images = project(model, image_features, "image")
+        index = image_index if name == "trained" and image_index is not None else flat_ip_index(images)
+        results[name] = evaluate_retrieval(index, image_labels, project(model, text_features, "text"), text_labels, images)
+    return results
 
 
 def recall_is_monotone(recall: dict[int, float]) -> bool:

@@ -1,0 +1,90 @@
+"""The `xlr` command: `xlr run` (main job), `xlr dev` (Dagster UI on the same instance)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+from xlr_pipeline.core.encoders import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
+from xlr_pipeline.defs.resources import DEFAULT_DATA_DIR
+
+
+def _settings(args: argparse.Namespace):
+    from xlr_pipeline.defs.resources import XlrSettings
+
+    return XlrSettings(
+        data_dir=str(Path(args.data_dir).resolve()),
+        dataset=args.dataset,
+        image_model=args.image_model,
+        text_model=args.text_model,
+    )
+
+
+def command_run(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from xlr_pipeline.core.head import head_from_bytes
+    from xlr_pipeline.core.report import recall_by_language, to_markdown
+    from xlr_pipeline.defs.train import HeadTrainingConfig
+    from xlr_pipeline.runner import RunFailed, ensure_instance_home, run_missing
+
+    home = ensure_instance_home()
+    settings = _settings(args)
+    head_config = HeadTrainingConfig(**{k: v for k, v in (("seed", args.seed), ("epochs", args.epochs)) if v is not None})
+    print(f"dataset {settings.dataset} | image {settings.image_model} | text {settings.text_model} | DAGSTER_HOME={home}")
+    try:
+        with dg.DagsterInstance.get() as instance:
+            report = run_missing(instance, settings, {"projection_head": head_config})
+    except RunFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    total = sum(seconds for _, _, seconds in report.executed)
+    print(f"\n{len(report.executed)} materializations in {total:.0f} s; {len(report.skipped)} already up to date")
+    if settings.head_path.exists() and settings.results_db.exists():
+        _, provenance = head_from_bytes(settings.head_path.read_bytes())
+        print(f"\nRecall on the {settings.dataset} test split, run {provenance['run_id']} (results in {settings.results_db}):\n")
+        print(to_markdown(recall_by_language(settings.results_db, provenance["run_id"])))
+    return 0
+
+
+def command_dev(args: argparse.Namespace) -> int:
+    from xlr_pipeline.runner import ensure_instance_home
+
+    ensure_instance_home()
+    # A backgrounded `dagster dev` ignores SIGINT unless its default handler is restored before exec.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    workspace = Path(__file__).resolve().parents[1] / "workspace.yaml"
+    os.execvp("dagster", ["dagster", "dev", "-w", str(workspace), "-h", args.host, "-p", str(args.port)])
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xlr", description="Zero-shot cross-lingual image retrieval pipeline")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="materialize what is missing on a dataset and print per-language Recall")
+    run.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="folder with datasets, outputs and results.duckdb")
+    run.add_argument("--dataset", default="emoji_cldr", help="dataset folder under --data-dir (default: emoji_cldr)")
+    run.add_argument("--image-model", default=DEFAULT_IMAGE_MODEL, help="image encoder id")
+    run.add_argument("--text-model", default=DEFAULT_TEXT_MODEL, help="text encoder id")
+    run.add_argument("--seed", type=int, help="head training seed")
+    run.add_argument("--epochs", type=int, help="head training epochs")
+    run.set_defaults(handler=command_run)
+
+    dev = commands.add_parser("dev", help="start the Dagster UI on the instance `xlr run` uses")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=3000)
+    dev.set_defaults(handler=command_dev)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

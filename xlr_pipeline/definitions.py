@@ -1,0 +1,14 @@
+"""The code location: every asset, check and sensor under defs/, plus the shared settings resource."""
+
+import dagster as dg
+
+from xlr_pipeline import defs as defs_package
+from xlr_pipeline.defs.automation import language_files_sensor
+from xlr_pipeline.defs.resources import XlrSettings
+
+defs = dg.Definitions(
+    assets=dg.load_assets_from_package_module(defs_package),
+    asset_checks=dg.load_asset_checks_from_package_module(defs_package),
+    sensors=[language_files_sensor],
+    resources={"settings": XlrSettings()},
+)

@@ -1,0 +1,36 @@
+"""Small helpers shared by assets for data versions and metadata previews."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from xlr_pipeline.core.storage import sha256_file
+
+
+def file_data_version(path: Path) -> dg.DataVersion:
+    """Content-derived: a rerun that writes identical bytes does not make downstream assets stale."""
+    return dg.DataVersion(sha256_file(path)[:16])
+
+
+def markdown_preview(frame: pl.DataFrame, rows: int = 5) -> dg.MetadataValue:
+    head = frame.head(rows)
+    lines = ["| " + " | ".join(head.columns) + " |", "|" + "---|" * len(head.columns)]
+    for row in head.iter_rows():
+        lines.append("| " + " | ".join(str(value).replace("|", "\\|")[:80] for value in row) + " |")
+    return dg.MetadataValue.md("\n".join(lines))
+
+
+def progress_logger(context: dg.AssetExecutionContext, what: str):
+    """Log encoding progress about every 10% so long stages show they are moving."""
+    last = {"tenth": -1}
+
+    def report(done: int, total: int) -> None:
+        tenth = (10 * done) // max(total, 1)
+        if tenth != last["tenth"]:
+            last["tenth"] = tenth
+            context.log.info(f"{what}: encoded {done}/{total}")
+
+    return report

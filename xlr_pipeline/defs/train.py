@@ -1,0 +1,123 @@
+import hashlib
+from typing import Literal
+
+import dagster as dg
+import numpy as np
+import polars as pl
+from pydantic import Field
+
+from xlr_pipeline.core.embeddings import vectors_of
+from xlr_pipeline.core.head import HeadConfig, head_to_bytes, train_head, weights_are_finite
+from xlr_pipeline.core.storage import sha256_file, write_parquet_atomic, write_with_atomic
+from xlr_pipeline.defs.embed import image_embeddings, text_embeddings
+from xlr_pipeline.defs.metadata import markdown_preview
+from xlr_pipeline.defs.partitions import TRAIN_LANGUAGE
+from xlr_pipeline.defs.resources import XlrSettings, require_file
+from xlr_pipeline.defs.versions import CODE_VERSIONS
+
+_DEFAULT = HeadConfig()
+
+
+class HeadTrainingConfig(dg.Config):
+    """Hyperparameters of the projection head (shown in the launchpad)."""
+
+    architecture: Literal["linear", "mlp"] = Field(_DEFAULT.architecture, description="One linear layer per modality, or a 2-layer MLP")
+    embed_dim: int = Field(_DEFAULT.embed_dim, description="Dimension of the shared space")
+    hidden_dim: int = Field(_DEFAULT.hidden_dim, description="Hidden width of the MLP branches")
+    objective: Literal["patr"] = Field(_DEFAULT.objective, description="Training objective: 'patr' = triplet ranking (caption anchor)")
+    margin: float = Field(_DEFAULT.margin, description="Triplet margin on cosine similarity")
+    negatives: Literal["all", "hardest"] = Field(_DEFAULT.negatives, description="Average all violating in-batch negatives, or only the hardest")
+    epochs: int = Field(_DEFAULT.epochs, description="Passes over the English training pairs")
+    batch_size: int = Field(_DEFAULT.batch_size, description="Pairs per batch (in-batch negatives come from here)")
+    learning_rate: float = Field(_DEFAULT.learning_rate, description="AdamW learning rate")
+    weight_decay: float = Field(_DEFAULT.weight_decay, description="AdamW weight decay")
+    seed: int = Field(_DEFAULT.seed, description="Seeds initialisation and batch order")
+
+    def head_config(self) -> HeadConfig:
+        return HeadConfig(**self.model_dump())
+
+
+def training_pairs(images: pl.DataFrame, texts: pl.DataFrame) -> pl.DataFrame:
+    """Train-split captions joined to their image's features; one row per caption."""
+    return texts.filter(pl.col("split") == "train").join(
+        images.filter(pl.col("split") == "train").select("image_id", pl.col("vector").alias("image_vector")),
+        on="image_id",
+        how="inner",
+    )
+
+
+def _weights_version(head_bytes_hash_parts: list[bytes]) -> str:
+    digest = hashlib.sha256()
+    for part in head_bytes_hash_parts:
+        digest.update(part)
+    return digest.hexdigest()[:16]
+
+
+@dg.asset(
+    deps=[
+        image_embeddings,
+        dg.AssetDep(text_embeddings, partition_mapping=dg.SpecificPartitionsPartitionMapping([TRAIN_LANGUAGE])),
+    ],
+    group_name="train",
+    kinds={"pytorch"},
+    code_version=CODE_VERSIONS["projection_head"],
+    check_specs=[
+        dg.AssetCheckSpec("weights_finite", asset="projection_head", description="No NaN/inf in the trained weights"),
+        dg.AssetCheckSpec("loss_decreased", asset="projection_head", description="Final epoch loss below the first"),
+    ],
+)
+def projection_head(context: dg.AssetExecutionContext, config: HeadTrainingConfig, settings: XlrSettings) -> dg.MaterializeResult:
+    """Projection head trained on English train-split pairs only (zero-shot for every other language).
+
+    The Dagster run that trains it names the experiment: its run id is the `run_id` of every result row.
+    """
+    spec = settings.dataset_spec()
+    if spec.train_language != TRAIN_LANGUAGE:
+        raise dg.Failure(f"{spec.root}/dataset.toml trains on {spec.train_language!r}; this pipeline trains on {TRAIN_LANGUAGE!r}")
+    images = pl.read_parquet(require_file(settings.image_embeddings_path, "image_embeddings"))
+    text_path = require_file(settings.text_embeddings_path(TRAIN_LANGUAGE), f"text_embeddings[{TRAIN_LANGUAGE}]")
+    texts = pl.read_parquet(text_path)
+    pairs = training_pairs(images, texts)
+    if pairs.height < 2:
+        raise dg.Failure(f"only {pairs.height} train-split {TRAIN_LANGUAGE} captions match train images in {spec.name}")
+    head_config = config.head_config()
+    context.log.info(f"training on {pairs.height} {TRAIN_LANGUAGE} pairs: {head_config}")
+    result = train_head(
+        vectors_of(pairs), vectors_of(pairs, "image_vector"), pairs["image_id"].to_numpy(), head_config
+    )
+    run_id = context.run.run_id
+    provenance = {
+        "run_id": run_id,
+        "dataset": spec.name,
+        "image_model": images["model_id"][0],
+        "text_model": texts["model_id"][0],
+        "train_language": TRAIN_LANGUAGE,
+        "train_captions_hash": sha256_file(text_path),
+        "images_hash": sha256_file(settings.image_embeddings_path),
+        "train_pairs": pairs.height,
+    }
+    write_with_atomic(settings.head_path, lambda tmp: tmp.write_bytes(head_to_bytes(result.head, provenance)))
+    history = pl.DataFrame({"epoch": np.arange(1, len(result.loss_history) + 1), "loss": result.loss_history})
+    write_parquet_atomic(history, settings.loss_history_path)
+    weights = [tensor.numpy().tobytes() for tensor in result.head.state_dict().values()]
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(_weights_version([repr(head_config).encode(), *weights])),
+        metadata={
+            "run_id": run_id,
+            **{key: value for key, value in provenance.items() if key != "run_id"},
+            "head_config": head_config.as_dict(),
+            "first_epoch_loss": result.loss_history[0],
+            "final_epoch_loss": result.loss_history[-1],
+            "loss_curve": markdown_preview(history.gather_every(max(1, history.height // 10)), rows=12),
+            "path": dg.MetadataValue.path(str(settings.head_path)),
+        },
+        check_results=[
+            dg.AssetCheckResult(check_name="weights_finite", passed=weights_are_finite(result.head)),
+            dg.AssetCheckResult(
+                check_name="loss_decreased",
+                passed=result.loss_history[-1] < result.loss_history[0],
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"first": result.loss_history[0], "final": result.loss_history[-1]},
+            ),
+        ],
+    )

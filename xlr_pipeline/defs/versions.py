@@ -1,0 +1,13 @@
+"""Code version of each asset: bump one when its logic changes so Dagster marks it (and downstream) stale.
+
+Stored with every run row, so each number in the results DuckDB says which code produced it.
+"""
+
+CODE_VERSIONS = {
+    "captions": "1",
+    "image_embeddings": "1",
+    "text_embeddings": "1",
+    "projection_head": "1",
+    "image_index": "1",
+    "retrieval_metrics": "1",
+}
