@@ -64,7 +64,8 @@ def family_key(codepoints: list[int]) -> str:
     key = "-".join(parts).replace("-200d-200d", "-200d").strip("-")
     while key.endswith("-200d"):
         key = key[: -len("-200d")]
-    return key
+    # A lone sign (female sign, male sign) is its own family, not the empty one.
+    return key or "-".join(f"{cp:x}" for cp in codepoints if cp not in VARIATION_SELECTORS)
 
 
 def split_of(family: str) -> str:

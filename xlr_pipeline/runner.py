@@ -90,6 +90,7 @@ def run_missing(
     settings: XlrSettings,
     asset_configs: dict[str, dg.Config] | None = None,
     log: Callable[[str], None] = print,
+    console_log_level: str = "INFO",
 ) -> RunReport:
     languages = register_languages(instance, settings)
     graph = defs.get_repository_def().asset_graph
@@ -120,7 +121,10 @@ def run_missing(
                     partition_key=partition,
                     instance=instance,
                     resources={"settings": settings},
-                    run_config=dg.RunConfig(ops={name: config for name, config in (asset_configs or {}).items() if name == key.to_user_string()}),
+                    run_config=dg.RunConfig(
+                        ops={name: cfg for name, cfg in (asset_configs or {}).items() if name == key.to_user_string()},
+                        loggers={"console": {"config": {"log_level": console_log_level}}},
+                    ),
                     raise_on_error=False,
                 )
                 if not result.success:

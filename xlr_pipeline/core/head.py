@@ -22,7 +22,7 @@ class HeadConfig:
     embed_dim: int = 256
     hidden_dim: int = 1024
     objective: Literal["patr"] = "patr"
-    margin: float = 0.2
+    margin: float = 0.1
     negatives: NegativeMining = "all"
     epochs: int = 60
     batch_size: int = 128
@@ -94,7 +94,7 @@ def train_head(
     if not (len(text) == len(image) == len(image_ids)) or len(text) < 2:
         raise ValueError(f"need >= 2 aligned training pairs, got {len(text)} texts and {len(image)} images")
     head = new_head(text.shape[1], image.shape[1], config)
-    text_t, image_t = torch.from_numpy(text), torch.from_numpy(image)
+    text_t, image_t = torch.tensor(text, dtype=torch.float32), torch.tensor(image, dtype=torch.float32)
     _, group_ids = np.unique(image_ids, return_inverse=True)
     groups = torch.from_numpy(group_ids)
     head.fit_normalisation(text_t, image_t)
@@ -118,7 +118,7 @@ def train_head(
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-            epoch_loss += float(loss)
+            epoch_loss += loss.item()
         history.append(epoch_loss / batches_per_epoch)
     head.eval()
     return TrainingResult(head, history)
@@ -126,7 +126,7 @@ def train_head(
 
 def project(head: ProjectionHead, vectors: np.ndarray, modality: Literal["text", "image"]) -> np.ndarray:
     with torch.inference_mode():
-        tensor = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+        tensor = torch.tensor(vectors, dtype=torch.float32)
         out = head.project_text(tensor) if modality == "text" else head.project_image(tensor)
     return out.numpy().astype(np.float32)
 
