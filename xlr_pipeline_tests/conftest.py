@@ -1,0 +1,67 @@
+"""Shared fixtures: small real datasets cut from the shipped emoji_cldr benchmark, temporary Dagster instances."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from xlr_pipeline.defs.resources import DEFAULT_DATA_DIR, XlrSettings
+
+SHIPPED = DEFAULT_DATA_DIR
+SUBSET_LANGUAGES = ("en", "de", "ja")
+
+
+def make_emoji_subset(target: Path, n_train: int, n_test: int, languages=SUBSET_LANGUAGES) -> Path:
+    """Copy a deterministic slice of data/emoji_cldr (images, split, captions) into `target`/emoji_small."""
+    source = SHIPPED / "emoji_cldr"
+    dataset = target / "emoji_small"
+    (dataset / "images").mkdir(parents=True)
+    (dataset / "captions").mkdir()
+    with open(source / "split.csv", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    chosen = [r for r in rows if r["split"] == "train"][:n_train] + [r for r in rows if r["split"] == "test"][:n_test]
+    keep = {r["image_id"] for r in chosen}
+    with open(dataset / "split.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(chosen)
+    for image_id in keep:
+        shutil.copyfile(source / "images" / f"{image_id}.png", dataset / "images" / f"{image_id}.png")
+    for language in languages:
+        lines = (source / "captions" / f"{language}.tsv").read_text("utf-8").splitlines()
+        kept = [lines[0]] + [line for line in lines[1:] if line.split("\t", 1)[0] in keep]
+        (dataset / "captions" / f"{language}.tsv").write_text("\n".join(kept) + "\n", "utf-8")
+    (dataset / "dataset.toml").write_text(
+        (source / "dataset.toml").read_text("utf-8").replace('name = "emoji_cldr"', 'name = "emoji_small"'), "utf-8"
+    )
+    return dataset
+
+
+@pytest.fixture(scope="session")
+def subset_data_dir(tmp_path_factory) -> Path:
+    """A data dir holding a 160-image, 3-language emoji dataset (shared, read-only by convention)."""
+    root = tmp_path_factory.mktemp("data")
+    make_emoji_subset(root, n_train=120, n_test=40)
+    return root
+
+
+@pytest.fixture
+def fresh_data_dir(tmp_path, subset_data_dir) -> Path:
+    """A private copy of the subset data dir that a test may change (bad files, new languages)."""
+    target = tmp_path / "data"
+    shutil.copytree(subset_data_dir / "emoji_small", target / "emoji_small")
+    return target
+
+
+def settings_for(data_dir: Path, **overrides) -> XlrSettings:
+    return XlrSettings(data_dir=str(data_dir), dataset="emoji_small", **overrides)
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as test_instance:
+        yield test_instance
