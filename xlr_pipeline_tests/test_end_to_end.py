@@ -1,0 +1,65 @@
+"""End to end: `run_missing` on a small dataset, and the README's `xlr run` on the shipped default."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import dagster as dg
+import duckdb
+
+from xlr_pipeline.defs.train import HeadTrainingConfig
+from xlr_pipeline.runner import run_missing
+from xlr_pipeline_tests.conftest import SHIPPED, SUBSET_LANGUAGES, settings_for
+
+XTD10_LANGUAGES = {"en", "de", "fr", "es", "it", "ja", "ko", "pl", "ru", "tr", "zh"}
+
+
+def test_run_missing_builds_everything_then_nothing(fresh_data_dir):
+    settings = settings_for(fresh_data_dir)
+    configs = {"projection_head": HeadTrainingConfig(epochs=20)}
+    with dg.instance_for_test() as instance:
+        first = run_missing(instance, settings, configs, log=lambda _: None)
+        names = [(asset, partition) for asset, partition, _ in first.executed]
+        assert len(names) == 3 * len(SUBSET_LANGUAGES) + 3
+        assert names.index(("projection_head", None)) > names.index(("text_embeddings", "en"))
+        assert names.index(("image_index", None)) < names.index(("retrieval_metrics", "de"))
+        second = run_missing(instance, settings, configs, log=lambda _: None)
+        assert second.executed == []
+
+        # A new language file: only its captions, text embeddings and metrics run.
+        source = fresh_data_dir / "emoji_small" / "captions"
+        shutil.copyfile(SHIPPED / "emoji_cldr" / "captions" / "fr.tsv", source / "fr.tsv")
+        third = run_missing(instance, settings, configs, log=lambda _: None)
+        assert [(a, p) for a, p, _ in third.executed] == [
+            ("captions", "fr"), ("text_embeddings", "fr"), ("retrieval_metrics", "fr")
+        ]
+
+
+def test_readme_run_command_on_the_shipped_default(tmp_path):
+    """`xlr run` on data/emoji_cldr: every XTD10 language, both directions, trained head beats random."""
+    data_dir = tmp_path / "data"
+    shutil.copytree(SHIPPED / "emoji_cldr", data_dir / "emoji_cldr")
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster_home")}
+    completed = subprocess.run(
+        [sys.executable, "-m", "xlr_pipeline.cli", "run", "--data-dir", str(data_dir)],
+        env=env, capture_output=True, text=True, timeout=1200,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "36 materializations" in completed.stdout
+    with duckdb.connect(str(data_dir / "results.duckdb"), read_only=True) as connection:
+        trained = connection.execute(
+            "SELECT language, direction, k, recall FROM recall JOIN runs USING (run_id) WHERE baseline_of IS NULL"
+        ).fetchall()
+        gaps = connection.execute(
+            """SELECT t.language, t.direction, t.recall, r.recall
+               FROM recall t JOIN runs USING (run_id) JOIN recall r
+                 ON r.run_id = t.run_id || ':random-head' AND r.language = t.language
+                AND r.direction = t.direction AND r.k = t.k
+               WHERE runs.baseline_of IS NULL AND t.k = 10"""
+        ).fetchall()
+    assert {language for language, *_ in trained} == XTD10_LANGUAGES
+    assert len(trained) == len(XTD10_LANGUAGES) * 2 * 3
+    assert len(gaps) == len(XTD10_LANGUAGES) * 2
+    for language, direction, trained_r10, random_r10 in gaps:
+        assert trained_r10 > 3 * random_r10, (language, direction, trained_r10, random_r10)
