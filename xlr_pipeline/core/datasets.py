@@ -63,7 +63,6 @@ class DatasetSpec:
     default_split: str = "test"
     train_language: str = "en"
     description: str = ""
-    image_url: str = ""
 
     @classmethod
     def load(cls, root: Path) -> "DatasetSpec":
@@ -165,8 +164,10 @@ class DatasetSpec:
     def image_paths(self, records: list[ImageRecord]) -> dict[str, Path]:
         """image id → file; raises naming the first missing files and how to get them."""
         if not self.images_dir.is_dir():
-            hint = f" Download them with `xlr fetch-images {self.name}`." if self.image_url else ""
-            raise DatasetError(f"{self.images_dir}: images folder not found for dataset {self.name!r}.{hint}")
+            raise DatasetError(
+                f"{self.images_dir}: images folder not found for dataset {self.name!r}; "
+                f"put the images named in {self.image_list_path.name} there"
+            )
         by_stem: dict[str, Path] = {}
         for path in self.images_dir.iterdir():
             if path.suffix.lower() in IMAGE_EXTENSIONS:
