@@ -57,7 +57,9 @@ def command_dev(args: argparse.Namespace) -> int:
     # A backgrounded `dagster dev` ignores SIGINT unless its default handler is restored before exec.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     workspace = Path(__file__).resolve().parents[1] / "workspace.yaml"
-    os.execvp("dagster", ["dagster", "dev", "-w", str(workspace), "-h", args.host, "-p", str(args.port)])
+    # The dagster script installed beside this interpreter, so an un-activated venv works too.
+    dagster = Path(sys.executable).parent / "dagster"
+    os.execv(dagster, [str(dagster), "dev", "-w", str(workspace), "-h", args.host, "-p", str(args.port)])
     return 0
 
 

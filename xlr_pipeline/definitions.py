@@ -4,11 +4,11 @@ import dagster as dg
 
 from xlr_pipeline import defs as defs_package
 from xlr_pipeline.defs.automation import language_files_sensor
-from xlr_pipeline.defs.resources import XlrSettings
+from xlr_pipeline.defs.resources import settings_from_environment
 
 defs = dg.Definitions(
     assets=dg.load_assets_from_package_module(defs_package),
     asset_checks=dg.load_asset_checks_from_package_module(defs_package),
     sensors=[language_files_sensor],
-    resources={"settings": XlrSettings()},
+    resources={"settings": settings_from_environment()},
 )

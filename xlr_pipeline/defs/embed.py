@@ -9,7 +9,7 @@ from xlr_pipeline.defs.ingest import captions
 from xlr_pipeline.defs.metadata import file_data_version, progress_logger
 from xlr_pipeline.defs.partitions import language_partitions
 from xlr_pipeline.defs.resources import XlrSettings, clear_failures, require_file
-from xlr_pipeline.defs.versions import CODE_VERSIONS
+from xlr_pipeline.defs.versions import ASSET_GROUP, CODE_VERSIONS
 
 
 def _vector_check(asset: str, vectors, dim: int, expected_rows: int) -> list[dg.AssetCheckResult]:
@@ -38,7 +38,7 @@ def _vector_check_specs(asset: str, source: str) -> list[dg.AssetCheckSpec]:
 
 
 @dg.asset(
-    group_name="embed",
+    group_name=ASSET_GROUP,
     kinds={"pytorch", "parquet"},
     code_version=CODE_VERSIONS["image_embeddings"],
     check_specs=_vector_check_specs("image_embeddings", "listed image"),
@@ -92,7 +92,7 @@ def image_embeddings(context: dg.AssetExecutionContext, settings: XlrSettings) -
 @dg.asset(
     partitions_def=language_partitions,
     deps=[captions],
-    group_name="embed",
+    group_name=ASSET_GROUP,
     kinds={"pytorch", "parquet"},
     code_version=CODE_VERSIONS["text_embeddings"],
     check_specs=_vector_check_specs("text_embeddings", "needed caption"),

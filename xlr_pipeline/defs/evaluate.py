@@ -13,7 +13,7 @@ from xlr_pipeline.defs.index import image_index
 from xlr_pipeline.defs.partitions import language_partitions
 from xlr_pipeline.defs.resources import XlrSettings, require_file
 from xlr_pipeline.defs.train import projection_head
-from xlr_pipeline.defs.versions import CODE_VERSIONS
+from xlr_pipeline.defs.versions import ASSET_GROUP, CODE_VERSIONS
 
 from xlr_pipeline.core.report import RANDOM_HEAD_SUFFIX
 
@@ -33,7 +33,7 @@ def _recall_table(results: dict[str, list[DirectionResult]]) -> dg.MetadataValue
 @dg.asset(
     partitions_def=language_partitions,
     deps=[text_embeddings, image_embeddings, projection_head, image_index],
-    group_name="evaluate",
+    group_name=ASSET_GROUP,
     kinds={"duckdb"},
     code_version=CODE_VERSIONS["retrieval_metrics"],
     retry_policy=dg.RetryPolicy(max_retries=2, delay=2, backoff=dg.Backoff.EXPONENTIAL),

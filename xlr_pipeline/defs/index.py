@@ -10,12 +10,12 @@ from xlr_pipeline.defs.embed import image_embeddings
 from xlr_pipeline.defs.metadata import file_data_version
 from xlr_pipeline.defs.resources import XlrSettings, require_file
 from xlr_pipeline.defs.train import projection_head
-from xlr_pipeline.defs.versions import CODE_VERSIONS
+from xlr_pipeline.defs.versions import ASSET_GROUP, CODE_VERSIONS
 
 
 @dg.asset(
     deps=[projection_head, image_embeddings],
-    group_name="index",
+    group_name=ASSET_GROUP,
     kinds={"faiss"},
     code_version=CODE_VERSIONS["image_index"],
     check_specs=[dg.AssetCheckSpec("indexes_every_test_image", asset="image_index")],

@@ -6,7 +6,7 @@ from xlr_pipeline.core.storage import sha256_file, write_parquet_atomic
 from xlr_pipeline.defs.metadata import file_data_version, markdown_preview
 from xlr_pipeline.defs.partitions import language_partitions
 from xlr_pipeline.defs.resources import XlrSettings, clear_failures
-from xlr_pipeline.defs.versions import CODE_VERSIONS
+from xlr_pipeline.defs.versions import ASSET_GROUP, CODE_VERSIONS
 
 CAPTION_CHECKS = [
     dg.AssetCheckSpec("no_quarantined_rows", asset="captions", description="Every row of the caption file was usable"),
@@ -16,7 +16,7 @@ CAPTION_CHECKS = [
 
 @dg.asset(
     partitions_def=language_partitions,
-    group_name="ingest",
+    group_name=ASSET_GROUP,
     kinds={"polars", "parquet"},
     code_version=CODE_VERSIONS["captions"],
     check_specs=CAPTION_CHECKS,

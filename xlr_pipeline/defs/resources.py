@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -75,6 +76,25 @@ class XlrSettings(dg.ConfigurableResource):
 
     def embedding_cache(self, model_id: str) -> EmbeddingCache:
         return EmbeddingCache(self.root / "cache" / "embeddings", model_id)
+
+
+def settings_from_environment() -> XlrSettings:
+    """Settings for the code location; XLR_DATA_DIR / XLR_DATASET / XLR_IMAGE_MODEL / XLR_TEXT_MODEL override defaults.
+
+    Read when the code location loads, so `dagster dev` can be pointed at another data dir or dataset
+    without editing code (launchpad resource config overrides these per run).
+    """
+    overrides = {
+        field: os.environ[variable]
+        for field, variable in (
+            ("data_dir", "XLR_DATA_DIR"),
+            ("dataset", "XLR_DATASET"),
+            ("image_model", "XLR_IMAGE_MODEL"),
+            ("text_model", "XLR_TEXT_MODEL"),
+        )
+        if os.environ.get(variable)
+    }
+    return XlrSettings(**overrides)
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from xlr_pipeline.defs.embed import image_embeddings, text_embeddings
 from xlr_pipeline.defs.metadata import markdown_preview
 from xlr_pipeline.defs.partitions import TRAIN_LANGUAGE
 from xlr_pipeline.defs.resources import XlrSettings, require_file
-from xlr_pipeline.defs.versions import CODE_VERSIONS
+from xlr_pipeline.defs.versions import ASSET_GROUP, CODE_VERSIONS
 
 _DEFAULT = HeadConfig()
 
@@ -58,7 +58,7 @@ def _weights_version(head_bytes_hash_parts: list[bytes]) -> str:
         image_embeddings,
         dg.AssetDep(text_embeddings, partition_mapping=dg.SpecificPartitionsPartitionMapping([TRAIN_LANGUAGE])),
     ],
-    group_name="train",
+    group_name=ASSET_GROUP,
     kinds={"pytorch"},
     code_version=CODE_VERSIONS["projection_head"],
     check_specs=[
