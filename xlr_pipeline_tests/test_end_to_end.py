@@ -7,9 +7,10 @@ import sys
 
 import dagster as dg
 import duckdb
+import pytest
 
 from xlr_pipeline.defs.train import HeadTrainingConfig
-from xlr_pipeline.runner import run_missing
+from xlr_pipeline.runner import RunFailed, run_missing
 from xlr_pipeline_tests.conftest import SHIPPED, SUBSET_LANGUAGES, settings_for
 
 XTD10_LANGUAGES = {"en", "de", "fr", "es", "it", "ja", "ko", "pl", "ru", "tr", "zh"}
@@ -34,6 +35,12 @@ def test_run_missing_builds_everything_then_nothing(fresh_data_dir):
         assert [(a, p) for a, p, _ in third.executed] == [
             ("captions", "fr"), ("text_embeddings", "fr"), ("retrieval_metrics", "fr")
         ]
+
+
+def test_run_refuses_an_unknown_language_file(fresh_data_dir):
+    (fresh_data_dir / "emoji_small" / "captions" / "xx.tsv").write_text("image_id\tcaption\n", "utf-8")
+    with dg.instance_for_test() as instance, pytest.raises(RunFailed, match=r"unknown language code 'xx' in .*xx.tsv"):
+        run_missing(instance, settings_for(fresh_data_dir), log=lambda _: None)
 
 
 def test_readme_run_command_on_the_shipped_default(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 from dataclasses import asdict, dataclass
@@ -152,6 +153,14 @@ def head_from_bytes(data: bytes) -> tuple[ProjectionHead, dict]:
     head.load_state_dict(saved["state_dict"])
     head.eval()
     return head, saved["extra"]
+
+
+def head_fingerprint(head: ProjectionHead) -> str:
+    """Hash of config and weights: identical retraining gives the same data version."""
+    digest = hashlib.sha256(repr(head.config).encode())
+    for tensor in head.state_dict().values():
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def weights_are_finite(head: ProjectionHead) -> bool:

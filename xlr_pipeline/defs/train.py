@@ -1,4 +1,3 @@
-import hashlib
 from typing import Literal
 
 import dagster as dg
@@ -7,7 +6,7 @@ import polars as pl
 from pydantic import Field
 
 from xlr_pipeline.core.embeddings import vectors_of
-from xlr_pipeline.core.head import HeadConfig, head_to_bytes, train_head, weights_are_finite
+from xlr_pipeline.core.head import HeadConfig, head_fingerprint, head_to_bytes, train_head, weights_are_finite
 from xlr_pipeline.core.storage import sha256_file, write_parquet_atomic, write_with_atomic
 from xlr_pipeline.defs.embed import image_embeddings, text_embeddings
 from xlr_pipeline.defs.metadata import markdown_preview
@@ -44,13 +43,6 @@ def training_pairs(images: pl.DataFrame, texts: pl.DataFrame) -> pl.DataFrame:
         on="image_id",
         how="inner",
     )
-
-
-def _weights_version(head_bytes_hash_parts: list[bytes]) -> str:
-    digest = hashlib.sha256()
-    for part in head_bytes_hash_parts:
-        digest.update(part)
-    return digest.hexdigest()[:16]
 
 
 @dg.asset(
@@ -99,9 +91,8 @@ def projection_head(context: dg.AssetExecutionContext, config: HeadTrainingConfi
     write_with_atomic(settings.head_path, lambda tmp: tmp.write_bytes(head_to_bytes(result.head, provenance)))
     history = pl.DataFrame({"epoch": np.arange(1, len(result.loss_history) + 1), "loss": result.loss_history})
     write_parquet_atomic(history, settings.loss_history_path)
-    weights = [tensor.numpy().tobytes() for tensor in result.head.state_dict().values()]
     return dg.MaterializeResult(
-        data_version=dg.DataVersion(_weights_version([repr(head_config).encode(), *weights])),
+        data_version=dg.DataVersion(head_fingerprint(result.head)),
         metadata={
             "run_id": run_id,
             **{key: value for key, value in provenance.items() if key != "run_id"},
