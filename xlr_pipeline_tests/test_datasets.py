@@ -4,7 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from xlr_pipeline.core.datasets import CaptionFileError, DatasetError, DatasetSpec, read_captions
+from xlr_pipeline.core.datasets import (
+    CaptionFileError,
+    DatasetError,
+    DatasetSpec,
+    read_captions,
+)
 from xlr_pipeline_tests.conftest import SHIPPED
 
 XTD10_LANGUAGES = {"en", "de", "fr", "es", "it", "ja", "ko", "pl", "ru", "tr", "zh"}

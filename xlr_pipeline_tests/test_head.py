@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from xlr_pipeline.core.head import HeadConfig, head_from_bytes, head_to_bytes, new_head, project, train_head
+from xlr_pipeline.core.head import (
+    HeadConfig,
+    head_from_bytes,
+    head_to_bytes,
+    new_head,
+    project,
+    train_head,
+)
 from xlr_pipeline.core.losses import triplet_ranking_loss
 
 

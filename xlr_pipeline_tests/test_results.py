@@ -1,7 +1,12 @@
 import duckdb
 import pytest
 
-from xlr_pipeline.core.results import RankRecord, RecallRecord, RunRecord, record_evaluation
+from xlr_pipeline.core.results import (
+    RankRecord,
+    RecallRecord,
+    RunRecord,
+    record_evaluation,
+)
 
 
 def _run(run_id="run-1"):

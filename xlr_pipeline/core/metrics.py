@@ -9,13 +9,11 @@ captions.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
 
-if TYPE_CHECKING:
-    from xlr_pipeline.core.head import ProjectionHead
+from xlr_pipeline.core.head import ProjectionHead, new_head, project
 
 DEFAULT_KS = (1, 5, 10)
 
@@ -92,7 +90,7 @@ def evaluate_retrieval(
 
 
 def evaluate_trained_and_random(
-    head: "ProjectionHead",
+    head: ProjectionHead,
     image_features: np.ndarray,
     text_features: np.ndarray,
     text_labels: np.ndarray,
@@ -103,8 +101,6 @@ def evaluate_trained_and_random(
     Image i of `image_features` has label i; `text_labels[j]` is the image of caption j. When given,
     `image_index` must hold the trained head's projection of `image_features` in the same order.
     """
-    from xlr_pipeline.core.head import new_head, project
-
     random_head = new_head(text_features.shape[1], image_features.shape[1], head.config)
     random_head.copy_normalisation(head)
     image_labels = np.arange(len(image_features))

@@ -3,7 +3,12 @@ import polars as pl
 
 from xlr_pipeline.core.embeddings import embed_with_cache, with_vectors
 from xlr_pipeline.core.encoders import load_image, load_image_encoder, load_text_encoder
-from xlr_pipeline.core.storage import combined_hash, sha256_file, sha256_text, write_parquet_atomic
+from xlr_pipeline.core.storage import (
+    combined_hash,
+    sha256_file,
+    sha256_text,
+    write_parquet_atomic,
+)
 from xlr_pipeline.core.validation import norm_summary, vector_problems
 from xlr_pipeline.defs.ingest import captions
 from xlr_pipeline.defs.metadata import file_data_version, progress_logger

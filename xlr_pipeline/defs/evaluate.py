@@ -5,8 +5,12 @@ import polars as pl
 from xlr_pipeline.core.embeddings import vectors_of
 from xlr_pipeline.core.head import head_from_bytes
 from xlr_pipeline.core.index import load_index
-from xlr_pipeline.core.metrics import DirectionResult, evaluate_trained_and_random, recall_is_monotone
-from xlr_pipeline.core.results import RankRecord, RecallRecord, RunRecord, record_evaluation
+from xlr_pipeline.core.metrics import (
+    DirectionResult,
+    evaluate_trained_and_random,
+    recall_is_monotone,
+)
+from xlr_pipeline.core.results import evaluation_records, record_evaluation
 from xlr_pipeline.core.storage import sha256_file
 from xlr_pipeline.defs.embed import image_embeddings, text_embeddings
 from xlr_pipeline.defs.index import image_index
@@ -14,8 +18,6 @@ from xlr_pipeline.defs.partitions import language_partitions
 from xlr_pipeline.defs.resources import XlrSettings, require_file
 from xlr_pipeline.defs.train import projection_head
 from xlr_pipeline.defs.versions import ASSET_GROUP, CODE_VERSIONS
-
-from xlr_pipeline.core.report import RANDOM_HEAD_SUFFIX
 
 
 def _recall_table(results: dict[str, list[DirectionResult]]) -> dg.MetadataValue:
@@ -46,7 +48,8 @@ def retrieval_metrics(context: dg.AssetExecutionContext, settings: XlrSettings) 
     """Recall@1/5/10 on the test split for one language, text→image and image→text, appended to DuckDB.
 
     Also evaluates a random (untrained, same seed) head with the same normalisation as the baseline
-    run `<run_id>:random-head`, so every table shows what training added.
+    run `<run_id>:random-head`, so every table shows what training added. The run id is the Dagster
+    run id that trained the head.
     """
     language = context.partition_key
     head, provenance = head_from_bytes(require_file(settings.head_path, "projection_head").read_bytes())
@@ -67,38 +70,15 @@ def retrieval_metrics(context: dg.AssetExecutionContext, settings: XlrSettings) 
     results = evaluate_trained_and_random(head, vectors_of(indexed), vectors_of(texts), text_labels, load_index(settings.index_path))
 
     run_id = provenance["run_id"]
-    captions_hash = sha256_file(require_file(settings.captions_path(language), f"captions[{language}]"))
-    dagster_run_id = context.run.run_id
-    common = {
-        **{key: provenance[key] for key in ("dataset", "image_model", "text_model", "train_language", "train_captions_hash", "images_hash")},
-        "head_config": head.config.as_dict(),
-        "seed": head.config.seed,
-        "code_versions": CODE_VERSIONS,
-        "dagster_run_id": run_id,
-    }
-    runs = [
-        RunRecord(run_id=run_id, objective=head.config.objective, augmentation="none", baseline_of=None, **common),
-        RunRecord(run_id=run_id + RANDOM_HEAD_SUFFIX, objective="random_init", augmentation="none", baseline_of=run_id, **common),
-    ]
-    recall_rows, rank_rows = [], []
-    for head_name, directions in results.items():
-        row_run_id = run_id if head_name == "trained" else run_id + RANDOM_HEAD_SUFFIX
-        for result in directions:
-            shared = {
-                "run_id": row_run_id,
-                "dataset": provenance["dataset"],
-                "language": language,
-                "split": "test",
-                "direction": result.direction,
-                "n_queries": result.n_queries,
-                "captions_hash": captions_hash,
-                "dagster_run_id": dagster_run_id,
-            }
-            rank_rows.append(RankRecord(mean_rank=result.mean_rank, median_rank=result.median_rank, **shared))
-            recall_rows.extend(
-                RecallRecord(k=k, recall=value, code_version=CODE_VERSIONS["retrieval_metrics"], **shared)
-                for k, value in result.recall.items()
-            )
+    runs, recall_rows, rank_rows = evaluation_records(
+        provenance,
+        head.config.as_dict(),
+        CODE_VERSIONS,
+        language,
+        sha256_file(require_file(settings.captions_path(language), f"captions[{language}]")),
+        context.run.run_id,
+        results,
+    )
     added = record_evaluation(settings.results_db, runs, recall_rows, rank_rows)
 
     trained_r10 = np.mean([r.recall[10] for r in results["trained"]])

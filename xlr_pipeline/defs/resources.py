@@ -12,7 +12,12 @@ from pydantic import Field
 
 from xlr_pipeline.core.datasets import DatasetError, DatasetSpec
 from xlr_pipeline.core.embeddings import EmbeddingCache
-from xlr_pipeline.core.encoders import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, EncoderError, ImageFileError
+from xlr_pipeline.core.encoders import (
+    DEFAULT_IMAGE_MODEL,
+    DEFAULT_TEXT_MODEL,
+    EncoderError,
+    ImageFileError,
+)
 
 # The repository's data/ folder (the package is installed in editable mode from the repository).
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "data"

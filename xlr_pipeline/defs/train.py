@@ -6,8 +6,18 @@ import polars as pl
 from pydantic import Field
 
 from xlr_pipeline.core.embeddings import vectors_of
-from xlr_pipeline.core.head import HeadConfig, head_fingerprint, head_to_bytes, train_head, weights_are_finite
-from xlr_pipeline.core.storage import sha256_file, write_parquet_atomic, write_with_atomic
+from xlr_pipeline.core.head import (
+    HeadConfig,
+    head_fingerprint,
+    head_to_bytes,
+    train_head,
+    weights_are_finite,
+)
+from xlr_pipeline.core.storage import (
+    sha256_file,
+    write_parquet_atomic,
+    write_with_atomic,
+)
 from xlr_pipeline.defs.embed import image_embeddings, text_embeddings
 from xlr_pipeline.defs.metadata import markdown_preview
 from xlr_pipeline.defs.partitions import TRAIN_LANGUAGE
