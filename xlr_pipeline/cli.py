@@ -1,4 +1,4 @@
-"""The `xlr` command: `xlr run` (main job), `xlr dev` (Dagster UI on the same instance)."""
+"""The `xlr` command: `xlr run` (main job), `xlr sql` (query results), `xlr dev` (Dagster UI)."""
 
 from __future__ import annotations
 
@@ -50,6 +50,24 @@ def command_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_sql(args: argparse.Namespace) -> int:
+    from xlr_pipeline.core.sql import QueryError, describe, render, run_sql
+
+    db_path = Path(args.data_dir).resolve() / "results.duckdb"
+    try:
+        if args.file:
+            query = Path(args.file).read_text("utf-8")
+        else:
+            query = args.query
+        frame = run_sql(db_path, query) if query else describe(db_path)
+    except (QueryError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    text = render(frame, args.format)
+    print(text, end="" if text.endswith("\n") else "\n")
+    return 0
+
+
 def command_dev(args: argparse.Namespace) -> int:
     from xlr_pipeline.runner import ensure_instance_home
 
@@ -75,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="head training seed")
     run.add_argument("--epochs", type=int, help="head training epochs")
     run.set_defaults(handler=command_run)
+
+    sql = commands.add_parser("sql", help="query the results DuckDB read-only; with no query, list tables and views")
+    sql.add_argument("query", nargs="?", help="SQL text (several statements allowed; the last one's rows are printed)")
+    sql.add_argument("--file", help="read the SQL from this file")
+    sql.add_argument("--format", choices=["table", "csv", "json", "markdown"], default="table")
+    sql.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="folder holding results.duckdb")
+    sql.set_defaults(handler=command_sql)
 
     dev = commands.add_parser("dev", help="start the Dagster UI on the instance `xlr run` uses")
     dev.add_argument("--host", default="127.0.0.1")

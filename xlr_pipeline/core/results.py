@@ -1,4 +1,4 @@
-"""The results warehouse: a DuckDB file with `runs`, `recall` and `rank_summary` tables.
+"""Result rows and how one evaluation is appended to the warehouse (schema: `core/warehouse.py`).
 
 A *run* is one trained head (its configuration, models, seed, code versions and data hashes).
 Evaluations append rows; re-evaluating identical inputs (same run, language and caption hash) is
@@ -8,67 +8,18 @@ idempotent, and nothing already stored is ever deleted or updated.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import duckdb
+import polars as pl
 
 from xlr_pipeline.core.metrics import DirectionResult
+from xlr_pipeline.core.warehouse import connect_for_write, ranks_dir
 
 # The random-head baseline of run R is stored as run R + this suffix, with `baseline_of` = R.
 RANDOM_HEAD_SUFFIX = ":random-head"
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    run_id VARCHAR PRIMARY KEY,
-    created_at TIMESTAMPTZ NOT NULL,
-    dataset VARCHAR NOT NULL,
-    image_model VARCHAR NOT NULL,
-    text_model VARCHAR NOT NULL,
-    train_language VARCHAR NOT NULL,
-    objective VARCHAR NOT NULL,
-    augmentation VARCHAR NOT NULL,
-    head_config JSON NOT NULL,
-    seed INTEGER NOT NULL,
-    code_versions JSON NOT NULL,
-    train_captions_hash VARCHAR NOT NULL,
-    images_hash VARCHAR NOT NULL,
-    baseline_of VARCHAR,
-    dagster_run_id VARCHAR NOT NULL
-);
-CREATE TABLE IF NOT EXISTS recall (
-    run_id VARCHAR NOT NULL,
-    dataset VARCHAR NOT NULL,
-    language VARCHAR NOT NULL,
-    split VARCHAR NOT NULL,
-    direction VARCHAR NOT NULL CHECK (direction IN ('text_to_image', 'image_to_text')),
-    k INTEGER NOT NULL,
-    recall DOUBLE NOT NULL CHECK (recall BETWEEN 0 AND 1),
-    n_queries INTEGER NOT NULL,
-    captions_hash VARCHAR NOT NULL,
-    code_version VARCHAR NOT NULL,
-    dagster_run_id VARCHAR NOT NULL,
-    evaluated_at TIMESTAMPTZ NOT NULL,
-    PRIMARY KEY (run_id, dataset, language, captions_hash, direction, k)
-);
-CREATE TABLE IF NOT EXISTS rank_summary (
-    run_id VARCHAR NOT NULL,
-    dataset VARCHAR NOT NULL,
-    language VARCHAR NOT NULL,
-    split VARCHAR NOT NULL,
-    direction VARCHAR NOT NULL,
-    n_queries INTEGER NOT NULL,
-    mean_rank DOUBLE NOT NULL,
-    median_rank DOUBLE NOT NULL,
-    captions_hash VARCHAR NOT NULL,
-    dagster_run_id VARCHAR NOT NULL,
-    evaluated_at TIMESTAMPTZ NOT NULL,
-    PRIMARY KEY (run_id, dataset, language, captions_hash, direction)
-);
-"""
-
 
 @dataclass(frozen=True)
 class RunRecord:
@@ -115,23 +66,6 @@ class RankRecord:
     median_rank: float
     captions_hash: str
     dagster_run_id: str
-
-
-def connect_for_write(path: Path, timeout_s: float = 120.0) -> duckdb.DuckDBPyConnection:
-    """DuckDB allows one writer per file: wait for a concurrent writer instead of failing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + timeout_s
-    delay = 0.1
-    while True:
-        try:
-            connection = duckdb.connect(str(path))
-            connection.execute(SCHEMA)
-            return connection
-        except duckdb.IOException as error:
-            if "lock" not in str(error).lower() or time.monotonic() > deadline:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
 
 
 def _insert(connection: duckdb.DuckDBPyConnection, table: str, row: dict, stamp_column: str) -> None:
@@ -211,3 +145,39 @@ def evaluation_records(
                 for k, value in result.recall.items()
             )
     return runs, recall_rows, rank_rows
+
+
+def query_ranks_frame(
+    run_id: str,
+    dataset: str,
+    language: str,
+    directions: Sequence[DirectionResult],
+    captions: pl.DataFrame,
+    image_ids: Sequence[str],
+) -> pl.DataFrame:
+    """Rank of the first correct item for every query, both directions (0 = nothing correct in the gallery).
+
+    `captions` (caption_id, image_id, caption) are the text→image queries in order; `image_ids` are
+    the image→text queries in order.
+    """
+    by_direction = {result.direction: result.ranks for result in directions}
+    text_queries = captions.select(
+        pl.lit("text_to_image").alias("direction"), pl.col("caption_id").alias("query_id"), "image_id", "caption"
+    ).with_columns(pl.Series("rank", by_direction["text_to_image"], dtype=pl.Int64))
+    image_queries = pl.DataFrame(
+        {
+            "direction": "image_to_text",
+            "query_id": list(image_ids),
+            "image_id": list(image_ids),
+            "caption": None,
+            "rank": by_direction["image_to_text"],
+        },
+        schema={"direction": pl.String, "query_id": pl.String, "image_id": pl.String, "caption": pl.String, "rank": pl.Int64},
+    )
+    return pl.concat([text_queries, image_queries]).select(
+        pl.lit(run_id).alias("run_id"), pl.lit(dataset).alias("dataset"), pl.lit(language).alias("language"), pl.all()
+    )
+
+
+def query_ranks_path(db_path: Path, dataset: str, run_id: str, language: str, captions_hash: str) -> Path:
+    return ranks_dir(db_path) / dataset / run_id / f"{language}-{captions_hash[:12]}.parquet"

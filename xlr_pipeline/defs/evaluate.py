@@ -10,8 +10,13 @@ from xlr_pipeline.core.metrics import (
     evaluate_trained_and_random,
     recall_is_monotone,
 )
-from xlr_pipeline.core.results import evaluation_records, record_evaluation
-from xlr_pipeline.core.storage import sha256_file
+from xlr_pipeline.core.results import (
+    evaluation_records,
+    query_ranks_frame,
+    query_ranks_path,
+    record_evaluation,
+)
+from xlr_pipeline.core.storage import sha256_file, write_parquet_atomic
 from xlr_pipeline.defs.embed import image_embeddings, text_embeddings
 from xlr_pipeline.defs.index import image_index
 from xlr_pipeline.defs.partitions import language_partitions
@@ -70,14 +75,14 @@ def retrieval_metrics(context: dg.AssetExecutionContext, settings: XlrSettings) 
     results = evaluate_trained_and_random(head, vectors_of(indexed), vectors_of(texts), text_labels, load_index(settings.index_path))
 
     run_id = provenance["run_id"]
+    captions_hash = sha256_file(require_file(settings.captions_path(language), f"captions[{language}]"))
+    captions = pl.read_parquet(settings.captions_path(language)).select("caption_id", "caption")
+    queries = texts.select("caption_id", "image_id").join(captions, on="caption_id", how="left", maintain_order="left")
+    ranks = query_ranks_frame(run_id, provenance["dataset"], language, results["trained"], queries, ids["image_id"].to_list())
+    # Written before the DuckDB transaction, so the `query_ranks` view never points at a missing file.
+    write_parquet_atomic(ranks, query_ranks_path(settings.results_db, provenance["dataset"], run_id, language, captions_hash))
     runs, recall_rows, rank_rows = evaluation_records(
-        provenance,
-        head.config.as_dict(),
-        CODE_VERSIONS,
-        language,
-        sha256_file(require_file(settings.captions_path(language), f"captions[{language}]")),
-        context.run.run_id,
-        results,
+        provenance, head.config.as_dict(), CODE_VERSIONS, language, captions_hash, context.run.run_id, results
     )
     added = record_evaluation(settings.results_db, runs, recall_rows, rank_rows)
 

@@ -1,0 +1,67 @@
+"""`xlr sql`: read-only SQL over the results warehouse, printed as a table, CSV, JSON or Markdown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import duckdb
+import polars as pl
+
+from xlr_pipeline.core.report import to_markdown
+
+OutputFormat = Literal["table", "csv", "json", "markdown"]
+
+
+class QueryError(RuntimeError):
+    pass
+
+
+def _connect(db_path: Path) -> duckdb.DuckDBPyConnection:
+    if not db_path.is_file():
+        raise QueryError(f"no results database at {db_path}: run `xlr run` first")
+    try:
+        return duckdb.connect(str(db_path), read_only=True)
+    except duckdb.Error as error:
+        raise QueryError(str(error)) from None
+
+
+def run_sql(db_path: Path, sql: str) -> pl.DataFrame:
+    """Run one or more statements read-only; the last statement's rows come back."""
+    connection = _connect(db_path)
+    try:
+        relation = connection.sql(sql)
+        return pl.DataFrame() if relation is None else pl.from_arrow(relation.to_arrow_table())
+    except duckdb.Error as error:
+        message = str(error)
+        if "read-only" in message:
+            message += "\n(xlr sql opens the results read-only: it can query them but never change them)"
+        raise QueryError(message) from None
+    finally:
+        connection.close()
+
+
+def describe(db_path: Path) -> pl.DataFrame:
+    """Every table and view with its columns."""
+    return run_sql(
+        db_path,
+        """SELECT t.table_name AS name, lower(t.table_type) AS kind,
+                  string_agg(c.column_name || ' ' || lower(c.data_type), ', ' ORDER BY c.ordinal_position) AS columns
+           FROM information_schema.tables t JOIN information_schema.columns c USING (table_catalog, table_schema, table_name)
+           WHERE t.table_schema = 'main'
+           GROUP BY ALL ORDER BY kind, name""",
+    )
+
+
+def render(frame: pl.DataFrame, output: OutputFormat) -> str:
+    if output == "csv":
+        return frame.write_csv()
+    if output == "json":
+        return frame.write_json()
+    if output == "markdown":
+        return to_markdown(frame)
+    with pl.Config(
+        tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=80, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True,
+        tbl_width_chars=250,
+    ):
+        return f"{frame}\n({frame.height} rows)"

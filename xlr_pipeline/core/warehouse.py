@@ -1,0 +1,204 @@
+"""The results warehouse schema: versioned migrations, reference numbers and the views users query.
+
+The DuckDB file lives at `<data_dir>/results.duckdb`; per-query ranks are Parquet files under
+`<data_dir>/ranks/` exposed as the `query_ranks` view. Migrations only ever add; history is kept.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from xlr_pipeline.core.languages import normalize_language
+
+SHIPPED_PUBLISHED_CSV = Path(__file__).resolve().parents[2] / "data" / "published" / "xtd10_published.csv"
+
+SCHEMA_V1 = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY,
+    created_at TIMESTAMPTZ NOT NULL,
+    dataset VARCHAR NOT NULL,
+    image_model VARCHAR NOT NULL,
+    text_model VARCHAR NOT NULL,
+    train_language VARCHAR NOT NULL,
+    objective VARCHAR NOT NULL,
+    augmentation VARCHAR NOT NULL,
+    head_config JSON NOT NULL,
+    seed INTEGER NOT NULL,
+    code_versions JSON NOT NULL,
+    train_captions_hash VARCHAR NOT NULL,
+    images_hash VARCHAR NOT NULL,
+    baseline_of VARCHAR,
+    dagster_run_id VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS recall (
+    run_id VARCHAR NOT NULL,
+    dataset VARCHAR NOT NULL,
+    language VARCHAR NOT NULL,
+    split VARCHAR NOT NULL,
+    direction VARCHAR NOT NULL CHECK (direction IN ('text_to_image', 'image_to_text')),
+    k INTEGER NOT NULL,
+    recall DOUBLE NOT NULL CHECK (recall BETWEEN 0 AND 1),
+    n_queries INTEGER NOT NULL,
+    captions_hash VARCHAR NOT NULL,
+    code_version VARCHAR NOT NULL,
+    dagster_run_id VARCHAR NOT NULL,
+    evaluated_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (run_id, dataset, language, captions_hash, direction, k)
+);
+CREATE TABLE IF NOT EXISTS rank_summary (
+    run_id VARCHAR NOT NULL,
+    dataset VARCHAR NOT NULL,
+    language VARCHAR NOT NULL,
+    split VARCHAR NOT NULL,
+    direction VARCHAR NOT NULL,
+    n_queries INTEGER NOT NULL,
+    mean_rank DOUBLE NOT NULL,
+    median_rank DOUBLE NOT NULL,
+    captions_hash VARCHAR NOT NULL,
+    dagster_run_id VARCHAR NOT NULL,
+    evaluated_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (run_id, dataset, language, captions_hash, direction)
+);
+"""
+
+SCHEMA_V2 = """
+CREATE TABLE published (
+    model VARCHAR NOT NULL,
+    dataset VARCHAR NOT NULL,
+    language VARCHAR NOT NULL,
+    direction VARCHAR NOT NULL,
+    k INTEGER NOT NULL,
+    recall DOUBLE NOT NULL,
+    source VARCHAR NOT NULL
+);
+"""
+
+# (version, what it adds, DDL). Version 1 is the layout the first release wrote without a version table.
+MIGRATIONS = (
+    (1, "runs, recall, rank_summary", SCHEMA_V1),
+    (2, "published reference numbers", SCHEMA_V2),
+)
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+QUERY_RANK_COLUMNS = {
+    "run_id": pl.String,
+    "dataset": pl.String,
+    "language": pl.String,
+    "direction": pl.String,
+    "query_id": pl.String,
+    "image_id": pl.String,
+    "caption": pl.String,
+    "rank": pl.Int64,
+}
+
+VIEWS = {
+    "recall_latest": """
+        SELECT * FROM recall
+        QUALIFY row_number() OVER (PARTITION BY run_id, dataset, language, direction, k ORDER BY evaluated_at DESC) = 1""",
+    "latest": """
+        WITH newest AS (
+            SELECT * FROM runs
+            QUALIFY row_number() OVER (
+                PARTITION BY dataset, image_model, text_model, train_language, objective, augmentation,
+                             head_config::VARCHAR, seed
+                ORDER BY created_at DESC) = 1)
+        SELECT n.run_id, n.created_at, n.dataset, n.image_model, n.text_model, n.objective, n.augmentation,
+               n.head_config, n.seed, n.baseline_of, r.language, r.split, r.direction, r.k, r.recall, r.n_queries
+        FROM newest n JOIN recall_latest r USING (run_id, dataset)""",
+    "leaderboard": """
+        SELECT dataset, image_model, text_model, objective, augmentation, head_config, seed, direction,
+               count(DISTINCT language) AS languages,
+               avg(recall) FILTER (k = 1) AS mean_r1,
+               avg(recall) FILTER (k = 5) AS mean_r5,
+               avg(recall) FILTER (k = 10) AS mean_r10,
+               any_value(run_id) AS run_id
+        FROM latest
+        GROUP BY ALL""",
+    "language_gap": """
+        SELECT l.run_id, l.dataset, l.objective, l.language, l.direction, l.k, l.recall,
+               en.recall AS english_recall, en.recall - l.recall AS gap,
+               CASE WHEN en.recall > 0 THEN l.recall / en.recall END AS ratio_to_english
+        FROM latest l JOIN latest en
+          ON en.run_id = l.run_id AND en.direction = l.direction AND en.k = l.k AND en.language = 'en'""",
+    "vs_published": """
+        SELECT p.dataset, p.language, p.direction, p.k, p.model AS published_model, p.recall AS published_recall,
+               p.source, o.run_id, o.image_model, o.text_model, o.objective, o.recall AS our_recall
+        FROM published p
+        LEFT JOIN (SELECT * FROM latest WHERE baseline_of IS NULL) o
+          ON o.dataset = p.dataset AND o.language = p.language AND o.direction = p.direction AND o.k = p.k""",
+}
+
+
+def ranks_dir(db_path: Path) -> Path:
+    return db_path.parent / "ranks"
+
+
+def _apply_migrations(connection: duckdb.DuckDBPyConnection) -> None:
+    connection.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, description VARCHAR NOT NULL, "
+        "applied_at TIMESTAMPTZ NOT NULL)"
+    )
+    applied = {row[0] for row in connection.execute("SELECT version FROM schema_version").fetchall()}
+    for version, description, ddl in MIGRATIONS:
+        if version in applied:
+            continue
+        connection.execute("BEGIN")
+        connection.execute(ddl)
+        connection.execute("INSERT INTO schema_version VALUES (?, ?, now())", [version, description])
+        connection.execute("COMMIT")
+
+
+def _load_published(connection: duckdb.DuckDBPyConnection, csv_path: Path) -> None:
+    """Reference numbers are not history: the table mirrors the shipped CSV (languages as ISO 639-1)."""
+    frame = pl.read_csv(csv_path).with_columns(
+        pl.col("language").map_elements(lambda code: normalize_language(code, str(csv_path)), return_dtype=pl.String)
+    )
+    connection.register("published_source", frame.to_arrow())
+    connection.execute("BEGIN")
+    connection.execute("DELETE FROM published")
+    connection.execute(
+        "INSERT INTO published SELECT model, dataset, language, direction, k, recall, source FROM published_source"
+    )
+    connection.execute("COMMIT")
+    connection.unregister("published_source")
+
+
+def _create_views(connection: duckdb.DuckDBPyConnection, db_path: Path) -> None:
+    for name, body in VIEWS.items():
+        connection.execute(f"CREATE OR REPLACE VIEW {name} AS {body}")
+    pattern = ranks_dir(db_path) / "*" / "*" / "*.parquet"
+    if any(ranks_dir(db_path).glob("*/*/*.parquet")):
+        body = f"SELECT * FROM read_parquet('{pattern.as_posix()}', union_by_name = true)"
+    else:
+        casts = ", ".join(f"NULL::{'BIGINT' if dtype == pl.Int64 else 'VARCHAR'} AS {name}" for name, dtype in QUERY_RANK_COLUMNS.items())
+        body = f"SELECT {casts} WHERE false"
+    connection.execute(f"CREATE OR REPLACE VIEW query_ranks AS {body}")
+
+
+def prepare(connection: duckdb.DuckDBPyConnection, db_path: Path, published_csv: Path = SHIPPED_PUBLISHED_CSV) -> None:
+    """Bring a (new or older) warehouse to the current schema, reload reference numbers, refresh views."""
+    _apply_migrations(connection)
+    if published_csv.is_file():
+        _load_published(connection, published_csv)
+    _create_views(connection, db_path)
+
+
+def connect_for_write(path: Path, timeout_s: float = 120.0) -> duckdb.DuckDBPyConnection:
+    """DuckDB allows one writer per file: wait for a concurrent writer instead of failing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout_s
+    delay = 0.1
+    while True:
+        try:
+            connection = duckdb.connect(str(path))
+            prepare(connection, path)
+            return connection
+        except duckdb.IOException as error:
+            if "lock" not in str(error).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)

@@ -1,0 +1,113 @@
+"""The results warehouse: schema from scratch and by migration, history across runs, README queries, `xlr sql`."""
+
+import json
+import re
+import shutil
+
+import dagster as dg
+import duckdb
+import pytest
+
+from xlr_pipeline.cli import main as xlr
+from xlr_pipeline.core.sql import QueryError, run_sql
+from xlr_pipeline.core.warehouse import SCHEMA_V1, SCHEMA_VERSION, connect_for_write
+from xlr_pipeline.defs.train import HeadTrainingConfig
+from xlr_pipeline.runner import run_missing
+from xlr_pipeline_tests.conftest import SHIPPED, SUBSET_LANGUAGES, settings_for
+
+README = SHIPPED.parent / "README.md"
+VIEWS = {"recall_latest", "latest", "leaderboard", "language_gap", "vs_published", "query_ranks"}
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory, subset_data_dir):
+    """A data dir whose warehouse holds two trained runs (seeds 0 and 1) of one configuration."""
+    data_dir = tmp_path_factory.mktemp("warehouse")
+    shutil.copytree(subset_data_dir / "emoji_small", data_dir / "emoji_small")
+    settings = settings_for(data_dir)
+    for seed in (0, 1):
+        with dg.instance_for_test() as instance:  # a fresh instance: everything is missing again
+            run_missing(instance, settings, {"projection_head": HeadTrainingConfig(epochs=20, seed=seed)}, log=lambda _: None)
+    return settings
+
+
+def test_schema_from_scratch(tmp_path):
+    db = tmp_path / "results.duckdb"
+    connect_for_write(db).close()
+    with duckdb.connect(str(db), read_only=True) as connection:
+        names = {row[0] for row in connection.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        versions = [row[0] for row in connection.execute("SELECT version FROM schema_version ORDER BY 1").fetchall()]
+        languages = {row[0] for row in connection.execute("SELECT DISTINCT language FROM published").fetchall()}
+        empty_ranks = connection.execute("SELECT count(*) FROM query_ranks").fetchone()[0]
+    assert {"runs", "recall", "rank_summary", "published", "schema_version"} | VIEWS <= names
+    assert versions == list(range(1, SCHEMA_VERSION + 1))
+    assert "ja" in languages and "jp" not in languages
+    assert empty_ranks == 0
+
+
+def test_version_1_file_is_migrated_without_losing_rows(tmp_path):
+    db = tmp_path / "results.duckdb"
+    with duckdb.connect(str(db)) as connection:  # what the first release wrote: no version table
+        connection.execute(SCHEMA_V1)
+        connection.execute(
+            "INSERT INTO runs VALUES ('r1', now(), 'd', 'i', 't', 'en', 'patr', 'none', '{}', 0, '{}', 'c', 'h', NULL, 'r1')"
+        )
+        connection.execute("INSERT INTO recall VALUES ('r1', 'd', 'de', 'test', 'text_to_image', 1, 0.25, 10, 'c1', '1', 'x', now())")
+    connect_for_write(db).close()
+    with duckdb.connect(str(db), read_only=True) as connection:
+        assert connection.execute("SELECT recall FROM recall WHERE run_id = 'r1'").fetchall() == [(0.25,)]
+        assert connection.execute("SELECT max(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
+        assert connection.execute("SELECT count(*) FROM latest").fetchone()[0] == 1
+        assert connection.execute("SELECT count(*) FROM published").fetchone()[0] > 100
+
+
+def test_history_is_kept_across_runs(two_runs):
+    db = two_runs.results_db
+    runs = run_sql(db, "SELECT run_id, seed, baseline_of FROM runs ORDER BY created_at")
+    assert runs.height == 4 and sorted(runs.filter(runs["baseline_of"].is_null())["seed"].to_list()) == [0, 1]
+    per_run = run_sql(db, "SELECT run_id, count(*) AS n FROM recall GROUP BY run_id")
+    assert per_run["n"].to_list() == [len(SUBSET_LANGUAGES) * 2 * 3] * 4
+    ranks = run_sql(db, "SELECT count(DISTINCT run_id) AS runs, count(*) AS n FROM query_ranks")
+    assert ranks.row(0) == (2, 2 * len(SUBSET_LANGUAGES) * (40 + 40))
+
+
+def readme_queries() -> list[str]:
+    return re.findall(r"```sql\n(.*?)```", README.read_text("utf-8"), flags=re.S)
+
+
+def test_readme_lists_at_least_ten_queries():
+    assert len(readme_queries()) >= 10
+
+
+@pytest.mark.parametrize("query", readme_queries(), ids=lambda q: q.splitlines()[0][:50])
+def test_every_readme_query_returns_rows(two_runs, query):
+    assert run_sql(two_runs.results_db, query).height > 0
+
+
+def test_xlr_sql_formats_and_lists(two_runs, capsys):
+    data_dir = str(two_runs.root)
+    assert xlr(["sql", "--data-dir", data_dir]) == 0
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in ("runs", "recall", "published", *VIEWS))
+    assert xlr(["sql", "--data-dir", data_dir, "--format", "json", "SELECT language, k FROM latest ORDER BY ALL LIMIT 2"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"language": "de", "k": 1}, {"language": "de", "k": 1}]
+    assert xlr(["sql", "--data-dir", data_dir, "--format", "csv", "SELECT 1 AS one"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["one", "1"]
+    assert xlr(["sql", "--data-dir", data_dir, "--format", "markdown", "SELECT 'x' AS a"]) == 0
+    assert capsys.readouterr().out.splitlines()[:2] == ["| a |", "|---|"]
+
+
+def test_xlr_sql_refuses_writes_and_reports_bad_queries(two_runs, capsys, tmp_path):
+    data_dir = str(two_runs.root)
+    before = run_sql(two_runs.results_db, "SELECT count(*) AS n FROM runs")["n"][0]
+    assert xlr(["sql", "--data-dir", data_dir, "DELETE FROM runs"]) == 1
+    assert "read-only" in capsys.readouterr().err
+    assert run_sql(two_runs.results_db, "SELECT count(*) AS n FROM runs")["n"][0] == before
+    assert xlr(["sql", "--data-dir", data_dir, "SELEC 1"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: Parser Error") and "Traceback" not in error
+    query_file = tmp_path / "q.sql"
+    query_file.write_text("SELECT count(*) AS n FROM runs;")
+    assert xlr(["sql", "--data-dir", data_dir, "--file", str(query_file)]) == 0
+    with pytest.raises(QueryError, match="no results database"):
+        run_sql(tmp_path / "missing.duckdb", "SELECT 1")
