@@ -11,6 +11,15 @@ from pathlib import Path
 from xlr_pipeline.core.encoders import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
 from xlr_pipeline.defs.resources import DEFAULT_DATA_DIR
 
+# Head hyperparameters settable from the command line (the rest through the Dagster launchpad).
+HEAD_OPTIONS = {"seed": int, "epochs": int, "margin": float, "architecture": str, "learning_rate": float, "embed_dim": int}
+
+
+def head_training_config(args: argparse.Namespace):
+    from xlr_pipeline.defs.train import HeadTrainingConfig
+
+    return HeadTrainingConfig(**{name: getattr(args, name) for name in HEAD_OPTIONS if getattr(args, name) is not None})
+
 
 def _settings(args: argparse.Namespace):
     from xlr_pipeline.defs.resources import XlrSettings
@@ -28,16 +37,15 @@ def command_run(args: argparse.Namespace) -> int:
 
     from xlr_pipeline.core.head import head_from_bytes
     from xlr_pipeline.core.report import recall_by_language, to_markdown
-    from xlr_pipeline.defs.train import HeadTrainingConfig
-    from xlr_pipeline.runner import RunFailed, ensure_instance_home, run_missing
+    from xlr_pipeline.runner import RunFailed, ensure_instance_home, run_pipeline
 
     home = ensure_instance_home()
     settings = _settings(args)
-    head_config = HeadTrainingConfig(**{k: v for k, v in (("seed", args.seed), ("epochs", args.epochs)) if v is not None})
+    head_config = head_training_config(args)
     print(f"dataset {settings.dataset} | image {settings.image_model} | text {settings.text_model} | DAGSTER_HOME={home}")
     try:
         with dg.DagsterInstance.get() as instance:
-            report = run_missing(instance, settings, {"projection_head": head_config})
+            report = run_pipeline(instance, settings, {"projection_head": head_config}, include_stale=args.stale)
     except RunFailed as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -47,6 +55,39 @@ def command_run(args: argparse.Namespace) -> int:
         _, provenance = head_from_bytes(settings.head_path.read_bytes())
         print(f"\nRecall on the {settings.dataset} test split, run {provenance['run_id']} (results in {settings.results_db}):\n")
         print(to_markdown(recall_by_language(settings.results_db, provenance["run_id"])))
+    return 0
+
+
+def command_status(args: argparse.Namespace) -> int:
+    import dagster as dg
+    import polars as pl
+
+    from xlr_pipeline.core.datasets import DatasetError
+    from xlr_pipeline.core.report import to_markdown
+    from xlr_pipeline.runner import current_statuses, ensure_instance_home
+
+    ensure_instance_home()
+    try:
+        with dg.DagsterInstance.get() as instance:
+            statuses = current_statuses(instance, _settings(args), {"projection_head": head_training_config(args)})
+    except DatasetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    shown = [s for s in statuses if args.all or s.state != "fresh"]
+    if not shown:
+        print(f"all {len(statuses)} asset partitions are up to date")
+        return 0
+    frame = pl.DataFrame(
+        {
+            "asset": [s.target.key.to_user_string() for s in shown],
+            "partition": [s.target.partition or "" for s in shown],
+            "state": [s.state for s in shown],
+            "causes": ["; ".join(s.causes) for s in shown],
+        }
+    )
+    print(to_markdown(frame))
+    stale = sum(s.state in ("missing", "stale") for s in statuses)
+    print(f"\n{stale} of {len(statuses)} asset partitions would run with `xlr run --stale`")
     return 0
 
 
@@ -85,14 +126,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xlr", description="Zero-shot cross-lingual image retrieval pipeline")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="materialize what is missing on a dataset and print per-language Recall")
-    run.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="folder with datasets, outputs and results.duckdb")
-    run.add_argument("--dataset", default="emoji_cldr", help="dataset folder under --data-dir (default: emoji_cldr)")
-    run.add_argument("--image-model", default=DEFAULT_IMAGE_MODEL, help="image encoder id")
-    run.add_argument("--text-model", default=DEFAULT_TEXT_MODEL, help="text encoder id")
-    run.add_argument("--seed", type=int, help="head training seed")
-    run.add_argument("--epochs", type=int, help="head training epochs")
+    pipeline_options = argparse.ArgumentParser(add_help=False)
+    pipeline_options.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="folder with datasets, outputs and results.duckdb")
+    pipeline_options.add_argument("--dataset", default="emoji_cldr", help="dataset folder under --data-dir (default: emoji_cldr)")
+    pipeline_options.add_argument("--image-model", default=DEFAULT_IMAGE_MODEL, help="image encoder id")
+    pipeline_options.add_argument("--text-model", default=DEFAULT_TEXT_MODEL, help="text encoder id")
+    for option in HEAD_OPTIONS:
+        pipeline_options.add_argument(f"--{option.replace('_', '-')}", type=HEAD_OPTIONS[option], help=f"head {option}")
+
+    run = commands.add_parser("run", parents=[pipeline_options], help="materialize what is missing and print per-language Recall")
+    run.add_argument("--stale", action="store_true", help="also rerun what is stale (changed code, config, inputs)")
     run.set_defaults(handler=command_run)
+
+    status = commands.add_parser("status", parents=[pipeline_options], help="list missing and stale asset partitions with causes")
+    status.add_argument("--all", action="store_true", help="list fresh ones too")
+    status.set_defaults(handler=command_status)
 
     sql = commands.add_parser("sql", help="query the results DuckDB read-only; with no query, list tables and views")
     sql.add_argument("query", nargs="?", help="SQL text (several statements allowed; the last one's rows are printed)")

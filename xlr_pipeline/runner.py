@@ -1,4 +1,4 @@
-"""`xlr run`: materialize what is missing (and what depends on anything rerun), stage by stage.
+"""`xlr run`: materialize what is missing (or, with --stale, also what is stale), level by level.
 
 Each stage runs through `dagster.materialize` against a persistent Dagster instance, so the UI shows
 these runs and their metadata like any other.
@@ -18,6 +18,8 @@ from xlr_pipeline.definitions import defs
 from xlr_pipeline.defs.automation import language_partition_requests
 from xlr_pipeline.defs.partitions import TRAIN_LANGUAGE, language_partitions
 from xlr_pipeline.defs.resources import DEFAULT_DATA_DIR, XlrSettings
+from xlr_pipeline.defs.train import HeadTrainingConfig
+from xlr_pipeline.staleness import StalenessResolver, Status, Target
 
 DEFAULT_DAGSTER_HOME = DEFAULT_DATA_DIR.parent / ".dagster_home"
 
@@ -63,74 +65,69 @@ def _first_error(result: dg.ExecuteInProcessResult) -> str:
     return "run failed"
 
 
-def _dirty_partitions(
-    assets_def: dg.AssetsDefinition,
-    partitions: list[str | None],
-    executed: dict[dg.AssetKey, set[str | None]],
-) -> set[str | None]:
-    """Partitions of this asset whose upstream was (re)materialized during this invocation."""
-    dirty: set[str | None] = set()
-    for parent in assets_def.dependency_keys:
-        done = executed.get(parent, set())
-        if not done:
-            continue
-        mapping = assets_def.get_partition_mapping(parent)
-        for partition in partitions:
-            if isinstance(mapping, dg.SpecificPartitionsPartitionMapping):
-                touched = bool(done & set(mapping.partition_keys))
-            else:
-                touched = None in done or partition in done or partition is None
-            if touched:
-                dirty.add(partition)
-    return dirty
+def materialize_target(
+    instance: dg.DagsterInstance,
+    settings: XlrSettings,
+    target: Target,
+    asset_configs: dict[str, dg.Config],
+    console_log_level: str = "INFO",
+) -> None:
+    name = target.key.to_user_string()
+    result = dg.materialize(
+        list(defs.assets),
+        selection=[target.key],
+        partition_key=target.partition,
+        instance=instance,
+        resources={"settings": settings},
+        run_config=dg.RunConfig(
+            ops={asset: config for asset, config in asset_configs.items() if asset == name},
+            loggers={"console": {"config": {"log_level": console_log_level}}},
+        ),
+        raise_on_error=False,
+    )
+    if not result.success:
+        raise RunFailed(f"{target.name} failed: {_first_error(result)}")
 
 
-def run_missing(
+def head_config_of(asset_configs: dict[str, dg.Config]) -> dict:
+    config = asset_configs.get("projection_head") or HeadTrainingConfig()
+    return config.head_config().as_dict()
+
+
+def run_pipeline(
     instance: dg.DagsterInstance,
     settings: XlrSettings,
     asset_configs: dict[str, dg.Config] | None = None,
+    include_stale: bool = False,
     log: Callable[[str], None] = print,
     console_log_level: str = "INFO",
 ) -> RunReport:
-    languages = register_languages(instance, settings)
-    graph = defs.get_repository_def().asset_graph
-    all_assets = list(defs.assets)
-    executed: dict[dg.AssetKey, set[str | None]] = {}
+    """Materialize what is missing (and, with `include_stale`, what is stale), one graph level at a time."""
+    asset_configs = asset_configs or {}
+    resolver = StalenessResolver(instance, settings, head_config_of(asset_configs), register_languages(instance, settings))
+    wanted = {"missing", "stale"} if include_stale else {"missing"}
     report = RunReport()
-    for level in graph.toposorted_asset_keys_by_level:
+    for level in resolver.levels():
         for key in level:
-            assets_def = graph.get(key).assets_def
-            partitioned = assets_def.partitions_def is not None
-            partitions: list[str | None] = list(languages) if partitioned else [None]
-            if partitioned:
-                done = instance.get_materialized_partitions(key)
-                missing = {p for p in partitions if p not in done}
-            else:
-                missing = set() if instance.get_latest_materialization_event(key) else {None}
-            todo = missing | _dirty_partitions(assets_def, partitions, executed)
-            for partition in partitions:
-                name = key.to_user_string() + (f"[{partition}]" if partition else "")
-                if partition not in todo:
-                    report.skipped.append((key.to_user_string(), partition))
+            for target in resolver.targets(key):
+                status = resolver.status(target)
+                if status.state == "error":
+                    log(f"skipping {target.name}: {'; '.join(status.causes)}")
+                if status.state not in wanted:
+                    report.skipped.append((key.to_user_string(), target.partition))
                     continue
-                log(f"materializing {name} ...")
+                log(f"materializing {target.name} ({'; '.join(status.causes)}) ...")
                 started = time.perf_counter()
-                result = dg.materialize(
-                    all_assets,
-                    selection=[key],
-                    partition_key=partition,
-                    instance=instance,
-                    resources={"settings": settings},
-                    run_config=dg.RunConfig(
-                        ops={name: cfg for name, cfg in (asset_configs or {}).items() if name == key.to_user_string()},
-                        loggers={"console": {"config": {"log_level": console_log_level}}},
-                    ),
-                    raise_on_error=False,
-                )
-                if not result.success:
-                    raise RunFailed(f"{name} failed: {_first_error(result)}")
+                materialize_target(instance, settings, target, asset_configs, console_log_level)
                 elapsed = time.perf_counter() - started
-                executed.setdefault(key, set()).add(partition)
-                report.executed.append((key.to_user_string(), partition, elapsed))
+                report.executed.append((key.to_user_string(), target.partition, elapsed))
                 log(f"  done in {elapsed:.1f} s")
     return report
+
+
+def current_statuses(
+    instance: dg.DagsterInstance, settings: XlrSettings, asset_configs: dict[str, dg.Config] | None = None
+) -> list[Status]:
+    """`xlr status`: every asset partition with its state and causes, before anything runs."""
+    languages = sorted(set(instance.get_dynamic_partitions(language_partitions.name)) | set(settings.dataset_spec().scan_caption_files()[0]))
+    return StalenessResolver(instance, settings, head_config_of(asset_configs or {}), languages).plan()

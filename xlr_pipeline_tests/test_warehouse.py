@@ -12,7 +12,7 @@ from xlr_pipeline.cli import main as xlr
 from xlr_pipeline.core.sql import QueryError, run_sql
 from xlr_pipeline.core.warehouse import SCHEMA_V1, SCHEMA_VERSION, connect_for_write
 from xlr_pipeline.defs.train import HeadTrainingConfig
-from xlr_pipeline.runner import run_missing
+from xlr_pipeline.runner import run_pipeline
 from xlr_pipeline_tests.conftest import SHIPPED, SUBSET_LANGUAGES, settings_for
 
 README = SHIPPED.parent / "README.md"
@@ -27,7 +27,7 @@ def two_runs(tmp_path_factory, subset_data_dir):
     settings = settings_for(data_dir)
     for seed in (0, 1):
         with dg.instance_for_test() as instance:  # a fresh instance: everything is missing again
-            run_missing(instance, settings, {"projection_head": HeadTrainingConfig(epochs=20, seed=seed)}, log=lambda _: None)
+            run_pipeline(instance, settings, {"projection_head": HeadTrainingConfig(epochs=20, seed=seed)}, log=lambda _: None)
     return settings
 
 

@@ -11,6 +11,12 @@ from xlr_pipeline.core.storage import (
 )
 from xlr_pipeline.core.validation import norm_summary, vector_problems
 from xlr_pipeline.defs.ingest import captions
+from xlr_pipeline.defs.lineage import (
+    CURRENT_CONFIG,
+    file_version,
+    input_name,
+    lineage_metadata,
+)
 from xlr_pipeline.defs.metadata import file_data_version, progress_logger
 from xlr_pipeline.defs.partitions import language_partitions
 from xlr_pipeline.defs.resources import XlrSettings, clear_failures, require_file
@@ -89,6 +95,7 @@ def image_embeddings(context: dg.AssetExecutionContext, settings: XlrSettings) -
             "from_cache": frame.height - encoded,
             "images_hash": combined_hash(hashes),
             "path": dg.MetadataValue.path(str(settings.image_embeddings_path)),
+            **lineage_metadata(CURRENT_CONFIG["image_embeddings"](settings, None, {}), {}),
         },
         check_results=_vector_check("image_embeddings", vectors, encoder.dim, len(records)),
     )
@@ -139,6 +146,10 @@ def text_embeddings(context: dg.AssetExecutionContext, settings: XlrSettings) ->
             "encoded_now": encoded,
             "from_cache": out.height - encoded,
             "path": dg.MetadataValue.path(str(path)),
+            **lineage_metadata(
+                CURRENT_CONFIG["text_embeddings"](settings, language, {}),
+                {input_name("captions", language): file_version(settings.captions_path(language))},
+            ),
         },
         check_results=_vector_check("text_embeddings", vectors, encoder.dim, needed.height),
     )

@@ -3,7 +3,7 @@ import numpy as np
 import polars as pl
 
 from xlr_pipeline.core.embeddings import vectors_of
-from xlr_pipeline.core.head import head_from_bytes
+from xlr_pipeline.core.head import head_fingerprint, head_from_bytes
 from xlr_pipeline.core.index import load_index
 from xlr_pipeline.core.metrics import (
     DirectionResult,
@@ -19,6 +19,7 @@ from xlr_pipeline.core.results import (
 from xlr_pipeline.core.storage import sha256_file, write_parquet_atomic
 from xlr_pipeline.defs.embed import image_embeddings, text_embeddings
 from xlr_pipeline.defs.index import image_index
+from xlr_pipeline.defs.lineage import file_version, input_name, lineage_metadata
 from xlr_pipeline.defs.partitions import language_partitions
 from xlr_pipeline.defs.resources import XlrSettings, require_file
 from xlr_pipeline.defs.train import projection_head
@@ -96,6 +97,15 @@ def retrieval_metrics(context: dg.AssetExecutionContext, settings: XlrSettings) 
             "rows_added": added,
             "recall": _recall_table(results),
             **{f"{r.direction}/R@{k}": v for r in results["trained"] for k, v in r.recall.items()},
+            **lineage_metadata(
+                {},
+                {
+                    input_name("text_embeddings", language): file_version(text_path),
+                    "image_embeddings": file_version(settings.image_embeddings_path),
+                    "projection_head": head_fingerprint(head),
+                    "image_index": file_version(settings.index_path),
+                },
+            ),
         },
         check_results=[
             dg.AssetCheckResult(

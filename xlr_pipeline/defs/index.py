@@ -2,11 +2,12 @@ import dagster as dg
 import polars as pl
 
 from xlr_pipeline.core.embeddings import vectors_of
-from xlr_pipeline.core.head import head_from_bytes, project
+from xlr_pipeline.core.head import head_fingerprint, head_from_bytes, project
 from xlr_pipeline.core.index import save_index
 from xlr_pipeline.core.metrics import flat_ip_index
 from xlr_pipeline.core.storage import write_parquet_atomic
 from xlr_pipeline.defs.embed import image_embeddings
+from xlr_pipeline.defs.lineage import file_version, lineage_metadata
 from xlr_pipeline.defs.metadata import file_data_version
 from xlr_pipeline.defs.resources import XlrSettings, require_file
 from xlr_pipeline.defs.train import projection_head
@@ -39,6 +40,10 @@ def image_index(context: dg.AssetExecutionContext, settings: XlrSettings) -> dg.
             "dim": index.d,
             "index_type": type(index).__name__,
             "path": dg.MetadataValue.path(str(settings.index_path)),
+            **lineage_metadata(
+                {},
+                {"projection_head": head_fingerprint(head), "image_embeddings": file_version(settings.image_embeddings_path)},
+            ),
         },
         check_results=[
             dg.AssetCheckResult(

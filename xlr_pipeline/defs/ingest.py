@@ -3,6 +3,7 @@ import polars as pl
 
 from xlr_pipeline.core.datasets import read_captions
 from xlr_pipeline.core.storage import sha256_file, write_parquet_atomic
+from xlr_pipeline.defs.lineage import CURRENT_CONFIG, lineage_metadata
 from xlr_pipeline.defs.metadata import file_data_version, markdown_preview
 from xlr_pipeline.defs.partitions import language_partitions
 from xlr_pipeline.defs.resources import XlrSettings, clear_failures
@@ -52,6 +53,7 @@ def captions(context: dg.AssetExecutionContext, settings: XlrSettings) -> dg.Mat
             "quarantined_rows": quarantine.height,
             "path": dg.MetadataValue.path(str(settings.captions_path(language))),
             "preview": markdown_preview(frame.select("image_id", "caption", "split")),
+            **lineage_metadata(CURRENT_CONFIG["captions"](settings, language, {}), {}),
         },
         check_results=[
             dg.AssetCheckResult(

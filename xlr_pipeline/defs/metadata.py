@@ -7,12 +7,12 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from xlr_pipeline.core.storage import sha256_file
+from xlr_pipeline.defs.lineage import file_version
 
 
 def file_data_version(path: Path) -> dg.DataVersion:
     """Content-derived: a rerun that writes identical bytes does not make downstream assets stale."""
-    return dg.DataVersion(sha256_file(path)[:16])
+    return dg.DataVersion(file_version(path))
 
 
 def markdown_preview(frame: pl.DataFrame, rows: int = 5) -> dg.MetadataValue:

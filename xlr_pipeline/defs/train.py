@@ -19,6 +19,12 @@ from xlr_pipeline.core.storage import (
     write_with_atomic,
 )
 from xlr_pipeline.defs.embed import image_embeddings, text_embeddings
+from xlr_pipeline.defs.lineage import (
+    CURRENT_CONFIG,
+    file_version,
+    input_name,
+    lineage_metadata,
+)
 from xlr_pipeline.defs.metadata import markdown_preview
 from xlr_pipeline.defs.partitions import TRAIN_LANGUAGE
 from xlr_pipeline.defs.resources import XlrSettings, require_file
@@ -111,6 +117,13 @@ def projection_head(context: dg.AssetExecutionContext, config: HeadTrainingConfi
             "final_epoch_loss": result.loss_history[-1],
             "loss_curve": markdown_preview(history.gather_every(max(1, history.height // 10)), rows=12),
             "path": dg.MetadataValue.path(str(settings.head_path)),
+            **lineage_metadata(
+                CURRENT_CONFIG["projection_head"](settings, None, head_config.as_dict()),
+                {
+                    "image_embeddings": file_version(settings.image_embeddings_path),
+                    input_name("text_embeddings", TRAIN_LANGUAGE): file_version(text_path),
+                },
+            ),
         },
         check_results=[
             dg.AssetCheckResult(check_name="weights_finite", passed=weights_are_finite(result.head)),

@@ -1,0 +1,74 @@
+"""What each asset's output depends on besides code: its configuration and the inputs it read.
+
+Every asset records both in its materialization metadata (`xlr/config`, `xlr/inputs`); the staleness
+walk (`xlr_pipeline/staleness.py`) recomputes the current values with the same functions and compares.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import dagster as dg
+
+from xlr_pipeline.core.storage import combined_hash, sha256_file
+from xlr_pipeline.defs.resources import XlrSettings
+
+CONFIG_KEY = "xlr/config"
+INPUTS_KEY = "xlr/inputs"
+
+
+def _captions_config(settings: XlrSettings, partition: str | None, head_config: dict) -> dict:
+    spec = settings.dataset_spec()
+    return {
+        "dataset": spec.name,
+        "source_sha256": sha256_file(spec.caption_file(partition)),
+        "image_list_sha256": sha256_file(spec.image_list_path),
+    }
+
+
+def _image_embeddings_config(settings: XlrSettings, partition: str | None, head_config: dict) -> dict:
+    spec = settings.dataset_spec()
+    records = spec.image_records()
+    paths = spec.image_paths(records)
+    return {
+        "dataset": spec.name,
+        "image_model": settings.image_model,
+        "images_sha256": combined_hash(f"{r.image_id}:{r.split}:{sha256_file(paths[r.image_id])}" for r in records),
+    }
+
+
+def _text_embeddings_config(settings: XlrSettings, partition: str | None, head_config: dict) -> dict:
+    return {"text_model": settings.text_model}
+
+
+def _head_config(settings: XlrSettings, partition: str | None, head_config: dict) -> dict:
+    return dict(head_config)
+
+
+def _no_config(settings: XlrSettings, partition: str | None, head_config: dict) -> dict:
+    return {}
+
+
+CURRENT_CONFIG: dict[str, Callable[[XlrSettings, str | None, dict], dict]] = {
+    "captions": _captions_config,
+    "image_embeddings": _image_embeddings_config,
+    "text_embeddings": _text_embeddings_config,
+    "projection_head": _head_config,
+    "image_index": _no_config,
+    "retrieval_metrics": _no_config,
+}
+
+
+def lineage_metadata(config: dict, inputs: dict[str, str]) -> dict[str, dg.MetadataValue]:
+    """`inputs` maps `asset` or `asset[partition]` to the data version of what was actually read."""
+    return {CONFIG_KEY: dg.MetadataValue.json(config), INPUTS_KEY: dg.MetadataValue.json(inputs)}
+
+
+def input_name(asset: str, partition: str | None = None) -> str:
+    return f"{asset}[{partition}]" if partition else asset
+
+
+def file_version(path: Path) -> str:
+    """The data version an asset reports for a file it wrote (and a consumer records for a file it read)."""
+    return sha256_file(path)[:16]

@@ -1,0 +1,143 @@
+"""Which asset partitions are missing or stale, and why — and running exactly those, level by level.
+
+Dagster's own stale status is not transitive before execution and ignores configuration that lives in
+resources, so the walk is done here: an asset partition is *stale* when its code version changed, its
+configuration changed (models, head hyperparameters, source files; see `defs/lineage.py`), or an input it
+read has a different data version now. Statuses of a level are resolved only after the level above has
+run, so a rerun that writes identical bytes stops the cascade. All use of Dagster's asset-graph
+internals is kept in this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import dagster as dg
+
+from xlr_pipeline.core.datasets import DatasetError
+from xlr_pipeline.definitions import defs
+from xlr_pipeline.defs.lineage import CONFIG_KEY, CURRENT_CONFIG, INPUTS_KEY, input_name
+from xlr_pipeline.defs.resources import XlrSettings
+
+State = Literal["fresh", "missing", "stale", "error"]
+DATA_VERSION_TAG = "dagster/data_version"
+CODE_VERSION_TAG = "dagster/code_version"
+
+
+@dataclass(frozen=True)
+class Target:
+    key: dg.AssetKey
+    partition: str | None
+
+    @property
+    def name(self) -> str:
+        return input_name(self.key.to_user_string(), self.partition)
+
+
+@dataclass(frozen=True)
+class Status:
+    target: Target
+    state: State
+    causes: tuple[str, ...] = ()
+
+
+def _recorded(metadata: dict, key: str) -> dict | None:
+    entry = metadata.get(key)
+    return None if entry is None else dict(entry.value)
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text[:13] + "…'" if isinstance(value, str) and len(value) > 24 else text
+
+
+def _describe_change(recorded: dict | None, current: dict) -> list[str]:
+    if recorded is None:
+        return ["no configuration recorded (materialized by an older version)"] if current else []
+    return [
+        f"config changed: {field_name} {_short(recorded.get(field_name))} → {_short(current.get(field_name))}"
+        for field_name in sorted(set(recorded) | set(current))
+        if recorded.get(field_name) != current.get(field_name)
+    ]
+
+
+@dataclass
+class StalenessResolver:
+    instance: dg.DagsterInstance
+    settings: XlrSettings
+    head_config: dict
+    languages: list[str]
+    graph: object = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.graph = defs.get_repository_def().asset_graph
+
+    def levels(self) -> Iterator[list[dg.AssetKey]]:
+        yield from (sorted(level) for level in self.graph.toposorted_asset_keys_by_level)
+
+    def targets(self, key: dg.AssetKey) -> list[Target]:
+        partitioned = self.graph.get(key).assets_def.partitions_def is not None
+        return [Target(key, p) for p in (self.languages if partitioned else [None])]
+
+    def parents(self, target: Target) -> list[Target]:
+        assets_def = self.graph.get(target.key).assets_def
+        found = []
+        for parent in sorted(self.graph.get(target.key).parent_keys):
+            if self.graph.get(parent).assets_def.partitions_def is None:
+                found.append(Target(parent, None))
+                continue
+            mapping = assets_def.get_partition_mapping(parent)
+            if isinstance(mapping, dg.SpecificPartitionsPartitionMapping):
+                found.extend(Target(parent, p) for p in mapping.partition_keys)
+            else:
+                found.append(Target(parent, target.partition))
+        return found
+
+    def latest(self, target: Target) -> dg.AssetMaterialization | None:
+        records = self.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=target.key, asset_partitions=[target.partition] if target.partition else None),
+            limit=1,
+        ).records
+        return records[0].asset_materialization if records else None
+
+    def status(self, target: Target, pending: set[Target] = frozenset()) -> Status:
+        materialization = self.latest(target)
+        if materialization is None:
+            return Status(target, "missing", ("never materialized",))
+        causes: list[str] = []
+        current_code = self.graph.get(target.key).code_version
+        recorded_code = materialization.tags.get(CODE_VERSION_TAG)
+        if recorded_code != current_code:
+            causes.append(f"code version changed: {recorded_code} → {current_code}")
+        name = target.key.to_user_string()
+        try:
+            current_config = CURRENT_CONFIG[name](self.settings, target.partition, self.head_config)
+        except DatasetError as error:
+            return Status(target, "error", (f"cannot read its sources: {error}",))
+        causes += _describe_change(_recorded(materialization.metadata, CONFIG_KEY), current_config)
+        recorded_inputs = _recorded(materialization.metadata, INPUTS_KEY) or {}
+        for parent in self.parents(target):
+            if parent in pending:
+                causes.append(f"upstream will rerun: {parent.name}")
+                continue
+            parent_materialization = self.latest(parent)
+            if parent_materialization is None:
+                causes.append(f"upstream missing: {parent.name}")
+            elif parent_materialization.tags.get(DATA_VERSION_TAG) != recorded_inputs.get(parent.name):
+                causes.append(f"upstream changed: {parent.name}")
+        return Status(target, "stale" if causes else "fresh", tuple(causes))
+
+    def plan(self) -> list[Status]:
+        """Status of every target; what would rerun makes its dependents pending too (transitive)."""
+        statuses: list[Status] = []
+        pending: set[Target] = set()
+        for level in self.levels():
+            for key in level:
+                for target in self.targets(key):
+                    status = self.status(target, pending)
+                    if status.state in ("missing", "stale"):
+                        pending.add(target)
+                    statuses.append(status)
+        return statuses
