@@ -58,6 +58,21 @@ def command_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_evaluate(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from xlr_pipeline.runner import RunFailed, ensure_instance_home, evaluate_languages
+
+    ensure_instance_home()
+    try:
+        with dg.DagsterInstance.get() as instance:
+            evaluate_languages(instance, _settings(args), args.languages)
+    except RunFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def command_status(args: argparse.Namespace) -> int:
     import dagster as dg
     import polars as pl
@@ -141,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", parents=[pipeline_options], help="list missing and stale asset partitions with causes")
     status.add_argument("--all", action="store_true", help="list fresh ones too")
     status.set_defaults(handler=command_status)
+
+    evaluate = commands.add_parser(
+        "evaluate", parents=[pipeline_options], help="re-evaluate languages with the current head (the reevaluate_language job)"
+    )
+    evaluate.add_argument("languages", nargs="+", help="ISO 639-1 codes, e.g. ja de")
+    evaluate.set_defaults(handler=command_evaluate)
 
     sql = commands.add_parser("sql", help="query the results DuckDB read-only; with no query, list tables and views")
     sql.add_argument("query", nargs="?", help="SQL text (several statements allowed; the last one's rows are printed)")

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import dagster as dg
 
+from xlr_pipeline.core.datasets import DatasetError
 from xlr_pipeline.definitions import defs
-from xlr_pipeline.defs.automation import language_partition_requests
+from xlr_pipeline.defs.automation import LANGUAGE_ASSETS
 from xlr_pipeline.defs.partitions import TRAIN_LANGUAGE, language_partitions
 from xlr_pipeline.defs.resources import DEFAULT_DATA_DIR, XlrSettings
 from xlr_pipeline.defs.train import HeadTrainingConfig
@@ -46,7 +47,11 @@ def ensure_instance_home() -> Path:
 
 def register_languages(instance: dg.DagsterInstance, settings: XlrSettings) -> list[str]:
     existing = set(instance.get_dynamic_partitions(language_partitions.name))
-    new, problems = language_partition_requests(settings, existing)
+    try:
+        files, problems = settings.dataset_spec().scan_caption_files()
+    except DatasetError as error:
+        raise RunFailed(str(error)) from None
+    new = sorted(set(files) - existing)
     if problems:
         raise RunFailed("; ".join(problems))
     if new:
@@ -61,6 +66,8 @@ def _first_error(result: dg.ExecuteInProcessResult) -> str:
     for event in result.all_events:
         if event.event_type == dg.DagsterEventType.STEP_FAILURE:
             error = event.step_failure_data.error
+            while error is not None and error.cause is not None and "DagsterExecutionStepExecutionError" in error.cls_name:
+                error = error.cause
             return error.message.strip() if error else "step failed"
     return "run failed"
 
@@ -123,6 +130,29 @@ def run_pipeline(
                 report.executed.append((key.to_user_string(), target.partition, elapsed))
                 log(f"  done in {elapsed:.1f} s")
     return report
+
+
+def evaluate_languages(
+    instance: dg.DagsterInstance, settings: XlrSettings, languages: list[str], log: Callable[[str], None] = print
+) -> None:
+    """Re-ingest, re-embed and re-evaluate the given languages with the current head (one run each)."""
+    known = set(register_languages(instance, settings))
+    unknown = sorted(set(languages) - known)
+    if unknown:
+        raise RunFailed(f"no caption file for {unknown} in dataset {settings.dataset!r}; languages: {sorted(known)}")
+    for language in languages:
+        log(f"re-evaluating {language} ...")
+        result = dg.materialize(
+            list(defs.assets),
+            selection=LANGUAGE_ASSETS,
+            partition_key=language,
+            instance=instance,
+            resources={"settings": settings},
+            run_config=dg.RunConfig(loggers={"console": {"config": {"log_level": "INFO"}}}),
+            raise_on_error=False,
+        )
+        if not result.success:
+            raise RunFailed(f"re-evaluating {language} failed: {_first_error(result)}")
 
 
 def current_statuses(

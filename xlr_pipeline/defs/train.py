@@ -9,6 +9,7 @@ from xlr_pipeline.core.embeddings import vectors_of
 from xlr_pipeline.core.head import (
     HeadConfig,
     head_fingerprint,
+    head_from_bytes,
     head_to_bytes,
     train_head,
     weights_are_finite,
@@ -77,7 +78,8 @@ def training_pairs(images: pl.DataFrame, texts: pl.DataFrame) -> pl.DataFrame:
 def projection_head(context: dg.AssetExecutionContext, config: HeadTrainingConfig, settings: XlrSettings) -> dg.MaterializeResult:
     """Projection head trained on English train-split pairs only (zero-shot for every other language).
 
-    The Dagster run that trains it names the experiment: its run id is the `run_id` of every result row.
+    The Dagster run that trains it names the experiment: its run id is the `run_id` of every result row
+    (retraining to bit-identical weights keeps the earlier run id).
     """
     spec = settings.dataset_spec()
     if spec.train_language != TRAIN_LANGUAGE:
@@ -93,7 +95,10 @@ def projection_head(context: dg.AssetExecutionContext, config: HeadTrainingConfi
     result = train_head(
         vectors_of(pairs), vectors_of(pairs, "image_vector"), pairs["image_id"].to_numpy(), head_config
     )
-    run_id = context.run.run_id
+    # Identical weights (e.g. only English test captions changed) stay the same experiment: keep its run id.
+    previous = head_from_bytes(settings.head_path.read_bytes()) if settings.head_path.is_file() else None
+    same_weights = previous is not None and head_fingerprint(previous[0]) == head_fingerprint(result.head)
+    run_id = previous[1]["run_id"] if same_weights else context.run.run_id
     provenance = {
         "run_id": run_id,
         "dataset": spec.name,

