@@ -1,33 +1,149 @@
-"""The language-file sensor, through Dagster's sensor testing API."""
+"""The language-file sensor and the re-evaluation schedule, through Dagster's testing APIs, runs executed."""
+
+import shutil
+from datetime import datetime, timezone
 
 import dagster as dg
+import pytest
 
-from xlr_pipeline.defs.automation import language_files_sensor
+from xlr_pipeline.definitions import defs
+from xlr_pipeline.defs.automation import language_files_sensor, reevaluate_all_languages
 from xlr_pipeline.defs.partitions import language_partitions
-from xlr_pipeline_tests.conftest import SUBSET_LANGUAGES, settings_for
+from xlr_pipeline.defs.train import HeadTrainingConfig
+from xlr_pipeline.runner import run_pipeline
+from xlr_pipeline_tests.conftest import SHIPPED, SUBSET_LANGUAGES, settings_for
+
+LANGUAGE_ASSETS = ["captions", "text_embeddings", "retrieval_metrics"]
+REPOSITORY = defs.get_repository_def()
+SUBSET_FIRST_IMAGE = "1f603"  # first train emoji of the shipped split, so in every subset
+JOB_ASSETS = [dg.AssetKey(key) for key in LANGUAGE_ASSETS]  # what the reevaluate_language job selects
 
 
-def _tick(instance, data_dir):
-    context = dg.build_sensor_context(instance=instance, resources={"settings": settings_for(data_dir)})
-    return language_files_sensor(context)
+def tick(instance, data_dir, cursor=None):
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"settings": settings_for(data_dir)}, repository_def=REPOSITORY
+    )
+    # Invoked directly: evaluate_tick would validate run requests against partitions the daemon adds later.
+    result = language_files_sensor(context)
+    assert isinstance(result, dg.SensorResult)
+    return result
 
 
-def test_sensor_adds_a_partition_per_caption_file_once(fresh_data_dir, instance):
-    result = _tick(instance, fresh_data_dir)
-    (request,) = result.dynamic_partitions_requests
-    assert request.partitions_def_name == language_partitions.name
-    assert sorted(request.partition_keys) == sorted(SUBSET_LANGUAGES)
-    instance.add_dynamic_partitions(language_partitions.name, list(request.partition_keys))
-    assert isinstance(_tick(instance, fresh_data_dir), dg.SkipReason)
+def skip_message(result: dg.SensorResult) -> str:
+    return result.skip_reason.skip_message if result.skip_reason else ""
 
 
-def test_sensor_reads_aliases_and_reports_unknown_codes(fresh_data_dir, instance):
-    instance.add_dynamic_partitions(language_partitions.name, list(SUBSET_LANGUAGES))
+def execute(instance, data_dir, requests):
+    """What the daemon does with a tick's run requests."""
+    for request in requests:
+        result = dg.materialize(
+            list(defs.assets),
+            selection=request.asset_selection,
+            partition_key=request.partition_key,
+            instance=instance,
+            resources={"settings": settings_for(data_dir)},
+        )
+        assert result.success
+
+
+def latest_ids(instance, asset, partitions):
+    return {
+        p: instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[p] if p else None), limit=1
+        ).records[0].storage_id
+        for p in partitions
+    }
+
+
+def test_first_tick_on_an_empty_instance_ingests_every_language(fresh_data_dir, instance):
+    result = tick(instance, fresh_data_dir)
+    (partition_request,) = result.dynamic_partitions_requests
+    assert sorted(partition_request.partition_keys) == sorted(SUBSET_LANGUAGES)
+    # no head yet: only what can run without one
+    assert {(r.partition_key, tuple(k.to_user_string() for k in r.asset_selection)) for r in result.run_requests} == {
+        (language, ("captions", "text_embeddings")) for language in SUBSET_LANGUAGES
+    }
+
+
+@pytest.fixture
+def trained(fresh_data_dir):
+    with dg.instance_for_test() as instance:
+        run_pipeline(instance, settings_for(fresh_data_dir), {"projection_head": HeadTrainingConfig(epochs=10)}, log=lambda _: None)
+        yield instance
+
+
+def test_new_language_file_is_evaluated_alone(fresh_data_dir, trained):
+    instance = trained
+    first = tick(instance, fresh_data_dir)  # first tick: languages already materialized are remembered, not rerun
+    assert not first.run_requests and first.cursor
+    before = {
+        "image_embeddings": latest_ids(instance, "image_embeddings", [None]),
+        "projection_head": latest_ids(instance, "projection_head", [None]),
+        **{asset: latest_ids(instance, asset, SUBSET_LANGUAGES) for asset in LANGUAGE_ASSETS},
+    }
+    shutil.copyfile(SHIPPED / "emoji_cldr" / "captions" / "fr.tsv", fresh_data_dir / "emoji_small" / "captions" / "fr.tsv")
+
+    result = tick(instance, fresh_data_dir, first.cursor)
+    assert [r.partition_keys for r in result.dynamic_partitions_requests] == [["fr"]]
+    (request,) = result.run_requests
+    assert request.partition_key == "fr" and [k.to_user_string() for k in request.asset_selection] == LANGUAGE_ASSETS
+    instance.add_dynamic_partitions(language_partitions.name, ["fr"])  # the daemon applies this; the test context does not
+    execute(instance, fresh_data_dir, result.run_requests)
+
+    after = {
+        "image_embeddings": latest_ids(instance, "image_embeddings", [None]),
+        "projection_head": latest_ids(instance, "projection_head", [None]),
+        **{asset: latest_ids(instance, asset, SUBSET_LANGUAGES) for asset in LANGUAGE_ASSETS},
+    }
+    assert after == before
+    assert set(latest_ids(instance, "retrieval_metrics", ["fr"])) == {"fr"}
+    assert not tick(instance, fresh_data_dir, result.cursor).run_requests
+
+
+def test_changed_invalid_and_removed_files_are_reported(fresh_data_dir, trained):
+    instance = trained
+    cursor = tick(instance, fresh_data_dir).cursor
     captions = fresh_data_dir / "emoji_small" / "captions"
-    (captions / "kr.tsv").write_bytes((captions / "de.tsv").read_bytes())
-    (captions / "xx.tsv").write_bytes((captions / "de.tsv").read_bytes())
-    result = _tick(instance, fresh_data_dir)
-    assert list(result.dynamic_partitions_requests[0].partition_keys) == ["ko"]
-    (captions / "kr.tsv").unlink()
-    skip = _tick(instance, fresh_data_dir)
-    assert isinstance(skip, dg.SkipReason) and "unknown language code 'xx'" in skip.skip_message and "xx.tsv" in skip.skip_message
+    with open(captions / "de.tsv", "a", encoding="utf-8") as handle:
+        handle.write(f"{SUBSET_FIRST_IMAGE}\tzweite Beschreibung\tx\n")
+    changed = tick(instance, fresh_data_dir, cursor)
+    assert [r.partition_key for r in changed.run_requests] == ["de"] and not changed.dynamic_partitions_requests
+    execute(instance, fresh_data_dir, changed.run_requests)
+
+    (captions / "ja.tsv").write_bytes(b"image_id\tcaption\n1f600\t\xff\n")
+    (captions / "de.tsv").unlink()
+    (captions / "xx.tsv").write_text("image_id\tcaption\n", "utf-8")
+    result = tick(instance, fresh_data_dir, changed.cursor)
+    message = skip_message(result)
+    assert not result.run_requests and message
+    assert "ja.tsv:2: not valid UTF-8" in message
+    assert "caption file for 'de' was removed; its partition and stored results are kept" in message
+    assert "unknown language code 'xx'" in message
+    assert set(instance.get_dynamic_partitions(language_partitions.name)) >= set(SUBSET_LANGUAGES)
+    assert latest_ids(instance, "retrieval_metrics", ["de", "ja"])  # stored results are still there
+
+
+def test_schedule_reevaluates_every_language(fresh_data_dir, trained):
+    instance = trained
+    before = latest_ids(instance, "retrieval_metrics", SUBSET_LANGUAGES)
+    context = dg.build_schedule_context(
+        instance=instance,
+        scheduled_execution_time=datetime(2026, 11, 30, 3, tzinfo=timezone.utc),
+        resources={"settings": settings_for(fresh_data_dir)},
+        repository_def=REPOSITORY,
+    )
+    with dg.partition_loading_context(dynamic_partitions_store=instance):
+        requests = reevaluate_all_languages.evaluate_tick(context).run_requests
+    assert sorted(r.partition_key for r in requests) == sorted(SUBSET_LANGUAGES)
+    assert {request.job_name for request in requests} <= {None, "reevaluate_language"}
+    execute(instance, fresh_data_dir, [request.with_replaced_attrs(asset_selection=JOB_ASSETS) for request in requests])
+    after = latest_ids(instance, "retrieval_metrics", SUBSET_LANGUAGES)
+    assert all(after[language] > before[language] for language in SUBSET_LANGUAGES)
+
+
+def test_schedule_waits_for_a_trained_head(fresh_data_dir, instance):
+    instance.add_dynamic_partitions(language_partitions.name, ["en"])
+    context = dg.build_schedule_context(
+        instance=instance, scheduled_execution_time=datetime(2026, 11, 30, tzinfo=timezone.utc), repository_def=REPOSITORY
+    )
+    assert "no trained projection_head" in reevaluate_all_languages.evaluate_tick(context).skip_message

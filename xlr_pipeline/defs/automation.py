@@ -68,8 +68,9 @@ def language_files_sensor(context: dg.SensorEvaluationContext, settings: XlrSett
     problems += [f"caption file for {language!r} was removed; its partition and stored results are kept" for language in removed]
     for message in problems:
         context.log.warning(message)
+    cursor = json.dumps({**{k: v for k, v in seen.items() if k in current}, **{k: current[k] for k in new + changed}}, sort_keys=True)
     if not new and not changed:
-        return dg.SkipReason("; ".join(problems) or "no new or changed caption files")
+        return dg.SensorResult(skip_reason="; ".join(problems) or "no new or changed caption files", cursor=cursor)
     selection = LANGUAGE_ASSETS if _head_ready(context.instance) else LANGUAGE_ASSETS[:2]
     return dg.SensorResult(
         run_requests=[
@@ -81,7 +82,7 @@ def language_files_sensor(context: dg.SensorEvaluationContext, settings: XlrSett
             for language in new + changed
         ],
         dynamic_partitions_requests=[language_partitions.build_add_request(new)] if new else [],
-        cursor=json.dumps({**{k: v for k, v in seen.items() if k in current}, **{k: current[k] for k in new + changed}}, sort_keys=True),
+        cursor=cursor,
     )
 
 
