@@ -12,7 +12,7 @@ from xlr_pipeline.core.head import (
     project,
     train_head,
 )
-from xlr_pipeline.core.losses import triplet_ranking_loss
+from xlr_pipeline.core.losses import m3_loss, symmetric_info_nce_loss, text_repulsion_loss, triplet_ranking_loss
 
 
 def test_triplet_loss_known_value():
@@ -81,3 +81,44 @@ def test_head_round_trips_through_bytes():
 def test_training_refuses_misaligned_input():
     with pytest.raises(ValueError, match="aligned training pairs"):
         train_head(np.zeros((3, 2), np.float32), np.zeros((2, 2), np.float32), np.arange(3), HeadConfig())
+
+
+def _unit(rows):
+    tensor = torch.tensor(rows, dtype=torch.float32)
+    return tensor / tensor.norm(dim=1, keepdim=True)
+
+
+def test_m3_reduces_to_patr_without_text_weight():
+    torch.manual_seed(0)
+    text, image, ids = _unit(torch.randn(6, 4).tolist()), _unit(torch.randn(6, 4).tolist()), torch.arange(6)
+    assert m3_loss(text, image, ids, 0.2, 0.3, 0.0).item() == pytest.approx(triplet_ranking_loss(text, image, ids, 0.2).item())
+    assert m3_loss(text, image, ids, 0.2, 0.3, 1.0).item() > triplet_ranking_loss(text, image, ids, 0.2).item()
+
+
+def test_text_repulsion_known_value():
+    # t0 and t1 are captions of different images and identical to each other; each matches its image with s = 0.6
+    text = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    image = torch.tensor([[0.6, 0.8], [0.6, -0.8]])
+    # each anchor: max(0, 0.1 - 0.6 + 1.0) = 0.5
+    assert text_repulsion_loss(text, image, torch.tensor([0, 1]), margin=0.1).item() == pytest.approx(0.5)
+    # captions of the same image do not repel
+    assert text_repulsion_loss(text, image, torch.tensor([0, 0]), margin=0.1).item() == 0.0
+
+
+def test_info_nce_known_value_and_multi_positive_targets():
+    text = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    image = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    expected = -torch.log_softmax(torch.tensor([1.0, 0.0]) / 0.5, dim=0)[0].item()
+    assert symmetric_info_nce_loss(text, image, torch.tensor([0, 1]), 0.5).item() == pytest.approx(expected)
+    same_image = symmetric_info_nce_loss(text, image, torch.tensor([0, 0]), 0.5).item()
+    # both columns are correct: the target puts half the mass on each
+    assert same_image == pytest.approx(-(0.5 * torch.log_softmax(torch.tensor([2.0, 0.0]), dim=0)).sum().item())
+
+
+@pytest.mark.parametrize("objective", ["m3", "infonce"])
+def test_every_objective_trains(objective):
+    text, image, ids = _toy_pairs()
+    result = train_head(text, image, ids, HeadConfig(objective=objective, embed_dim=8, epochs=40, batch_size=16))
+    assert result.loss_history[-1] < 0.7 * result.loss_history[0]
+    similarity = project(result.head, text, "text") @ project(result.head, image, "image").T
+    assert (similarity.argmax(1) == ids).mean() > 0.3  # chance is 1/64

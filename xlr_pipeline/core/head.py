@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from xlr_pipeline.core.losses import NegativeMining, triplet_ranking_loss
+from xlr_pipeline.core.losses import NegativeMining, Objective, m3_loss, symmetric_info_nce_loss, triplet_ranking_loss
 
 Architecture = Literal["linear", "mlp"]
 
@@ -22,9 +22,12 @@ class HeadConfig:
     architecture: Architecture = "linear"
     embed_dim: int = 256
     hidden_dim: int = 1024
-    objective: Literal["patr"] = "patr"
+    objective: Objective = "patr"
     margin: float = 0.1
     negatives: NegativeMining = "all"
+    text_margin: float = 0.1
+    text_weight: float = 0.5
+    temperature: float = 0.05
     epochs: int = 60
     batch_size: int = 128
     learning_rate: float = 1e-3
@@ -33,6 +36,15 @@ class HeadConfig:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def objective_loss(config: HeadConfig, text: torch.Tensor, image: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
+    """The configured objective on one batch of projected, normalised vectors."""
+    if config.objective == "patr":
+        return triplet_ranking_loss(text, image, image_ids, config.margin, config.negatives)
+    if config.objective == "m3":
+        return m3_loss(text, image, image_ids, config.margin, config.text_margin, config.text_weight, config.negatives)
+    return symmetric_info_nce_loss(text, image, image_ids, config.temperature)
 
 
 def _branch(in_dim: int, config: HeadConfig) -> nn.Module:
@@ -109,13 +121,7 @@ def train_head(
         epoch_loss = 0.0
         for start in range(0, len(text), config.batch_size):
             batch = order[start : start + config.batch_size]
-            loss = triplet_ranking_loss(
-                head.project_text(text_t[batch]),
-                head.project_image(image_t[batch]),
-                groups[batch],
-                config.margin,
-                config.negatives,
-            )
+            loss = objective_loss(config, head.project_text(text_t[batch]), head.project_image(image_t[batch]), groups[batch])
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

@@ -40,9 +40,15 @@ class HeadTrainingConfig(dg.Config):
     architecture: Literal["linear", "mlp"] = Field(_DEFAULT.architecture, description="One linear layer per modality, or a 2-layer MLP")
     embed_dim: int = Field(_DEFAULT.embed_dim, description="Dimension of the shared space")
     hidden_dim: int = Field(_DEFAULT.hidden_dim, description="Hidden width of the MLP branches")
-    objective: Literal["patr"] = Field(_DEFAULT.objective, description="Training objective: 'patr' = triplet ranking (caption anchor)")
+    objective: Literal["patr", "m3", "infonce"] = Field(
+        _DEFAULT.objective,
+        description="'patr': triplet ranking, caption anchor; 'm3': patr + text repulsion; 'infonce': symmetric CLIP-style",
+    )
     margin: float = Field(_DEFAULT.margin, description="Triplet margin on cosine similarity")
     negatives: Literal["all", "hardest"] = Field(_DEFAULT.negatives, description="Average all violating in-batch negatives, or only the hardest")
+    text_margin: float = Field(_DEFAULT.text_margin, description="m3: margin of the caption-vs-other-captions term")
+    text_weight: float = Field(_DEFAULT.text_weight, description="m3: weight of the text repulsion term (0 = patr)")
+    temperature: float = Field(_DEFAULT.temperature, description="infonce: softmax temperature")
     epochs: int = Field(_DEFAULT.epochs, description="Passes over the English training pairs")
     batch_size: int = Field(_DEFAULT.batch_size, description="Pairs per batch (in-batch negatives come from here)")
     learning_rate: float = Field(_DEFAULT.learning_rate, description="AdamW learning rate")
