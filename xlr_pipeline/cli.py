@@ -58,6 +58,36 @@ def command_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_grid(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from xlr_pipeline.defs.experiments import GridConfig
+    from xlr_pipeline.defs.versions import ASSET_GROUP, EXPERIMENT_GROUP
+    from xlr_pipeline.runner import RunFailed, ensure_instance_home, materialize_target, run_pipeline
+    from xlr_pipeline.staleness import Target
+
+    ensure_instance_home()
+    settings = _settings(args)
+    grid = GridConfig(**{k: v for k, v in (("seeds", args.seeds), ("objectives", args.objectives), ("epochs", args.epochs)) if v})
+    configs = {"projection_head": head_training_config(args), "experiment_grid": grid}
+    try:
+        with dg.DagsterInstance.get() as instance:
+            report = run_pipeline(
+                instance, settings, configs, include_stale=args.stale, groups=frozenset({ASSET_GROUP, EXPERIMENT_GROUP})
+            )
+            ran = {asset for asset, _, _ in report.executed}
+            if args.rerun and "experiment_grid" not in ran:
+                for asset in ("experiment_grid", "grid_report"):
+                    print(f"materializing {asset} (--rerun) ...")
+                    materialize_target(instance, settings, Target(dg.AssetKey(asset), None), configs)
+    except RunFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    report_path = settings.root / "reports" / settings.dataset_spec().name / "report.md"
+    print(report_path.read_text("utf-8") if report_path.exists() else "no report yet")
+    return 0
+
+
 def command_evaluate(args: argparse.Namespace) -> int:
     import dagster as dg
 
@@ -156,6 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", parents=[pipeline_options], help="list missing and stale asset partitions with causes")
     status.add_argument("--all", action="store_true", help="list fresh ones too")
     status.set_defaults(handler=command_status)
+
+    grid = commands.add_parser(
+        "grid", parents=[pipeline_options], help="run the experiment grid (objectives x SALT x seeds) and print its report"
+    )
+    grid.add_argument("--seeds", type=int, nargs="+", help="seeds per cell (default 0 1 2)")
+    grid.add_argument("--objectives", nargs="+", choices=["patr", "m3", "infonce"], help="objectives (default all three)")
+    grid.add_argument("--stale", action="store_true", help="also rerun what is stale upstream")
+    grid.add_argument("--rerun", action="store_true", help="retrain the grid even if it exists (e.g. after changing --seeds)")
+    grid.set_defaults(handler=command_grid)
 
     evaluate = commands.add_parser(
         "evaluate", parents=[pipeline_options], help="re-evaluate languages with the current head (the reevaluate_language job)"

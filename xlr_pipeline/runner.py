@@ -20,6 +20,7 @@ from xlr_pipeline.defs.automation import LANGUAGE_ASSETS
 from xlr_pipeline.defs.partitions import TRAIN_LANGUAGE, language_partitions
 from xlr_pipeline.defs.resources import DEFAULT_DATA_DIR, XlrSettings
 from xlr_pipeline.defs.train import HeadTrainingConfig
+from xlr_pipeline.defs.versions import ASSET_GROUP
 from xlr_pipeline.staleness import StalenessResolver, Status, Target
 
 DEFAULT_DAGSTER_HOME = DEFAULT_DATA_DIR.parent / ".dagster_home"
@@ -108,10 +109,13 @@ def run_pipeline(
     include_stale: bool = False,
     log: Callable[[str], None] = print,
     console_log_level: str = "INFO",
+    groups: frozenset[str] = frozenset({ASSET_GROUP}),
 ) -> RunReport:
     """Materialize what is missing (and, with `include_stale`, what is stale), one graph level at a time."""
     asset_configs = asset_configs or {}
-    resolver = StalenessResolver(instance, settings, head_config_of(asset_configs), register_languages(instance, settings))
+    resolver = StalenessResolver(
+        instance, settings, head_config_of(asset_configs), register_languages(instance, settings), groups
+    )
     wanted = {"missing", "stale"} if include_stale else {"missing"}
     report = RunReport()
     for level in resolver.levels():
@@ -156,8 +160,11 @@ def evaluate_languages(
 
 
 def current_statuses(
-    instance: dg.DagsterInstance, settings: XlrSettings, asset_configs: dict[str, dg.Config] | None = None
+    instance: dg.DagsterInstance,
+    settings: XlrSettings,
+    asset_configs: dict[str, dg.Config] | None = None,
+    groups: frozenset[str] = frozenset({ASSET_GROUP}),
 ) -> list[Status]:
     """`xlr status`: every asset partition with its state and causes, before anything runs."""
     languages = sorted(set(instance.get_dynamic_partitions(language_partitions.name)) | set(settings.dataset_spec().scan_caption_files()[0]))
-    return StalenessResolver(instance, settings, head_config_of(asset_configs or {}), languages).plan()
+    return StalenessResolver(instance, settings, head_config_of(asset_configs or {}), languages, groups).plan()

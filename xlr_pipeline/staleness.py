@@ -20,6 +20,7 @@ from xlr_pipeline.core.datasets import DatasetError
 from xlr_pipeline.definitions import defs
 from xlr_pipeline.defs.lineage import CONFIG_KEY, CURRENT_CONFIG, INPUTS_KEY, input_name
 from xlr_pipeline.defs.resources import XlrSettings
+from xlr_pipeline.defs.versions import ASSET_GROUP
 
 State = Literal["fresh", "missing", "stale", "error"]
 DATA_VERSION_TAG = "dagster/data_version"
@@ -69,13 +70,17 @@ class StalenessResolver:
     settings: XlrSettings
     head_config: dict
     languages: list[str]
+    groups: frozenset[str] = frozenset({ASSET_GROUP})
     graph: object = field(init=False)
 
     def __post_init__(self) -> None:
         self.graph = defs.get_repository_def().asset_graph
 
     def levels(self) -> Iterator[list[dg.AssetKey]]:
-        yield from (sorted(level) for level in self.graph.toposorted_asset_keys_by_level)
+        for level in self.graph.toposorted_asset_keys_by_level:
+            keys = sorted(key for key in level if self.graph.get(key).group_name in self.groups)
+            if keys:
+                yield keys
 
     def targets(self, key: dg.AssetKey) -> list[Target]:
         partitioned = self.graph.get(key).assets_def.partitions_def is not None
@@ -91,6 +96,8 @@ class StalenessResolver:
             mapping = assets_def.get_partition_mapping(parent)
             if isinstance(mapping, dg.SpecificPartitionsPartitionMapping):
                 found.extend(Target(parent, p) for p in mapping.partition_keys)
+            elif target.partition is None:  # an unpartitioned asset reads every language
+                found.extend(Target(parent, p) for p in self.languages)
             else:
                 found.append(Target(parent, target.partition))
         return found

@@ -117,8 +117,8 @@ def evaluation_records(
         "head_config": head_config,
         "seed": head_config["seed"],
         "code_versions": code_versions,
-        "dagster_run_id": run_id,
-        "augmentation": "none",
+        "dagster_run_id": provenance.get("dagster_run_id", run_id),
+        "augmentation": provenance.get("augmentation", "none"),
     }
     run_ids = {"trained": run_id, "random": run_id + RANDOM_HEAD_SUFFIX}
     runs = [

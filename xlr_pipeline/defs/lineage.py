@@ -50,6 +50,11 @@ def _no_config(settings: XlrSettings, partition: str | None, head_config: dict) 
     return {}
 
 
+def _experiment_config(settings: XlrSettings, partition: str | None, head_config: dict) -> dict:
+    """The grid's own Config is launch-time; only the text model (shared with the chain) is tracked here."""
+    return {"text_model": settings.text_model}
+
+
 CURRENT_CONFIG: dict[str, Callable[[XlrSettings, str | None, dict], dict]] = {
     "captions": _captions_config,
     "image_embeddings": _image_embeddings_config,
@@ -57,6 +62,9 @@ CURRENT_CONFIG: dict[str, Callable[[XlrSettings, str | None, dict], dict]] = {
     "projection_head": _head_config,
     "image_index": _no_config,
     "retrieval_metrics": _no_config,
+    "code_switched_captions": _experiment_config,
+    "experiment_grid": _experiment_config,
+    "grid_report": _no_config,
 }
 
 

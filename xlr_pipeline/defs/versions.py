@@ -10,7 +10,12 @@ CODE_VERSIONS = {
     "projection_head": "1",
     "image_index": "1",
     "retrieval_metrics": "1",
+    "code_switched_captions": "1",
+    "experiment_grid": "1",
+    "grid_report": "1",
 }
 
 # One group: the chain is six assets, and the UI collapses graphs that span several groups.
 ASSET_GROUP = "cross_lingual_retrieval"
+# Experiments (the objective × augmentation × seed grid and its report) run on demand: `xlr grid`.
+EXPERIMENT_GROUP = "experiments"

@@ -1,0 +1,113 @@
+"""SALT-style self-augmentation of English training captions, for a frozen text encoder.
+
+SALT (Wang et al., arXiv 2309.10891) improves zero-shot cross-lingual transfer without parallel data or
+dictionaries by (1) code-switching: replacing tokens with other-language tokens that the multilingual model
+*itself* considers equivalent, and (2) embedding mixup between original and code-switched inputs.
+Our encoder is frozen and sentence-level, so the adaptation is:
+
+1. **Self-induced word translations.** English words of the training captions and the most frequent words
+   of each augmentation language (`wordfreq`'s monolingual lists — no parallel text, no dictionary) are
+   embedded with the frozen encoder; each language's word vectors are centred by their own mean; an English
+   word is translated to its nearest neighbour when the two are *mutual* nearest neighbours (the encoder's
+   own proposal, filtered for precision).
+2. **Code-switching.** A copy of each English training caption in which each translatable word is replaced
+   with probability `switch_ratio` by its translation in one randomly drawn language.
+3. **Embedding mixup.** The training text vector of a code-switched copy is λ·e(original) + (1−λ)·e(switched),
+   λ ~ Beta(α, α), renormalised; it is paired with the original caption's image.
+
+Only English train-split captions enter here; captions of other languages (and all test captions) never do.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+WORD = re.compile(r"[^\W\d_]+")
+Encode = Callable[[list[str]], np.ndarray]
+
+
+def english_words(captions: Sequence[str]) -> list[str]:
+    return sorted({word for caption in captions for word in WORD.findall(caption.lower()) if len(word) > 1})
+
+
+def frequent_words(language: str, count: int) -> list[str]:
+    """The language's most frequent words from `wordfreq` (monolingual, no pairs), letters only."""
+    import wordfreq
+
+    return [word for word in wordfreq.top_n_list(language, count * 2) if WORD.fullmatch(word)][:count]
+
+
+def _centred_unit(vectors: np.ndarray) -> np.ndarray:
+    centred = vectors - vectors.mean(axis=0, keepdims=True)
+    return centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
+
+
+def mutual_nearest_translations(
+    source_words: Sequence[str], source_vectors: np.ndarray, target_words: Sequence[str], target_vectors: np.ndarray
+) -> dict[str, str]:
+    """source word → target word where each is the other's nearest neighbour (cosine after centring)."""
+    similarity = _centred_unit(source_vectors) @ _centred_unit(target_vectors).T
+    forward = similarity.argmax(axis=1)
+    backward = similarity.argmax(axis=0)
+    return {source_words[i]: target_words[j] for i, j in enumerate(forward) if backward[j] == i}
+
+
+@dataclass(frozen=True)
+class Lexicon:
+    """English word → {language: translation}, induced from the encoder alone."""
+
+    translations: dict[str, dict[str, str]]
+
+    @property
+    def languages(self) -> list[str]:
+        return sorted({language for options in self.translations.values() for language in options})
+
+    def size(self, language: str) -> int:
+        return sum(language in options for options in self.translations.values())
+
+
+def induce_lexicon(captions: Sequence[str], languages: Sequence[str], words_per_language: int, encode: Encode) -> Lexicon:
+    source = english_words(captions)
+    source_vectors = encode(source)
+    translations: dict[str, dict[str, str]] = {}
+    for language in languages:
+        target = frequent_words(language, words_per_language)
+        for english, foreign in mutual_nearest_translations(source, source_vectors, target, encode(target)).items():
+            translations.setdefault(english, {})[language] = foreign
+    return Lexicon(translations)
+
+
+def code_switch(caption: str, lexicon: Lexicon, language: str, switch_ratio: float, rng: np.random.Generator) -> str:
+    """Replace translatable words of `caption` by their `language` translation with probability switch_ratio."""
+
+    def replace(match: re.Match) -> str:
+        options = lexicon.translations.get(match.group(0).lower(), {})
+        return options[language] if language in options and rng.random() < switch_ratio else match.group(0)
+
+    return WORD.sub(replace, caption)
+
+
+def code_switched_copies(
+    captions: Sequence[str], lexicon: Lexicon, switch_ratio: float, seed: int
+) -> list[tuple[int, str, str]]:
+    """(index of the original caption, language, switched caption) for captions that actually changed."""
+    rng = np.random.default_rng(seed)
+    languages = lexicon.languages
+    copies = []
+    for index, caption in enumerate(captions):
+        language = languages[rng.integers(len(languages))]
+        switched = code_switch(caption, lexicon, language, switch_ratio, rng)
+        if switched != caption:
+            copies.append((index, language, switched))
+    return copies
+
+
+def mixup(original: np.ndarray, switched: np.ndarray, alpha: float, rng: np.random.Generator) -> np.ndarray:
+    """Row-wise λ·original + (1−λ)·switched with λ ~ Beta(α, α), renormalised to unit length."""
+    weights = rng.beta(alpha, alpha, size=(len(original), 1)).astype(np.float32)
+    mixed = weights * original + (1 - weights) * switched
+    return (mixed / np.maximum(np.linalg.norm(mixed, axis=1, keepdims=True), 1e-12)).astype(np.float32)

@@ -1,0 +1,94 @@
+"""The experiment grid: objectives × augmentation × seeds (× text encoder), trained on cached embeddings."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+import numpy as np
+import polars as pl
+
+from xlr_pipeline.core.augment import mixup
+from xlr_pipeline.core.head import HeadConfig, ProjectionHead, train_head
+from xlr_pipeline.core.metrics import DirectionResult, evaluate_trained_and_random
+
+
+@dataclass(frozen=True)
+class Cell:
+    objective: str
+    augmentation: str
+    seed: int
+    text_model: str
+
+    def run_suffix(self, text_model_label: str) -> str:
+        return f"{self.objective}/{self.augmentation}/{text_model_label}/seed{self.seed}"
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """English train pairs (+ optional code-switched copies) for one text encoder."""
+
+    text: np.ndarray
+    image: np.ndarray
+    image_ids: np.ndarray
+    switched_text: np.ndarray | None = None  # code-switched copies' vectors
+    switched_of: np.ndarray | None = None  # row of `text` each copy was made from
+
+
+def training_arrays(data: TrainingData, augmentation: str, alpha: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pairs one cell trains on: originals, plus mixup of original and code-switched vectors for SALT."""
+    if augmentation == "none":
+        return data.text, data.image, data.image_ids
+    if data.switched_text is None or data.switched_of is None:
+        raise ValueError("SALT needs code-switched copies of the training captions")
+    rng = np.random.default_rng(seed)
+    mixed = mixup(data.text[data.switched_of], data.switched_text, alpha, rng)
+    return (
+        np.concatenate([data.text, mixed]),
+        np.concatenate([data.image, data.image[data.switched_of]]),
+        np.concatenate([data.image_ids, data.image_ids[data.switched_of]]),
+    )
+
+
+def run_cell(
+    cell: Cell,
+    base_config: HeadConfig,
+    data: TrainingData,
+    test_images: np.ndarray,
+    test_texts: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    mixup_alpha: float,
+) -> tuple[ProjectionHead, dict[str, dict[str, list[DirectionResult]]]]:
+    """Train one cell and evaluate it (and its random head) on every language's test captions.
+
+    `test_texts[language] = (vectors, labels)` with labels indexing rows of `test_images`.
+    """
+    config = replace(base_config, objective=cell.objective, seed=cell.seed)
+    text, image, ids = training_arrays(data, cell.augmentation, mixup_alpha, cell.seed)
+    head = train_head(text, image, ids, config).head
+    return head, {
+        language: evaluate_trained_and_random(head, test_images, vectors, labels)
+        for language, (vectors, labels) in test_texts.items()
+    }
+
+
+def hits_frame(cell: Cell, results: Mapping[str, Mapping[str, list[DirectionResult]]]) -> pl.DataFrame:
+    """Per-query ranks of a cell's trained and random heads: the input of the statistics."""
+    frames = []
+    for language, by_head in results.items():
+        for head_name, directions in by_head.items():
+            for result in directions:
+                frames.append(
+                    pl.DataFrame(
+                        {
+                            "objective": cell.objective if head_name == "trained" else "random_init",
+                            "augmentation": cell.augmentation,
+                            "text_model": cell.text_model,
+                            "seed": cell.seed,
+                            "language": language,
+                            "direction": result.direction,
+                            "query": np.arange(len(result.ranks)),
+                            "rank": result.ranks,
+                        }
+                    )
+                )
+    return pl.concat(frames)

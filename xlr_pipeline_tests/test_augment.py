@@ -1,0 +1,68 @@
+"""SALT-style augmentation: deterministic, encoder-induced, and blind to every test caption."""
+
+import numpy as np
+import polars as pl
+
+from xlr_pipeline.core.augment import Lexicon, code_switch, code_switched_copies, english_words, mixup, mutual_nearest_translations
+
+
+def test_mutual_nearest_neighbours_only():
+    source = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [-1.0, -1.0]])
+    target = np.array([[1.0, 0.05], [0.05, 1.0], [-1.0, -0.9]])
+    pairs = mutual_nearest_translations(["cat", "kitten", "dog", "none"], source, ["katze", "hund", "nichts"], target)
+    assert pairs["dog"] == "hund" and pairs["none"] == "nichts"
+    assert sum(value == "katze" for value in pairs.values()) == 1  # one of cat/kitten, never both
+
+
+def test_code_switching_is_seeded_and_keeps_unknown_words():
+    lexicon = Lexicon({"red": {"de": "rot", "ja": "赤"}, "apple": {"de": "Apfel", "ja": "りんご"}})
+    first = code_switched_copies(["red apple", "green pear", "Red Apple!"], lexicon, switch_ratio=1.0, seed=3)
+    assert first == code_switched_copies(["red apple", "green pear", "Red Apple!"], lexicon, switch_ratio=1.0, seed=3)
+    assert [index for index, _, _ in first] == [0, 2]  # "green pear" has nothing to switch
+    for _, language, caption in first:
+        assert caption in {"rot Apfel", "赤 りんご", "rot Apfel!", "赤 りんご!"} and language in {"de", "ja"}
+    assert code_switch("red apple", lexicon, "de", 0.0, np.random.default_rng(0)) == "red apple"
+    assert english_words(["A red-apple, 2 apples"]) == ["apple", "apples", "red"]
+
+
+def test_mixup_stays_on_the_segment_and_unit_length():
+    rng = np.random.default_rng(0)
+    a, b = np.eye(4, dtype=np.float32)[:2], np.eye(4, dtype=np.float32)[2:]
+    mixed = mixup(a, b, alpha=0.4, rng=rng)
+    assert np.allclose(np.linalg.norm(mixed, axis=1), 1.0)
+    assert np.allclose(mixed[:, [1, 3]][0], 0) and np.allclose(mixed[:, [0, 2]][1], 0)
+
+
+def test_augmentation_asset_never_reads_test_or_foreign_captions(tmp_path, subset_data_dir, instance):
+    """Poison every test caption and every non-English caption; none of it may surface in the augmentation."""
+    import shutil
+
+    import dagster as dg
+
+    from xlr_pipeline.definitions import defs
+    from xlr_pipeline.defs.experiments import AugmentationConfig
+    from xlr_pipeline.defs.partitions import language_partitions
+    from xlr_pipeline_tests.conftest import settings_for
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(subset_data_dir / "emoji_small", data_dir / "emoji_small")
+    split = dict(pl.read_csv(data_dir / "emoji_small" / "split.csv").select("image_id", "split").iter_rows())
+    for path in (data_dir / "emoji_small" / "captions").glob("*.tsv"):
+        lines = path.read_text("utf-8").splitlines()
+        poisoned = [lines[0]] + [
+            f"{f[0]}\tPOISON{path.stem} {f[1]}\t{f[2]}" if path.stem != "en" or split[f[0]] == "test" else line
+            for line in lines[1:]
+            for f in [line.split("\t")]
+        ]
+        path.write_text("\n".join(poisoned) + "\n", "utf-8")
+    settings = settings_for(data_dir)
+    instance.add_dynamic_partitions(language_partitions.name, ["en"])
+    assets = list(defs.assets)
+    assert dg.materialize(assets, selection=["captions"], partition_key="en", instance=instance, resources={"settings": settings}).success
+    config = dg.RunConfig(ops={"code_switched_captions": AugmentationConfig(languages=["de", "ja"], words_per_language=300)})
+    result = dg.materialize(assets, selection=["code_switched_captions"], instance=instance, resources={"settings": settings}, run_config=config)
+    assert result.success
+    out = pl.read_parquet(settings.outputs / "experiments" / "code_switched_captions.parquet")
+    assert out.height > 10 and set(out["language"]) <= {"de", "ja"}
+    assert not out["caption"].str.contains("POISON").any() and not out["original"].str.contains("POISON").any()
+    assert set(out["image_id"]).issubset({image_id for image_id, side in split.items() if side == "train"})
