@@ -49,6 +49,10 @@ class Comparison:
         return "significant gain" if self.difference > 0 else "significant loss"
 
 
+def _p(value: float) -> str:
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
 def _fmt(estimate: Estimate) -> str:
     return f"{estimate.mean:.3f} [{estimate.low:.3f}, {estimate.high:.3f}]"
 
@@ -112,7 +116,11 @@ def build_report(hits: pl.DataFrame, train_language: str, main_text_model: str, 
         "",
         "| comparison | k | difference | p | verdict |",
         "|---|---|---|---|---|",
-        *[f"| {c.label} | {c.k} | {c.difference:+.4f} | {c.p_value:.3f} | {c.verdict} |" for c in comparisons],
+        *[f"| {c.label} | {c.k} | {c.difference:+.4f} | {_p(c.p_value)} | {c.verdict} |" for c in comparisons],
+        "",
+        f"Significance at p < {SIGNIFICANCE}, two-sided, without correction for the {len(comparisons)} comparisons "
+        "(with Bonferroni, p must be below "
+        f"{SIGNIFICANCE / max(len(comparisons), 1):.4f}).",
     ]
 
     lines += ["", "## Per language, text→image R@1 (mean over seeds)", ""]
@@ -160,7 +168,7 @@ def summarise(comparisons: list[Comparison], estimates: dict, main_text_model: s
     for comparison in comparisons:
         sentences.append(
             f"- {comparison.label}, R@{comparison.k}: {comparison.difference:+.4f} "
-            f"(p = {comparison.p_value:.3f}) — {comparison.verdict}."
+            f"(p {'< 0.001' if comparison.p_value < 0.001 else f'= {comparison.p_value:.3f}'}) — {comparison.verdict}."
         )
     random = [s for s in estimates if s[0] == "random_init"]
     english_only = [s for s in estimates if s[2] != main_text_model and s[0] != "random_init"]
