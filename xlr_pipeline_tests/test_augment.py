@@ -3,7 +3,14 @@
 import numpy as np
 import polars as pl
 
-from xlr_pipeline.core.augment import Lexicon, code_switch, code_switched_copies, english_words, mixup, mutual_nearest_translations
+from xlr_pipeline.core.augment import (
+    Lexicon,
+    code_switch,
+    code_switched_copies,
+    english_words,
+    mixup,
+    mutual_nearest_translations,
+)
 
 
 def test_mutual_nearest_neighbours_only():
@@ -59,10 +66,10 @@ def test_augmentation_asset_never_reads_test_or_foreign_captions(tmp_path, subse
     instance.add_dynamic_partitions(language_partitions.name, ["en"])
     assets = list(defs.assets)
     assert dg.materialize(assets, selection=["captions"], partition_key="en", instance=instance, resources={"settings": settings}).success
-    config = dg.RunConfig(ops={"code_switched_captions": AugmentationConfig(languages=["de", "ja"], words_per_language=300)})
-    result = dg.materialize(assets, selection=["code_switched_captions"], instance=instance, resources={"settings": settings}, run_config=config)
+    config = dg.RunConfig(ops={"text_augmentations": AugmentationConfig(languages=["de", "ja"], words_per_language=300)})
+    result = dg.materialize(assets, selection=["text_augmentations"], instance=instance, resources={"settings": settings}, run_config=config)
     assert result.success
-    out = pl.read_parquet(settings.outputs / "experiments" / "code_switched_captions.parquet")
+    out = pl.read_parquet(settings.outputs / "experiments" / "code_switched.parquet")
     assert out.height > 10 and set(out["language"]) <= {"de", "ja"}
     assert not out["caption"].str.contains("POISON").any() and not out["original"].str.contains("POISON").any()
     assert set(out["image_id"]).issubset({image_id for image_id, side in split.items() if side == "train"})

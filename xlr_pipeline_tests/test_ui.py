@@ -15,7 +15,9 @@ import pytest
 
 from xlr_pipeline_tests.conftest import SUBSET_LANGUAGES
 
-ASSETS = {"captions", "image_embeddings", "text_embeddings", "projection_head", "image_index", "retrieval_metrics"}
+ASSETS = {"captions", "image_embeddings", "text_embeddings", "projection_head", "image_index", "retrieval_metrics"} | {
+    "text_augmentations", "experiment_grid", "grid_report"
+}
 
 
 def _free_port() -> int:

@@ -81,6 +81,17 @@ def induce_lexicon(captions: Sequence[str], languages: Sequence[str], words_per_
     return Lexicon(translations)
 
 
+def language_means(languages: Sequence[str], words_per_language: int, encode: Encode) -> dict[str, np.ndarray]:
+    """Each language's mean vector over its frequent words: a centroid from unpaired monolingual text."""
+    return {language: encode(frequent_words(language, words_per_language)).mean(axis=0) for language in languages}
+
+
+def shift_to_centroid(vectors: np.ndarray, own_mean: np.ndarray, reference_mean: np.ndarray) -> np.ndarray:
+    """Per-language centring: move a language's vectors so its centroid lands on the reference centroid."""
+    shifted = vectors - own_mean + reference_mean
+    return (shifted / np.maximum(np.linalg.norm(shifted, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
 def code_switch(caption: str, lexicon: Lexicon, language: str, switch_ratio: float, rng: np.random.Generator) -> str:
     """Replace translatable words of `caption` by their `language` translation with probability switch_ratio."""
 

@@ -12,16 +12,29 @@ from xlr_pipeline.core.augment import mixup
 from xlr_pipeline.core.head import HeadConfig, ProjectionHead, train_head
 from xlr_pipeline.core.metrics import DirectionResult, evaluate_trained_and_random
 
+DEFAULT_TEXT_WEIGHT = HeadConfig().text_weight
+
 
 @dataclass(frozen=True)
 class Cell:
     objective: str
-    augmentation: str
+    augmentation: str  # "none", "salt" or "keywords"
     seed: int
     text_model: str
+    text_weight: float = DEFAULT_TEXT_WEIGHT  # m3 only
+    centring: str = "train"  # "train" or "per_language" (evaluation-time)
+
+    @property
+    def objective_label(self) -> str:
+        return f"m3 (λ_t={self.text_weight})" if self.objective == "m3" and self.text_weight != DEFAULT_TEXT_WEIGHT else self.objective
+
+    @property
+    def augmentation_label(self) -> str:
+        return self.augmentation + (" + per-language centring" if self.centring == "per_language" else "")
 
     def run_suffix(self, text_model_label: str) -> str:
-        return f"{self.objective}/{self.augmentation}/{text_model_label}/seed{self.seed}"
+        parts = [self.objective_label, self.augmentation_label, text_model_label, f"seed{self.seed}"]
+        return "/".join(part.replace(" ", "") for part in parts)
 
 
 @dataclass(frozen=True)
@@ -33,12 +46,22 @@ class TrainingData:
     image_ids: np.ndarray
     switched_text: np.ndarray | None = None  # code-switched copies' vectors
     switched_of: np.ndarray | None = None  # row of `text` each copy was made from
+    keyword_text: np.ndarray | None = None  # vectors of each caption's CLDR keywords
+    keyword_of: np.ndarray | None = None
 
 
 def training_arrays(data: TrainingData, augmentation: str, alpha: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The pairs one cell trains on: originals, plus mixup of original and code-switched vectors for SALT."""
     if augmentation == "none":
         return data.text, data.image, data.image_ids
+    if augmentation == "keywords":
+        if data.keyword_text is None or data.keyword_of is None:
+            raise ValueError("keyword augmentation needs keyword vectors of the training captions")
+        return (
+            np.concatenate([data.text, data.keyword_text]),
+            np.concatenate([data.image, data.image[data.keyword_of]]),
+            np.concatenate([data.image_ids, data.image_ids[data.keyword_of]]),
+        )
     if data.switched_text is None or data.switched_of is None:
         raise ValueError("SALT needs code-switched copies of the training captions")
     rng = np.random.default_rng(seed)
@@ -62,7 +85,7 @@ def run_cell(
 
     `test_texts[language] = (vectors, labels)` with labels indexing rows of `test_images`.
     """
-    config = replace(base_config, objective=cell.objective, seed=cell.seed)
+    config = replace(base_config, objective=cell.objective, seed=cell.seed, text_weight=cell.text_weight)
     text, image, ids = training_arrays(data, cell.augmentation, mixup_alpha, cell.seed)
     head = train_head(text, image, ids, config).head
     return head, {
@@ -80,8 +103,8 @@ def hits_frame(cell: Cell, results: Mapping[str, Mapping[str, list[DirectionResu
                 frames.append(
                     pl.DataFrame(
                         {
-                            "objective": cell.objective if head_name == "trained" else "random_init",
-                            "augmentation": cell.augmentation,
+                            "objective": cell.objective_label if head_name == "trained" else "random_init",
+                            "augmentation": cell.augmentation_label,
                             "text_model": cell.text_model,
                             "seed": cell.seed,
                             "language": language,

@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from xlr_pipeline.core.augment import code_switched_copies, induce_lexicon
+from xlr_pipeline.core.augment import code_switched_copies, induce_lexicon, language_means, shift_to_centroid
 from xlr_pipeline.core.embeddings import embed_with_cache, vectors_of, with_vectors
 from xlr_pipeline.core.encoders import ENGLISH_ONLY_TEXT_MODEL, load_text_encoder
 from xlr_pipeline.core.grid import Cell, TrainingData, hits_frame, run_cell
@@ -25,6 +25,13 @@ from xlr_pipeline.defs.resources import XlrSettings, require_file
 from xlr_pipeline.defs.train import training_pairs
 from xlr_pipeline.defs.versions import CODE_VERSIONS, EXPERIMENT_GROUP
 
+
+def has_word_list(language: str) -> bool:
+    import wordfreq
+
+    return language in wordfreq.available_languages()
+
+
 AUGMENTATION_LANGUAGES = ["de", "es", "fr", "it", "ja", "ko", "pl", "ru", "tr", "zh"]
 
 
@@ -39,12 +46,13 @@ class AugmentationConfig(dg.Config):
     deps=[dg.AssetDep(captions, partition_mapping=dg.SpecificPartitionsPartitionMapping([TRAIN_LANGUAGE]))],
     group_name=EXPERIMENT_GROUP,
     kinds={"wordfreq", "parquet"},
-    code_version=CODE_VERSIONS["code_switched_captions"],
+    code_version=CODE_VERSIONS["text_augmentations"],
 )
-def code_switched_captions(
+def text_augmentations(
     context: dg.AssetExecutionContext, config: AugmentationConfig, settings: XlrSettings
 ) -> dg.MaterializeResult:
-    """SALT-style code-switched copies of the English **train** captions, with their text vectors.
+    """Training-text augmentations of the English **train** captions, with their text vectors: SALT-style
+    code-switched copies, the captions' CLDR keywords, and per-language centroids of frequent words.
 
     Word translations are induced from the frozen text encoder alone (mutual nearest neighbours between
     English caption words and wordfreq's frequent words per language): no parallel data, no dictionary,
@@ -70,12 +78,24 @@ def code_switched_captions(
         }
     )
     out = with_vectors(frame, encode(frame["caption"].to_list()))
-    path = settings.outputs / "experiments" / "code_switched_captions.parquet"
-    write_parquet_atomic(out, path)
+    keywords = train.filter(pl.col("keywords") != "").select(
+        "caption_id", "image_id", pl.col("keywords").str.replace_all(r" \| ", ", ").alias("text")
+    )
+    keywords = with_vectors(keywords, encode(keywords["text"].to_list())) if keywords.height else None
+    centroid_languages = sorted(set(config.languages) | set(context.instance.get_dynamic_partitions("languages")) | {TRAIN_LANGUAGE})
+    means = language_means([lang for lang in centroid_languages if has_word_list(lang)], config.words_per_language, encode)
+    folder = settings.outputs / "experiments"
+    write_parquet_atomic(out, folder / "code_switched.parquet")
+    if keywords is not None:
+        write_parquet_atomic(keywords, folder / "keywords.parquet")
+    write_parquet_atomic(with_vectors(pl.DataFrame({"language": list(means)}), np.stack(list(means.values()))), folder / "language_means.parquet")
+    path = folder / "code_switched.parquet"
     return dg.MaterializeResult(
         data_version=dg.DataVersion(file_version(path)),
         metadata={
             "dagster/row_count": out.height,
+            "keyword_texts": 0 if keywords is None else keywords.height,
+            "centroid_languages": list(means),
             "text_model": encoder.model_id,
             "augmentation_config": config.model_dump(),
             "lexicon_sizes": {language: lexicon.size(language) for language in lexicon.languages},
@@ -91,7 +111,9 @@ def code_switched_captions(
 
 class GridConfig(dg.Config):
     objectives: list[str] = Field(["patr", "m3", "infonce"], description="Objectives to compare")
-    augmentations: list[str] = Field(["none", "salt"], description="'none' and/or 'salt'")
+    augmentations: list[str] = Field(["none", "salt", "keywords"], description="'none', 'salt' and/or 'keywords'")
+    m3_text_weights: list[float] = Field([0.25, 1.0], description="Extra m3 text-repulsion weights to measure (no augmentation)")
+    per_language_centring: bool = Field(True, description="Also evaluate each objective with per-language centring")
     seeds: list[int] = Field([0, 1, 2], description="Seeds per cell (>= 3 for a CI worth reading)")
     english_only_baseline: bool = Field(True, description="Add PATR with the English-only text encoder")
     epochs: int = Field(HeadConfig().epochs, description="Epochs per head")
@@ -120,7 +142,7 @@ def _english_only_frames(settings: XlrSettings, languages: list[str]) -> dict[st
 
 
 @dg.asset(
-    deps=[image_embeddings, text_embeddings, code_switched_captions, captions],
+    deps=[image_embeddings, text_embeddings, text_augmentations, captions],
     group_name=EXPERIMENT_GROUP,
     kinds={"pytorch", "duckdb"},
     code_version=CODE_VERSIONS["experiment_grid"],
@@ -136,22 +158,33 @@ def experiment_grid(context: dg.AssetExecutionContext, config: GridConfig, setti
     test_images = images.filter(pl.col("split") == "test")
     positions = {image_id: i for i, image_id in enumerate(test_images["image_id"].to_list())}
     main_frames = {lang: pl.read_parquet(require_file(settings.text_embeddings_path(lang), f"text_embeddings[{lang}]")) for lang in languages}
-    switched = pl.read_parquet(require_file(settings.outputs / "experiments" / "code_switched_captions.parquet", "code_switched_captions"))
+    folder = settings.outputs / "experiments"
+    switched = pl.read_parquet(require_file(folder / "code_switched.parquet", "text_augmentations"))
+    keywords = pl.read_parquet(folder / "keywords.parquet") if (folder / "keywords.parquet").is_file() else switched.clear()
+    means_frame = pl.read_parquet(require_file(folder / "language_means.parquet", "text_augmentations"))
+    means = dict(zip(means_frame["language"].to_list(), vectors_of(means_frame)))
 
     def training_data(english: pl.DataFrame, with_switched: bool) -> TrainingData:
         pairs = training_pairs(images, english)
         row_of = {caption_id: i for i, caption_id in enumerate(pairs["caption_id"].to_list())}
-        usable = switched.filter(pl.col("caption_id").is_in(list(row_of))) if with_switched else None
+
+        def rows(frame: pl.DataFrame) -> tuple[np.ndarray | None, np.ndarray | None]:
+            usable = frame.filter(pl.col("caption_id").is_in(list(row_of)))
+            if not with_switched or usable.is_empty():
+                return None, None
+            return vectors_of(usable), np.array([row_of[c] for c in usable["caption_id"].to_list()])
+
         return TrainingData(
-            vectors_of(pairs),
-            vectors_of(pairs, "image_vector"),
-            pairs["image_id"].to_numpy(),
-            vectors_of(usable) if usable is not None else None,
-            np.array([row_of[c] for c in usable["caption_id"].to_list()]) if usable is not None else None,
+            vectors_of(pairs), vectors_of(pairs, "image_vector"), pairs["image_id"].to_numpy(), *rows(switched), *rows(keywords)
         )
 
     encoders = {settings.text_model: (training_data(main_frames[TRAIN_LANGUAGE], True), main_frames)}
-    cells = [Cell(o, a, s, settings.text_model) for o in config.objectives for a in config.augmentations for s in config.seeds]
+    main_model = settings.text_model
+    cells = [Cell(o, a, s, main_model) for o in config.objectives for a in config.augmentations for s in config.seeds]
+    if "m3" in config.objectives:
+        cells += [Cell("m3", "none", s, main_model, text_weight=w) for w in config.m3_text_weights for s in config.seeds]
+    if config.per_language_centring:
+        cells += [Cell(o, "none", s, main_model, centring="per_language") for o in config.objectives for s in config.seeds]
     if config.english_only_baseline:
         english_only = _english_only_frames(settings, languages)
         encoders[ENGLISH_ONLY_TEXT_MODEL] = (training_data(english_only[TRAIN_LANGUAGE], False), english_only)
@@ -162,10 +195,15 @@ def experiment_grid(context: dg.AssetExecutionContext, config: GridConfig, setti
     hits, runs, recall, ranks = [], [], [], []
     for number, cell in enumerate(cells, start=1):
         data, frames = encoders[cell.text_model]
-        test = {lang: frame.filter(pl.col("split") == "test") for lang, frame in frames.items()}
-        head, results = run_cell(cell, base_config, data, image_vectors, _test_texts(test, positions), config.mixup_alpha)
+        test = _test_texts({lang: frame.filter(pl.col("split") == "test") for lang, frame in frames.items()}, positions)
+        if cell.centring == "per_language":
+            test = {
+                lang: (shift_to_centroid(vectors, means[lang], means[TRAIN_LANGUAGE]) if lang in means else vectors, labels)
+                for lang, (vectors, labels) in test.items()
+            }
+        head, results = run_cell(cell, base_config, data, image_vectors, test, config.mixup_alpha)
         context.log.info(f"cell {number}/{len(cells)}: {cell}")
-        if cell.objective != "patr" or cell.augmentation != "none":  # one random-head baseline per seed and encoder
+        if (cell.objective, cell.augmentation, cell.centring) != ("patr", "none", "train"):  # one random baseline per seed, encoder
             results = {lang: {"trained": by_head["trained"]} for lang, by_head in results.items()}
         hits.append(hits_frame(cell, results))
         label = "english-only" if cell.text_model == ENGLISH_ONLY_TEXT_MODEL else "main"
@@ -178,7 +216,7 @@ def experiment_grid(context: dg.AssetExecutionContext, config: GridConfig, setti
             "train_language": TRAIN_LANGUAGE,
             "train_captions_hash": sha256_file(settings.captions_path(TRAIN_LANGUAGE)),
             "images_hash": sha256_file(settings.image_embeddings_path),
-            "augmentation": cell.augmentation,
+            "augmentation": cell.augmentation_label,
         }
         for language, by_head in results.items():
             cell_runs, cell_recall, cell_ranks = evaluation_records(
@@ -203,7 +241,7 @@ def experiment_grid(context: dg.AssetExecutionContext, config: GridConfig, setti
                 {"text_model": settings.text_model},
                 {
                     "image_embeddings": file_version(settings.image_embeddings_path),
-                    "code_switched_captions": file_version(settings.outputs / "experiments" / "code_switched_captions.parquet"),
+                    "text_augmentations": file_version(folder / "code_switched.parquet"),
                     **{input_name("text_embeddings", lang): file_version(settings.text_embeddings_path(lang)) for lang in languages},
                     **{input_name("captions", lang): file_version(settings.captions_path(lang)) for lang in languages},
                 },

@@ -62,7 +62,7 @@ CURRENT_CONFIG: dict[str, Callable[[XlrSettings, str | None, dict], dict]] = {
     "projection_head": _head_config,
     "image_index": _no_config,
     "retrieval_metrics": _no_config,
-    "code_switched_captions": _experiment_config,
+    "text_augmentations": _experiment_config,
     "experiment_grid": _experiment_config,
     "grid_report": _no_config,
 }

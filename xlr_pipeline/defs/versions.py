@@ -10,7 +10,7 @@ CODE_VERSIONS = {
     "projection_head": "1",
     "image_index": "1",
     "retrieval_metrics": "1",
-    "code_switched_captions": "1",
+    "text_augmentations": "1",
     "experiment_grid": "1",
     "grid_report": "1",
 }
