@@ -73,7 +73,7 @@ def command_grid(args: argparse.Namespace) -> int:
     try:
         with dg.DagsterInstance.get() as instance:
             report = run_pipeline(
-                instance, settings, configs, include_stale=args.stale, groups=frozenset({ASSET_GROUP, EXPERIMENT_GROUP})
+                instance, settings, configs, include_stale=True, groups=frozenset({ASSET_GROUP, EXPERIMENT_GROUP})
             )
             ran = {asset for asset, _, _ in report.executed}
             if args.rerun and "experiment_grid" not in ran:
@@ -188,11 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(handler=command_status)
 
     grid = commands.add_parser(
-        "grid", parents=[pipeline_options], help="run the experiment grid (objectives x SALT x seeds) and print its report"
+        "grid",
+        parents=[pipeline_options],
+        help="bring the chain and the experiment grid (objectives x augmentation x seeds) up to date; print the report",
     )
     grid.add_argument("--seeds", type=int, nargs="+", help="seeds per cell (default 0 1 2)")
     grid.add_argument("--objectives", nargs="+", choices=["patr", "m3", "infonce"], help="objectives (default all three)")
-    grid.add_argument("--stale", action="store_true", help="also rerun what is stale upstream")
     grid.add_argument("--rerun", action="store_true", help="retrain the grid even if it exists (e.g. after changing --seeds)")
     grid.set_defaults(handler=command_grid)
 
