@@ -12,7 +12,15 @@ from xlr_pipeline.core.encoders import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
 from xlr_pipeline.defs.resources import DEFAULT_DATA_DIR
 
 # Head hyperparameters settable from the command line (the rest through the Dagster launchpad).
-HEAD_OPTIONS = {"seed": int, "epochs": int, "margin": float, "architecture": str, "learning_rate": float, "embed_dim": int}
+HEAD_OPTIONS = {
+    "objective": str,
+    "seed": int,
+    "epochs": int,
+    "margin": float,
+    "architecture": str,
+    "learning_rate": float,
+    "embed_dim": int,
+}
 
 
 def head_training_config(args: argparse.Namespace):
