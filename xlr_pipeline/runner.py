@@ -73,6 +73,28 @@ def _first_error(result: dg.ExecuteInProcessResult) -> str:
     return "run failed"
 
 
+def _materialize(
+    instance: dg.DagsterInstance,
+    settings: XlrSettings,
+    selection: list,
+    partition: str | None,
+    ops_config: dict[str, dg.Config],
+    what: str,
+    console_log_level: str = "INFO",
+) -> None:
+    result = dg.materialize(
+        list(defs.assets),
+        selection=selection,
+        partition_key=partition,
+        instance=instance,
+        resources={"settings": settings},
+        run_config=dg.RunConfig(ops=ops_config, loggers={"console": {"config": {"log_level": console_log_level}}}),
+        raise_on_error=False,
+    )
+    if not result.success:
+        raise RunFailed(f"{what} failed: {_first_error(result)}")
+
+
 def materialize_target(
     instance: dg.DagsterInstance,
     settings: XlrSettings,
@@ -81,20 +103,8 @@ def materialize_target(
     console_log_level: str = "INFO",
 ) -> None:
     name = target.key.to_user_string()
-    result = dg.materialize(
-        list(defs.assets),
-        selection=[target.key],
-        partition_key=target.partition,
-        instance=instance,
-        resources={"settings": settings},
-        run_config=dg.RunConfig(
-            ops={asset: config for asset, config in asset_configs.items() if asset == name},
-            loggers={"console": {"config": {"log_level": console_log_level}}},
-        ),
-        raise_on_error=False,
-    )
-    if not result.success:
-        raise RunFailed(f"{target.name} failed: {_first_error(result)}")
+    ops_config = {asset: config for asset, config in asset_configs.items() if asset == name}
+    _materialize(instance, settings, [target.key], target.partition, ops_config, target.name, console_log_level)
 
 
 def head_config_of(asset_configs: dict[str, dg.Config]) -> dict:
@@ -146,17 +156,8 @@ def evaluate_languages(
         raise RunFailed(f"no caption file for {unknown} in dataset {settings.dataset!r}; languages: {sorted(known)}")
     for language in languages:
         log(f"re-evaluating {language} ...")
-        result = dg.materialize(
-            list(defs.assets),
-            selection=LANGUAGE_ASSETS,
-            partition_key=language,
-            instance=instance,
-            resources={"settings": settings},
-            run_config=dg.RunConfig(loggers={"console": {"config": {"log_level": "INFO"}}}),
-            raise_on_error=False,
-        )
-        if not result.success:
-            raise RunFailed(f"re-evaluating {language} failed: {_first_error(result)}")
+        _materialize(instance, settings, LANGUAGE_ASSETS, language, {}, f"re-evaluating {language}")
+        log("  done")
 
 
 def current_statuses(
