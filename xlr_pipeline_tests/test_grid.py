@@ -46,5 +46,7 @@ def test_grid_trains_every_cell_and_reports(tmp_path, subset_data_dir):
     for comparison in ("salt vs none (patr)", "keywords vs none (m3)", "none + per-language centring vs none (patr)",
                        "m3 (λ_t=1.0) vs m3 (λ_t=default)", "m3 vs patr (no augmentation)"):
         assert f"| {comparison} | 1 |" in markdown
+    per_language = markdown.split("## Per-language paired tests")[1].split("##")[0]
+    assert "| salt vs none (patr) | " in per_language and per_language.count("(") >= 3 * len(SUBSET_LANGUAGES)
     assert (report_dir / "per_language_r1.png").stat().st_size > 10_000
     assert (report_dir / "mean_recall.png").stat().st_size > 10_000

@@ -11,7 +11,9 @@ import pytest
 from xlr_pipeline.cli import main as xlr
 from xlr_pipeline.core.sql import QueryError, run_sql
 from xlr_pipeline.core.warehouse import SCHEMA_V1, SCHEMA_VERSION, connect_for_write
+from xlr_pipeline.defs.experiments import AugmentationConfig, GridConfig
 from xlr_pipeline.defs.train import HeadTrainingConfig
+from xlr_pipeline.defs.versions import ASSET_GROUP, EXPERIMENT_GROUP
 from xlr_pipeline.runner import run_pipeline
 from xlr_pipeline_tests.conftest import SHIPPED, SUBSET_LANGUAGES, settings_for
 
@@ -25,9 +27,20 @@ def two_runs(tmp_path_factory, subset_data_dir):
     data_dir = tmp_path_factory.mktemp("warehouse")
     shutil.copytree(subset_data_dir / "emoji_small", data_dir / "emoji_small")
     settings = settings_for(data_dir)
+    tiny_grid = {
+        "text_augmentations": AugmentationConfig(languages=["de", "ja"], words_per_language=300),
+        "experiment_grid": GridConfig(
+            objectives=["patr"], seeds=[0, 1], epochs=20, m3_text_weights=[], per_language_centring=False,
+            english_only_baseline=False,
+        ),
+    }
     for seed in (0, 1):
         with dg.instance_for_test() as instance:  # a fresh instance: everything is missing again
-            run_pipeline(instance, settings, {"projection_head": HeadTrainingConfig(epochs=20, seed=seed)}, log=lambda _: None)
+            head = {"projection_head": HeadTrainingConfig(epochs=20, seed=seed)}
+            run_pipeline(instance, settings, head, log=lambda _: None)
+            if seed == 1:  # and a small experiment grid, for the grid queries
+                groups = frozenset({ASSET_GROUP, EXPERIMENT_GROUP})
+                run_pipeline(instance, settings, {**head, **tiny_grid}, groups=groups, log=lambda _: None)
     return settings
 
 
@@ -63,9 +76,10 @@ def test_version_1_file_is_migrated_without_losing_rows(tmp_path):
 
 def test_history_is_kept_across_runs(two_runs):
     db = two_runs.results_db
-    runs = run_sql(db, "SELECT run_id, seed, baseline_of FROM runs ORDER BY created_at")
+    chain_runs = "run_id NOT LIKE '%/%'"  # grid cells are named <dagster run>/<objective>/<augmentation>/…
+    runs = run_sql(db, f"SELECT run_id, seed, baseline_of FROM runs WHERE {chain_runs} ORDER BY created_at")
     assert runs.height == 4 and sorted(runs.filter(runs["baseline_of"].is_null())["seed"].to_list()) == [0, 1]
-    per_run = run_sql(db, "SELECT run_id, count(*) AS n FROM recall GROUP BY run_id")
+    per_run = run_sql(db, f"SELECT run_id, count(*) AS n FROM recall WHERE {chain_runs} GROUP BY run_id")
     assert per_run["n"].to_list() == [len(SUBSET_LANGUAGES) * 2 * 3] * 4
     ranks = run_sql(db, "SELECT count(DISTINCT run_id) AS runs, count(*) AS n FROM query_ranks")
     assert ranks.row(0) == (2, 2 * len(SUBSET_LANGUAGES) * (40 + 40))

@@ -128,6 +128,23 @@ def build_report(hits: pl.DataFrame, train_language: str, main_text_model: str, 
         f"{SIGNIFICANCE / max(len(comparisons), 1):.4f}).",
     ]
 
+    lines += [
+        "",
+        "## Per-language paired tests (text→image R@1: difference, p; * = p < 0.05)",
+        "",
+        "| comparison | " + " | ".join(sorted(r1[systems[0]])) + " |",
+        "|---|" + "---|" * len(r1[systems[0]]),
+    ]
+    for system in main:
+        reference, label = reference_of(system)
+        if reference not in r1 or reference == system:
+            continue
+        cells = []
+        for language in sorted(r1[system]):
+            diff, p = paired_permutation_test({language: r1[system][language]}, {language: r1[reference][language]}, permutations=2000)
+            cells.append(f"{diff:+.3f} ({_p(p)}){'*' if p < SIGNIFICANCE else ''}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
     lines += ["", "## Per language, text→image R@1 (mean over seeds)", ""]
     languages = sorted(r1[systems[0]])
     lines.append("| system | " + " | ".join(languages) + " |")
