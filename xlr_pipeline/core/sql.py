@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -17,13 +18,20 @@ class QueryError(RuntimeError):
     pass
 
 
-def _connect(db_path: Path) -> duckdb.DuckDBPyConnection:
+def _connect(db_path: Path, timeout_s: float = 30.0) -> duckdb.DuckDBPyConnection:
+    """Read-only; writers hold the file only for one short transaction, so wait out a writer's lock."""
     if not db_path.is_file():
         raise QueryError(f"no results database at {db_path}: run `xlr run` first")
-    try:
-        return duckdb.connect(str(db_path), read_only=True)
-    except duckdb.Error as error:
-        raise QueryError(str(error)) from None
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return duckdb.connect(str(db_path), read_only=True)
+        except duckdb.IOException as error:
+            if "lock" not in str(error).lower() or time.monotonic() > deadline:
+                raise QueryError(str(error)) from None
+            time.sleep(0.2)
+        except duckdb.Error as error:
+            raise QueryError(str(error)) from None
 
 
 def run_sql(db_path: Path, sql: str) -> pl.DataFrame:
