@@ -13,6 +13,7 @@ import duckdb
 import polars as pl
 
 from xlr_pipeline.core.languages import normalize_language
+from xlr_pipeline.core.storage import sha256_file
 
 SHIPPED_PUBLISHED_CSV = Path(__file__).resolve().parents[2] / "data" / "published" / "xtd10_published.csv"
 
@@ -75,6 +76,7 @@ CREATE TABLE published (
     recall DOUBLE NOT NULL,
     source VARCHAR NOT NULL
 );
+CREATE TABLE published_source (sha256 VARCHAR NOT NULL);
 """
 
 # (version, what it adds, DDL). Version 1 is the layout the first release wrote without a version table.
@@ -153,18 +155,26 @@ def _apply_migrations(connection: duckdb.DuckDBPyConnection) -> None:
 
 
 def _load_published(connection: duckdb.DuckDBPyConnection, csv_path: Path) -> None:
-    """Reference numbers are not history: the table mirrors the shipped CSV (languages as ISO 639-1)."""
+    """Reference numbers are not history: the table mirrors the shipped CSV (languages as ISO 639-1).
+
+    Reloaded only when the CSV's content changed, so a write of results does not rewrite it every time.
+    """
+    digest = sha256_file(csv_path)
+    if connection.execute("SELECT count(*) FROM published_source WHERE sha256 = ?", [digest]).fetchall()[0][0]:
+        return
     frame = pl.read_csv(csv_path).with_columns(
         pl.col("language").map_elements(lambda code: normalize_language(code, str(csv_path)), return_dtype=pl.String)
     )
-    connection.register("published_source", frame.to_arrow())
+    connection.register("published_csv", frame.to_arrow())
     connection.execute("BEGIN")
     connection.execute("DELETE FROM published")
     connection.execute(
-        "INSERT INTO published SELECT model, dataset, language, direction, k, recall, source FROM published_source"
+        "INSERT INTO published SELECT model, dataset, language, direction, k, recall, source FROM published_csv"
     )
+    connection.execute("DELETE FROM published_source")
+    connection.execute("INSERT INTO published_source VALUES (?)", [digest])
     connection.execute("COMMIT")
-    connection.unregister("published_source")
+    connection.unregister("published_csv")
 
 
 def _create_views(connection: duckdb.DuckDBPyConnection, db_path: Path) -> None:
