@@ -76,6 +76,9 @@ CREATE TABLE published (
     recall DOUBLE NOT NULL,
     source VARCHAR NOT NULL
 );
+"""
+
+SCHEMA_V3 = """
 CREATE TABLE published_source (sha256 VARCHAR NOT NULL);
 """
 
@@ -83,6 +86,7 @@ CREATE TABLE published_source (sha256 VARCHAR NOT NULL);
 MIGRATIONS = (
     (1, "runs, recall, rank_summary", SCHEMA_V1),
     (2, "published reference numbers", SCHEMA_V2),
+    (3, "hash of the loaded published CSV", SCHEMA_V3),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
