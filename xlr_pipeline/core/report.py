@@ -33,9 +33,10 @@ def recall_by_language(db_path: Path, run_id: str) -> pl.DataFrame:
         return pl.from_arrow(connection.sql(query, params={"run": run_id, "suffix": RANDOM_HEAD_SUFFIX}).to_arrow_table())
 
 
-def to_markdown(frame: pl.DataFrame, digits: int = 3) -> str:
+def to_markdown(frame: pl.DataFrame, digits: int = 3, max_chars: int | None = None) -> str:
     def cell(value) -> str:
-        return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+        text = f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+        return text.replace("|", "\\|")[:max_chars]
 
     lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.iter_rows()]

@@ -11,12 +11,7 @@ from xlr_pipeline.core.storage import (
 )
 from xlr_pipeline.core.validation import norm_summary, vector_problems
 from xlr_pipeline.defs.ingest import captions
-from xlr_pipeline.defs.lineage import (
-    CURRENT_CONFIG,
-    file_version,
-    input_name,
-    lineage_metadata,
-)
+from xlr_pipeline.defs.lineage import CURRENT_CONFIG, file_version, image_set_config, input_name, lineage_metadata
 from xlr_pipeline.defs.metadata import file_data_version, progress_logger
 from xlr_pipeline.defs.partitions import language_partitions
 from xlr_pipeline.defs.resources import XlrSettings, clear_failures, require_file
@@ -95,7 +90,7 @@ def image_embeddings(context: dg.AssetExecutionContext, settings: XlrSettings) -
             "from_cache": frame.height - encoded,
             "images_hash": combined_hash(hashes),
             "path": dg.MetadataValue.path(str(settings.image_embeddings_path)),
-            **lineage_metadata(CURRENT_CONFIG["image_embeddings"](settings, None, {}), {}),
+            **lineage_metadata(image_set_config(spec.name, settings.image_model, records, hashes), {}),
         },
         check_results=_vector_check("image_embeddings", vectors, encoder.dim, len(records)),
     )

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from xlr_pipeline.core.datasets import ImageRecord
 from xlr_pipeline.core.storage import combined_hash, sha256_file
 from xlr_pipeline.defs.resources import XlrSettings
 
@@ -27,15 +28,20 @@ def _captions_config(settings: XlrSettings, partition: str | None, head_config: 
     }
 
 
+def image_set_config(dataset: str, image_model: str, records: list[ImageRecord], file_hashes: list[str]) -> dict:
+    """The image side's configuration, from file hashes the caller already has."""
+    return {
+        "dataset": dataset,
+        "image_model": image_model,
+        "images_sha256": combined_hash(f"{r.image_id}:{r.split}:{digest}" for r, digest in zip(records, file_hashes)),
+    }
+
+
 def _image_embeddings_config(settings: XlrSettings, partition: str | None, head_config: dict) -> dict:
     spec = settings.dataset_spec()
     records = spec.image_records()
     paths = spec.image_paths(records)
-    return {
-        "dataset": spec.name,
-        "image_model": settings.image_model,
-        "images_sha256": combined_hash(f"{r.image_id}:{r.split}:{sha256_file(paths[r.image_id])}" for r in records),
-    }
+    return image_set_config(spec.name, settings.image_model, records, [sha256_file(paths[r.image_id]) for r in records])
 
 
 def _text_embeddings_config(settings: XlrSettings, partition: str | None, head_config: dict) -> dict:

@@ -7,6 +7,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from xlr_pipeline.core.report import to_markdown
 from xlr_pipeline.defs.lineage import file_version
 
 
@@ -16,11 +17,7 @@ def file_data_version(path: Path) -> dg.DataVersion:
 
 
 def markdown_preview(frame: pl.DataFrame, rows: int = 5) -> dg.MetadataValue:
-    head = frame.head(rows)
-    lines = ["| " + " | ".join(head.columns) + " |", "|" + "---|" * len(head.columns)]
-    for row in head.iter_rows():
-        lines.append("| " + " | ".join(str(value).replace("|", "\\|")[:80] for value in row) + " |")
-    return dg.MetadataValue.md("\n".join(lines))
+    return dg.MetadataValue.md(to_markdown(frame.head(rows), digits=6, max_chars=80))
 
 
 def progress_logger(context: dg.AssetExecutionContext, what: str):
