@@ -9,15 +9,16 @@ import sys
 from pathlib import Path
 
 from xlr_pipeline.core.encoders import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
+from xlr_pipeline.core.choices import ARCHITECTURES, OBJECTIVES
 from xlr_pipeline.defs.resources import DEFAULT_DATA_DIR
 
 # Head hyperparameters settable from the command line (the rest through the Dagster launchpad).
 HEAD_OPTIONS = {
-    "objective": str,
+    "objective": OBJECTIVES,
     "seed": int,
     "epochs": int,
     "margin": float,
-    "architecture": str,
+    "architecture": ARCHITECTURES,
     "learning_rate": float,
     "embed_dim": int,
 }
@@ -29,69 +30,97 @@ def head_training_config(args: argparse.Namespace):
     return HeadTrainingConfig(**{name: getattr(args, name) for name in HEAD_OPTIONS if getattr(args, name) is not None})
 
 
-def _settings(args: argparse.Namespace):
+DEFAULT_DATASET = "emoji_cldr"
+
+
+def _pipeline(args: argparse.Namespace):
+    """The lanes of every dataset under --data-dir, --dataset-root and XLR_DATASET_ROOTS, with the chosen models."""
+    from xlr_pipeline.defs.lanes import build_pipeline
     from xlr_pipeline.defs.resources import XlrSettings
 
-    return XlrSettings(
+    environment_roots = [root for root in os.environ.get("XLR_DATASET_ROOTS", "").split(os.pathsep) if root]
+    settings = XlrSettings(
         data_dir=str(Path(args.data_dir).resolve()),
-        dataset=args.dataset,
+        dataset_roots=[str(Path(root).resolve()) for root in [*args.dataset_root, *environment_roots]],
         image_model=args.image_model,
         text_model=args.text_model,
     )
+    return build_pipeline(settings)
+
+
+def _datasets(args: argparse.Namespace, pipeline, all_by_default: bool) -> list[str]:
+    """The lanes a command covers: --dataset, else every lane or the default dataset; unknown names are refused."""
+    if args.dataset is None:
+        return sorted(pipeline.lanes) if all_by_default else [DEFAULT_DATASET]
+    pipeline.lane(args.dataset)
+    return [args.dataset]
+
+
+def _fail(error: Exception) -> int:
+    print(f"error: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
+    return 1
 
 
 def command_run(args: argparse.Namespace) -> int:
     import dagster as dg
 
+    from xlr_pipeline.core.datasets import DatasetError
     from xlr_pipeline.core.head import head_from_bytes
     from xlr_pipeline.core.report import recall_by_language, to_markdown
     from xlr_pipeline.runner import RunFailed, ensure_instance_home, run_pipeline
 
     home = ensure_instance_home()
-    settings = _settings(args)
-    head_config = head_training_config(args)
-    print(f"dataset {settings.dataset} | image {settings.image_model} | text {settings.text_model} | DAGSTER_HOME={home}")
     try:
+        pipeline = _pipeline(args)
+        datasets = _datasets(args, pipeline, all_by_default=args.stale)
+        head_config = head_training_config(args)
+        settings = pipeline.settings
+        print(f"datasets {', '.join(datasets)} | image {settings.image_model} | text {settings.text_model} | DAGSTER_HOME={home}")
         with dg.DagsterInstance.get() as instance:
-            report = run_pipeline(instance, settings, {"projection_head": head_config}, include_stale=args.stale)
-    except RunFailed as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+            report = run_pipeline(instance, pipeline, datasets, {"projection_head": head_config}, include_stale=args.stale)
+    except (RunFailed, DatasetError, KeyError) as error:
+        return _fail(error)
     total = sum(seconds for _, _, seconds in report.executed)
-    print(f"\n{len(report.executed)} materializations in {total:.0f} s; {len(report.skipped)} already up to date")
-    if settings.head_path.exists() and settings.results_db.exists():
-        _, provenance = head_from_bytes(settings.head_path.read_bytes())
-        print(f"\nRecall on the {settings.dataset} test split, run {provenance['run_id']} (results in {settings.results_db}):\n")
-        print(to_markdown(recall_by_language(settings.results_db, provenance["run_id"])))
+    print(f"\n{len(report.executed)} materializations in {total:.0f} s; {len(report.skipped)} already up to date or unable to run")
+    for status in report.blocked:
+        print(f"  not run: {status.target.name}: {'; '.join(status.causes)}")
+    for dataset in datasets:
+        head_path = settings.outputs(dataset).head_path
+        if head_path.exists() and settings.results_db.exists():
+            _, provenance = head_from_bytes(head_path.read_bytes())
+            print(f"\nRecall on the {dataset} test split, run {provenance['run_id']} (results in {settings.results_db}):\n")
+            print(to_markdown(recall_by_language(settings.results_db, provenance["run_id"])))
     return 0
 
 
 def command_grid(args: argparse.Namespace) -> int:
     import dagster as dg
 
+    from xlr_pipeline.core.datasets import DatasetError
     from xlr_pipeline.defs.experiments import GridConfig
-    from xlr_pipeline.defs.versions import ASSET_GROUP, EXPERIMENT_GROUP
+    from xlr_pipeline.defs.lane import CHAIN_ASSETS, EXPERIMENT_ASSETS
     from xlr_pipeline.runner import RunFailed, ensure_instance_home, materialize_target, run_pipeline
     from xlr_pipeline.staleness import Target
 
     ensure_instance_home()
-    settings = _settings(args)
-    grid = GridConfig(**{k: v for k, v in (("seeds", args.seeds), ("objectives", args.objectives), ("epochs", args.epochs)) if v})
-    configs = {"projection_head": head_training_config(args), "experiment_grid": grid}
     try:
+        pipeline = _pipeline(args)
+        (dataset,) = _datasets(args, pipeline, all_by_default=False)
+        lane = pipeline.lane(dataset)
+        grid = GridConfig(**{k: v for k, v in (("seeds", args.seeds), ("objectives", args.objectives), ("epochs", args.epochs)) if v})
+        configs = {"projection_head": head_training_config(args), "experiment_grid": grid}
         with dg.DagsterInstance.get() as instance:
             report = run_pipeline(
-                instance, settings, configs, include_stale=True, groups=frozenset({ASSET_GROUP, EXPERIMENT_GROUP})
+                instance, pipeline, [dataset], configs, include_stale=True, stages=frozenset(CHAIN_ASSETS + EXPERIMENT_ASSETS)
             )
             ran = {asset for asset, _, _ in report.executed}
-            if args.rerun and "experiment_grid" not in ran:
+            if args.rerun and lane.key("experiment_grid").to_user_string() not in ran:
                 for asset in ("experiment_grid", "grid_report"):
-                    print(f"materializing {asset} (--rerun) ...")
-                    materialize_target(instance, settings, Target(dg.AssetKey(asset), None), configs)
-    except RunFailed as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    report_path = settings.root / "reports" / settings.dataset_spec().name / "report.md"
+                    print(f"materializing {dataset}/{asset} (--rerun) ...")
+                    materialize_target(instance, pipeline, Target(lane.key(asset), None), configs)
+    except (RunFailed, DatasetError, KeyError, ValueError) as error:
+        return _fail(error)
+    report_path = lane.reports_dir(pipeline.settings) / "report.md"
     print(report_path.read_text("utf-8") if report_path.exists() else "no report yet")
     return 0
 
@@ -99,15 +128,17 @@ def command_grid(args: argparse.Namespace) -> int:
 def command_evaluate(args: argparse.Namespace) -> int:
     import dagster as dg
 
+    from xlr_pipeline.core.datasets import DatasetError
     from xlr_pipeline.runner import RunFailed, ensure_instance_home, evaluate_languages
 
     ensure_instance_home()
     try:
+        pipeline = _pipeline(args)
+        (dataset,) = _datasets(args, pipeline, all_by_default=False)
         with dg.DagsterInstance.get() as instance:
-            evaluate_languages(instance, _settings(args), args.languages)
-    except RunFailed as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+            evaluate_languages(instance, pipeline, dataset, args.languages)
+    except (RunFailed, DatasetError, KeyError) as error:
+        return _fail(error)
     return 0
 
 
@@ -121,14 +152,15 @@ def command_status(args: argparse.Namespace) -> int:
 
     ensure_instance_home()
     try:
+        pipeline = _pipeline(args)
+        datasets = _datasets(args, pipeline, all_by_default=True)
         with dg.DagsterInstance.get() as instance:
-            statuses = current_statuses(instance, _settings(args), {"projection_head": head_training_config(args)})
-    except DatasetError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+            statuses = current_statuses(instance, pipeline, datasets, {"projection_head": head_training_config(args)})
+    except (DatasetError, KeyError) as error:
+        return _fail(error)
     shown = [s for s in statuses if args.all or s.state != "fresh"]
     if not shown:
-        print(f"all {len(statuses)} asset partitions are up to date")
+        print(f"all {len(statuses)} asset partitions of {', '.join(datasets)} are up to date")
         return 0
     frame = pl.DataFrame(
         {
@@ -141,6 +173,34 @@ def command_status(args: argparse.Namespace) -> int:
     print(to_markdown(frame))
     stale = sum(s.state in ("missing", "stale") for s in statuses)
     print(f"\n{stale} of {len(statuses)} asset partitions would run with `xlr run --stale`")
+    return 0
+
+
+def command_datasets(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from xlr_pipeline.core.datasets import DatasetError
+    from xlr_pipeline.core.report import to_markdown
+
+    try:
+        pipeline = _pipeline(args)
+    except DatasetError as error:
+        return _fail(error)
+    rows = []
+    for name, lane in sorted(pipeline.lanes.items()):
+        files, problems = lane.spec.scan_caption_files()
+        rows.append(
+            {
+                "dataset": name,
+                "folder": str(lane.spec.root),
+                "languages": " ".join(sorted(files)),
+                "train_language": lane.train_language,
+                "captions": f"{lane.spec.caption_format}: {lane.spec.captions}",
+                "image_list": f"{lane.spec.image_list_format}: {lane.spec.image_list}",
+                "problems": "; ".join(problems),
+            }
+        )
+    print(to_markdown(pl.DataFrame(rows)))
     return 0
 
 
@@ -179,13 +239,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xlr", description="Zero-shot cross-lingual image retrieval pipeline")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    pipeline_options = argparse.ArgumentParser(add_help=False)
-    pipeline_options.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="folder with datasets, outputs and results.duckdb")
-    pipeline_options.add_argument("--dataset", default="emoji_cldr", help="dataset folder under --data-dir (default: emoji_cldr)")
+    location_options = argparse.ArgumentParser(add_help=False)
+    location_options.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="folder with datasets, outputs and results.duckdb")
+    location_options.add_argument(
+        "--dataset-root", action="append", default=[], help="another folder holding datasets (repeatable; also XLR_DATASET_ROOTS)"
+    )
+    pipeline_options = argparse.ArgumentParser(add_help=False, parents=[location_options])
+    pipeline_options.add_argument(
+        "--dataset", help=f"the dataset (lane) by its declared name (default: {DEFAULT_DATASET}; all datasets for status and run --stale)"
+    )
     pipeline_options.add_argument("--image-model", default=DEFAULT_IMAGE_MODEL, help="image encoder id")
     pipeline_options.add_argument("--text-model", default=DEFAULT_TEXT_MODEL, help="text encoder id")
-    for option in HEAD_OPTIONS:
-        pipeline_options.add_argument(f"--{option.replace('_', '-')}", type=HEAD_OPTIONS[option], help=f"head {option}")
+    for option, kind in HEAD_OPTIONS.items():
+        choices = {"choices": kind} if isinstance(kind, tuple) else {"type": kind}
+        pipeline_options.add_argument(f"--{option.replace('_', '-')}", help=f"head {option}", **choices)
 
     run = commands.add_parser("run", parents=[pipeline_options], help="materialize what is missing and print per-language Recall")
     run.add_argument("--stale", action="store_true", help="also rerun what is stale (changed code, config, inputs)")
@@ -201,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="bring the chain and the experiment grid (objectives x augmentation x seeds) up to date; print the report",
     )
     grid.add_argument("--seeds", type=int, nargs="+", help="seeds per cell (default 0 1 2)")
-    grid.add_argument("--objectives", nargs="+", choices=["patr", "m3", "infonce"], help="objectives (default all three)")
+    grid.add_argument("--objectives", nargs="+", choices=OBJECTIVES, help="objectives (default all)")
     grid.add_argument("--rerun", action="store_true", help="retrain the grid even if it exists (e.g. after changing --seeds)")
     grid.set_defaults(handler=command_grid)
 
@@ -210,6 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("languages", nargs="+", help="ISO 639-1 codes, e.g. ja de")
     evaluate.set_defaults(handler=command_evaluate)
+
+    datasets = commands.add_parser(
+        "datasets", parents=[location_options], help="list the datasets found (each one a lane in the graph)"
+    )
+    datasets.set_defaults(handler=command_datasets)
 
     sql = commands.add_parser("sql", help="query the results DuckDB read-only; with no query, list tables and views")
     sql.add_argument("query", nargs="?", help="SQL text (several statements allowed; the last one's rows are printed)")

@@ -15,12 +15,10 @@ from pathlib import Path
 import dagster as dg
 
 from xlr_pipeline.core.datasets import DatasetError
-from xlr_pipeline.definitions import defs
-from xlr_pipeline.defs.automation import LANGUAGE_ASSETS
-from xlr_pipeline.defs.partitions import TRAIN_LANGUAGE, language_partitions
-from xlr_pipeline.defs.resources import DEFAULT_DATA_DIR, XlrSettings
+from xlr_pipeline.defs.lane import CHAIN_ASSETS, LANGUAGE_ASSETS, Lane, asset_name
+from xlr_pipeline.defs.lanes import Pipeline
+from xlr_pipeline.defs.resources import DEFAULT_DATA_DIR
 from xlr_pipeline.defs.train import HeadTrainingConfig
-from xlr_pipeline.defs.versions import ASSET_GROUP
 from xlr_pipeline.staleness import StalenessResolver, Status, Target
 
 DEFAULT_DAGSTER_HOME = DEFAULT_DATA_DIR.parent / ".dagster_home"
@@ -34,6 +32,7 @@ class RunFailed(RuntimeError):
 class RunReport:
     executed: list[tuple[str, str | None, float]] = field(default_factory=list)
     skipped: list[tuple[str, str | None]] = field(default_factory=list)
+    blocked: list[Status] = field(default_factory=list)
 
 
 def ensure_instance_home() -> Path:
@@ -46,20 +45,21 @@ def ensure_instance_home() -> Path:
     return home
 
 
-def register_languages(instance: dg.DagsterInstance, settings: XlrSettings) -> list[str]:
-    existing = set(instance.get_dynamic_partitions(language_partitions.name))
+def register_languages(instance: dg.DagsterInstance, lane: Lane) -> list[str]:
+    """Add a partition for each caption file of the dataset; its languages (training language required)."""
+    existing = set(instance.get_dynamic_partitions(lane.partitions.name))
     try:
-        files, problems = settings.dataset_spec().scan_caption_files()
+        files, problems = lane.spec.scan_caption_files()
     except DatasetError as error:
         raise RunFailed(str(error)) from None
-    new = sorted(set(files) - existing)
     if problems:
         raise RunFailed("; ".join(problems))
+    new = sorted(set(files) - existing)
     if new:
-        instance.add_dynamic_partitions(language_partitions.name, new)
+        instance.add_dynamic_partitions(lane.partitions.name, new)
     languages = sorted(existing | set(new))
-    if TRAIN_LANGUAGE not in languages:
-        raise RunFailed(f"dataset {settings.dataset!r} has no {TRAIN_LANGUAGE!r} caption file to train on")
+    if lane.train_language not in languages:
+        raise RunFailed(f"dataset {lane.name!r} has no {lane.train_language!r} caption file to train on")
     return languages
 
 
@@ -75,20 +75,23 @@ def _first_error(result: dg.ExecuteInProcessResult) -> str:
 
 def _materialize(
     instance: dg.DagsterInstance,
-    settings: XlrSettings,
-    selection: list,
+    pipeline: Pipeline,
+    keys: list[dg.AssetKey],
     partition: str | None,
-    ops_config: dict[str, dg.Config],
+    asset_configs: dict[str, dg.Config],
     what: str,
     console_log_level: str = "INFO",
 ) -> None:
+    """One run of `keys`; `asset_configs` maps an asset name (e.g. projection_head) to its Config in any lane.
+
+    The assets come from the pipeline's definitions, with its settings resource already bound."""
+    ops = {pipeline.op_name(key): asset_configs[asset_name(key)] for key in keys if asset_name(key) in asset_configs}
     result = dg.materialize(
-        list(defs.assets),
-        selection=selection,
+        pipeline.assets(),
+        selection=keys,
         partition_key=partition,
         instance=instance,
-        resources={"settings": settings},
-        run_config=dg.RunConfig(ops=ops_config, loggers={"console": {"config": {"log_level": console_log_level}}}),
+        run_config=dg.RunConfig(ops=ops, loggers={"console": {"config": {"log_level": console_log_level}}}),
         raise_on_error=False,
     )
     if not result.success:
@@ -97,14 +100,12 @@ def _materialize(
 
 def materialize_target(
     instance: dg.DagsterInstance,
-    settings: XlrSettings,
+    pipeline: Pipeline,
     target: Target,
     asset_configs: dict[str, dg.Config],
     console_log_level: str = "INFO",
 ) -> None:
-    name = target.key.to_user_string()
-    ops_config = {asset: config for asset, config in asset_configs.items() if asset == name}
-    _materialize(instance, settings, [target.key], target.partition, ops_config, target.name, console_log_level)
+    _materialize(instance, pipeline, [target.key], target.partition, asset_configs, target.name, console_log_level)
 
 
 def head_config_of(asset_configs: dict[str, dg.Config]) -> dict:
@@ -112,34 +113,52 @@ def head_config_of(asset_configs: dict[str, dg.Config]) -> dict:
     return config.head_config().as_dict()
 
 
+def _resolver(
+    instance: dg.DagsterInstance,
+    pipeline: Pipeline,
+    datasets: list[str],
+    asset_configs: dict[str, dg.Config],
+    stages: frozenset[str],
+    languages_of: Callable[[Lane], list[str]],
+) -> StalenessResolver:
+    lanes = [pipeline.lane(name) for name in datasets]
+    return StalenessResolver(
+        instance, pipeline, head_config_of(asset_configs), {lane.name: languages_of(lane) for lane in lanes}, stages
+    )
+
+
 def run_pipeline(
     instance: dg.DagsterInstance,
-    settings: XlrSettings,
+    pipeline: Pipeline,
+    datasets: list[str],
     asset_configs: dict[str, dg.Config] | None = None,
     include_stale: bool = False,
     log: Callable[[str], None] = print,
     console_log_level: str = "INFO",
-    groups: frozenset[str] = frozenset({ASSET_GROUP}),
+    stages: frozenset[str] = frozenset(CHAIN_ASSETS),
 ) -> RunReport:
-    """Materialize what is missing (and, with `include_stale`, what is stale), one graph level at a time."""
+    """Materialize what is missing (and, with `include_stale`, what is stale) in the given datasets' lanes,
+    one graph level at a time. What cannot run (its sources are unreadable, or an input is blocked) is
+    reported and skipped; everything else still runs."""
     asset_configs = asset_configs or {}
-    resolver = StalenessResolver(
-        instance, settings, head_config_of(asset_configs), register_languages(instance, settings), groups
-    )
+    resolver = _resolver(instance, pipeline, datasets, asset_configs, stages, lambda lane: register_languages(instance, lane))
     wanted = {"missing", "stale"} if include_stale else {"missing"}
     report = RunReport()
+    blocked: set[Target] = set()
     for level in resolver.levels():
         for key in level:
             for target in resolver.targets(key):
-                status = resolver.status(target)
-                if status.state == "error":
-                    log(f"skipping {target.name}: {'; '.join(status.causes)}")
+                status = resolver.status(target, blocked=blocked)
+                if status.state in ("error", "blocked"):
+                    blocked.add(target)
+                    report.blocked.append(status)
+                    log(f"cannot run {target.name}: {'; '.join(status.causes)}")
                 if status.state not in wanted:
                     report.skipped.append((key.to_user_string(), target.partition))
                     continue
                 log(f"materializing {target.name} ({'; '.join(status.causes)}) ...")
                 started = time.perf_counter()
-                materialize_target(instance, settings, target, asset_configs, console_log_level)
+                materialize_target(instance, pipeline, target, asset_configs, console_log_level)
                 elapsed = time.perf_counter() - started
                 report.executed.append((key.to_user_string(), target.partition, elapsed))
                 log(f"  done in {elapsed:.1f} s")
@@ -147,25 +166,30 @@ def run_pipeline(
 
 
 def evaluate_languages(
-    instance: dg.DagsterInstance, settings: XlrSettings, languages: list[str], log: Callable[[str], None] = print
+    instance: dg.DagsterInstance, pipeline: Pipeline, dataset: str, languages: list[str], log: Callable[[str], None] = print
 ) -> None:
-    """Re-ingest, re-embed and re-evaluate the given languages with the current head (one run each)."""
-    known = set(register_languages(instance, settings))
+    """Re-ingest, re-embed and re-evaluate the given languages of one dataset with its current head (one run each)."""
+    lane = pipeline.lane(dataset)
+    known = set(register_languages(instance, lane))
     unknown = sorted(set(languages) - known)
     if unknown:
-        raise RunFailed(f"no caption file for {unknown} in dataset {settings.dataset!r}; languages: {sorted(known)}")
+        raise RunFailed(f"no caption file for {unknown} in dataset {dataset!r}; languages: {sorted(known)}")
     for language in languages:
-        log(f"re-evaluating {language} ...")
-        _materialize(instance, settings, LANGUAGE_ASSETS, language, {}, f"re-evaluating {language}")
+        log(f"re-evaluating {dataset} {language} ...")
+        _materialize(instance, pipeline, lane.keys(LANGUAGE_ASSETS), language, {}, f"re-evaluating {dataset} {language}")
         log("  done")
 
 
 def current_statuses(
     instance: dg.DagsterInstance,
-    settings: XlrSettings,
+    pipeline: Pipeline,
+    datasets: list[str],
     asset_configs: dict[str, dg.Config] | None = None,
-    groups: frozenset[str] = frozenset({ASSET_GROUP}),
+    stages: frozenset[str] = frozenset(CHAIN_ASSETS),
 ) -> list[Status]:
-    """`xlr status`: every asset partition with its state and causes, before anything runs."""
-    languages = sorted(set(instance.get_dynamic_partitions(language_partitions.name)) | set(settings.dataset_spec().scan_caption_files()[0]))
-    return StalenessResolver(instance, settings, head_config_of(asset_configs or {}), languages, groups).plan()
+    """`xlr status`: every asset partition of the datasets with its state and causes, before anything runs."""
+
+    def languages(lane: Lane) -> list[str]:
+        return sorted(set(instance.get_dynamic_partitions(lane.partitions.name)) | set(lane.spec.scan_caption_files()[0]))
+
+    return _resolver(instance, pipeline, datasets, asset_configs or {}, stages, languages).plan()

@@ -3,9 +3,11 @@
 Dagster's own stale status is not transitive before execution and ignores configuration that lives in
 resources, so the walk is done here: an asset partition is *stale* when its code version changed, its
 configuration changed (models, head hyperparameters, source files; see `defs/lineage.py`), or an input it
-read has a different data version now. Statuses of a level are resolved only after the level above has
-run, so a rerun that writes identical bytes stops the cascade. All use of Dagster's asset-graph
-internals is kept in this module.
+read has a different data version now; it is *blocked* when an input cannot be produced (e.g. a
+dataset's images are not there yet). Statuses of a level are resolved only after the level above has
+run, so a rerun that writes identical bytes stops the cascade. The walk covers the lanes (datasets) it is
+given and nothing else: one dataset's changes never make another's assets stale. All use of Dagster's
+asset-graph internals is kept in this module.
 """
 
 from __future__ import annotations
@@ -17,12 +19,11 @@ from typing import Literal
 import dagster as dg
 
 from xlr_pipeline.core.datasets import DatasetError
-from xlr_pipeline.definitions import defs
+from xlr_pipeline.defs.lane import CHAIN_ASSETS, asset_name
+from xlr_pipeline.defs.lanes import Pipeline
 from xlr_pipeline.defs.lineage import CONFIG_KEY, CURRENT_CONFIG, INPUTS_KEY, input_name
-from xlr_pipeline.defs.resources import XlrSettings
-from xlr_pipeline.defs.versions import ASSET_GROUP
 
-State = Literal["fresh", "missing", "stale", "error"]
+State = Literal["fresh", "missing", "stale", "error", "blocked"]
 DATA_VERSION_TAG = "dagster/data_version"
 CODE_VERSION_TAG = "dagster/code_version"
 
@@ -67,24 +68,27 @@ def _describe_change(recorded: dict | None, current: dict) -> list[str]:
 @dataclass
 class StalenessResolver:
     instance: dg.DagsterInstance
-    settings: XlrSettings
+    pipeline: Pipeline
     head_config: dict
-    languages: list[str]
-    groups: frozenset[str] = frozenset({ASSET_GROUP})
+    languages: dict[str, list[str]]  # the lanes walked (dataset name → its language partitions)
+    stages: frozenset[str] = frozenset(CHAIN_ASSETS)
     graph: object = field(init=False)
 
     def __post_init__(self) -> None:
-        self.graph = defs.get_repository_def().asset_graph
+        self.graph = self.pipeline.definitions.get_repository_def().asset_graph
 
     def levels(self) -> Iterator[list[dg.AssetKey]]:
         for level in self.graph.toposorted_asset_keys_by_level:
-            keys = sorted(key for key in level if self.graph.get(key).group_name in self.groups)
+            keys = sorted(key for key in level if key.path[0] in self.languages and asset_name(key) in self.stages)
             if keys:
                 yield keys
 
-    def targets(self, key: dg.AssetKey) -> list[Target]:
+    def _partitions(self, key: dg.AssetKey) -> list[str | None]:
         partitioned = self.graph.get(key).assets_def.partitions_def is not None
-        return [Target(key, p) for p in (self.languages if partitioned else [None])]
+        return list(self.languages.get(key.path[0], [])) if partitioned else [None]
+
+    def targets(self, key: dg.AssetKey) -> list[Target]:
+        return [Target(key, p) for p in self._partitions(key)]
 
     def parents(self, target: Target) -> list[Target]:
         assets_def = self.graph.get(target.key).assets_def
@@ -96,8 +100,8 @@ class StalenessResolver:
             mapping = assets_def.get_partition_mapping(parent)
             if isinstance(mapping, dg.SpecificPartitionsPartitionMapping):
                 found.extend(Target(parent, p) for p in mapping.partition_keys)
-            elif target.partition is None:  # an unpartitioned asset reads every language
-                found.extend(Target(parent, p) for p in self.languages)
+            elif target.partition is None:  # an unpartitioned asset reads every language of its dataset
+                found.extend(Target(parent, p) for p in self._partitions(parent))
             else:
                 found.append(Target(parent, target.partition))
         return found
@@ -109,8 +113,17 @@ class StalenessResolver:
         ).records
         return records[0].asset_materialization if records else None
 
-    def status(self, target: Target, pending: set[Target] = frozenset()) -> Status:
+    def status(self, target: Target, pending: set[Target] = frozenset(), blocked: set[Target] = frozenset()) -> Status:
+        """`pending`: targets that will rerun before this one; `blocked`: targets that cannot run."""
+        stuck = [parent.name for parent in self.parents(target) if parent in blocked]
+        if stuck:
+            return Status(target, "blocked", tuple(f"upstream cannot run: {name}" for name in stuck))
         materialization = self.latest(target)
+        lane = self.pipeline.lane_of(target.key)
+        try:
+            current_config = CURRENT_CONFIG[asset_name(target.key)](self.pipeline.settings, lane, target.partition, self.head_config)
+        except DatasetError as error:
+            return Status(target, "error", (f"cannot read its sources: {error}",))
         if materialization is None:
             return Status(target, "missing", ("never materialized",))
         causes: list[str] = []
@@ -118,11 +131,6 @@ class StalenessResolver:
         recorded_code = materialization.tags.get(CODE_VERSION_TAG)
         if recorded_code != current_code:
             causes.append(f"code version changed: {recorded_code} → {current_code}")
-        name = target.key.to_user_string()
-        try:
-            current_config = CURRENT_CONFIG[name](self.settings, target.partition, self.head_config)
-        except DatasetError as error:
-            return Status(target, "error", (f"cannot read its sources: {error}",))
         causes += _describe_change(_recorded(materialization.metadata, CONFIG_KEY), current_config)
         recorded_inputs = _recorded(materialization.metadata, INPUTS_KEY) or {}
         for parent in self.parents(target):
@@ -140,11 +148,14 @@ class StalenessResolver:
         """Status of every target; what would rerun makes its dependents pending too (transitive)."""
         statuses: list[Status] = []
         pending: set[Target] = set()
+        blocked: set[Target] = set()
         for level in self.levels():
             for key in level:
                 for target in self.targets(key):
-                    status = self.status(target, pending)
+                    status = self.status(target, pending, blocked)
                     if status.state in ("missing", "stale"):
                         pending.add(target)
+                    elif status.state in ("error", "blocked"):
+                        blocked.add(target)
                     statuses.append(status)
         return statuses

@@ -9,21 +9,29 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from xlr_pipeline.core.outputs import DatasetOutputs
+from xlr_pipeline.defs.lanes import Pipeline, build_pipeline
 from xlr_pipeline.defs.resources import DEFAULT_DATA_DIR, XlrSettings
 
 SHIPPED = DEFAULT_DATA_DIR
 SUBSET_LANGUAGES = ("en", "de", "ja")
+DATASET = "emoji_small"  # the name the subset declares: its lane, outputs folder and DuckDB rows
 
 
-def make_emoji_subset(target: Path, n_train: int, n_test: int, languages=SUBSET_LANGUAGES) -> Path:
-    """Copy a deterministic slice of data/emoji_cldr (images, split, captions) into `target`/emoji_small."""
+def make_emoji_subset(
+    target: Path, n_train: int, n_test: int, languages=SUBSET_LANGUAGES, name: str = DATASET, first: int = 0
+) -> Path:
+    """Copy a deterministic slice of data/emoji_cldr (images, split, captions) into `target`/`name`,
+    declared under that name; `first` skips that many train and test images of the shipped split."""
     source = SHIPPED / "emoji_cldr"
-    dataset = target / "emoji_small"
+    dataset = target / name
     (dataset / "images").mkdir(parents=True)
     (dataset / "captions").mkdir()
     with open(source / "split.csv", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    chosen = [r for r in rows if r["split"] == "train"][:n_train] + [r for r in rows if r["split"] == "test"][:n_test]
+    chosen = [r for r in rows if r["split"] == "train"][first : first + n_train] + [
+        r for r in rows if r["split"] == "test"
+    ][first : first + n_test]
     keep = {r["image_id"] for r in chosen}
     with open(dataset / "split.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
@@ -36,7 +44,7 @@ def make_emoji_subset(target: Path, n_train: int, n_test: int, languages=SUBSET_
         kept = [lines[0]] + [line for line in lines[1:] if line.split("\t", 1)[0] in keep]
         (dataset / "captions" / f"{language}.tsv").write_text("\n".join(kept) + "\n", "utf-8")
     (dataset / "dataset.toml").write_text(
-        (source / "dataset.toml").read_text("utf-8").replace('name = "emoji_cldr"', 'name = "emoji_small"'), "utf-8"
+        (source / "dataset.toml").read_text("utf-8").replace('name = "emoji_cldr"', f'name = "{name}"'), "utf-8"
     )
     return dataset
 
@@ -58,7 +66,21 @@ def fresh_data_dir(tmp_path, subset_data_dir) -> Path:
 
 
 def settings_for(data_dir: Path, **overrides) -> XlrSettings:
-    return XlrSettings(data_dir=str(data_dir), dataset="emoji_small", **overrides)
+    return XlrSettings(data_dir=str(data_dir), **overrides)
+
+
+def pipeline_for(data_dir: Path, **overrides) -> Pipeline:
+    """The code location over `data_dir`: a lane per dataset in it."""
+    return build_pipeline(settings_for(data_dir, **overrides))
+
+
+def outputs_for(data_dir: Path, dataset: str = DATASET) -> DatasetOutputs:
+    return settings_for(data_dir).outputs(dataset)
+
+
+def op_name(asset: str, dataset: str = DATASET) -> str:
+    """The op of a lane's asset, as run config and results name it."""
+    return f"{dataset}__{asset}"
 
 
 @pytest.fixture

@@ -11,22 +11,19 @@ import pytest
 from xlr_pipeline.core.embeddings import vectors_of
 from xlr_pipeline.core.head import head_from_bytes
 from xlr_pipeline.core.index import load_index
-from xlr_pipeline.definitions import defs
-from xlr_pipeline.defs.partitions import language_partitions
 from xlr_pipeline.defs.train import HeadTrainingConfig
-from xlr_pipeline_tests.conftest import SUBSET_LANGUAGES, settings_for
+from xlr_pipeline_tests.conftest import DATASET, SUBSET_LANGUAGES, op_name, pipeline_for
 
-ASSETS = list(defs.assets)
-FAST_HEAD = dg.RunConfig(ops={"projection_head": HeadTrainingConfig(epochs=15, seed=1)})
+FAST_HEAD = dg.RunConfig(ops={op_name("projection_head"): HeadTrainingConfig(epochs=15, seed=1)})
 
 
-def materialize(instance, settings, asset, partition=None, run_config=None, raise_on_error=True):
+def materialize(instance, pipeline, asset, partition=None, run_config=None, raise_on_error=True):
+    """One asset of the subset's lane, through the pipeline's own definitions (settings bound)."""
     return dg.materialize(
-        ASSETS,
-        selection=[asset],
+        pipeline.assets(),
+        selection=[pipeline.lane(DATASET).key(asset)],
         partition_key=partition,
         instance=instance,
-        resources={"settings": settings},
         run_config=run_config,
         raise_on_error=raise_on_error,
     )
@@ -45,63 +42,64 @@ def failure_message(result) -> str:
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory, subset_data_dir):
-    """Materialize the whole chain once, asset by asset, and hand back (settings, instance, results)."""
+    """Materialize the whole chain once, asset by asset, and hand back (pipeline, instance, results)."""
     data_dir = tmp_path_factory.mktemp("chain")
-    shutil.copytree(subset_data_dir / "emoji_small", data_dir / "emoji_small")
+    shutil.copytree(subset_data_dir / DATASET, data_dir / DATASET)
     with dg.instance_for_test() as instance:
-        yield _materialize_chain(settings_for(data_dir), instance)
+        yield _materialize_chain(pipeline_for(data_dir), instance)
 
 
-def _materialize_chain(settings, instance):
-    instance.add_dynamic_partitions(language_partitions.name, list(SUBSET_LANGUAGES))
+def _materialize_chain(pipeline, instance):
+    instance.add_dynamic_partitions(pipeline.lane(DATASET).partitions.name, list(SUBSET_LANGUAGES))
     results = {}
     for language in SUBSET_LANGUAGES:
-        results[f"captions[{language}]"] = materialize(instance, settings, "captions", language)
-    results["image_embeddings"] = materialize(instance, settings, "image_embeddings")
+        results[f"captions[{language}]"] = materialize(instance, pipeline, "captions", language)
+    results["image_embeddings"] = materialize(instance, pipeline, "image_embeddings")
     for language in SUBSET_LANGUAGES:
-        results[f"text_embeddings[{language}]"] = materialize(instance, settings, "text_embeddings", language)
-    results["projection_head"] = materialize(instance, settings, "projection_head", run_config=FAST_HEAD)
-    results["image_index"] = materialize(instance, settings, "image_index")
+        results[f"text_embeddings[{language}]"] = materialize(instance, pipeline, "text_embeddings", language)
+    results["projection_head"] = materialize(instance, pipeline, "projection_head", run_config=FAST_HEAD)
+    results["image_index"] = materialize(instance, pipeline, "image_index")
     for language in SUBSET_LANGUAGES:
-        results[f"retrieval_metrics[{language}]"] = materialize(instance, settings, "retrieval_metrics", language)
-    return settings, instance, results
+        results[f"retrieval_metrics[{language}]"] = materialize(instance, pipeline, "retrieval_metrics", language)
+    return pipeline, instance, results
 
 
 def test_every_asset_writes_what_it_promises(chain):
-    settings, instance, results = chain
+    pipeline, instance, results = chain
+    outputs = pipeline.settings.outputs(DATASET)
     assert all(result.success for result in results.values())
 
-    captions = pl.read_parquet(settings.captions_path("de"))
+    captions = pl.read_parquet(outputs.captions_path("de"))
     assert captions.height == 160 and set(captions["split"]) == {"train", "test"}
     assert check_results(results["captions[de]"]) == {"no_quarantined_rows": True, "every_test_image_captioned": True}
 
-    images = pl.read_parquet(settings.image_embeddings_path)
+    images = pl.read_parquet(outputs.image_embeddings_path)
     assert images.height == 160 and vectors_of(images).shape == (160, 1280)
     assert check_results(results["image_embeddings"]) == {"vectors_valid": True, "row_count_matches_source": True}
 
-    english = pl.read_parquet(settings.text_embeddings_path("en"))
-    german = pl.read_parquet(settings.text_embeddings_path("de"))
+    english = pl.read_parquet(outputs.text_embeddings_path("en"))
+    german = pl.read_parquet(outputs.text_embeddings_path("de"))
     assert english.height == 160  # training language: train + test
     assert german.height == 40 and set(german["split"]) == {"test"}  # others: test only
     assert np.allclose(np.linalg.norm(vectors_of(german), axis=1), 1.0, atol=1e-3)
 
-    head, provenance = head_from_bytes(settings.head_path.read_bytes())
+    head, provenance = head_from_bytes(outputs.head_path.read_bytes())
     assert provenance["train_pairs"] == 120 and provenance["train_language"] == "en"
     assert head.config.epochs == 15 and head.config.seed == 1
     assert check_results(results["projection_head"]) == {"weights_finite": True, "loss_decreased": True}
-    history = pl.read_parquet(settings.loss_history_path)
+    history = pl.read_parquet(outputs.loss_history_path)
     assert history.height == 15
 
-    index = load_index(settings.index_path)
+    index = load_index(outputs.index_path)
     assert index.ntotal == 40 and index.d == head.config.embed_dim
 
-    metrics = results["retrieval_metrics[ja]"].asset_materializations_for_node("retrieval_metrics")[0].metadata
+    metrics = results["retrieval_metrics[ja]"].asset_materializations_for_node(op_name("retrieval_metrics"))[0].metadata
     assert 0.0 <= metrics["text_to_image/R@1"].value <= metrics["text_to_image/R@10"].value <= 1.0
     assert check_results(results["retrieval_metrics[ja]"])["recall_bounds"] is True
 
 
 def test_duckdb_holds_both_directions_for_every_language(chain):
-    settings, _, _ = chain
+    settings = chain[0].settings
     with duckdb.connect(str(settings.results_db), read_only=True) as connection:
         rows = connection.execute(
             "SELECT language, direction, k, recall, n_queries FROM recall r JOIN runs USING (run_id) "
@@ -119,35 +117,36 @@ def test_duckdb_holds_both_directions_for_every_language(chain):
 
 
 def test_bad_caption_file_fails_clearly_and_keeps_what_was_stored(chain):
-    settings, instance, _ = chain
-    stored = settings.captions_path("de").read_bytes()
-    source = settings.dataset_spec().root / "captions" / "de.tsv"
+    pipeline, instance, _ = chain
+    outputs = pipeline.settings.outputs(DATASET)
+    stored = outputs.captions_path("de").read_bytes()
+    source = pipeline.lane(DATASET).spec.root / "captions" / "de.tsv"
     original = source.read_bytes()
     source.write_bytes(b"image_id\tcaption\n1f600\tGrinsen \xff\n")
     try:
-        result = materialize(instance, settings, "captions", "de", raise_on_error=False)
+        result = materialize(instance, pipeline, "captions", "de", raise_on_error=False)
     finally:
         source.write_bytes(original)
     assert not result.success
     assert "de.tsv:2: not valid UTF-8" in failure_message(result)
-    assert settings.captions_path("de").read_bytes() == stored
+    assert outputs.captions_path("de").read_bytes() == stored
 
 
 def test_quarantined_rows_warn_but_keep_good_rows(fresh_data_dir, instance):
-    settings = settings_for(fresh_data_dir)
-    path = fresh_data_dir / "emoji_small" / "captions" / "de.tsv"
+    pipeline = pipeline_for(fresh_data_dir)
+    outputs = pipeline.settings.outputs(DATASET)
+    path = fresh_data_dir / DATASET / "captions" / "de.tsv"
     path.write_text(path.read_text("utf-8") + "zz-unknown\tGeist\tx\n", "utf-8")
-    instance.add_dynamic_partitions(language_partitions.name, ["de"])
-    result = materialize(instance, settings, "captions", "de")
+    instance.add_dynamic_partitions(pipeline.lane(DATASET).partitions.name, ["de"])
+    result = materialize(instance, pipeline, "captions", "de")
     assert check_results(result)["no_quarantined_rows"] is False
-    quarantine = pl.read_parquet(settings.quarantine_path("de"))
+    quarantine = pl.read_parquet(outputs.quarantine_path("de"))
     assert quarantine.row(0, named=True)["source_line"] == 162 and "zz-unknown" in quarantine["reason"][0]
-    assert pl.read_parquet(settings.captions_path("de")).height == 160
+    assert pl.read_parquet(outputs.captions_path("de")).height == 160
 
 
 def test_corrupt_image_fails_naming_the_file(fresh_data_dir, instance):
-    settings = settings_for(fresh_data_dir)
-    victim = sorted((fresh_data_dir / "emoji_small" / "images").iterdir())[3]
+    victim = sorted((fresh_data_dir / DATASET / "images").iterdir())[3]
     victim.write_bytes(b"not an image at all")
-    result = materialize(instance, settings, "image_embeddings", raise_on_error=False)
+    result = materialize(instance, pipeline_for(fresh_data_dir), "image_embeddings", raise_on_error=False)
     assert f"{victim}: cannot decode image" in failure_message(result)

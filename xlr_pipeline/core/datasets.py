@@ -1,26 +1,41 @@
 """Datasets: a small declared thing (`dataset.toml`) = images + one caption file per language + a split.
 
-Two caption formats are read:
-- ``lines``: line i of the file captions image i of the image list (XTD10's layout);
-- ``tsv``: a header with ``image_id`` and ``caption`` (extra columns such as ``keywords`` are kept).
-Validation problems either stop ingestion with a `CaptionFileError` naming the file and line (the file
-cannot be trusted as a whole) or become quarantine rows naming the file and line (one bad row).
+Every folder with a `dataset.toml` directly under a data root (or a root that is itself such a folder) is
+a dataset; its `name` is used everywhere (asset key prefix, outputs folder, DuckDB `dataset` column,
+report path). Files are read by the format readers of `core/readers.py`. Validation problems either stop
+ingestion with a `CaptionFileError` naming the file and line (the file cannot be trusted as a whole) or
+become quarantine rows naming the file and line (one bad row).
 """
 
 from __future__ import annotations
 
-import csv
 import re
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
 from xlr_pipeline.core.languages import UnknownLanguageError, normalize_language
+from xlr_pipeline.core.readers import (
+    CAPTION_FORMATS,
+    CAPTION_READERS,
+    IMAGE_LIST_FORMAT_BY_SUFFIX,
+    IMAGE_LIST_FORMATS,
+    IMAGE_LIST_READERS,
+    CaptionFileError,
+    Columns,
+    DatasetError,
+    read_text_strict,
+)
+
+__all__ = ["CaptionFileError", "DatasetError", "DatasetSpec", "ImageRecord", "discover_datasets", "read_captions", "read_text_strict"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 SPLITS = ("train", "test", "val")
+# A dataset name becomes an asset key prefix, a partition-set name and a folder name.
+DATASET_NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 
 CAPTION_SCHEMA = {
     "caption_id": pl.String,
@@ -31,18 +46,6 @@ CAPTION_SCHEMA = {
     "source_line": pl.Int64,
 }
 QUARANTINE_SCHEMA = {"source_file": pl.String, "source_line": pl.Int64, "reason": pl.String, "raw": pl.String}
-
-
-class DatasetError(ValueError):
-    """A dataset declaration or file that cannot be used; the message names the file (and line)."""
-
-
-class CaptionFileError(DatasetError):
-    def __init__(self, path: Path, message: str, line: int | None = None):
-        where = f"{path}:{line}" if line is not None else str(path)
-        super().__init__(f"{where}: {message}")
-        self.path = path
-        self.line = line
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,10 @@ class DatasetSpec:
     image_list: str
     captions: str
     caption_format: str
+    image_list_format: str = ""  # empty: from the image list's extension
+    image_id_column: str = "image_id"
+    caption_column: str = "caption"
+    keywords_column: str = "keywords"
     default_split: str = "test"
     train_language: str = "en"
     description: str = ""
@@ -77,16 +84,34 @@ class DatasetSpec:
         missing = [key for key in required if key not in raw]
         if missing:
             raise DatasetError(f"{spec_file}: missing keys {missing}")
-        if raw["caption_format"] not in ("lines", "tsv"):
-            raise DatasetError(f"{spec_file}: caption_format must be 'lines' or 'tsv', not {raw['caption_format']!r}")
-        if "{lang}" not in raw["captions"]:
-            raise DatasetError(f"{spec_file}: the captions pattern must contain {{lang}}")
         known = {name for name in cls.__dataclass_fields__ if name != "root"}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise DatasetError(f"{spec_file}: unknown keys {unknown}; known keys are {sorted(known)}")
+        if not isinstance(raw["name"], str) or not DATASET_NAME.match(raw["name"]):
+            raise DatasetError(
+                f"{spec_file}: name {raw['name']!r} must be lowercase letters, digits and underscores, "
+                "starting with a letter (it names the asset group, outputs folder and DuckDB rows)"
+            )
+        if raw["caption_format"] not in CAPTION_FORMATS:
+            raise DatasetError(f"{spec_file}: caption_format must be one of {list(CAPTION_FORMATS)}, not {raw['caption_format']!r}")
+        if "{lang}" not in raw["captions"]:
+            raise DatasetError(f"{spec_file}: the captions pattern must contain {{lang}}")
+        list_format = raw.get("image_list_format") or IMAGE_LIST_FORMAT_BY_SUFFIX.get(Path(raw["image_list"]).suffix.lower())
+        if list_format not in IMAGE_LIST_FORMATS:
+            raise DatasetError(
+                f"{spec_file}: image_list_format must be one of {list(IMAGE_LIST_FORMATS)} "
+                f"(or inferred from .txt/.csv/.parquet/.json), not {list_format!r}"
+            )
+        raw["image_list_format"] = list_format
+        if raw.get("default_split", "test") not in SPLITS:
+            raise DatasetError(f"{spec_file}: default_split must be one of {SPLITS}")
         raw["train_language"] = normalize_language(raw.get("train_language", "en"), str(spec_file))
         return cls(root=root, **raw)
+
+    @property
+    def columns(self) -> Columns:
+        return Columns(self.image_id_column, self.caption_column, self.keywords_column)
 
     @property
     def images_dir(self) -> Path:
@@ -138,25 +163,19 @@ class DatasetSpec:
         path = self.image_list_path
         if not path.is_file():
             raise DatasetError(f"{path}: image list not found")
-        text = read_text_strict(path)
-        if path.suffix == ".csv":
-            rows = list(csv.DictReader(text.splitlines()))
-            if not rows or "image_id" not in rows[0]:
-                raise DatasetError(f"{path}: expected a CSV header with an image_id column")
-            records = [
-                ImageRecord(row["image_id"], row.get("file_name") or "", row.get("split") or self.default_split)
-                for row in rows
-            ]
-        else:
-            names = [line.strip() for line in text.splitlines() if line.strip()]
-            records = [ImageRecord(Path(name).stem, name, self.default_split) for name in names]
+        listed = IMAGE_LIST_READERS[self.image_list_format](path, self.columns)
         seen: dict[str, int] = {}
-        for line, record in enumerate(records, start=2 if path.suffix == ".csv" else 1):
-            if record.image_id in seen:
-                raise DatasetError(f"{path}:{line}: image id {record.image_id!r} repeats line {seen[record.image_id]}")
-            if record.split not in SPLITS:
-                raise DatasetError(f"{path}:{line}: split {record.split!r} is not one of {SPLITS}")
-            seen[record.image_id] = line
+        records = []
+        for item in listed:
+            split = item.split or self.default_split
+            if not item.image_id:
+                raise DatasetError(f"{path}:{item.line}: empty image id")
+            if item.image_id in seen:
+                raise DatasetError(f"{path}:{item.line}: image id {item.image_id!r} repeats line {seen[item.image_id]}")
+            if split not in SPLITS:
+                raise DatasetError(f"{path}:{item.line}: split {split!r} is not one of {SPLITS}")
+            seen[item.image_id] = item.line
+            records.append(ImageRecord(item.image_id, item.file_name, split))
         if not records:
             raise DatasetError(f"{path}: the image list is empty")
         return records
@@ -189,77 +208,64 @@ class DatasetSpec:
         return found
 
 
-def read_text_strict(path: Path) -> str:
-    """Decode UTF-8 (BOM allowed); a bad byte raises naming the file and line."""
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        raise CaptionFileError(
-            path, f"not valid UTF-8 (byte {data[error.start]:#04x} at offset {error.start}); re-save it as UTF-8", line
-        ) from error
-
-
 def read_captions(
     spec: DatasetSpec, language: str, path: Path, records: list[ImageRecord]
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Read, validate and normalise one caption file → (captions, quarantine)."""
-    text = read_text_strict(path)
-    lines = text.splitlines()
-    if not any(line.strip() for line in lines):
+    """Read (with the dataset's caption reader), validate and normalise one caption file → (captions, quarantine)."""
+    if spec.caption_format != "parquet" and not read_text_strict(path).strip():
         raise CaptionFileError(path, "the caption file is empty")
+    rows, rejected = CAPTION_READERS[spec.caption_format](path, spec.columns, [record.image_id for record in records])
     split_of = {record.image_id: record.split for record in records}
-    rows: list[dict] = []
-    quarantine: list[dict] = []
+    quarantine = [
+        {"source_file": str(path), "source_line": row.line, "reason": row.reason, "raw": row.raw} for row in rejected
+    ]
 
     def reject(line: int, reason: str, raw: str) -> None:
         quarantine.append({"source_file": str(path), "source_line": line, "reason": reason, "raw": raw})
 
-    if spec.caption_format == "lines":
-        if len(lines) != len(records):
-            raise CaptionFileError(
-                path, f"has {len(lines)} lines but the image list {spec.image_list_path} has {len(records)} images"
-            )
-        pairs = [(number, record.image_id, line, "") for number, (record, line) in enumerate(zip(records, lines), 1)]
-    else:
-        header = lines[0].split("\t")
-        if "image_id" not in header or "caption" not in header:
-            raise CaptionFileError(path, f"expected a tab-separated header with image_id and caption, got {header}", 1)
-        id_col, caption_col = header.index("image_id"), header.index("caption")
-        keyword_col = header.index("keywords") if "keywords" in header else None
-        pairs = []
-        for number, line in enumerate(lines[1:], start=2):
-            if not line.strip():
-                continue
-            fields = line.split("\t")
-            if len(fields) != len(header):
-                reject(number, f"expected {len(header)} tab-separated fields, found {len(fields)}", line)
-                continue
-            keywords = fields[keyword_col] if keyword_col is not None else ""
-            pairs.append((number, fields[id_col].strip(), fields[caption_col], keywords))
-
+    kept: list[dict] = []
     first_seen: dict[tuple[str, str], int] = {}
-    for number, image_id, raw_caption, keywords in pairs:
-        caption = " ".join(raw_caption.split())
-        if image_id not in split_of:
-            reject(number, f"unknown image id {image_id!r} (not in {spec.image_list_path.name})", raw_caption)
+    for row in rows:
+        caption = " ".join(row.caption.split())
+        if row.image_id not in split_of:
+            reject(row.line, f"unknown image id {row.image_id!r} (not in {spec.image_list_path.name})", row.caption)
         elif not caption:
-            reject(number, "empty caption", raw_caption)
-        elif (image_id, caption) in first_seen:
-            reject(number, f"duplicate of line {first_seen[(image_id, caption)]}", raw_caption)
+            reject(row.line, "empty caption", row.caption)
+        elif (row.image_id, caption) in first_seen:
+            reject(row.line, f"duplicate of line {first_seen[(row.image_id, caption)]}", row.caption)
         else:
-            first_seen[(image_id, caption)] = number
-            rows.append(
+            first_seen[(row.image_id, caption)] = row.line
+            kept.append(
                 {
-                    "caption_id": f"{language}:{number}",
-                    "image_id": image_id,
+                    "caption_id": f"{language}:{row.line}",
+                    "image_id": row.image_id,
                     "caption": caption,
-                    "keywords": " ".join(keywords.split()),
-                    "split": split_of[image_id],
-                    "source_line": number,
+                    "keywords": " ".join(row.keywords.split()),
+                    "split": split_of[row.image_id],
+                    "source_line": row.line,
                 }
             )
-    if not rows:
+    if not kept:
         raise CaptionFileError(path, f"no valid caption rows ({len(quarantine)} quarantined)")
-    return pl.DataFrame(rows, schema=CAPTION_SCHEMA), pl.DataFrame(quarantine, schema=QUARANTINE_SCHEMA)
+    quarantine.sort(key=lambda entry: entry["source_line"])
+    return pl.DataFrame(kept, schema=CAPTION_SCHEMA), pl.DataFrame(quarantine, schema=QUARANTINE_SCHEMA)
+
+
+def discover_datasets(roots: Iterable[Path]) -> list[DatasetSpec]:
+    """Every dataset under the roots: a root's direct sub-folders with a `dataset.toml`, or the root itself.
+
+    A broken declaration or two datasets with one name raise a `DatasetError` naming the files.
+    """
+    specs: dict[str, DatasetSpec] = {}
+    for root in roots:
+        root = Path(root).expanduser().resolve()
+        folders = [root] if (root / "dataset.toml").is_file() else sorted(p.parent for p in root.glob("*/dataset.toml"))
+        for folder in folders:
+            spec = DatasetSpec.load(folder)
+            if spec.name in specs and specs[spec.name].root != spec.root:
+                raise DatasetError(
+                    f"{folder / 'dataset.toml'}: dataset name {spec.name!r} is already used by "
+                    f"{specs[spec.name].root / 'dataset.toml'}; dataset names must be unique"
+                )
+            specs[spec.name] = spec
+    return [specs[name] for name in sorted(specs)]

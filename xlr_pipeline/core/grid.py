@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -10,15 +10,16 @@ import polars as pl
 
 from xlr_pipeline.core.augment import mixup
 from xlr_pipeline.core.head import HeadConfig, ProjectionHead, train_head
-from xlr_pipeline.core.metrics import DirectionResult, evaluate_trained_and_random
+from xlr_pipeline.core.choices import AUGMENTATIONS, OBJECTIVES, Augmentation, Objective
+from xlr_pipeline.core.metrics import DirectionResult
 
 DEFAULT_TEXT_WEIGHT = HeadConfig().text_weight
 
 
 @dataclass(frozen=True)
 class Cell:
-    objective: str
-    augmentation: str  # "none", "salt" or "keywords"
+    objective: Objective
+    augmentation: Augmentation
     seed: int
     text_model: str
     text_weight: float = DEFAULT_TEXT_WEIGHT  # m3 only
@@ -31,6 +32,11 @@ class Cell:
     @property
     def augmentation_label(self) -> str:
         return self.augmentation + (" + per-language centring" if self.centring == "per_language" else "")
+
+    @property
+    def has_random_baseline(self) -> bool:
+        """One random head per seed and encoder: the plain PATR cell carries it."""
+        return (self.objective, self.augmentation, self.centring) == ("patr", "none", "train")
 
     def run_suffix(self, text_model_label: str) -> str:
         parts = [self.objective_label, self.augmentation_label, text_model_label, f"seed{self.seed}"]
@@ -73,25 +79,47 @@ def training_arrays(data: TrainingData, augmentation: str, alpha: float, seed: i
     )
 
 
-def run_cell(
-    cell: Cell,
-    base_config: HeadConfig,
-    data: TrainingData,
-    test_images: np.ndarray,
-    test_texts: Mapping[str, tuple[np.ndarray, np.ndarray]],
-    mixup_alpha: float,
-) -> tuple[ProjectionHead, dict[str, dict[str, list[DirectionResult]]]]:
-    """Train one cell and evaluate it (and its random head) on every language's test captions.
+@dataclass(frozen=True)
+class GridPlan:
+    """What a grid compares; `plan_cells` turns it into cells."""
 
-    `test_texts[language] = (vectors, labels)` with labels indexing rows of `test_images`.
-    """
+    objectives: Sequence[Objective]
+    augmentations: Sequence[Augmentation]
+    seeds: Sequence[int]
+    m3_text_weights: Sequence[float] = ()
+    per_language_centring: bool = True
+    english_only_model: str | None = None  # a PATR baseline with this (English-only) text encoder
+
+
+def require_known(kind: str, names: Sequence[str], known: Sequence[str]) -> list[str]:
+    """`names` unchanged if every one is in `known`, else a ValueError naming the unknown ones."""
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {kind} {unknown}; known {kind}: {list(known)}")
+    return list(names)
+
+
+def plan_cells(plan: GridPlan, text_model: str) -> list[Cell]:
+    """objectives × augmentations × seeds with `text_model`, then the levers and baselines that apply."""
+    require_known("objectives", plan.objectives, OBJECTIVES)
+    require_known("augmentations", plan.augmentations, AUGMENTATIONS)
+    if not plan.objectives or not plan.augmentations or not plan.seeds:
+        raise ValueError("a grid needs at least one objective, one augmentation and one seed")
+    cells = [Cell(o, a, s, text_model) for o in plan.objectives for a in plan.augmentations for s in plan.seeds]
+    if "m3" in plan.objectives:
+        cells += [Cell("m3", "none", s, text_model, text_weight=w) for w in plan.m3_text_weights for s in plan.seeds]
+    if plan.per_language_centring:
+        cells += [Cell(o, "none", s, text_model, centring="per_language") for o in plan.objectives for s in plan.seeds]
+    if plan.english_only_model:
+        cells += [Cell("patr", "none", s, plan.english_only_model) for s in plan.seeds]
+    return cells
+
+
+def train_cell(cell: Cell, base_config: HeadConfig, data: TrainingData, mixup_alpha: float) -> ProjectionHead:
+    """Train one cell's head on its training rows (originals, plus the cell's augmentation)."""
     config = replace(base_config, objective=cell.objective, seed=cell.seed, text_weight=cell.text_weight)
     text, image, ids = training_arrays(data, cell.augmentation, mixup_alpha, cell.seed)
-    head = train_head(text, image, ids, config).head
-    return head, {
-        language: evaluate_trained_and_random(head, test_images, vectors, labels)
-        for language, (vectors, labels) in test_texts.items()
-    }
+    return train_head(text, image, ids, config).head
 
 
 def hits_frame(cell: Cell, results: Mapping[str, Mapping[str, list[DirectionResult]]]) -> pl.DataFrame:

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from xlr_pipeline.core.losses import NegativeMining, Objective, m3_loss, symmetric_info_nce_loss, triplet_ranking_loss
+from xlr_pipeline.core.choices import Architecture, NegativeMining, Objective
+from xlr_pipeline.core.losses import m3_loss, symmetric_info_nce_loss, triplet_ranking_loss
 
-Architecture = Literal["linear", "mlp"]
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-NegativeMining = Literal["all", "hardest"]
-Objective = Literal["patr", "m3", "infonce"]
+from xlr_pipeline.core.choices import NegativeMining
 
 
 def triplet_ranking_loss(

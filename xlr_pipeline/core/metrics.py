@@ -89,27 +89,28 @@ def evaluate_retrieval(
     return [summarise("text_to_image", text_to_image, ks), summarise("image_to_text", image_to_text, ks)]
 
 
-def evaluate_trained_and_random(
+def random_head_like(head: ProjectionHead) -> ProjectionHead:
+    """The untrained baseline of a head: same seed, same architecture, same input normalisation."""
+    random_head = new_head(head.text_mean.shape[0], head.image_mean.shape[0], head.config)
+    random_head.copy_normalisation(head)
+    return random_head
+
+
+def evaluate_head(
     head: ProjectionHead,
     image_features: np.ndarray,
     text_features: np.ndarray,
     text_labels: np.ndarray,
     image_index: faiss.Index | None = None,
-) -> dict[str, list[DirectionResult]]:
-    """Retrieval with the trained head and with a random head (same seed, same normalisation).
+) -> list[DirectionResult]:
+    """Retrieval in both directions through one head.
 
     Image i of `image_features` has label i; `text_labels[j]` is the image of caption j. When given,
-    `image_index` must hold the trained head's projection of `image_features` in the same order.
+    `image_index` must hold this head's projection of `image_features` in the same order.
     """
-    random_head = new_head(text_features.shape[1], image_features.shape[1], head.config)
-    random_head.copy_normalisation(head)
-    image_labels = np.arange(len(image_features))
-    results = {}
-    for name, model in (("trained", head), ("random", random_head)):
-        images = project(model, image_features, "image")
-        index = image_index if name == "trained" and image_index is not None else flat_ip_index(images)
-        results[name] = evaluate_retrieval(index, image_labels, project(model, text_features, "text"), text_labels, images)
-    return results
+    images = project(head, image_features, "image")
+    index = image_index if image_index is not None else flat_ip_index(images)
+    return evaluate_retrieval(index, np.arange(len(image_features)), project(head, text_features, "text"), text_labels, images)
 
 
 def recall_is_monotone(recall: dict[int, float]) -> bool:

@@ -8,7 +8,7 @@ idempotent, and nothing already stored is ever deleted or updated.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -99,52 +99,6 @@ def record_evaluation(
         raise
     finally:
         connection.close()
-
-
-def evaluation_records(
-    provenance: Mapping,
-    head_config: dict,
-    code_versions: dict,
-    language: str,
-    captions_hash: str,
-    dagster_run_id: str,
-    results: Mapping[str, list[DirectionResult]],
-) -> tuple[list[RunRecord], list[RecallRecord], list[RankRecord]]:
-    """Rows for one language's evaluation of a trained head (`results["trained"]`) and its random baseline."""
-    run_id = provenance["run_id"]
-    run_fields = {
-        **{key: provenance[key] for key in ("dataset", "image_model", "text_model", "train_language", "train_captions_hash", "images_hash")},
-        "head_config": head_config,
-        "seed": head_config["seed"],
-        "code_versions": code_versions,
-        "dagster_run_id": provenance.get("dagster_run_id", run_id),
-        "augmentation": provenance.get("augmentation", "none"),
-    }
-    run_ids = {"trained": run_id, "random": run_id + RANDOM_HEAD_SUFFIX}
-    runs = [
-        RunRecord(run_id=run_id, objective=head_config["objective"], baseline_of=None, **run_fields),
-        RunRecord(run_id=run_ids["random"], objective="random_init", baseline_of=run_id, **run_fields),
-    ]
-    recall_rows: list[RecallRecord] = []
-    rank_rows: list[RankRecord] = []
-    for head_name, directions in results.items():
-        for result in directions:
-            shared = {
-                "run_id": run_ids[head_name],
-                "dataset": provenance["dataset"],
-                "language": language,
-                "split": "test",
-                "direction": result.direction,
-                "n_queries": result.n_queries,
-                "captions_hash": captions_hash,
-                "dagster_run_id": dagster_run_id,
-            }
-            rank_rows.append(RankRecord(mean_rank=result.mean_rank, median_rank=result.median_rank, **shared))
-            recall_rows.extend(
-                RecallRecord(k=k, recall=value, code_version=code_versions["retrieval_metrics"], **shared)
-                for k, value in result.recall.items()
-            )
-    return runs, recall_rows, rank_rows
 
 
 def query_ranks_frame(

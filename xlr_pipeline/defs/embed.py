@@ -3,22 +3,16 @@ import polars as pl
 
 from xlr_pipeline.core.embeddings import embed_with_cache, with_vectors
 from xlr_pipeline.core.encoders import load_image, load_image_encoder, load_text_encoder
-from xlr_pipeline.core.storage import (
-    combined_hash,
-    sha256_file,
-    sha256_text,
-    write_parquet_atomic,
-)
+from xlr_pipeline.core.storage import combined_hash, sha256_file, sha256_text, write_parquet_atomic
 from xlr_pipeline.core.validation import norm_summary, vector_problems
-from xlr_pipeline.defs.ingest import captions
+from xlr_pipeline.defs.lane import Lane
 from xlr_pipeline.defs.lineage import CURRENT_CONFIG, file_version, image_set_config, input_name, lineage_metadata
 from xlr_pipeline.defs.metadata import file_data_version, progress_logger
-from xlr_pipeline.defs.partitions import language_partitions
 from xlr_pipeline.defs.resources import XlrSettings, clear_failures, require_file
-from xlr_pipeline.defs.versions import ASSET_GROUP, CODE_VERSIONS
+from xlr_pipeline.defs.versions import CODE_VERSIONS
 
 
-def _vector_check(asset: str, vectors, dim: int, expected_rows: int) -> list[dg.AssetCheckResult]:
+def _vector_check(asset: dg.AssetKey, vectors, dim: int, expected_rows: int) -> list[dg.AssetCheckResult]:
     problems = vector_problems(vectors, dim)
     return [
         dg.AssetCheckResult(
@@ -36,115 +30,128 @@ def _vector_check(asset: str, vectors, dim: int, expected_rows: int) -> list[dg.
     ]
 
 
-def _vector_check_specs(asset: str, source: str) -> list[dg.AssetCheckSpec]:
+def _vector_check_specs(asset: dg.AssetKey, source: str) -> list[dg.AssetCheckSpec]:
     return [
         dg.AssetCheckSpec("vectors_valid", asset=asset, description="Encoder dimension, finite values, non-zero norms"),
         dg.AssetCheckSpec("row_count_matches_source", asset=asset, description=f"One vector per {source}"),
     ]
 
 
-@dg.asset(
-    group_name=ASSET_GROUP,
-    kinds={"pytorch", "parquet"},
-    code_version=CODE_VERSIONS["image_embeddings"],
-    check_specs=_vector_check_specs("image_embeddings", "listed image"),
-)
-def image_embeddings(context: dg.AssetExecutionContext, settings: XlrSettings) -> dg.MaterializeResult:
-    """Frozen image-encoder features of every listed image (train and test), one row per image.
+def build_image_embeddings(lane: Lane) -> dg.AssetsDefinition:
+    key = lane.key("image_embeddings")
 
-    Cached by (image content hash, model id): an image is never encoded twice by the same model.
-    """
-    with clear_failures():
-        spec = settings.dataset_spec()
-        records = spec.image_records()
-        paths = spec.image_paths(records)
-        encoder = load_image_encoder(settings.image_model)
-        hashes = [sha256_file(paths[record.image_id]) for record in records]
-        vectors, encoded = embed_with_cache(
-            [paths[record.image_id] for record in records],
-            hashes,
-            lambda batch: encoder.encode([load_image(path) for path in batch]),
-            settings.embedding_cache(encoder.model_id),
-            settings.image_batch_size,
-            progress_logger(context, "images"),
-        )
-    frame = with_vectors(
-        pl.DataFrame(
-            {
-                "image_id": [r.image_id for r in records],
-                "split": [r.split for r in records],
-                "content_hash": hashes,
-            }
-        ),
-        vectors,
-    ).with_columns(pl.lit(encoder.model_id).alias("model_id"))
-    write_parquet_atomic(frame, settings.image_embeddings_path)
-    return dg.MaterializeResult(
-        data_version=file_data_version(settings.image_embeddings_path),
-        metadata={
-            "dataset": spec.name,
-            "image_model": encoder.model_id,
-            "dim": encoder.dim,
-            "dagster/row_count": frame.height,
-            "encoded_now": encoded,
-            "from_cache": frame.height - encoded,
-            "images_hash": combined_hash(hashes),
-            "path": dg.MetadataValue.path(str(settings.image_embeddings_path)),
-            **lineage_metadata(image_set_config(spec.name, settings.image_model, records, hashes), {}),
-        },
-        check_results=_vector_check("image_embeddings", vectors, encoder.dim, len(records)),
+    @dg.asset(
+        key=key,
+        group_name=lane.group,
+        kinds={"pytorch", "parquet"},
+        code_version=CODE_VERSIONS["image_embeddings"],
+        check_specs=_vector_check_specs(key, "listed image"),
     )
+    def image_embeddings(context: dg.AssetExecutionContext, settings: XlrSettings) -> dg.MaterializeResult:
+        """Frozen image-encoder features of every listed image (train and test), one row per image.
 
-
-@dg.asset(
-    partitions_def=language_partitions,
-    deps=[captions],
-    group_name=ASSET_GROUP,
-    kinds={"pytorch", "parquet"},
-    code_version=CODE_VERSIONS["text_embeddings"],
-    check_specs=_vector_check_specs("text_embeddings", "needed caption"),
-)
-def text_embeddings(context: dg.AssetExecutionContext, settings: XlrSettings) -> dg.MaterializeResult:
-    """Frozen multilingual text-encoder vectors of one language's captions.
-
-    Only what is used is encoded: test-split captions of every language, plus train-split captions of
-    the dataset's training language. Cached by (caption hash, model id).
-    """
-    language = context.partition_key
-    with clear_failures():
-        spec = settings.dataset_spec()
-        frame = pl.read_parquet(require_file(settings.captions_path(language), "captions"))
-        needed = frame.filter((pl.col("split") == "test") | (language == spec.train_language))
-        encoder = load_text_encoder(settings.text_model)
-        texts = needed["caption"].to_list()
-        hashes = [sha256_text(text) for text in texts]
-        vectors, encoded = embed_with_cache(
-            texts,
-            hashes,
-            encoder.encode,
-            settings.embedding_cache(encoder.model_id),
-            settings.text_batch_size,
-            progress_logger(context, f"{language} captions"),
-        )
-    out = with_vectors(
-        needed.select("caption_id", "image_id", "split").with_columns(pl.Series("content_hash", hashes)), vectors
-    ).with_columns(pl.lit(encoder.model_id).alias("model_id"))
-    path = settings.text_embeddings_path(language)
-    write_parquet_atomic(out, path)
-    return dg.MaterializeResult(
-        data_version=file_data_version(path),
-        metadata={
-            "language": language,
-            "text_model": encoder.model_id,
-            "dim": encoder.dim,
-            "dagster/row_count": out.height,
-            "encoded_now": encoded,
-            "from_cache": out.height - encoded,
-            "path": dg.MetadataValue.path(str(path)),
-            **lineage_metadata(
-                CURRENT_CONFIG["text_embeddings"](settings, language, {}),
-                {input_name("captions", language): file_version(settings.captions_path(language))},
+        Cached by (image content hash, model id): an image is never encoded twice by the same model.
+        """
+        spec = lane.spec
+        path = lane.outputs(settings).image_embeddings_path
+        with clear_failures():
+            records = spec.image_records()
+            paths = spec.image_paths(records)
+            encoder = load_image_encoder(settings.image_model)
+            hashes = [sha256_file(paths[record.image_id]) for record in records]
+            vectors, encoded = embed_with_cache(
+                [paths[record.image_id] for record in records],
+                hashes,
+                lambda batch: encoder.encode([load_image(path) for path in batch]),
+                settings.embedding_cache(encoder.model_id),
+                settings.image_batch_size,
+                progress_logger(context, "images"),
+            )
+        frame = with_vectors(
+            pl.DataFrame(
+                {
+                    "image_id": [r.image_id for r in records],
+                    "split": [r.split for r in records],
+                    "content_hash": hashes,
+                }
             ),
-        },
-        check_results=_vector_check("text_embeddings", vectors, encoder.dim, needed.height),
+            vectors,
+        ).with_columns(pl.lit(encoder.model_id).alias("model_id"))
+        write_parquet_atomic(frame, path)
+        return dg.MaterializeResult(
+            data_version=file_data_version(path),
+            metadata={
+                "dataset": spec.name,
+                "image_model": encoder.model_id,
+                "dim": encoder.dim,
+                "dagster/row_count": frame.height,
+                "encoded_now": encoded,
+                "from_cache": frame.height - encoded,
+                "images_hash": combined_hash(hashes),
+                "path": dg.MetadataValue.path(str(path)),
+                **lineage_metadata(image_set_config(spec.name, settings.image_model, records, hashes), {}),
+            },
+            check_results=_vector_check(key, vectors, encoder.dim, len(records)),
+        )
+
+    return image_embeddings
+
+
+def build_text_embeddings(lane: Lane, captions: dg.AssetsDefinition) -> dg.AssetsDefinition:
+    key = lane.key("text_embeddings")
+
+    @dg.asset(
+        key=key,
+        partitions_def=lane.partitions,
+        deps=[captions],
+        group_name=lane.group,
+        kinds={"pytorch", "parquet"},
+        code_version=CODE_VERSIONS["text_embeddings"],
+        check_specs=_vector_check_specs(key, "needed caption"),
     )
+    def text_embeddings(context: dg.AssetExecutionContext, settings: XlrSettings) -> dg.MaterializeResult:
+        """Frozen multilingual text-encoder vectors of one language's captions.
+
+        Only what is used is encoded: test-split captions of every language, plus train-split captions of
+        the dataset's training language. Cached by (caption hash, model id).
+        """
+        language = context.partition_key
+        outputs = lane.outputs(settings)
+        with clear_failures():
+            frame = pl.read_parquet(require_file(outputs.captions_path(language), f"{lane.name}/captions[{language}]"))
+            needed = frame.filter((pl.col("split") == "test") | (language == lane.train_language))
+            encoder = load_text_encoder(settings.text_model)
+            texts = needed["caption"].to_list()
+            hashes = [sha256_text(text) for text in texts]
+            vectors, encoded = embed_with_cache(
+                texts,
+                hashes,
+                encoder.encode,
+                settings.embedding_cache(encoder.model_id),
+                settings.text_batch_size,
+                progress_logger(context, f"{language} captions"),
+            )
+        out = with_vectors(
+            needed.select("caption_id", "image_id", "split").with_columns(pl.Series("content_hash", hashes)), vectors
+        ).with_columns(pl.lit(encoder.model_id).alias("model_id"))
+        path = outputs.text_embeddings_path(language)
+        write_parquet_atomic(out, path)
+        return dg.MaterializeResult(
+            data_version=file_data_version(path),
+            metadata={
+                "language": language,
+                "text_model": encoder.model_id,
+                "dim": encoder.dim,
+                "dagster/row_count": out.height,
+                "encoded_now": encoded,
+                "from_cache": out.height - encoded,
+                "path": dg.MetadataValue.path(str(path)),
+                **lineage_metadata(
+                    CURRENT_CONFIG["text_embeddings"](settings, lane, language, {}),
+                    {input_name("captions", language): file_version(outputs.captions_path(language))},
+                ),
+            },
+            check_results=_vector_check(key, vectors, encoder.dim, needed.height),
+        )
+
+    return text_embeddings

@@ -13,14 +13,15 @@ import dagster as dg
 
 from xlr_pipeline.core.datasets import ImageRecord
 from xlr_pipeline.core.storage import combined_hash, sha256_file
+from xlr_pipeline.defs.lane import Lane
 from xlr_pipeline.defs.resources import XlrSettings
 
 CONFIG_KEY = "xlr/config"
 INPUTS_KEY = "xlr/inputs"
 
 
-def _captions_config(settings: XlrSettings, partition: str | None, head_config: dict) -> dict:
-    spec = settings.dataset_spec()
+def _captions_config(settings: XlrSettings, lane: Lane, partition: str | None, head_config: dict) -> dict:
+    spec = lane.spec
     return {
         "dataset": spec.name,
         "source_sha256": sha256_file(spec.caption_file(partition)),
@@ -37,39 +38,34 @@ def image_set_config(dataset: str, image_model: str, records: list[ImageRecord],
     }
 
 
-def _image_embeddings_config(settings: XlrSettings, partition: str | None, head_config: dict) -> dict:
-    spec = settings.dataset_spec()
-    records = spec.image_records()
-    paths = spec.image_paths(records)
-    return image_set_config(spec.name, settings.image_model, records, [sha256_file(paths[r.image_id]) for r in records])
+def _image_embeddings_config(settings: XlrSettings, lane: Lane, partition: str | None, head_config: dict) -> dict:
+    records = lane.spec.image_records()
+    paths = lane.spec.image_paths(records)
+    return image_set_config(lane.name, settings.image_model, records, [sha256_file(paths[r.image_id]) for r in records])
 
 
-def _text_embeddings_config(settings: XlrSettings, partition: str | None, head_config: dict) -> dict:
-    return {"text_model": settings.text_model}
+def _text_model_config(settings: XlrSettings, lane: Lane, partition: str | None, head_config: dict) -> dict:
+    """Text embeddings and the grid's augmentations: the dataset, its training language and the text model."""
+    return {"dataset": lane.name, "train_language": lane.train_language, "text_model": settings.text_model}
 
 
-def _head_config(settings: XlrSettings, partition: str | None, head_config: dict) -> dict:
-    return dict(head_config)
+def _head_config(settings: XlrSettings, lane: Lane, partition: str | None, head_config: dict) -> dict:
+    return {"train_language": lane.train_language, **head_config}
 
 
-def _no_config(settings: XlrSettings, partition: str | None, head_config: dict) -> dict:
+def _no_config(settings: XlrSettings, lane: Lane, partition: str | None, head_config: dict) -> dict:
     return {}
 
 
-def _experiment_config(settings: XlrSettings, partition: str | None, head_config: dict) -> dict:
-    """The grid's own Config is launch-time; only the text model (shared with the chain) is tracked here."""
-    return {"text_model": settings.text_model}
-
-
-CURRENT_CONFIG: dict[str, Callable[[XlrSettings, str | None, dict], dict]] = {
+CURRENT_CONFIG: dict[str, Callable[[XlrSettings, Lane, str | None, dict], dict]] = {
     "captions": _captions_config,
     "image_embeddings": _image_embeddings_config,
-    "text_embeddings": _text_embeddings_config,
+    "text_embeddings": _text_model_config,
     "projection_head": _head_config,
     "image_index": _no_config,
     "retrieval_metrics": _no_config,
-    "text_augmentations": _experiment_config,
-    "experiment_grid": _experiment_config,
+    "text_augmentations": _text_model_config,
+    "experiment_grid": _text_model_config,
     "grid_report": _no_config,
 }
 

@@ -10,8 +10,9 @@ from typing import Iterator
 import dagster as dg
 from pydantic import Field
 
-from xlr_pipeline.core.datasets import DatasetError, DatasetSpec
+from xlr_pipeline.core.datasets import DatasetError
 from xlr_pipeline.core.embeddings import EmbeddingCache
+from xlr_pipeline.core.outputs import DatasetOutputs
 from xlr_pipeline.core.encoders import (
     DEFAULT_IMAGE_MODEL,
     DEFAULT_TEXT_MODEL,
@@ -24,10 +25,12 @@ DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 
 
 class XlrSettings(dg.ConfigurableResource):
-    """Dataset, encoders and storage locations shared by every asset."""
+    """Where data lives and which frozen encoders are used; shared by every dataset's lane."""
 
     data_dir: str = Field(default=str(DEFAULT_DATA_DIR), description="Folder holding datasets, outputs, caches and results.duckdb")
-    dataset: str = Field(default="emoji_cldr", description="Dataset folder name under data_dir (with a dataset.toml), or a path")
+    dataset_roots: list[str] = Field(
+        default=[], description="More folders holding datasets (each a folder with a dataset.toml, or one such folder)"
+    )
     image_model: str = Field(default=DEFAULT_IMAGE_MODEL, description="Frozen image encoder id, e.g. torchvision:resnet50")
     text_model: str = Field(default=DEFAULT_TEXT_MODEL, description="Frozen text encoder id, e.g. sentence-transformers:sentence-transformers/LaBSE")
     image_batch_size: int = Field(default=32, description="Images per encoder batch")
@@ -37,69 +40,38 @@ class XlrSettings(dg.ConfigurableResource):
     def root(self) -> Path:
         return Path(self.data_dir).expanduser().resolve()
 
-    def dataset_spec(self) -> DatasetSpec:
-        candidate = Path(self.dataset).expanduser()
-        folder = candidate if candidate.is_absolute() or candidate.exists() else self.root / self.dataset
-        return DatasetSpec.load(folder.resolve())
+    def roots(self) -> list[Path]:
+        """Every folder searched for datasets: the data dir first, then `dataset_roots`."""
+        return [self.root, *(Path(extra).expanduser().resolve() for extra in self.dataset_roots)]
 
-    @property
-    def outputs(self) -> Path:
-        return self.root / "outputs" / Path(self.dataset).name
+    def outputs(self, dataset: str) -> DatasetOutputs:
+        return DatasetOutputs(self.root / "outputs" / dataset)
+
+    def reports_dir(self, dataset: str) -> Path:
+        return self.root / "reports" / dataset
 
     @property
     def results_db(self) -> Path:
         return self.root / "results.duckdb"
-
-    def captions_path(self, language: str) -> Path:
-        return self.outputs / "captions" / f"{language}.parquet"
-
-    def quarantine_path(self, language: str) -> Path:
-        return self.outputs / "captions" / f"{language}.quarantine.parquet"
-
-    @property
-    def image_embeddings_path(self) -> Path:
-        return self.outputs / "image_embeddings.parquet"
-
-    def text_embeddings_path(self, language: str) -> Path:
-        return self.outputs / "text_embeddings" / f"{language}.parquet"
-
-    @property
-    def head_path(self) -> Path:
-        return self.outputs / "projection_head" / "head.pt"
-
-    @property
-    def loss_history_path(self) -> Path:
-        return self.outputs / "projection_head" / "loss_history.parquet"
-
-    @property
-    def index_path(self) -> Path:
-        return self.outputs / "image_index" / "images.faiss"
-
-    @property
-    def index_ids_path(self) -> Path:
-        return self.outputs / "image_index" / "image_ids.parquet"
 
     def embedding_cache(self, model_id: str) -> EmbeddingCache:
         return EmbeddingCache(self.root / "cache" / "embeddings", model_id)
 
 
 def settings_from_environment() -> XlrSettings:
-    """Settings for the code location; XLR_DATA_DIR / XLR_DATASET / XLR_IMAGE_MODEL / XLR_TEXT_MODEL override defaults.
+    """Settings for the code location; XLR_DATA_DIR / XLR_DATASET_ROOTS / XLR_IMAGE_MODEL / XLR_TEXT_MODEL override defaults.
 
-    Read when the code location loads, so `dagster dev` can be pointed at another data dir or dataset
-    without editing code (launchpad resource config overrides these per run).
+    Read when the code location loads, so `dagster dev` can be pointed at other data or datasets without
+    editing code (launchpad resource config overrides the models per run). XLR_DATASET_ROOTS lists more
+    dataset folders, separated like PATH.
     """
-    overrides = {
+    overrides: dict = {
         field: os.environ[variable]
-        for field, variable in (
-            ("data_dir", "XLR_DATA_DIR"),
-            ("dataset", "XLR_DATASET"),
-            ("image_model", "XLR_IMAGE_MODEL"),
-            ("text_model", "XLR_TEXT_MODEL"),
-        )
+        for field, variable in (("data_dir", "XLR_DATA_DIR"), ("image_model", "XLR_IMAGE_MODEL"), ("text_model", "XLR_TEXT_MODEL"))
         if os.environ.get(variable)
     }
-    return XlrSettings(**overrides)
+    roots = [root for root in os.environ.get("XLR_DATASET_ROOTS", "").split(os.pathsep) if root]
+    return XlrSettings(**overrides, dataset_roots=roots)
 
 
 @contextmanager

@@ -1,11 +1,11 @@
-from typing import Literal
-
 import dagster as dg
 import numpy as np
 import polars as pl
 from pydantic import Field
 
 from xlr_pipeline.core.embeddings import vectors_of
+from xlr_pipeline.core.evaluation import RunProvenance
+from xlr_pipeline.core.choices import Architecture, NegativeMining, Objective
 from xlr_pipeline.core.head import (
     HeadConfig,
     head_fingerprint,
@@ -19,17 +19,16 @@ from xlr_pipeline.core.storage import (
     write_parquet_atomic,
     write_with_atomic,
 )
-from xlr_pipeline.defs.embed import image_embeddings, text_embeddings
 from xlr_pipeline.defs.lineage import (
     CURRENT_CONFIG,
     file_version,
     input_name,
     lineage_metadata,
 )
+from xlr_pipeline.defs.lane import Lane
 from xlr_pipeline.defs.metadata import markdown_preview
-from xlr_pipeline.defs.partitions import TRAIN_LANGUAGE
 from xlr_pipeline.defs.resources import XlrSettings, require_file
-from xlr_pipeline.defs.versions import ASSET_GROUP, CODE_VERSIONS
+from xlr_pipeline.defs.versions import CODE_VERSIONS
 
 _DEFAULT = HeadConfig()
 
@@ -37,19 +36,19 @@ _DEFAULT = HeadConfig()
 class HeadTrainingConfig(dg.Config):
     """Hyperparameters of the projection head (shown in the launchpad)."""
 
-    architecture: Literal["linear", "mlp"] = Field(_DEFAULT.architecture, description="One linear layer per modality, or a 2-layer MLP")
+    architecture: Architecture = Field(_DEFAULT.architecture, description="One linear layer per modality, or a 2-layer MLP")
     embed_dim: int = Field(_DEFAULT.embed_dim, description="Dimension of the shared space")
     hidden_dim: int = Field(_DEFAULT.hidden_dim, description="Hidden width of the MLP branches")
-    objective: Literal["patr", "m3", "infonce"] = Field(
+    objective: Objective = Field(
         _DEFAULT.objective,
         description="'patr': triplet ranking, caption anchor; 'm3': patr + text repulsion; 'infonce': symmetric CLIP-style",
     )
     margin: float = Field(_DEFAULT.margin, description="Triplet margin on cosine similarity")
-    negatives: Literal["all", "hardest"] = Field(_DEFAULT.negatives, description="Average all violating in-batch negatives, or only the hardest")
+    negatives: NegativeMining = Field(_DEFAULT.negatives, description="Average all violating in-batch negatives, or only the hardest")
     text_margin: float = Field(_DEFAULT.text_margin, description="m3: margin of the caption-vs-other-captions term")
     text_weight: float = Field(_DEFAULT.text_weight, description="m3: weight of the text repulsion term (0 = patr)")
     temperature: float = Field(_DEFAULT.temperature, description="infonce: softmax temperature")
-    epochs: int = Field(_DEFAULT.epochs, description="Passes over the English training pairs")
+    epochs: int = Field(_DEFAULT.epochs, description="Passes over the training-language pairs")
     batch_size: int = Field(_DEFAULT.batch_size, description="Pairs per batch (in-batch negatives come from here)")
     learning_rate: float = Field(_DEFAULT.learning_rate, description="AdamW learning rate")
     weight_decay: float = Field(_DEFAULT.weight_decay, description="AdamW weight decay")
@@ -68,81 +67,89 @@ def training_pairs(images: pl.DataFrame, texts: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-@dg.asset(
-    deps=[
-        image_embeddings,
-        dg.AssetDep(text_embeddings, partition_mapping=dg.SpecificPartitionsPartitionMapping([TRAIN_LANGUAGE])),
-    ],
-    group_name=ASSET_GROUP,
-    kinds={"pytorch"},
-    code_version=CODE_VERSIONS["projection_head"],
-    check_specs=[
-        dg.AssetCheckSpec("weights_finite", asset="projection_head", description="No NaN/inf in the trained weights"),
-        dg.AssetCheckSpec("loss_decreased", asset="projection_head", description="Final epoch loss below the first"),
-    ],
-)
-def projection_head(context: dg.AssetExecutionContext, config: HeadTrainingConfig, settings: XlrSettings) -> dg.MaterializeResult:
-    """Projection head trained on English train-split pairs only (zero-shot for every other language).
+def build_projection_head(
+    lane: Lane, image_embeddings: dg.AssetsDefinition, text_embeddings: dg.AssetsDefinition
+) -> dg.AssetsDefinition:
+    key = lane.key("projection_head")
+    train_language = lane.train_language
 
-    The Dagster run that trains it names the experiment: its run id is the `run_id` of every result row
-    (retraining to bit-identical weights keeps the earlier run id).
-    """
-    spec = settings.dataset_spec()
-    if spec.train_language != TRAIN_LANGUAGE:
-        raise dg.Failure(f"{spec.root}/dataset.toml trains on {spec.train_language!r}; this pipeline trains on {TRAIN_LANGUAGE!r}")
-    images = pl.read_parquet(require_file(settings.image_embeddings_path, "image_embeddings"))
-    text_path = require_file(settings.text_embeddings_path(TRAIN_LANGUAGE), f"text_embeddings[{TRAIN_LANGUAGE}]")
-    texts = pl.read_parquet(text_path)
-    pairs = training_pairs(images, texts)
-    if pairs.height < 2:
-        raise dg.Failure(f"only {pairs.height} train-split {TRAIN_LANGUAGE} captions match train images in {spec.name}")
-    head_config = config.head_config()
-    context.log.info(f"training on {pairs.height} {TRAIN_LANGUAGE} pairs: {head_config}")
-    result = train_head(
-        vectors_of(pairs), vectors_of(pairs, "image_vector"), pairs["image_id"].to_numpy(), head_config
-    )
-    # Identical weights (e.g. only English test captions changed) stay the same experiment: keep its run id.
-    previous = head_from_bytes(settings.head_path.read_bytes()) if settings.head_path.is_file() else None
-    same_weights = previous is not None and head_fingerprint(previous[0]) == head_fingerprint(result.head)
-    run_id = previous[1]["run_id"] if same_weights else context.run.run_id
-    provenance = {
-        "run_id": run_id,
-        "dataset": spec.name,
-        "image_model": images["model_id"][0],
-        "text_model": texts["model_id"][0],
-        "train_language": TRAIN_LANGUAGE,
-        "train_captions_hash": sha256_file(text_path),
-        "images_hash": sha256_file(settings.image_embeddings_path),
-        "train_pairs": pairs.height,
-    }
-    write_with_atomic(settings.head_path, lambda tmp: tmp.write_bytes(head_to_bytes(result.head, provenance)))
-    history = pl.DataFrame({"epoch": np.arange(1, len(result.loss_history) + 1), "loss": result.loss_history})
-    write_parquet_atomic(history, settings.loss_history_path)
-    return dg.MaterializeResult(
-        data_version=dg.DataVersion(head_fingerprint(result.head)),
-        metadata={
-            "run_id": run_id,
-            **{key: value for key, value in provenance.items() if key != "run_id"},
-            "head_config": head_config.as_dict(),
-            "first_epoch_loss": result.loss_history[0],
-            "final_epoch_loss": result.loss_history[-1],
-            "loss_curve": markdown_preview(history.gather_every(max(1, history.height // 10)), rows=12),
-            "path": dg.MetadataValue.path(str(settings.head_path)),
-            **lineage_metadata(
-                CURRENT_CONFIG["projection_head"](settings, None, head_config.as_dict()),
-                {
-                    "image_embeddings": file_version(settings.image_embeddings_path),
-                    input_name("text_embeddings", TRAIN_LANGUAGE): file_version(text_path),
-                },
-            ),
-        },
-        check_results=[
-            dg.AssetCheckResult(check_name="weights_finite", passed=weights_are_finite(result.head)),
-            dg.AssetCheckResult(
-                check_name="loss_decreased",
-                passed=result.loss_history[-1] < result.loss_history[0],
-                severity=dg.AssetCheckSeverity.WARN,
-                metadata={"first": result.loss_history[0], "final": result.loss_history[-1]},
-            ),
+    @dg.asset(
+        key=key,
+        deps=[
+            image_embeddings,
+            dg.AssetDep(text_embeddings, partition_mapping=dg.SpecificPartitionsPartitionMapping([train_language])),
+        ],
+        group_name=lane.group,
+        kinds={"pytorch"},
+        code_version=CODE_VERSIONS["projection_head"],
+        check_specs=[
+            dg.AssetCheckSpec("weights_finite", asset=key, description="No NaN/inf in the trained weights"),
+            dg.AssetCheckSpec("loss_decreased", asset=key, description="Final epoch loss below the first"),
         ],
     )
+    def projection_head(context: dg.AssetExecutionContext, config: HeadTrainingConfig, settings: XlrSettings) -> dg.MaterializeResult:
+        """Projection head trained on the dataset's training-language train-split pairs only (zero-shot for
+        every other language; `train_language` in dataset.toml, English by default).
+
+        The Dagster run that trains it names the experiment: its run id is the `run_id` of every result row
+        (retraining to bit-identical weights keeps the earlier run id).
+        """
+        outputs = lane.outputs(settings)
+        images = pl.read_parquet(require_file(outputs.image_embeddings_path, f"{lane.name}/image_embeddings"))
+        text_path = require_file(outputs.text_embeddings_path(train_language), f"{lane.name}/text_embeddings[{train_language}]")
+        texts = pl.read_parquet(text_path)
+        pairs = training_pairs(images, texts)
+        if pairs.height < 2:
+            raise dg.Failure(f"only {pairs.height} train-split {train_language} captions match train images in {lane.name}")
+        head_config = config.head_config()
+        context.log.info(f"training on {pairs.height} {train_language} pairs: {head_config}")
+        result = train_head(
+            vectors_of(pairs), vectors_of(pairs, "image_vector"), pairs["image_id"].to_numpy(), head_config
+        )
+        # Identical weights (e.g. only test captions changed) stay the same experiment: keep its run id.
+        previous = head_from_bytes(outputs.head_path.read_bytes()) if outputs.head_path.is_file() else None
+        same_weights = previous is not None and head_fingerprint(previous[0]) == head_fingerprint(result.head)
+        run_id = previous[1]["run_id"] if same_weights else context.run.run_id
+        provenance = RunProvenance(
+            run_id=run_id,
+            dataset=lane.name,
+            image_model=images["model_id"][0],
+            text_model=texts["model_id"][0],
+            train_language=train_language,
+            train_captions_hash=sha256_file(text_path),
+            images_hash=sha256_file(outputs.image_embeddings_path),
+            dagster_run_id=run_id,
+            train_pairs=pairs.height,
+        )
+        write_with_atomic(outputs.head_path, lambda tmp: tmp.write_bytes(head_to_bytes(result.head, provenance.as_dict())))
+        history = pl.DataFrame({"epoch": np.arange(1, len(result.loss_history) + 1), "loss": result.loss_history})
+        write_parquet_atomic(history, outputs.loss_history_path)
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(head_fingerprint(result.head)),
+            metadata={
+                **provenance.as_dict(),
+                "head_config": head_config.as_dict(),
+                "first_epoch_loss": result.loss_history[0],
+                "final_epoch_loss": result.loss_history[-1],
+                "loss_curve": markdown_preview(history.gather_every(max(1, history.height // 10)), rows=12),
+                "path": dg.MetadataValue.path(str(outputs.head_path)),
+                **lineage_metadata(
+                    CURRENT_CONFIG["projection_head"](settings, lane, None, head_config.as_dict()),
+                    {
+                        "image_embeddings": file_version(outputs.image_embeddings_path),
+                        input_name("text_embeddings", train_language): file_version(text_path),
+                    },
+                ),
+            },
+            check_results=[
+                dg.AssetCheckResult(check_name="weights_finite", passed=weights_are_finite(result.head)),
+                dg.AssetCheckResult(
+                    check_name="loss_decreased",
+                    passed=result.loss_history[-1] < result.loss_history[0],
+                    severity=dg.AssetCheckSeverity.WARN,
+                    metadata={"first": result.loss_history[0], "final": result.loss_history[-1]},
+                ),
+            ],
+        )
+
+    return projection_head

@@ -14,8 +14,3 @@ CODE_VERSIONS = {
     "experiment_grid": "1",
     "grid_report": "1",
 }
-
-# One group: the chain is six assets, and the UI collapses graphs that span several groups.
-ASSET_GROUP = "cross_lingual_retrieval"
-# Experiments (the objective × augmentation × seed grid and its report) run on demand: `xlr grid`.
-EXPERIMENT_GROUP = "experiments"

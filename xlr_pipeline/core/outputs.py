@@ -1,0 +1,44 @@
+"""Where one dataset's outputs live: everything under `<data_dir>/outputs/<dataset name>/`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class DatasetOutputs:
+    root: Path
+
+    def captions_path(self, language: str) -> Path:
+        return self.root / "captions" / f"{language}.parquet"
+
+    def quarantine_path(self, language: str) -> Path:
+        return self.root / "captions" / f"{language}.quarantine.parquet"
+
+    @property
+    def image_embeddings_path(self) -> Path:
+        return self.root / "image_embeddings.parquet"
+
+    def text_embeddings_path(self, language: str) -> Path:
+        return self.root / "text_embeddings" / f"{language}.parquet"
+
+    @property
+    def head_path(self) -> Path:
+        return self.root / "projection_head" / "head.pt"
+
+    @property
+    def loss_history_path(self) -> Path:
+        return self.root / "projection_head" / "loss_history.parquet"
+
+    @property
+    def index_path(self) -> Path:
+        return self.root / "image_index" / "images.faiss"
+
+    @property
+    def index_ids_path(self) -> Path:
+        return self.root / "image_index" / "image_ids.parquet"
+
+    @property
+    def experiments(self) -> Path:
+        return self.root / "experiments"

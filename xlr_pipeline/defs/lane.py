@@ -1,0 +1,64 @@
+"""A lane: one dataset's own slice of the graph — key prefix, asset groups, language partitions, outputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+
+from xlr_pipeline.core.datasets import DatasetSpec
+from xlr_pipeline.core.outputs import DatasetOutputs
+from xlr_pipeline.defs.resources import XlrSettings
+
+# The per-dataset chain (`xlr run`) and the experiments on top of it (`xlr grid`), by asset name.
+CHAIN_ASSETS = ("captions", "image_embeddings", "text_embeddings", "projection_head", "image_index", "retrieval_metrics")
+EXPERIMENT_ASSETS = ("text_augmentations", "experiment_grid", "grid_report")
+# What the new-language sensor and the re-evaluation job run for one language.
+LANGUAGE_ASSETS = ("captions", "text_embeddings", "retrieval_metrics")
+
+
+@dataclass(frozen=True)
+class Lane:
+    """Everything of one dataset is named from its declared `name`: keys `<name>/<asset>`, groups `<name>`
+    (the chain) and `<name>_experiments`, partitions `<name>_languages`, outputs `outputs/<name>/`."""
+
+    spec: DatasetSpec
+    partitions: dg.DynamicPartitionsDefinition
+
+    @classmethod
+    def of(cls, spec: DatasetSpec) -> "Lane":
+        return cls(spec, dg.DynamicPartitionsDefinition(name=f"{spec.name}_languages"))
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def train_language(self) -> str:
+        return self.spec.train_language
+
+    @property
+    def group(self) -> str:
+        return self.name
+
+    @property
+    def experiment_group(self) -> str:
+        return f"{self.name}_experiments"
+
+    def key(self, asset: str) -> dg.AssetKey:
+        return dg.AssetKey([self.name, asset])
+
+    def keys(self, assets: tuple[str, ...]) -> list[dg.AssetKey]:
+        return [self.key(asset) for asset in assets]
+
+    def outputs(self, settings: XlrSettings) -> DatasetOutputs:
+        return settings.outputs(self.name)
+
+    def reports_dir(self, settings: XlrSettings) -> Path:
+        return settings.reports_dir(self.name)
+
+
+def asset_name(key: dg.AssetKey) -> str:
+    """`captions` for `emoji_cldr/captions`: what lineage, configs and versions are keyed by."""
+    return key.path[-1]
