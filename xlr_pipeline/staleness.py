@@ -37,6 +37,11 @@ class Target:
     def name(self) -> str:
         return input_name(self.key.to_user_string(), self.partition)
 
+    @property
+    def name_in_lane(self) -> str:
+        """How assets of the same lane record it as an input (`text_embeddings[en]`)."""
+        return input_name(asset_name(self.key), self.partition)
+
 
 @dataclass(frozen=True)
 class Status:
@@ -140,7 +145,7 @@ class StalenessResolver:
             parent_materialization = self.latest(parent)
             if parent_materialization is None:
                 causes.append(f"upstream missing: {parent.name}")
-            elif parent_materialization.tags.get(DATA_VERSION_TAG) != recorded_inputs.get(parent.name):
+            elif parent_materialization.tags.get(DATA_VERSION_TAG) != recorded_inputs.get(parent.name_in_lane):
                 causes.append(f"upstream changed: {parent.name}")
         return Status(target, "stale" if causes else "fresh", tuple(causes))
 

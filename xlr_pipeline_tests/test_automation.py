@@ -6,25 +6,22 @@ from datetime import datetime, timezone
 import dagster as dg
 import pytest
 
-from xlr_pipeline.definitions import defs
-from xlr_pipeline.defs.automation import language_files_sensor, reevaluate_all_languages
-from xlr_pipeline.defs.partitions import language_partitions
 from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline.runner import run_pipeline
-from xlr_pipeline_tests.conftest import SHIPPED, SUBSET_LANGUAGES, settings_for
+from xlr_pipeline_tests.conftest import DATASET, SHIPPED, SUBSET_LANGUAGES, pipeline_for
 
 LANGUAGE_ASSETS = ["captions", "text_embeddings", "retrieval_metrics"]
-REPOSITORY = defs.get_repository_def()
 SUBSET_FIRST_IMAGE = "1f603"  # first train emoji of the shipped split, so in every subset
-JOB_ASSETS = [dg.AssetKey(key) for key in LANGUAGE_ASSETS]  # what the reevaluate_language job selects
+JOB_ASSETS = [dg.AssetKey([DATASET, key]) for key in LANGUAGE_ASSETS]  # what the reevaluate_language job selects
+PARTITIONS = f"{DATASET}_languages"
 
 
 def tick(instance, data_dir, cursor=None):
-    context = dg.build_sensor_context(
-        instance=instance, cursor=cursor, resources={"settings": settings_for(data_dir)}, repository_def=REPOSITORY
-    )
+    pipeline = pipeline_for(data_dir)
+    repository = pipeline.definitions.get_repository_def()
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, repository_def=repository)
     # Invoked directly: evaluate_tick would validate run requests against partitions the daemon adds later.
-    result = language_files_sensor(context)
+    result = repository.get_sensor_def(f"{DATASET}_language_files")(context)
     assert isinstance(result, dg.SensorResult)
     return result
 
@@ -35,13 +32,10 @@ def skip_message(result: dg.SensorResult) -> str:
 
 def execute(instance, data_dir, requests):
     """What the daemon does with a tick's run requests."""
+    assets = pipeline_for(data_dir).assets()
     for request in requests:
         result = dg.materialize(
-            list(defs.assets),
-            selection=request.asset_selection,
-            partition_key=request.partition_key,
-            instance=instance,
-            resources={"settings": settings_for(data_dir)},
+            assets, selection=request.asset_selection, partition_key=request.partition_key, instance=instance
         )
         assert result.success
 
@@ -49,7 +43,7 @@ def execute(instance, data_dir, requests):
 def latest_ids(instance, asset, partitions):
     return {
         p: instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[p] if p else None), limit=1
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey([DATASET, asset]), asset_partitions=[p] if p else None), limit=1
         ).records[0].storage_id
         for p in partitions
     }
@@ -61,14 +55,15 @@ def test_first_tick_on_an_empty_instance_ingests_every_language(fresh_data_dir, 
     assert sorted(partition_request.partition_keys) == sorted(SUBSET_LANGUAGES)
     # no head yet: only what can run without one
     assert {(r.partition_key, tuple(k.to_user_string() for k in r.asset_selection)) for r in result.run_requests} == {
-        (language, ("captions", "text_embeddings")) for language in SUBSET_LANGUAGES
+        (language, (f"{DATASET}/captions", f"{DATASET}/text_embeddings")) for language in SUBSET_LANGUAGES
     }
 
 
 @pytest.fixture
 def trained(fresh_data_dir):
     with dg.instance_for_test() as instance:
-        run_pipeline(instance, settings_for(fresh_data_dir), {"projection_head": HeadTrainingConfig(epochs=10)}, log=lambda _: None)
+        configs = {"projection_head": HeadTrainingConfig(epochs=10)}
+        run_pipeline(instance, pipeline_for(fresh_data_dir), [DATASET], configs, log=lambda _: None)
         yield instance
 
 
@@ -81,13 +76,13 @@ def test_new_language_file_is_evaluated_alone(fresh_data_dir, trained):
         "projection_head": latest_ids(instance, "projection_head", [None]),
         **{asset: latest_ids(instance, asset, SUBSET_LANGUAGES) for asset in LANGUAGE_ASSETS},
     }
-    shutil.copyfile(SHIPPED / "emoji_cldr" / "captions" / "fr.tsv", fresh_data_dir / "emoji_small" / "captions" / "fr.tsv")
+    shutil.copyfile(SHIPPED / "emoji_cldr" / "captions" / "fr.tsv", fresh_data_dir / DATASET / "captions" / "fr.tsv")
 
     result = tick(instance, fresh_data_dir, first.cursor)
     assert [r.partition_keys for r in result.dynamic_partitions_requests] == [["fr"]]
     (request,) = result.run_requests
-    assert request.partition_key == "fr" and [k.to_user_string() for k in request.asset_selection] == LANGUAGE_ASSETS
-    instance.add_dynamic_partitions(language_partitions.name, ["fr"])  # the daemon applies this; the test context does not
+    assert request.partition_key == "fr" and request.asset_selection == JOB_ASSETS
+    instance.add_dynamic_partitions(PARTITIONS, ["fr"])  # the daemon applies this; the test context does not
     execute(instance, fresh_data_dir, result.run_requests)
 
     after = {
@@ -103,7 +98,7 @@ def test_new_language_file_is_evaluated_alone(fresh_data_dir, trained):
 def test_changed_invalid_and_removed_files_are_reported(fresh_data_dir, trained):
     instance = trained
     cursor = tick(instance, fresh_data_dir).cursor
-    captions = fresh_data_dir / "emoji_small" / "captions"
+    captions = fresh_data_dir / DATASET / "captions"
     with open(captions / "de.tsv", "a", encoding="utf-8") as handle:
         handle.write(f"{SUBSET_FIRST_IMAGE}\tzweite Beschreibung\tx\n")
     changed = tick(instance, fresh_data_dir, cursor)
@@ -119,31 +114,31 @@ def test_changed_invalid_and_removed_files_are_reported(fresh_data_dir, trained)
     assert "ja.tsv:2: not valid UTF-8" in message
     assert "caption file for 'de' was removed; its partition and stored results are kept" in message
     assert "unknown language code 'xx'" in message
-    assert set(instance.get_dynamic_partitions(language_partitions.name)) >= set(SUBSET_LANGUAGES)
+    assert set(instance.get_dynamic_partitions(PARTITIONS)) >= set(SUBSET_LANGUAGES)
     assert latest_ids(instance, "retrieval_metrics", ["de", "ja"])  # stored results are still there
 
 
 def test_schedule_reevaluates_every_language(fresh_data_dir, trained):
     instance = trained
     before = latest_ids(instance, "retrieval_metrics", SUBSET_LANGUAGES)
+    repository = pipeline_for(fresh_data_dir).definitions.get_repository_def()
     context = dg.build_schedule_context(
-        instance=instance,
-        scheduled_execution_time=datetime(2026, 11, 30, 3, tzinfo=timezone.utc),
-        resources={"settings": settings_for(fresh_data_dir)},
-        repository_def=REPOSITORY,
+        instance=instance, scheduled_execution_time=datetime(2026, 11, 30, 3, tzinfo=timezone.utc), repository_def=repository
     )
     with dg.partition_loading_context(dynamic_partitions_store=instance):
-        requests = reevaluate_all_languages.evaluate_tick(context).run_requests
+        requests = repository.get_schedule_def(f"{DATASET}_reevaluate_all_languages").evaluate_tick(context).run_requests
     assert sorted(r.partition_key for r in requests) == sorted(SUBSET_LANGUAGES)
-    assert {request.job_name for request in requests} <= {None, "reevaluate_language"}
+    assert {request.job_name for request in requests} <= {None, f"{DATASET}_reevaluate_language"}
     execute(instance, fresh_data_dir, [request.with_replaced_attrs(asset_selection=JOB_ASSETS) for request in requests])
     after = latest_ids(instance, "retrieval_metrics", SUBSET_LANGUAGES)
     assert all(after[language] > before[language] for language in SUBSET_LANGUAGES)
 
 
 def test_schedule_waits_for_a_trained_head(fresh_data_dir, instance):
-    instance.add_dynamic_partitions(language_partitions.name, ["en"])
+    instance.add_dynamic_partitions(PARTITIONS, ["en"])
+    repository = pipeline_for(fresh_data_dir).definitions.get_repository_def()
     context = dg.build_schedule_context(
-        instance=instance, scheduled_execution_time=datetime(2026, 11, 30, tzinfo=timezone.utc), repository_def=REPOSITORY
+        instance=instance, scheduled_execution_time=datetime(2026, 11, 30, tzinfo=timezone.utc), repository_def=repository
     )
-    assert "no trained projection_head" in reevaluate_all_languages.evaluate_tick(context).skip_message
+    skip = repository.get_schedule_def(f"{DATASET}_reevaluate_all_languages").evaluate_tick(context).skip_message
+    assert f"no trained {DATASET}/projection_head" in skip

