@@ -46,15 +46,13 @@ def test_augmentation_asset_never_reads_test_or_foreign_captions(tmp_path, subse
 
     import dagster as dg
 
-    from xlr_pipeline.definitions import defs
     from xlr_pipeline.defs.experiments import AugmentationConfig
-    from xlr_pipeline.defs.partitions import language_partitions
-    from xlr_pipeline_tests.conftest import settings_for
+    from xlr_pipeline_tests.conftest import DATASET, op_name, outputs_for, pipeline_for
 
     data_dir = tmp_path / "data"
-    shutil.copytree(subset_data_dir / "emoji_small", data_dir / "emoji_small")
-    split = dict(pl.read_csv(data_dir / "emoji_small" / "split.csv").select("image_id", "split").iter_rows())
-    for path in (data_dir / "emoji_small" / "captions").glob("*.tsv"):
+    shutil.copytree(subset_data_dir / DATASET, data_dir / DATASET)
+    split = dict(pl.read_csv(data_dir / DATASET / "split.csv").select("image_id", "split").iter_rows())
+    for path in (data_dir / DATASET / "captions").glob("*.tsv"):
         lines = path.read_text("utf-8").splitlines()
         poisoned = [lines[0]] + [
             f"{f[0]}\tPOISON{path.stem} {f[1]}\t{f[2]}" if path.stem != "en" or split[f[0]] == "test" else line
@@ -62,14 +60,15 @@ def test_augmentation_asset_never_reads_test_or_foreign_captions(tmp_path, subse
             for f in [line.split("\t")]
         ]
         path.write_text("\n".join(poisoned) + "\n", "utf-8")
-    settings = settings_for(data_dir)
-    instance.add_dynamic_partitions(language_partitions.name, ["en"])
-    assets = list(defs.assets)
-    assert dg.materialize(assets, selection=["captions"], partition_key="en", instance=instance, resources={"settings": settings}).success
-    config = dg.RunConfig(ops={"text_augmentations": AugmentationConfig(languages=["de", "ja"], words_per_language=300)})
-    result = dg.materialize(assets, selection=["text_augmentations"], instance=instance, resources={"settings": settings}, run_config=config)
+    pipeline = pipeline_for(data_dir)
+    lane = pipeline.lane(DATASET)
+    instance.add_dynamic_partitions(lane.partitions.name, ["en"])
+    assets = pipeline.assets()
+    assert dg.materialize(assets, selection=[lane.key("captions")], partition_key="en", instance=instance).success
+    config = dg.RunConfig(ops={op_name("text_augmentations"): AugmentationConfig(languages=["de", "ja"], words_per_language=300)})
+    result = dg.materialize(assets, selection=[lane.key("text_augmentations")], instance=instance, run_config=config)
     assert result.success
-    out = pl.read_parquet(settings.outputs / "experiments" / "code_switched.parquet")
+    out = pl.read_parquet(outputs_for(data_dir).experiments / "code_switched.parquet")
     assert out.height > 10 and set(out["language"]) <= {"de", "ja"}
     assert not out["caption"].str.contains("POISON").any() and not out["original"].str.contains("POISON").any()
     assert set(out["image_id"]).issubset({image_id for image_id, side in split.items() if side == "train"})

@@ -11,36 +11,36 @@ import pytest
 
 from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline.runner import RunFailed, run_pipeline
-from xlr_pipeline_tests.conftest import SHIPPED, SUBSET_LANGUAGES, settings_for
+from xlr_pipeline_tests.conftest import DATASET, SHIPPED, SUBSET_LANGUAGES, pipeline_for
 
 XTD10_LANGUAGES = {"en", "de", "fr", "es", "it", "ja", "ko", "pl", "ru", "tr", "zh"}
 
 
 def test_run_pipeline_builds_everything_then_nothing(fresh_data_dir):
-    settings = settings_for(fresh_data_dir)
+    pipeline = pipeline_for(fresh_data_dir)
     configs = {"projection_head": HeadTrainingConfig(epochs=20)}
+
+    def run():
+        report = run_pipeline(instance, pipeline, [DATASET], configs, log=lambda _: None)
+        return [(asset.removeprefix(f"{DATASET}/"), partition) for asset, partition, _ in report.executed]
+
     with dg.instance_for_test() as instance:
-        first = run_pipeline(instance, settings, configs, log=lambda _: None)
-        names = [(asset, partition) for asset, partition, _ in first.executed]
+        names = run()
         assert len(names) == 3 * len(SUBSET_LANGUAGES) + 3
         assert names.index(("projection_head", None)) > names.index(("text_embeddings", "en"))
         assert names.index(("image_index", None)) < names.index(("retrieval_metrics", "de"))
-        second = run_pipeline(instance, settings, configs, log=lambda _: None)
-        assert second.executed == []
+        assert run() == []
 
         # A new language file: only its captions, text embeddings and metrics run.
-        source = fresh_data_dir / "emoji_small" / "captions"
+        source = fresh_data_dir / DATASET / "captions"
         shutil.copyfile(SHIPPED / "emoji_cldr" / "captions" / "fr.tsv", source / "fr.tsv")
-        third = run_pipeline(instance, settings, configs, log=lambda _: None)
-        assert [(a, p) for a, p, _ in third.executed] == [
-            ("captions", "fr"), ("text_embeddings", "fr"), ("retrieval_metrics", "fr")
-        ]
+        assert run() == [("captions", "fr"), ("text_embeddings", "fr"), ("retrieval_metrics", "fr")]
 
 
 def test_run_refuses_an_unknown_language_file(fresh_data_dir):
-    (fresh_data_dir / "emoji_small" / "captions" / "xx.tsv").write_text("image_id\tcaption\n", "utf-8")
+    (fresh_data_dir / DATASET / "captions" / "xx.tsv").write_text("image_id\tcaption\n", "utf-8")
     with dg.instance_for_test() as instance, pytest.raises(RunFailed, match=r"unknown language code 'xx' in .*xx.tsv"):
-        run_pipeline(instance, settings_for(fresh_data_dir), log=lambda _: None)
+        run_pipeline(instance, pipeline_for(fresh_data_dir), [DATASET], log=lambda _: None)
 
 
 def test_readme_run_command_on_the_shipped_default(tmp_path):

@@ -3,27 +3,60 @@
 import shutil
 
 import dagster as dg
+import pydantic
+import pytest
 
+from xlr_pipeline.core.encoders import ENGLISH_ONLY_TEXT_MODEL
+from xlr_pipeline.core.grid import Cell, GridPlan, plan_cells
 from xlr_pipeline.core.sql import run_sql
 from xlr_pipeline.defs.experiments import AugmentationConfig, GridConfig
+from xlr_pipeline.defs.lane import CHAIN_ASSETS, EXPERIMENT_ASSETS
 from xlr_pipeline.defs.train import HeadTrainingConfig
-from xlr_pipeline.defs.versions import ASSET_GROUP, EXPERIMENT_GROUP
 from xlr_pipeline.runner import run_pipeline
-from xlr_pipeline_tests.conftest import SUBSET_LANGUAGES, settings_for
+from xlr_pipeline_tests.conftest import DATASET, SUBSET_LANGUAGES, pipeline_for
+
+
+def test_plan_cells_crosses_the_grid_then_adds_levers_and_baselines():
+    plan = GridPlan(["patr", "m3"], ["none", "salt"], [0, 1], m3_text_weights=[1.0], english_only_model=ENGLISH_ONLY_TEXT_MODEL)
+    cells = plan_cells(plan, "main-model")
+    assert len(cells) == 2 * 2 * 2 + 2 + 2 * 2 + 2 and len(set(cells)) == len(cells)
+    assert cells[:2] == [Cell("patr", "none", 0, "main-model"), Cell("patr", "none", 1, "main-model")]
+    assert [c for c in cells if c.text_weight == 1.0] == [Cell("m3", "none", s, "main-model", text_weight=1.0) for s in (0, 1)]
+    assert sum(c.centring == "per_language" for c in cells) == 4
+    assert [c.text_model for c in cells[-2:]] == [ENGLISH_ONLY_TEXT_MODEL] * 2
+    # one random baseline per seed and encoder
+    assert sorted((c.text_model, c.seed) for c in cells if c.has_random_baseline) == sorted(
+        (model, seed) for model in ("main-model", ENGLISH_ONLY_TEXT_MODEL) for seed in (0, 1)
+    )
+    no_m3 = plan_cells(GridPlan(["infonce"], ["none"], [3], m3_text_weights=[1.0], per_language_centring=False), "m")
+    assert no_m3 == [Cell("infonce", "none", 3, "m")]
+
+
+def test_unknown_objective_or_augmentation_is_refused_where_it_enters():
+    with pytest.raises(ValueError, match=r"unknown objectives \['pat'\]; known objectives: \['patr', 'm3', 'infonce'\]"):
+        plan_cells(GridPlan(["pat"], ["none"], [0]), "m")
+    with pytest.raises(pydantic.ValidationError, match=r"unknown augmentations \['mixup'\]"):
+        GridConfig(augmentations=["none", "mixup"])
+    with pytest.raises(pydantic.ValidationError):
+        HeadTrainingConfig(objective="m4")
+    with pytest.raises(ValueError, match="at least one"):
+        plan_cells(GridPlan(["patr"], ["none"], []), "m")
 
 
 def test_grid_trains_every_cell_and_reports(tmp_path, subset_data_dir):
     data_dir = tmp_path / "data"
-    shutil.copytree(subset_data_dir / "emoji_small", data_dir / "emoji_small")
-    settings = settings_for(data_dir)
+    shutil.copytree(subset_data_dir / DATASET, data_dir / DATASET)
+    pipeline = pipeline_for(data_dir)
+    settings = pipeline.settings
     configs = {
         "projection_head": HeadTrainingConfig(epochs=10),
         "text_augmentations": AugmentationConfig(languages=["de", "ja"], words_per_language=300),
         "experiment_grid": GridConfig(objectives=["patr", "m3"], seeds=[0, 1], epochs=10, m3_text_weights=[1.0]),
     }
     with dg.instance_for_test() as instance:
-        report = run_pipeline(instance, settings, configs, groups=frozenset({ASSET_GROUP, EXPERIMENT_GROUP}), log=lambda _: None)
-    assert {"text_augmentations", "experiment_grid", "grid_report"} <= {asset for asset, _, _ in report.executed}
+        stages = frozenset(CHAIN_ASSETS + EXPERIMENT_ASSETS)
+        report = run_pipeline(instance, pipeline, [DATASET], configs, stages=stages, log=lambda _: None)
+    assert {f"{DATASET}/{asset}" for asset in EXPERIMENT_ASSETS} <= {asset for asset, _, _ in report.executed}
 
     cells = run_sql(
         settings.results_db,
@@ -40,7 +73,7 @@ def test_grid_trains_every_cell_and_reports(tmp_path, subset_data_dir):
     per_language = run_sql(settings.results_db, "SELECT DISTINCT language FROM recall WHERE run_id LIKE '%/m3/salt/%'")
     assert set(per_language["language"]) == set(SUBSET_LANGUAGES)
 
-    report_dir = data_dir / "reports" / "emoji_small"
+    report_dir = data_dir / "reports" / DATASET
     markdown = (report_dir / "report.md").read_text("utf-8")
     assert "| m3 | salt |" in markdown and "| m3 (λ_t=1.0) | none |" in markdown and "not XTD10" in markdown
     for comparison in ("salt vs none (patr)", "keywords vs none (m3)", "none + per-language centring vs none (patr)",

@@ -46,7 +46,7 @@ def dagster_dev(fresh_data_dir, tmp_path):
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     port = _free_port()
-    env = {**os.environ, "DAGSTER_HOME": str(home), "XLR_DATA_DIR": str(fresh_data_dir), "XLR_DATASET": "emoji_small"}
+    env = {**os.environ, "DAGSTER_HOME": str(home), "XLR_DATA_DIR": str(fresh_data_dir)}
     log = open(tmp_path / "dev.log", "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "xlr_pipeline.cli", "dev", "--port", str(port)],
@@ -75,11 +75,14 @@ def test_ui_shows_the_graph_and_runs_a_materialization(dagster_dev, fresh_data_d
     graphql = dagster_dev
     nodes = _poll(
         lambda: graphql("{ assetNodes { assetKey { path } groupName partitionKeys } }")["assetNodes"],
-        lambda answer: all(set(SUBSET_LANGUAGES) <= set(n["partitionKeys"]) for n in answer if n["partitionKeys"] or n["assetKey"]["path"][0] == "captions"),
+        lambda answer: all(
+            set(SUBSET_LANGUAGES) <= set(n["partitionKeys"]) for n in answer if n["partitionKeys"] or n["assetKey"]["path"][-1] == "captions"
+        ),
         timeout_s=120,
         what="the asset graph with languages added by the sensor",
     )
-    assert {node["assetKey"]["path"][0] for node in nodes} == ASSETS
+    assert {tuple(node["assetKey"]["path"]) for node in nodes} == {("emoji_small", asset) for asset in ASSETS}
+    assert {node["groupName"] for node in nodes} == {"emoji_small", "emoji_small_experiments"}
 
     launched = graphql(
         """mutation($params: ExecutionParams!) { launchPipelineExecution(executionParams: $params) {
@@ -90,7 +93,7 @@ def test_ui_shows_the_graph_and_runs_a_materialization(dagster_dev, fresh_data_d
                     "repositoryLocationName": "xlr_pipeline",
                     "repositoryName": "__repository__",
                     "pipelineName": "__ASSET_JOB",
-                    "assetSelection": [{"path": ["captions"]}],
+                    "assetSelection": [{"path": ["emoji_small", "captions"]}],
                 },
                 "executionMetadata": {"tags": [{"key": "dagster/partition", "value": "ja"}]},
             }

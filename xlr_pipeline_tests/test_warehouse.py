@@ -13,9 +13,9 @@ from xlr_pipeline.core.sql import QueryError, run_sql
 from xlr_pipeline.core.warehouse import SCHEMA_V1, SCHEMA_VERSION, connect_for_write
 from xlr_pipeline.defs.experiments import AugmentationConfig, GridConfig
 from xlr_pipeline.defs.train import HeadTrainingConfig
-from xlr_pipeline.defs.versions import ASSET_GROUP, EXPERIMENT_GROUP
+from xlr_pipeline.defs.lane import CHAIN_ASSETS, EXPERIMENT_ASSETS
 from xlr_pipeline.runner import run_pipeline
-from xlr_pipeline_tests.conftest import SHIPPED, SUBSET_LANGUAGES, settings_for
+from xlr_pipeline_tests.conftest import DATASET, SHIPPED, SUBSET_LANGUAGES, pipeline_for
 
 README = SHIPPED.parent / "README.md"
 VIEWS = {"recall_latest", "latest", "leaderboard", "language_gap", "vs_published", "query_ranks"}
@@ -25,8 +25,8 @@ VIEWS = {"recall_latest", "latest", "leaderboard", "language_gap", "vs_published
 def two_runs(tmp_path_factory, subset_data_dir):
     """A data dir whose warehouse holds two trained runs (seeds 0 and 1) of one configuration."""
     data_dir = tmp_path_factory.mktemp("warehouse")
-    shutil.copytree(subset_data_dir / "emoji_small", data_dir / "emoji_small")
-    settings = settings_for(data_dir)
+    shutil.copytree(subset_data_dir / DATASET, data_dir / DATASET)
+    pipeline = pipeline_for(data_dir)
     tiny_grid = {
         "text_augmentations": AugmentationConfig(languages=["de", "ja"], words_per_language=300),
         "experiment_grid": GridConfig(
@@ -37,11 +37,11 @@ def two_runs(tmp_path_factory, subset_data_dir):
     for seed in (0, 1):
         with dg.instance_for_test() as instance:  # a fresh instance: everything is missing again
             head = {"projection_head": HeadTrainingConfig(epochs=20, seed=seed)}
-            run_pipeline(instance, settings, head, log=lambda _: None)
+            run_pipeline(instance, pipeline, [DATASET], head, log=lambda _: None)
             if seed == 1:  # and a small experiment grid, for the grid queries
-                groups = frozenset({ASSET_GROUP, EXPERIMENT_GROUP})
-                run_pipeline(instance, settings, {**head, **tiny_grid}, groups=groups, log=lambda _: None)
-    return settings
+                stages = frozenset(CHAIN_ASSETS + EXPERIMENT_ASSETS)
+                run_pipeline(instance, pipeline, [DATASET], {**head, **tiny_grid}, stages=stages, log=lambda _: None)
+    return pipeline.settings
 
 
 def test_schema_from_scratch(tmp_path):

@@ -27,6 +27,7 @@ from xlr_pipeline.core.readers import (
     CaptionFileError,
     Columns,
     DatasetError,
+    ImageList,
     read_text_strict,
 )
 
@@ -214,7 +215,8 @@ def read_captions(
     """Read (with the dataset's caption reader), validate and normalise one caption file → (captions, quarantine)."""
     if spec.caption_format != "parquet" and not read_text_strict(path).strip():
         raise CaptionFileError(path, "the caption file is empty")
-    rows, rejected = CAPTION_READERS[spec.caption_format](path, spec.columns, [record.image_id for record in records])
+    image_list = ImageList(spec.image_list_path, [record.image_id for record in records])
+    rows, rejected = CAPTION_READERS[spec.caption_format](path, spec.columns, image_list)
     split_of = {record.image_id: record.split for record in records}
     quarantine = [
         {"source_file": str(path), "source_line": row.line, "reason": row.reason, "raw": row.raw} for row in rejected

@@ -61,6 +61,14 @@ class ListedImage:
 
 
 @dataclass(frozen=True)
+class ImageList:
+    """The dataset's image list in order: what a `lines` caption file is aligned to."""
+
+    path: Path
+    image_ids: list[str]
+
+
+@dataclass(frozen=True)
 class CaptionRow:
     line: int
     image_id: str
@@ -160,14 +168,14 @@ IMAGE_LIST_READERS: dict[str, Callable[[Path, Columns], list[ListedImage]]] = {
 
 
 # --- caption files -----------------------------------------------------------------------------------
-# `image_ids` is the image list in order (only `lines` needs it: line i captions image i).
+# Each reader gets the dataset's image list (only `lines` needs it: line i captions image i).
 
 
-def _captions_lines(path: Path, columns: Columns, image_ids: list[str]) -> tuple[list[CaptionRow], list[RejectedRow]]:
+def _captions_lines(path: Path, columns: Columns, images: ImageList) -> tuple[list[CaptionRow], list[RejectedRow]]:
     lines = read_text_strict(path).splitlines()
-    if len(lines) != len(image_ids):
-        raise CaptionFileError(path, f"has {len(lines)} lines but the image list has {len(image_ids)} images")
-    return [CaptionRow(number, image_id, line) for number, (image_id, line) in enumerate(zip(image_ids, lines), 1)], []
+    if len(lines) != len(images.image_ids):
+        raise CaptionFileError(path, f"has {len(lines)} lines but the image list {images.path} has {len(images.image_ids)} images")
+    return [CaptionRow(number, image_id, line) for number, (image_id, line) in enumerate(zip(images.image_ids, lines), 1)], []
 
 
 def _delimited(
@@ -193,12 +201,12 @@ def _delimited(
     return kept, rejected
 
 
-def _captions_tsv(path: Path, columns: Columns, image_ids: list[str]) -> tuple[list[CaptionRow], list[RejectedRow]]:
+def _captions_tsv(path: Path, columns: Columns, images: ImageList) -> tuple[list[CaptionRow], list[RejectedRow]]:
     lines = read_text_strict(path).splitlines()
     return _delimited(path, columns, [(number, line.split("\t")) for number, line in enumerate(lines, 1)], "tab-separated")
 
 
-def _captions_csv(path: Path, columns: Columns, image_ids: list[str]) -> tuple[list[CaptionRow], list[RejectedRow]]:
+def _captions_csv(path: Path, columns: Columns, images: ImageList) -> tuple[list[CaptionRow], list[RejectedRow]]:
     reader = csv.reader(io.StringIO(read_text_strict(path)))
     try:
         rows = [(reader.line_num, fields) for fields in reader]
@@ -207,7 +215,7 @@ def _captions_csv(path: Path, columns: Columns, image_ids: list[str]) -> tuple[l
     return _delimited(path, columns, rows, "comma-separated")
 
 
-def _captions_parquet(path: Path, columns: Columns, image_ids: list[str]) -> tuple[list[CaptionRow], list[RejectedRow]]:
+def _captions_parquet(path: Path, columns: Columns, images: ImageList) -> tuple[list[CaptionRow], list[RejectedRow]]:
     frame = _read_parquet(path, [columns.image_id, columns.caption], [columns.keywords])
     return [
         CaptionRow(number, (row[columns.image_id] or "").strip(), row[columns.caption] or "", row.get(columns.keywords) or "")
@@ -215,7 +223,7 @@ def _captions_parquet(path: Path, columns: Columns, image_ids: list[str]) -> tup
     ], []
 
 
-def _captions_coco(path: Path, columns: Columns, image_ids: list[str]) -> tuple[list[CaptionRow], list[RejectedRow]]:
+def _captions_coco(path: Path, columns: Columns, images: ImageList) -> tuple[list[CaptionRow], list[RejectedRow]]:
     document = _read_coco(path)
     names = _coco_image_names(path, document)
     annotations = document.get("annotations")
@@ -233,7 +241,7 @@ def _captions_coco(path: Path, columns: Columns, image_ids: list[str]) -> tuple[
     return kept, rejected
 
 
-CAPTION_READERS: dict[str, Callable[[Path, Columns, list[str]], tuple[list[CaptionRow], list[RejectedRow]]]] = {
+CAPTION_READERS: dict[str, Callable[[Path, Columns, ImageList], tuple[list[CaptionRow], list[RejectedRow]]]] = {
     "lines": _captions_lines,
     "tsv": _captions_tsv,
     "csv": _captions_csv,
