@@ -1,7 +1,9 @@
 """Reading and validating caption files: the shipped XTD10 and emoji_cldr files, and bad input."""
 
+import json
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from xlr_pipeline.core.datasets import (
@@ -10,6 +12,7 @@ from xlr_pipeline.core.datasets import (
     DatasetSpec,
     read_captions,
 )
+from xlr_pipeline.core.readers import CAPTION_FORMATS, CAPTION_READERS, IMAGE_LIST_FORMATS, IMAGE_LIST_READERS
 from xlr_pipeline_tests.conftest import SHIPPED
 
 XTD10_LANGUAGES = {"en", "de", "fr", "es", "it", "ja", "ko", "pl", "ru", "tr", "zh"}
@@ -32,7 +35,6 @@ def test_xtd10_ships_eleven_aligned_languages():
 def test_emoji_cldr_split_keeps_families_on_one_side():
     spec = DatasetSpec.load(SHIPPED / "emoji_cldr")
     assert set(spec.caption_files()) == XTD10_LANGUAGES
-    import polars as pl
 
     split = pl.read_csv(SHIPPED / "emoji_cldr" / "split.csv")
     assert split.group_by("family").agg(pl.col("split").n_unique().alias("sides"))["sides"].max() == 1
@@ -130,3 +132,87 @@ def test_missing_images_folder_names_it(tmp_path):
     spec = DatasetSpec.load(SHIPPED / "xtd10")
     with pytest.raises(DatasetError, match=r"xtd10/images: images folder not found"):
         spec.image_paths(spec.image_records())
+
+
+def test_every_declared_format_has_a_reader():
+    assert set(CAPTION_READERS) == set(CAPTION_FORMATS)
+    assert set(IMAGE_LIST_READERS) == set(IMAGE_LIST_FORMATS)
+
+
+def _declare(root: Path, image_list: str, captions: str, caption_format: str, extra: str = "") -> DatasetSpec:
+    (root / "dataset.toml").write_text(
+        f'name = "formats"\nimages = "images"\nimage_list = "{image_list}"\ncaptions = "{captions}"\n'
+        f'caption_format = "{caption_format}"\n{extra}',
+        "utf-8",
+    )
+    return DatasetSpec.load(root)
+
+
+def test_csv_captions_with_named_columns_and_quoted_fields(tmp_path):
+    (tmp_path / "images.txt").write_text("a.jpg\nb.jpg\n")
+    (tmp_path / "en.csv").write_text('photo,text\na,"a dog, running"\nb,"two\nlines"\nb,x,extra\nzz,ghost\n', "utf-8")
+    spec = _declare(tmp_path, "images.txt", "{lang}.csv", "csv", 'image_id_column = "photo"\ncaption_column = "text"\n')
+    frame, quarantine = read_captions(spec, "en", tmp_path / "en.csv", spec.image_records())
+    assert frame.select("image_id", "caption", "source_line").rows() == [("a", "a dog, running", 2), ("b", "two lines", 3)]
+    assert dict(zip(quarantine["source_line"], quarantine["reason"])) == {
+        5: "expected 2 comma-separated fields, found 3",
+        6: "unknown image id 'zz' (not in images.txt)",
+    }
+
+
+def test_parquet_captions_and_image_list(tmp_path):
+    pl.DataFrame({"image_id": ["a", "b", "c"], "split": ["train", "test", None]}).write_parquet(tmp_path / "list.parquet")
+    pl.DataFrame({"image_id": ["a", "c", "c"], "caption": ["cat", "", "dog"], "keywords": ["pet", "", ""]}).write_parquet(
+        tmp_path / "captions_de.parquet"
+    )
+    spec = _declare(tmp_path, "list.parquet", "captions_{lang}.parquet", "parquet", 'default_split = "test"\n')
+    records = spec.image_records()
+    assert [(r.image_id, r.split) for r in records] == [("a", "train"), ("b", "test"), ("c", "test")]
+    frame, quarantine = read_captions(spec, "de", tmp_path / "captions_de.parquet", records)
+    assert frame.select("image_id", "caption", "keywords", "split").rows() == [("a", "cat", "pet", "train"), ("c", "dog", "", "test")]
+    assert quarantine.select("source_line", "reason").rows() == [(2, "empty caption")]
+    (tmp_path / "broken_de.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(CaptionFileError, match=r"broken_de.parquet: not a readable Parquet file"):
+        read_captions(spec, "de", tmp_path / "broken_de.parquet", records)
+
+
+def test_coco_captions_json_maps_annotations_to_image_files(tmp_path):
+    document = {
+        "images": [{"id": 9, "file_name": "COCO_val2014_000000000009.jpg"}, {"id": 25, "file_name": "COCO_val2014_000000000025.jpg"}],
+        "annotations": [
+            {"image_id": 9, "id": 1, "caption": "A plate of food."},
+            {"image_id": 25, "id": 2, "caption": "A giraffe  eating."},
+            {"image_id": 77, "id": 3, "caption": "Not in the images table."},
+            {"image_id": 9, "id": 4},
+        ],
+    }
+    (tmp_path / "captions_en.json").write_text(json.dumps(document), "utf-8")
+    spec = _declare(tmp_path, "captions_en.json", "captions_{lang}.json", "coco_json")
+    records = spec.image_records()
+    assert [(r.image_id, r.file_name) for r in records] == [
+        ("COCO_val2014_000000000009", "COCO_val2014_000000000009.jpg"), ("COCO_val2014_000000000025", "COCO_val2014_000000000025.jpg")
+    ]
+    frame, quarantine = read_captions(spec, "en", tmp_path / "captions_en.json", records)
+    assert frame.select("image_id", "caption").rows() == [
+        ("COCO_val2014_000000000009", "A plate of food."), ("COCO_val2014_000000000025", "A giraffe eating.")
+    ]
+    assert dict(zip(quarantine["source_line"], quarantine["reason"])) == {
+        3: "image_id 77 is not in the file's images table",
+        4: "annotation needs 'image_id' and a text 'caption'",
+    }
+    (tmp_path / "captions_en.json").write_text('{"images": [', "utf-8")
+    with pytest.raises(CaptionFileError, match=r"captions_en.json:1: not valid JSON"):
+        read_captions(spec, "en", tmp_path / "captions_en.json", records)
+
+
+def test_bad_dataset_names_and_formats_are_refused_where_declared(tmp_path):
+    (tmp_path / "images.txt").write_text("a.jpg\n")
+    with pytest.raises(DatasetError, match=r"caption_format must be one of \['lines', 'tsv', 'csv', 'parquet', 'coco_json'\]"):
+        _declare(tmp_path, "images.txt", "{lang}.xml", "xml")
+    with pytest.raises(DatasetError, match=r"image_list_format must be one of"):
+        _declare(tmp_path, "images.yaml", "{lang}.txt", "lines")
+    (tmp_path / "dataset.toml").write_text(
+        'name = "My Photos"\nimages = "i"\nimage_list = "images.txt"\ncaptions = "{lang}.txt"\ncaption_format = "lines"\n'
+    )
+    with pytest.raises(DatasetError, match="name 'My Photos' must be lowercase letters"):
+        DatasetSpec.load(tmp_path)

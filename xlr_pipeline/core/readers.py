@@ -127,6 +127,19 @@ def _coco_image_names(path: Path, document: dict) -> dict[str, str]:
     return names
 
 
+def _csv_rows(path: Path) -> list[tuple[int, list[str]]]:
+    """(first line of the record, fields) per CSV record; a quoted field may span lines."""
+    reader = csv.reader(io.StringIO(read_text_strict(path)))
+    rows, start = [], 1
+    try:
+        for fields in reader:
+            rows.append((start, fields))
+            start = reader.line_num + 1
+    except csv.Error as error:
+        raise CaptionFileError(path, f"not valid CSV: {error}", start) from error
+    return rows
+
+
 # --- image lists -------------------------------------------------------------------------------------
 
 
@@ -143,10 +156,11 @@ def _listed(number: int, row: dict, columns: Columns) -> ListedImage:
 
 
 def _image_list_csv(path: Path, columns: Columns) -> list[ListedImage]:
-    reader = csv.DictReader(io.StringIO(read_text_strict(path)))
-    if not reader.fieldnames or columns.image_id not in reader.fieldnames:
+    rows = _csv_rows(path)
+    if not rows or columns.image_id not in rows[0][1]:
         raise DatasetError(f"{path}: expected a CSV header with an {columns.image_id} column")
-    return [_listed(reader.line_num, row, columns) for row in reader]
+    header = rows[0][1]
+    return [_listed(number, dict(zip(header, fields)), columns) for number, fields in rows[1:] if any(fields)]
 
 
 def _image_list_parquet(path: Path, columns: Columns) -> list[ListedImage]:
@@ -207,12 +221,7 @@ def _captions_tsv(path: Path, columns: Columns, images: ImageList) -> tuple[list
 
 
 def _captions_csv(path: Path, columns: Columns, images: ImageList) -> tuple[list[CaptionRow], list[RejectedRow]]:
-    reader = csv.reader(io.StringIO(read_text_strict(path)))
-    try:
-        rows = [(reader.line_num, fields) for fields in reader]
-    except csv.Error as error:
-        raise CaptionFileError(path, f"not valid CSV: {error}", reader.line_num) from error
-    return _delimited(path, columns, rows, "comma-separated")
+    return _delimited(path, columns, _csv_rows(path), "comma-separated")
 
 
 def _captions_parquet(path: Path, columns: Columns, images: ImageList) -> tuple[list[CaptionRow], list[RejectedRow]]:
