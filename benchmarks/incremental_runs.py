@@ -21,6 +21,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from xlr_pipeline.defs.lanes import build_pipeline
 from xlr_pipeline.defs.resources import DEFAULT_DATA_DIR, XlrSettings
 from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline.runner import run_pipeline
@@ -29,9 +30,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 NEW_LANGUAGE = "pl"
 
 
-def timed(label: str, instance, settings, configs, include_stale: bool) -> dict:
+def timed(label: str, instance, pipeline, configs, include_stale: bool) -> dict:
     started = time.perf_counter()
-    report = run_pipeline(instance, settings, configs, include_stale=include_stale, log=lambda _: None, console_log_level="ERROR")
+    report = run_pipeline(
+        instance, pipeline, ["emoji_cldr"], configs, include_stale=include_stale, log=lambda _: None, console_log_level="ERROR"
+    )
     seconds = time.perf_counter() - started
     executed = [f"{asset}[{partition}]" if partition else asset for asset, partition, _ in report.executed]
     print(f"{label}: {seconds:.1f} s, {len(executed)} materializations")
@@ -46,15 +49,15 @@ def main() -> None:
         parked = Path(tmp) / held_back.name
         held_back.rename(parked)
         (Path(tmp) / "home").mkdir()
-        settings = XlrSettings(data_dir=str(data_dir), dataset="emoji_cldr")
+        pipeline = build_pipeline(XlrSettings(data_dir=str(data_dir)))
         default = {"projection_head": HeadTrainingConfig()}
         with dg.DagsterInstance.local_temp(tempdir=str(Path(tmp) / "home")) as instance:
-            steps = [timed("cold full run (10 languages)", instance, settings, default, include_stale=False)]
-            steps.append(timed("no-op run (--stale, nothing changed)", instance, settings, default, include_stale=True))
+            steps = [timed("cold full run (10 languages)", instance, pipeline, default, include_stale=False)]
+            steps.append(timed("no-op run (--stale, nothing changed)", instance, pipeline, default, include_stale=True))
             parked.rename(held_back)
-            steps.append(timed(f"new language file ({NEW_LANGUAGE})", instance, settings, default, include_stale=True))
+            steps.append(timed(f"new language file ({NEW_LANGUAGE})", instance, pipeline, default, include_stale=True))
             retrain = {"projection_head": HeadTrainingConfig(epochs=61)}
-            steps.append(timed("head config change (epochs 60 → 61)", instance, settings, retrain, include_stale=True))
+            steps.append(timed("head config change (epochs 60 → 61)", instance, pipeline, retrain, include_stale=True))
     cold = steps[0]["seconds"]
     for step in steps:
         step["ratio_to_cold"] = round(step["seconds"] / cold, 4)

@@ -42,8 +42,8 @@ def _pipeline(args: argparse.Namespace):
     settings = XlrSettings(
         data_dir=str(Path(args.data_dir).resolve()),
         dataset_roots=[str(Path(root).resolve()) for root in [*args.dataset_root, *environment_roots]],
-        image_model=args.image_model,
-        text_model=args.text_model,
+        image_model=getattr(args, "image_model", DEFAULT_IMAGE_MODEL),
+        text_model=getattr(args, "text_model", DEFAULT_TEXT_MODEL),
     )
     return build_pipeline(settings)
 

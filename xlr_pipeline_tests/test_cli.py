@@ -1,0 +1,82 @@
+"""The README's worked example of a user's own dataset, through the `xlr` command, beside the shipped-style lane."""
+
+import csv
+import re
+import tomllib
+
+import pytest
+
+from xlr_pipeline.cli import main as xlr
+from xlr_pipeline.core.sql import run_sql
+from xlr_pipeline_tests.conftest import DATASET, SHIPPED, make_emoji_subset
+
+README = SHIPPED.parent / "README.md"
+
+
+def readme_dataset_toml() -> str:
+    section = README.read_text("utf-8").split("### Adding your own dataset", 1)[1]
+    return re.search(r"```toml\n(.*?)```", section, flags=re.S).group(1)
+
+
+def lay_out_my_photos(data_dir, source) -> None:
+    """The README's layout, filled from a real emoji subset: images.csv and captions/{en,de}.csv with a title column."""
+    target = data_dir / "my_photos"
+    (target / "captions").mkdir(parents=True)
+    (source / "images").rename(target / "images")
+    with open(source / "split.csv", encoding="utf-8") as handle, open(target / "images.csv", "w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out)
+        writer.writerow(["image_id", "split"])
+        writer.writerows((row["image_id"], row["split"]) for row in csv.DictReader(handle))
+    for language in ("en", "de"):
+        with open(source / "captions" / f"{language}.tsv", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle, delimiter="\t"))
+        with open(target / "captions" / f"{language}.csv", "w", newline="", encoding="utf-8") as out:
+            writer = csv.writer(out)
+            writer.writerow(["image_id", "title"])
+            writer.writerows((row["image_id"], row["caption"]) for row in rows)
+    (target / "dataset.toml").write_text(readme_dataset_toml(), "utf-8")
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XLR_DATASET_ROOTS", raising=False)
+    data = tmp_path / "data"
+    make_emoji_subset(data, n_train=40, n_test=20)
+    lay_out_my_photos(data, make_emoji_subset(tmp_path / "staging", n_train=40, n_test=20, name="staging", first=40))
+    return data
+
+
+def test_readme_example_declaration_is_what_the_reader_expects():
+    declared = tomllib.loads(readme_dataset_toml())
+    assert declared["name"] == "my_photos" and declared["caption_format"] == "csv" and declared["caption_column"] == "title"
+
+
+def test_users_dataset_from_the_readme_runs_in_its_own_lane(data_dir, capsys):
+    assert xlr(["datasets", "--data-dir", str(data_dir)]) == 0
+    listing = capsys.readouterr().out
+    assert re.search(r"\| my_photos \| .*my_photos \| de en \| en \| csv: captions/\{lang\}\.csv \| csv: images\.csv \|", listing)
+    assert f"| {DATASET} |" in listing
+
+    assert xlr(["run", "--data-dir", str(data_dir), "--dataset", "my_photos", "--epochs", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "datasets my_photos |" in out and "Recall on the my_photos test split" in out
+    rows = run_sql(data_dir / "results.duckdb", "SELECT DISTINCT dataset, language FROM latest ORDER BY ALL")
+    assert rows.rows() == [("my_photos", "de"), ("my_photos", "en")]
+    assert (data_dir / "outputs" / "my_photos" / "projection_head" / "head.pt").is_file()
+    assert not (data_dir / "outputs" / DATASET).exists()
+
+    # status without --dataset covers every lane: the other dataset is still entirely missing
+    assert xlr(["status", "--data-dir", str(data_dir), "--epochs", "5"]) == 0
+    status = capsys.readouterr().out
+    assert f"| {DATASET}/projection_head |" in status and "| my_photos/" not in status
+
+
+def test_unknown_dataset_and_option_names_are_refused_at_the_command_line(data_dir, capsys):
+    assert xlr(["run", "--data-dir", str(data_dir), "--dataset", "my_foto"]) == 1
+    error = capsys.readouterr().err
+    assert "no dataset named 'my_foto'" in error and f"datasets: ['{DATASET}', 'my_photos']" in error
+    with pytest.raises(SystemExit):
+        xlr(["run", "--data-dir", str(data_dir), "--objective", "m4"])
+    assert "invalid choice: 'm4'" in capsys.readouterr().err
+
