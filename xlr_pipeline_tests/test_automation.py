@@ -142,3 +142,18 @@ def test_schedule_waits_for_a_trained_head(fresh_data_dir, instance):
     )
     skip = repository.get_schedule_def(f"{DATASET}_reevaluate_all_languages").evaluate_tick(context).skip_message
     assert f"no trained {DATASET}/projection_head" in skip
+
+
+def test_a_dataset_waiting_for_its_images_gets_partitions_but_no_runs(fresh_data_dir, instance, tmp_path):
+    images = fresh_data_dir / DATASET / "images"
+    images.rename(tmp_path / "parked_images")
+    waiting = tick(instance, fresh_data_dir)
+    assert not waiting.run_requests and "no runs until the images are in place" in skip_message(waiting)
+    assert "images folder not found" in skip_message(waiting)
+    (partition_request,) = waiting.dynamic_partitions_requests
+    assert sorted(partition_request.partition_keys) == sorted(SUBSET_LANGUAGES)
+    instance.add_dynamic_partitions(PARTITIONS, list(SUBSET_LANGUAGES))  # what the daemon does
+
+    (tmp_path / "parked_images").rename(images)
+    ready = tick(instance, fresh_data_dir, waiting.cursor)
+    assert sorted(r.partition_key for r in ready.run_requests) == sorted(SUBSET_LANGUAGES)

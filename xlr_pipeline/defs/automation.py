@@ -58,14 +58,25 @@ def build_automation(lane: Lane) -> tuple[dg.SensorDefinition, dg.ScheduleDefini
         just that language.
 
         The cursor remembers each file's content hash. Invalid files and removed languages are reported in
-        the tick and change nothing already stored; metrics are requested only once a head is trained.
+        the tick and change nothing already stored; metrics are requested only once a head is trained. A
+        dataset whose images are not in place yet (e.g. XTD10 before the COCO images are added) gets its
+        language partitions but no runs until its images are there.
         """
         try:
             current, invalid, problems = _scan(lane)
         except DatasetError as error:
             return dg.SkipReason(str(error))
-        seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
         existing = set(context.instance.get_dynamic_partitions(lane.partitions.name))
+        try:
+            lane.spec.image_paths(lane.spec.image_records())
+        except DatasetError as error:
+            new = sorted(set(current) - existing)
+            return dg.SensorResult(
+                skip_reason=f"no runs until the images are in place: {error}",
+                dynamic_partitions_requests=[lane.partitions.build_add_request(new)] if new else [],
+                cursor=context.cursor or json.dumps({}),  # not a first tick any more: languages run once images arrive
+            )
+        seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
         if not context.cursor:  # first tick: languages already materialized elsewhere are not rerun
             seen = {language: digest for language, digest in current.items() if language in existing}
         new = sorted(set(current) - existing)
