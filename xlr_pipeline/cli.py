@@ -125,6 +125,67 @@ def command_grid(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_tagging(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from xlr_pipeline.core.datasets import DatasetError
+    from xlr_pipeline.defs.lane import CHAIN_ASSETS, TAGGING_ASSETS
+    from xlr_pipeline.defs.tagging import TaggingReportConfig
+    from xlr_pipeline.runner import RunFailed, ensure_instance_home, run_pipeline
+
+    ensure_instance_home()
+    try:
+        pipeline = _pipeline(args)
+        (dataset,) = _datasets(args, pipeline, all_by_default=False)
+        report = {"tagging_report": TaggingReportConfig(**({"seeds": args.seeds} if args.seeds else {}))}
+        configs = {"projection_head": head_training_config(args), **report}
+        with dg.DagsterInstance.get() as instance:
+            run_pipeline(instance, pipeline, [dataset], configs, include_stale=True, stages=frozenset(CHAIN_ASSETS + TAGGING_ASSETS))
+    except (RunFailed, DatasetError, KeyError, ValueError) as error:
+        return _fail(error)
+    report_path = pipeline.lane(dataset).reports_dir(pipeline.settings) / "tagging.md"
+    print(report_path.read_text("utf-8") if report_path.exists() else "no tagging report yet")
+    return 0
+
+
+def command_tag(args: argparse.Namespace) -> int:
+    import numpy as np
+    import polars as pl
+
+    from xlr_pipeline.core.datasets import DatasetError
+    from xlr_pipeline.core.embeddings import vectors_of
+    from xlr_pipeline.core.encoders import EncoderError, ImageFileError, load_image, load_image_encoder
+    from xlr_pipeline.core.head import head_from_bytes
+    from xlr_pipeline.core.languages import UnknownLanguageError, normalize_language
+    from xlr_pipeline.core.tagging import tag_image_files
+
+    try:
+        pipeline = _pipeline(args)
+        (dataset,) = _datasets(args, pipeline, all_by_default=False)
+        outputs = pipeline.settings.outputs(dataset)
+        language = normalize_language(args.lang, "--lang")
+        vocabulary_path = outputs.tag_vocabulary_path(language)
+        if not outputs.head_path.is_file() or not vocabulary_path.is_file():
+            known = sorted(p.name.removesuffix(".vocabulary.parquet") for p in vocabulary_path.parent.glob("*.vocabulary.parquet"))
+            raise DatasetError(
+                f"no tagger for {language!r} in dataset {dataset!r} yet (tag vocabularies: {known or 'none'}): "
+                f"run `xlr tagging --dataset {dataset}` first"
+            )
+        missing = [path for path in args.images if not Path(path).is_file()]
+        if missing:
+            raise DatasetError(f"{missing[0]}: no such image file")
+        head, provenance = head_from_bytes(outputs.head_path.read_bytes())
+        encoder = load_image_encoder(provenance["image_model"])
+        features = np.asarray(encoder.encode([load_image(Path(path)) for path in args.images]), dtype=np.float32)
+        vocabulary = pl.read_parquet(vocabulary_path)
+        tagged = tag_image_files(head, features, vocabulary["tag"].to_list(), vectors_of(vocabulary), args.top)
+    except (DatasetError, KeyError, UnknownLanguageError, ImageFileError, EncoderError) as error:
+        return _fail(error)
+    for path, tags in zip(args.images, tagged):
+        print(f"{path}: " + ", ".join(f"{tag} ({score:.2f})" for tag, score in tags))
+    return 0
+
+
 def command_evaluate(args: argparse.Namespace) -> int:
     import dagster as dg
 
@@ -235,6 +296,13 @@ def command_dev(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xlr", description="Zero-shot cross-lingual image retrieval pipeline")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -271,6 +339,21 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--objectives", nargs="+", choices=OBJECTIVES, help="objectives (default all)")
     grid.add_argument("--rerun", action="store_true", help="retrain the grid even if it exists (e.g. after changing --seeds)")
     grid.set_defaults(handler=command_grid)
+
+    tagging = commands.add_parser(
+        "tagging",
+        parents=[pipeline_options],
+        help="bring the chain and zero-shot tagging (tags per language, report against the translation baseline) up to date",
+    )
+    tagging.add_argument("--seeds", type=int, nargs="+", help="heads evaluated in the report (default 0 1 2)")
+    tagging.set_defaults(handler=command_tagging)
+
+    tag = commands.add_parser("tag", parents=[location_options], help="print the top tags of image files in a language")
+    tag.add_argument("images", nargs="+", help="image files")
+    tag.add_argument("--lang", required=True, help="language of the tags (ISO 639-1, e.g. de)")
+    tag.add_argument("--top", type=_positive_int, default=10, help="how many tags (default 10)")
+    tag.add_argument("--dataset", help=f"whose head and vocabulary (default: {DEFAULT_DATASET})")
+    tag.set_defaults(handler=command_tag)
 
     evaluate = commands.add_parser(
         "evaluate", parents=[pipeline_options], help="re-evaluate languages with the current head (the reevaluate_language job)"

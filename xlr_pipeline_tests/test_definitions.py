@@ -4,7 +4,7 @@ import dagster as dg
 import pytest
 
 from xlr_pipeline.core.datasets import DatasetError
-from xlr_pipeline.defs.lane import CHAIN_ASSETS, EXPERIMENT_ASSETS
+from xlr_pipeline.defs.lane import CHAIN_ASSETS, EXPERIMENT_ASSETS, TAGGING_ASSETS
 from xlr_pipeline.defs.lanes import build_pipeline
 from xlr_pipeline.defs.resources import XlrSettings
 from xlr_pipeline_tests.conftest import DATASET, make_emoji_subset, pipeline_for
@@ -26,6 +26,7 @@ def test_each_lane_has_the_expected_graph(dataset):
     groups = {key.path[-1]: graph.get(key).group_name for key in graph.get_all_asset_keys() if key.path[0] == dataset}
     assert {name for name, group in groups.items() if group == dataset} == set(CHAIN_ASSETS)
     assert {name for name, group in groups.items() if group == f"{dataset}_experiments"} == set(EXPERIMENT_ASSETS)
+    assert {name for name, group in groups.items() if group == f"{dataset}_tagging"} == set(TAGGING_ASSETS)
 
     def parents(asset: str) -> set[str]:
         return {p.to_user_string() for p in graph.get(lane.key(asset)).parent_keys}
@@ -35,7 +36,7 @@ def test_each_lane_has_the_expected_graph(dataset):
     assert parents("retrieval_metrics") == {
         f"{dataset}/{asset}" for asset in ("text_embeddings", "image_embeddings", "projection_head", "image_index")
     }
-    for asset in CHAIN_ASSETS + EXPERIMENT_ASSETS:
+    for asset in CHAIN_ASSETS + EXPERIMENT_ASSETS + TAGGING_ASSETS:
         node = graph.get(lane.key(asset))
         assert node.code_version and node.description
         if node.assets_def.partitions_def is not None:

@@ -16,7 +16,7 @@ import pytest
 from xlr_pipeline_tests.conftest import SUBSET_LANGUAGES
 
 ASSETS = {"captions", "image_embeddings", "text_embeddings", "projection_head", "image_index", "retrieval_metrics"} | {
-    "text_augmentations", "experiment_grid", "grid_report"
+    "text_augmentations", "experiment_grid", "grid_report", "tags", "tagging_report"
 }
 
 
@@ -82,7 +82,7 @@ def test_ui_shows_the_graph_and_runs_a_materialization(dagster_dev, fresh_data_d
         what="the asset graph with languages added by the sensor",
     )
     assert {tuple(node["assetKey"]["path"]) for node in nodes} == {("emoji_small", asset) for asset in ASSETS}
-    assert {node["groupName"] for node in nodes} == {"emoji_small", "emoji_small_experiments"}
+    assert {node["groupName"] for node in nodes} == {"emoji_small", "emoji_small_experiments", "emoji_small_tagging"}
 
     launched = graphql(
         """mutation($params: ExecutionParams!) { launchPipelineExecution(executionParams: $params) {

@@ -68,6 +68,7 @@ class DatasetSpec:
     image_id_column: str = "image_id"
     caption_column: str = "caption"
     keywords_column: str = "keywords"
+    tags: str = ""  # optional tag vocabulary files, one tag per line, e.g. "tags/{lang}.txt"
     default_split: str = "test"
     train_language: str = "en"
     description: str = ""
@@ -98,6 +99,8 @@ class DatasetSpec:
             raise DatasetError(f"{spec_file}: caption_format must be one of {list(CAPTION_FORMATS)}, not {raw['caption_format']!r}")
         if "{lang}" not in raw["captions"]:
             raise DatasetError(f"{spec_file}: the captions pattern must contain {{lang}}")
+        if raw.get("tags") and "{lang}" not in raw["tags"]:
+            raise DatasetError(f"{spec_file}: the tags pattern must contain {{lang}}")
         list_format = raw.get("image_list_format") or IMAGE_LIST_FORMAT_BY_SUFFIX.get(Path(raw["image_list"]).suffix.lower())
         if list_format not in IMAGE_LIST_FORMATS:
             raise DatasetError(
@@ -109,6 +112,11 @@ class DatasetSpec:
             raise DatasetError(f"{spec_file}: default_split must be one of {SPLITS}")
         raw["train_language"] = normalize_language(raw.get("train_language", "en"), str(spec_file))
         return cls(root=root, **raw)
+
+    def tag_file(self, language: str) -> Path | None:
+        """The declared tag vocabulary file of a language, if the dataset declares tag files and it exists."""
+        path = self.root / self.tags.replace("{lang}", language) if self.tags else None
+        return path if path is not None and path.is_file() else None
 
     @property
     def columns(self) -> Columns:

@@ -39,6 +39,12 @@ class DatasetOutputs:
     def index_ids_path(self) -> Path:
         return self.root / "image_index" / "image_ids.parquet"
 
+    def tags_path(self, language: str) -> Path:
+        return self.root / "tags" / f"{language}.parquet"
+
+    def tag_vocabulary_path(self, language: str) -> Path:
+        return self.root / "tags" / f"{language}.vocabulary.parquet"
+
     @property
     def experiments(self) -> Path:
         return self.root / "experiments"

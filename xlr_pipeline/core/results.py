@@ -74,6 +74,31 @@ def _insert(connection: duckdb.DuckDBPyConnection, table: str, row: dict, stamp_
     connection.execute(f"INSERT OR IGNORE INTO {table} ({columns}) VALUES ({placeholders})", list(row.values()))
 
 
+def append_tables(path: Path, tables: Sequence[tuple[str, pl.DataFrame, str]]) -> dict[str, int]:
+    """Bulk-append frames in one transaction: (table, rows, timestamp column set to now()). Rows already
+    stored (same primary key) are kept as they are; returns how many rows each table gained."""
+    connection = connect_for_write(path)
+    try:
+        connection.execute("BEGIN")
+        added = {}
+        for table, frame, stamp_column in tables:
+            before = connection.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+            connection.register("incoming", frame.to_arrow())
+            columns = ", ".join(frame.columns)
+            connection.execute(
+                f"INSERT OR IGNORE INTO {table} ({columns}, {stamp_column}) SELECT {columns}, now() FROM incoming"
+            )
+            connection.unregister("incoming")
+            added[table] = connection.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0] - before
+        connection.execute("COMMIT")
+        return added
+    except Exception:
+        connection.execute("ROLLBACK")
+        raise
+    finally:
+        connection.close()
+
+
 def record_evaluation(
     path: Path, runs: Sequence[RunRecord], recall: Sequence[RecallRecord], ranks: Sequence[RankRecord]
 ) -> int:

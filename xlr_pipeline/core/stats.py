@@ -50,3 +50,15 @@ def paired_permutation_test(
     null /= len(languages)
     p_value = (np.sum(np.abs(null) >= abs(observed) - 1e-12) + 1) / (permutations + 1)
     return observed, float(p_value)
+
+
+def holm_adjusted(p_values: list[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values (same order as given): reject where adjusted p < α controls the
+    family-wise error rate at α over the whole family."""
+    order = np.argsort(p_values)
+    adjusted = np.empty(len(p_values))
+    running = 0.0
+    for position, index in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - position) * p_values[index]))
+        adjusted[index] = running
+    return adjusted.tolist()

@@ -82,11 +82,63 @@ SCHEMA_V3 = """
 CREATE TABLE published_source (sha256 VARCHAR NOT NULL);
 """
 
+SCHEMA_V4 = """
+CREATE TABLE tags (
+    run_id VARCHAR NOT NULL,
+    dataset VARCHAR NOT NULL,
+    language VARCHAR NOT NULL,
+    image_id VARCHAR NOT NULL,
+    rank INTEGER NOT NULL,
+    tag VARCHAR NOT NULL,
+    score DOUBLE NOT NULL,
+    vocabulary_hash VARCHAR NOT NULL,
+    dagster_run_id VARCHAR NOT NULL,
+    tagged_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (run_id, dataset, language, vocabulary_hash, image_id, rank)
+);
+CREATE TABLE tagging (
+    run_id VARCHAR NOT NULL,
+    dataset VARCHAR NOT NULL,
+    language VARCHAR NOT NULL,
+    method VARCHAR NOT NULL,
+    metric VARCHAR NOT NULL CHECK (metric IN ('precision', 'recall', 'map')),
+    k INTEGER NOT NULL,
+    value DOUBLE NOT NULL CHECK (value BETWEEN 0 AND 1),
+    ci_low DOUBLE NOT NULL,
+    ci_high DOUBLE NOT NULL,
+    n_images INTEGER NOT NULL,
+    vocabulary_size INTEGER NOT NULL,
+    seeds VARCHAR NOT NULL,
+    vocabulary_hash VARCHAR NOT NULL,
+    code_version VARCHAR NOT NULL,
+    dagster_run_id VARCHAR NOT NULL,
+    evaluated_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (run_id, dataset, language, method, metric, k, seeds, vocabulary_hash)
+);
+CREATE TABLE tagging_tests (
+    run_id VARCHAR NOT NULL,
+    dataset VARCHAR NOT NULL,
+    language VARCHAR NOT NULL,
+    metric VARCHAR NOT NULL,
+    k INTEGER NOT NULL,
+    difference DOUBLE NOT NULL,
+    p_value DOUBLE NOT NULL,
+    p_holm DOUBLE NOT NULL,
+    verdict VARCHAR NOT NULL,
+    seeds VARCHAR NOT NULL,
+    vocabulary_hash VARCHAR NOT NULL,
+    dagster_run_id VARCHAR NOT NULL,
+    evaluated_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (run_id, dataset, language, metric, k, seeds, vocabulary_hash)
+);
+"""
+
 # (version, what it adds, DDL). Version 1 is the layout the first release wrote without a version table.
 MIGRATIONS = (
     (1, "runs, recall, rank_summary", SCHEMA_V1),
     (2, "published reference numbers", SCHEMA_V2),
     (3, "hash of the loaded published CSV", SCHEMA_V3),
+    (4, "image tagging: top tags, metrics, paired tests against the translation baseline", SCHEMA_V4),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -14,6 +14,8 @@ from xlr_pipeline.defs.resources import XlrSettings
 # The per-dataset chain (`xlr run`) and the experiments on top of it (`xlr grid`), by asset name.
 CHAIN_ASSETS = ("captions", "image_embeddings", "text_embeddings", "projection_head", "image_index", "retrieval_metrics")
 EXPERIMENT_ASSETS = ("text_augmentations", "experiment_grid", "grid_report")
+# Zero-shot image tagging with the chain's head (`xlr tagging`).
+TAGGING_ASSETS = ("tags", "tagging_report")
 # What the new-language sensor and the re-evaluation job run for one language.
 LANGUAGE_ASSETS = ("captions", "text_embeddings", "retrieval_metrics")
 
@@ -21,7 +23,8 @@ LANGUAGE_ASSETS = ("captions", "text_embeddings", "retrieval_metrics")
 @dataclass(frozen=True)
 class Lane:
     """Everything of one dataset is named from its declared `name`: keys `<name>/<asset>`, groups `<name>`
-    (the chain) and `<name>_experiments`, partitions `<name>_languages`, outputs `outputs/<name>/`."""
+    (the chain), `<name>_experiments` and `<name>_tagging`, partitions `<name>_languages`, outputs
+    `outputs/<name>/`."""
 
     spec: DatasetSpec
     partitions: dg.DynamicPartitionsDefinition
@@ -45,6 +48,10 @@ class Lane:
     @property
     def experiment_group(self) -> str:
         return f"{self.name}_experiments"
+
+    @property
+    def tagging_group(self) -> str:
+        return f"{self.name}_tagging"
 
     def key(self, asset: str) -> dg.AssetKey:
         return dg.AssetKey([self.name, asset])

@@ -15,6 +15,7 @@ from xlr_pipeline.defs.index import build_image_index
 from xlr_pipeline.defs.ingest import build_captions
 from xlr_pipeline.defs.lane import Lane
 from xlr_pipeline.defs.resources import XlrSettings
+from xlr_pipeline.defs.tagging import build_tagging
 from xlr_pipeline.defs.train import build_projection_head
 
 
@@ -26,9 +27,12 @@ def lane_definitions(lane: Lane) -> dg.Definitions:
     image_index = build_image_index(lane, projection_head, image_embeddings)
     retrieval_metrics = build_retrieval_metrics(lane, text_embeddings, image_embeddings, projection_head, image_index)
     experiments = build_experiments(lane, captions, image_embeddings, text_embeddings)
+    tagging = build_tagging(lane, captions, image_embeddings, text_embeddings, projection_head)
     sensor, schedule, job = build_automation(lane)
     return dg.Definitions(
-        assets=[captions, image_embeddings, text_embeddings, projection_head, image_index, retrieval_metrics, *experiments],
+        assets=[
+            captions, image_embeddings, text_embeddings, projection_head, image_index, retrieval_metrics, *experiments, *tagging
+        ],
         sensors=[sensor],
         schedules=[schedule],
         jobs=[job],

@@ -53,6 +53,11 @@ def _head_config(settings: XlrSettings, lane: Lane, partition: str | None, head_
     return {"train_language": lane.train_language, **head_config}
 
 
+def _tags_config(settings: XlrSettings, lane: Lane, partition: str | None, head_config: dict) -> dict:
+    declared = lane.spec.tag_file(partition) if partition else None
+    return {"text_model": settings.text_model, "tag_file_sha256": sha256_file(declared) if declared else ""}
+
+
 def _no_config(settings: XlrSettings, lane: Lane, partition: str | None, head_config: dict) -> dict:
     return {}
 
@@ -67,6 +72,8 @@ CURRENT_CONFIG: dict[str, Callable[[XlrSettings, Lane, str | None, dict], dict]]
     "text_augmentations": _text_model_config,
     "experiment_grid": _text_model_config,
     "grid_report": _no_config,
+    "tags": _tags_config,
+    "tagging_report": _text_model_config,
 }
 
 

@@ -13,4 +13,6 @@ CODE_VERSIONS = {
     "text_augmentations": "1",
     "experiment_grid": "1",
     "grid_report": "1",
+    "tags": "1",
+    "tagging_report": "1",
 }
