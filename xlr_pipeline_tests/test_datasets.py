@@ -216,3 +216,13 @@ def test_bad_dataset_names_and_formats_are_refused_where_declared(tmp_path):
     )
     with pytest.raises(DatasetError, match="name 'My Photos' must be lowercase letters"):
         DatasetSpec.load(tmp_path)
+
+
+def test_declared_tag_vocabulary_files(tmp_path):
+    (tmp_path / "images.txt").write_text("a.jpg\n")
+    (tmp_path / "tags").mkdir()
+    (tmp_path / "tags" / "de.txt").write_text("Hund\nKatze\n", "utf-8")
+    spec = _declare(tmp_path, "images.txt", "{lang}.txt", "lines", 'tags = "tags/{lang}.txt"\n')
+    assert spec.tag_file("de") == tmp_path / "tags" / "de.txt" and spec.tag_file("fr") is None
+    with pytest.raises(DatasetError, match="the tags pattern must contain"):
+        _declare(tmp_path, "images.txt", "{lang}.txt", "lines", 'tags = "tags/all.txt"\n')

@@ -13,7 +13,8 @@ from xlr_pipeline.core.sql import QueryError, run_sql
 from xlr_pipeline.core.warehouse import SCHEMA_V1, SCHEMA_VERSION, connect_for_write
 from xlr_pipeline.defs.experiments import AugmentationConfig, GridConfig
 from xlr_pipeline.defs.train import HeadTrainingConfig
-from xlr_pipeline.defs.lane import CHAIN_ASSETS, EXPERIMENT_ASSETS
+from xlr_pipeline.defs.lane import CHAIN_ASSETS, EXPERIMENT_ASSETS, TAGGING_ASSETS
+from xlr_pipeline.defs.tagging import TaggingReportConfig
 from xlr_pipeline.runner import run_pipeline
 from xlr_pipeline_tests.conftest import DATASET, SHIPPED, SUBSET_LANGUAGES, pipeline_for
 
@@ -33,13 +34,14 @@ def two_runs(tmp_path_factory, subset_data_dir):
             objectives=["patr"], seeds=[0, 1], epochs=20, m3_text_weights=[], per_language_centring=False,
             english_only_baseline=False,
         ),
+        "tagging_report": TaggingReportConfig(seeds=[1]),
     }
     for seed in (0, 1):
         with dg.instance_for_test() as instance:  # a fresh instance: everything is missing again
             head = {"projection_head": HeadTrainingConfig(epochs=20, seed=seed)}
             run_pipeline(instance, pipeline, [DATASET], head, log=lambda _: None)
-            if seed == 1:  # and a small experiment grid, for the grid queries
-                stages = frozenset(CHAIN_ASSETS + EXPERIMENT_ASSETS)
+            if seed == 1:  # and a small experiment grid and tagging, for their queries
+                stages = frozenset(CHAIN_ASSETS + EXPERIMENT_ASSETS + TAGGING_ASSETS)
                 run_pipeline(instance, pipeline, [DATASET], {**head, **tiny_grid}, stages=stages, log=lambda _: None)
     return pipeline.settings
 

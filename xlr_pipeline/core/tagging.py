@@ -86,14 +86,15 @@ def induce_tag_lexicon(
     return Lexicon({english: {language: foreign} for english, foreign in pairs.items()})
 
 
-def translate_ranking(english_tags: Sequence[str], lexicon: Lexicon, language: str) -> list[str]:
-    """The baseline's ranked tags: each English tag translated word by word (untranslatable words stay as
-    they are), duplicates after translation dropped, order kept."""
+def translate_tags(english_tags: Sequence[str], lexicon: Lexicon, language: str) -> list[str]:
+    """Each English tag translated word by word (untranslatable words stay as they are), normalised."""
     always = np.random.default_rng(0)  # switch_ratio 1: every translatable word is translated
-    translated: dict[str, None] = {}
-    for tag in english_tags:
-        translated.setdefault(normalise_tag(code_switch(tag, lexicon, language, 1.0, always)), None)
-    return list(translated)
+    return [normalise_tag(code_switch(tag, lexicon, language, 1.0, always)) for tag in english_tags]
+
+
+def translate_ranking(english_tags: Sequence[str], lexicon: Lexicon, language: str) -> list[str]:
+    """The baseline's ranked tags: the English ranking translated, duplicates after translation dropped."""
+    return list(dict.fromkeys(translate_tags(english_tags, lexicon, language)))
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,8 @@ def tagging_markdown(
             "| language | metric | difference | p | p (Holm) | verdict |",
             "|---|---|---|---|---|---|",
         ]
-        for row in tests.filter(pl.col("metric").is_in(["map", "precision"]) & pl.col("k").is_in([0, 5])).sort("language", "metric").iter_rows(named=True):
+        shown = pl.col("metric").is_in(["map", "precision"]) & pl.col("k").is_in([0, 1, 5])
+        for row in tests.filter(shown).sort("language", "metric", "k").iter_rows(named=True):
             name = "mAP" if row["metric"] == "map" else f"P@{row['k']}"
             lines.append(
                 f"| {row['language']} | {name} | {row['difference']:+.4f} | {row['p_value']:.4f} | {row['p_holm']:.4f} | {row['verdict']} |"

@@ -29,7 +29,7 @@ from xlr_pipeline.core.tagging import (
     normalise_tag,
     rank_tags,
     tagging_markdown,
-    translate_ranking,
+    translate_tags,
     vocabulary_from_keywords,
 )
 from xlr_pipeline.defs.lane import Lane
@@ -193,6 +193,7 @@ def build_tagging(
             lexicon = None if language == train_language else induce_tag_lexicon(
                 english_tags, vocabulary, language, lambda words: _encode(settings, words)
             )
+            translations = translate_tags(english_tags, lexicon, language) if lexicon is not None else []
             for seed, head in heads.items():
                 ranked = rank_tags(head, vectors_of(test), vectors_of(vocabularies[language])).indices
                 own = {image: [normalise_tag(vocabulary[i]) for i in row] for image, row in zip(test["image_id"], ranked)}
@@ -200,8 +201,7 @@ def build_tagging(
                 if lexicon is not None:
                     english_ranked = rank_tags(head, vectors_of(test), vectors_of(english)).indices
                     translated = {
-                        image: translate_ranking([english_tags[i] for i in row], lexicon, language)
-                        for image, row in zip(test["image_id"], english_ranked)
+                        image: list(dict.fromkeys(translations[i] for i in row)) for image, row in zip(test["image_id"], english_ranked)
                     }
                     per_image[language].setdefault(BASELINE, []).append(evaluate_tags(translated, truth))
             context.log.info(f"tagging {language}: {len(vocabulary)} tags, {len(truth)} tagged test images")
