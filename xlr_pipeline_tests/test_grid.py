@@ -13,7 +13,7 @@ from xlr_pipeline.defs.experiments import AugmentationConfig, GridConfig
 from xlr_pipeline.defs.lane import CHAIN_ASSETS, EXPERIMENT_ASSETS
 from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline.runner import run_pipeline
-from xlr_pipeline_tests.conftest import DATASET, SUBSET_LANGUAGES, pipeline_for
+from xlr_pipeline_tests.conftest import DATASET, SHIPPED, SUBSET_LANGUAGES, pipeline_for
 
 
 def test_plan_cells_crosses_the_grid_then_adds_levers_and_baselines():
@@ -35,8 +35,16 @@ def test_plan_cells_crosses_the_grid_then_adds_levers_and_baselines():
 def test_unknown_objective_or_augmentation_is_refused_where_it_enters():
     with pytest.raises(ValueError, match=r"unknown objectives \['pat'\]; known objectives: \['patr', 'm3', 'infonce'\]"):
         plan_cells(GridPlan(["pat"], ["none"], [0]), "m")
-    with pytest.raises(pydantic.ValidationError, match=r"unknown augmentations \['mixup'\]"):
+    with pytest.raises(pydantic.ValidationError, match=r"augmentations\.1\n  Input should be 'none', 'salt' or 'keywords'"):
         GridConfig(augmentations=["none", "mixup"])
+    # the launchpad's config check refuses it before a run starts
+    pipeline = pipeline_for(SHIPPED)
+    grid_op = pipeline.op_name(pipeline.lane("emoji_cldr").key("experiment_grid"))
+    with pytest.raises(dg.DagsterInvalidConfigError, match=r"objectives\[0\] not in enum type ObjectiveName got m4"):
+        dg.materialize(
+            pipeline.assets(), selection=[pipeline.lane("emoji_cldr").key("experiment_grid")],
+            run_config={"ops": {grid_op: {"config": {"objectives": ["m4"]}}}},
+        )
     with pytest.raises(pydantic.ValidationError):
         HeadTrainingConfig(objective="m4")
     with pytest.raises(ValueError, match="at least one"):

@@ -3,6 +3,7 @@
 Kept free of heavy imports so the command line can offer the choices without loading torch.
 """
 
+from enum import Enum
 from typing import Literal, get_args
 
 Objective = Literal["patr", "m3", "infonce"]
@@ -13,3 +14,8 @@ Augmentation = Literal["none", "salt", "keywords"]
 OBJECTIVES: tuple[str, ...] = get_args(Objective)
 ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
 AUGMENTATIONS: tuple[str, ...] = get_args(Augmentation)
+
+# The same names as enumerations, for lists of them in a launchpad Config: Dagster's config schema checks
+# list items against an Enum before a run starts (it cannot do so for a list of Literal).
+ObjectiveName = Enum("ObjectiveName", {name: name for name in OBJECTIVES}, type=str)
+AugmentationName = Enum("AugmentationName", {name: name for name in AUGMENTATIONS}, type=str)

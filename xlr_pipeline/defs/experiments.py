@@ -5,19 +5,18 @@ import time
 import dagster as dg
 import numpy as np
 import polars as pl
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from xlr_pipeline.core.augment import code_switched_copies, induce_lexicon, language_means, shift_to_centroid
 from xlr_pipeline.core.embeddings import embed_with_cache, vectors_of, with_vectors
 from xlr_pipeline.core.encoders import ENGLISH_ONLY_TEXT_MODEL, load_text_encoder
 from xlr_pipeline.core.evaluation import RunProvenance, TestQueries, evaluate_run
-from xlr_pipeline.core.choices import AUGMENTATIONS, OBJECTIVES
+from xlr_pipeline.core.choices import AUGMENTATIONS, OBJECTIVES, AugmentationName, ObjectiveName
 from xlr_pipeline.core.grid import (
     GridPlan,
     TrainingData,
     hits_frame,
     plan_cells,
-    require_known,
     train_cell,
 )
 from xlr_pipeline.core.grid_report import build_report
@@ -53,8 +52,12 @@ class AugmentationConfig(dg.Config):
 
 
 class GridConfig(dg.Config):
-    objectives: list[str] = Field(list(OBJECTIVES), description=f"Objectives to compare, of {list(OBJECTIVES)}")
-    augmentations: list[str] = Field(list(AUGMENTATIONS), description=f"Training augmentations, of {list(AUGMENTATIONS)}")
+    objectives: list[ObjectiveName] = Field(
+        list(OBJECTIVES), validate_default=True, description=f"Objectives to compare, of {list(OBJECTIVES)}"
+    )
+    augmentations: list[AugmentationName] = Field(
+        list(AUGMENTATIONS), validate_default=True, description=f"Training augmentations, of {list(AUGMENTATIONS)}"
+    )
     m3_text_weights: list[float] = Field([0.25, 1.0], description="Extra m3 text-repulsion weights to measure (no augmentation)")
     per_language_centring: bool = Field(True, description="Also evaluate each objective with per-language centring")
     seeds: list[int] = Field([0, 1, 2], description="Seeds per cell (>= 3 for a CI worth reading)")
@@ -62,22 +65,10 @@ class GridConfig(dg.Config):
     epochs: int = Field(HeadConfig().epochs, description="Epochs per head")
     mixup_alpha: float = Field(0.4, description="SALT mixup λ ~ Beta(α, α)")
 
-    # Dagster's config schema cannot hold a list of enumerated names: pydantic rejects unknown ones when
-    # the config is built (CLI, launched run), naming them and the known ones.
-    @field_validator("objectives")
-    @classmethod
-    def _known_objectives(cls, names: list[str]) -> list[str]:
-        return require_known("objectives", names, OBJECTIVES)
-
-    @field_validator("augmentations")
-    @classmethod
-    def _known_augmentations(cls, names: list[str]) -> list[str]:
-        return require_known("augmentations", names, AUGMENTATIONS)
-
     def plan(self, train_language: str) -> GridPlan:
         return GridPlan(
-            objectives=self.objectives,
-            augmentations=self.augmentations,
+            objectives=[name.value for name in self.objectives],
+            augmentations=[name.value for name in self.augmentations],
             seeds=self.seeds,
             m3_text_weights=self.m3_text_weights,
             per_language_centring=self.per_language_centring,
