@@ -3,7 +3,7 @@
 Dagster's own stale status is not transitive before execution and ignores configuration that lives in
 resources, so the walk is done here: an asset partition is *stale* when its code version changed, its
 configuration changed (models, head hyperparameters, source files; see `defs/lineage.py`), or an input it
-read has a different data version now; it is *blocked* when an input cannot be produced (e.g. a
+read has a different data version now, or a file it wrote is missing or altered; it is *blocked* when an input cannot be produced (e.g. a
 dataset's images are not there yet). Statuses of a level are resolved only after the level above has
 run, so a rerun that writes identical bytes stops the cascade. The walk covers the lanes (datasets) it is
 given and nothing else: one dataset's changes never make another's assets stale. All use of Dagster's
@@ -21,7 +21,7 @@ import dagster as dg
 from xlr_pipeline.core.datasets import DatasetError
 from xlr_pipeline.defs.lane import CHAIN_ASSETS, asset_name
 from xlr_pipeline.defs.lanes import Pipeline
-from xlr_pipeline.defs.lineage import CONFIG_KEY, CURRENT_CONFIG, INPUTS_KEY, input_name
+from xlr_pipeline.defs.lineage import CONFIG_KEY, CURRENT_CONFIG, INPUTS_KEY, OUTPUTS_KEY, file_version, input_name
 
 State = Literal["fresh", "missing", "stale", "error", "blocked"]
 DATA_VERSION_TAG = "dagster/data_version"
@@ -137,6 +137,12 @@ class StalenessResolver:
         if recorded_code != current_code:
             causes.append(f"code version changed: {recorded_code} → {current_code}")
         causes += _describe_change(_recorded(materialization.metadata, CONFIG_KEY), current_config)
+        for relative, version in (_recorded(materialization.metadata, OUTPUTS_KEY) or {}).items():
+            path = self.pipeline.settings.root / relative
+            if not path.is_file():
+                causes.append(f"output missing: {path}")
+            elif file_version(path) != version:
+                causes.append(f"output changed since it was written: {path}")
         recorded_inputs = _recorded(materialization.metadata, INPUTS_KEY) or {}
         for parent in self.parents(target):
             if parent in pending:

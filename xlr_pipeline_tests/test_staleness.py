@@ -150,3 +150,29 @@ def test_code_version_change_is_a_cause(scenario):
     planned = statuses(instance, pipeline_for(data_dir))
     assert "code version changed: 0 → 1" in planned["image_index"].causes
     assert planned["retrieval_metrics[de]"].causes == (f"upstream will rerun: {DATASET}/image_index",)
+
+
+def test_a_deleted_or_altered_output_is_stale_and_rebuilt(scenario):
+    data_dir, instance = scenario
+    outputs = outputs_for(data_dir)
+    outputs.text_embeddings_path("de").unlink()
+    with open(outputs.index_ids_path, "ab") as handle:
+        handle.write(b"tampered")
+    planned = statuses(instance, pipeline_for(data_dir))
+    assert planned["text_embeddings[de]"].causes == (f"output missing: {outputs.text_embeddings_path('de')}",)
+    assert planned["image_index"].causes == (f"output changed since it was written: {outputs.index_ids_path}",)
+    # re-embedding comes from the cache and writes identical bytes, so nothing below it reruns
+    assert rerun_stale(instance, pipeline_for(data_dir)) == {"text_embeddings[de]", "image_index"}
+    assert all(status.state == "fresh" for status in statuses(instance, pipeline_for(data_dir)).values())
+
+
+def test_a_deleted_outputs_folder_is_rebuilt_by_run_stale(scenario):
+    data_dir, instance = scenario
+    shutil.rmtree(outputs_for(data_dir).root)
+    # everything under outputs/ is rebuilt, bit-identical (embeddings from the cache, the same seed), so the
+    # metrics, whose rows and rank files live elsewhere and whose inputs are unchanged, are not rerun
+    assert rerun_stale(instance, pipeline_for(data_dir)) == {
+        f"{asset}[{l}]" for asset in ("captions", "text_embeddings") for l in SUBSET_LANGUAGES
+    } | {"image_embeddings", "projection_head", "image_index"}
+    assert outputs_for(data_dir).head_path.is_file()
+    assert all(status.state == "fresh" for status in statuses(instance, pipeline_for(data_dir)).values())

@@ -89,7 +89,7 @@ def build_image_embeddings(lane: Lane) -> dg.AssetsDefinition:
                 "from_cache": frame.height - encoded,
                 "images_hash": combined_hash(hashes),
                 "path": dg.MetadataValue.path(str(path)),
-                **lineage_metadata(image_set_config(spec.name, settings.image_model, records, hashes), {}),
+                **lineage_metadata(image_set_config(spec.name, settings.image_model, records, hashes), {}, [path], settings.root),
             },
             check_results=_vector_check(key, vectors, encoder.dim, len(records)),
         )
@@ -149,6 +149,8 @@ def build_text_embeddings(lane: Lane, captions: dg.AssetsDefinition) -> dg.Asset
                 **lineage_metadata(
                     CURRENT_CONFIG["text_embeddings"](settings, lane, language, {}),
                     {input_name("captions", language): file_version(outputs.captions_path(language))},
+                    [path],
+                    settings.root,
                 ),
             },
             check_results=_vector_check(key, vectors, encoder.dim, needed.height),

@@ -87,9 +87,8 @@ def build_retrieval_metrics(
         queries = texts.select("caption_id", "image_id").join(captions, on="caption_id", how="left", maintain_order="left")
         ranks = query_ranks_frame(provenance.run_id, lane.name, language, results[TRAINED], queries, ids["image_id"].to_list())
         # Written before the DuckDB transaction, so the `query_ranks` view never points at a missing file.
-        write_parquet_atomic(
-            ranks, query_ranks_path(settings.results_db, lane.name, provenance.run_id, language, test.captions_hash)
-        )
+        ranks_path = query_ranks_path(settings.results_db, lane.name, provenance.run_id, language, test.captions_hash)
+        write_parquet_atomic(ranks, ranks_path)
         added = record_evaluation(settings.results_db, evaluation.runs, evaluation.recall, evaluation.ranks)
 
         trained_r10 = np.mean([r.recall[10] for r in results[TRAINED]])
@@ -111,6 +110,8 @@ def build_retrieval_metrics(
                         "projection_head": head_fingerprint(head),
                         "image_index": file_version(outputs.index_path),
                     },
+                    [ranks_path],
+                    settings.root,
                 ),
             },
             check_results=[

@@ -182,6 +182,8 @@ def build_experiments(
                 **lineage_metadata(
                     CURRENT_CONFIG["text_augmentations"](settings, lane, None, {}),
                     {input_name("captions", train_language): file_version(source)},
+                    [path, folder / "language_means.parquet", *([folder / "keywords.parquet"] if keywords is not None else [])],
+                    settings.root,
                 ),
             },
         )
@@ -290,6 +292,8 @@ def build_experiments(
                         **{input_name("text_embeddings", lang): file_version(outputs.text_embeddings_path(lang)) for lang in languages},
                         **{input_name("captions", lang): file_version(outputs.captions_path(lang)) for lang in languages},
                     },
+                    [path],
+                    settings.root,
                 ),
             },
         )
@@ -315,7 +319,7 @@ def build_experiments(
             metadata={
                 "report": dg.MetadataValue.md(markdown),
                 "path": dg.MetadataValue.path(str(out_dir / "report.md")),
-                **lineage_metadata({}, {"experiment_grid": file_version(hits_path)}),
+                **lineage_metadata({}, {"experiment_grid": file_version(hits_path)}, [out_dir / "report.md"], settings.root),
             },
         )
 

@@ -49,6 +49,8 @@ def build_image_index(
                 **lineage_metadata(
                     {},
                     {"projection_head": head_fingerprint(head), "image_embeddings": file_version(outputs.image_embeddings_path)},
+                    [outputs.index_path, outputs.index_ids_path],
+                    settings.root,
                 ),
             },
             check_results=[

@@ -55,7 +55,12 @@ def build_captions(lane: Lane) -> dg.AssetsDefinition:
                 "quarantined_rows": quarantine.height,
                 "path": dg.MetadataValue.path(str(outputs.captions_path(language))),
                 "preview": markdown_preview(frame.select("image_id", "caption", "split")),
-                **lineage_metadata(CURRENT_CONFIG["captions"](settings, lane, language, {}), {}),
+                **lineage_metadata(
+                    CURRENT_CONFIG["captions"](settings, lane, language, {}),
+                    {},
+                    [outputs.captions_path(language), outputs.quarantine_path(language)],
+                    settings.root,
+                ),
             },
             check_results=[
                 dg.AssetCheckResult(

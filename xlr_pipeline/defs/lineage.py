@@ -6,7 +6,7 @@ walk (`xlr_pipeline/staleness.py`) recomputes the current values with the same f
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import dagster as dg
@@ -18,6 +18,7 @@ from xlr_pipeline.defs.resources import XlrSettings
 
 CONFIG_KEY = "xlr/config"
 INPUTS_KEY = "xlr/inputs"
+OUTPUTS_KEY = "xlr/outputs"
 
 
 def _captions_config(settings: XlrSettings, lane: Lane, partition: str | None, head_config: dict) -> dict:
@@ -77,9 +78,17 @@ CURRENT_CONFIG: dict[str, Callable[[XlrSettings, Lane, str | None, dict], dict]]
 }
 
 
-def lineage_metadata(config: dict, inputs: dict[str, str]) -> dict[str, dg.MetadataValue]:
-    """`inputs` maps `asset` or `asset[partition]` to the data version of what was actually read."""
-    return {CONFIG_KEY: dg.MetadataValue.json(config), INPUTS_KEY: dg.MetadataValue.json(inputs)}
+def lineage_metadata(
+    config: dict, inputs: dict[str, str], outputs: Sequence[Path], data_dir: Path
+) -> dict[str, dg.MetadataValue]:
+    """`inputs` maps `asset` or `asset[partition]` to the data version of what was actually read; `outputs`
+    are the files written (recorded relative to the data dir, with their content version) so that a deleted
+    or altered output makes the asset stale."""
+    return {
+        CONFIG_KEY: dg.MetadataValue.json(config),
+        INPUTS_KEY: dg.MetadataValue.json(inputs),
+        OUTPUTS_KEY: dg.MetadataValue.json({path.relative_to(data_dir).as_posix(): file_version(path) for path in outputs}),
+    }
 
 
 def input_name(asset: str, partition: str | None = None) -> str:

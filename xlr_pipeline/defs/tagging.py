@@ -144,6 +144,8 @@ def build_tagging(
                         "image_embeddings": file_version(outputs.image_embeddings_path),
                         "projection_head": head_fingerprint(head),
                     },
+                    [outputs.tags_path(language), outputs.tag_vocabulary_path(language)],
+                    settings.root,
                 ),
             },
         )
@@ -253,6 +255,8 @@ def build_tagging(
                         "projection_head": head_fingerprint(chain_head),
                         input_name("text_embeddings", train_language): file_version(outputs.text_embeddings_path(train_language)),
                     },
+                    [report_path],
+                    settings.root,
                 ),
             },
         )

@@ -139,6 +139,8 @@ def build_projection_head(
                         "image_embeddings": file_version(outputs.image_embeddings_path),
                         input_name("text_embeddings", train_language): file_version(text_path),
                     },
+                    [outputs.head_path, outputs.loss_history_path],
+                    settings.root,
                 ),
             },
             check_results=[
