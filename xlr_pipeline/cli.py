@@ -8,9 +8,9 @@ import signal
 import sys
 from pathlib import Path
 
-from xlr_pipeline.core.encoders import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
-from xlr_pipeline.core.choices import ARCHITECTURES, OBJECTIVES
-from xlr_pipeline.defs.resources import DEFAULT_DATA_DIR
+# Only light modules here: `xlr sql` and `--help` must start without torch or Dagster.
+from xlr_pipeline.core.choices import ARCHITECTURES, DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, OBJECTIVES
+from xlr_pipeline.core.outputs import DEFAULT_DATA_DIR
 
 # Head hyperparameters settable from the command line (the rest through the Dagster launchpad).
 HEAD_OPTIONS = {

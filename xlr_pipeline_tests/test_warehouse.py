@@ -127,3 +127,17 @@ def test_xlr_sql_refuses_writes_and_reports_bad_queries(two_runs, capsys, tmp_pa
     assert xlr(["sql", "--data-dir", data_dir, "--file", str(query_file)]) == 0
     with pytest.raises(QueryError, match="no results database"):
         run_sql(tmp_path / "missing.duckdb", "SELECT 1")
+
+
+def test_xlr_sql_loads_neither_torch_nor_dagster(two_runs):
+    """The quick path stays quick: `xlr sql` imports only DuckDB and Polars of the heavy libraries."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; from xlr_pipeline.cli import main; "
+        f"code = main(['sql', '--data-dir', {str(two_runs.root)!r}, 'SELECT count(*) AS n FROM runs']); "
+        "print(code, 'torch' in sys.modules, 'dagster' in sys.modules)"
+    )
+    completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert completed.stdout.strip().splitlines()[-1] == "0 False False", completed.stderr[-2000:]

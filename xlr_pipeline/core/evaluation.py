@@ -15,7 +15,8 @@ import numpy as np
 
 from xlr_pipeline.core.head import ProjectionHead
 from xlr_pipeline.core.metrics import DirectionResult, evaluate_head, random_head_like
-from xlr_pipeline.core.results import RANDOM_HEAD_SUFFIX, RankRecord, RecallRecord, RunRecord
+from xlr_pipeline.core.results import RankRecord, RecallRecord, RunRecord
+from xlr_pipeline.core.warehouse import RANDOM_HEAD_SUFFIX
 
 TRAINED, RANDOM = "trained", "random"
 

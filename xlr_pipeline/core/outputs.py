@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+# The repository's data/ folder (the package is installed in editable mode from the repository).
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
+
 
 @dataclass(frozen=True)
 class DatasetOutputs:

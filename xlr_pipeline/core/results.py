@@ -18,8 +18,6 @@ import polars as pl
 from xlr_pipeline.core.metrics import DirectionResult
 from xlr_pipeline.core.warehouse import connect_for_write, ranks_dir
 
-# The random-head baseline of run R is stored as run R + this suffix, with `baseline_of` = R.
-RANDOM_HEAD_SUFFIX = ":random-head"
 
 @dataclass(frozen=True)
 class RunRecord:

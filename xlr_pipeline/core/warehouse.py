@@ -15,6 +15,9 @@ import polars as pl
 from xlr_pipeline.core.languages import normalize_language
 from xlr_pipeline.core.storage import sha256_file
 
+# The random-head baseline of run R is stored as run R + this suffix, with `baseline_of` = R.
+RANDOM_HEAD_SUFFIX = ":random-head"
+
 SHIPPED_PUBLISHED_CSV = Path(__file__).resolve().parents[2] / "data" / "published" / "xtd10_published.csv"
 
 SCHEMA_V1 = """

@@ -10,18 +10,12 @@ from typing import Iterator
 import dagster as dg
 from pydantic import Field
 
+from xlr_pipeline.core.choices import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
 from xlr_pipeline.core.datasets import DatasetError
 from xlr_pipeline.core.embeddings import EmbeddingCache
-from xlr_pipeline.core.outputs import DatasetOutputs
-from xlr_pipeline.core.encoders import (
-    DEFAULT_IMAGE_MODEL,
-    DEFAULT_TEXT_MODEL,
-    EncoderError,
-    ImageFileError,
-)
+from xlr_pipeline.core.encoders import EncoderError, ImageFileError
+from xlr_pipeline.core.outputs import DEFAULT_DATA_DIR, DatasetOutputs
 
-# The repository's data/ folder (the package is installed in editable mode from the repository).
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 
 
 class XlrSettings(dg.ConfigurableResource):
