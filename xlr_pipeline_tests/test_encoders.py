@@ -5,9 +5,8 @@ import pytest
 import torch
 import torchvision
 
+from xlr_pipeline.core.choices import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
 from xlr_pipeline.core.encoders import (
-    DEFAULT_IMAGE_MODEL,
-    DEFAULT_TEXT_MODEL,
     ENGLISH_ONLY_TEXT_MODEL,
     EncoderError,
     ImageFileError,
@@ -91,3 +90,18 @@ def test_english_only_control_does_not_align_translations():
 def test_bad_image_model_ids(model_id, message):
     with pytest.raises(EncoderError, match=message):
         load_image_encoder(model_id)
+
+
+def test_images_of_every_common_mode_load_as_what_they_show(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    gradient = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(gradient).save(tmp_path / "grey16.png")  # mode I;16: Pillow's RGB conversion makes it white
+    grey = np.asarray(load_image(tmp_path / "grey16.png"))[..., 0].astype(int)
+    assert grey[0, 0] == 0 and grey[-1, -1] == 255 and 120 < grey.mean() < 135
+    Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(tmp_path / "red.jpg")
+    assert tuple(np.asarray(load_image(tmp_path / "red.jpg"))[4, 4]) == (255, 0, 0)
+    palette = Image.new("RGBA", (8, 8), (0, 0, 255, 0)).convert("P")
+    palette.save(tmp_path / "clear.png", transparency=0)
+    assert tuple(np.asarray(load_image(tmp_path / "clear.png"))[0, 0]) == (255, 255, 255)  # transparent → white

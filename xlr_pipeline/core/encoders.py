@@ -65,11 +65,23 @@ class ModelRef:
         return cls(scheme, name, Path(weights).expanduser() if at else None)
 
 
+def _high_depth_to_8_bit(image: Image.Image) -> Image.Image:
+    """16-bit or 32-bit grey as 8-bit grey: Pillow's own conversion clips every value above 255 to white."""
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("I;16") or (image.mode == "I" and values.max() <= 65535):
+        values = values / 257.0
+    else:  # 32-bit integer or float samples of unknown range: stretch to 0..255
+        values = 255.0 * (values - values.min()) / max(float(values.max() - values.min()), 1e-12)
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+
+
 def load_image(path: Path) -> Image.Image:
-    """Open an image as RGB; transparent pixels (emoji) are composited on white."""
+    """Open an image as RGB; transparent pixels (emoji) are composited on white; 16-bit grey is rescaled."""
     try:
         with Image.open(path) as image:
             image.load()
+            if image.mode.startswith("I") or image.mode == "F":
+                return _high_depth_to_8_bit(image).convert("RGB")
             if image.mode in ("RGBA", "LA", "P"):
                 rgba = image.convert("RGBA")
                 background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
