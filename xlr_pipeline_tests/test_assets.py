@@ -75,7 +75,9 @@ def test_every_asset_writes_what_it_promises(chain):
 
     images = pl.read_parquet(outputs.image_embeddings_path)
     assert images.height == 160 and vectors_of(images).shape == (160, 1280)
-    assert check_results(results["image_embeddings"]) == {"vectors_valid": True, "row_count_matches_source": True}
+    assert check_results(results["image_embeddings"]) == {
+        "vectors_valid": True, "row_count_matches_source": True, "distinct_images": True
+    }
 
     english = pl.read_parquet(outputs.text_embeddings_path("en"))
     german = pl.read_parquet(outputs.text_embeddings_path("de"))
@@ -150,3 +152,20 @@ def test_corrupt_image_fails_naming_the_file(fresh_data_dir, instance):
     victim.write_bytes(b"not an image at all")
     result = materialize(instance, pipeline_for(fresh_data_dir), "image_embeddings", raise_on_error=False)
     assert f"{victim}: cannot decode image" in failure_message(result)
+
+
+def test_byte_identical_images_under_two_ids_are_reported(fresh_data_dir, instance):
+    dataset = fresh_data_dir / DATASET
+    train_image = next(line.split(",")[0] for line in (dataset / "split.csv").read_text().splitlines()[1:] if ",train," in line)
+    shutil.copyfile(dataset / "images" / f"{train_image}.png", dataset / "images" / "copy-of-train.png")
+    with open(dataset / "split.csv", "a", encoding="utf-8") as handle:
+        handle.write("copy-of-train,test,x,y,z\n")
+    result = materialize(instance, pipeline_for(fresh_data_dir), "image_embeddings")
+    evaluation = next(
+        e.event_specific_data for e in result.all_events
+        if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION and e.event_specific_data.check_name == "distinct_images"
+    )
+    assert not evaluation.passed
+    metadata = {key: value.value for key, value in evaluation.metadata.items()}
+    assert metadata["duplicate_groups"] == 1 and metadata["groups_across_splits"] == 1
+    assert metadata["examples"] == " = ".join(sorted([train_image, "copy-of-train"]))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 
@@ -23,3 +25,11 @@ def vector_problems(vectors: np.ndarray, expected_dim: int) -> list[str]:
 def norm_summary(vectors: np.ndarray) -> dict[str, float]:
     norms = np.linalg.norm(vectors, axis=1)
     return {"norm_min": float(norms.min()), "norm_mean": float(norms.mean()), "norm_max": float(norms.max())}
+
+
+def duplicate_groups(ids: Sequence[str], content_hashes: Sequence[str]) -> list[list[str]]:
+    """Ids whose files are byte-identical, one sorted group per content with more than one id."""
+    by_hash: dict[str, list[str]] = {}
+    for item, digest in zip(ids, content_hashes):
+        by_hash.setdefault(digest, []).append(item)
+    return sorted(sorted(group) for group in by_hash.values() if len(group) > 1)

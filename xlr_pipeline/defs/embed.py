@@ -4,7 +4,8 @@ import polars as pl
 from xlr_pipeline.core.embeddings import embed_with_cache, with_vectors
 from xlr_pipeline.core.encoders import load_image, load_image_encoder, load_text_encoder
 from xlr_pipeline.core.storage import combined_hash, sha256_file, sha256_text, write_parquet_atomic
-from xlr_pipeline.core.validation import norm_summary, vector_problems
+from xlr_pipeline.core.datasets import ImageRecord
+from xlr_pipeline.core.validation import duplicate_groups, norm_summary, vector_problems
 from xlr_pipeline.defs.lane import Lane
 from xlr_pipeline.defs.lineage import CURRENT_CONFIG, file_version, image_set_config, input_name, lineage_metadata
 from xlr_pipeline.defs.metadata import file_data_version, progress_logger
@@ -45,7 +46,10 @@ def build_image_embeddings(lane: Lane) -> dg.AssetsDefinition:
         group_name=lane.group,
         kinds={"pytorch", "parquet"},
         code_version=CODE_VERSIONS["image_embeddings"],
-        check_specs=_vector_check_specs(key, "listed image"),
+        check_specs=[
+            *_vector_check_specs(key, "listed image"),
+            dg.AssetCheckSpec("distinct_images", asset=key, description="No two listed ids are byte-identical files (warn)"),
+        ],
     )
     def image_embeddings(context: dg.AssetExecutionContext, settings: XlrSettings) -> dg.MaterializeResult:
         """Frozen image-encoder features of every listed image (train and test), one row per image.
@@ -91,10 +95,30 @@ def build_image_embeddings(lane: Lane) -> dg.AssetsDefinition:
                 "path": dg.MetadataValue.path(str(path)),
                 **lineage_metadata(image_set_config(spec.name, settings.image_model, records, hashes), {}, [path], settings.root),
             },
-            check_results=_vector_check(key, vectors, encoder.dim, len(records)),
+            check_results=[
+                *_vector_check(key, vectors, encoder.dim, len(records)),
+                _distinct_images_check(records, hashes),
+            ],
         )
 
     return image_embeddings
+
+
+def _distinct_images_check(records: list[ImageRecord], hashes: list[str]) -> dg.AssetCheckResult:
+    """Byte-identical images under different ids are reported (across train/test they leak the test set)."""
+    groups = duplicate_groups([r.image_id for r in records], hashes)
+    split_of = {r.image_id: r.split for r in records}
+    across = [group for group in groups if len({split_of[i] for i in group}) > 1]
+    return dg.AssetCheckResult(
+        check_name="distinct_images",
+        passed=not groups,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "duplicate_groups": len(groups),
+            "groups_across_splits": len(across),
+            "examples": "; ".join(" = ".join(group) for group in (across or groups)[:5]) or "none",
+        },
+    )
 
 
 def build_text_embeddings(lane: Lane, captions: dg.AssetsDefinition) -> dg.AssetsDefinition:
