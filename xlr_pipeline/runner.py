@@ -6,6 +6,7 @@ these runs and their metadata like any other.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from pathlib import Path
 import dagster as dg
 
 from xlr_pipeline.core.datasets import DatasetError
+from xlr_pipeline.core.storage import write_with_atomic
 from xlr_pipeline.defs.lane import CHAIN_ASSETS, LANGUAGE_ASSETS, Lane, asset_name
 from xlr_pipeline.defs.lanes import Pipeline
 from xlr_pipeline.defs.resources import DEFAULT_DATA_DIR
@@ -35,13 +37,35 @@ class RunReport:
     blocked: list[Status] = field(default_factory=list)
 
 
+def instance_yaml(cpus: int) -> str:
+    """The dagster.yaml of an instance the project creates, sized from the machine's cores."""
+    runs = max(1, cpus // 2)
+    return (
+        "telemetry:\n  enabled: false\n"
+        f"# At most {runs} run(s) at once (half of {cpus} cores; every run is a process that loads torch), so a\n"
+        "# backfill or the sensors' runs queue instead of thrashing a laptop. Edit to taste: xlr never rewrites it.\n"
+        f"concurrency:\n  runs:\n    max_concurrent_runs: {runs}\n"
+        "# Runs whose process never started are marked failed instead of staying STARTING.\n"
+        "run_monitoring:\n  enabled: true\n  start_timeout_seconds: 180\n"
+    )
+
+
 def ensure_instance_home() -> Path:
-    """Use $DAGSTER_HOME, else the project's .dagster_home (telemetry off), so CLI and UI share runs."""
+    """Use $DAGSTER_HOME, else the project's .dagster_home, so CLI and UI share runs. A new home gets the
+    project's dagster.yaml and its storage is created once, under a lock: two commands started at once on a
+    fresh home do not race to create the same tables."""
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(DEFAULT_DAGSTER_HOME)))
     home.mkdir(parents=True, exist_ok=True)
-    config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n")
+    with open(home / ".xlr-instance.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        config = home / "dagster.yaml"
+        if not config.exists():
+            write_with_atomic(config, lambda tmp: tmp.write_text(instance_yaml(os.cpu_count() or 1)))
+        created = home / ".xlr-storage-created"
+        if not created.exists():
+            with dg.DagsterInstance.get():
+                pass
+            created.touch()
     return home
 
 

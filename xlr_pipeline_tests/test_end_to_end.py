@@ -70,3 +70,17 @@ def test_readme_run_command_on_the_shipped_default(tmp_path):
     assert len(gaps) == len(XTD10_LANGUAGES) * 2
     for language, direction, trained_r10, random_r10 in gaps:
         assert trained_r10 > 3 * random_r10, (language, direction, trained_r10, random_r10)
+
+
+def test_a_fresh_instance_home_is_created_once_with_run_limits(tmp_path, subset_data_dir):
+    """Two `xlr` commands started at once on a new DAGSTER_HOME both work; the home limits concurrent runs."""
+    shutil.copytree(subset_data_dir / DATASET, tmp_path / "data" / DATASET)
+    home = tmp_path / "home"
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    command = [sys.executable, "-m", "xlr_pipeline.cli", "status", "--data-dir", str(tmp_path / "data"), "--dataset", DATASET]
+    processes = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outcomes = [(process.wait(timeout=300), process.stderr.read()) for process in processes]
+    assert [code for code, _ in outcomes] == [0, 0], outcomes
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == max(1, (os.cpu_count() or 1) // 2)
+        assert instance.run_monitoring_enabled
