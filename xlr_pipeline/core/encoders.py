@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from xlr_pipeline.core.choices import DEFAULT_IMAGE_MODEL
+from xlr_pipeline.core.choices import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -226,11 +226,18 @@ TEXT_LOADERS: dict[str, Callable[[ModelRef, str], TextEncoder]] = {
 }
 
 
+# Models whose weights ship inside installed packages: what works with no internet.
+OFFLINE_MODELS = {"image": (DEFAULT_IMAGE_MODEL,), "text": (DEFAULT_TEXT_MODEL, ENGLISH_ONLY_TEXT_MODEL)}
+
+
 def _load(registry: dict, model_id: str, kind: str):
-    ref = ModelRef.parse(model_id)
-    if ref.scheme not in registry:
-        raise EncoderError(f"unknown {kind} model scheme {ref.scheme!r} in {model_id!r}; known: {sorted(registry)}")
-    return registry[ref.scheme](ref, model_id)
+    try:
+        ref = ModelRef.parse(model_id)
+        if ref.scheme not in registry:
+            raise EncoderError(f"unknown {kind} model scheme {ref.scheme!r} in {model_id!r}; known: {sorted(registry)}")
+        return registry[ref.scheme](ref, model_id)
+    except EncoderError as error:
+        raise EncoderError(f"{error} ({kind} models that load offline: {', '.join(OFFLINE_MODELS[kind])})") from None
 
 
 def load_image_encoder(model_id: str) -> ImageEncoder:
