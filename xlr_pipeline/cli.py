@@ -82,15 +82,33 @@ def command_run(args: argparse.Namespace) -> int:
         return _fail(error)
     total = sum(seconds for _, _, seconds in report.executed)
     print(f"\n{len(report.executed)} materializations in {total:.0f} s; {len(report.skipped)} already up to date or unable to run")
+    incomplete = sorted({status.target.key.path[0] for status in report.blocked})
     for status in report.blocked:
         print(f"  not run: {status.target.name}: {'; '.join(status.causes)}")
     for dataset in datasets:
+        for line in quarantine_summary(settings.outputs(dataset), dataset):
+            print(line)
         head_path = settings.outputs(dataset).head_path
-        if head_path.exists() and settings.results_db.exists():
+        if dataset not in incomplete and head_path.exists() and settings.results_db.exists():
             _, provenance = head_from_bytes(head_path.read_bytes())
             print(f"\nRecall on the {dataset} test split, run {provenance['run_id']} (results in {settings.results_db}):\n")
             print(to_markdown(recall_by_language(settings.results_db, provenance["run_id"])))
+    if incomplete:
+        print(f"error: not everything could be brought up to date in {', '.join(incomplete)} (see 'not run' above)", file=sys.stderr)
+        return 1
     return 0
+
+
+def quarantine_summary(outputs, dataset: str) -> list[str]:
+    """One line per language whose caption file had rows set aside, naming the table that lists them."""
+    import polars as pl
+
+    lines = []
+    for path in sorted(outputs.root.glob("captions/*.quarantine.parquet")):
+        rows = pl.read_parquet(path).height
+        if rows:
+            lines.append(f"  quarantined: {rows} row(s) of {dataset} {path.name.split('.')[0]} captions, listed with file and line in {path}")
+    return lines
 
 
 def command_grid(args: argparse.Namespace) -> int:

@@ -80,3 +80,18 @@ def test_unknown_dataset_and_option_names_are_refused_at_the_command_line(data_d
         xlr(["run", "--data-dir", str(data_dir), "--objective", "m4"])
     assert "invalid choice: 'm4'" in capsys.readouterr().err
 
+
+
+def test_run_reports_quarantined_rows_and_fails_when_a_lane_cannot_finish(data_dir, capsys):
+    with open(data_dir / DATASET / "captions" / "de.tsv", "a", encoding="utf-8") as handle:
+        handle.write("no-such-emoji\tGespenst\tx\n")
+    assert xlr(["run", "--data-dir", str(data_dir), "--dataset", DATASET, "--epochs", "5"]) == 0
+    out = capsys.readouterr().out
+    assert f"quarantined: 1 row(s) of {DATASET} de captions, listed with file and line in" in out
+
+    (data_dir / "my_photos" / "images").rename(data_dir / "parked_images")
+    assert xlr(["run", "--stale", "--data-dir", str(data_dir), "--epochs", "5"]) == 1
+    captured = capsys.readouterr()
+    assert "not run: my_photos/image_embeddings: cannot read its sources:" in captured.out
+    assert "Recall on the my_photos" not in captured.out and f"Recall on the {DATASET} test split" in captured.out
+    assert "error: not everything could be brought up to date in my_photos" in captured.err
