@@ -141,3 +141,21 @@ def test_xlr_sql_loads_neither_torch_nor_dagster(two_runs):
     )
     completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert completed.stdout.strip().splitlines()[-1] == "0 False False", completed.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "query, refusal",
+    [
+        ("SELECT * FROM read_csv('/etc/passwd')", "Permission Error"),
+        ("COPY (SELECT 1 AS x) TO '{tmp}/leak.csv'", "refuses COPY"),
+        ("ATTACH '{tmp}/other.duckdb' AS other", "refuses ATTACH"),
+        ("SELECT * FROM read_parquet('{tmp}/*.parquet')", "Permission Error"),
+        ("SET enable_external_access = true", "refuses SET"),
+        ("INSTALL httpfs", "refuses"),
+    ],
+)
+def test_xlr_sql_is_a_sandbox(two_runs, tmp_path, query, refusal):
+    with pytest.raises(QueryError, match=refusal):
+        run_sql(two_runs.results_db, query.format(tmp=tmp_path))
+    assert not (tmp_path / "leak.csv").exists() and not (tmp_path / "other.duckdb").exists()
+    assert run_sql(two_runs.results_db, "SELECT count(*) AS n FROM query_ranks")["n"][0] > 0  # its own rank files still read

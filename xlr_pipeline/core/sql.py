@@ -1,4 +1,9 @@
-"""`xlr sql`: read-only SQL over the results warehouse, printed as a table, CSV, JSON or Markdown."""
+"""`xlr sql`: read-only SQL over the results warehouse, printed as a table, CSV, JSON or Markdown.
+
+A sandbox, not only a read-only file: only queries run (SELECT, WITH …, DESCRIBE, SUMMARIZE, EXPLAIN), and
+DuckDB's file access is limited to the per-query rank files behind the `query_ranks` view — no other file
+can be read or written, no database attached, no extension installed, and the settings are locked.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,10 @@ import duckdb
 import polars as pl
 
 from xlr_pipeline.core.report import to_markdown
+from xlr_pipeline.core.warehouse import ranks_dir
 
 OutputFormat = Literal["table", "csv", "json", "markdown"]
+QUERY_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 
 
 class QueryError(RuntimeError):
@@ -25,7 +32,11 @@ def _connect(db_path: Path, timeout_s: float = 30.0) -> duckdb.DuckDBPyConnectio
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            return duckdb.connect(str(db_path), read_only=True)
+            connection = duckdb.connect(str(db_path), read_only=True)
+            connection.execute("SET allowed_directories = ?", [[str(ranks_dir(db_path)) + "/"]])
+            connection.execute("SET enable_external_access = false")
+            connection.execute("SET lock_configuration = true")
+            return connection
         except duckdb.IOException as error:
             if "lock" not in str(error).lower() or time.monotonic() > deadline:
                 raise QueryError(str(error)) from None
@@ -38,6 +49,11 @@ def run_sql(db_path: Path, sql: str) -> pl.DataFrame:
     """Run one or more statements read-only; the last statement's rows come back."""
     connection = _connect(db_path)
     try:
+        refused = [statement.type.name for statement in connection.extract_statements(sql) if statement.type not in QUERY_STATEMENTS]
+        if refused:
+            raise QueryError(
+                f"xlr sql is read-only: it runs queries (SELECT, WITH …, DESCRIBE, SUMMARIZE, EXPLAIN) and refuses {refused[0]}"
+            )
         relation = connection.sql(sql)
         return pl.DataFrame() if relation is None else pl.from_arrow(relation.to_arrow_table())
     except duckdb.Error as error:
