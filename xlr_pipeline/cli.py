@@ -56,6 +56,21 @@ def _datasets(args: argparse.Namespace, pipeline, all_by_default: bool) -> list[
     return [args.dataset]
 
 
+def _console_level(args: argparse.Namespace) -> str:
+    """Dagster's console log in full with --verbose; otherwise only our progress lines and one line per failure."""
+    if args.verbose:
+        return "INFO"
+    import logging
+
+    progress = logging.getLogger("xlr_pipeline.progress")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("    %(message)s"))
+    progress.handlers = [handler]  # this command's stderr (main() may run several times in one process)
+    progress.setLevel(logging.INFO)
+    progress.propagate = False
+    return "CRITICAL"
+
+
 def _fail(error: Exception) -> int:
     print(f"error: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
     return 1
@@ -77,7 +92,10 @@ def command_run(args: argparse.Namespace) -> int:
         settings = pipeline.settings
         print(f"datasets {', '.join(datasets)} | image {settings.image_model} | text {settings.text_model} | DAGSTER_HOME={home}")
         with dg.DagsterInstance.get() as instance:
-            report = run_pipeline(instance, pipeline, datasets, {"projection_head": head_config}, include_stale=args.stale)
+            report = run_pipeline(
+                instance, pipeline, datasets, {"projection_head": head_config}, include_stale=args.stale,
+                console_log_level=_console_level(args),
+            )
     except (RunFailed, DatasetError, KeyError) as error:
         return _fail(error)
     total = sum(seconds for _, _, seconds in report.executed)
@@ -129,13 +147,14 @@ def command_grid(args: argparse.Namespace) -> int:
         configs = {"projection_head": head_training_config(args), "experiment_grid": grid}
         with dg.DagsterInstance.get() as instance:
             report = run_pipeline(
-                instance, pipeline, [dataset], configs, include_stale=True, stages=frozenset(CHAIN_ASSETS + EXPERIMENT_ASSETS)
+                instance, pipeline, [dataset], configs, include_stale=True, stages=frozenset(CHAIN_ASSETS + EXPERIMENT_ASSETS),
+                console_log_level=_console_level(args),
             )
             ran = {asset for asset, _, _ in report.executed}
             if args.rerun and lane.key("experiment_grid").to_user_string() not in ran:
                 for asset in ("experiment_grid", "grid_report"):
                     print(f"materializing {dataset}/{asset} (--rerun) ...")
-                    materialize_target(instance, pipeline, Target(lane.key(asset), None), configs)
+                    materialize_target(instance, pipeline, Target(lane.key(asset), None), configs, _console_level(args))
     except (RunFailed, DatasetError, KeyError, ValueError) as error:
         return _fail(error)
     report_path = lane.reports_dir(pipeline.settings) / "report.md"
@@ -158,7 +177,10 @@ def command_tagging(args: argparse.Namespace) -> int:
         report = {"tagging_report": TaggingReportConfig(**({"seeds": args.seeds} if args.seeds else {}))}
         configs = {"projection_head": head_training_config(args), **report}
         with dg.DagsterInstance.get() as instance:
-            run_pipeline(instance, pipeline, [dataset], configs, include_stale=True, stages=frozenset(CHAIN_ASSETS + TAGGING_ASSETS))
+            run_pipeline(
+                instance, pipeline, [dataset], configs, include_stale=True, stages=frozenset(CHAIN_ASSETS + TAGGING_ASSETS),
+                console_log_level=_console_level(args),
+            )
     except (RunFailed, DatasetError, KeyError, ValueError) as error:
         return _fail(error)
     report_path = pipeline.lane(dataset).reports_dir(pipeline.settings) / "tagging.md"
@@ -215,7 +237,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
         pipeline = _pipeline(args)
         (dataset,) = _datasets(args, pipeline, all_by_default=False)
         with dg.DagsterInstance.get() as instance:
-            evaluate_languages(instance, pipeline, dataset, args.languages)
+            evaluate_languages(instance, pipeline, dataset, args.languages, console_log_level=_console_level(args))
     except (RunFailed, DatasetError, KeyError) as error:
         return _fail(error)
     return 0
@@ -336,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pipeline_options.add_argument("--image-model", default=DEFAULT_IMAGE_MODEL, help="image encoder id")
     pipeline_options.add_argument("--text-model", default=DEFAULT_TEXT_MODEL, help="text encoder id")
+    pipeline_options.add_argument(
+        "--verbose", action="store_true", help="show Dagster's full console log, with the trace of every failure"
+    )
     for option, kind in HEAD_OPTIONS.items():
         choices = {"choices": kind} if isinstance(kind, tuple) else {"type": kind}
         pipeline_options.add_argument(f"--{option.replace('_', '-')}", help=f"head {option}", **choices)

@@ -93,7 +93,11 @@ def _first_error(result: dg.ExecuteInProcessResult) -> str:
             error = event.step_failure_data.error
             while error is not None and error.cause is not None and "DagsterExecutionStepExecutionError" in error.cls_name:
                 error = error.cause
-            return error.message.strip() if error else "step failed"
+            if error is None:
+                return "step failed"
+            message = error.message.strip()
+            # A dg.Failure already carries a message naming the file and line: drop the class path before it.
+            return message.split(": ", 1)[1] if error.cls_name == "Failure" and ": " in message else message
     return "run failed"
 
 
@@ -190,7 +194,12 @@ def run_pipeline(
 
 
 def evaluate_languages(
-    instance: dg.DagsterInstance, pipeline: Pipeline, dataset: str, languages: list[str], log: Callable[[str], None] = print
+    instance: dg.DagsterInstance,
+    pipeline: Pipeline,
+    dataset: str,
+    languages: list[str],
+    log: Callable[[str], None] = print,
+    console_log_level: str = "INFO",
 ) -> None:
     """Re-ingest, re-embed and re-evaluate the given languages of one dataset with its current head (one run each)."""
     lane = pipeline.lane(dataset)
@@ -200,7 +209,9 @@ def evaluate_languages(
         raise RunFailed(f"no caption file for {unknown} in dataset {dataset!r}; languages: {sorted(known)}")
     for language in languages:
         log(f"re-evaluating {dataset} {language} ...")
-        _materialize(instance, pipeline, lane.keys(LANGUAGE_ASSETS), language, {}, f"re-evaluating {dataset} {language}")
+        _materialize(
+            instance, pipeline, lane.keys(LANGUAGE_ASSETS), language, {}, f"re-evaluating {dataset} {language}", console_log_level
+        )
         log("  done")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import dagster as dg
@@ -20,6 +21,11 @@ def markdown_preview(frame: pl.DataFrame, rows: int = 5) -> dg.MetadataValue:
     return dg.MetadataValue.md(to_markdown(frame.head(rows), digits=6, max_chars=80))
 
 
+# Progress of long stages also goes to this Python logger: the CLI shows it when Dagster's own console
+# output (which repeats every failure with its trace) is turned down.
+PROGRESS = logging.getLogger("xlr_pipeline.progress")
+
+
 def progress_logger(context: dg.AssetExecutionContext, what: str):
     """Log encoding progress about every 10% so long stages show they are moving."""
     last = {"tenth": -1}
@@ -29,5 +35,6 @@ def progress_logger(context: dg.AssetExecutionContext, what: str):
         if tenth != last["tenth"]:
             last["tenth"] = tenth
             context.log.info(f"{what}: encoded {done}/{total}")
+            PROGRESS.info(f"{what}: encoded {done}/{total}")
 
     return report
