@@ -64,3 +64,31 @@ def test_a_run_killed_while_embedding_images_resumes_from_the_cache_to_the_same_
         run_pipeline(instance, pipeline_for(uninterrupted), [DATASET], {"projection_head": HeadTrainingConfig(epochs=10)}, log=lambda _: None)
     assert run_sql(data_dir / "results.duckdb", RESULT_ROWS).rows() == run_sql(uninterrupted / "results.duckdb", RESULT_ROWS).rows()
     assert outputs.image_embeddings_path.read_bytes() == outputs_for(uninterrupted).image_embeddings_path.read_bytes()
+
+
+def test_two_processes_on_one_dataset_add_no_duplicates_and_readers_wait_out_writers(tmp_path, subset_data_dir):
+    data_dir = tmp_path / "data"
+    shutil.copytree(subset_data_dir / DATASET, data_dir / DATASET)
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home")}
+    base = [sys.executable, "-m", "xlr_pipeline.cli"]
+    location = ["--data-dir", str(data_dir), "--dataset", DATASET, "--epochs", "10"]
+    assert subprocess.run([*base, "run", *location], env=env, capture_output=True, timeout=600).returncode == 0
+    db = data_dir / "results.duckdb"
+    counts = "SELECT (SELECT count(*) FROM runs) AS runs, (SELECT count(*) FROM recall) AS recall, (SELECT count(*) FROM rank_summary) AS ranks"
+    before = run_sql(db, counts).rows()
+
+    # the same language re-evaluated by two processes at once (say the sensor's run and a user's)
+    both = [subprocess.Popen([*base, "evaluate", "de", *location], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    assert [process.wait(timeout=600) for process in both] == [0, 0]
+    assert run_sql(db, counts).rows() == before  # identical inputs: nothing new, nothing twice
+
+    # a reader through run_sql waits while another process holds the write lock, then reads
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import time; from xlr_pipeline.core.warehouse import connect_for_write; c = connect_for_write(__import__('pathlib').Path({str(db)!r})); print('locked', flush=True); time.sleep(3); c.close()"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    started = time.monotonic()
+    assert run_sql(db, counts).rows() == before
+    assert time.monotonic() - started > 1.0  # it waited for the writer instead of failing
+    assert holder.wait(timeout=30) == 0
