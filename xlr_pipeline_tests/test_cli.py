@@ -106,3 +106,11 @@ def test_a_failing_step_is_one_line_unless_verbose(data_dir, capsys):
     assert "Traceback" not in err and "STEP_FAILURE" not in err
     assert xlr(["run", "--data-dir", str(data_dir), "--dataset", DATASET, "--epochs", "5", "--verbose"]) == 1
     assert "STEP_FAILURE" in capsys.readouterr().err
+
+
+def test_a_results_file_that_is_not_duckdb_fails_once_with_its_name(data_dir, capsys):
+    (data_dir / "results.duckdb").write_text("not a database\n")
+    assert xlr(["run", "--data-dir", str(data_dir), "--dataset", DATASET, "--epochs", "5"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: {DATASET}/retrieval_metrics[de] failed: {data_dir / 'results.duckdb'}: cannot open the results file")
+    assert "max_retries" not in err and (data_dir / "results.duckdb").read_text() == "not a database\n"

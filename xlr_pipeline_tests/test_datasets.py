@@ -226,3 +226,27 @@ def test_declared_tag_vocabulary_files(tmp_path):
     assert spec.tag_file("de") == tmp_path / "tags" / "de.txt" and spec.tag_file("fr") is None
     with pytest.raises(DatasetError, match="the tags pattern must contain"):
         _declare(tmp_path, "images.txt", "{lang}.txt", "lines", 'tags = "tags/all.txt"\n')
+
+
+def test_utf16_blank_lines_and_overlong_captions(fresh_data_dir):
+    spec = DatasetSpec.load(fresh_data_dir / "emoji_small")
+    ids = [r.image_id for r in spec.image_records()]
+    path = _write(spec.root, "de", "image_id\tcaption\n".encode("utf-16"))
+    with pytest.raises(CaptionFileError, match=r"de.tsv:1: is UTF-16 .*re-save it as UTF-8"):
+        read_captions(spec, "de", path, spec.image_records())
+    long_caption = "sehr " * 1000
+    content = f"image_id\tcaption\n{ids[0]}\tGesicht\n\n{ids[1]}\t{long_caption}\n{ids[2]}\tok\n\n\n"
+    frame, quarantine = read_captions(spec, "de", _write(spec.root, "de", content.encode()), spec.image_records())
+    assert frame["image_id"].to_list() == ids[:3] and len(frame["caption"][1]) == 1000
+    assert dict(zip(quarantine["source_line"], quarantine["reason"])) == {
+        3: "blank line", 4: "kept, truncated from 4999 to 1000 characters"
+    }  # trailing blank lines are only line ends
+
+
+def test_a_blank_line_inside_a_line_aligned_image_list_is_refused(tmp_path):
+    (tmp_path / "images.txt").write_text("a.jpg\n\nb.jpg\n\n")
+    spec = _declare(tmp_path, "images.txt", "{lang}.txt", "lines")
+    with pytest.raises(DatasetError, match=r"images.txt:2: blank line inside the image list"):
+        spec.image_records()
+    (tmp_path / "images.txt").write_text("a.jpg\nb.jpg\n\n")
+    assert [r.image_id for r in spec.image_records()] == ["a", "b"]

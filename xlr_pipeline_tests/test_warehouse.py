@@ -159,3 +159,20 @@ def test_xlr_sql_is_a_sandbox(two_runs, tmp_path, query, refusal):
         run_sql(two_runs.results_db, query.format(tmp=tmp_path))
     assert not (tmp_path / "leak.csv").exists() and not (tmp_path / "other.duckdb").exists()
     assert run_sql(two_runs.results_db, "SELECT count(*) AS n FROM query_ranks")["n"][0] > 0  # its own rank files still read
+
+
+def test_a_results_file_that_is_not_duckdb_or_is_newer_is_a_clear_error(tmp_path):
+    from xlr_pipeline.core.warehouse import WarehouseError
+
+    not_duckdb = tmp_path / "text" / "results.duckdb"
+    not_duckdb.parent.mkdir()
+    not_duckdb.write_text("just some text\n")
+    with pytest.raises(WarehouseError, match=r"results.duckdb: cannot open the results file .*move it away"):
+        connect_for_write(not_duckdb, timeout_s=1)
+    assert not_duckdb.read_text() == "just some text\n"  # left as it was
+    newer = tmp_path / "newer" / "results.duckdb"
+    connect_for_write(newer).close()
+    with duckdb.connect(str(newer)) as connection:
+        connection.execute("INSERT INTO schema_version VALUES (?, 'from the future', now())", [SCHEMA_VERSION + 1])
+    with pytest.raises(WarehouseError, match=rf"newer xlr_pipeline \(schema version {SCHEMA_VERSION + 1}, this one knows {SCHEMA_VERSION}\)"):
+        connect_for_write(newer)

@@ -35,6 +35,8 @@ __all__ = ["CaptionFileError", "DatasetError", "DatasetSpec", "ImageRecord", "di
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 SPLITS = ("train", "test", "val")
+# Longer captions are kept cut to this length and listed in the quarantine table (reason "truncated …").
+MAX_CAPTION_CHARS = 1000
 # A dataset name becomes an asset key prefix, a partition-set name and a folder name.
 DATASET_NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 
@@ -244,6 +246,9 @@ def read_captions(
         elif (row.image_id, caption) in first_seen:
             reject(row.line, f"duplicate of line {first_seen[(row.image_id, caption)]}", row.caption)
         else:
+            if len(caption) > MAX_CAPTION_CHARS:
+                reject(row.line, f"kept, truncated from {len(caption)} to {MAX_CAPTION_CHARS} characters", row.caption[:200])
+                caption = caption[:MAX_CAPTION_CHARS]
             first_seen[(row.image_id, caption)] = row.line
             kept.append(
                 {

@@ -86,6 +86,8 @@ class RejectedRow:
 def read_text_strict(path: Path) -> str:
     """Decode UTF-8 (BOM allowed); a bad byte raises naming the file and line."""
     data = path.read_bytes()
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise CaptionFileError(path, "is UTF-16 (it starts with a UTF-16 byte-order mark); re-save it as UTF-8", 1)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -144,11 +146,11 @@ def _csv_rows(path: Path) -> list[tuple[int, list[str]]]:
 
 
 def _image_list_lines(path: Path, columns: Columns) -> list[ListedImage]:
-    return [
-        ListedImage(number, Path(name.strip()).stem, name.strip(), None)
-        for number, name in enumerate(read_text_strict(path).splitlines(), start=1)
-        if name.strip()
-    ]
+    lines = read_text_strict(path).rstrip().splitlines()
+    blank = next((number for number, name in enumerate(lines, start=1) if not name.strip()), None)
+    if blank is not None:  # line-aligned caption files would silently pair the wrong images after it
+        raise DatasetError(f"{path}:{blank}: blank line inside the image list; one file name per line")
+    return [ListedImage(number, Path(name.strip()).stem, name.strip(), None) for number, name in enumerate(lines, start=1)]
 
 
 def _listed(number: int, row: dict, columns: Columns) -> ListedImage:
@@ -204,8 +206,11 @@ def _delimited(
     id_col, caption_col = header.index(columns.image_id), header.index(columns.caption)
     keyword_col = header.index(columns.keywords) if columns.keywords in header else None
     kept, rejected = [], []
+    last = max((number for number, fields in rows if any(field.strip() for field in fields)), default=0)
     for number, fields in rows[1:]:
         if not any(field.strip() for field in fields):
+            if number < last:  # blank lines at the very end are only trailing newlines
+                rejected.append(RejectedRow(number, "blank line", ""))
             continue
         if len(fields) != len(header):
             rejected.append(RejectedRow(number, f"expected {len(header)} {what} fields, found {len(fields)}", "\t".join(fields)))

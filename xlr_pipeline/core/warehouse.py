@@ -198,12 +198,21 @@ def ranks_dir(db_path: Path) -> Path:
     return db_path.parent / "ranks"
 
 
+class WarehouseError(RuntimeError):
+    """The results file cannot be used as it is; the message names it and what to do."""
+
+
 def _apply_migrations(connection: duckdb.DuckDBPyConnection) -> None:
     connection.execute(
         "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, description VARCHAR NOT NULL, "
         "applied_at TIMESTAMPTZ NOT NULL)"
     )
     applied = {row[0] for row in connection.execute("SELECT version FROM schema_version").fetchall()}
+    if applied and max(applied) > SCHEMA_VERSION:
+        raise WarehouseError(
+            f"written by a newer xlr_pipeline (schema version {max(applied)}, this one knows {SCHEMA_VERSION}): "
+            "upgrade xlr_pipeline, or use another --data-dir"
+        )
     for version, description, ddl in MIGRATIONS:
         if version in applied:
             continue
@@ -264,10 +273,15 @@ def connect_for_write(path: Path, timeout_s: float = 120.0) -> duckdb.DuckDBPyCo
     while True:
         try:
             connection = duckdb.connect(str(path))
-            prepare(connection, path)
-            return connection
         except duckdb.IOException as error:
-            if "lock" not in str(error).lower() or time.monotonic() > deadline:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            if "lock" in str(error).lower() and time.monotonic() < deadline:
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            raise WarehouseError(f"{path}: cannot open the results file ({error}); move it away to start a new one") from None
+        try:
+            prepare(connection, path)
+        except WarehouseError as error:
+            connection.close()
+            raise WarehouseError(f"{path}: {error}") from None
+        return connection

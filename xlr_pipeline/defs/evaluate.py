@@ -11,7 +11,7 @@ from xlr_pipeline.core.results import query_ranks_frame, query_ranks_path, recor
 from xlr_pipeline.core.storage import sha256_file, write_parquet_atomic
 from xlr_pipeline.defs.lane import Lane
 from xlr_pipeline.defs.lineage import file_version, input_name, lineage_metadata
-from xlr_pipeline.defs.resources import XlrSettings, require_file
+from xlr_pipeline.defs.resources import XlrSettings, clear_failures, require_file
 from xlr_pipeline.defs.versions import CODE_VERSIONS
 
 
@@ -89,7 +89,8 @@ def build_retrieval_metrics(
         # Written before the DuckDB transaction, so the `query_ranks` view never points at a missing file.
         ranks_path = query_ranks_path(settings.results_db, lane.name, provenance.run_id, language, test.captions_hash)
         write_parquet_atomic(ranks, ranks_path)
-        added = record_evaluation(settings.results_db, evaluation.runs, evaluation.recall, evaluation.ranks)
+        with clear_failures():
+            added = record_evaluation(settings.results_db, evaluation.runs, evaluation.recall, evaluation.ranks)
 
         trained_r10 = np.mean([r.recall[10] for r in results[TRAINED]])
         random_r10 = np.mean([r.recall[10] for r in results[RANDOM]])

@@ -27,7 +27,7 @@ from xlr_pipeline.core.storage import sha256_file, sha256_text, write_parquet_at
 from xlr_pipeline.defs.lane import Lane
 from xlr_pipeline.defs.lineage import CURRENT_CONFIG, file_version, input_name, lineage_metadata
 from xlr_pipeline.defs.metadata import markdown_preview
-from xlr_pipeline.defs.resources import XlrSettings, require_file
+from xlr_pipeline.defs.resources import XlrSettings, clear_failures, require_file
 from xlr_pipeline.defs.train import training_pairs
 from xlr_pipeline.defs.versions import CODE_VERSIONS
 
@@ -273,7 +273,8 @@ def build_experiments(
             runs += evaluation.runs
             recall += evaluation.recall
             ranks += evaluation.ranks
-        record_evaluation(settings.results_db, runs, recall, ranks)
+        with clear_failures():
+            record_evaluation(settings.results_db, runs, recall, ranks)
         path = folder / "grid_hits.parquet"
         write_parquet_atomic(pl.concat(hits), path)
         return dg.MaterializeResult(

@@ -15,6 +15,7 @@ from xlr_pipeline.core.datasets import DatasetError
 from xlr_pipeline.core.embeddings import EmbeddingCache
 from xlr_pipeline.core.encoders import EncoderError, ImageFileError
 from xlr_pipeline.core.outputs import DEFAULT_DATA_DIR, DatasetOutputs
+from xlr_pipeline.core.warehouse import WarehouseError
 
 
 
@@ -73,7 +74,7 @@ def clear_failures() -> Iterator[None]:
     """Turn bad-input errors (which already name the file and line) into a Dagster Failure without a deep traceback."""
     try:
         yield
-    except (DatasetError, ImageFileError, EncoderError, FileNotFoundError) as error:
+    except (DatasetError, ImageFileError, EncoderError, WarehouseError, FileNotFoundError) as error:
         raise dg.Failure(description=str(error), allow_retries=False) from None
 
 

@@ -34,7 +34,7 @@ from xlr_pipeline.core.tagging import (
 )
 from xlr_pipeline.defs.lane import Lane
 from xlr_pipeline.defs.lineage import CURRENT_CONFIG, file_version, input_name, lineage_metadata
-from xlr_pipeline.defs.resources import XlrSettings, require_file
+from xlr_pipeline.defs.resources import XlrSettings, clear_failures, require_file
 from xlr_pipeline.defs.train import training_pairs
 from xlr_pipeline.defs.versions import CODE_VERSIONS
 
@@ -123,7 +123,8 @@ def build_tagging(
             run_id=pl.lit(provenance.run_id), dataset=pl.lit(lane.name), language=pl.lit(language),
             vocabulary_hash=pl.lit(vocabulary_hash), dagster_run_id=pl.lit(context.run.run_id),
         )
-        added = append_tables(settings.results_db, [("tags", rows, "tagged_at")])["tags"]
+        with clear_failures():
+            added = append_tables(settings.results_db, [("tags", rows, "tagged_at")])["tags"]
         truth = ground_truth(frame)
         scores = evaluate_tags({i: [normalise_tag(t) for t in g["tag"]] for (i,), g in top_tags.group_by("image_id")}, truth)
         return dg.MaterializeResult(
@@ -236,7 +237,9 @@ def build_tagging(
             row["verdict"] = "not significant" if adjusted >= SIGNIFICANCE else ("head better" if row["difference"] > 0 else "baseline better")
         metrics = pl.DataFrame(metric_rows)
         tests = pl.DataFrame(test_rows)
-        append_tables(settings.results_db, [("tagging", metrics, "evaluated_at"), ("tagging_tests", tests, "evaluated_at")] if test_rows else [("tagging", metrics, "evaluated_at")])
+        tables = [("tagging", metrics, "evaluated_at")] + ([("tagging_tests", tests, "evaluated_at")] if test_rows else [])
+        with clear_failures():
+            append_tables(settings.results_db, tables)
         markdown = tagging_markdown(lane.name, train_language, metrics, tests, sorted(config.seeds), provenance.run_id)
         report_path = lane.reports_dir(settings) / "tagging.md"
         write_with_atomic(report_path, lambda tmp: tmp.write_text(markdown, "utf-8"))
