@@ -250,3 +250,10 @@ def test_a_blank_line_inside_a_line_aligned_image_list_is_refused(tmp_path):
         spec.image_records()
     (tmp_path / "images.txt").write_text("a.jpg\nb.jpg\n\n")
     assert [r.image_id for r in spec.image_records()] == ["a", "b"]
+
+
+def test_a_repeated_image_id_in_the_image_list_names_both_lines(tmp_path):
+    (tmp_path / "list.csv").write_text("image_id,split\na,train\nb,test\na,test\n")
+    spec = _declare(tmp_path, "list.csv", "{lang}.tsv", "tsv")
+    with pytest.raises(DatasetError, match=r"list.csv:4: image id 'a' repeats line 2"):
+        spec.image_records()
