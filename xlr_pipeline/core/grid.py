@@ -9,6 +9,7 @@ import numpy as np
 import polars as pl
 
 from xlr_pipeline.core.augment import mixup
+from xlr_pipeline.core.evaluation import TRAINED
 from xlr_pipeline.core.head import HeadConfig, ProjectionHead, train_head
 from xlr_pipeline.core.choices import AUGMENTATIONS, OBJECTIVES, Augmentation, Objective
 from xlr_pipeline.core.metrics import DirectionResult
@@ -131,7 +132,7 @@ def hits_frame(cell: Cell, results: Mapping[str, Mapping[str, list[DirectionResu
                 frames.append(
                     pl.DataFrame(
                         {
-                            "objective": cell.objective_label if head_name == "trained" else "random_init",
+                            "objective": cell.objective_label if head_name == TRAINED else "random_init",
                             "augmentation": cell.augmentation_label,
                             "text_model": cell.text_model,
                             "seed": cell.seed,
