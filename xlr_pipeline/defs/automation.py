@@ -57,10 +57,12 @@ def build_automation(lane: Lane) -> tuple[dg.SensorDefinition, dg.ScheduleDefini
         """Picks up new or changed caption files of this dataset: adds the language partition and evaluates
         just that language.
 
-        The cursor remembers each file's content hash. Invalid files and removed languages are reported in
-        the tick and change nothing already stored; metrics are requested only once a head is trained. A
-        dataset whose images are not in place yet (e.g. XTD10 before the COCO images are added) gets its
-        language partitions but no runs until its images are there.
+        The cursor remembers each file's content hash. The first tick only registers the files it finds (their
+        partitions), so starting the UI and then materializing the lane does every language once, not twice;
+        from then on a new or changed file is evaluated alone. Invalid files and removed languages are
+        reported in the tick and change nothing already stored; metrics are requested only once a head is
+        trained. A dataset whose images are not in place yet (e.g. XTD10 before the COCO images are added)
+        gets its language partitions and nothing else until its images are there.
         """
         try:
             current, invalid, problems = _scan(lane)
@@ -74,12 +76,19 @@ def build_automation(lane: Lane) -> tuple[dg.SensorDefinition, dg.ScheduleDefini
             return dg.SensorResult(
                 skip_reason=f"no runs until the images are in place: {error}",
                 dynamic_partitions_requests=[lane.partitions.build_add_request(new)] if new else [],
-                cursor=context.cursor or json.dumps({}),  # not a first tick any more: languages run once images arrive
+                cursor=context.cursor,
             )
-        seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
-        if not context.cursor:  # first tick: languages already materialized elsewhere are not rerun
-            seen = {language: digest for language, digest in current.items() if language in existing}
         new = sorted(set(current) - existing)
+        if not context.cursor:
+            return dg.SensorResult(
+                skip_reason="; ".join(
+                    [f"registered {lane.name} languages {sorted(current)}: materialize the lane to evaluate them; "
+                     "new or changed caption files are evaluated from now on", *problems]
+                ),
+                dynamic_partitions_requests=[lane.partitions.build_add_request(new)] if new else [],
+                cursor=json.dumps(current, sort_keys=True),
+            )
+        seen: dict[str, str] = json.loads(context.cursor)
         changed = sorted(language for language in current if language in existing and seen.get(language) != current[language])
         removed = sorted(set(seen) - set(current) - invalid)
         problems += [f"caption file for {language!r} was removed; its partition and stored results are kept" for language in removed]
