@@ -101,3 +101,28 @@ def test_tag_command_errors_are_one_clear_line(tagged, tmp_path, capsys):
     assert xlr(["tag", str(broken), "--lang", "fr", *base]) == 1
     error = capsys.readouterr().err
     assert "no tagger for 'fr'" in error and f"run `xlr tagging --dataset {DATASET}` first" in error
+
+
+def test_compare_methods_on_synthetic_scores():
+    import numpy as np
+
+    from xlr_pipeline.core.tagging import BASELINE, METHOD, ImageScores, compare_methods
+
+    rng = np.random.default_rng(0)
+
+    def scores(average_precision):
+        ones = {k: average_precision for k in (1, 5, 10)}
+        return ImageScores([f"i{n}" for n in range(len(average_precision))], ones, ones, average_precision)
+
+    better, same = rng.uniform(0.4, 0.6, 300), rng.uniform(0, 1, 300)
+    per_language = {
+        "de": {METHOD: [scores(better), scores(better)], BASELINE: [scores(better - 0.2)] * 2},
+        "fr": {METHOD: [scores(same)], BASELINE: [scores(rng.permutation(same))]},
+    }
+    metrics, tests = compare_methods(per_language)
+    assert metrics.height == 2 * 2 * 7
+    de_map = metrics.filter((pl.col("language") == "de") & (pl.col("metric") == "map"))
+    assert sorted(de_map["value"].round(6).to_list()) == sorted([round(float((better - 0.2).mean()), 6), round(float(better.mean()), 6)])
+    verdicts = dict(zip(tests["language"] + "/" + tests["metric"] + tests["k"].cast(pl.String), tests["verdict"]))
+    assert verdicts["de/map0"] == "head better" and verdicts["fr/map0"] == "not significant"
+    assert (tests["p_holm"] >= tests["p_value"]).all() and tests.height == 14

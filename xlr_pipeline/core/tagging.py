@@ -25,6 +25,7 @@ import polars as pl
 from xlr_pipeline.core.augment import WORD, Lexicon, code_switch, mutual_nearest_translations
 from xlr_pipeline.core.head import ProjectionHead, project
 from xlr_pipeline.core.metrics import flat_ip_index
+from xlr_pipeline.core.stats import bootstrap_ci, holm_adjusted, paired_permutation_test
 
 TAG_SEPARATOR = "|"
 METHOD = "zero_shot_head"
@@ -187,3 +188,64 @@ def tag_image_files(
     """Top tags with scores for each image (features from the head's own image encoder)."""
     ranking = rank_tags(head, image_features, tag_features, top)
     return [[(vocabulary[i], float(s)) for i, s in zip(row, scores)] for row, scores in zip(ranking.indices, ranking.scores)]
+
+
+SIGNIFICANCE = 0.05
+
+
+def score_language(
+    heads: Sequence[ProjectionHead],
+    image_ids: Sequence[str],
+    image_features: np.ndarray,
+    vocabulary: Sequence[str],
+    vocabulary_features: np.ndarray,
+    truth: dict[str, set[str]],
+    english: tuple[Sequence[str], np.ndarray, Sequence[str]] | None = None,
+) -> dict[str, list[ImageScores]]:
+    """Per-image scores of each head for one language: METHOD ranks the language's own vocabulary; with
+    `english` = (English tags, their features, their translations into this language), BASELINE ranks the
+    English tags and reads them translated."""
+    scores: dict[str, list[ImageScores]] = {METHOD: []}
+    for head in heads:
+        own = rank_tags(head, image_features, vocabulary_features).indices
+        scores[METHOD].append(evaluate_tags({i: [normalise_tag(vocabulary[t]) for t in row] for i, row in zip(image_ids, own)}, truth))
+        if english is not None:
+            _, english_features, translations = english
+            ranked = rank_tags(head, image_features, english_features).indices
+            translated = {i: list(dict.fromkeys(translations[t] for t in row)) for i, row in zip(image_ids, ranked)}
+            scores.setdefault(BASELINE, []).append(evaluate_tags(translated, truth))
+    return scores
+
+
+def _seed_average(scores: list[ImageScores]) -> dict[tuple[str, int], np.ndarray]:
+    """(metric, k) → per-image value averaged over heads (k = 0 for mAP): the image is the resampling unit."""
+    out = {("map", 0): np.mean([s.average_precision for s in scores], axis=0)}
+    for k in TAGGING_KS:
+        out[("precision", k)] = np.mean([s.precision[k] for s in scores], axis=0)
+        out[("recall", k)] = np.mean([s.recall[k] for s in scores], axis=0)
+    return out
+
+
+def compare_methods(per_language: dict[str, dict[str, list[ImageScores]]]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(metrics, tests): every method's metrics with 95% bootstrap CIs over images, and METHOD − BASELINE
+    per language and metric by a paired sign-flip test over images, Holm–Bonferroni over all the tests."""
+    metric_rows, test_rows = [], []
+    for language, by_method in sorted(per_language.items()):
+        averaged = {method: _seed_average(scores) for method, scores in by_method.items()}
+        for method, metrics in averaged.items():
+            for (metric, k), values in metrics.items():
+                estimate = bootstrap_ci({language: values})
+                metric_rows.append({
+                    "language": language, "method": method, "metric": metric, "k": k, "value": estimate.mean,
+                    "ci_low": estimate.low, "ci_high": estimate.high, "n_images": len(values),
+                })
+        if BASELINE in averaged:
+            for (metric, k), values in averaged[METHOD].items():
+                difference, p_value = paired_permutation_test({language: values}, {language: averaged[BASELINE][(metric, k)]})
+                test_rows.append({"language": language, "metric": metric, "k": k, "difference": difference, "p_value": p_value})
+    for row, adjusted in zip(test_rows, holm_adjusted([row["p_value"] for row in test_rows])):
+        row["p_holm"] = adjusted
+        row["verdict"] = "not significant" if adjusted >= SIGNIFICANCE else ("head better" if row["difference"] > 0 else "baseline better")
+    test_schema = {"language": pl.String, "metric": pl.String, "k": pl.Int64, "difference": pl.Float64, "p_value": pl.Float64,
+                   "p_holm": pl.Float64, "verdict": pl.String}
+    return pl.DataFrame(metric_rows), pl.DataFrame(test_rows, schema=test_schema)

@@ -16,18 +16,16 @@ from xlr_pipeline.core.evaluation import RunProvenance
 from xlr_pipeline.core.head import head_fingerprint, head_from_bytes, train_head
 from xlr_pipeline.core.report import to_markdown
 from xlr_pipeline.core.results import append_tables
-from xlr_pipeline.core.stats import bootstrap_ci, holm_adjusted, paired_permutation_test
 from xlr_pipeline.core.storage import combined_hash, sha256_text, write_parquet_atomic, write_with_atomic
 from xlr_pipeline.core.tagging import (
-    BASELINE,
-    METHOD,
     TAGGING_KS,
-    ImageScores,
+    compare_methods,
     evaluate_tags,
     ground_truth,
     induce_tag_lexicon,
     normalise_tag,
     rank_tags,
+    score_language,
     tagging_markdown,
     translate_tags,
     vocabulary_from_keywords,
@@ -37,9 +35,6 @@ from xlr_pipeline.defs.lineage import CURRENT_CONFIG, file_version, input_name, 
 from xlr_pipeline.defs.resources import XlrSettings, clear_failures, require_file
 from xlr_pipeline.defs.train import training_pairs
 from xlr_pipeline.defs.versions import CODE_VERSIONS
-
-SIGNIFICANCE = 0.05
-
 
 class TagsConfig(dg.Config):
     top: int = Field(10, description="Tags stored (Parquet, DuckDB `tags`) per test image")
@@ -189,58 +184,37 @@ def build_tagging(
         }
         english = vocabularies[train_language]
         english_tags = english["tag"].to_list()
-        per_image: dict[str, dict[str, list[ImageScores]]] = {}
+        per_language = {}
         for language in languages:
-            vocabulary = vocabularies[language]["tag"].to_list()
+            vocabulary = vocabularies[language]
             truth = ground_truth(pl.read_parquet(outputs.captions_path(language)))
-            lexicon = None if language == train_language else induce_tag_lexicon(
-                english_tags, vocabulary, language, lambda words: _encode(settings, words)
+            baseline = None
+            if language != train_language:
+                lexicon = induce_tag_lexicon(english_tags, vocabulary["tag"].to_list(), language, lambda words: _encode(settings, words))
+                baseline = (english_tags, vectors_of(english), translate_tags(english_tags, lexicon, language))
+            per_language[language] = score_language(
+                list(heads.values()), test["image_id"].to_list(), vectors_of(test), vocabulary["tag"].to_list(),
+                vectors_of(vocabulary), truth, baseline,
             )
-            translations = translate_tags(english_tags, lexicon, language) if lexicon is not None else []
-            for seed, head in heads.items():
-                ranked = rank_tags(head, vectors_of(test), vectors_of(vocabularies[language])).indices
-                own = {image: [normalise_tag(vocabulary[i]) for i in row] for image, row in zip(test["image_id"], ranked)}
-                per_image.setdefault(language, {}).setdefault(METHOD, []).append(evaluate_tags(own, truth))
-                if lexicon is not None:
-                    english_ranked = rank_tags(head, vectors_of(test), vectors_of(english)).indices
-                    translated = {
-                        image: list(dict.fromkeys(translations[i] for i in row)) for image, row in zip(test["image_id"], english_ranked)
-                    }
-                    per_image[language].setdefault(BASELINE, []).append(evaluate_tags(translated, truth))
-            context.log.info(f"tagging {language}: {len(vocabulary)} tags, {len(truth)} tagged test images")
+            context.log.info(f"tagging {language}: {vocabulary.height} tags, {len(truth)} tagged test images")
 
-        seeds = json.dumps(sorted(config.seeds))
-        metric_rows, test_rows = [], []
-        for language, by_method in per_image.items():
-            vocabulary_hash = combined_hash(vocabularies[language]["tag"].to_list())
-            averaged = {method: _seed_average(scores) for method, scores in by_method.items()}
-            for method, metrics in averaged.items():
-                for (metric, k), values in metrics.items():
-                    estimate = bootstrap_ci({language: values})
-                    metric_rows.append({
-                        "run_id": provenance.run_id, "dataset": lane.name, "language": language, "method": method,
-                        "metric": metric, "k": k, "value": estimate.mean, "ci_low": estimate.low, "ci_high": estimate.high,
-                        "n_images": len(values), "vocabulary_size": vocabularies[language].height, "seeds": seeds,
-                        "vocabulary_hash": vocabulary_hash, "code_version": CODE_VERSIONS["tagging_report"],
-                        "dagster_run_id": context.run.run_id,
-                    })
-            if BASELINE in averaged:
-                for key, values in averaged[METHOD].items():
-                    difference, p_value = paired_permutation_test({language: values}, {language: averaged[BASELINE][key]})
-                    test_rows.append({
-                        "run_id": provenance.run_id, "dataset": lane.name, "language": language, "metric": key[0], "k": key[1],
-                        "difference": difference, "p_value": p_value, "seeds": seeds, "vocabulary_hash": vocabulary_hash,
-                        "dagster_run_id": context.run.run_id,
-                    })
-        for row, adjusted in zip(test_rows, holm_adjusted([row["p_value"] for row in test_rows])):
-            row["p_holm"] = adjusted
-            row["verdict"] = "not significant" if adjusted >= SIGNIFICANCE else ("head better" if row["difference"] > 0 else "baseline better")
-        metrics = pl.DataFrame(metric_rows)
-        tests = pl.DataFrame(test_rows)
-        tables = [("tagging", metrics, "evaluated_at")] + ([("tagging_tests", tests, "evaluated_at")] if test_rows else [])
+        metrics, tests = compare_methods(per_language)
+        shared = {
+            "run_id": pl.lit(provenance.run_id), "dataset": pl.lit(lane.name), "seeds": pl.lit(json.dumps(sorted(config.seeds))),
+            "vocabulary_hash": pl.col("language").replace_strict(
+                {language: combined_hash(vocabularies[language]["tag"].to_list()) for language in languages}
+            ),
+            "dagster_run_id": pl.lit(context.run.run_id),
+        }
+        sizes = {language: vocabularies[language].height for language in languages}
+        metric_rows = metrics.with_columns(
+            **shared, vocabulary_size=pl.col("language").replace_strict(sizes), code_version=pl.lit(CODE_VERSIONS["tagging_report"])
+        )
+        test_rows = tests.with_columns(**shared)
+        tables = [("tagging", metric_rows, "evaluated_at")] + ([("tagging_tests", test_rows, "evaluated_at")] if test_rows.height else [])
         with clear_failures():
             append_tables(settings.results_db, tables)
-        markdown = tagging_markdown(lane.name, train_language, metrics, tests, sorted(config.seeds), provenance.run_id)
+        markdown = tagging_markdown(lane.name, train_language, metric_rows, test_rows, sorted(config.seeds), provenance.run_id)
         report_path = lane.reports_dir(settings) / "tagging.md"
         write_with_atomic(report_path, lambda tmp: tmp.write_text(markdown, "utf-8"))
         return dg.MaterializeResult(
@@ -266,11 +240,3 @@ def build_tagging(
 
     return [tags, tagging_report]
 
-
-def _seed_average(scores: list[ImageScores]) -> dict[tuple[str, int], np.ndarray]:
-    """(metric, k) → per-image value averaged over seeds (k = 0 for mAP): the image is the resampling unit."""
-    out = {("map", 0): np.mean([s.average_precision for s in scores], axis=0)}
-    for k in TAGGING_KS:
-        out[("precision", k)] = np.mean([s.precision[k] for s in scores], axis=0)
-        out[("recall", k)] = np.mean([s.recall[k] for s in scores], axis=0)
-    return out
