@@ -93,10 +93,6 @@ def translate_tags(english_tags: Sequence[str], lexicon: Lexicon, language: str)
     return [normalise_tag(code_switch(tag, lexicon, language, 1.0, always)) for tag in english_tags]
 
 
-def translate_ranking(english_tags: Sequence[str], lexicon: Lexicon, language: str) -> list[str]:
-    """The baseline's ranked tags: the English ranking translated, duplicates after translation dropped."""
-    return list(dict.fromkeys(translate_tags(english_tags, lexicon, language)))
-
 
 @dataclass(frozen=True)
 class ImageScores:

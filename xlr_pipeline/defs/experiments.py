@@ -8,8 +8,8 @@ import polars as pl
 from pydantic import Field
 
 from xlr_pipeline.core.augment import code_switched_copies, induce_lexicon, language_means, shift_to_centroid
-from xlr_pipeline.core.embeddings import embed_with_cache, vectors_of, with_vectors
-from xlr_pipeline.core.encoders import ENGLISH_ONLY_TEXT_MODEL, load_text_encoder
+from xlr_pipeline.core.embeddings import vectors_of, with_vectors
+from xlr_pipeline.core.encoders import ENGLISH_ONLY_TEXT_MODEL
 from xlr_pipeline.core.evaluation import RunProvenance, TestQueries, evaluate_run
 from xlr_pipeline.core.choices import AUGMENTATIONS, OBJECTIVES, AugmentationName, ObjectiveName
 from xlr_pipeline.core.grid import (
@@ -23,7 +23,7 @@ from xlr_pipeline.core.grid_report import build_report
 from xlr_pipeline.core.head import HeadConfig
 from xlr_pipeline.core.outputs import DatasetOutputs
 from xlr_pipeline.core.results import record_evaluation
-from xlr_pipeline.core.storage import sha256_file, sha256_text, write_parquet_atomic
+from xlr_pipeline.core.storage import sha256_file, write_parquet_atomic
 from xlr_pipeline.defs.lane import Lane
 from xlr_pipeline.defs.lineage import CURRENT_CONFIG, file_version, input_name, lineage_metadata
 from xlr_pipeline.defs.metadata import markdown_preview
@@ -91,15 +91,12 @@ def _test_queries(
 
 def _english_only_frames(settings: XlrSettings, outputs: DatasetOutputs, languages: list[str], train_language: str) -> dict[str, pl.DataFrame]:
     """Caption vectors of the English-only control encoder (train + test for the training language, test for the rest)."""
-    encoder = load_text_encoder(ENGLISH_ONLY_TEXT_MODEL)
-    cache = settings.embedding_cache(encoder.model_id)
+    encode = settings.cached_text_encoder(ENGLISH_ONLY_TEXT_MODEL)
     frames = {}
     for language in languages:
         frame = pl.read_parquet(outputs.captions_path(language))
         frame = frame.filter((pl.col("split") == "test") | (language == train_language))
-        texts = frame["caption"].to_list()
-        vectors, _ = embed_with_cache(texts, [sha256_text(t) for t in texts], encoder.encode, cache, settings.text_batch_size)
-        frames[language] = with_vectors(frame.select("caption_id", "image_id", "split"), vectors)
+        frames[language] = with_vectors(frame.select("caption_id", "image_id", "split"), encode(frame["caption"].to_list()))
     return frames
 
 
@@ -133,11 +130,7 @@ def build_experiments(
         outputs = lane.outputs(settings)
         source = require_file(outputs.captions_path(train_language), f"{lane.name}/captions[{train_language}]")
         train = pl.read_parquet(source).filter(pl.col("split") == "train")
-        encoder = load_text_encoder(settings.text_model)
-        cache = settings.embedding_cache(encoder.model_id)
-
-        def encode(texts: list[str]) -> np.ndarray:
-            return embed_with_cache(texts, [sha256_text(t) for t in texts], encoder.encode, cache, settings.text_batch_size)[0]
+        encode = settings.cached_text_encoder()
 
         switch_languages = [language for language in config.languages if language != train_language]
         lexicon = induce_lexicon(train["caption"].to_list(), switch_languages, config.words_per_language, encode)
@@ -174,7 +167,7 @@ def build_experiments(
                 "dagster/row_count": out.height,
                 "keyword_texts": 0 if keywords is None else keywords.height,
                 "centroid_languages": list(means),
-                "text_model": encoder.model_id,
+                "text_model": settings.text_model,
                 "augmentation_config": config.model_dump(),
                 "lexicon_sizes": {language: lexicon.size(language) for language in lexicon.languages},
                 "examples": markdown_preview(out.select("language", "original", "caption"), rows=8),

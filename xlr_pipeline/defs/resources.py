@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import dagster as dg
+import numpy as np
 from pydantic import Field
 
 from xlr_pipeline.core.choices import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
 from xlr_pipeline.core.datasets import DatasetError
-from xlr_pipeline.core.embeddings import EmbeddingCache
-from xlr_pipeline.core.encoders import EncoderError, ImageFileError
+from xlr_pipeline.core.embeddings import EmbeddingCache, embed_with_cache
+from xlr_pipeline.core.encoders import EncoderError, ImageFileError, load_text_encoder
+from xlr_pipeline.core.storage import sha256_text
 from xlr_pipeline.core.outputs import DEFAULT_DATA_DIR, DatasetOutputs
 from xlr_pipeline.core.warehouse import WarehouseError
 
@@ -51,6 +54,17 @@ class XlrSettings(dg.ConfigurableResource):
 
     def embedding_cache(self, model_id: str) -> EmbeddingCache:
         return EmbeddingCache(self.root / "cache" / "embeddings", model_id)
+
+    def cached_text_encoder(self, model_id: str | None = None) -> Callable[[list[str]], np.ndarray]:
+        """A text model (default: the configured one) loaded once, as a function from texts to vectors that
+        goes through the embedding cache."""
+        encoder = load_text_encoder(model_id or self.text_model)
+        cache = self.embedding_cache(encoder.model_id)
+
+        def encode(texts: list[str]) -> np.ndarray:
+            return embed_with_cache(texts, [sha256_text(t) for t in texts], encoder.encode, cache, self.text_batch_size)[0]
+
+        return encode
 
 
 def settings_from_environment() -> XlrSettings:

@@ -10,13 +10,12 @@ import polars as pl
 from pydantic import Field
 
 from xlr_pipeline.core.datasets import read_text_strict
-from xlr_pipeline.core.embeddings import embed_with_cache, vectors_of, with_vectors
-from xlr_pipeline.core.encoders import load_text_encoder
+from xlr_pipeline.core.embeddings import vectors_of, with_vectors
 from xlr_pipeline.core.evaluation import RunProvenance
 from xlr_pipeline.core.head import head_fingerprint, head_from_bytes, train_head
 from xlr_pipeline.core.report import to_markdown
 from xlr_pipeline.core.results import append_tables
-from xlr_pipeline.core.storage import combined_hash, sha256_text, write_parquet_atomic, write_with_atomic
+from xlr_pipeline.core.storage import combined_hash, write_parquet_atomic, write_with_atomic
 from xlr_pipeline.core.tagging import (
     TAGGING_KS,
     compare_methods,
@@ -50,11 +49,6 @@ def _vocabulary(lane: Lane, language: str, captions: pl.DataFrame) -> list[str]:
     if declared is not None:
         return sorted({" ".join(line.split()) for line in read_text_strict(declared).splitlines() if line.strip()}, key=normalise_tag)
     return vocabulary_from_keywords(captions["keywords"].to_list())
-
-
-def _encode(settings: XlrSettings, texts: list[str]) -> np.ndarray:
-    encoder = load_text_encoder(settings.text_model)
-    return embed_with_cache(texts, [sha256_text(t) for t in texts], encoder.encode, settings.embedding_cache(encoder.model_id), settings.text_batch_size)[0]
 
 
 def _gallery(head_tags: pl.DataFrame, truth: dict[str, set[str]], rows: int = 8) -> dg.MetadataValue:
@@ -99,7 +93,7 @@ def build_tagging(
             )
         head, saved = head_from_bytes(require_file(outputs.head_path, f"{lane.name}/projection_head").read_bytes())
         provenance = RunProvenance.from_dict(saved)
-        vectors = _encode(settings, vocabulary)
+        vectors = settings.cached_text_encoder()(vocabulary)
         vocabulary_hash = combined_hash(vocabulary)
         write_parquet_atomic(with_vectors(pl.DataFrame({"tag": vocabulary}), vectors), outputs.tag_vocabulary_path(language))
         images = pl.read_parquet(require_file(outputs.image_embeddings_path, f"{lane.name}/image_embeddings"))
@@ -184,13 +178,14 @@ def build_tagging(
         }
         english = vocabularies[train_language]
         english_tags = english["tag"].to_list()
+        encode = settings.cached_text_encoder()
         per_language = {}
         for language in languages:
             vocabulary = vocabularies[language]
             truth = ground_truth(pl.read_parquet(outputs.captions_path(language)))
             baseline = None
             if language != train_language:
-                lexicon = induce_tag_lexicon(english_tags, vocabulary["tag"].to_list(), language, lambda words: _encode(settings, words))
+                lexicon = induce_tag_lexicon(english_tags, vocabulary["tag"].to_list(), language, encode)
                 baseline = (english_tags, vectors_of(english), translate_tags(english_tags, lexicon, language))
             per_language[language] = score_language(
                 list(heads.values()), test["image_id"].to_list(), vectors_of(test), vocabulary["tag"].to_list(),
