@@ -21,7 +21,7 @@ import dagster as dg
 from xlr_pipeline.core.datasets import DatasetError
 from xlr_pipeline.defs.lane import CHAIN_ASSETS, asset_name
 from xlr_pipeline.defs.lanes import Pipeline
-from xlr_pipeline.defs.lineage import CONFIG_KEY, CURRENT_CONFIG, INPUTS_KEY, OUTPUTS_KEY, file_version, input_name
+from xlr_pipeline.defs.lineage import CONFIG_KEY, CURRENT_CONFIG, INPUTS_KEY, OUTPUTS_KEY, VERSION_KEY, file_version, input_name
 
 State = Literal["fresh", "missing", "stale", "error", "blocked"]
 DATA_VERSION_TAG = "dagster/data_version"
@@ -53,6 +53,12 @@ class Status:
 def _recorded(metadata: dict, key: str) -> dict | None:
     entry = metadata.get(key)
     return None if entry is None else dict(entry.value)
+
+
+def _version(materialization: dg.AssetMaterialization) -> str | None:
+    """A partition's own version where it recorded one (see `VERSION_KEY`), else Dagster's data version."""
+    recorded = materialization.metadata.get(VERSION_KEY)
+    return recorded.value if recorded is not None else materialization.tags.get(DATA_VERSION_TAG)
 
 
 def _short(value: object) -> str:
@@ -151,7 +157,7 @@ class StalenessResolver:
             parent_materialization = self.latest(parent)
             if parent_materialization is None:
                 causes.append(f"upstream missing: {parent.name}")
-            elif parent_materialization.tags.get(DATA_VERSION_TAG) != recorded_inputs.get(parent.name_in_lane):
+            elif _version(parent_materialization) != recorded_inputs.get(parent.name_in_lane):
                 causes.append(f"upstream changed: {parent.name}")
         return Status(target, "stale" if causes else "fresh", tuple(causes))
 

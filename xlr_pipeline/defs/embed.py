@@ -8,7 +8,7 @@ from xlr_pipeline.core.datasets import ImageRecord
 from xlr_pipeline.core.validation import duplicate_groups, norm_summary, vector_problems
 from xlr_pipeline.defs.lane import Lane
 from xlr_pipeline.defs.lineage import CURRENT_CONFIG, file_version, image_set_config, input_name, lineage_metadata
-from xlr_pipeline.defs.metadata import file_data_version, progress_logger
+from xlr_pipeline.defs.metadata import PartitionOutcome, file_data_version, materialize_partitions, progress_logger
 from xlr_pipeline.defs.resources import XlrSettings, clear_failures, require_file
 from xlr_pipeline.defs.versions import CODE_VERSIONS
 
@@ -131,53 +131,58 @@ def build_text_embeddings(lane: Lane, captions: dg.AssetsDefinition) -> dg.Asset
         group_name=lane.group,
         kinds={"pytorch", "parquet"},
         code_version=CODE_VERSIONS["text_embeddings"],
+        backfill_policy=dg.BackfillPolicy.single_run(),
         check_specs=_vector_check_specs(key, "needed caption"),
     )
     def text_embeddings(context: dg.AssetExecutionContext, settings: XlrSettings) -> dg.MaterializeResult:
-        """Frozen multilingual text-encoder vectors of one language's captions.
+        """Frozen multilingual text-encoder vectors of each language's captions.
 
         Only what is used is encoded: test-split captions of every language, plus train-split captions of
         the dataset's training language. Cached by (caption hash, model id).
         """
-        language = context.partition_key
         outputs = lane.outputs(settings)
         with clear_failures():
-            frame = pl.read_parquet(require_file(outputs.captions_path(language), f"{lane.name}/captions[{language}]"))
-            needed = frame.filter((pl.col("split") == "test") | (language == lane.train_language))
             encoder = load_text_encoder(settings.text_model)
-            texts = needed["caption"].to_list()
-            hashes = [sha256_text(text) for text in texts]
-            vectors, encoded = embed_with_cache(
-                texts,
-                hashes,
-                encoder.encode,
-                settings.embedding_cache(encoder.model_id),
-                settings.text_batch_size,
-                progress_logger(context, f"{language} captions"),
+
+        def one_language(language: str) -> PartitionOutcome:
+            with clear_failures():
+                frame = pl.read_parquet(require_file(outputs.captions_path(language), f"{lane.name}/captions[{language}]"))
+                needed = frame.filter((pl.col("split") == "test") | (language == lane.train_language))
+                texts = needed["caption"].to_list()
+                hashes = [sha256_text(text) for text in texts]
+                vectors, encoded = embed_with_cache(
+                    texts,
+                    hashes,
+                    encoder.encode,
+                    settings.embedding_cache(encoder.model_id),
+                    settings.text_batch_size,
+                    progress_logger(context, f"{language} captions"),
+                )
+            out = with_vectors(
+                needed.select("caption_id", "image_id", "split").with_columns(pl.Series("content_hash", hashes)), vectors
+            ).with_columns(pl.lit(encoder.model_id).alias("model_id"))
+            path = outputs.text_embeddings_path(language)
+            write_parquet_atomic(out, path)
+            return PartitionOutcome(
+                version=file_version(path),
+                metadata={
+                    "language": language,
+                    "text_model": encoder.model_id,
+                    "dim": encoder.dim,
+                    "dagster/row_count": out.height,
+                    "encoded_now": encoded,
+                    "from_cache": out.height - encoded,
+                    "path": dg.MetadataValue.path(str(path)),
+                    **lineage_metadata(
+                        CURRENT_CONFIG["text_embeddings"](settings, lane, language, {}),
+                        {input_name("captions", language): file_version(outputs.captions_path(language))},
+                        [path],
+                        settings.root,
+                    ),
+                },
+                checks=_vector_check(key, vectors, encoder.dim, needed.height),
             )
-        out = with_vectors(
-            needed.select("caption_id", "image_id", "split").with_columns(pl.Series("content_hash", hashes)), vectors
-        ).with_columns(pl.lit(encoder.model_id).alias("model_id"))
-        path = outputs.text_embeddings_path(language)
-        write_parquet_atomic(out, path)
-        return dg.MaterializeResult(
-            data_version=file_data_version(path),
-            metadata={
-                "language": language,
-                "text_model": encoder.model_id,
-                "dim": encoder.dim,
-                "dagster/row_count": out.height,
-                "encoded_now": encoded,
-                "from_cache": out.height - encoded,
-                "path": dg.MetadataValue.path(str(path)),
-                **lineage_metadata(
-                    CURRENT_CONFIG["text_embeddings"](settings, lane, language, {}),
-                    {input_name("captions", language): file_version(outputs.captions_path(language))},
-                    [path],
-                    settings.root,
-                ),
-            },
-            check_results=_vector_check(key, vectors, encoder.dim, needed.height),
-        )
+
+        return materialize_partitions(context, one_language)
 
     return text_embeddings

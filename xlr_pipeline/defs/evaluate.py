@@ -7,10 +7,13 @@ from xlr_pipeline.core.evaluation import RANDOM, TRAINED, RunProvenance, TestQue
 from xlr_pipeline.core.head import head_fingerprint, head_from_bytes
 from xlr_pipeline.core.index import load_index
 from xlr_pipeline.core.metrics import DirectionResult, recall_is_monotone
+from xlr_pipeline.core.plots import recall_bars
+from xlr_pipeline.core.report import recall_by_language, to_markdown
 from xlr_pipeline.core.results import query_ranks_frame, query_ranks_path, record_evaluation
 from xlr_pipeline.core.storage import sha256_file, write_parquet_atomic
 from xlr_pipeline.defs.lane import Lane
 from xlr_pipeline.defs.lineage import file_version, input_name, lineage_metadata
+from xlr_pipeline.defs.metadata import PartitionOutcome, materialize_partitions, png_metadata, sql_hint
 from xlr_pipeline.defs.resources import XlrSettings, clear_failures, require_file
 from xlr_pipeline.defs.versions import CODE_VERSIONS
 
@@ -43,6 +46,9 @@ def build_retrieval_metrics(
         group_name=lane.group,
         kinds={"duckdb"},
         code_version=CODE_VERSIONS["retrieval_metrics"],
+        # A head retrained from the launchpad carries its index and metrics along (the automation sensor).
+        automation_condition=dg.AutomationCondition.eager(),
+        backfill_policy=dg.BackfillPolicy.single_run(),
         retry_policy=dg.RetryPolicy(max_retries=2, delay=2, backoff=dg.Backoff.EXPONENTIAL),
         check_specs=[
             dg.AssetCheckSpec("recall_bounds", asset=key, description="0 <= R@1 <= R@5 <= R@10 <= 1 in both directions"),
@@ -50,83 +56,109 @@ def build_retrieval_metrics(
         ],
     )
     def retrieval_metrics(context: dg.AssetExecutionContext, settings: XlrSettings) -> dg.MaterializeResult:
-        """Recall@1/5/10 on the test split for one language, text→image and image→text, appended to DuckDB.
+        """Recall@1/5/10 on the test split for each language of the run, text→image and image→text, appended to DuckDB.
 
         Also evaluates a random (untrained, same seed) head with the same normalisation as the baseline
         run `<run_id>:random-head`, so every table shows what training added. The run id is the Dagster
         run id that trained the head.
         """
-        language = context.partition_key
         outputs = lane.outputs(settings)
         head, saved = head_from_bytes(require_file(outputs.head_path, f"{lane.name}/projection_head").read_bytes())
         provenance = RunProvenance.from_dict(saved)
         ids = pl.read_parquet(require_file(outputs.index_ids_path, f"{lane.name}/image_index"))
         if ids["head_run_id"][0] != provenance.run_id:
-            raise dg.Failure(f"{lane.name}/image_index was built from an older projection head: materialize it first")
-        text_path = require_file(outputs.text_embeddings_path(language), f"{lane.name}/text_embeddings[{language}]")
-        texts = pl.read_parquet(text_path).filter(pl.col("split") == "test")
-        if texts["model_id"][0] != provenance.text_model:
             raise dg.Failure(
-                f"{lane.name}/text_embeddings[{language}] use {texts['model_id'][0]} but the head was trained on "
-                f"{provenance.text_model}: rematerialize the stale assets"
+                f"{lane.name}/image_index was built from an older projection head: materialize it first",
+                allow_retries=False,
             )
         images = pl.read_parquet(require_file(outputs.image_embeddings_path, f"{lane.name}/image_embeddings"))
         indexed = ids.select("image_id").join(images, on="image_id", how="left", maintain_order="left")
         position = {image_id: i for i, image_id in enumerate(ids["image_id"].to_list())}
-        captions_path = require_file(outputs.captions_path(language), f"{lane.name}/captions[{language}]")
-        test = TestQueries(
-            vectors_of(texts), np.array([position.get(i, -1) for i in texts["image_id"].to_list()]), sha256_file(captions_path)
-        )
+
+        languages = context.partition_keys
+        texts, tests = {}, {}
+        for language in languages:
+            text_path = require_file(outputs.text_embeddings_path(language), f"{lane.name}/text_embeddings[{language}]")
+            texts[language] = pl.read_parquet(text_path).filter(pl.col("split") == "test")
+            if texts[language]["model_id"][0] != provenance.text_model:
+                raise dg.Failure(
+                    f"{lane.name}/text_embeddings[{language}] use {texts[language]['model_id'][0]} but the head was "
+                    f"trained on {provenance.text_model}: rematerialize the stale assets",
+                    allow_retries=False,
+                )
+            captions_path = require_file(outputs.captions_path(language), f"{lane.name}/captions[{language}]")
+            tests[language] = TestQueries(
+                vectors_of(texts[language]),
+                np.array([position.get(i, -1) for i in texts[language]["image_id"].to_list()]),
+                sha256_file(captions_path),
+            )
         evaluation = evaluate_run(
-            head, provenance, vectors_of(indexed), {language: test}, CODE_VERSIONS, context.run.run_id,
+            head, provenance, vectors_of(indexed), tests, CODE_VERSIONS, context.run.run_id,
             image_index=load_index(outputs.index_path),
         )
-        results = evaluation.results[language]
-
-        captions = pl.read_parquet(captions_path).select("caption_id", "caption")
-        queries = texts.select("caption_id", "image_id").join(captions, on="caption_id", how="left", maintain_order="left")
-        ranks = query_ranks_frame(provenance.run_id, lane.name, language, results[TRAINED], queries, ids["image_id"].to_list())
-        # Written before the DuckDB transaction, so the `query_ranks` view never points at a missing file.
-        ranks_path = query_ranks_path(settings.results_db, lane.name, provenance.run_id, language, test.captions_hash)
-        write_parquet_atomic(ranks, ranks_path)
+        ranks_paths = {}
+        for language in languages:
+            captions = pl.read_parquet(outputs.captions_path(language)).select("caption_id", "caption")
+            queries = texts[language].select("caption_id", "image_id").join(captions, on="caption_id", how="left", maintain_order="left")
+            ranks = query_ranks_frame(
+                provenance.run_id, lane.name, language, evaluation.results[language][TRAINED], queries, ids["image_id"].to_list()
+            )
+            # Written before the DuckDB transaction, so the `query_ranks` view never points at a missing file.
+            ranks_paths[language] = query_ranks_path(settings.results_db, lane.name, provenance.run_id, language, tests[language].captions_hash)
+            write_parquet_atomic(ranks, ranks_paths[language])
         with clear_failures():
             added = record_evaluation(settings.results_db, evaluation.runs, evaluation.recall, evaluation.ranks)
+            by_language = recall_by_language(settings.results_db, provenance.run_id)
+        # On every partition of this run: the head's whole picture so far, not just this run's languages.
+        across_languages = {
+            "recall_by_language": png_metadata(recall_bars(by_language, f"{lane.name} head {provenance.run_id[:8]}"), "R@1/5/10 per language"),
+            "languages_table": dg.MetadataValue.md(to_markdown(by_language)),
+            "rows_added": added,
+            "results_db": dg.MetadataValue.path(str(settings.results_db)),
+            "sql": sql_hint(
+                f"SELECT language, direction, k, recall FROM recall_latest WHERE dataset = '{lane.name}' "
+                f"AND run_id = '{provenance.run_id}' ORDER BY language, direction, k"
+            ),
+        }
 
-        trained_r10 = np.mean([r.recall[10] for r in results[TRAINED]])
-        random_r10 = np.mean([r.recall[10] for r in results[RANDOM]])
-        return dg.MaterializeResult(
-            metadata={
-                "run_id": provenance.run_id,
-                "dataset": lane.name,
-                "language": language,
-                "results_db": dg.MetadataValue.path(str(settings.results_db)),
-                "rows_added": added,
-                "recall": _recall_table(results),
-                **{f"{r.direction}/R@{k}": v for r in results[TRAINED] for k, v in r.recall.items()},
-                **lineage_metadata(
-                    {},
-                    {
-                        input_name("text_embeddings", language): file_version(text_path),
-                        "image_embeddings": file_version(outputs.image_embeddings_path),
-                        "projection_head": head_fingerprint(head),
-                        "image_index": file_version(outputs.index_path),
-                    },
-                    [ranks_path],
-                    settings.root,
-                ),
-            },
-            check_results=[
-                dg.AssetCheckResult(
-                    check_name="recall_bounds",
-                    passed=all(recall_is_monotone(r.recall) for rs in results.values() for r in rs),
-                ),
-                dg.AssetCheckResult(
-                    check_name="beats_random_head",
-                    passed=bool(trained_r10 > random_r10),
-                    severity=dg.AssetCheckSeverity.WARN,
-                    metadata={"trained_mean_R@10": float(trained_r10), "random_mean_R@10": float(random_r10)},
-                ),
-            ],
-        )
+        def one_language(language: str) -> PartitionOutcome:
+            results = evaluation.results[language]
+            trained_r10 = np.mean([r.recall[10] for r in results[TRAINED]])
+            random_r10 = np.mean([r.recall[10] for r in results[RANDOM]])
+            return PartitionOutcome(
+                metadata={
+                    "run_id": provenance.run_id,
+                    "dataset": lane.name,
+                    "language": language,
+                    "recall": _recall_table(results),
+                    **{f"{r.direction}/R@{k}": round(v, 3) for r in results[TRAINED] for k, v in r.recall.items()},
+                    "query_ranks": dg.MetadataValue.path(str(ranks_paths[language])),
+                    **lineage_metadata(
+                        {},
+                        {
+                            input_name("text_embeddings", language): file_version(outputs.text_embeddings_path(language)),
+                            "image_embeddings": file_version(outputs.image_embeddings_path),
+                            "projection_head": head_fingerprint(head),
+                            "image_index": file_version(outputs.index_path),
+                        },
+                        [ranks_paths[language]],
+                        settings.root,
+                    ),
+                },
+                checks=[
+                    dg.AssetCheckResult(
+                        check_name="recall_bounds",
+                        passed=all(recall_is_monotone(r.recall) for rs in results.values() for r in rs),
+                    ),
+                    dg.AssetCheckResult(
+                        check_name="beats_random_head",
+                        passed=bool(trained_r10 > random_r10),
+                        severity=dg.AssetCheckSeverity.WARN,
+                        metadata={"trained_mean_R@10": round(float(trained_r10), 3), "random_mean_R@10": round(float(random_r10), 3)},
+                    ),
+                ],
+            )
+
+        return materialize_partitions(context, one_language, across_languages)
 
     return retrieval_metrics

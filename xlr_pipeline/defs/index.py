@@ -24,6 +24,8 @@ def build_image_index(
         group_name=lane.group,
         kinds={"faiss"},
         code_version=CODE_VERSIONS["image_index"],
+        # A head retrained from the launchpad carries its index and metrics along (the automation sensor).
+        automation_condition=dg.AutomationCondition.eager(),
         check_specs=[dg.AssetCheckSpec("indexes_every_test_image", asset=key)],
     )
     def image_index(context: dg.AssetExecutionContext, settings: XlrSettings) -> dg.MaterializeResult:

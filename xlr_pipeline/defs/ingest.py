@@ -4,8 +4,8 @@ import polars as pl
 from xlr_pipeline.core.datasets import read_captions
 from xlr_pipeline.core.storage import sha256_file, write_parquet_atomic
 from xlr_pipeline.defs.lane import Lane
-from xlr_pipeline.defs.lineage import CURRENT_CONFIG, lineage_metadata
-from xlr_pipeline.defs.metadata import file_data_version, markdown_preview
+from xlr_pipeline.defs.lineage import CURRENT_CONFIG, file_version, lineage_metadata
+from xlr_pipeline.defs.metadata import PartitionOutcome, markdown_preview, materialize_partitions
 from xlr_pipeline.defs.resources import XlrSettings, clear_failures
 from xlr_pipeline.defs.versions import CODE_VERSIONS
 
@@ -19,63 +19,67 @@ def build_captions(lane: Lane) -> dg.AssetsDefinition:
         group_name=lane.group,
         kinds={"polars", "parquet"},
         code_version=CODE_VERSIONS["captions"],
+        backfill_policy=dg.BackfillPolicy.single_run(),
         check_specs=[
             dg.AssetCheckSpec("no_quarantined_rows", asset=key, description="Every row of the caption file was usable"),
             dg.AssetCheckSpec("every_test_image_captioned", asset=key, description="Each test image has a caption in this language"),
         ],
     )
     def captions(context: dg.AssetExecutionContext, settings: XlrSettings) -> dg.MaterializeResult:
-        """One language's caption file, validated and normalised (whitespace, ISO 639-1 code, split).
+        """Each language's caption file, validated and normalised (whitespace, ISO 639-1 code, split).
 
         A file that cannot be trusted (empty, undecodable, wrong line count) fails with its file and line;
         single bad rows (unknown image id, empty or duplicate caption) go to a quarantine table that names
         the file and line, and the rest is kept.
         """
-        language = context.partition_key
         outputs = lane.outputs(settings)
-        with clear_failures():
-            source = lane.spec.caption_file(language)
-            records = lane.spec.image_records()
-            frame, quarantine = read_captions(lane.spec, language, source, records)
-        write_parquet_atomic(frame, outputs.captions_path(language))
-        write_parquet_atomic(quarantine, outputs.quarantine_path(language))
 
-        test_ids = {record.image_id for record in records if record.split == "test"}
-        uncaptioned = sorted(test_ids - set(frame.filter(pl.col("split") == "test")["image_id"]))
-        return dg.MaterializeResult(
-            data_version=file_data_version(outputs.captions_path(language)),
-            metadata={
-                "dataset": lane.name,
-                "language": language,
-                "source_file": str(source),
-                "source_sha256": sha256_file(source),
-                "dagster/row_count": frame.height,
-                "train_rows": frame.filter(pl.col("split") == "train").height,
-                "test_rows": frame.filter(pl.col("split") == "test").height,
-                "quarantined_rows": quarantine.height,
-                "path": dg.MetadataValue.path(str(outputs.captions_path(language))),
-                "preview": markdown_preview(frame.select("image_id", "caption", "split")),
-                **lineage_metadata(
-                    CURRENT_CONFIG["captions"](settings, lane, language, {}),
-                    {},
-                    [outputs.captions_path(language), outputs.quarantine_path(language)],
-                    settings.root,
-                ),
-            },
-            check_results=[
-                dg.AssetCheckResult(
-                    check_name="no_quarantined_rows",
-                    passed=quarantine.is_empty(),
-                    severity=dg.AssetCheckSeverity.WARN,
-                    metadata={"quarantined": quarantine.height, "first": markdown_preview(quarantine)},
-                ),
-                dg.AssetCheckResult(
-                    check_name="every_test_image_captioned",
-                    passed=not uncaptioned,
-                    severity=dg.AssetCheckSeverity.WARN,
-                    metadata={"uncaptioned_test_images": len(uncaptioned), "examples": ", ".join(uncaptioned[:5])},
-                ),
-            ],
-        )
+        def one_language(language: str) -> PartitionOutcome:
+            with clear_failures():
+                source = lane.spec.caption_file(language)
+                records = lane.spec.image_records()
+                frame, quarantine = read_captions(lane.spec, language, source, records)
+            write_parquet_atomic(frame, outputs.captions_path(language))
+            write_parquet_atomic(quarantine, outputs.quarantine_path(language))
+
+            test_ids = {record.image_id for record in records if record.split == "test"}
+            uncaptioned = sorted(test_ids - set(frame.filter(pl.col("split") == "test")["image_id"]))
+            return PartitionOutcome(
+                version=file_version(outputs.captions_path(language)),
+                metadata={
+                    "dataset": lane.name,
+                    "language": language,
+                    "source_file": str(source),
+                    "source_sha256": sha256_file(source),
+                    "dagster/row_count": frame.height,
+                    "train_rows": frame.filter(pl.col("split") == "train").height,
+                    "test_rows": frame.filter(pl.col("split") == "test").height,
+                    "quarantined_rows": quarantine.height,
+                    "path": dg.MetadataValue.path(str(outputs.captions_path(language))),
+                    "preview": markdown_preview(frame.select("image_id", "caption", "split")),
+                    **lineage_metadata(
+                        CURRENT_CONFIG["captions"](settings, lane, language, {}),
+                        {},
+                        [outputs.captions_path(language), outputs.quarantine_path(language)],
+                        settings.root,
+                    ),
+                },
+                checks=[
+                    dg.AssetCheckResult(
+                        check_name="no_quarantined_rows",
+                        passed=quarantine.is_empty(),
+                        severity=dg.AssetCheckSeverity.WARN,
+                        metadata={"quarantined": quarantine.height, "first": markdown_preview(quarantine)},
+                    ),
+                    dg.AssetCheckResult(
+                        check_name="every_test_image_captioned",
+                        passed=not uncaptioned,
+                        severity=dg.AssetCheckSeverity.WARN,
+                        metadata={"uncaptioned_test_images": len(uncaptioned), "examples": ", ".join(uncaptioned[:5])},
+                    ),
+                ],
+            )
+
+        return materialize_partitions(context, one_language)
 
     return captions

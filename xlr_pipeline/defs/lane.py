@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,11 @@ import dagster as dg
 from xlr_pipeline.core.datasets import DatasetSpec
 from xlr_pipeline.core.outputs import DatasetOutputs
 from xlr_pipeline.defs.resources import XlrSettings
+
+# Language-partitioned assets run a backfill of many languages as one run (`BackfillPolicy.single_run`): one
+# process loads torch once instead of once per language. The parameter is marked beta; its note would print on
+# every definitions load.
+warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
 
 # The per-dataset chain (`xlr run`) and the experiments on top of it (`xlr grid`), by asset name.
 CHAIN_ASSETS = ("captions", "image_embeddings", "text_embeddings", "projection_head", "image_index", "retrieval_metrics")

@@ -70,6 +70,9 @@ def build_pipeline(settings: XlrSettings, specs: list[DatasetSpec] | None = None
     lanes = {spec.name: Lane.of(spec) for spec in (discover_datasets(settings.roots()) if specs is None else specs)}
     definitions = dg.Definitions.merge(
         *(lane_definitions(lane) for lane in lanes.values()),
-        dg.Definitions(resources={"settings": settings}),
+        # Steps of a run execute in its own process, one after another: a run launched from the UI loads torch
+        # once instead of once per step, and two heavy steps never compete for a laptop's cores. Runs are
+        # limited by the instance's run queue (see runner.instance_yaml).
+        dg.Definitions(resources={"settings": settings}, executor=dg.in_process_executor),
     )
     return Pipeline(settings, lanes, definitions)

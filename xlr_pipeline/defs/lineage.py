@@ -19,6 +19,9 @@ from xlr_pipeline.defs.resources import XlrSettings
 CONFIG_KEY = "xlr/config"
 INPUTS_KEY = "xlr/inputs"
 OUTPUTS_KEY = "xlr/outputs"
+# A partition's own content version. Dagster's data version is one per materialization event batch, shared by
+# every partition of a ranged run; consumers record and compare this one.
+VERSION_KEY = "xlr/version"
 
 
 def _captions_config(settings: XlrSettings, lane: Lane, partition: str | None, head_config: dict) -> dict:

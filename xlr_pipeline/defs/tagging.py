@@ -31,6 +31,7 @@ from xlr_pipeline.core.tagging import (
 )
 from xlr_pipeline.defs.lane import Lane
 from xlr_pipeline.defs.lineage import CURRENT_CONFIG, file_version, input_name, lineage_metadata
+from xlr_pipeline.defs.metadata import PartitionOutcome, materialize_partitions
 from xlr_pipeline.defs.resources import XlrSettings, clear_failures, require_file
 from xlr_pipeline.defs.train import training_pairs
 from xlr_pipeline.defs.versions import CODE_VERSIONS
@@ -75,70 +76,74 @@ def build_tagging(
         group_name=lane.tagging_group,
         kinds={"faiss", "duckdb"},
         code_version=CODE_VERSIONS["tags"],
+        backfill_policy=dg.BackfillPolicy.single_run(),
     )
     def tags(context: dg.AssetExecutionContext, config: TagsConfig, settings: XlrSettings) -> dg.MaterializeResult:
-        """Tags for every test image in one language, zero-shot: the language's tag vocabulary (the declared
+        """Tags for every test image in each language, zero-shot: the language's tag vocabulary (the declared
         tag file, else the keywords of its captions) embedded by the frozen text encoder and projected by the
         English-trained head; an image's tags are the nearest vocabulary entries. Top tags go to Parquet and
         to DuckDB `tags`; the embedded vocabulary is kept for `tagging_report` and `xlr tag`."""
-        language = context.partition_key
         outputs = lane.outputs(settings)
-        captions_path = require_file(outputs.captions_path(language), f"{lane.name}/captions[{language}]")
-        frame = pl.read_parquet(captions_path)
-        vocabulary = _vocabulary(lane, language, frame)
-        if not vocabulary:
-            raise dg.Failure(
-                f"{lane.name} has no tags for {language!r}: give its captions a keywords column or declare "
-                "`tags = \"tags/{lang}.txt\"` in dataset.toml", allow_retries=False,
-            )
         head, saved = head_from_bytes(require_file(outputs.head_path, f"{lane.name}/projection_head").read_bytes())
         provenance = RunProvenance.from_dict(saved)
-        vectors = settings.cached_text_encoder()(vocabulary)
-        vocabulary_hash = combined_hash(vocabulary)
-        write_parquet_atomic(with_vectors(pl.DataFrame({"tag": vocabulary}), vectors), outputs.tag_vocabulary_path(language))
         images = pl.read_parquet(require_file(outputs.image_embeddings_path, f"{lane.name}/image_embeddings"))
         test = images.filter(pl.col("split") == "test")
-        ranking = rank_tags(head, vectors_of(test), vectors, config.top)
-        top_tags = pl.DataFrame(
-            {
-                "image_id": np.repeat(test["image_id"].to_numpy(), ranking.indices.shape[1]),
-                "rank": np.tile(np.arange(1, ranking.indices.shape[1] + 1), test.height),
-                "tag": [vocabulary[i] for i in ranking.indices.ravel()],
-                "score": ranking.scores.ravel().astype(float),
-            }
-        )
-        write_parquet_atomic(top_tags, outputs.tags_path(language))
-        rows = top_tags.with_columns(
-            run_id=pl.lit(provenance.run_id), dataset=pl.lit(lane.name), language=pl.lit(language),
-            vocabulary_hash=pl.lit(vocabulary_hash), dagster_run_id=pl.lit(context.run.run_id),
-        )
-        with clear_failures():
-            added = append_tables(settings.results_db, [("tags", rows, "tagged_at")])["tags"]
-        truth = ground_truth(frame)
-        scores = evaluate_tags({i: [normalise_tag(t) for t in g["tag"]] for (i,), g in top_tags.group_by("image_id")}, truth)
-        return dg.MaterializeResult(
-            data_version=dg.DataVersion(file_version(outputs.tags_path(language))),
-            metadata={
-                "run_id": provenance.run_id,
-                "language": language,
-                "vocabulary_size": len(vocabulary),
-                "tagged_images": test.height,
-                "rows_added": added,
-                **{f"precision@{k}": round(float(scores.precision[k].mean()), 3) for k in TAGGING_KS if k <= config.top},
-                "gallery": _gallery(top_tags, truth),
-                "path": dg.MetadataValue.path(str(outputs.tags_path(language))),
-                **lineage_metadata(
-                    CURRENT_CONFIG["tags"](settings, lane, language, {}),
-                    {
-                        input_name("captions", language): file_version(captions_path),
-                        "image_embeddings": file_version(outputs.image_embeddings_path),
-                        "projection_head": head_fingerprint(head),
-                    },
-                    [outputs.tags_path(language), outputs.tag_vocabulary_path(language)],
-                    settings.root,
-                ),
-            },
-        )
+
+        def one_language(language: str) -> PartitionOutcome:
+            captions_path = require_file(outputs.captions_path(language), f"{lane.name}/captions[{language}]")
+            frame = pl.read_parquet(captions_path)
+            vocabulary = _vocabulary(lane, language, frame)
+            if not vocabulary:
+                raise dg.Failure(
+                    f"{lane.name} has no tags for {language!r}: give its captions a keywords column or declare "
+                    "`tags = \"tags/{lang}.txt\"` in dataset.toml", allow_retries=False,
+                )
+            vectors = settings.cached_text_encoder()(vocabulary)
+            vocabulary_hash = combined_hash(vocabulary)
+            write_parquet_atomic(with_vectors(pl.DataFrame({"tag": vocabulary}), vectors), outputs.tag_vocabulary_path(language))
+            ranking = rank_tags(head, vectors_of(test), vectors, config.top)
+            top_tags = pl.DataFrame(
+                {
+                    "image_id": np.repeat(test["image_id"].to_numpy(), ranking.indices.shape[1]),
+                    "rank": np.tile(np.arange(1, ranking.indices.shape[1] + 1), test.height),
+                    "tag": [vocabulary[i] for i in ranking.indices.ravel()],
+                    "score": ranking.scores.ravel().astype(float),
+                }
+            )
+            write_parquet_atomic(top_tags, outputs.tags_path(language))
+            rows = top_tags.with_columns(
+                run_id=pl.lit(provenance.run_id), dataset=pl.lit(lane.name), language=pl.lit(language),
+                vocabulary_hash=pl.lit(vocabulary_hash), dagster_run_id=pl.lit(context.run.run_id),
+            )
+            with clear_failures():
+                added = append_tables(settings.results_db, [("tags", rows, "tagged_at")])["tags"]
+            truth = ground_truth(frame)
+            scores = evaluate_tags({i: [normalise_tag(t) for t in g["tag"]] for (i,), g in top_tags.group_by("image_id")}, truth)
+            return PartitionOutcome(
+                version=file_version(outputs.tags_path(language)),
+                metadata={
+                    "run_id": provenance.run_id,
+                    "language": language,
+                    "vocabulary_size": len(vocabulary),
+                    "tagged_images": test.height,
+                    "rows_added": added,
+                    **{f"precision@{k}": round(float(scores.precision[k].mean()), 3) for k in TAGGING_KS if k <= config.top},
+                    "gallery": _gallery(top_tags, truth),
+                    "path": dg.MetadataValue.path(str(outputs.tags_path(language))),
+                    **lineage_metadata(
+                        CURRENT_CONFIG["tags"](settings, lane, language, {}),
+                        {
+                            input_name("captions", language): file_version(captions_path),
+                            "image_embeddings": file_version(outputs.image_embeddings_path),
+                            "projection_head": head_fingerprint(head),
+                        },
+                        [outputs.tags_path(language), outputs.tag_vocabulary_path(language)],
+                        settings.root,
+                    ),
+                },
+            )
+
+        return materialize_partitions(context, one_language)
 
     @dg.asset(
         key=lane.key("tagging_report"),

@@ -5,6 +5,7 @@ from pydantic import Field
 
 from xlr_pipeline.core.embeddings import vectors_of
 from xlr_pipeline.core.evaluation import RunProvenance
+from xlr_pipeline.core.plots import loss_curve
 from xlr_pipeline.core.choices import Architecture, NegativeMining, Objective
 from xlr_pipeline.core.head import (
     HeadConfig,
@@ -26,7 +27,7 @@ from xlr_pipeline.defs.lineage import (
     lineage_metadata,
 )
 from xlr_pipeline.defs.lane import Lane
-from xlr_pipeline.defs.metadata import markdown_preview
+from xlr_pipeline.defs.metadata import png_metadata
 from xlr_pipeline.defs.resources import XlrSettings, require_file
 from xlr_pipeline.defs.versions import CODE_VERSIONS
 
@@ -129,9 +130,10 @@ def build_projection_head(
             metadata={
                 **provenance.as_dict(),
                 "head_config": head_config.as_dict(),
-                "first_epoch_loss": result.loss_history[0],
-                "final_epoch_loss": result.loss_history[-1],
-                "loss_curve": markdown_preview(history.gather_every(max(1, history.height // 10)), rows=12),
+                "first_epoch_loss": round(result.loss_history[0], 4),
+                "final_epoch_loss": round(result.loss_history[-1], 4),
+                "loss_curve": png_metadata(loss_curve(result.loss_history, f"{lane.name}: {config.objective}"), "loss curve"),
+                "loss_history": dg.MetadataValue.path(str(outputs.loss_history_path)),
                 "path": dg.MetadataValue.path(str(outputs.head_path)),
                 **lineage_metadata(
                     CURRENT_CONFIG["projection_head"](settings, lane, None, head_config.as_dict()),
