@@ -10,6 +10,7 @@ import torchvision
 
 from xlr_pipeline.core.encoders import ENGLISH_ONLY_TEXT_MODEL
 from xlr_pipeline.core.head import head_from_bytes
+from xlr_pipeline.defs.lineage import VERSION_KEY, file_version
 from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline.runner import current_statuses, materialize_target, run_pipeline
 from xlr_pipeline.staleness import Target
@@ -176,3 +177,33 @@ def test_a_deleted_outputs_folder_is_rebuilt_by_run_stale(scenario):
     } | {"image_embeddings", "projection_head", "image_index"}
     assert outputs_for(data_dir).head_path.is_file()
     assert all(status.state == "fresh" for status in statuses(instance, pipeline_for(data_dir)).values())
+
+
+def test_one_run_over_every_language_keeps_each_languages_lineage(scenario):
+    """What a UI backfill does (single-run backfill policy): captions and text embeddings of every language
+    in one run. Each language still gets its own materialization, metadata and version, so a change to
+    one language's file makes exactly that language's metrics stale."""
+    data_dir, instance = scenario
+    pipeline = pipeline_for(data_dir)
+    edit_caption(data_dir, "de", "test")
+    lane = pipeline.lane(DATASET)
+    keys = [lane.key("captions"), lane.key("text_embeddings")]
+    result = dg.materialize(
+        pipeline.assets(), selection=keys, instance=instance,
+        tags={"dagster/asset_partition_range_start": "de", "dagster/asset_partition_range_end": "ja"},
+    )
+    assert result.success
+    captions = {
+        event.partition: event.event_specific_data.materialization
+        for event in result.get_asset_materialization_events()
+        if event.asset_key == keys[0]
+    }
+    assert set(captions) == set(SUBSET_LANGUAGES)
+    for language, materialization in captions.items():
+        assert materialization.metadata["language"].value == language
+        assert materialization.metadata[VERSION_KEY].value == file_version(outputs_for(data_dir).captions_path(language))
+    checks = {evaluation.check_name: evaluation for evaluation in result.get_asset_check_evaluations() if evaluation.asset_key == keys[0]}
+    assert checks["no_quarantined_rows"].passed and "per_language" in checks["no_quarantined_rows"].metadata
+
+    stale = {name for name, status in statuses(instance, pipeline).items() if status.state != "fresh"}
+    assert stale == {"retrieval_metrics[de]"}

@@ -192,17 +192,18 @@ def click_materialize_all(page: Page, ui: DagsterUI, group: str) -> float:
     return launched
 
 
-def open_launchpad(page: Page, ui: DagsterUI, asset_path: str) -> None:
-    """The asset's page → the caret beside *Materialize* → *Open launchpad*."""
-    open_page(page, f"{ui.url}/assets/{asset_path}")
+def open_launchpad(page: Page, url: str) -> None:
+    """An asset's or a group's page → the caret beside *Materialize* (*Materialize all…*) → *Open launchpad*."""
+    open_page(page, url)
     page.locator("div:has(> span > button:has-text('Materialize'))").locator("button:has([aria-label=arrow_drop_down])").first.click()
     page.get_by_text("Open launchpad").click()
-    page.locator(".CodeMirror").first.wait_for()
+    page.locator("[role=dialog] .CodeMirror").first.wait_for()
 
 
 def set_launchpad_config(page: Page, yaml_text: str) -> None:
-    """Replace the launchpad's YAML as a user pasting it would."""
-    page.locator(".CodeMirror").first.click()
+    """Replace the launchpad's YAML as a user pasting it would, once the launchpad has loaded."""
+    page.locator("[class*=LoadingOverlay]").first.wait_for(state="hidden", timeout=120_000)
+    page.locator("[role=dialog] .CodeMirror").first.click()
     page.keyboard.press("Control+A")
     page.keyboard.press("Delete")
     page.keyboard.insert_text(yaml_text)

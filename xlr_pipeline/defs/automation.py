@@ -39,7 +39,9 @@ def _scan(lane: Lane) -> tuple[dict[str, str], set[str], list[str]]:
     return usable, invalid, problems
 
 
-def build_automation(lane: Lane) -> tuple[dg.SensorDefinition, dg.ScheduleDefinition, dg.UnresolvedAssetJobDefinition]:
+def build_automation(
+    lane: Lane,
+) -> tuple[list[dg.SensorDefinition], dg.ScheduleDefinition, dg.UnresolvedAssetJobDefinition]:
     language_keys = lane.keys(LANGUAGE_ASSETS)
     job = dg.define_asset_job(
         f"{lane.name}_reevaluate_language",
@@ -121,4 +123,13 @@ def build_automation(lane: Lane) -> tuple[dg.SensorDefinition, dg.ScheduleDefini
         stamp = context.scheduled_execution_time.isoformat()
         return [dg.RunRequest(run_key=f"{language}:{stamp}", partition_key=language) for language in languages]
 
-    return language_files_sensor, reevaluate_all_languages, job
+    # Dagster's default automation sensor starts stopped; this one runs, so a head retrained from the launchpad
+    # brings its index and metrics up to date (their eager conditions) without the user knowing the graph.
+    follow_head = dg.AutomationConditionSensorDefinition(
+        f"{lane.name}_follow_head",
+        target=dg.AssetSelection.assets(*lane.keys(("image_index", "retrieval_metrics"))),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=15,
+        description=f"Rebuilds {lane.name}/image_index and re-evaluates every language after the head or embeddings change.",
+    )
+    return [language_files_sensor, follow_head], reevaluate_all_languages, job

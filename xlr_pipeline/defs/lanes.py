@@ -28,12 +28,12 @@ def lane_definitions(lane: Lane) -> dg.Definitions:
     retrieval_metrics = build_retrieval_metrics(lane, text_embeddings, image_embeddings, projection_head, image_index)
     experiments = build_experiments(lane, captions, image_embeddings, text_embeddings)
     tagging = build_tagging(lane, captions, image_embeddings, text_embeddings, projection_head)
-    sensor, schedule, job = build_automation(lane)
+    sensors, schedule, job = build_automation(lane)
     return dg.Definitions(
         assets=[
             captions, image_embeddings, text_embeddings, projection_head, image_index, retrieval_metrics, *experiments, *tagging
         ],
-        sensors=[sensor],
+        sensors=sensors,
         schedules=[schedule],
         jobs=[job],
     )
