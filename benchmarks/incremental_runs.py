@@ -10,13 +10,10 @@ Usage: .venv/bin/python benchmarks/incremental_runs.py
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import shutil
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import dagster as dg
@@ -25,8 +22,8 @@ from xlr_pipeline.defs.lanes import build_pipeline
 from xlr_pipeline.defs.resources import DEFAULT_DATA_DIR, XlrSettings
 from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline.runner import run_pipeline
+from results_io import header, write_results
 
-RESULTS = Path(__file__).resolve().parent / "results"
 NEW_LANGUAGE = "pl"
 
 
@@ -61,15 +58,7 @@ def main() -> None:
     cold = steps[0]["seconds"]
     for step in steps:
         step["ratio_to_cold"] = round(step["seconds"] / cold, 4)
-    result = {
-        "benchmark": "incremental_runs",
-        "dataset": "emoji_cldr",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "steps": steps,
-    }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "incremental_runs.json").write_text(json.dumps(result, indent=2) + "\n")
+    result = {**header("incremental_runs", "emoji_cldr"), "steps": steps}
     lines = [
         f"# Incremental runs on emoji_cldr ({result['date']}, {os.cpu_count()} CPUs)",
         "",
@@ -78,8 +67,7 @@ def main() -> None:
         *[f"| {s['step']} | {s['seconds']:.1f} | {s['materializations']} | {s['ratio_to_cold']:.3f} |" for s in steps],
         "",
     ]
-    (RESULTS / "incremental_runs.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_results(result, lines)
 
 
 if __name__ == "__main__":

@@ -13,22 +13,19 @@ Usage: .venv/bin/python benchmarks/ui_materialize_all.py   (needs Debian's chrom
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 from xlr_pipeline.defs.resources import DEFAULT_DATA_DIR
 from xlr_pipeline_tests.ui_session import chromium_page, click_materialize_all, xlr_dev
+from results_io import header, write_results
 
-RESULTS = Path(__file__).resolve().parent / "results"
 DATASET = "emoji_cldr"
 
 
@@ -121,17 +118,12 @@ def main() -> None:
         print(f"UI Materialize all: {ui['seconds']} s, peak {ui['peak_rss_mib']} MiB")
     ratio = ui["seconds"] / cli["seconds"]
     result = {
-        "benchmark": "ui_materialize_all",
-        "dataset": DATASET,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        **header("ui_materialize_all", DATASET),
         "cli_cold_run": cli,
         "ui_materialize_all": ui,
         "ratio_ui_to_cli": round(ratio, 3),
         "goal": "≤ 1.5",
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "ui_materialize_all.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     lines = [
         f"# UI *Materialize all* vs CLI cold run on {DATASET} ({result['date']}, {os.cpu_count()} CPUs)",
         "",
@@ -148,8 +140,7 @@ def main() -> None:
         *[f"| {i} | {', '.join(r['assets'])} | {r['waited_s']:.1f} | {r['seconds']:.1f} |" for i, r in enumerate(ui["runs"], 1)],
         "",
     ]
-    (RESULTS / "ui_materialize_all.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_results(result, lines)
 
 
 if __name__ == "__main__":

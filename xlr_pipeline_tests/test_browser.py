@@ -23,6 +23,7 @@ from xlr_pipeline_tests.ui_session import (
     chromium_page,
     click_materialize_all,
     group_url,
+    lineage_screenshot,
     open_launchpad,
     open_page,
     screenshot,
@@ -85,7 +86,6 @@ def test_a_user_works_the_pipeline_in_the_browser(fresh_data_dir, tmp_path):
         open_page(page, group_url(ui, DATASET))
         for asset in CHAIN:
             page.get_by_text(asset, exact=True).first.wait_for()
-        screenshot(page, SCREENSHOTS / "lineage.png")
 
         # Materialize all → one backfill; language-partitioned assets run as one run per asset range.
         launched = click_materialize_all(page, ui, DATASET)
@@ -97,6 +97,7 @@ def test_a_user_works_the_pipeline_in_the_browser(fresh_data_dir, tmp_path):
         ranged = [run for run in runs if "captions" in run["assets"]]
         assert {tag["key"]: tag["value"] for tag in ranged[0]["tags"]}.get("dagster/asset_partition_range_start")
 
+        lineage_screenshot(page, ui, DATASET, SCREENSHOTS / "lineage.png")
         open_page(page, f"{ui.url}/runs")
         page.get_by_text("Success").first.wait_for()
         screenshot(page, SCREENSHOTS / "runs.png")

@@ -33,6 +33,7 @@ CHROMIUM_FLAGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1400,900",
 ]
 VIEWPORT = {"width": 1400, "height": 900}
+WIDE_VIEWPORT = {"width": 2000, "height": 1150}
 
 
 def free_port() -> int:
@@ -212,5 +213,17 @@ def set_launchpad_config(page: Page, yaml_text: str) -> None:
 
 def screenshot(page: Page, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(800)  # let dialogs finish fading in
     page.screenshot(path=str(path))
     return path
+
+
+def lineage_screenshot(page: Page, ui: DagsterUI, group: str, path: Path) -> Path:
+    """The group's graph in a window wide enough for Dagster to draw each node's checks, partitions and kinds."""
+    page.set_viewport_size(WIDE_VIEWPORT)
+    try:
+        open_page(page, group_url(ui, group))
+        page.get_by_text("Asset checks").first.wait_for()
+        return screenshot(page, path)
+    finally:
+        page.set_viewport_size(VIEWPORT)
