@@ -1,12 +1,13 @@
 """Benchmark: *Materialize all* in the Dagster UI against the CLI's cold run, on the shipped emoji_cldr.
 
-One invocation, two cold starts on separate temporary copies of the data (empty embedding caches, fresh
+One invocation, cold starts on separate temporary copies of the data (empty embedding caches, fresh
 Dagster homes prepared by xlr as for a user):
 - baseline: `xlr run` (the chain, every language) as a subprocess;
 - UI: `xlr dev` (webserver + daemon), then headless Chromium clicks *Materialize all…* on the `emoji_cldr`
   lineage page, partitions *All*, *Launch backfill*; timed from the click to the end of the last run.
 Peak memory is the summed resident memory of each side's process group (sampled every 0.5 s; for the UI
-it includes the webserver, daemon and code server). Writes benchmarks/results/ui_materialize_all.{json,md}.
+it includes the webserver, daemon and code server). Two alternating pairs. Writes
+benchmarks/results/ui_materialize_all.{json,md}.
 
 Usage: .venv/bin/python benchmarks/ui_materialize_all.py   (needs Debian's chromium)
 """
@@ -27,6 +28,7 @@ from xlr_pipeline_tests.ui_session import chromium_page, click_materialize_all, 
 from results_io import header, write_results
 
 DATASET = "emoji_cldr"
+REPEATS = 2
 
 
 class GroupMemory:
@@ -111,33 +113,40 @@ def ui_materialize_all(root: Path) -> dict:
 
 
 def main() -> None:
+    # Alternating pairs: where the daemon's 30-s tick falls moves a UI run by up to half a minute.
+    pairs = []
     with tempfile.TemporaryDirectory() as tmp:
-        cli = cli_cold_run(Path(tmp) / "cli")
-        print(f"CLI cold run: {cli}")
-        ui = ui_materialize_all(Path(tmp) / "ui")
-        print(f"UI Materialize all: {ui['seconds']} s, peak {ui['peak_rss_mib']} MiB")
-    ratio = ui["seconds"] / cli["seconds"]
-    result = {
-        **header("ui_materialize_all", DATASET),
-        "cli_cold_run": cli,
-        "ui_materialize_all": ui,
-        "ratio_ui_to_cli": round(ratio, 3),
-        "goal": "≤ 1.5",
-    }
+        for attempt in range(1, REPEATS + 1):
+            cli = cli_cold_run(Path(tmp) / f"cli{attempt}")
+            print(f"CLI cold run {attempt}: {cli}")
+            ui = ui_materialize_all(Path(tmp) / f"ui{attempt}")
+            print(f"UI Materialize all {attempt}: {ui['seconds']} s, peak {ui['peak_rss_mib']} MiB")
+            pairs.append({"cli_cold_run": cli, "ui_materialize_all": ui, "ratio_ui_to_cli": round(ui["seconds"] / cli["seconds"], 3)})
+    mean_ratio = sum(pair["ui_materialize_all"]["seconds"] for pair in pairs) / sum(pair["cli_cold_run"]["seconds"] for pair in pairs)
+    result = {**header("ui_materialize_all", DATASET), "pairs": pairs, "ratio_of_totals": round(mean_ratio, 3), "goal": "≤ 1.5"}
     lines = [
         f"# UI *Materialize all* vs CLI cold run on {DATASET} ({result['date']}, {os.cpu_count()} CPUs)",
         "",
-        "| | wall time (s) | peak RSS of its processes (MiB) | ratio to CLI |",
-        "|---|---|---|---|",
-        f"| `xlr run` (cold) | {cli['seconds']:.1f} | {cli['peak_rss_mib']} | 1.000 |",
-        f"| UI *Materialize all* (cold, click to last run's end) | {ui['seconds']:.1f} | {ui['peak_rss_mib']} "
-        f"(idle UI: {ui['idle_ui_rss_mib']}) | {ratio:.3f} |",
+        "| pair | `xlr run` cold (s) | its peak RSS (MiB) | UI *Materialize all* cold, click to last run's end (s) "
+        "| its peak RSS (MiB; idle UI) | ratio UI / CLI |",
+        "|---|---|---|---|---|---|",
+        *[
+            f"| {i} | {p['cli_cold_run']['seconds']:.1f} | {p['cli_cold_run']['peak_rss_mib']} | "
+            f"{p['ui_materialize_all']['seconds']:.1f} | {p['ui_materialize_all']['peak_rss_mib']} "
+            f"({p['ui_materialize_all']['idle_ui_rss_mib']}) | {p['ratio_ui_to_cli']:.3f} |"
+            for i, p in enumerate(pairs, 1)
+        ],
+        f"| all | | | | | **{mean_ratio:.3f}** (total UI time / total CLI time) |",
         "",
-        "Runs of the UI's backfill (one at a time: the instance's run queue on this machine):",
+        "Runs of each UI backfill (one at a time: the instance's run queue on this machine):",
         "",
-        "| run | assets | started after click (s) | ran (s) |",
-        "|---|---|---|---|",
-        *[f"| {i} | {', '.join(r['assets'])} | {r['waited_s']:.1f} | {r['seconds']:.1f} |" for i, r in enumerate(ui["runs"], 1)],
+        "| pair | run | assets | started after click (s) | ran (s) |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {i} | {j} | {', '.join(r['assets'])} | {r['waited_s']:.1f} | {r['seconds']:.1f} |"
+            for i, p in enumerate(pairs, 1)
+            for j, r in enumerate(p["ui_materialize_all"]["runs"], 1)
+        ],
         "",
     ]
     write_results(result, lines)
