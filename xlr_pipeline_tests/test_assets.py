@@ -51,7 +51,7 @@ def chain(tmp_path_factory, subset_data_dir):
 
 def _materialize_chain(pipeline, instance):
     instance.add_dynamic_partitions(pipeline.lane(DATASET).partitions.name, list(SUBSET_LANGUAGES))
-    results = {}
+    results = {"images": materialize(instance, pipeline, "images")}
     for language in SUBSET_LANGUAGES:
         results[f"captions[{language}]"] = materialize(instance, pipeline, "captions", language)
     results["image_embeddings"] = materialize(instance, pipeline, "image_embeddings")
@@ -68,6 +68,11 @@ def test_every_asset_writes_what_it_promises(chain):
     pipeline, instance, results = chain
     outputs = pipeline.settings.outputs(DATASET)
     assert all(result.success for result in results.values())
+
+    image_set = pl.read_parquet(outputs.images_path)
+    assert image_set.height == 160 and set(image_set["status"]) == {"ok"}
+    assert image_set["sha256"].str.len_chars().to_list() == [64] * 160
+    assert check_results(results["images"]) == {"all_images_usable": True}
 
     captions = pl.read_parquet(outputs.captions_path("de"))
     assert captions.height == 160 and set(captions["split"]) == {"train", "test"}
@@ -140,6 +145,7 @@ def test_quarantined_rows_warn_but_keep_good_rows(fresh_data_dir, instance):
     path = fresh_data_dir / DATASET / "captions" / "de.tsv"
     path.write_text(path.read_text("utf-8") + "zz-unknown\tGeist\tx\n", "utf-8")
     instance.add_dynamic_partitions(pipeline.lane(DATASET).partitions.name, ["de"])
+    materialize(instance, pipeline, "images")
     result = materialize(instance, pipeline, "captions", "de")
     assert check_results(result)["no_quarantined_rows"] is False
     quarantine = pl.read_parquet(outputs.quarantine_path("de"))
@@ -147,11 +153,22 @@ def test_quarantined_rows_warn_but_keep_good_rows(fresh_data_dir, instance):
     assert pl.read_parquet(outputs.captions_path("de")).height == 160
 
 
-def test_corrupt_image_fails_naming_the_file(fresh_data_dir, instance):
-    victim = sorted((fresh_data_dir / DATASET / "images").iterdir())[3]
-    victim.write_bytes(b"not an image at all")
-    result = materialize(instance, pipeline_for(fresh_data_dir), "image_embeddings", raise_on_error=False)
-    assert f"{victim}: cannot decode image" in failure_message(result)
+def test_corrupt_and_missing_images_are_named_and_left_out(fresh_data_dir, instance):
+    images = sorted((fresh_data_dir / DATASET / "images").iterdir())
+    images[3].write_bytes(b"not an image at all")
+    images[5].unlink()
+    pipeline = pipeline_for(fresh_data_dir)
+    result = materialize(instance, pipeline, "images")
+    evaluation = next(
+        e.event_specific_data for e in result.all_events
+        if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION and e.event_specific_data.check_name == "all_images_usable"
+    )
+    assert not evaluation.passed and evaluation.metadata["unusable"].value == 2
+    assert f"{images[3]}: cannot decode image" in evaluation.metadata["first"].value
+    assert images[5].stem in evaluation.metadata["first"].value
+    result = materialize(instance, pipeline, "image_embeddings")
+    embedded = pl.read_parquet(pipeline.settings.outputs(DATASET).image_embeddings_path)
+    assert embedded.height == 158 and not {images[3].stem, images[5].stem} & set(embedded["image_id"])
 
 
 def test_byte_identical_images_under_two_ids_are_reported(fresh_data_dir, instance):
@@ -160,7 +177,9 @@ def test_byte_identical_images_under_two_ids_are_reported(fresh_data_dir, instan
     shutil.copyfile(dataset / "images" / f"{train_image}.png", dataset / "images" / "copy-of-train.png")
     with open(dataset / "split.csv", "a", encoding="utf-8") as handle:
         handle.write("copy-of-train,test,x,y,z\n")
-    result = materialize(instance, pipeline_for(fresh_data_dir), "image_embeddings")
+    pipeline = pipeline_for(fresh_data_dir)
+    materialize(instance, pipeline, "images")
+    result = materialize(instance, pipeline, "image_embeddings")
     evaluation = next(
         e.event_specific_data for e in result.all_events
         if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION and e.event_specific_data.check_name == "distinct_images"

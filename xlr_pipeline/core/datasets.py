@@ -35,6 +35,7 @@ __all__ = ["CaptionFileError", "DatasetError", "DatasetSpec", "ImageRecord", "di
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 SPLITS = ("train", "test", "val")
+IMAGE_SOURCES = ("", "coco2014")
 # Longer captions are kept cut to this length and listed in the quarantine table (reason "truncated …").
 MAX_CAPTION_CHARS = 1000
 # A dataset name becomes an asset key prefix, a partition-set name and a folder name.
@@ -74,6 +75,11 @@ class DatasetSpec:
     default_split: str = "test"
     train_language: str = "en"
     description: str = ""
+    # "coco2014": the listed images are COCO 2014 files, found in a local COCO folder or downloaded.
+    image_source: str = ""
+    # With image_source = "coco2014": this many train2014 images (never a listed one) and their English
+    # captions from captions_train2014.json join the training split; settings can change the number.
+    coco_train_images: int = 0
 
     @classmethod
     def load(cls, root: Path) -> "DatasetSpec":
@@ -113,6 +119,13 @@ class DatasetSpec:
         if raw.get("default_split", "test") not in SPLITS:
             raise DatasetError(f"{spec_file}: default_split must be one of {SPLITS}")
         raw["train_language"] = normalize_language(raw.get("train_language", "en"), str(spec_file))
+        if raw.get("image_source", "") not in IMAGE_SOURCES:
+            raise DatasetError(f"{spec_file}: image_source must be one of {IMAGE_SOURCES}, not {raw['image_source']!r}")
+        train_images = raw.get("coco_train_images", 0)
+        if not isinstance(train_images, int) or train_images < 0:
+            raise DatasetError(f"{spec_file}: coco_train_images must be a whole number ≥ 0, not {train_images!r}")
+        if train_images and raw.get("image_source") != "coco2014":
+            raise DatasetError(f"{spec_file}: coco_train_images needs image_source = \"coco2014\"")
         return cls(root=root, **raw)
 
     def tag_file(self, language: str) -> Path | None:
@@ -190,33 +203,6 @@ class DatasetSpec:
         if not records:
             raise DatasetError(f"{path}: the image list is empty")
         return records
-
-    def image_paths(self, records: list[ImageRecord]) -> dict[str, Path]:
-        """image id → file; raises naming the first missing files and how to get them."""
-        if not self.images_dir.is_dir():
-            raise DatasetError(
-                f"{self.images_dir}: images folder not found for dataset {self.name!r}; "
-                f"put the images named in {self.image_list_path.name} there"
-            )
-        by_stem: dict[str, Path] = {}
-        for path in self.images_dir.iterdir():
-            if path.suffix.lower() in IMAGE_EXTENSIONS:
-                by_stem.setdefault(path.stem, path)
-        found: dict[str, Path] = {}
-        missing: list[str] = []
-        for record in records:
-            named = self.images_dir / record.file_name if record.file_name else None
-            path = named if named is not None and named.is_file() else by_stem.get(record.image_id)
-            if path is None:
-                missing.append(record.image_id)
-            else:
-                found[record.image_id] = path
-        if missing:
-            raise DatasetError(
-                f"{self.images_dir}: {len(missing)} of {len(records)} images listed in {self.image_list_path} "
-                f"are missing, e.g. {missing[:3]}"
-            )
-        return found
 
 
 def read_captions(

@@ -13,6 +13,19 @@ DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 class DatasetOutputs:
     root: Path
 
+    @property
+    def images_path(self) -> Path:
+        return self.root / "images" / "images.parquet"
+
+    @property
+    def train_captions_path(self) -> Path:
+        """English COCO training captions of a COCO-sourced dataset (and their rejected rows beside them)."""
+        return self.root / "images" / "coco_train_captions.parquet"
+
+    @property
+    def train_captions_rejected_path(self) -> Path:
+        return self.root / "images" / "coco_train_captions.rejected.parquet"
+
     def captions_path(self, language: str) -> Path:
         return self.root / "captions" / f"{language}.parquet"
 

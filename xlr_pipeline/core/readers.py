@@ -237,7 +237,7 @@ def _captions_parquet(path: Path, columns: Columns, images: ImageList) -> tuple[
     ], []
 
 
-def _captions_coco(path: Path, columns: Columns, images: ImageList) -> tuple[list[CaptionRow], list[RejectedRow]]:
+def read_coco_captions(path: Path, columns: Columns, images: ImageList) -> tuple[list[CaptionRow], list[RejectedRow]]:
     document = _read_coco(path)
     names = _coco_image_names(path, document)
     annotations = document.get("annotations")
@@ -260,5 +260,5 @@ CAPTION_READERS: dict[str, Callable[[Path, Columns, ImageList], tuple[list[Capti
     "tsv": _captions_tsv,
     "csv": _captions_csv,
     "parquet": _captions_parquet,
-    "coco_json": _captions_coco,
+    "coco_json": read_coco_captions,
 }

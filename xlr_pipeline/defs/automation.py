@@ -63,20 +63,18 @@ def build_automation(
         partitions), so starting the UI and then materializing the lane does every language once, not twice;
         from then on a new or changed file is evaluated alone. Invalid files and removed languages are
         reported in the tick and change nothing already stored; metrics are requested only once a head is
-        trained. A dataset whose images are not in place yet (e.g. XTD10 before the COCO images are added)
-        gets its language partitions and nothing else until its images are there.
+        trained. A dataset whose `images` asset was never materialized (e.g. XTD10 before its COCO images are
+        found or downloaded) gets its language partitions and nothing else until then.
         """
         try:
             current, invalid, problems = _scan(lane)
         except DatasetError as error:
             return dg.SkipReason(str(error))
         existing = set(context.instance.get_dynamic_partitions(lane.partitions.name))
-        try:
-            lane.spec.image_paths(lane.spec.image_records())
-        except DatasetError as error:
+        if not context.instance.get_latest_materialization_event(lane.key("images")):
             new = sorted(set(current) - existing)
             return dg.SensorResult(
-                skip_reason=f"no runs until the images are in place: {error}",
+                skip_reason=f"no runs until {lane.name}/images is materialized (the images must be in place or downloaded)",
                 dynamic_partitions_requests=[lane.partitions.build_add_request(new)] if new else [],
                 cursor=context.cursor,
             )

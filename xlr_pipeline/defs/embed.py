@@ -3,11 +3,12 @@ import polars as pl
 
 from xlr_pipeline.core.embeddings import embed_with_cache, with_vectors
 from xlr_pipeline.core.encoders import load_image, load_image_encoder, load_text_encoder
-from xlr_pipeline.core.storage import combined_hash, sha256_file, sha256_text, write_parquet_atomic
+from xlr_pipeline.core.image_sources import ImageSet
+from xlr_pipeline.core.storage import combined_hash, sha256_text, write_parquet_atomic
 from xlr_pipeline.core.datasets import ImageRecord
 from xlr_pipeline.core.validation import duplicate_groups, norm_summary, vector_problems
 from xlr_pipeline.defs.lane import Lane
-from xlr_pipeline.defs.lineage import CURRENT_CONFIG, file_version, image_set_config, input_name, lineage_metadata
+from xlr_pipeline.defs.lineage import CURRENT_CONFIG, file_version, input_name, lineage_metadata
 from xlr_pipeline.defs.metadata import PartitionOutcome, file_data_version, materialize_partitions, progress_logger
 from xlr_pipeline.defs.resources import XlrSettings, clear_failures, require_file
 from xlr_pipeline.defs.versions import CODE_VERSIONS
@@ -38,11 +39,12 @@ def _vector_check_specs(asset: dg.AssetKey, source: str) -> list[dg.AssetCheckSp
     ]
 
 
-def build_image_embeddings(lane: Lane) -> dg.AssetsDefinition:
+def build_image_embeddings(lane: Lane, images: dg.AssetsDefinition) -> dg.AssetsDefinition:
     key = lane.key("image_embeddings")
 
     @dg.asset(
         key=key,
+        deps=[images],
         group_name=lane.group,
         kinds={"pytorch", "parquet"},
         code_version=CODE_VERSIONS["image_embeddings"],
@@ -52,17 +54,17 @@ def build_image_embeddings(lane: Lane) -> dg.AssetsDefinition:
         ],
     )
     def image_embeddings(context: dg.AssetExecutionContext, settings: XlrSettings) -> dg.MaterializeResult:
-        """Frozen image-encoder features of every listed image (train and test), one row per image.
+        """Frozen image-encoder features of every usable image of the `images` asset (train and test).
 
         Cached by (image content hash, model id): an image is never encoded twice by the same model.
         """
         spec = lane.spec
-        path = lane.outputs(settings).image_embeddings_path
+        outputs = lane.outputs(settings)
+        path = outputs.image_embeddings_path
         with clear_failures():
-            records = spec.image_records()
-            paths = spec.image_paths(records)
+            image_set = ImageSet.read(require_file(outputs.images_path, f"{lane.name}/images"))
+            records, paths, hashes = image_set.records(), image_set.paths(), image_set.hashes()
             encoder = load_image_encoder(settings.image_model)
-            hashes = [sha256_file(paths[record.image_id]) for record in records]
             vectors, encoded = embed_with_cache(
                 [paths[record.image_id] for record in records],
                 hashes,
@@ -89,11 +91,17 @@ def build_image_embeddings(lane: Lane) -> dg.AssetsDefinition:
                 "image_model": encoder.model_id,
                 "dim": encoder.dim,
                 "dagster/row_count": frame.height,
+                "unusable_images_skipped": image_set.unusable.height,
                 "encoded_now": encoded,
                 "from_cache": frame.height - encoded,
                 "images_hash": combined_hash(hashes),
                 "path": dg.MetadataValue.path(str(path)),
-                **lineage_metadata(image_set_config(spec.name, settings.image_model, records, hashes), {}, [path], settings.root),
+                **lineage_metadata(
+                    CURRENT_CONFIG["image_embeddings"](settings, lane, None, {}),
+                    {"images": file_version(outputs.images_path)},
+                    [path],
+                    settings.root,
+                ),
             },
             check_results=[
                 *_vector_check(key, vectors, encoder.dim, len(records)),

@@ -1,21 +1,23 @@
 import dagster as dg
 import polars as pl
 
-from xlr_pipeline.core.datasets import read_captions
+from xlr_pipeline.core.datasets import CAPTION_SCHEMA, read_captions
+from xlr_pipeline.core.image_sources import ImageSet
 from xlr_pipeline.core.storage import sha256_file, write_parquet_atomic
 from xlr_pipeline.defs.lane import Lane
 from xlr_pipeline.defs.lineage import CURRENT_CONFIG, file_version, lineage_metadata
 from xlr_pipeline.defs.metadata import PartitionOutcome, markdown_preview, materialize_partitions
-from xlr_pipeline.defs.resources import XlrSettings, clear_failures
+from xlr_pipeline.defs.resources import XlrSettings, clear_failures, require_file
 from xlr_pipeline.defs.versions import CODE_VERSIONS
 
 
-def build_captions(lane: Lane) -> dg.AssetsDefinition:
+def build_captions(lane: Lane, images: dg.AssetsDefinition) -> dg.AssetsDefinition:
     key = lane.key("captions")
 
     @dg.asset(
         key=key,
         partitions_def=lane.partitions,
+        deps=[images],
         group_name=lane.group,
         kinds={"polars", "parquet"},
         code_version=CODE_VERSIONS["captions"],
@@ -30,19 +32,27 @@ def build_captions(lane: Lane) -> dg.AssetsDefinition:
 
         A file that cannot be trusted (empty, undecodable, wrong line count) fails with its file and line;
         single bad rows (unknown image id, empty or duplicate caption) go to a quarantine table that names
-        the file and line, and the rest is kept.
+        the file and line, and the rest is kept. Captions of images that the `images` asset could not use
+        are left out (counted). The training language of a COCO-sourced dataset also gets the English COCO
+        captions of its training images.
         """
         outputs = lane.outputs(settings)
+        with clear_failures():
+            usable = ImageSet.read(require_file(outputs.images_path, f"{lane.name}/images")).usable_ids()
 
         def one_language(language: str) -> PartitionOutcome:
             with clear_failures():
                 source = lane.spec.caption_file(language)
                 records = lane.spec.image_records()
                 frame, quarantine = read_captions(lane.spec, language, source, records)
+            if language == lane.train_language and outputs.train_captions_path.is_file():
+                frame = pl.concat([frame, coco_caption_rows(pl.read_parquet(outputs.train_captions_path), language)])
+            of_unusable_images = frame.filter(~pl.col("image_id").is_in(usable)).height
+            frame = frame.filter(pl.col("image_id").is_in(usable))
             write_parquet_atomic(frame, outputs.captions_path(language))
             write_parquet_atomic(quarantine, outputs.quarantine_path(language))
 
-            test_ids = {record.image_id for record in records if record.split == "test"}
+            test_ids = {record.image_id for record in records if record.split == "test"} & usable
             uncaptioned = sorted(test_ids - set(frame.filter(pl.col("split") == "test")["image_id"]))
             return PartitionOutcome(
                 version=file_version(outputs.captions_path(language)),
@@ -55,11 +65,12 @@ def build_captions(lane: Lane) -> dg.AssetsDefinition:
                     "train_rows": frame.filter(pl.col("split") == "train").height,
                     "test_rows": frame.filter(pl.col("split") == "test").height,
                     "quarantined_rows": quarantine.height,
+                    "captions_of_unusable_images": of_unusable_images,
                     "path": dg.MetadataValue.path(str(outputs.captions_path(language))),
                     "preview": markdown_preview(frame.select("image_id", "caption", "split")),
                     **lineage_metadata(
                         CURRENT_CONFIG["captions"](settings, lane, language, {}),
-                        {},
+                        {"images": file_version(outputs.images_path)},
                         [outputs.captions_path(language), outputs.quarantine_path(language)],
                         settings.root,
                     ),
@@ -83,3 +94,15 @@ def build_captions(lane: Lane) -> dg.AssetsDefinition:
         return materialize_partitions(context, one_language)
 
     return captions
+
+
+def coco_caption_rows(train_captions: pl.DataFrame, language: str) -> pl.DataFrame:
+    """COCO training captions as caption rows (`<lang>:coco:<annotation number>`; source_line = that number)."""
+    return train_captions.select(
+        (pl.lit(f"{language}:coco:") + pl.col("source_line").cast(pl.String)).alias("caption_id"),
+        "image_id",
+        "caption",
+        pl.lit("").alias("keywords"),
+        pl.lit("train").alias("split"),
+        "source_line",
+    ).cast(CAPTION_SCHEMA)

@@ -18,7 +18,7 @@ from xlr_pipeline.defs.resources import XlrSettings
 warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
 
 # The per-dataset chain (`xlr run`) and the experiments on top of it (`xlr grid`), by asset name.
-CHAIN_ASSETS = ("captions", "image_embeddings", "text_embeddings", "projection_head", "image_index", "retrieval_metrics")
+CHAIN_ASSETS = ("images", "captions", "image_embeddings", "text_embeddings", "projection_head", "image_index", "retrieval_metrics")
 EXPERIMENT_ASSETS = ("text_augmentations", "experiment_grid", "grid_report")
 # Zero-shot image tagging with the chain's head (`xlr tagging`).
 TAGGING_ASSETS = ("tags", "tagging_report")

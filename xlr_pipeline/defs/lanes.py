@@ -11,6 +11,7 @@ from xlr_pipeline.defs.automation import build_automation
 from xlr_pipeline.defs.embed import build_image_embeddings, build_text_embeddings
 from xlr_pipeline.defs.evaluate import build_retrieval_metrics
 from xlr_pipeline.defs.experiments import build_experiments
+from xlr_pipeline.defs.images import build_images
 from xlr_pipeline.defs.index import build_image_index
 from xlr_pipeline.defs.ingest import build_captions
 from xlr_pipeline.defs.lane import Lane
@@ -20,8 +21,9 @@ from xlr_pipeline.defs.train import build_projection_head
 
 
 def lane_definitions(lane: Lane) -> dg.Definitions:
-    captions = build_captions(lane)
-    image_embeddings = build_image_embeddings(lane)
+    images = build_images(lane)
+    captions = build_captions(lane, images)
+    image_embeddings = build_image_embeddings(lane, images)
     text_embeddings = build_text_embeddings(lane, captions)
     projection_head = build_projection_head(lane, image_embeddings, text_embeddings)
     image_index = build_image_index(lane, projection_head, image_embeddings)
@@ -31,6 +33,7 @@ def lane_definitions(lane: Lane) -> dg.Definitions:
     sensors, schedule, job = build_automation(lane)
     return dg.Definitions(
         assets=[
+            images,
             captions, image_embeddings, text_embeddings, projection_head, image_index, retrieval_metrics, *experiments, *tagging
         ],
         sensors=sensors,

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from xlr_pipeline.core.datasets import ImageRecord
-from xlr_pipeline.core.storage import combined_hash, sha256_file
+from xlr_pipeline.core.datasets import DatasetError
+from xlr_pipeline.core.image_sources import folders_fingerprint, locate_images
+from xlr_pipeline.core.storage import sha256_file
 from xlr_pipeline.defs.lane import Lane
 from xlr_pipeline.defs.resources import XlrSettings
 
@@ -24,28 +25,38 @@ OUTPUTS_KEY = "xlr/outputs"
 VERSION_KEY = "xlr/version"
 
 
+def _images_config(settings: XlrSettings, lane: Lane, partition: str | None, head_config: dict) -> dict:
+    """The image list, where images are looked for (by names, sizes and times of the files there) and the
+    COCO options. A COCO-sourced dataset with no test image on disk and downloads off cannot run: an error."""
+    spec = lane.spec
+    coco = settings.coco_source(spec)
+    folders = [spec.images_dir, *(coco.folders() if coco else [])]
+    config = {
+        "dataset": spec.name,
+        "image_list_sha256": sha256_file(spec.image_list_path),
+        "files": folders_fingerprint(folders),
+    }
+    if coco is not None:
+        config |= {"coco_train_images": settings.train_image_count(spec.coco_train_images), "coco_download": coco.download}
+        if not coco.download:
+            tests = [record for record in spec.image_records() if record.split == "test"]
+            if not locate_images(tests, spec.images_dir, coco):
+                raise DatasetError(
+                    f"no {spec.name} test image in {', '.join(map(str, folders))}: set a local COCO folder "
+                    "(coco_dir / XLR_COCO_DIR / --coco-dir) or allow downloads (coco_download / --download)"
+                )
+    elif not spec.images_dir.is_dir():
+        raise DatasetError(f"{spec.images_dir}: images folder not found for dataset {spec.name!r}")
+    return config
+
+
 def _captions_config(settings: XlrSettings, lane: Lane, partition: str | None, head_config: dict) -> dict:
     spec = lane.spec
-    return {
-        "dataset": spec.name,
-        "source_sha256": sha256_file(spec.caption_file(partition)),
-        "image_list_sha256": sha256_file(spec.image_list_path),
-    }
-
-
-def image_set_config(dataset: str, image_model: str, records: list[ImageRecord], file_hashes: list[str]) -> dict:
-    """The image side's configuration, from file hashes the caller already has."""
-    return {
-        "dataset": dataset,
-        "image_model": image_model,
-        "images_sha256": combined_hash(f"{r.image_id}:{r.split}:{digest}" for r, digest in zip(records, file_hashes)),
-    }
+    return {"dataset": spec.name, "source_sha256": sha256_file(spec.caption_file(partition))}
 
 
 def _image_embeddings_config(settings: XlrSettings, lane: Lane, partition: str | None, head_config: dict) -> dict:
-    records = lane.spec.image_records()
-    paths = lane.spec.image_paths(records)
-    return image_set_config(lane.name, settings.image_model, records, [sha256_file(paths[r.image_id]) for r in records])
+    return {"dataset": lane.name, "image_model": settings.image_model}
 
 
 def _text_model_config(settings: XlrSettings, lane: Lane, partition: str | None, head_config: dict) -> dict:
@@ -67,6 +78,7 @@ def _no_config(settings: XlrSettings, lane: Lane, partition: str | None, head_co
 
 
 CURRENT_CONFIG: dict[str, Callable[[XlrSettings, Lane, str | None, dict], dict]] = {
+    "images": _images_config,
     "captions": _captions_config,
     "image_embeddings": _image_embeddings_config,
     "text_embeddings": _text_model_config,

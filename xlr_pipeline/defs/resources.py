@@ -7,13 +7,17 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlsplit
 
 import dagster as dg
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from xlr_pipeline.core.coco import DEFAULT_ANNOTATIONS_URL, DEFAULT_IMAGE_URL, CocoError
+from xlr_pipeline.core.download import DownloadPolicy
 from xlr_pipeline.core.choices import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
-from xlr_pipeline.core.datasets import DatasetError
+from xlr_pipeline.core.datasets import DatasetError, DatasetSpec
+from xlr_pipeline.core.image_sources import CocoSource
 from xlr_pipeline.core.embeddings import EmbeddingCache, embed_with_cache
 from xlr_pipeline.core.encoders import EncoderError, ImageFileError, load_text_encoder
 from xlr_pipeline.core.storage import sha256_text
@@ -33,6 +37,27 @@ class XlrSettings(dg.ConfigurableResource):
     text_model: str = Field(default=DEFAULT_TEXT_MODEL, description="Frozen text encoder id, e.g. sentence-transformers:sentence-transformers/LaBSE")
     image_batch_size: int = Field(default=32, description="Images per encoder batch")
     text_batch_size: int = Field(default=64, description="Captions per encoder batch")
+    coco_dir: str = Field(
+        default="", description="A local COCO folder (train2014/ + val2014/, a flat folder of COCO_*2014_*.jpg, or train2017/ + val2017/)"
+    )
+    coco_download: bool = Field(default=False, description="Download the COCO images and captions a dataset needs and does not find locally")
+    coco_image_url: str = Field(default=DEFAULT_IMAGE_URL, description="Base URL of COCO images: <url>/train2014/<file name>")
+    coco_annotations_url: str = Field(
+        default=DEFAULT_ANNOTATIONS_URL, description="COCO 2014 annotations: the official zip or a captions_train2014.json"
+    )
+    coco_train_images: int = Field(
+        default=-1, ge=-1, description="English COCO training images for COCO-sourced datasets (-1: the dataset's coco_train_images)"
+    )
+    download_workers: int = Field(default=4, ge=1, le=32, description="Concurrent downloads (be polite to the server)")
+    download_retries: int = Field(default=4, ge=0, le=10, description="Retries per file, with exponential backoff")
+    download_backoff_s: float = Field(default=1.0, ge=0.0, le=60.0, description="First retry delay; doubles per retry")
+
+    @field_validator("coco_image_url", "coco_annotations_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
+            raise ValueError(f"{url!r} is not an http(s) URL")
+        return url
 
     @property
     def root(self) -> Path:
@@ -47,6 +72,27 @@ class XlrSettings(dg.ConfigurableResource):
 
     def reports_dir(self, dataset: str) -> Path:
         return self.root / "reports" / dataset
+
+    @property
+    def coco_download_root(self) -> Path:
+        """Downloaded COCO files, in COCO's own layout (train2014/, val2014/, annotations/)."""
+        return self.root / "coco"
+
+    @property
+    def coco_path(self) -> Path | None:
+        return Path(self.coco_dir).expanduser().resolve() if self.coco_dir else None
+
+    def coco_source(self, spec: DatasetSpec) -> CocoSource | None:
+        """Where a COCO-sourced dataset's images are found or fetched from; None for other datasets."""
+        if spec.image_source != "coco2014":
+            return None
+        return CocoSource(self.coco_path, self.coco_download_root, self.coco_image_url, self.coco_download, self.download_policy())
+
+    def train_image_count(self, declared: int) -> int:
+        return declared if self.coco_train_images < 0 else self.coco_train_images
+
+    def download_policy(self) -> DownloadPolicy:
+        return DownloadPolicy(workers=self.download_workers, retries=self.download_retries, backoff_s=self.download_backoff_s)
 
     @property
     def results_db(self) -> Path:
@@ -67,18 +113,27 @@ class XlrSettings(dg.ConfigurableResource):
         return encode
 
 
+ENVIRONMENT_VARIABLES = {
+    "data_dir": "XLR_DATA_DIR",
+    "image_model": "XLR_IMAGE_MODEL",
+    "text_model": "XLR_TEXT_MODEL",
+    "coco_dir": "XLR_COCO_DIR",
+    "coco_download": "XLR_COCO_DOWNLOAD",
+    "coco_image_url": "XLR_COCO_IMAGE_URL",
+    "coco_annotations_url": "XLR_COCO_ANNOTATIONS_URL",
+    "coco_train_images": "XLR_COCO_TRAIN_IMAGES",
+}
+
+
 def settings_from_environment() -> XlrSettings:
     """Settings for the code location; XLR_DATA_DIR / XLR_DATASET_ROOTS / XLR_IMAGE_MODEL / XLR_TEXT_MODEL override defaults.
 
     Read when the code location loads, so `dagster dev` can be pointed at other data or datasets without
-    editing code (launchpad resource config overrides the models per run). XLR_DATASET_ROOTS lists more
-    dataset folders, separated like PATH.
+    editing code (launchpad resource config overrides them per run); XLR_COCO_* set the COCO source (see
+    `ENVIRONMENT_VARIABLES`). XLR_DATASET_ROOTS lists more dataset folders, separated like PATH. Values are
+    validated here: a bad one fails with the variable's field named.
     """
-    overrides: dict = {
-        field: os.environ[variable]
-        for field, variable in (("data_dir", "XLR_DATA_DIR"), ("image_model", "XLR_IMAGE_MODEL"), ("text_model", "XLR_TEXT_MODEL"))
-        if os.environ.get(variable)
-    }
+    overrides: dict = {field: os.environ[variable] for field, variable in ENVIRONMENT_VARIABLES.items() if os.environ.get(variable)}
     roots = [root for root in os.environ.get("XLR_DATASET_ROOTS", "").split(os.pathsep) if root]
     return XlrSettings(**overrides, dataset_roots=roots)
 
@@ -88,7 +143,7 @@ def clear_failures() -> Iterator[None]:
     """Turn bad-input errors (which already name the file and line) into a Dagster Failure without a deep traceback."""
     try:
         yield
-    except (DatasetError, ImageFileError, EncoderError, WarehouseError, FileNotFoundError) as error:
+    except (DatasetError, CocoError, ImageFileError, EncoderError, WarehouseError, FileNotFoundError) as error:
         raise dg.Failure(description=str(error), allow_retries=False) from None
 
 

@@ -4,8 +4,9 @@ Stored with every run row, so each number in the results DuckDB says which code 
 """
 
 CODE_VERSIONS = {
-    "captions": "1",
-    "image_embeddings": "1",
+    "images": "1",
+    "captions": "2",
+    "image_embeddings": "2",
     "text_embeddings": "1",
     "projection_head": "1",
     "image_index": "1",

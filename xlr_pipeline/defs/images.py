@@ -1,0 +1,107 @@
+import dagster as dg
+import polars as pl
+
+from xlr_pipeline.core.datasets import DatasetError
+from xlr_pipeline.core.image_sources import resolve_images
+from xlr_pipeline.core.storage import write_parquet_atomic
+from xlr_pipeline.defs.lane import Lane
+from xlr_pipeline.defs.lineage import CURRENT_CONFIG, lineage_metadata
+from xlr_pipeline.defs.metadata import PROGRESS, file_data_version, markdown_preview
+from xlr_pipeline.defs.resources import XlrSettings, clear_failures
+from xlr_pipeline.defs.versions import CODE_VERSIONS
+
+
+def build_images(lane: Lane) -> dg.AssetsDefinition:
+    key = lane.key("images")
+
+    @dg.asset(
+        key=key,
+        group_name=lane.group,
+        kinds={"parquet"},
+        code_version=CODE_VERSIONS["images"],
+        check_specs=[dg.AssetCheckSpec("all_images_usable", asset=key, description="Every listed image is on disk and decodes")],
+    )
+    def images(context: dg.AssetExecutionContext, settings: XlrSettings) -> dg.MaterializeResult:
+        """The dataset's images: found in its folder (COCO-sourced datasets also in a local COCO folder in any
+        usual layout), downloaded when allowed, size + sha256 + decode check per file.
+
+        COCO-sourced datasets (XTD10) add English COCO train2014 images and their captions for training,
+        never one of the test images. A missing or undecodable image is a row naming it and why; downstream
+        assets use the usable ones and the count is reported here.
+        """
+        outputs = lane.outputs(settings)
+
+        def log(message: str) -> None:
+            context.log.info(message)
+            PROGRESS.info(f"{lane.name} images: {message}")
+
+        previous = pl.read_parquet(outputs.images_path) if outputs.images_path.is_file() else None
+        with clear_failures():
+            resolved = resolve_images(
+                lane.spec,
+                settings.coco_source(lane.spec),
+                settings.train_image_count(lane.spec.coco_train_images),
+                settings.coco_annotations_url,
+                previous,
+                log,
+            )
+            frame = resolved.image_set
+            usable_test = frame.filter((pl.col("status") == "ok") & (pl.col("split") == "test")).height
+            if not usable_test:
+                raise DatasetError(
+                    f"{lane.name}: none of the {frame.filter(pl.col('split') == 'test').height} test images is usable "
+                    f"(looked in {lane.spec.images_dir}{', ' + str(settings.coco_path) if settings.coco_path else ''}"
+                    f"{', ' + str(settings.coco_download_root) if lane.spec.image_source else ''}); "
+                    f"first: {frame.filter(pl.col('status') != 'ok').head(3).select('image_id', 'detail').rows()}"
+                )
+        written = [outputs.images_path]
+        write_parquet_atomic(frame, outputs.images_path)
+        if resolved.train_captions is not None:
+            write_parquet_atomic(resolved.train_captions, outputs.train_captions_path)
+            write_parquet_atomic(resolved.rejected_train_captions, outputs.train_captions_rejected_path)
+            written += [outputs.train_captions_path, outputs.train_captions_rejected_path]
+        unusable = frame.filter(pl.col("status") != "ok")
+        counts = frame.group_by("split", "status").len().sort("split", "status")
+        metadata = {
+            "dataset": lane.name,
+            "listed": frame.height,
+            "usable": frame.height - unusable.height,
+            "missing": frame.filter(pl.col("status") == "missing").height,
+            "undecodable": frame.filter(pl.col("status") == "undecodable").height,
+            "by_split_and_status": markdown_preview(counts, rows=20),
+            "dagster/row_count": frame.height,
+            "path": dg.MetadataValue.path(str(outputs.images_path)),
+        }
+        if resolved.train_captions is not None:
+            chosen = frame.filter(pl.col("split") == "train").height
+            metadata |= {
+                "coco_train_images_requested": resolved.requested_train_images,
+                "coco_train_images_chosen": chosen,
+                "coco_train_captions": resolved.train_captions.height,
+                "coco_train_captions_rejected": resolved.rejected_train_captions.height,
+            }
+        if resolved.downloads is not None:
+            metadata |= {
+                "downloaded": len(resolved.downloads.fetched),
+                "download_failures": len(resolved.downloads.failed),
+                "download_retries": resolved.downloads.retries,
+                "downloaded_mb": round(resolved.downloads.bytes_fetched / 1e6, 1),
+            }
+        metadata |= lineage_metadata(CURRENT_CONFIG["images"](settings, lane, None, {}), {}, written, settings.root)
+        return dg.MaterializeResult(
+            data_version=file_data_version(outputs.images_path),
+            metadata=metadata,
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name="all_images_usable",
+                    passed=unusable.is_empty(),
+                    severity=dg.AssetCheckSeverity.WARN,
+                    metadata={
+                        "unusable": unusable.height,
+                        "first": markdown_preview(unusable.select("image_id", "split", "status", "detail"), rows=10),
+                    },
+                )
+            ],
+        )
+
+    return images
