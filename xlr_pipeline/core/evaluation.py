@@ -19,6 +19,8 @@ from xlr_pipeline.core.results import RankRecord, RecallRecord, RunRecord
 from xlr_pipeline.core.warehouse import RANDOM_HEAD_SUFFIX
 
 TRAINED, RANDOM = "trained", "random"
+# The objective recorded for an identity head: the encoders' own shared space, nothing trained.
+ALIGNED_ENCODERS = "aligned_encoders"
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ def evaluate_run(
     `gallery` are the raw test-image features; `image_index`, when given, holds the trained head's
     projection of them in the same order (the chain's FAISS index).
     """
+    with_random_baseline = with_random_baseline and not head.is_identity  # nothing trained: no random twin
     heads = {TRAINED: head, **({RANDOM: random_head_like(head)} if with_random_baseline else {})}
     run_ids = {TRAINED: provenance.run_id, RANDOM: provenance.run_id + RANDOM_HEAD_SUFFIX}
     config = head.config.as_dict()
@@ -96,7 +99,8 @@ def evaluate_run(
         "images_hash": provenance.images_hash,
         "dagster_run_id": provenance.dagster_run_id,
     }
-    runs = [RunRecord(run_id=run_ids[TRAINED], objective=config["objective"], baseline_of=None, **run_fields)]
+    objective = ALIGNED_ENCODERS if head.is_identity else config["objective"]
+    runs = [RunRecord(run_id=run_ids[TRAINED], objective=objective, baseline_of=None, **run_fields)]
     if with_random_baseline:
         runs.append(RunRecord(run_id=run_ids[RANDOM], objective="random_init", baseline_of=provenance.run_id, **run_fields))
 

@@ -48,6 +48,8 @@ def objective_loss(config: HeadConfig, text: torch.Tensor, image: torch.Tensor, 
 
 
 def _branch(in_dim: int, config: HeadConfig) -> nn.Module:
+    if config.architecture == "identity":
+        return nn.Identity()
     if config.architecture == "linear":
         return nn.Linear(in_dim, config.embed_dim)
     return nn.Sequential(
@@ -60,7 +62,8 @@ class ProjectionHead(nn.Module):
 
     Text features are centred with the training text mean (multilingual-e5 vectors are very anisotropic);
     image features are standardised with the training image statistics. Both are stored as buffers so
-    a saved head carries everything needed to project new data.
+    a saved head carries everything needed to project new data. The `identity` architecture has no
+    parameters and no normalisation: cosine similarity in the encoders' own shared space.
     """
 
     def __init__(self, text_dim: int, image_dim: int, config: HeadConfig):
@@ -71,6 +74,10 @@ class ProjectionHead(nn.Module):
         self.register_buffer("image_std", torch.ones(image_dim))
         self.text_branch = _branch(text_dim, config)
         self.image_branch = _branch(image_dim, config)
+
+    @property
+    def is_identity(self) -> bool:
+        return self.config.architecture == "identity"
 
     def fit_normalisation(self, text: torch.Tensor, image: torch.Tensor) -> None:
         self.text_mean.copy_(text.mean(0))
@@ -107,6 +114,13 @@ def train_head(
     if not (len(text) == len(image) == len(image_ids)) or len(text) < 2:
         raise ValueError(f"need >= 2 aligned training pairs, got {len(text)} texts and {len(image)} images")
     head = new_head(text.shape[1], image.shape[1], config)
+    if head.is_identity:
+        if text.shape[1] != image.shape[1]:
+            raise ValueError(
+                f"the identity head needs image and text encoders of one shared space; got {image.shape[1]}-d images "
+                f"and {text.shape[1]}-d texts (use an aligned pair, e.g. one open_clip id for both)"
+            )
+        return TrainingResult(head.eval(), [])
     text_t, image_t = torch.tensor(text, dtype=torch.float32), torch.tensor(image, dtype=torch.float32)
     _, group_ids = np.unique(image_ids, return_inverse=True)
     groups = torch.from_numpy(group_ids)

@@ -136,12 +136,35 @@ CREATE TABLE tagging_tests (
 );
 """
 
+SCHEMA_V5 = """
+ALTER TABLE published ADD COLUMN family VARCHAR;
+DELETE FROM published_source;
+CREATE TABLE text_alignment (
+    run_id VARCHAR NOT NULL,
+    dataset VARCHAR NOT NULL,
+    text_model VARCHAR NOT NULL,
+    language VARCHAR NOT NULL,
+    pivot_language VARCHAR NOT NULL,
+    direction VARCHAR NOT NULL CHECK (direction IN ('to_pivot', 'from_pivot')),
+    centred BOOLEAN NOT NULL,
+    k INTEGER NOT NULL,
+    recall DOUBLE NOT NULL CHECK (recall BETWEEN 0 AND 1),
+    n_queries INTEGER NOT NULL,
+    captions_hash VARCHAR NOT NULL,
+    code_version VARCHAR NOT NULL,
+    dagster_run_id VARCHAR NOT NULL,
+    evaluated_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (run_id, dataset, text_model, language, pivot_language, direction, centred, k)
+);
+"""
+
 # (version, what it adds, DDL). Version 1 is the layout the first release wrote without a version table.
 MIGRATIONS = (
     (1, "runs, recall, rank_summary", SCHEMA_V1),
     (2, "published reference numbers", SCHEMA_V2),
     (3, "hash of the loaded published CSV", SCHEMA_V3),
     (4, "image tagging: top tags, metrics, paired tests against the translation baseline", SCHEMA_V4),
+    (5, "model family of published rows; text-to-text alignment diagnostic", SCHEMA_V5),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -186,11 +209,15 @@ VIEWS = {
         FROM latest l JOIN latest en
           ON en.run_id = l.run_id AND en.direction = l.direction AND en.k = l.k AND en.language = 'en'""",
     "vs_published": """
-        SELECT p.dataset, p.language, p.direction, p.k, p.model AS published_model, p.recall AS published_recall,
-               p.source, o.run_id, o.image_model, o.text_model, o.objective, o.recall AS our_recall
+        SELECT p.dataset, p.language, p.direction, p.k, p.family, p.model AS published_model,
+               p.recall AS published_recall, p.source, o.run_id, o.image_model, o.text_model, o.objective,
+               o.head_config->>'architecture' AS head, o.recall AS our_recall, o.recall - p.recall AS difference
         FROM published p
-        LEFT JOIN (SELECT * FROM latest WHERE baseline_of IS NULL) o
-          ON o.dataset = p.dataset AND o.language = p.language AND o.direction = p.direction AND o.k = p.k""",
+        LEFT JOIN (
+            SELECT *, CASE WHEN image_model = text_model THEN image_model ELSE text_model || ' + ' || objective END AS family
+            FROM latest WHERE baseline_of IS NULL) o
+          ON o.dataset = p.dataset AND o.language = p.language AND o.direction = p.direction AND o.k = p.k
+         AND o.family = p.family""",
 }
 
 
@@ -237,7 +264,7 @@ def _load_published(connection: duckdb.DuckDBPyConnection, csv_path: Path) -> No
     connection.execute("BEGIN")
     connection.execute("DELETE FROM published")
     connection.execute(
-        "INSERT INTO published SELECT model, dataset, language, direction, k, recall, source FROM published_csv"
+        "INSERT INTO published SELECT model, dataset, language, direction, k, recall, source, family FROM published_csv"
     )
     connection.execute("DELETE FROM published_source")
     connection.execute("INSERT INTO published_source VALUES (?)", [digest])

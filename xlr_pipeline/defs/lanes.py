@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import dagster as dg
 
 from xlr_pipeline.core.datasets import DatasetSpec, discover_datasets
+from xlr_pipeline.defs.alignment import build_text_alignment
 from xlr_pipeline.defs.automation import build_automation
 from xlr_pipeline.defs.embed import build_image_embeddings, build_text_embeddings
 from xlr_pipeline.defs.evaluate import build_retrieval_metrics
@@ -28,7 +29,7 @@ def lane_definitions(lane: Lane) -> dg.Definitions:
     projection_head = build_projection_head(lane, image_embeddings, text_embeddings)
     image_index = build_image_index(lane, projection_head, image_embeddings)
     retrieval_metrics = build_retrieval_metrics(lane, text_embeddings, image_embeddings, projection_head, image_index)
-    experiments = build_experiments(lane, captions, image_embeddings, text_embeddings)
+    experiments = [*build_experiments(lane, captions, image_embeddings, text_embeddings), build_text_alignment(lane)]
     tagging = build_tagging(lane, captions, image_embeddings, text_embeddings, projection_head)
     sensors, schedule, job = build_automation(lane)
     return dg.Definitions(

@@ -16,4 +16,5 @@ CODE_VERSIONS = {
     "grid_report": "1",
     "tags": "1",
     "tagging_report": "1",
+    "text_alignment": "1",
 }
