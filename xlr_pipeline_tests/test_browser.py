@@ -34,8 +34,8 @@ from xlr_pipeline_tests.ui_session import (
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (installed by .ci/run)")
 
 SCREENSHOTS = Path(os.environ.get("XLR_SCREENSHOT_DIR", Path(__file__).resolve().parents[1] / "docs" / "screenshots"))
-CHAIN = ["captions", "image_embeddings", "image_index", "projection_head", "retrieval_metrics", "text_embeddings"]
-EVERY_ASSET = [*CHAIN, "text_augmentations", "experiment_grid", "grid_report", "tags", "tagging_report"]
+CHAIN = ["images", "captions", "image_embeddings", "image_index", "projection_head", "retrieval_metrics", "text_embeddings"]
+EVERY_ASSET = [*CHAIN, "text_augmentations", "experiment_grid", "grid_report", "text_alignment", "tags", "tagging_report"]
 SMALL_GRID = f"""ops:
   {DATASET}__text_augmentations:
     config:
@@ -82,7 +82,7 @@ def test_a_user_works_the_pipeline_in_the_browser(fresh_data_dir, tmp_path):
         assert {tuple(node["assetKey"]["path"]) for node in nodes} == {(DATASET, asset) for asset in EVERY_ASSET}
         assert {node["groupName"] for node in nodes} == {DATASET, f"{DATASET}_experiments", f"{DATASET}_tagging"}
 
-        # The lane's graph: its six assets, with Materialize all.
+        # The lane's graph: its seven assets, with Materialize all.
         open_page(page, group_url(ui, DATASET))
         for asset in CHAIN:
             page.get_by_text(asset, exact=True).first.wait_for()

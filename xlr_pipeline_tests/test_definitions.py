@@ -4,7 +4,7 @@ import dagster as dg
 import pytest
 
 from xlr_pipeline.core.datasets import DatasetError
-from xlr_pipeline.defs.lane import CHAIN_ASSETS, EXPERIMENT_ASSETS, TAGGING_ASSETS
+from xlr_pipeline.defs.lane import CHAIN_ASSETS, DIAGNOSTIC_ASSETS, EXPERIMENT_ASSETS, TAGGING_ASSETS
 from xlr_pipeline.defs.lanes import build_pipeline
 from xlr_pipeline.defs.resources import XlrSettings
 from xlr_pipeline_tests.conftest import DATASET, make_emoji_subset, pipeline_for
@@ -25,18 +25,21 @@ def test_each_lane_has_the_expected_graph(dataset):
     lane = SHIPPED_PIPELINE.lane(dataset)
     groups = {key.path[-1]: graph.get(key).group_name for key in graph.get_all_asset_keys() if key.path[0] == dataset}
     assert {name for name, group in groups.items() if group == dataset} == set(CHAIN_ASSETS)
-    assert {name for name, group in groups.items() if group == f"{dataset}_experiments"} == set(EXPERIMENT_ASSETS)
+    assert {name for name, group in groups.items() if group == f"{dataset}_experiments"} == set(EXPERIMENT_ASSETS + DIAGNOSTIC_ASSETS)
     assert {name for name, group in groups.items() if group == f"{dataset}_tagging"} == set(TAGGING_ASSETS)
 
     def parents(asset: str) -> set[str]:
         return {p.to_user_string() for p in graph.get(lane.key(asset)).parent_keys}
 
     assert parents("text_embeddings") == {f"{dataset}/captions"}
+    assert parents("image_embeddings") == {f"{dataset}/images"}
+    # Only a COCO-sourced dataset's captions read the images asset (its English training captions come from it).
+    assert parents("captions") == ({f"{dataset}/images"} if dataset == "xtd10" else set())
     assert parents("projection_head") == {f"{dataset}/image_embeddings", f"{dataset}/text_embeddings"}
     assert parents("retrieval_metrics") == {
         f"{dataset}/{asset}" for asset in ("text_embeddings", "image_embeddings", "projection_head", "image_index")
     }
-    for asset in CHAIN_ASSETS + EXPERIMENT_ASSETS + TAGGING_ASSETS:
+    for asset in CHAIN_ASSETS + EXPERIMENT_ASSETS + DIAGNOSTIC_ASSETS + TAGGING_ASSETS:
         node = graph.get(lane.key(asset))
         assert node.code_version and node.description
         if node.assets_def.partitions_def is not None:

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import polars as pl
 
 from xlr_pipeline.core.coco import (
+    LOCAL_LAYOUT_FOLDERS,
     TRAIN_CAPTIONS_MEMBER,
     CocoError,
     CocoImage,
@@ -144,7 +145,7 @@ def folders_fingerprint(folders: Iterable[Path]) -> str:
     recompute for a staleness check over thousands of files)."""
     parts = []
     for folder in folders:
-        for sub in (folder, *(folder / name for name in ("train2014", "val2014", "train2017", "val2017"))):
+        for sub in (folder, *(folder / name for name in LOCAL_LAYOUT_FOLDERS)):
             if not sub.is_dir():
                 continue
             with os.scandir(sub) as entries:

@@ -13,11 +13,15 @@ from xlr_pipeline.defs.versions import CODE_VERSIONS
 
 def build_captions(lane: Lane, images: dg.AssetsDefinition) -> dg.AssetsDefinition:
     key = lane.key("captions")
+    # A COCO-sourced dataset's captions read the `images` asset: its English training captions come from there,
+    # and captions of images that could not be had are left out. Other datasets' captions read only their files
+    # (queries of a missing image simply have no correct item), so a backfill runs them beside the images.
+    reads_images = lane.spec.image_source == "coco2014"
 
     @dg.asset(
         key=key,
         partitions_def=lane.partitions,
-        deps=[images],
+        deps=[images] if reads_images else [],
         group_name=lane.group,
         kinds={"polars", "parquet"},
         code_version=CODE_VERSIONS["captions"],
@@ -32,27 +36,31 @@ def build_captions(lane: Lane, images: dg.AssetsDefinition) -> dg.AssetsDefiniti
 
         A file that cannot be trusted (empty, undecodable, wrong line count) fails with its file and line;
         single bad rows (unknown image id, empty or duplicate caption) go to a quarantine table that names
-        the file and line, and the rest is kept. Captions of images that the `images` asset could not use
-        are left out (counted). The training language of a COCO-sourced dataset also gets the English COCO
-        captions of its training images.
+        the file and line, and the rest is kept. For a COCO-sourced dataset (XTD10), captions of images the
+        `images` asset could not get are left out (counted) and the training language also gets the English
+        COCO captions of the training images.
         """
         outputs = lane.outputs(settings)
-        with clear_failures():
-            usable = ImageSet.read(require_file(outputs.images_path, f"{lane.name}/images")).usable_ids()
+        usable = None
+        if reads_images:
+            with clear_failures():
+                usable = ImageSet.read(require_file(outputs.images_path, f"{lane.name}/images")).usable_ids()
 
         def one_language(language: str) -> PartitionOutcome:
             with clear_failures():
                 source = lane.spec.caption_file(language)
                 records = lane.spec.image_records()
                 frame, quarantine = read_captions(lane.spec, language, source, records)
-            if language == lane.train_language and outputs.train_captions_path.is_file():
-                frame = pl.concat([frame, coco_caption_rows(pl.read_parquet(outputs.train_captions_path), language)])
-            of_unusable_images = frame.filter(~pl.col("image_id").is_in(usable)).height
-            frame = frame.filter(pl.col("image_id").is_in(usable))
+            of_unusable_images = 0
+            if usable is not None:
+                if language == lane.train_language and outputs.train_captions_path.is_file():
+                    frame = pl.concat([frame, coco_caption_rows(pl.read_parquet(outputs.train_captions_path), language)])
+                of_unusable_images = frame.filter(~pl.col("image_id").is_in(usable)).height
+                frame = frame.filter(pl.col("image_id").is_in(usable))
             write_parquet_atomic(frame, outputs.captions_path(language))
             write_parquet_atomic(quarantine, outputs.quarantine_path(language))
 
-            test_ids = {record.image_id for record in records if record.split == "test"} & usable
+            test_ids = {record.image_id for record in records if record.split == "test" and (usable is None or record.image_id in usable)}
             uncaptioned = sorted(test_ids - set(frame.filter(pl.col("split") == "test")["image_id"]))
             return PartitionOutcome(
                 version=file_version(outputs.captions_path(language)),
@@ -70,7 +78,7 @@ def build_captions(lane: Lane, images: dg.AssetsDefinition) -> dg.AssetsDefiniti
                     "preview": markdown_preview(frame.select("image_id", "caption", "split")),
                     **lineage_metadata(
                         CURRENT_CONFIG["captions"](settings, lane, language, {}),
-                        {"images": file_version(outputs.images_path)},
+                        {"images": file_version(outputs.images_path)} if reads_images else {},
                         [outputs.captions_path(language), outputs.quarantine_path(language)],
                         settings.root,
                     ),
