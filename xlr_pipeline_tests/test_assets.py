@@ -163,8 +163,10 @@ def test_corrupt_and_missing_images_are_named_and_left_out(fresh_data_dir, insta
         if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION and e.event_specific_data.check_name == "all_images_usable"
     )
     assert not evaluation.passed and evaluation.metadata["unusable"].value == 2
-    assert f"{images[3]}: cannot decode image" in evaluation.metadata["first"].value
-    assert images[5].stem in evaluation.metadata["first"].value
+    assert images[3].stem in evaluation.metadata["first"].value and images[5].stem in evaluation.metadata["first"].value
+    unusable = pl.read_parquet(pipeline.settings.outputs(DATASET).images_path).filter(pl.col("status") != "ok")
+    assert dict(zip(unusable["image_id"], unusable["status"])) == {images[3].stem: "undecodable", images[5].stem: "missing"}
+    assert unusable.filter(pl.col("status") == "undecodable")["detail"][0].startswith(f"{images[3]}: cannot decode image")
     result = materialize(instance, pipeline, "image_embeddings")
     embedded = pl.read_parquet(pipeline.settings.outputs(DATASET).image_embeddings_path)
     assert embedded.height == 158 and not {images[3].stem, images[5].stem} & set(embedded["image_id"])

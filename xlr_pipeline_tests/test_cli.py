@@ -92,17 +92,17 @@ def test_run_reports_quarantined_rows_and_fails_when_a_lane_cannot_finish(data_d
     (data_dir / "my_photos" / "images").rename(data_dir / "parked_images")
     assert xlr(["run", "--stale", "--data-dir", str(data_dir), "--epochs", "5"]) == 1
     captured = capsys.readouterr()
-    assert "not run: my_photos/image_embeddings: cannot read its sources:" in captured.out
+    assert "not run: my_photos/images: cannot read its sources:" in captured.out
     assert "Recall on the my_photos" not in captured.out and f"Recall on the {DATASET} test split" in captured.out
     assert "error: not everything could be brought up to date in my_photos" in captured.err
 
 
 def test_a_failing_step_is_one_line_unless_verbose(data_dir, capsys):
-    victim = sorted((data_dir / DATASET / "images").iterdir())[2]
-    victim.write_bytes(b"not an image")
+    victim = data_dir / DATASET / "captions" / "de.tsv"
+    victim.write_bytes(b"image_id\tcaption\n1f600\tGrinsen \xff\n")
     assert xlr(["run", "--data-dir", str(data_dir), "--dataset", DATASET, "--epochs", "5"]) == 1
     err = capsys.readouterr().err
-    assert err.strip().splitlines()[-1] == f"error: {DATASET}/image_embeddings failed: {victim}: cannot decode image (cannot identify image file '{victim}')"
+    assert err.strip().splitlines()[-1].startswith(f"error: {DATASET}/captions[de] failed: {victim}:2: not valid UTF-8")
     assert "Traceback" not in err and "STEP_FAILURE" not in err
     assert xlr(["run", "--data-dir", str(data_dir), "--dataset", DATASET, "--epochs", "5", "--verbose"]) == 1
     assert "STEP_FAILURE" in capsys.readouterr().err

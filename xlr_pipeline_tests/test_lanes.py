@@ -68,7 +68,7 @@ def two_datasets(tmp_path_factory):
 def test_each_dataset_runs_in_its_own_lane(two_datasets):
     data_dir, instance, first, second = two_datasets
     assert executed(first) == {f"{A}/{a}[{l}]" for a in ("captions", "text_embeddings", "retrieval_metrics") for l in ("en", "ja")} | {
-        f"{A}/image_embeddings", f"{A}/projection_head", f"{A}/image_index"
+        f"{A}/images", f"{A}/image_embeddings", f"{A}/projection_head", f"{A}/image_index"
     }
     assert {name.split("/")[0] for name in executed(second)} == {B}
     assert set(instance.get_dynamic_partitions(f"{A}_languages")) == {"en", "ja"}
@@ -149,13 +149,14 @@ def test_a_dataset_without_its_images_is_reported_and_does_not_stop_the_others(t
     pipeline = pipeline_for(tmp_path)
     with dg.instance_for_test() as instance:
         statuses = {s.target.name: s for s in current_statuses(instance, pipeline, ["complete", "no_images_yet"], HEAD)}
-        assert statuses["no_images_yet/image_embeddings"].state == "error"
-        assert "images folder not found" in statuses["no_images_yet/image_embeddings"].causes[0]
+        assert statuses["no_images_yet/images"].state == "error"
+        assert "images folder not found" in statuses["no_images_yet/images"].causes[0]
+        assert statuses["no_images_yet/image_embeddings"].state == "blocked"
         assert statuses["no_images_yet/projection_head"].state == "blocked"
         assert "upstream cannot run: no_images_yet/image_index" in statuses["no_images_yet/retrieval_metrics[de]"].causes
         report = run_pipeline(instance, pipeline, ["complete", "no_images_yet"], HEAD, include_stale=True, log=lambda _: None)
     ran = executed(report)
     assert "complete/retrieval_metrics[de]" in ran and "no_images_yet/text_embeddings[de]" in ran
     assert not any(name.startswith("no_images_yet/") and "captions" not in name and "text_embeddings" not in name for name in ran)
-    assert {s.target.name for s in report.blocked} >= {"no_images_yet/image_embeddings", "no_images_yet/projection_head"}
+    assert {s.target.name for s in report.blocked} >= {"no_images_yet/images", "no_images_yet/image_embeddings", "no_images_yet/projection_head"}
     assert np.isfinite(run_sql(tmp_path / "results.duckdb", "SELECT avg(recall) AS r FROM recall")["r"][0])

@@ -78,6 +78,19 @@ def test_image_model_change_reruns_image_side_and_below_only(scenario, tmp_path)
     assert rerun_stale(instance, pipeline) == expected
 
 
+def test_a_replaced_image_reruns_the_image_side_only(scenario):
+    data_dir, instance = scenario
+    images = sorted((data_dir / DATASET / "images").iterdir())
+    shutil.copyfile(images[0], images[1])  # another picture under the second image's name
+    planned = statuses(instance, pipeline_for(data_dir))
+    assert planned["images"].causes[0].startswith("config changed: files")
+    assert planned["image_embeddings"].causes == (f"upstream will rerun: {DATASET}/images",)
+    assert planned["captions[de]"].state == "fresh" and planned["text_embeddings[en]"].state == "fresh"
+    assert rerun_stale(instance, pipeline_for(data_dir)) == {"images", "image_embeddings", "projection_head", "image_index"} | {
+        f"retrieval_metrics[{l}]" for l in SUBSET_LANGUAGES
+    }
+
+
 def test_head_config_change_retrains_and_reevaluates(scenario):
     data_dir, instance = scenario
     changed = {"projection_head": HeadTrainingConfig(epochs=11)}
@@ -174,7 +187,7 @@ def test_a_deleted_outputs_folder_is_rebuilt_by_run_stale(scenario):
     # metrics, whose rows and rank files live elsewhere and whose inputs are unchanged, are not rerun
     assert rerun_stale(instance, pipeline_for(data_dir)) == {
         f"{asset}[{l}]" for asset in ("captions", "text_embeddings") for l in SUBSET_LANGUAGES
-    } | {"image_embeddings", "projection_head", "image_index"}
+    } | {"images", "image_embeddings", "projection_head", "image_index"}
     assert outputs_for(data_dir).head_path.is_file()
     assert all(status.state == "fresh" for status in statuses(instance, pipeline_for(data_dir)).values())
 

@@ -106,11 +106,17 @@ def download_coco_images(
     return {item.key: (item.target, "downloaded") for item in items if item.key in got}, report
 
 
+def stored_path(path: Path, data_dir: Path) -> str:
+    """A file under the data dir is recorded relative to it, so a moved or copied data dir stays valid."""
+    return path.relative_to(data_dir).as_posix() if path.is_relative_to(data_dir) else str(path)
+
+
 def build_image_set(
     records: list[ImageRecord],
     located: dict[str, tuple[Path, str]],
     missing_reasons: dict[str, str],
     previous: pl.DataFrame | None,
+    data_dir: Path,
 ) -> pl.DataFrame:
     """One row per listed image; hashes and decode results of unchanged files are taken from `previous`."""
     known = {}
@@ -126,7 +132,7 @@ def build_image_set(
             continue
         path, origin = located[record.image_id]
         stat = path.stat()
-        cached = known.get((str(path), stat.st_size, stat.st_mtime_ns))
+        cached = known.get((stored_path(path, data_dir), stat.st_size, stat.st_mtime_ns))
         if cached is not None:
             rows.append({**row, **{key: cached[key] for key in ("path", "bytes", "mtime_ns", "sha256", "status", "detail")}})
             continue
@@ -135,12 +141,12 @@ def build_image_set(
             status, detail = "ok", origin
         except ImageFileError as error:
             status, detail = "undecodable", str(error)
-        rows.append({**row, "path": str(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+        rows.append({**row, "path": stored_path(path, data_dir), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
                      "sha256": sha256_file(path), "status": status, "detail": detail})
     return pl.DataFrame(rows, schema=IMAGE_SET_SCHEMA)
 
 
-def folders_fingerprint(folders: Iterable[Path]) -> str:
+def folders_fingerprint(folders: Iterable[Path], data_dir: Path) -> str:
     """Names, sizes and modification times of the image files in the folders (not their bytes: cheap to
     recompute for a staleness check over thousands of files)."""
     parts = []
@@ -152,7 +158,7 @@ def folders_fingerprint(folders: Iterable[Path]) -> str:
                 for entry in entries:
                     if Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS and entry.is_file():
                         stat = entry.stat()
-                        parts.append(f"{entry.path}:{stat.st_size}:{stat.st_mtime_ns}")
+                        parts.append(f"{stored_path(Path(entry.path), data_dir)}:{stat.st_size}:{stat.st_mtime_ns}")
     return combined_hash(sorted(parts))
 
 
@@ -177,8 +183,8 @@ class ImageSet:
     def records(self) -> list[ImageRecord]:
         return [ImageRecord(i, f, s) for i, f, s in self.usable.select("image_id", "file_name", "split").iter_rows()]
 
-    def paths(self) -> dict[str, Path]:
-        return {image_id: Path(path) for image_id, path in self.usable.select("image_id", "path").iter_rows()}
+    def paths(self, data_dir: Path) -> dict[str, Path]:
+        return {image_id: data_dir / path for image_id, path in self.usable.select("image_id", "path").iter_rows()}
 
     def hashes(self) -> list[str]:
         return self.usable["sha256"].to_list()
@@ -223,6 +229,7 @@ def resolve_images(
     train_images: int,
     annotations_url: str,
     previous: pl.DataFrame | None,
+    data_dir: Path,
     log: Callable[[str], None],
 ) -> ResolvedImages:
     """The dataset's image set (listed images + COCO training images), downloading what is missing if allowed."""
@@ -245,4 +252,5 @@ def resolve_images(
             reasons.update(report.failed)
         else:
             reasons.update({image_id: "not found locally; downloads are off (coco_download)" for image_id in fetchable})
-    return ResolvedImages(build_image_set(records, located, reasons, previous), train_captions, rejected, train_images, report)
+    image_set = build_image_set(records, located, reasons, previous, data_dir)
+    return ResolvedImages(image_set, train_captions, rejected, train_images, report)

@@ -39,6 +39,17 @@ def _scan(lane: Lane) -> tuple[dict[str, str], set[str], list[str]]:
     return usable, invalid, problems
 
 
+def _images_missing(instance: dg.DagsterInstance, lane: Lane) -> str | None:
+    """Why a language of this lane cannot be ingested yet, if it cannot: a COCO-sourced lane's captions read
+    its `images` asset (its training captions come from there); other lanes need their images folder."""
+    if lane.spec.image_source:
+        if not instance.get_latest_materialization_event(lane.key("images")):
+            return f"{lane.name}/images was never materialized (its COCO images are found locally or downloaded there)"
+    elif not lane.spec.images_dir.is_dir():
+        return f"{lane.spec.images_dir}: images folder not found"
+    return None
+
+
 def build_automation(
     lane: Lane,
 ) -> tuple[list[dg.SensorDefinition], dg.ScheduleDefinition, dg.UnresolvedAssetJobDefinition]:
@@ -63,18 +74,19 @@ def build_automation(
         partitions), so starting the UI and then materializing the lane does every language once, not twice;
         from then on a new or changed file is evaluated alone. Invalid files and removed languages are
         reported in the tick and change nothing already stored; metrics are requested only once a head is
-        trained. A dataset whose `images` asset was never materialized (e.g. XTD10 before its COCO images are
-        found or downloaded) gets its language partitions and nothing else until then.
+        trained. A dataset whose images are not in place (no images folder; for XTD10, an `images` asset never
+        materialized) gets its language partitions and nothing else until they are.
         """
         try:
             current, invalid, problems = _scan(lane)
         except DatasetError as error:
             return dg.SkipReason(str(error))
         existing = set(context.instance.get_dynamic_partitions(lane.partitions.name))
-        if not context.instance.get_latest_materialization_event(lane.key("images")):
+        waiting_for = _images_missing(context.instance, lane)
+        if waiting_for:
             new = sorted(set(current) - existing)
             return dg.SensorResult(
-                skip_reason=f"no runs until {lane.name}/images is materialized (the images must be in place or downloaded)",
+                skip_reason=f"no runs until the images are in place: {waiting_for}",
                 dynamic_partitions_requests=[lane.partitions.build_add_request(new)] if new else [],
                 cursor=context.cursor,
             )

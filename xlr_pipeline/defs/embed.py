@@ -63,7 +63,7 @@ def build_image_embeddings(lane: Lane, images: dg.AssetsDefinition) -> dg.Assets
         path = outputs.image_embeddings_path
         with clear_failures():
             image_set = ImageSet.read(require_file(outputs.images_path, f"{lane.name}/images"))
-            records, paths, hashes = image_set.records(), image_set.paths(), image_set.hashes()
+            records, paths, hashes = image_set.records(), image_set.paths(settings.root), image_set.hashes()
             encoder = load_image_encoder(settings.image_model)
             vectors, encoded = embed_with_cache(
                 [paths[record.image_id] for record in records],

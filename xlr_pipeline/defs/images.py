@@ -43,6 +43,7 @@ def build_images(lane: Lane) -> dg.AssetsDefinition:
                 settings.train_image_count(lane.spec.coco_train_images),
                 settings.coco_annotations_url,
                 previous,
+                settings.root,
                 log,
             )
             frame = resolved.image_set

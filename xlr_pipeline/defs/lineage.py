@@ -34,7 +34,7 @@ def _images_config(settings: XlrSettings, lane: Lane, partition: str | None, hea
     config = {
         "dataset": spec.name,
         "image_list_sha256": sha256_file(spec.image_list_path),
-        "files": folders_fingerprint(folders),
+        "files": folders_fingerprint(folders, settings.root),
     }
     if coco is not None:
         config |= {"coco_train_images": settings.train_image_count(spec.coco_train_images), "coco_download": coco.download}
