@@ -251,3 +251,26 @@ def test_a_repeated_image_id_in_the_image_list_names_both_lines(tmp_path):
     spec = _declare(tmp_path, "list.csv", "{lang}.tsv", "tsv")
     with pytest.raises(DatasetError, match=r"list.csv:4: image id 'a' repeats line 2"):
         spec.image_records()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ('image_source = "flickr"\n', r"image_source must be one of \('', 'coco2014'\), not 'flickr'"),
+        ("coco_train_images = 100\n", 'coco_train_images needs image_source = "coco2014"'),
+        ('image_source = "coco2014"\ncoco_train_images = -5\n', "coco_train_images must be a whole number ≥ 0, not -5"),
+    ],
+)
+def test_image_source_options_are_validated_where_they_enter(tmp_path, extra, message):
+    (tmp_path / "dataset.toml").write_text(
+        'name = "x"\nimages = "i"\nimage_list = "l.csv"\ncaptions = "c/{lang}.tsv"\ncaption_format = "tsv"\n' + extra
+    )
+    with pytest.raises(DatasetError, match=message):
+        DatasetSpec.load(tmp_path)
+
+
+def test_shipped_xtd10_is_coco_sourced_with_a_training_set():
+    spec = DatasetSpec.load(SHIPPED / "xtd10")
+    assert (spec.image_source, spec.coco_train_images) == ("coco2014", 10000)
+    records = spec.image_records()
+    assert len(records) == 1000 and {r.split for r in records} == {"test"}
