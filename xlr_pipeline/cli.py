@@ -349,6 +349,10 @@ def command_datasets(args: argparse.Namespace) -> int:
                 "train_language": lane.train_language,
                 "captions": f"{lane.spec.caption_format}: {lane.spec.captions}",
                 "image_list": f"{lane.spec.image_list_format}: {lane.spec.image_list}",
+                "images": (
+                    f"COCO 2014 (+{pipeline.settings.train_image_count(lane.spec.coco_train_images)} train2014 for training)"
+                    if lane.spec.image_source else lane.spec.images
+                ),
                 "problems": "; ".join(problems),
             }
         )
