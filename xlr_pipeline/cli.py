@@ -351,7 +351,7 @@ def command_datasets(args: argparse.Namespace) -> int:
                 "image_list": f"{lane.spec.image_list_format}: {lane.spec.image_list}",
                 "images": (
                     f"COCO 2014 (+{pipeline.settings.train_image_count(lane.spec.coco_train_images)} train2014 for training)"
-                    if lane.spec.image_source else lane.spec.images
+                    if lane.spec.coco_sourced else lane.spec.images
                 ),
                 "problems": "; ".join(problems),
             }

@@ -128,6 +128,10 @@ class DatasetSpec:
             raise DatasetError(f"{spec_file}: coco_train_images needs image_source = \"coco2014\"")
         return cls(root=root, **raw)
 
+    @property
+    def coco_sourced(self) -> bool:
+        return self.image_source == "coco2014"
+
     def tag_file(self, language: str) -> Path | None:
         """The declared tag vocabulary file of a language, if the dataset declares tag files and it exists."""
         path = self.root / self.tags.replace("{lang}", language) if self.tags else None

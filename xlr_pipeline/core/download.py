@@ -150,8 +150,9 @@ def download_all(
 ) -> DownloadReport:
     """Fetch every item not already complete; failures are collected, not raised."""
     report = DownloadReport()
-    todo = [item for item in items if not manifest.complete(item.target)]
-    report.already_there = [item.key for item in items if manifest.complete(item.target)]
+    complete = {item.key for item in items if manifest.complete(item.target)}
+    todo = [item for item in items if item.key not in complete]
+    report.already_there = [item.key for item in items if item.key in complete]
     lock = threading.Lock()
     started = time.monotonic()
 

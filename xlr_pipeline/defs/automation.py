@@ -42,7 +42,7 @@ def _scan(lane: Lane) -> tuple[dict[str, str], set[str], list[str]]:
 def _images_missing(instance: dg.DagsterInstance, lane: Lane) -> str | None:
     """Why a language of this lane cannot be ingested yet, if it cannot: a COCO-sourced lane's captions read
     its `images` asset (its training captions come from there); other lanes need their images folder."""
-    if lane.spec.image_source:
+    if lane.spec.coco_sourced:
         if not instance.get_latest_materialization_event(lane.key("images")):
             return f"{lane.name}/images was never materialized (its COCO images are found locally or downloaded there)"
     elif not lane.spec.images_dir.is_dir():

@@ -51,8 +51,7 @@ def build_images(lane: Lane) -> dg.AssetsDefinition:
             if not usable_test:
                 raise DatasetError(
                     f"{lane.name}: none of the {frame.filter(pl.col('split') == 'test').height} test images is usable "
-                    f"(looked in {lane.spec.images_dir}{', ' + str(settings.coco_path) if settings.coco_path else ''}"
-                    f"{', ' + str(settings.coco_download_root) if lane.spec.image_source else ''}); "
+                    f"(looked in {', '.join(map(str, settings.image_folders(lane.spec)))}); "
                     f"first: {frame.filter(pl.col('status') != 'ok').head(3).select('image_id', 'detail').rows()}"
                 )
         written = [outputs.images_path]

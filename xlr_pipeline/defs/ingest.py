@@ -16,7 +16,7 @@ def build_captions(lane: Lane, images: dg.AssetsDefinition) -> dg.AssetsDefiniti
     # A COCO-sourced dataset's captions read the `images` asset: its English training captions come from there,
     # and captions of images that could not be had are left out. Other datasets' captions read only their files
     # (queries of a missing image simply have no correct item), so a backfill runs them beside the images.
-    reads_images = lane.spec.image_source == "coco2014"
+    reads_images = lane.spec.coco_sourced
 
     @dg.asset(
         key=key,

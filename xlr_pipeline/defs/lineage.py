@@ -30,7 +30,7 @@ def _images_config(settings: XlrSettings, lane: Lane, partition: str | None, hea
     COCO options. A COCO-sourced dataset with no test image on disk and downloads off cannot run: an error."""
     spec = lane.spec
     coco = settings.coco_source(spec)
-    folders = [spec.images_dir, *(coco.folders() if coco else [])]
+    folders = settings.image_folders(spec)
     config = {
         "dataset": spec.name,
         "image_list_sha256": sha256_file(spec.image_list_path),

@@ -84,9 +84,14 @@ class XlrSettings(dg.ConfigurableResource):
 
     def coco_source(self, spec: DatasetSpec) -> CocoSource | None:
         """Where a COCO-sourced dataset's images are found or fetched from; None for other datasets."""
-        if spec.image_source != "coco2014":
+        if not spec.coco_sourced:
             return None
         return CocoSource(self.coco_path, self.coco_download_root, self.coco_image_url, self.coco_download, self.download_policy())
+
+    def image_folders(self, spec: DatasetSpec) -> list[Path]:
+        """Where a dataset's images are looked for, in order."""
+        coco = self.coco_source(spec)
+        return [spec.images_dir, *(coco.folders() if coco else [])]
 
     def train_image_count(self, declared: int) -> int:
         return declared if self.coco_train_images < 0 else self.coco_train_images
