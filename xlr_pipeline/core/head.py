@@ -13,22 +13,21 @@ import torch
 from torch import nn
 
 from xlr_pipeline.core.choices import Architecture, NegativeMining, Objective
-from xlr_pipeline.core.losses import m3_loss, symmetric_info_nce_loss, triplet_ranking_loss
-
-
+from xlr_pipeline.core.losses import hinge_triplet_loss, m3_loss, m3_pull_loss, patr_loss, symmetric_info_nce_loss
 
 @dataclass(frozen=True)
 class HeadConfig:
     architecture: Architecture = "linear"
     embed_dim: int = 256
     hidden_dim: int = 1024
-    objective: Objective = "patr"
-    margin: float = 0.1
+    objective: Objective = "hinge"
+    margin: float = 0.1  # hinge: margin on similarities; patr/m3/m3_pull: η (β1) on cosine distance
     negatives: NegativeMining = "all"
     text_margin: float = 0.1
     text_weight: float = 0.5
     temperature: float = 0.05
     epochs: int = 60
+    steps: int | None = None  # a fixed optimiser-step budget (overrides epochs): equal budgets across data sizes
     batch_size: int = 128
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
@@ -40,10 +39,14 @@ class HeadConfig:
 
 def objective_loss(config: HeadConfig, text: torch.Tensor, image: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
     """The configured objective on one batch of projected, normalised vectors."""
+    if config.objective == "hinge":
+        return hinge_triplet_loss(text, image, image_ids, config.margin, config.negatives)
     if config.objective == "patr":
-        return triplet_ranking_loss(text, image, image_ids, config.margin, config.negatives)
+        return patr_loss(text, image, image_ids, config.margin, config.negatives)
     if config.objective == "m3":
         return m3_loss(text, image, image_ids, config.margin, config.text_margin, config.text_weight, config.negatives)
+    if config.objective == "m3_pull":
+        return m3_pull_loss(text, image, image_ids, config.margin, config.text_weight, config.negatives)
     return symmetric_info_nce_loss(text, image, image_ids, config.temperature)
 
 
@@ -104,7 +107,8 @@ def new_head(text_dim: int, image_dim: int, config: HeadConfig) -> ProjectionHea
 @dataclass(frozen=True)
 class TrainingResult:
     head: ProjectionHead
-    loss_history: list[float]
+    loss_history: list[float]  # mean loss per pass over the data (the last pass may be cut short by `steps`)
+    steps: int  # optimiser steps taken
 
 
 def train_head(
@@ -120,7 +124,7 @@ def train_head(
                 f"the identity head needs image and text encoders of one shared space; got {image.shape[1]}-d images "
                 f"and {text.shape[1]}-d texts (use an aligned pair, e.g. one open_clip id for both)"
             )
-        return TrainingResult(head.eval(), [])
+        return TrainingResult(head.eval(), [], 0)
     text_t, image_t = torch.tensor(text, dtype=torch.float32), torch.tensor(image, dtype=torch.float32)
     _, group_ids = np.unique(image_ids, return_inverse=True)
     groups = torch.from_numpy(group_ids)
@@ -128,21 +132,25 @@ def train_head(
     optimiser = torch.optim.AdamW(head.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
     history: list[float] = []
-    batches_per_epoch = math.ceil(len(text) / config.batch_size)
+    budget = config.steps if config.steps is not None else config.epochs * math.ceil(len(text) / config.batch_size)
+    steps = 0
     head.train()
-    for _ in range(config.epochs):
+    while steps < budget:
         order = torch.randperm(len(text), generator=generator)
-        epoch_loss = 0.0
+        losses = []
         for start in range(0, len(text), config.batch_size):
+            if steps == budget:
+                break
             batch = order[start : start + config.batch_size]
             loss = objective_loss(config, head.project_text(text_t[batch]), head.project_image(image_t[batch]), groups[batch])
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-            epoch_loss += loss.item()
-        history.append(epoch_loss / batches_per_epoch)
+            losses.append(loss.item())
+            steps += 1
+        history.append(float(np.mean(losses)))
     head.eval()
-    return TrainingResult(head, history)
+    return TrainingResult(head, history, steps)
 
 
 def project(head: ProjectionHead, vectors: np.ndarray, modality: Literal["text", "image"]) -> np.ndarray:

@@ -45,14 +45,16 @@ class HeadTrainingConfig(dg.Config):
     hidden_dim: int = Field(_DEFAULT.hidden_dim, description="Hidden width of the MLP branches")
     objective: Objective = Field(
         _DEFAULT.objective,
-        description="'patr': triplet ranking, caption anchor; 'm3': patr + text repulsion; 'infonce': symmetric CLIP-style",
+        description="'hinge': plain triplet hinge; 'patr': the paper's positive-aware triplet ranking; 'm3': patr + text "
+        "repulsion (the paper's m3); 'm3_pull': patr + extra positive pull (control); 'infonce': symmetric CLIP-style",
     )
-    margin: float = Field(_DEFAULT.margin, description="Triplet margin on cosine similarity")
+    margin: float = Field(_DEFAULT.margin, description="hinge: margin on cosine similarity; patr/m3/m3_pull: η on cosine distance")
     negatives: NegativeMining = Field(_DEFAULT.negatives, description="Average all violating in-batch negatives, or only the hardest")
-    text_margin: float = Field(_DEFAULT.text_margin, description="m3: margin of the caption-vs-other-captions term")
-    text_weight: float = Field(_DEFAULT.text_weight, description="m3: weight of the text repulsion term (0 = patr)")
+    text_margin: float = Field(_DEFAULT.text_margin, description="m3: β2, distance margin of the caption-vs-other-captions term")
+    text_weight: float = Field(_DEFAULT.text_weight, description="m3/m3_pull: α3, weight of the extra term (0 = patr)")
     temperature: float = Field(_DEFAULT.temperature, description="infonce: softmax temperature")
     epochs: int = Field(_DEFAULT.epochs, description="Passes over the training-language pairs")
+    steps: int | None = Field(_DEFAULT.steps, description="Fixed number of optimiser steps instead of epochs (unset: epochs)")
     batch_size: int = Field(_DEFAULT.batch_size, description="Pairs per batch (in-batch negatives come from here)")
     learning_rate: float = Field(_DEFAULT.learning_rate, description="AdamW learning rate")
     weight_decay: float = Field(_DEFAULT.weight_decay, description="AdamW weight decay")
