@@ -25,10 +25,21 @@ def test_code_switching_is_seeded_and_keeps_unknown_words():
     lexicon = Lexicon({"red": {"de": "rot", "ja": "赤"}, "apple": {"de": "Apfel", "ja": "りんご"}})
     first = code_switched_copies(["red apple", "green pear", "Red Apple!"], lexicon, switch_ratio=1.0, seed=3)
     assert first == code_switched_copies(["red apple", "green pear", "Red Apple!"], lexicon, switch_ratio=1.0, seed=3)
-    assert [index for index, _, _ in first] == [0, 2]  # "green pear" has nothing to switch
-    for _, language, caption in first:
-        assert caption in {"rot Apfel", "赤 りんご", "rot Apfel!", "赤 りんご!"} and language in {"de", "ja"}
-    assert code_switch("red apple", lexicon, "de", 0.0, np.random.default_rng(0)) == "red apple"
+    assert [copy.index for copy in first] == [0, 2]  # "green pear" has nothing to switch
+    for copy in first:
+        assert copy.switched in {"rot Apfel", "赤 りんご", "rot Apfel!", "赤 りんご!"} and copy.language in {"de", "ja"}
+    assert code_switch("red apple", lexicon, "de", 0.0, np.random.default_rng(0)) == ("red apple", "red apple")
+
+
+def test_the_english_control_deletes_exactly_the_switched_words():
+    lexicon = Lexicon({"red": {"de": "rot"}, "apple": {"de": "Apfel"}})
+    rng = np.random.default_rng(1)
+    pairs = {code_switch("a red apple, and a red pear", lexicon, "de", 0.5, rng) for _ in range(40)}
+    assert ("a rot apple, and a red pear", "a apple, and a red pear") in pairs
+    assert ("a red Apfel, and a rot pear", "a red, and a pear") in pairs
+    for switched, control in pairs:
+        assert len(control.split()) == 7 - sum(word in {"rot", "Apfel"} for word in switched.replace(",", "").split())
+    assert code_switch("red apple", lexicon, "de", 1.0, rng) == ("rot Apfel", "red apple")  # nothing left: unchanged
     assert english_words(["A red-apple, 2 apples"]) == ["apple", "apples", "red"]
 
 

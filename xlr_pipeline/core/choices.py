@@ -14,7 +14,8 @@ Objective = Literal["hinge", "patr", "m3", "m3_pull", "infonce"]
 NegativeMining = Literal["all", "hardest"]
 # "identity": no head, for encoders that already share one space (CLIP family): evaluated as they are.
 Architecture = Literal["linear", "mlp", "identity"]
-Augmentation = Literal["none", "salt", "keywords"]
+# "english_mixup": SALT's mixup with a perturbed English copy instead of a code-switched one (control).
+Augmentation = Literal["none", "salt", "english_mixup", "keywords"]
 
 OBJECTIVES: tuple[str, ...] = get_args(Objective)
 ARCHITECTURES: tuple[str, ...] = get_args(Architecture)

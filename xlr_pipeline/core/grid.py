@@ -1,20 +1,23 @@
-"""The experiment grid: objectives × augmentation × seeds (× text encoder), trained on cached embeddings."""
+"""The experiment grid: objectives × augmentations × seeds (× text encoder), trained on cached embeddings.
+
+Every cell trains for the same number of optimiser steps (`step_budget`): augmented cells have more rows, and
+with a per-epoch budget they would also get more updates, confounding the augmentation with training length.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import polars as pl
 
 from xlr_pipeline.core.augment import mixup
-from xlr_pipeline.core.evaluation import TRAINED
-from xlr_pipeline.core.head import HeadConfig, ProjectionHead, train_head
 from xlr_pipeline.core.choices import AUGMENTATIONS, OBJECTIVES, Augmentation, Objective
+from xlr_pipeline.core.evaluation import TRAINED
+from xlr_pipeline.core.head import HeadConfig, TrainingResult, train_head
 from xlr_pipeline.core.metrics import DirectionResult
-
-DEFAULT_TEXT_WEIGHT = HeadConfig().text_weight
 
 
 @dataclass(frozen=True)
@@ -23,61 +26,67 @@ class Cell:
     augmentation: Augmentation
     seed: int
     text_model: str
-    text_weight: float = DEFAULT_TEXT_WEIGHT  # m3 only
     centring: str = "train"  # "train" or "per_language" (evaluation-time)
-
-    @property
-    def objective_label(self) -> str:
-        return f"m3 (λ_t={self.text_weight})" if self.objective == "m3" and self.text_weight != DEFAULT_TEXT_WEIGHT else self.objective
+    with_random_baseline: bool = False  # one random head per seed and encoder
 
     @property
     def augmentation_label(self) -> str:
         return self.augmentation + (" + per-language centring" if self.centring == "per_language" else "")
 
-    @property
-    def has_random_baseline(self) -> bool:
-        """One random head per seed and encoder: the plain PATR cell carries it."""
-        return (self.objective, self.augmentation, self.centring) == ("patr", "none", "train")
-
     def run_suffix(self, text_model_label: str) -> str:
-        parts = [self.objective_label, self.augmentation_label, text_model_label, f"seed{self.seed}"]
+        parts = [self.objective, self.augmentation_label, text_model_label, f"seed{self.seed}"]
         return "/".join(part.replace(" ", "") for part in parts)
 
 
 @dataclass(frozen=True)
+class AugmentedCopies:
+    """One seed's code-switched copies: the row of `TrainingData.text` each was made from, its vector, and the
+    vector of its English control twin (the same words deleted instead of translated)."""
+
+    of: np.ndarray
+    switched: np.ndarray
+    english_control: np.ndarray
+
+
+@dataclass(frozen=True)
 class TrainingData:
-    """English train pairs (+ optional code-switched copies) for one text encoder."""
+    """English train pairs (+ optional augmentations) for one text encoder."""
 
     text: np.ndarray
     image: np.ndarray
     image_ids: np.ndarray
-    switched_text: np.ndarray | None = None  # code-switched copies' vectors
-    switched_of: np.ndarray | None = None  # row of `text` each copy was made from
+    copies: Mapping[int, AugmentedCopies] = field(default_factory=dict)  # per seed
     keyword_text: np.ndarray | None = None  # vectors of each caption's CLDR keywords
     keyword_of: np.ndarray | None = None
 
 
+def _with_rows(data: TrainingData, text: np.ndarray, of: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The originals plus extra text rows paired with the image of the caption each came from."""
+    return np.concatenate([data.text, text]), np.concatenate([data.image, data.image[of]]), np.concatenate([data.image_ids, data.image_ids[of]])
+
+
 def training_arrays(data: TrainingData, augmentation: str, alpha: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The pairs one cell trains on: originals, plus mixup of original and code-switched vectors for SALT."""
+    """The pairs one cell trains on. SALT and its English control draw the same mixup weights for a seed."""
     if augmentation == "none":
         return data.text, data.image, data.image_ids
     if augmentation == "keywords":
         if data.keyword_text is None or data.keyword_of is None:
             raise ValueError("keyword augmentation needs keyword vectors of the training captions")
-        return (
-            np.concatenate([data.text, data.keyword_text]),
-            np.concatenate([data.image, data.image[data.keyword_of]]),
-            np.concatenate([data.image_ids, data.image_ids[data.keyword_of]]),
+        return _with_rows(data, data.keyword_text, data.keyword_of)
+    if seed not in data.copies:
+        raise ValueError(
+            f"{augmentation} needs code-switched copies drawn with seed {seed}; text_augmentations has seeds "
+            f"{sorted(data.copies)} (rematerialize it with this seed in its `seeds`)"
         )
-    if data.switched_text is None or data.switched_of is None:
-        raise ValueError("SALT needs code-switched copies of the training captions")
-    rng = np.random.default_rng(seed)
-    mixed = mixup(data.text[data.switched_of], data.switched_text, alpha, rng)
-    return (
-        np.concatenate([data.text, mixed]),
-        np.concatenate([data.image, data.image[data.switched_of]]),
-        np.concatenate([data.image_ids, data.image_ids[data.switched_of]]),
-    )
+    copies = data.copies[seed]
+    other = copies.switched if augmentation == "salt" else copies.english_control
+    return _with_rows(data, mixup(data.text[copies.of], other, alpha, np.random.default_rng(seed)), copies.of)
+
+
+def step_budget(data: TrainingData, augmentations: Sequence[str], seeds: Sequence[int], epochs: int, batch_size: int) -> int:
+    """`epochs` passes over the largest training set any cell of the grid uses: the one budget of every cell."""
+    largest = max(len(training_arrays(data, a, 1.0, s)[0]) for a in augmentations for s in seeds)
+    return epochs * math.ceil(largest / batch_size)
 
 
 @dataclass(frozen=True)
@@ -87,9 +96,8 @@ class GridPlan:
     objectives: Sequence[Objective]
     augmentations: Sequence[Augmentation]
     seeds: Sequence[int]
-    m3_text_weights: Sequence[float] = ()
     per_language_centring: bool = True
-    english_only_model: str | None = None  # a PATR baseline with this (English-only) text encoder
+    english_only_model: str | None = None  # the first objective with this (English-only) text encoder
 
 
 def require_known(kind: str, names: Sequence[str], known: Sequence[str]) -> list[str]:
@@ -101,46 +109,67 @@ def require_known(kind: str, names: Sequence[str], known: Sequence[str]) -> list
 
 
 def plan_cells(plan: GridPlan, text_model: str) -> list[Cell]:
-    """objectives × augmentations × seeds with `text_model`, then the levers and baselines that apply."""
+    """objectives × augmentations × seeds with `text_model`, then the levers and baselines that apply.
+
+    The first objective's unaugmented cell of each seed (and encoder) carries the random-head baseline.
+    """
     require_known("objectives", plan.objectives, OBJECTIVES)
     require_known("augmentations", plan.augmentations, AUGMENTATIONS)
     if not plan.objectives or not plan.augmentations or not plan.seeds:
         raise ValueError("a grid needs at least one objective, one augmentation and one seed")
-    cells = [Cell(o, a, s, text_model) for o in plan.objectives for a in plan.augmentations for s in plan.seeds]
-    if "m3" in plan.objectives:
-        cells += [Cell("m3", "none", s, text_model, text_weight=w) for w in plan.m3_text_weights for s in plan.seeds]
+    first = plan.objectives[0]
+    cells = [
+        Cell(o, a, s, text_model, with_random_baseline=(o, a) == (first, "none"))
+        for o in plan.objectives
+        for a in plan.augmentations
+        for s in plan.seeds
+    ]
     if plan.per_language_centring:
         cells += [Cell(o, "none", s, text_model, centring="per_language") for o in plan.objectives for s in plan.seeds]
     if plan.english_only_model:
-        cells += [Cell("patr", "none", s, plan.english_only_model) for s in plan.seeds]
+        cells += [Cell(first, "none", s, plan.english_only_model, with_random_baseline=True) for s in plan.seeds]
     return cells
 
 
-def train_cell(cell: Cell, base_config: HeadConfig, data: TrainingData, mixup_alpha: float) -> ProjectionHead:
-    """Train one cell's head on its training rows (originals, plus the cell's augmentation)."""
-    config = replace(base_config, objective=cell.objective, seed=cell.seed, text_weight=cell.text_weight)
+def train_cell(cell: Cell, objective_config: HeadConfig, data: TrainingData, mixup_alpha: float) -> tuple[TrainingResult, int]:
+    """Train one cell's head (its objective's configuration, the cell's seed); also the number of training rows."""
+    if objective_config.objective != cell.objective:
+        raise ValueError(f"cell {cell} given the configuration of {objective_config.objective}")
     text, image, ids = training_arrays(data, cell.augmentation, mixup_alpha, cell.seed)
-    return train_head(text, image, ids, config).head
+    return train_head(text, image, ids, replace(objective_config, seed=cell.seed)), len(text)
 
 
-def hits_frame(cell: Cell, results: Mapping[str, Mapping[str, list[DirectionResult]]]) -> pl.DataFrame:
-    """Per-query ranks of a cell's trained and random heads: the input of the statistics."""
+def hits_frame(
+    cell: Cell,
+    results: Mapping[str, Mapping[str, list[DirectionResult]]],
+    query_images: Mapping[str, np.ndarray],
+    grid_run_id: str,
+    steps: int,
+) -> pl.DataFrame:
+    """Per-query ranks of a cell's trained and random heads, with each query's image (the statistical unit).
+
+    A caption's image is its gallery row (`query_images[language]`); an image query is its own row. Queries
+    without a correct item in the gallery (rank 0) are left out, as in Recall@k.
+    """
     frames = []
     for language, by_head in results.items():
         for head_name, directions in by_head.items():
             for result in directions:
+                images = query_images[language] if result.direction == "text_to_image" else np.arange(len(result.ranks))
                 frames.append(
                     pl.DataFrame(
                         {
-                            "objective": cell.objective_label if head_name == TRAINED else "random_init",
+                            "grid_run_id": grid_run_id,
+                            "steps": steps,
+                            "objective": cell.objective if head_name == TRAINED else "random_init",
                             "augmentation": cell.augmentation_label,
                             "text_model": cell.text_model,
                             "seed": cell.seed,
                             "language": language,
                             "direction": result.direction,
-                            "query": np.arange(len(result.ranks)),
+                            "image": images,
                             "rank": result.ranks,
                         }
-                    )
+                    ).filter(pl.col("rank") > 0)
                 )
     return pl.concat(frames)

@@ -1,4 +1,8 @@
-"""The grid report: mean Recall with bootstrap CIs, paired tests, per-language plots, and what they say."""
+"""The grid report: zero-shot mean Recall with hierarchical CIs, Holm-corrected paired tests, per-language plots.
+
+A report is built from the cells of exactly one grid run (named in it). Statistics: `core/stats.py` — the image
+is the unit across all languages and seeds are a level.
+"""
 
 from __future__ import annotations
 
@@ -8,55 +12,71 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from xlr_pipeline.core.stats import Estimate, bootstrap_ci, paired_permutation_test
+from xlr_pipeline.core.stats import Estimate, PairedTest, hierarchical_ci, holm_adjusted, paired_test
 
 SIGNIFICANCE = 0.05
 System = tuple[str, str, str]  # objective, augmentation, text model
+SYSTEM_COLUMNS = ["objective", "augmentation", "text_model"]
 
 
-def hit_rates(hits: pl.DataFrame, k: int, direction: str) -> dict[System, dict[str, np.ndarray]]:
-    """system → language → per-query hit rate at k, averaged over seeds."""
-    rates = (
-        hits.filter(pl.col("direction") == direction)
-        .with_columns(((pl.col("rank") >= 1) & (pl.col("rank") <= k)).cast(pl.Float64).alias("hit"))
-        .group_by("objective", "augmentation", "text_model", "language", "query")
+@dataclass(frozen=True)
+class HitTables:
+    """Per system: hits[seed, language, image] at k for one direction (NaN: no query of that image)."""
+
+    languages: list[str]
+    tables: dict[System, np.ndarray]
+
+
+def hit_tables(hits: pl.DataFrame, k: int, direction: str, languages: list[str]) -> HitTables:
+    frame = (
+        hits.filter((pl.col("direction") == direction) & pl.col("language").is_in(languages))
+        .with_columns((pl.col("rank") <= k).cast(pl.Float64).alias("hit"))
+        .group_by(*SYSTEM_COLUMNS, "seed", "language", "image")
         .agg(pl.col("hit").mean())
-        .sort("query")
     )
-    out: dict[System, dict[str, np.ndarray]] = {}
-    for (objective, augmentation, text_model, language), group in rates.group_by(
-        "objective", "augmentation", "text_model", "language", maintain_order=True
-    ):
-        out.setdefault((objective, augmentation, text_model), {})[language] = group["hit"].to_numpy()
-    return out
-
-
-def zero_shot(by_language: dict[str, np.ndarray], train_language: str) -> dict[str, np.ndarray]:
-    return {language: hits for language, hits in by_language.items() if language != train_language}
+    images = {image: i for i, image in enumerate(sorted(frame["image"].unique().to_list()))}
+    language_index = {language: i for i, language in enumerate(languages)}
+    tables = {}
+    for system, group in frame.group_by(*SYSTEM_COLUMNS):
+        seeds = {seed: i for i, seed in enumerate(sorted(group["seed"].unique().to_list()))}
+        table = np.full((len(seeds), len(languages), len(images)), np.nan)
+        table[
+            [seeds[s] for s in group["seed"].to_list()],
+            [language_index[lang] for lang in group["language"].to_list()],
+            [images[i] for i in group["image"].to_list()],
+        ] = group["hit"].to_numpy()
+        tables[tuple(system)] = table
+    return HitTables(languages, tables)
 
 
 @dataclass(frozen=True)
 class Comparison:
     label: str
     k: int
-    difference: float
-    p_value: float
+    test: PairedTest
+    adjusted_p: float = 1.0
 
     @property
     def verdict(self) -> str:
-        if self.p_value >= SIGNIFICANCE:
+        if self.adjusted_p >= SIGNIFICANCE:
             return "not significant"
-        return "significant gain" if self.difference > 0 else "significant loss"
+        return "significant gain" if self.test.difference > 0 else "significant loss"
 
 
-def reference_of(system: System) -> tuple[System, str]:
-    """What a system is compared with: its objective without augmentation; m3 variants with m3; m3/InfoNCE with PATR."""
-    objective, augmentation, text_model = system
-    if augmentation != "none":
-        return (objective, "none", text_model), f"{augmentation} vs none ({objective})"
-    if objective.startswith("m3 ("):
-        return ("m3", "none", text_model), f"{objective} vs m3 (λ_t=default)"
-    return ("patr", "none", text_model), f"{objective} vs patr (no augmentation)"
+def comparisons_of(systems: list[System], main_text_model: str) -> list[tuple[System, System, str]]:
+    """The report's family of comparisons among the main encoder's systems: (A, B, label), A − B."""
+    present = set(systems)
+    pairs = []
+    for objective, augmentation, text_model in systems:
+        if text_model != main_text_model or objective == "random_init" or augmentation == "none":
+            continue
+        pairs.append(((objective, augmentation, text_model), (objective, "none", text_model), f"{augmentation} vs none ({objective})"))
+        if augmentation == "salt":
+            pairs.append(((objective, "salt", text_model), (objective, "english_mixup", text_model), f"salt vs english_mixup ({objective})"))
+    for objective in ("hinge", "m3", "m3_pull", "infonce"):
+        pairs.append(((objective, "none", main_text_model), ("patr", "none", main_text_model), f"{objective} vs patr (no augmentation)"))
+    pairs.append((("m3", "none", main_text_model), ("m3_pull", "none", main_text_model), "m3 vs m3_pull (no augmentation)"))
+    return [(a, b, label) for a, b, label in pairs if a in present and b in present]
 
 
 def _p(value: float) -> str:
@@ -74,102 +94,100 @@ def build_report(hits: pl.DataFrame, train_language: str, main_text_model: str, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    grid_runs = hits["grid_run_id"].unique().to_list()
+    if len(grid_runs) != 1:
+        raise ValueError(f"a report is built from exactly one grid run; these hits come from {sorted(grid_runs)}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    r1, r5 = hit_rates(hits, 1, "text_to_image"), hit_rates(hits, 5, "text_to_image")
-    i1 = hit_rates(hits, 1, "image_to_text")
-    systems = sorted(r1, key=lambda s: (s[2] != main_text_model, s[0] == "random_init", s))
-    estimates = {
-        system: {
-            "r1": bootstrap_ci(zero_shot(r1[system], train_language)),
-            "r5": bootstrap_ci(zero_shot(r5[system], train_language)),
-            "i1": bootstrap_ci(zero_shot(i1[system], train_language)),
-            "en_r1": float(r1[system][train_language].mean()) if train_language in r1[system] else float("nan"),
-        }
-        for system in systems
+    all_languages = sorted(hits["language"].unique().to_list())
+    zero_shot = [language for language in all_languages if language != train_language]
+    tables = {
+        key: hit_tables(hits, k, direction, zero_shot)
+        for key, k, direction in (("r1", 1, "text_to_image"), ("r5", 5, "text_to_image"), ("r10", 10, "text_to_image"), ("i1", 1, "image_to_text"))
     }
-    seeds = hits.group_by("objective", "augmentation", "text_model").agg(pl.col("seed").n_unique().alias("n"))
-    seed_count = {(o, a, t): n for o, a, t, n in seeds.iter_rows()}
+    english = hit_tables(hits, 1, "text_to_image", [train_language]) if train_language in all_languages else None
+    systems = sorted(tables["r1"].tables, key=lambda s: (s[2] != main_text_model, s[0] == "random_init", s))
+    estimates = {system: {key: hierarchical_ci(tables[key].tables[system]) for key in tables} for system in systems}
+    english_r1 = {system: hierarchical_ci(english.tables[system]) if english else None for system in systems}
+    seed_count = {(o, a, t): n for o, a, t, n in hits.group_by(*SYSTEM_COLUMNS).agg(pl.col("seed").n_unique()).iter_rows()}
+    steps = hits["steps"].unique().to_list()
+
+    raw = [
+        Comparison(label, k, paired_test(tables[key].tables[a], tables[key].tables[b]))
+        for a, b, label in comparisons_of(systems, main_text_model)
+        for k, key in ((1, "r1"), (5, "r5"))
+    ]
+    comparisons = [Comparison(c.label, c.k, c.test, adjusted) for c, adjusted in zip(raw, holm_adjusted([c.test.p_value for c in raw]))]
 
     lines = [
         f"# {title}",
         "",
-        f"Zero-shot mean over the {len(zero_shot(r1[systems[0]], train_language))} languages other than "
-        f"`{train_language}` (the head is trained on `{train_language}` only). Per query, hits are averaged over "
-        "seeds; [95% bootstrap CI over queries]. t2i = text→image, i2t = image→text.",
+        f"Grid run `{grid_runs[0]}`: every row below comes from this one run. Each head trained for "
+        f"{', '.join(map(str, steps))} optimiser steps, whatever its augmentation. Zero-shot = mean over the "
+        f"{len(zero_shot)} languages other than `{train_language}` (the head is trained on `{train_language}` only). "
+        "[95% CI: crossed bootstrap over seeds and images — the image is the unit in every language — with a t "
+        "quantile on Welch–Satterthwaite degrees of freedom.] t2i = text→image, i2t = image→text.",
         "",
-        "| objective | augmentation | text encoder | seeds | mean t2i R@1 | mean t2i R@5 | mean i2t R@1 | en t2i R@1 |",
-        "|---|---|---|---|---|---|---|---|",
+        "| objective | augmentation | text encoder | seeds | zero-shot t2i R@1 | zero-shot t2i R@5 | zero-shot t2i R@10 | zero-shot i2t R@1 | en t2i R@1 |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for system in systems:
         e = estimates[system]
+        english_cell = _fmt(english_r1[system]) if english_r1[system] else "–"
         lines.append(
             f"| {system[0]} | {system[1]} | {system[2]} | {seed_count[system]} | {_fmt(e['r1'])} | {_fmt(e['r5'])} | "
-            f"{_fmt(e['i1'])} | {e['en_r1']:.3f} |"
+            f"{_fmt(e['r10'])} | {_fmt(e['i1'])} | {english_cell} |"
         )
+    lines += [
+        "",
+        "## Paired comparisons (zero-shot mean, text→image)",
+        "",
+        "Same seeds, same images. p = the larger of a sign-flip test with the image as the unit (all languages "
+        "together) and a seeds × images test; **Holm–Bonferroni over all "
+        f"{len(comparisons)} comparisons below**; verdicts at adjusted p < {SIGNIFICANCE}.",
+        "",
+        "| comparison | k | difference [95% CI] | p (images) | p (seeds × images) | p | Holm p | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+        *[
+            f"| {c.label} | {c.k} | {c.test.difference:+.4f} [{c.test.low:+.4f}, {c.test.high:+.4f}] | {_p(c.test.p_sign_flip)} | "
+            f"{_p(c.test.p_hierarchical)} | {_p(c.test.p_value)} | {_p(c.adjusted_p)} | {c.verdict} |"
+            for c in comparisons
+        ],
+    ]
 
-    comparisons: list[Comparison] = []
+    r1_by_language = {system: np.nanmean(tables["r1"].tables[system], axis=(0, 2)) for system in systems}
+    lines += [
+        "",
+        "## Per language, text→image R@1 (mean over seeds and images; descriptive, no test)",
+        "",
+        "| system | " + " | ".join(zero_shot) + " |",
+        "|---|" + "---|" * len(zero_shot),
+        *[f"| {' / '.join(system)} | " + " | ".join(f"{value:.3f}" for value in r1_by_language[system]) + " |" for system in systems],
+        "",
+        "## What the numbers say",
+        "",
+        *summarise(comparisons, estimates, english_r1, main_text_model),
+        "",
+        "![per-language R@1](per_language_r1.png)",
+        "",
+        "![mean recall](mean_recall.png)",
+        "",
+    ]
+
     main = [s for s in systems if s[2] == main_text_model and s[0] != "random_init"]
-    for system in main:
-        reference, label = reference_of(system)
-        if reference in r1 and reference != system:
-            for k, rates in ((1, r1), (5, r5)):
-                diff, p = paired_permutation_test(zero_shot(rates[system], train_language), zero_shot(rates[reference], train_language))
-                comparisons.append(Comparison(label, k, diff, p))
-    lines += [
-        "",
-        "## Paired comparisons (zero-shot mean, text→image; sign-flip permutation test over queries)",
-        "",
-        "| comparison | k | difference | p | verdict |",
-        "|---|---|---|---|---|",
-        *[f"| {c.label} | {c.k} | {c.difference:+.4f} | {_p(c.p_value)} | {c.verdict} |" for c in comparisons],
-        "",
-        f"Significance at p < {SIGNIFICANCE}, two-sided, without correction for the {len(comparisons)} comparisons "
-        "(with Bonferroni, p must be below "
-        f"{SIGNIFICANCE / max(len(comparisons), 1):.4f}).",
-    ]
-
-    lines += [
-        "",
-        "## Per-language paired tests (text→image R@1: difference, p; * = p < 0.05)",
-        "",
-        "| comparison | " + " | ".join(sorted(r1[systems[0]])) + " |",
-        "|---|" + "---|" * len(r1[systems[0]]),
-    ]
-    for system in main:
-        reference, label = reference_of(system)
-        if reference not in r1 or reference == system:
-            continue
-        cells = []
-        for language in sorted(r1[system]):
-            diff, p = paired_permutation_test({language: r1[system][language]}, {language: r1[reference][language]}, permutations=2000)
-            cells.append(f"{diff:+.3f} ({_p(p)}){'*' if p < SIGNIFICANCE else ''}")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-
-    lines += ["", "## Per language, text→image R@1 (mean over seeds)", ""]
-    languages = sorted(r1[systems[0]])
-    lines.append("| system | " + " | ".join(languages) + " |")
-    lines.append("|---|" + "---|" * len(languages))
-    for system in systems:
-        lines.append(f"| {' / '.join(system)} | " + " | ".join(f"{r1[system][lang].mean():.3f}" for lang in languages) + " |")
-
-    lines += ["", "## What the numbers say", "", *summarise(comparisons, estimates, main_text_model), ""]
-    lines += ["![per-language R@1](per_language_r1.png)", "", "![mean recall](mean_recall.png)", ""]
-
     figure, axis = plt.subplots(figsize=(12, 4.5))
     width = 0.8 / max(len(main), 1)
     for offset, system in enumerate(main):
-        values = [r1[system][lang].mean() for lang in languages]
-        axis.bar(np.arange(len(languages)) + offset * width, values, width, label=f"{system[0]} / {system[1]}")
-    axis.set_xticks(np.arange(len(languages)) + width * (len(main) - 1) / 2, languages)
+        axis.bar(np.arange(len(zero_shot)) + offset * width, r1_by_language[system], width, label=f"{system[0]} / {system[1]}")
+    axis.set_xticks(np.arange(len(zero_shot)) + width * (len(main) - 1) / 2, zero_shot)
     axis.set_ylabel("text→image R@1 (mean over seeds)")
-    axis.legend(ncol=3, fontsize=8)
+    axis.legend(ncol=4, fontsize=7)
     axis.set_title(title)
     figure.tight_layout()
     figure.savefig(out_dir / "per_language_r1.png", dpi=110)
     plt.close(figure)
 
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for axis, key, name in ((axes[0], "r1", "R@1"), (axes[1], "r5", "R@5")):
+    figure, axes = plt.subplots(1, 2, figsize=(12, max(4.5, 0.28 * len(systems))))
+    for axis, key, name in ((axes[0], "r1", "R@1"), (axes[1], "r10", "R@10")):
         means = [estimates[s][key].mean for s in systems]
         errors = [[estimates[s][key].mean - estimates[s][key].low for s in systems], [estimates[s][key].high - estimates[s][key].mean for s in systems]]
         axis.barh([" / ".join(s[:2]) + ("" if s[2] == main_text_model else " (English-only encoder)") for s in systems], means, xerr=errors, capsize=3)
@@ -184,21 +202,21 @@ def build_report(hits: pl.DataFrame, train_language: str, main_text_model: str, 
     return markdown
 
 
-def summarise(comparisons: list[Comparison], estimates: dict, main_text_model: str) -> list[str]:
-    """A few sentences generated from the numbers, so the README's answer can never drift from them."""
-    sentences = []
-    for comparison in comparisons:
+def summarise(comparisons: list[Comparison], estimates: dict, english_r1: dict, main_text_model: str) -> list[str]:
+    """Sentences generated from the numbers, so the README's answer can never drift from them."""
+    sentences = [
+        f"- {c.label}, R@{c.k}: {c.test.difference:+.4f} (Holm-adjusted p {_p(c.adjusted_p)}) — {c.verdict}."
+        for c in comparisons
+    ]
+    trained = [s for s in estimates if s[2] == main_text_model and s[0] != "random_init"]
+    best = max(trained, key=lambda s: estimates[s]["r10"].mean)
+    sentences.append(
+        f"- Highest zero-shot mean R@10 on the test split: {best[0]} / {best[1]} at {estimates[best]['r10'].mean:.3f} "
+        "(descriptive: a configuration chosen by test numbers is not a selection)."
+    )
+    for system in [s for s in estimates if s[0] == "random_init" or s[2] != main_text_model]:
+        english = english_r1[system].mean if english_r1[system] else float("nan")
         sentences.append(
-            f"- {comparison.label}, R@{comparison.k}: {comparison.difference:+.4f} "
-            f"(p {'< 0.001' if comparison.p_value < 0.001 else f'= {comparison.p_value:.3f}'}) — {comparison.verdict}."
-        )
-    random = [s for s in estimates if s[0] == "random_init"]
-    english_only = [s for s in estimates if s[2] != main_text_model and s[0] != "random_init"]
-    best = max((s for s in estimates if s[2] == main_text_model and s[0] != "random_init"), key=lambda s: estimates[s]["r1"].mean)
-    sentences.append(f"- Best zero-shot mean R@1: {best[0]} / {best[1]} at {estimates[best]['r1'].mean:.3f}.")
-    for system in random + english_only:
-        sentences.append(
-            f"- Baseline {system[0]} / {system[2]}: zero-shot mean R@1 {estimates[system]['r1'].mean:.3f}, "
-            f"English R@1 {estimates[system]['en_r1']:.3f}."
+            f"- Baseline {system[0]} / {system[2]}: zero-shot mean R@1 {estimates[system]['r1'].mean:.3f}, English R@1 {english:.3f}."
         )
     return sentences

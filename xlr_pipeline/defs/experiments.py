@@ -13,10 +13,12 @@ from xlr_pipeline.core.encoders import ENGLISH_ONLY_TEXT_MODEL
 from xlr_pipeline.core.evaluation import RunProvenance, TestQueries, evaluate_run
 from xlr_pipeline.core.choices import AUGMENTATIONS, OBJECTIVES, AugmentationName, ObjectiveName
 from xlr_pipeline.core.grid import (
+    AugmentedCopies,
     GridPlan,
     TrainingData,
     hits_frame,
     plan_cells,
+    step_budget,
     train_cell,
 )
 from xlr_pipeline.core.grid_report import build_report
@@ -48,7 +50,9 @@ class AugmentationConfig(dg.Config):
     )
     words_per_language: int = Field(1500, description="Most frequent words taken per language")
     switch_ratio: float = Field(0.5, description="Probability that a translatable word is switched")
-    seed: int = Field(0, description="Seeds which words and which language are switched")
+    seeds: list[int] = Field(
+        [0, 1, 2, 3, 4], description="One set of code-switched copies per seed (the grid's cell of seed s uses set s)"
+    )
 
 
 class GridConfig(dg.Config):
@@ -58,11 +62,15 @@ class GridConfig(dg.Config):
     augmentations: list[AugmentationName] = Field(
         list(AUGMENTATIONS), validate_default=True, description=f"Training augmentations, of {list(AUGMENTATIONS)}"
     )
-    m3_text_weights: list[float] = Field([0.25, 1.0], description="Extra m3 text-repulsion weights to measure (no augmentation)")
     per_language_centring: bool = Field(True, description="Also evaluate each objective with per-language centring")
-    seeds: list[int] = Field([0, 1, 2], description="Seeds per cell (>= 3 for a CI worth reading)")
-    english_only_baseline: bool = Field(True, description="Add PATR with the English-only text encoder (English-trained datasets)")
-    epochs: int = Field(HeadConfig().epochs, description="Epochs per head")
+    seeds: list[int] = Field([0, 1, 2, 3, 4], description="Seeds per cell (>= 5: seeds are a level of the statistics)")
+    english_only_baseline: bool = Field(True, description="Add the first objective with the English-only text encoder (English-trained datasets)")
+    epochs: int = Field(HeadConfig().epochs, description="Passes over the largest training set of the grid: every cell gets that many steps")
+    hinge_margin: float = Field(0.1, description="hinge: margin on cosine similarity")
+    distance_margin: float = Field(1.0, description="patr/m3/m3_pull: η (β1), margin on the cosine distance to negatives")
+    text_margin: float = Field(1.0, description="m3: β2, margin on the cosine distance between captions of different images")
+    text_weight: float = Field(0.5, description="m3/m3_pull: α3, weight of the extra term")
+    temperature: float = Field(HeadConfig().temperature, description="infonce: softmax temperature")
     mixup_alpha: float = Field(0.4, description="SALT mixup λ ~ Beta(α, α)")
 
     def plan(self, train_language: str) -> GridPlan:
@@ -70,10 +78,24 @@ class GridConfig(dg.Config):
             objectives=[name.value for name in self.objectives],
             augmentations=[name.value for name in self.augmentations],
             seeds=self.seeds,
-            m3_text_weights=self.m3_text_weights,
             per_language_centring=self.per_language_centring,
             english_only_model=ENGLISH_ONLY_TEXT_MODEL if self.english_only_baseline and train_language == "en" else None,
         )
+
+    def objective_configs(self, steps: int) -> dict[str, HeadConfig]:
+        """Each objective's head configuration, all with the same step budget."""
+        shared = {
+            "steps": steps,
+            "text_margin": self.text_margin,
+            "text_weight": self.text_weight,
+            "temperature": self.temperature,
+        }
+        return {
+            name.value: HeadConfig(
+                objective=name.value, margin=self.hinge_margin if name.value == "hinge" else self.distance_margin, **shared
+            )
+            for name in self.objectives
+        }
 
 
 def _test_queries(
@@ -121,7 +143,8 @@ def build_experiments(
         context: dg.AssetExecutionContext, config: AugmentationConfig, settings: XlrSettings
     ) -> dg.MaterializeResult:
         """Training-text augmentations of the training-language **train** captions, with their text vectors:
-        SALT-style code-switched copies, the captions' keywords, and per-language centroids of frequent words.
+        SALT-style code-switched copies (one set per seed) with their English control twins (the same words
+        deleted instead of translated), the captions' keywords, and per-language centroids of frequent words.
 
         Word translations are induced from the frozen text encoder alone (mutual nearest neighbours between
         caption words and wordfreq's frequent words per language): no parallel data, no dictionary, and no
@@ -134,18 +157,25 @@ def build_experiments(
 
         switch_languages = [language for language in config.languages if language != train_language]
         lexicon = induce_lexicon(train["caption"].to_list(), switch_languages, config.words_per_language, encode)
-        copies = code_switched_copies(train["caption"].to_list(), lexicon, config.switch_ratio, config.seed)
-        frame = pl.DataFrame(
+        captions = train["caption"].to_list()
+        rows = [
             {
-                "caption_id": [train["caption_id"][i] for i, _, _ in copies],
-                "image_id": [train["image_id"][i] for i, _, _ in copies],
-                "language": [language for _, language, _ in copies],
-                "original": [train["caption"][i] for i, _, _ in copies],
-                "caption": [switched for _, _, switched in copies],
-            },
-            schema={name: pl.String for name in ("caption_id", "image_id", "language", "original", "caption")},
+                "seed": seed,
+                "caption_id": train["caption_id"][copy.index],
+                "image_id": train["image_id"][copy.index],
+                "language": copy.language,
+                "original": captions[copy.index],
+                "caption": copy.switched,
+                "english_control": copy.english_control,
+            }
+            for seed in config.seeds
+            for copy in code_switched_copies(captions, lexicon, config.switch_ratio, seed)
+        ]
+        schema = {"seed": pl.Int64, **{name: pl.String for name in ("caption_id", "image_id", "language", "original", "caption", "english_control")}}
+        frame = pl.DataFrame(rows, schema=schema)
+        out = with_vectors(
+            with_vectors(frame, encode(frame["caption"].to_list())), encode(frame["english_control"].to_list()), "control_vector"
         )
-        out = with_vectors(frame, encode(frame["caption"].to_list()))
         keywords = train.filter(pl.col("keywords") != "").select(
             "caption_id", "image_id", pl.col("keywords").str.replace_all(r" \| ", ", ").alias("text")
         )
@@ -170,7 +200,8 @@ def build_experiments(
                 "text_model": settings.text_model,
                 "augmentation_config": config.model_dump(),
                 "lexicon_sizes": {language: lexicon.size(language) for language in lexicon.languages},
-                "examples": markdown_preview(out.select("language", "original", "caption"), rows=8),
+                "copies_per_seed": {str(seed): count for seed, count in frame.group_by("seed").len().sort("seed").iter_rows()},
+                "examples": markdown_preview(out.select("language", "original", "caption", "english_control"), rows=8),
                 "path": dg.MetadataValue.path(str(path)),
                 **lineage_metadata(
                     CURRENT_CONFIG["text_augmentations"](settings, lane, None, {}),
@@ -217,14 +248,24 @@ def build_experiments(
             pairs = training_pairs(images, train_frame)
             row_of = {caption_id: i for i, caption_id in enumerate(pairs["caption_id"].to_list())}
 
-            def rows(frame: pl.DataFrame) -> tuple[np.ndarray | None, np.ndarray | None]:
-                usable = frame.filter(pl.col("caption_id").is_in(list(row_of)))
-                if not with_augmentations or usable.is_empty():
-                    return None, None
-                return vectors_of(usable), np.array([row_of[c] for c in usable["caption_id"].to_list()])
+            def usable(frame: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray]:
+                frame = frame.filter(pl.col("caption_id").is_in(list(row_of)))
+                return frame, np.array([row_of[c] for c in frame["caption_id"].to_list()], dtype=np.int64)
 
+            if not with_augmentations:
+                return TrainingData(vectors_of(pairs), vectors_of(pairs, "image_vector"), pairs["image_id"].to_numpy())
+            copies = {}
+            for (seed,), frame in switched.group_by("seed"):
+                frame, of = usable(frame.sort("caption_id"))
+                copies[seed] = AugmentedCopies(of, vectors_of(frame), vectors_of(frame, "control_vector"))
+            keyword_frame, keyword_of = usable(keywords)
             return TrainingData(
-                vectors_of(pairs), vectors_of(pairs, "image_vector"), pairs["image_id"].to_numpy(), *rows(switched), *rows(keywords)
+                vectors_of(pairs),
+                vectors_of(pairs, "image_vector"),
+                pairs["image_id"].to_numpy(),
+                copies,
+                vectors_of(keyword_frame) if keyword_frame.height else None,
+                keyword_of if keyword_frame.height else None,
             )
 
         plan = config.plan(train_language)
@@ -233,11 +274,13 @@ def build_experiments(
         if plan.english_only_model:
             english_only = _english_only_frames(settings, outputs, languages, train_language)
             encoders[plan.english_only_model] = (training_data(english_only[train_language], False), english_only)
+        steps = step_budget(encoders[settings.text_model][0], plan.augmentations, plan.seeds, config.epochs, HeadConfig().batch_size)
+        objective_configs = config.objective_configs(steps)
 
-        base_config = HeadConfig(epochs=config.epochs)
         gallery = vectors_of(test_images)
         train_captions_hash = sha256_file(outputs.captions_path(train_language))
         images_hash = sha256_file(outputs.image_embeddings_path)
+        grid_run_id = context.run.run_id
         hits, runs, recall, ranks = [], [], [], []
         for number, cell in enumerate(cells, start=1):
             data, frames = encoders[cell.text_model]
@@ -248,25 +291,27 @@ def build_experiments(
                     if lang in means else test
                     for lang, test in queries.items()
                 }
-            head = train_cell(cell, base_config, data, config.mixup_alpha)
+            trained, training_rows = train_cell(cell, objective_configs[cell.objective], data, config.mixup_alpha)
+            if trained.steps != steps:
+                raise RuntimeError(f"cell {cell} took {trained.steps} steps, not the grid's {steps}")
             label = "english-only" if cell.text_model == ENGLISH_ONLY_TEXT_MODEL else "main"
             provenance = RunProvenance(
-                run_id=f"{context.run.run_id}/{cell.run_suffix(label)}",
+                run_id=f"{grid_run_id}/{cell.run_suffix(label)}",
                 dataset=lane.name,
                 image_model=images["model_id"][0],
                 text_model=cell.text_model,
                 train_language=train_language,
                 train_captions_hash=train_captions_hash,
                 images_hash=images_hash,
-                dagster_run_id=context.run.run_id,
+                dagster_run_id=grid_run_id,
                 augmentation=cell.augmentation_label,
-                train_pairs=len(data.text),
+                train_pairs=training_rows,
             )
             evaluation = evaluate_run(
-                head, provenance, gallery, queries, CODE_VERSIONS, context.run.run_id, with_random_baseline=cell.has_random_baseline
+                trained.head, provenance, gallery, queries, CODE_VERSIONS, grid_run_id, with_random_baseline=cell.with_random_baseline
             )
             context.log.info(f"cell {number}/{len(cells)}: {cell}")
-            hits.append(hits_frame(cell, evaluation.results))
+            hits.append(hits_frame(cell, evaluation.results, {lang: test.labels for lang, test in queries.items()}, grid_run_id, trained.steps))
             runs += evaluation.runs
             recall += evaluation.recall
             ranks += evaluation.ranks
@@ -278,6 +323,8 @@ def build_experiments(
             data_version=dg.DataVersion(file_version(path)),
             metadata={
                 "cells": len(cells),
+                "steps_per_cell": steps,
+                "grid_run_id": grid_run_id,
                 "languages": languages,
                 "seconds": round(time.perf_counter() - started, 1),
                 "path": dg.MetadataValue.path(str(path)),
