@@ -143,7 +143,7 @@ def command_grid(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from xlr_pipeline.core.datasets import DatasetError
-    from xlr_pipeline.defs.experiments import GridConfig
+    from xlr_pipeline.defs.experiments import AugmentationConfig, GridConfig
     from xlr_pipeline.defs.lane import CHAIN_ASSETS, EXPERIMENT_ASSETS
     from xlr_pipeline.runner import RunFailed, ensure_instance_home, materialize_target, run_pipeline
     from xlr_pipeline.staleness import Target
@@ -155,6 +155,8 @@ def command_grid(args: argparse.Namespace) -> int:
         lane = pipeline.lane(dataset)
         grid = GridConfig(**{k: v for k, v in (("seeds", args.seeds), ("objectives", args.objectives), ("epochs", args.epochs)) if v})
         configs = {"projection_head": head_training_config(args), "experiment_grid": grid}
+        if args.seeds:  # SALT copies are drawn per seed: the augmentation asset draws the grid's seeds
+            configs["text_augmentations"] = AugmentationConfig(seeds=args.seeds)
         with dg.DagsterInstance.get() as instance:
             report = run_pipeline(
                 instance, pipeline, [dataset], configs, include_stale=True, stages=frozenset(CHAIN_ASSETS + EXPERIMENT_ASSETS),
@@ -448,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[pipeline_options],
         help="bring the chain and the experiment grid (objectives x augmentation x seeds) up to date; print the report",
     )
-    grid.add_argument("--seeds", type=int, nargs="+", help="seeds per cell (default 0 1 2)")
+    grid.add_argument("--seeds", type=int, nargs="+", help="seeds per cell (default 0 1 2 3 4); SALT copies are drawn per seed")
     grid.add_argument("--objectives", nargs="+", choices=OBJECTIVES, help="objectives (default all)")
     grid.add_argument("--rerun", action="store_true", help="retrain the grid even if it exists (e.g. after changing --seeds)")
     grid.set_defaults(handler=command_grid)

@@ -76,10 +76,14 @@ def test_augmentation_asset_never_reads_test_or_foreign_captions(tmp_path, subse
     instance.add_dynamic_partitions(lane.partitions.name, ["en"])
     assets = pipeline.assets()
     assert dg.materialize(assets, selection=[lane.key("captions")], partition_key="en", instance=instance).success
-    config = dg.RunConfig(ops={op_name("text_augmentations"): AugmentationConfig(languages=["de", "ja"], words_per_language=300)})
+    config = dg.RunConfig(ops={op_name("text_augmentations"): AugmentationConfig(languages=["de", "ja"], words_per_language=300, seeds=[0, 1])})
     result = dg.materialize(assets, selection=[lane.key("text_augmentations")], instance=instance, run_config=config)
     assert result.success
     out = pl.read_parquet(outputs_for(data_dir).experiments / "code_switched.parquet")
     assert out.height > 10 and set(out["language"]) <= {"de", "ja"}
     assert not out["caption"].str.contains("POISON").any() and not out["original"].str.contains("POISON").any()
+    assert not out["english_control"].str.contains("POISON").any()
+    assert set(out["seed"]) == {0, 1}  # one set of copies per seed, drawn independently
+    by_seed = [frame.sort("caption_id")["caption"].to_list() for _, frame in out.group_by("seed")]
+    assert by_seed[0] != by_seed[1]
     assert set(out["image_id"]).issubset({image_id for image_id, side in split.items() if side == "train"})

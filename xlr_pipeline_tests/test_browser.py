@@ -41,13 +41,13 @@ SMALL_GRID = f"""ops:
     config:
       languages: [de, ja]
       words_per_language: 300
+      seeds: [0]
   {DATASET}__experiment_grid:
     config:
       objectives: [patr, m3]
       augmentations: [none, salt]
       seeds: [0]
       epochs: 10
-      m3_text_weights: []
       per_language_centring: false
       english_only_baseline: false
 """

@@ -103,9 +103,9 @@ def test_nothing_done_on_one_dataset_touches_the_other(two_datasets, tmp_path):
     # the grid runs on B alone, reading B's languages and no other
     grid = {
         **HEAD,
-        "text_augmentations": AugmentationConfig(languages=["de"], words_per_language=200),
+        "text_augmentations": AugmentationConfig(languages=["de"], words_per_language=200, seeds=[0]),
         "experiment_grid": GridConfig(
-            objectives=["patr"], augmentations=["none", "salt"], seeds=[0], epochs=5, m3_text_weights=[],
+            objectives=["patr"], augmentations=["none", "salt"], seeds=[0], epochs=5,
             per_language_centring=False, english_only_baseline=False,
         ),
     }

@@ -30,9 +30,9 @@ def two_runs(tmp_path_factory, subset_data_dir):
     shutil.copytree(subset_data_dir / DATASET, data_dir / DATASET)
     pipeline = pipeline_for(data_dir)
     tiny_grid = {
-        "text_augmentations": AugmentationConfig(languages=["de", "ja"], words_per_language=300),
+        "text_augmentations": AugmentationConfig(languages=["de", "ja"], words_per_language=300, seeds=[0, 1]),
         "experiment_grid": GridConfig(
-            objectives=["patr"], seeds=[0, 1], epochs=20, m3_text_weights=[], per_language_centring=False,
+            objectives=["patr"], seeds=[0, 1], epochs=20, per_language_centring=False,
             english_only_baseline=False,
         ),
         "tagging_report": TaggingReportConfig(seeds=[1]),

@@ -21,9 +21,9 @@ class HeadConfig:
     embed_dim: int = 256
     hidden_dim: int = 1024
     objective: Objective = "hinge"
-    margin: float = 0.1  # hinge: margin on similarities; patr/m3/m3_pull: η (β1) on cosine distance
+    margin: float | None = None  # hinge: on similarities (default 0.1); patr/m3/m3_pull: η (β1) on distance (default 1.0)
     negatives: NegativeMining = "all"
-    text_margin: float = 0.1
+    text_margin: float = 1.0  # m3: β2 on the distance between captions of different images
     text_weight: float = 0.5
     temperature: float = 0.05
     epochs: int = 60
@@ -36,17 +36,24 @@ class HeadConfig:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def resolved_margin(self) -> float:
+        """The margin in use: the hinge's is on similarities, the positive-aware losses' on distances."""
+        if self.margin is not None:
+            return self.margin
+        return 0.1 if self.objective == "hinge" else 1.0
+
 
 def objective_loss(config: HeadConfig, text: torch.Tensor, image: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
     """The configured objective on one batch of projected, normalised vectors."""
     if config.objective == "hinge":
-        return hinge_triplet_loss(text, image, image_ids, config.margin, config.negatives)
+        return hinge_triplet_loss(text, image, image_ids, config.resolved_margin, config.negatives)
     if config.objective == "patr":
-        return patr_loss(text, image, image_ids, config.margin, config.negatives)
+        return patr_loss(text, image, image_ids, config.resolved_margin, config.negatives)
     if config.objective == "m3":
-        return m3_loss(text, image, image_ids, config.margin, config.text_margin, config.text_weight, config.negatives)
+        return m3_loss(text, image, image_ids, config.resolved_margin, config.text_margin, config.text_weight, config.negatives)
     if config.objective == "m3_pull":
-        return m3_pull_loss(text, image, image_ids, config.margin, config.text_weight, config.negatives)
+        return m3_pull_loss(text, image, image_ids, config.resolved_margin, config.text_weight, config.negatives)
     return symmetric_info_nce_loss(text, image, image_ids, config.temperature)
 
 

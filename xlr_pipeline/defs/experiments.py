@@ -224,9 +224,10 @@ def build_experiments(
         evaluates each on every language of this dataset's test split, and appends each cell as a run to the
         results DuckDB. Per-query ranks of every cell go to a Parquet file for the statistics of `grid_report`.
 
-        Cost: the default grid (45 cells on emoji_cldr) takes about 4 minutes on 2 CPU cores, after the
-        chain's embeddings exist; "Materialize all" on the global graph includes it. Smaller grids: set
-        `objectives`, `augmentations` and `seeds` in the launchpad.
+        Every cell trains for the same number of optimiser steps (the grid's `step_budget`); the cost of the
+        default grid is in the asset's `seconds` metadata and in the README (about 10 s per cell on 2 CPU cores,
+        after the chain's embeddings exist); "Materialize all" on the global graph includes it. Smaller grids:
+        set `objectives`, `augmentations` and `seeds` in the launchpad.
         """
         started = time.perf_counter()
         outputs = lane.outputs(settings)

@@ -48,7 +48,9 @@ class HeadTrainingConfig(dg.Config):
         description="'hinge': plain triplet hinge; 'patr': the paper's positive-aware triplet ranking; 'm3': patr + text "
         "repulsion (the paper's m3); 'm3_pull': patr + extra positive pull (control); 'infonce': symmetric CLIP-style",
     )
-    margin: float = Field(_DEFAULT.margin, description="hinge: margin on cosine similarity; patr/m3/m3_pull: η on cosine distance")
+    margin: float | None = Field(
+        _DEFAULT.margin, description="hinge: margin on cosine similarity (unset: 0.1); patr/m3/m3_pull: η on cosine distance (unset: 1.0)"
+    )
     negatives: NegativeMining = Field(_DEFAULT.negatives, description="Average all violating in-batch negatives, or only the hardest")
     text_margin: float = Field(_DEFAULT.text_margin, description="m3: β2, distance margin of the caption-vs-other-captions term")
     text_weight: float = Field(_DEFAULT.text_weight, description="m3/m3_pull: α3, weight of the extra term (0 = patr)")
