@@ -118,7 +118,7 @@ def test_duckdb_holds_both_directions_for_every_language(chain):
     }
     assert all(n == 40 for *_, n in rows)
     assert runs == [
-        ("patr", 1, settings.image_model, settings.text_model, True),
+        ("hinge", 1, settings.image_model, settings.text_model, True),
         ("random_init", 1, settings.image_model, settings.text_model, False),
     ]
 

@@ -108,5 +108,5 @@ def test_aligned_encoders_are_evaluated_as_they_are_and_with_our_head(tmp_path, 
             "SELECT DISTINCT CASE WHEN image_model = text_model THEN image_model END FROM runs"
         ).fetchall()
     assert runs[0] == ("aligned_encoders", "identity", True, True)  # no random-head twin: nothing was trained
-    assert ("patr", "linear", True, True) in runs and ("random_init", "linear", False, True) in runs
+    assert ("hinge", "linear", True, True) in runs and ("random_init", "linear", False, True) in runs
     assert languages == len(SUBSET_LANGUAGES) and family == [(tiny_open_clip,)]
