@@ -90,7 +90,7 @@ def induce_tag_lexicon(
 def translate_tags(english_tags: Sequence[str], lexicon: Lexicon, language: str) -> list[str]:
     """Each English tag translated word by word (untranslatable words stay as they are), normalised."""
     always = np.random.default_rng(0)  # switch_ratio 1: every translatable word is translated
-    return [normalise_tag(code_switch(tag, lexicon, language, 1.0, always)) for tag in english_tags]
+    return [normalise_tag(code_switch(tag, lexicon, language, 1.0, always)[0]) for tag in english_tags]
 
 
 
