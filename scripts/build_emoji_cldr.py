@@ -7,8 +7,10 @@ Captions: the human-translated Unicode CLDR short names (`tts`) and keywords fro
 Only base emoji are kept (no skin-tone variants: near-duplicate images whose names differ only by the
 tone). Flags are dropped (a flag's name is a country name no image encoder can read) and so is the
 `Component` category (bare skin-tone swatches and hair parts). Gendered/age variants of one concept
-(man/woman/person health worker, man/woman running, ...) form one *family*; the train/test split is
-decided per family from a hash of its key, so near-duplicates never straddle the split.
+(man/woman/person health worker, man/woman running, ...) form one *family*, and so do emoji whose English
+names denote one concept (`family_groups`: "kiss" / "kiss: man, man", "cat" / "black cat", "men holding hands"
+/ "people holding hands"); the train/validation/test split is decided per family from a hash of its key, so
+near-duplicates never straddle two splits.
 
 Usage:  python scripts/build_emoji_cldr.py [--node-modules DIR] [--out data/emoji_cldr]
 Without --node-modules the packages are installed with npm into a temporary folder.
@@ -20,6 +22,7 @@ import argparse
 import csv
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -33,13 +36,17 @@ NPM_PACKAGES = (
 # XTD10 languages as ISO 639-1 codes; CLDR uses the same locale ids ("zh" is Simplified).
 LANGUAGES = ("en", "de", "fr", "es", "it", "ja", "ko", "pl", "ru", "tr", "zh")
 EXCLUDED_CATEGORIES = {"Flags", "Component"}
-TEST_FRACTION = 0.35
+# Hash buckets of a family's key: [0, 0.30) test, [0.30, 0.45) English validation (tuning), the rest train.
+TEST_FRACTION = 0.30
+VALIDATION_FRACTION = 0.15
 
 VARIATION_SELECTORS = {0xFE0E, 0xFE0F}
 SKIN_TONES = set(range(0x1F3FB, 0x1F400))
 HAIR_COMPONENTS = set(range(0x1F9B0, 0x1F9B4))
 GENDER_SIGNS = {0x2640, 0x2642}
 ZWJ = 0x200D
+# Words naming who does something; "men holding hands" and "people holding hands" are one concept.
+PERSON_WORDS = frozenset({"man", "woman", "men", "women", "person", "people", "boy", "girl", "child", "old", "older", "adult"})
 # Man/woman/person (and boy/girl/child, old man/old woman/older person) share one family slot.
 PERSON_CLASSES = {
     0x1F468: "adult", 0x1F469: "adult", 0x1F9D1: "adult",
@@ -68,9 +75,47 @@ def family_key(codepoints: list[int]) -> str:
     return key or "-".join(f"{cp:x}" for cp in codepoints if cp not in VARIATION_SELECTORS)
 
 
+def concept_of(english_name: str) -> tuple[str, ...]:
+    """The words of a name before its ':' qualifier, without person words ("kiss: man, man" -> ("kiss",))."""
+    words = re.findall(r"[\w'-]+", english_name.split(":")[0].lower())
+    return tuple(word for word in words if word not in PERSON_WORDS)
+
+
+def family_groups(family_keys: list[str], english_names: list[str]) -> list[str]:
+    """Each emoji's family after merging near-duplicates: a shared codepoint family key, the same concept, or
+    one concept being a word-suffix of another ("polar bear" joins "bear", "black cat" joins "cat").
+    A merged family is named by the smallest codepoint key in it, so the name is stable across rebuilds."""
+    parent = list(range(len(family_keys)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def join(i: int, j: int) -> None:
+        parent[root(i)] = root(j)
+
+    first_of: dict[tuple, int] = {}
+    for i, (key, name) in enumerate(zip(family_keys, english_names)):
+        for token in (("key", key), ("concept", concept_of(name))):
+            join(i, first_of.setdefault(token, i))
+    concepts = {concept: i for (kind, concept), i in first_of.items() if kind == "concept"}
+    for concept, i in concepts.items():
+        for start in range(1, len(concept)):
+            if concept[start:] in concepts:
+                join(i, concepts[concept[start:]])
+    smallest: dict[int, str] = {}
+    for i, key in enumerate(family_keys):
+        smallest[root(i)] = min(smallest.get(root(i), key), key)
+    return [smallest[root(i)] for i in range(len(family_keys))]
+
+
 def split_of(family: str) -> str:
     bucket = int.from_bytes(hashlib.sha256(family.encode("utf-8")).digest()[:8], "big") / 2**64
-    return "test" if bucket < TEST_FRACTION else "train"
+    if bucket < TEST_FRACTION:
+        return "test"
+    return "val" if bucket < TEST_FRACTION + VALIDATION_FRACTION else "train"
 
 
 def load_annotations(node_modules: Path, language: str) -> dict[str, dict]:
@@ -110,18 +155,21 @@ def build(node_modules: Path, out: Path) -> dict[str, int]:
         missing = [lang for lang, value in names.items() if not value or not value.get("tts")]
         if missing:
             raise SystemExit(f"emoji {entry['unified']} has no CLDR name in {missing}")
-        family = family_key(codepoints)
         rows.append(
             {
                 "image_id": entry["image"].removesuffix(".png"),
                 "image_file": entry["image"],
-                "family": family,
-                "split": split_of(family),
+                "family": family_key(codepoints),
                 "category": entry["category"],
                 "subcategory": entry["subcategory"],
                 "names": names,
             }
         )
+
+    families = family_groups([row["family"] for row in rows], [clean_field(row["names"]["en"]["tts"][0]) for row in rows])
+    for row, family in zip(rows, families):
+        row["family"] = family
+        row["split"] = split_of(family)
 
     staging = Path(tempfile.mkdtemp(prefix="emoji_cldr.", dir=out.parent))
     (staging / "images").mkdir()
@@ -152,8 +200,7 @@ def build(node_modules: Path, out: Path) -> dict[str, int]:
     staging.rename(out)
     return {
         "images": len(rows),
-        "train": sum(r["split"] == "train" for r in rows),
-        "test": sum(r["split"] == "test" for r in rows),
+        **{split: sum(r["split"] == split for r in rows) for split in ("train", "val", "test")},
         "families": len({r["family"] for r in rows}),
     }
 
