@@ -19,19 +19,21 @@ DATASET = "emoji_small"  # the name the subset declares: its lane, outputs folde
 
 
 def make_emoji_subset(
-    target: Path, n_train: int, n_test: int, languages=SUBSET_LANGUAGES, name: str = DATASET, first: int = 0
+    target: Path, n_train: int, n_test: int, languages=SUBSET_LANGUAGES, name: str = DATASET, first: int = 0, n_val: int = 0
 ) -> Path:
     """Copy a deterministic slice of data/emoji_cldr (images, split, captions) into `target`/`name`,
-    declared under that name; `first` skips that many train and test images of the shipped split."""
+    declared under that name; `first` skips that many train, validation and test images of the shipped split."""
     source = SHIPPED / "emoji_cldr"
     dataset = target / name
     (dataset / "images").mkdir(parents=True)
     (dataset / "captions").mkdir()
     with open(source / "split.csv", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    chosen = [r for r in rows if r["split"] == "train"][first : first + n_train] + [
-        r for r in rows if r["split"] == "test"
-    ][first : first + n_test]
+    chosen = [
+        row
+        for split, count in (("train", n_train), ("val", n_val), ("test", n_test))
+        for row in [r for r in rows if r["split"] == split][first : first + count]
+    ]
     keep = {r["image_id"] for r in chosen}
     with open(dataset / "split.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
@@ -51,9 +53,10 @@ def make_emoji_subset(
 
 @pytest.fixture(scope="session")
 def subset_data_dir(tmp_path_factory) -> Path:
-    """A data dir holding a 160-image, 3-language emoji dataset (shared, read-only by convention)."""
+    """A data dir holding a 190-image (120 train, 30 validation, 40 test), 3-language emoji dataset (shared,
+    read-only by convention)."""
     root = tmp_path_factory.mktemp("data")
-    make_emoji_subset(root, n_train=120, n_test=40)
+    make_emoji_subset(root, n_train=120, n_test=40, n_val=30)
     return root
 
 

@@ -70,23 +70,23 @@ def test_every_asset_writes_what_it_promises(chain):
     assert all(result.success for result in results.values())
 
     image_set = pl.read_parquet(outputs.images_path)
-    assert image_set.height == 160 and set(image_set["status"]) == {"ok"}
-    assert image_set["sha256"].str.len_chars().to_list() == [64] * 160
+    assert image_set.height == 190 and set(image_set["status"]) == {"ok"}
+    assert image_set["sha256"].str.len_chars().to_list() == [64] * 190
     assert check_results(results["images"]) == {"all_images_usable": True}
 
     captions = pl.read_parquet(outputs.captions_path("de"))
-    assert captions.height == 160 and set(captions["split"]) == {"train", "test"}
+    assert captions.height == 190 and set(captions["split"]) == {"train", "val", "test"}
     assert check_results(results["captions[de]"]) == {"no_quarantined_rows": True, "every_test_image_captioned": True}
 
     images = pl.read_parquet(outputs.image_embeddings_path)
-    assert images.height == 160 and vectors_of(images).shape == (160, 1280)
+    assert images.height == 190 and vectors_of(images).shape == (190, 1280)
     assert check_results(results["image_embeddings"]) == {
         "vectors_valid": True, "row_count_matches_source": True, "distinct_images": True
     }
 
     english = pl.read_parquet(outputs.text_embeddings_path("en"))
     german = pl.read_parquet(outputs.text_embeddings_path("de"))
-    assert english.height == 160  # training language: train + test
+    assert english.height == 190  # training language: every split
     assert german.height == 40 and set(german["split"]) == {"test"}  # others: test only
     assert np.allclose(np.linalg.norm(vectors_of(german), axis=1), 1.0, atol=1e-3)
 
@@ -148,8 +148,8 @@ def test_quarantined_rows_warn_but_keep_good_rows(fresh_data_dir, instance):
     result = materialize(instance, pipeline, "captions", "de")
     assert check_results(result)["no_quarantined_rows"] is False
     quarantine = pl.read_parquet(outputs.quarantine_path("de"))
-    assert quarantine.row(0, named=True)["source_line"] == 162 and "zz-unknown" in quarantine["reason"][0]
-    assert pl.read_parquet(outputs.captions_path("de")).height == 160
+    assert quarantine.row(0, named=True)["source_line"] == 192 and "zz-unknown" in quarantine["reason"][0]
+    assert pl.read_parquet(outputs.captions_path("de")).height == 190
 
 
 def test_corrupt_and_missing_images_are_named_and_left_out(fresh_data_dir, instance):
@@ -169,7 +169,7 @@ def test_corrupt_and_missing_images_are_named_and_left_out(fresh_data_dir, insta
     assert unusable.filter(pl.col("status") == "undecodable")["detail"][0].startswith(f"{images[3]}: cannot decode image")
     result = materialize(instance, pipeline, "image_embeddings")
     embedded = pl.read_parquet(pipeline.settings.outputs(DATASET).image_embeddings_path)
-    assert embedded.height == 158 and not {images[3].stem, images[5].stem} & set(embedded["image_id"])
+    assert embedded.height == 188 and not {images[3].stem, images[5].stem} & set(embedded["image_id"])
 
 
 def test_byte_identical_images_under_two_ids_are_reported(fresh_data_dir, instance):

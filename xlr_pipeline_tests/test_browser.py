@@ -50,6 +50,8 @@ SMALL_GRID = f"""ops:
       epochs: 10
       per_language_centring: false
       english_only_baseline: false
+      tuning_candidates: 2
+      tuning_seeds: [0]
 """
 
 

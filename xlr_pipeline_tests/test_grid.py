@@ -95,7 +95,7 @@ def test_grid_trains_every_cell_reports_from_one_run_and_reproduces_bit_for_bit(
     configs = {
         "projection_head": HeadTrainingConfig(epochs=10),
         "text_augmentations": AugmentationConfig(languages=["de", "ja"], words_per_language=300, seeds=[0, 1]),
-        "experiment_grid": GridConfig(objectives=["patr", "m3"], seeds=[0, 1], epochs=10),
+        "experiment_grid": GridConfig(objectives=["patr", "m3"], seeds=[0, 1], epochs=10, tuning_candidates=3, tuning_seeds=[0]),
     }
     report_dir = data_dir / "reports" / DATASET
     hits_path = outputs_for(data_dir).experiments / "grid_hits.parquet"
@@ -107,10 +107,14 @@ def test_grid_trains_every_cell_reports_from_one_run_and_reproduces_bit_for_bit(
         assert {f"{DATASET}/{asset}" for asset in EXPERIMENT_ASSETS} <= {asset for asset, _, _ in report.executed}
         hits = pl.read_parquet(hits_path)
         run_id = hits["grid_run_id"].unique().item()
-        runs.append((run_id, hits.drop("grid_run_id"), (report_dir / "report.md").read_text("utf-8")))
-    (first_id, first_hits, first_report), (second_id, second_hits, second_report) = runs
+        tuning = pl.read_parquet(outputs_for(data_dir).experiments / "tuning.parquet")
+        assert tuning["grid_run_id"].unique().to_list() == [run_id]
+        runs.append((run_id, hits.drop("grid_run_id"), (report_dir / "report.md").read_text("utf-8"), tuning.drop("grid_run_id")))
+    (first_id, first_hits, first_report, first_tuning), (second_id, second_hits, second_report, second_tuning) = runs
     assert first_id != second_id and f"Grid run `{second_id}`" in second_report
-    assert first_hits.equals(second_hits)
+    assert first_hits.equals(second_hits) and first_tuning.equals(second_tuning)
+    assert second_tuning.group_by("objective").agg(pl.len(), pl.col("chosen").sum()).sort("objective").rows() == [("m3", 3, 1), ("patr", 3, 1)]
+    assert "## Tuning on the validation split" in second_report and "## Configuration chosen on the validation split" in second_report
     assert first_report.replace(first_id, "RUN") == second_report.replace(second_id, "RUN")
 
     cells = run_sql(
@@ -138,3 +142,65 @@ def test_grid_trains_every_cell_reports_from_one_run_and_reproduces_bit_for_bit(
     assert "Holm–Bonferroni over all" in second_report
     assert (report_dir / "per_language_r1.png").stat().st_size > 10_000
     assert (report_dir / "mean_recall.png").stat().st_size > 10_000
+
+
+def _reverse_test_captions(dataset) -> None:
+    """Poison the test split: in every language each test image gets another test image's caption."""
+    split = dict(pl.read_csv(dataset / "split.csv").select("image_id", "split").iter_rows())
+    for path in (dataset / "captions").glob("*.tsv"):
+        header, *lines = path.read_text("utf-8").splitlines()
+        test_rows = [i for i, line in enumerate(lines) if split[line.split("\t", 1)[0]] == "test"]
+        texts = [lines[i].split("\t", 1)[1] for i in test_rows]
+        for i, text in zip(test_rows, reversed(texts)):
+            lines[i] = lines[i].split("\t", 1)[0] + "\t" + text
+        path.write_text("\n".join([header, *lines]) + "\n", "utf-8")
+
+
+def test_tuning_and_the_chosen_configuration_never_read_the_test_split(tmp_path, subset_data_dir):
+    configs = {
+        "projection_head": HeadTrainingConfig(epochs=5),
+        "text_augmentations": AugmentationConfig(languages=["de"], words_per_language=200, seeds=[0]),
+        "experiment_grid": GridConfig(
+            objectives=["hinge", "infonce"], augmentations=["none"], seeds=[0], epochs=5, per_language_centring=False,
+            english_only_baseline=False, tuning_candidates=3, tuning_seeds=[0],
+        ),
+    }
+    outcomes = []
+    for poisoned in (False, True):
+        data_dir = tmp_path / str(poisoned) / "data"
+        shutil.copytree(subset_data_dir / DATASET, data_dir / DATASET)
+        if poisoned:
+            _reverse_test_captions(data_dir / DATASET)
+        with dg.instance_for_test() as instance:
+            run_pipeline(instance, pipeline_for(data_dir), [DATASET], configs, stages=frozenset(CHAIN_ASSETS + EXPERIMENT_ASSETS), log=lambda _: None)
+        folder = outputs_for(data_dir).experiments
+        outcomes.append([pl.read_parquet(folder / name).drop("grid_run_id") for name in ("tuning.parquet", "grid_validation.parquet", "grid_hits.parquet")])
+    (tuning, validation, hits), (poisoned_tuning, poisoned_validation, poisoned_hits) = outcomes
+    assert tuning.equals(poisoned_tuning) and validation.equals(poisoned_validation)
+    assert not hits.equals(poisoned_hits)  # the poison reached the test numbers, and only them
+
+
+def test_tuning_tries_the_stated_defaults_first_and_picks_by_validation_score():
+    from xlr_pipeline.core.tuning import SEARCH_SPACE, ValidationSet, candidate_configs, tune, tuned_configs
+
+    base = HeadConfig(objective="m3", margin=1.0, steps=30)
+    candidates = candidate_configs(base, 5, seed=0)
+    assert candidates[0] == base and len(set(candidates)) == 5
+    assert all(c.learning_rate in SEARCH_SPACE["m3"]["learning_rate"] and c.steps == 30 for c in candidates)
+    assert len(candidate_configs(HeadConfig(objective="hinge", margin=0.1), 50, seed=0)) == 9  # the whole space, no repeats
+    with pytest.raises(ValueError, match="at least 1"):
+        candidate_configs(base, 0, seed=0)
+
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(40, 16)).astype(np.float32)
+    text = images[:, :12] + 0.1 * rng.normal(size=(40, 12)).astype(np.float32)
+    train = (text[:30], images[:30], np.arange(30))
+    validation = ValidationSet(text[30:], np.arange(10), images[30:])
+    table = tune({"hinge": HeadConfig(objective="hinge", margin=0.1, steps=20)}, train, validation, 3, seeds=[0])
+    assert table.height == 3 and table["chosen"].sum() == 1
+    assert table.filter(pl.col("chosen"))["score"].item() == table["score"].max()
+    assert table["score"].to_list() == [pytest.approx((r1 + r5 + r10) / 3) for r1, r5, r10 in table.select("r1", "r5", "r10").iter_rows()]
+    chosen = tuned_configs(table, {"hinge": HeadConfig(objective="hinge", margin=0.1, steps=20)})["hinge"]
+    assert chosen.steps == 20 and chosen.margin in SEARCH_SPACE["hinge"]["margin"]
+    with pytest.raises(ValueError, match="validation split is empty"):
+        ValidationSet(text[:0], np.arange(0), images)

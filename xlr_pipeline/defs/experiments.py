@@ -26,6 +26,7 @@ from xlr_pipeline.core.head import HeadConfig
 from xlr_pipeline.core.outputs import DatasetOutputs
 from xlr_pipeline.core.results import record_evaluation
 from xlr_pipeline.core.storage import sha256_file, write_parquet_atomic
+from xlr_pipeline.core.tuning import ValidationSet, tune, tuned_configs, validation_recall
 from xlr_pipeline.defs.lane import Lane
 from xlr_pipeline.defs.lineage import CURRENT_CONFIG, file_version, input_name, lineage_metadata
 from xlr_pipeline.defs.metadata import markdown_preview, png_metadata
@@ -72,6 +73,11 @@ class GridConfig(dg.Config):
     text_weight: float = Field(0.5, description="m3/m3_pull: α3, weight of the extra term")
     temperature: float = Field(HeadConfig().temperature, description="infonce: softmax temperature")
     mixup_alpha: float = Field(0.4, description="SALT mixup λ ~ Beta(α, α)")
+    tuning_candidates: int = Field(
+        8, ge=0, description="Configurations per objective tried on the validation split (the defaults above + draws "
+        "from core/tuning.py's SEARCH_SPACE); 0: no tuning, the values above as they are"
+    )
+    tuning_seeds: list[int] = Field([0, 1], description="Seeds each tuning candidate is trained with (its score: the mean)")
 
     def plan(self, train_language: str) -> GridPlan:
         return GridPlan(
@@ -96,6 +102,16 @@ class GridConfig(dg.Config):
             )
             for name in self.objectives
         }
+
+
+def _validation_set(images: pl.DataFrame, frame: pl.DataFrame) -> ValidationSet | None:
+    """The training language's validation captions against the validation images (None: no validation split)."""
+    validation_images = images.filter(pl.col("split") == "val")
+    positions = {image_id: i for i, image_id in enumerate(validation_images["image_id"].to_list())}
+    captions = frame.filter((pl.col("split") == "val") & pl.col("image_id").is_in(list(positions)))
+    if captions.is_empty():
+        return None
+    return ValidationSet(vectors_of(captions), np.array([positions[i] for i in captions["image_id"].to_list()]), vectors_of(validation_images))
 
 
 def _test_queries(
@@ -276,13 +292,28 @@ def build_experiments(
             english_only = _english_only_frames(settings, outputs, languages, train_language)
             encoders[plan.english_only_model] = (training_data(english_only[train_language], False), english_only)
         steps = step_budget(encoders[settings.text_model][0], plan.augmentations, plan.seeds, config.epochs, HeadConfig().batch_size)
+        validation = {model: _validation_set(images, frames[train_language]) for model, (_, frames) in encoders.items()}
         objective_configs = config.objective_configs(steps)
+        tuning = None
+        if config.tuning_candidates:
+            if validation[settings.text_model] is None:
+                raise ValueError(
+                    f"{lane.name} has no '{train_language}' captions of validation ('val') images to tune on; "
+                    "add a val split to its image list or set tuning_candidates to 0"
+                )
+            main = encoders[settings.text_model][0]
+            tuning = tune(
+                objective_configs, (main.text, main.image, main.image_ids), validation[settings.text_model],
+                config.tuning_candidates, config.tuning_seeds,
+            ).with_columns(pl.lit(context.run.run_id).alias("grid_run_id"), pl.lit(steps).alias("steps"))
+            objective_configs = tuned_configs(tuning, objective_configs)
+            context.log.info(f"tuned {len(objective_configs)} objectives on validation: {tuning.filter(pl.col('chosen')).rows()}")
 
         gallery = vectors_of(test_images)
         train_captions_hash = sha256_file(outputs.captions_path(train_language))
         images_hash = sha256_file(outputs.image_embeddings_path)
         grid_run_id = context.run.run_id
-        hits, runs, recall, ranks = [], [], [], []
+        hits, validation_rows, runs, recall, ranks = [], [], [], [], []
         for number, cell in enumerate(cells, start=1):
             data, frames = encoders[cell.text_model]
             queries = _test_queries({lang: frame.filter(pl.col("split") == "test") for lang, frame in frames.items()}, positions, outputs)
@@ -313,6 +344,13 @@ def build_experiments(
             )
             context.log.info(f"cell {number}/{len(cells)}: {cell}")
             hits.append(hits_frame(cell, evaluation.results, {lang: test.labels for lang, test in queries.items()}, grid_run_id, trained.steps))
+            if validation[cell.text_model] is not None:
+                validation_rows.append(
+                    {
+                        "grid_run_id": grid_run_id, "objective": cell.objective, "augmentation": cell.augmentation_label,
+                        "text_model": cell.text_model, "seed": cell.seed, **validation_recall(trained.head, validation[cell.text_model]),
+                    }
+                )
             runs += evaluation.runs
             recall += evaluation.recall
             ranks += evaluation.ranks
@@ -320,11 +358,22 @@ def build_experiments(
             record_evaluation(settings.results_db, runs, recall, ranks)
         path = folder / "grid_hits.parquet"
         write_parquet_atomic(pl.concat(hits), path)
+        validation_path = folder / "grid_validation.parquet"
+        if validation_rows:
+            write_parquet_atomic(pl.DataFrame(validation_rows), validation_path)
+        else:
+            validation_path.unlink(missing_ok=True)
+        if tuning is None:
+            (folder / "tuning.parquet").unlink(missing_ok=True)
+        else:
+            write_parquet_atomic(tuning, folder / "tuning.parquet")
         return dg.MaterializeResult(
             data_version=dg.DataVersion(file_version(path)),
             metadata={
                 "cells": len(cells),
                 "steps_per_cell": steps,
+                "tuned_on_validation": tuning is not None,
+                **({"tuning": markdown_preview(tuning.filter(pl.col("chosen")).drop("chosen", "grid_run_id"), rows=10)} if tuning is not None else {}),
                 "grid_run_id": grid_run_id,
                 "languages": languages,
                 "seconds": round(time.perf_counter() - started, 1),
@@ -338,7 +387,7 @@ def build_experiments(
                         **{input_name("text_embeddings", lang): file_version(outputs.text_embeddings_path(lang)) for lang in languages},
                         **{input_name("captions", lang): file_version(outputs.captions_path(lang)) for lang in languages},
                     },
-                    [path],
+                    [path, *(p for p in (validation_path, folder / "tuning.parquet") if p.is_file())],
                     settings.root,
                 ),
             },
@@ -354,11 +403,15 @@ def build_experiments(
     def grid_report(context: dg.AssetExecutionContext, settings: XlrSettings) -> dg.MaterializeResult:
         """Markdown + PNG report of the grid: zero-shot mean R@1/R@5 with bootstrap CIs, paired tests, per-language
         bars, and a summary generated from the numbers. Written to `<data_dir>/reports/<dataset>/`."""
-        hits_path = require_file(lane.outputs(settings).experiments / "grid_hits.parquet", f"{lane.name}/experiment_grid")
+        folder = lane.outputs(settings).experiments
+        hits_path = require_file(folder / "grid_hits.parquet", f"{lane.name}/experiment_grid")
+        validation, tuning = (folder / "grid_validation.parquet", folder / "tuning.parquet")
         out_dir = lane.reports_dir(settings)
         markdown = build_report(
             pl.read_parquet(hits_path), train_language, settings.text_model, out_dir,
             f"Experiment grid on {lane.name} (not XTD10 numbers)",
+            pl.read_parquet(validation) if validation.is_file() else None,
+            pl.read_parquet(tuning) if tuning.is_file() else None,
         )
         return dg.MaterializeResult(
             data_version=dg.DataVersion(file_version(out_dir / "report.md")),
