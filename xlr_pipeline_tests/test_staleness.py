@@ -4,6 +4,7 @@ import shutil
 from pathlib import Path
 
 import dagster as dg
+import polars as pl
 import pytest
 import torch
 import torchvision
@@ -134,6 +135,19 @@ def test_unused_caption_change_stops_at_the_unchanged_embeddings(scenario):
     data_dir, instance = scenario
     edit_caption(data_dir, "de", "train")  # only the training language's train captions are embedded
     assert rerun_stale(instance, pipeline_for(data_dir)) == {"captions[de]", "text_embeddings[de]"}
+
+
+def test_a_changed_split_reruns_every_language_and_retrains(scenario):
+    data_dir, instance = scenario
+    split = Path(data_dir) / DATASET / "split.csv"
+    header, *rows = split.read_text("utf-8").splitlines()
+    moved = next(i for i, row in enumerate(rows) if ",test," in row)
+    rows[moved] = rows[moved].replace(",test,", ",train,")
+    split.write_text("\n".join([header, *rows]) + "\n", "utf-8")
+    rerun = rerun_stale(instance, pipeline_for(data_dir))
+    assert {"images", "projection_head"} | {f"captions[{l}]" for l in SUBSET_LANGUAGES} <= rerun
+    captions = pl.read_parquet(outputs_for(data_dir).captions_path("de"))
+    assert captions.filter(pl.col("image_id") == rows[moved].split(",")[0])["split"].to_list() == ["train"]
 
 
 def test_edited_english_train_captions_retrain_the_head(scenario):

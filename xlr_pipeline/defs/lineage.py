@@ -51,8 +51,13 @@ def _images_config(settings: XlrSettings, lane: Lane, partition: str | None, hea
 
 
 def _captions_config(settings: XlrSettings, lane: Lane, partition: str | None, head_config: dict) -> dict:
+    """The caption file and the image list, whose split column every caption row carries."""
     spec = lane.spec
-    return {"dataset": spec.name, "source_sha256": sha256_file(spec.caption_file(partition))}
+    return {
+        "dataset": spec.name,
+        "source_sha256": sha256_file(spec.caption_file(partition)),
+        "image_list_sha256": sha256_file(spec.image_list_path),
+    }
 
 
 def _image_embeddings_config(settings: XlrSettings, lane: Lane, partition: str | None, head_config: dict) -> dict:
