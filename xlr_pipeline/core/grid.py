@@ -98,6 +98,7 @@ class GridPlan:
     seeds: Sequence[int]
     per_language_centring: bool = True
     english_only_model: str | None = None  # the first objective with this (English-only) text encoder
+    other_text_models: Sequence[str] = ()  # every objective, unaugmented, with each of these text encoders
 
 
 def require_known(kind: str, names: Sequence[str], known: Sequence[str]) -> list[str]:
@@ -109,7 +110,8 @@ def require_known(kind: str, names: Sequence[str], known: Sequence[str]) -> list
 
 
 def plan_cells(plan: GridPlan, text_model: str) -> list[Cell]:
-    """objectives × augmentations × seeds with `text_model`, then the levers and baselines that apply.
+    """objectives × augmentations × seeds with `text_model`, then the levers, the other text encoders (every
+    objective, unaugmented: their augmentations would need the copies embedded by them too) and the baselines.
 
     The first objective's unaugmented cell of each seed (and encoder) carries the random-head baseline.
     """
@@ -126,6 +128,8 @@ def plan_cells(plan: GridPlan, text_model: str) -> list[Cell]:
     ]
     if plan.per_language_centring:
         cells += [Cell(o, "none", s, text_model, centring="per_language") for o in plan.objectives for s in plan.seeds]
+    for model in plan.other_text_models:
+        cells += [Cell(o, "none", s, model, with_random_baseline=o == first) for o in plan.objectives for s in plan.seeds]
     if plan.english_only_model:
         cells += [Cell(first, "none", s, plan.english_only_model, with_random_baseline=True) for s in plan.seeds]
     return cells

@@ -65,7 +65,8 @@ class Comparison:
 
 
 def comparisons_of(systems: list[System], main_text_model: str) -> list[tuple[System, System, str]]:
-    """The report's family of comparisons among the main encoder's systems: (A, B, label), A − B."""
+    """The report's family of comparisons: augmentations and objectives with the main encoder, each other text
+    encoder against the main one per objective, and m3 against PATR with each other encoder: (A, B, label), A − B."""
     present = set(systems)
     pairs = []
     for objective, augmentation, text_model in systems:
@@ -77,6 +78,11 @@ def comparisons_of(systems: list[System], main_text_model: str) -> list[tuple[Sy
     for objective in ("hinge", "m3", "m3_pull", "infonce"):
         pairs.append(((objective, "none", main_text_model), ("patr", "none", main_text_model), f"{objective} vs patr (no augmentation)"))
     pairs.append((("m3", "none", main_text_model), ("m3_pull", "none", main_text_model), "m3 vs m3_pull (no augmentation)"))
+    for model in sorted({t for o, _, t in systems if t != main_text_model and o != "random_init"}):
+        name = model.split(":")[0]
+        for objective in sorted({o for o, _, t in systems if t == model and o != "random_init"}):
+            pairs.append(((objective, "none", model), (objective, "none", main_text_model), f"{name} vs {main_text_model.split(':')[0]} ({objective})"))
+        pairs.append((("m3", "none", model), ("patr", "none", model), f"m3 vs patr ({name})"))
     return [(a, b, label) for a, b, label in pairs if a in present and b in present]
 
 

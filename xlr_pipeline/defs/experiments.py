@@ -9,7 +9,8 @@ from pydantic import Field
 
 from xlr_pipeline.core.augment import code_switched_copies, induce_lexicon, language_means, shift_to_centroid
 from xlr_pipeline.core.embeddings import vectors_of, with_vectors
-from xlr_pipeline.core.encoders import ENGLISH_ONLY_TEXT_MODEL
+from xlr_pipeline.core.embeddings import model_slug
+from xlr_pipeline.core.encoders import ENGLISH_ONLY_TEXT_MODEL, MUSE_TEXT_MODEL
 from xlr_pipeline.core.evaluation import RunProvenance, TestQueries, evaluate_run
 from xlr_pipeline.core.choices import AUGMENTATIONS, OBJECTIVES, AugmentationName, ObjectiveName
 from xlr_pipeline.core.grid import (
@@ -66,6 +67,10 @@ class GridConfig(dg.Config):
     per_language_centring: bool = Field(True, description="Also evaluate each objective with per-language centring")
     seeds: list[int] = Field([0, 1, 2, 3, 4], description="Seeds per cell (>= 5: seeds are a level of the statistics)")
     english_only_baseline: bool = Field(True, description="Add the first objective with the English-only text encoder (English-trained datasets)")
+    other_text_models: list[str] = Field(
+        [MUSE_TEXT_MODEL], description="Text encoders compared with the configured one: every objective, unaugmented, "
+        "same tuned values and step budget (default: multilingual USE v3, the paper's encoder)"
+    )
     epochs: int = Field(HeadConfig().epochs, description="Passes over the largest training set of the grid: every cell gets that many steps")
     hinge_margin: float = Field(0.1, description="hinge: margin on cosine similarity")
     distance_margin: float = Field(1.0, description="patr/m3/m3_pull: η (β1), margin on the cosine distance to negatives")
@@ -86,6 +91,7 @@ class GridConfig(dg.Config):
             seeds=self.seeds,
             per_language_centring=self.per_language_centring,
             english_only_model=ENGLISH_ONLY_TEXT_MODEL if self.english_only_baseline and train_language == "en" else None,
+            other_text_models=self.other_text_models,
         )
 
     def objective_configs(self, steps: int) -> dict[str, HeadConfig]:
@@ -127,9 +133,11 @@ def _test_queries(
     }
 
 
-def _english_only_frames(settings: XlrSettings, outputs: DatasetOutputs, languages: list[str], train_language: str) -> dict[str, pl.DataFrame]:
-    """Caption vectors of the English-only control encoder (train + test for the training language, test for the rest)."""
-    encode = settings.cached_text_encoder(ENGLISH_ONLY_TEXT_MODEL)
+def _caption_frames(
+    settings: XlrSettings, outputs: DatasetOutputs, languages: list[str], train_language: str, text_model: str
+) -> dict[str, pl.DataFrame]:
+    """Caption vectors of another text encoder (every split of the training language, test for the rest)."""
+    encode = settings.cached_text_encoder(text_model)
     frames = {}
     for language in languages:
         frame = pl.read_parquet(outputs.captions_path(language))
@@ -288,9 +296,9 @@ def build_experiments(
         plan = config.plan(train_language)
         cells = plan_cells(plan, settings.text_model)
         encoders = {settings.text_model: (training_data(main_frames[train_language], True), main_frames)}
-        if plan.english_only_model:
-            english_only = _english_only_frames(settings, outputs, languages, train_language)
-            encoders[plan.english_only_model] = (training_data(english_only[train_language], False), english_only)
+        for model in [*plan.other_text_models, *([plan.english_only_model] if plan.english_only_model else [])]:
+            frames = _caption_frames(settings, outputs, languages, train_language, model)
+            encoders[model] = (training_data(frames[train_language], False), frames)
         steps = step_budget(encoders[settings.text_model][0], plan.augmentations, plan.seeds, config.epochs, HeadConfig().batch_size)
         validation = {model: _validation_set(images, frames[train_language]) for model, (_, frames) in encoders.items()}
         objective_configs = config.objective_configs(steps)
@@ -326,7 +334,7 @@ def build_experiments(
             trained, training_rows = train_cell(cell, objective_configs[cell.objective], data, config.mixup_alpha)
             if trained.steps != steps:
                 raise RuntimeError(f"cell {cell} took {trained.steps} steps, not the grid's {steps}")
-            label = "english-only" if cell.text_model == ENGLISH_ONLY_TEXT_MODEL else "main"
+            label = "main" if cell.text_model == settings.text_model else model_slug(cell.text_model)
             provenance = RunProvenance(
                 run_id=f"{grid_run_id}/{cell.run_suffix(label)}",
                 dataset=lane.name,
