@@ -3,35 +3,7 @@
 import numpy as np
 import pytest
 
-from xlr_pipeline.core.stats import bootstrap_ci, hierarchical_ci, paired_permutation_test, paired_test
-
-
-def test_bootstrap_ci_covers_the_true_mean_about_95_percent_of_the_time():
-    rng = np.random.default_rng(1)
-    truth = {"de": 0.3, "ja": 0.1}
-    covered = 0
-    for trial in range(200):
-        hits = {lang: (rng.random(300) < p).astype(float) for lang, p in truth.items()}
-        estimate = bootstrap_ci(hits, resamples=500, seed=trial)
-        covered += estimate.low <= np.mean(list(truth.values())) <= estimate.high
-        assert estimate.low <= estimate.mean <= estimate.high
-    assert 0.88 <= covered / 200 <= 0.99
-
-
-def test_permutation_test_finds_a_real_gap_and_not_an_absent_one():
-    rng = np.random.default_rng(2)
-    base = {lang: (rng.random(500) < 0.3).astype(float) for lang in ("de", "ja")}
-    better = {lang: np.maximum(hits, (rng.random(500) < 0.15).astype(float)) for lang, hits in base.items()}
-    gain, p_value = paired_permutation_test(better, base, permutations=2000)
-    assert gain > 0.05 and p_value < 0.01
-    same = {lang: hits.copy() for lang, hits in base.items()}
-    assert paired_permutation_test(same, base, permutations=500)[1] == 1.0
-    p_values = []
-    for trial in range(40):
-        a = {"de": (rng.random(300) < 0.3).astype(float)}
-        b = {"de": (rng.random(300) < 0.3).astype(float)}
-        p_values.append(paired_permutation_test(a, b, permutations=500, seed=trial)[1])
-    assert np.mean(np.array(p_values) < 0.05) <= 0.15  # about 5% false positives under the null
+from xlr_pipeline.core.stats import hierarchical_ci, paired_test
 
 
 def _grid_table(rng, mean=0.3, seeds=5, languages=6, images=150, seed_sd=0.03, image_sd=0.15, noise_sd=0.1):
@@ -55,22 +27,15 @@ def test_hierarchical_ci_covers_the_truth_about_95_percent_with_correlated_langu
     assert 0.88 <= covered / 200 <= 0.99
 
 
-def test_paired_test_keeps_false_positives_near_5_percent_where_per_language_tests_do_not():
+def test_paired_test_keeps_false_positives_near_5_percent_with_correlated_languages_and_seed_effects():
     rng = np.random.default_rng(4)
-    hierarchical, per_language = [], []
+    hierarchical = []
     for trial in range(200):
         base = _grid_table(rng)
         # B differs from A by seed-level and image-level noise only: no true difference
         other = base + _grid_table(rng, mean=0.0, seed_sd=0.03, image_sd=0.05)
         hierarchical.append(paired_test(other, base, resamples=400, permutations=400, seed=trial).p_value < 0.05)
-        per_language.append(
-            paired_permutation_test(
-                {str(l): other.mean(0)[l] for l in range(6)}, {str(l): base.mean(0)[l] for l in range(6)}, 400, trial
-            )[1]
-            < 0.05
-        )
     assert np.mean(hierarchical) <= 0.09
-    assert np.mean(per_language) > 0.3  # resampling languages independently, seeds ignored: far too many
 
 
 def test_paired_test_finds_a_real_gain_and_handles_missing_queries():

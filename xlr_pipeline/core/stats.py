@@ -15,14 +15,12 @@ language l, image i (the hit rate of that image's queries; NaN where the languag
   the seeds — and (b) the t test from the bootstrap error above, which adds seed-to-seed variance. The larger
   of two valid p-values is a valid p-value.
 
-The per-language functions `bootstrap_ci` / `paired_permutation_test` below serve single-language tables whose
-rows are already images averaged over seeds (the tagging report).
+The tagging report uses the same functions with one language per table.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -146,38 +144,6 @@ def paired_test(a: np.ndarray, b: np.ndarray, resamples: int = 2000, permutation
         float(p_hierarchical),
         float(max(p_sign_flip, p_hierarchical)),
     )
-
-
-def bootstrap_ci(hits_by_language: Mapping[str, np.ndarray], resamples: int = 2000, seed: int = 0, level: float = 0.95) -> Estimate:
-    """Mean over languages of per-language mean hit rate, with a percentile bootstrap CI over queries."""
-    rng = np.random.default_rng(seed)
-    languages = sorted(hits_by_language)
-    point = float(np.mean([hits_by_language[lang].mean() for lang in languages]))
-    samples = np.zeros(resamples)
-    for lang in languages:
-        hits = hits_by_language[lang]
-        indices = rng.integers(0, len(hits), size=(resamples, len(hits)))
-        samples += hits[indices].mean(axis=1)
-    samples /= len(languages)
-    tail = (1 - level) / 2
-    return Estimate(point, float(np.quantile(samples, tail)), float(np.quantile(samples, 1 - tail)))
-
-
-def paired_permutation_test(
-    a_by_language: Mapping[str, np.ndarray], b_by_language: Mapping[str, np.ndarray], permutations: int = 5000, seed: int = 0
-) -> tuple[float, float]:
-    """(mean difference A − B over languages, two-sided p-value) by random sign flips of per-query differences."""
-    rng = np.random.default_rng(seed)
-    languages = sorted(a_by_language)
-    differences = [a_by_language[lang] - b_by_language[lang] for lang in languages]
-    observed = float(np.mean([d.mean() for d in differences]))
-    null = np.zeros(permutations)
-    for diff in differences:
-        signs = rng.choice(np.array([-1.0, 1.0]), size=(permutations, len(diff)))
-        null += (signs * diff).mean(axis=1)
-    null /= len(languages)
-    p_value = (np.sum(np.abs(null) >= abs(observed) - 1e-12) + 1) / (permutations + 1)
-    return observed, float(p_value)
 
 
 def holm_adjusted(p_values: list[float]) -> list[float]:

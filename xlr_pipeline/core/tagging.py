@@ -25,7 +25,7 @@ import polars as pl
 from xlr_pipeline.core.augment import WORD, Lexicon, code_switch, mutual_nearest_translations
 from xlr_pipeline.core.head import ProjectionHead, project
 from xlr_pipeline.core.metrics import flat_ip_index
-from xlr_pipeline.core.stats import bootstrap_ci, holm_adjusted, paired_permutation_test
+from xlr_pipeline.core.stats import hierarchical_ci, holm_adjusted, paired_test
 
 TAG_SEPARATOR = "|"
 METHOD = "zero_shot_head"
@@ -144,8 +144,8 @@ def tagging_markdown(
     lines = [
         f"# Zero-shot image tagging on {dataset}",
         "",
-        f"Head run `{run_id}` (trained on {train_language} only), seeds {seeds}; each image's scores are averaged over "
-        "seeds and 95% CIs resample images. `zero_shot_head`: the language's own tag vocabulary ranked by the head; "
+        f"Head run `{run_id}` (trained on {train_language} only), seeds {seeds}; 95% CIs and paired tests take the image as "
+        "the unit and the head's seed as a level (`core/stats.py`). `zero_shot_head`: the language's own tag vocabulary ranked by the head; "
         "`english_then_translate`: the English tags ranked by the same head, each translated word by word with a "
         "lexicon the frozen encoder induces from the two vocabularies (no parallel data). Matching is exact "
         "after case folding.",
@@ -213,32 +213,36 @@ def score_language(
     return scores
 
 
-def _seed_average(scores: list[ImageScores]) -> dict[tuple[str, int], np.ndarray]:
-    """(metric, k) → per-image value averaged over heads (k = 0 for mAP): the image is the resampling unit."""
-    out = {("map", 0): np.mean([s.average_precision for s in scores], axis=0)}
+def _per_seed_tables(scores: list[ImageScores]) -> dict[tuple[str, int], np.ndarray]:
+    """(metric, k) → a (seeds, 1, images) table of per-image values (k = 0 for mAP), for `core/stats.py`:
+    the image is the unit and the head's seed a level."""
+    def table(rows: list[np.ndarray]) -> np.ndarray:
+        return np.stack(rows)[:, None, :]
+
+    out = {("map", 0): table([s.average_precision for s in scores])}
     for k in TAGGING_KS:
-        out[("precision", k)] = np.mean([s.precision[k] for s in scores], axis=0)
-        out[("recall", k)] = np.mean([s.recall[k] for s in scores], axis=0)
+        out[("precision", k)] = table([s.precision[k] for s in scores])
+        out[("recall", k)] = table([s.recall[k] for s in scores])
     return out
 
 
 def compare_methods(per_language: dict[str, dict[str, list[ImageScores]]]) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(metrics, tests): every method's metrics with 95% bootstrap CIs over images, and METHOD − BASELINE
-    per language and metric by a paired sign-flip test over images, Holm–Bonferroni over all the tests."""
+    """(metrics, tests): every method's metrics with 95% CIs (images and seeds resampled), and METHOD − BASELINE
+    per language and metric by `paired_test` (image unit, seeds a level), Holm–Bonferroni over all the tests."""
     metric_rows, test_rows = [], []
     for language, by_method in sorted(per_language.items()):
-        averaged = {method: _seed_average(scores) for method, scores in by_method.items()}
-        for method, metrics in averaged.items():
+        tables = {method: _per_seed_tables(scores) for method, scores in by_method.items()}
+        for method, metrics in tables.items():
             for (metric, k), values in metrics.items():
-                estimate = bootstrap_ci({language: values})
+                estimate = hierarchical_ci(values)
                 metric_rows.append({
                     "language": language, "method": method, "metric": metric, "k": k, "value": estimate.mean,
-                    "ci_low": estimate.low, "ci_high": estimate.high, "n_images": len(values),
+                    "ci_low": estimate.low, "ci_high": estimate.high, "n_images": values.shape[2],
                 })
-        if BASELINE in averaged:
-            for (metric, k), values in averaged[METHOD].items():
-                difference, p_value = paired_permutation_test({language: values}, {language: averaged[BASELINE][(metric, k)]})
-                test_rows.append({"language": language, "metric": metric, "k": k, "difference": difference, "p_value": p_value})
+        if BASELINE in tables:
+            for (metric, k), values in tables[METHOD].items():
+                test = paired_test(values, tables[BASELINE][(metric, k)])
+                test_rows.append({"language": language, "metric": metric, "k": k, "difference": test.difference, "p_value": test.p_value})
     for row, adjusted in zip(test_rows, holm_adjusted([row["p_value"] for row in test_rows])):
         row["p_holm"] = adjusted
         row["verdict"] = "not significant" if adjusted >= SIGNIFICANCE else ("head better" if row["difference"] > 0 else "baseline better")

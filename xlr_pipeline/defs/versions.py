@@ -15,6 +15,6 @@ CODE_VERSIONS = {
     "experiment_grid": "3",
     "grid_report": "3",
     "tags": "1",
-    "tagging_report": "1",
+    "tagging_report": "2",
     "text_alignment": "1",
 }
