@@ -15,6 +15,7 @@ import polars as pl
 
 from xlr_pipeline.core.augment import mixup
 from xlr_pipeline.core.choices import AUGMENTATIONS, OBJECTIVES, Augmentation, Objective
+from xlr_pipeline.core.embeddings import vectors_of
 from xlr_pipeline.core.evaluation import TRAINED
 from xlr_pipeline.core.head import HeadConfig, TrainingResult, train_head
 from xlr_pipeline.core.metrics import DirectionResult
@@ -58,6 +59,28 @@ class TrainingData:
     copies: Mapping[int, AugmentedCopies] = field(default_factory=dict)  # per seed
     keyword_text: np.ndarray | None = None  # vectors of each caption's CLDR keywords
     keyword_of: np.ndarray | None = None
+
+
+def training_data(pairs: pl.DataFrame, switched: pl.DataFrame | None = None, keywords: pl.DataFrame | None = None) -> TrainingData:
+    """`pairs` (train captions with `vector` and their image's `image_vector`) and, when given, the code-switched
+    copies of every seed (`seed`, `caption_id`, `vector`, `control_vector`) and the keyword texts (`caption_id`,
+    `vector`) of those captions; augmentations of captions not in `pairs` are left out."""
+    base = (vectors_of(pairs), vectors_of(pairs, "image_vector"), pairs["image_id"].to_numpy())
+    if switched is None:
+        return TrainingData(*base)
+    row_of = {caption_id: i for i, caption_id in enumerate(pairs["caption_id"].to_list())}
+
+    def usable(frame: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray]:
+        frame = frame.filter(pl.col("caption_id").is_in(list(row_of)))
+        return frame, np.array([row_of[c] for c in frame["caption_id"].to_list()], dtype=np.int64)
+
+    copies = {}
+    for (seed,), frame in switched.group_by("seed"):
+        frame, of = usable(frame.sort("caption_id"))
+        copies[seed] = AugmentedCopies(of, vectors_of(frame), vectors_of(frame, "control_vector"))
+    keyword_frame, keyword_of = usable(keywords) if keywords is not None else (pl.DataFrame(), np.zeros(0, np.int64))
+    has_keywords = keyword_frame.height > 0
+    return TrainingData(*base, copies, vectors_of(keyword_frame) if has_keywords else None, keyword_of if has_keywords else None)
 
 
 def _with_rows(data: TrainingData, text: np.ndarray, of: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -162,7 +162,7 @@ def tagging_markdown(
     if tests.height:
         lines += [
             "",
-            f"## Paired tests, zero-shot head − baseline (sign flips over images; Holm–Bonferroni over all "
+            f"## Paired tests, zero-shot head − baseline (`core/stats.py`'s paired test: image unit, seeds a level; Holm–Bonferroni over all "
             f"{tests.height} tests of {tests['language'].n_unique()} languages × {tests.height // max(tests['language'].n_unique(), 1)} metrics)",
             "",
             "| language | metric | difference | p | p (Holm) | verdict |",

@@ -13,15 +13,7 @@ from xlr_pipeline.core.embeddings import model_slug
 from xlr_pipeline.core.encoders import ENGLISH_ONLY_TEXT_MODEL, MUSE_TEXT_MODEL
 from xlr_pipeline.core.evaluation import RunProvenance, TestQueries, evaluate_run
 from xlr_pipeline.core.choices import AUGMENTATIONS, OBJECTIVES, AugmentationName, ObjectiveName
-from xlr_pipeline.core.grid import (
-    AugmentedCopies,
-    GridPlan,
-    TrainingData,
-    hits_frame,
-    plan_cells,
-    step_budget,
-    train_cell,
-)
+from xlr_pipeline.core.grid import GridPlan, hits_frame, plan_cells, step_budget, train_cell, training_data
 from xlr_pipeline.core.grid_report import build_report
 from xlr_pipeline.core.head import HeadConfig
 from xlr_pipeline.core.outputs import DatasetOutputs
@@ -269,36 +261,12 @@ def build_experiments(
         means_frame = pl.read_parquet(require_file(folder / "language_means.parquet", f"{lane.name}/text_augmentations"))
         means = dict(zip(means_frame["language"].to_list(), vectors_of(means_frame)))
 
-        def training_data(train_frame: pl.DataFrame, with_augmentations: bool) -> TrainingData:
-            pairs = training_pairs(images, train_frame)
-            row_of = {caption_id: i for i, caption_id in enumerate(pairs["caption_id"].to_list())}
-
-            def usable(frame: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray]:
-                frame = frame.filter(pl.col("caption_id").is_in(list(row_of)))
-                return frame, np.array([row_of[c] for c in frame["caption_id"].to_list()], dtype=np.int64)
-
-            if not with_augmentations:
-                return TrainingData(vectors_of(pairs), vectors_of(pairs, "image_vector"), pairs["image_id"].to_numpy())
-            copies = {}
-            for (seed,), frame in switched.group_by("seed"):
-                frame, of = usable(frame.sort("caption_id"))
-                copies[seed] = AugmentedCopies(of, vectors_of(frame), vectors_of(frame, "control_vector"))
-            keyword_frame, keyword_of = usable(keywords)
-            return TrainingData(
-                vectors_of(pairs),
-                vectors_of(pairs, "image_vector"),
-                pairs["image_id"].to_numpy(),
-                copies,
-                vectors_of(keyword_frame) if keyword_frame.height else None,
-                keyword_of if keyword_frame.height else None,
-            )
-
         plan = config.plan(train_language)
         cells = plan_cells(plan, settings.text_model)
-        encoders = {settings.text_model: (training_data(main_frames[train_language], True), main_frames)}
+        encoders = {settings.text_model: (training_data(training_pairs(images, main_frames[train_language]), switched, keywords), main_frames)}
         for model in [*plan.other_text_models, *([plan.english_only_model] if plan.english_only_model else [])]:
             frames = _caption_frames(settings, outputs, languages, train_language, model)
-            encoders[model] = (training_data(frames[train_language], False), frames)
+            encoders[model] = (training_data(training_pairs(images, frames[train_language])), frames)
         steps = step_budget(encoders[settings.text_model][0], plan.augmentations, plan.seeds, config.epochs, HeadConfig().batch_size)
         validation = {model: _validation_set(images, frames[train_language]) for model, (_, frames) in encoders.items()}
         objective_configs = config.objective_configs(steps)

@@ -13,8 +13,8 @@ CODE_VERSIONS = {
     "retrieval_metrics": "1",
     "text_augmentations": "2",
     "experiment_grid": "3",
-    "grid_report": "3",
+    "grid_report": "4",
     "tags": "1",
-    "tagging_report": "2",
+    "tagging_report": "3",
     "text_alignment": "1",
 }
