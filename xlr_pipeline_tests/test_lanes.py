@@ -12,7 +12,7 @@ import pytest
 from xlr_pipeline.core.embeddings import vectors_of
 from xlr_pipeline.core.head import HeadConfig, head_fingerprint, head_from_bytes, train_head
 from xlr_pipeline.core.sql import run_sql
-from xlr_pipeline.defs.experiments import AugmentationConfig, GridConfig
+from xlr_pipeline.defs.experiments import AugmentationConfig, FinetuneAssetConfig, GridConfig
 from xlr_pipeline.defs.lane import CHAIN_ASSETS, EXPERIMENT_ASSETS
 from xlr_pipeline.defs.train import HeadTrainingConfig, training_pairs
 from xlr_pipeline.runner import current_statuses, run_pipeline
@@ -104,6 +104,7 @@ def test_nothing_done_on_one_dataset_touches_the_other(two_datasets, tmp_path):
     grid = {
         **HEAD,
         "text_augmentations": AugmentationConfig(languages=["de"], words_per_language=200, seeds=[0]),
+        "text_encoder_finetuning": FinetuneAssetConfig(steps=2, batch_size=8, trainable_layers=1),
         "experiment_grid": GridConfig(
             objectives=["patr"], augmentations=["none", "salt"], seeds=[0], epochs=5,
             per_language_centring=False, english_only_baseline=False, tuning_candidates=0, other_text_models=[],

@@ -12,7 +12,7 @@ from xlr_pipeline.cli import main as xlr
 from xlr_pipeline.core.results import RecallRecord, RunRecord, record_evaluation
 from xlr_pipeline.core.sql import QueryError, run_sql
 from xlr_pipeline.core.warehouse import SCHEMA_V1, SCHEMA_VERSION, connect_for_write
-from xlr_pipeline.defs.experiments import AugmentationConfig, GridConfig
+from xlr_pipeline.defs.experiments import AugmentationConfig, FinetuneAssetConfig, GridConfig
 from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline.defs.lane import CHAIN_ASSETS, EXPERIMENT_ASSETS, TAGGING_ASSETS
 from xlr_pipeline.defs.tagging import TaggingReportConfig
@@ -31,6 +31,7 @@ def two_runs(tmp_path_factory, subset_data_dir):
     pipeline = pipeline_for(data_dir)
     tiny_grid = {
         "text_augmentations": AugmentationConfig(languages=["de", "ja"], words_per_language=300, seeds=[0, 1]),
+        "text_encoder_finetuning": FinetuneAssetConfig(steps=2, batch_size=8, trainable_layers=1),
         "experiment_grid": GridConfig(
             objectives=["patr"], seeds=[0, 1], epochs=20, per_language_centring=False,
             english_only_baseline=False, other_text_models=[],

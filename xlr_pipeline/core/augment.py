@@ -106,20 +106,47 @@ class SwitchedCopy:
     english_control: str  # the same words deleted instead: a perturbed English copy
 
 
-def code_switch(caption: str, lexicon: Lexicon, language: str, switch_ratio: float, rng: np.random.Generator) -> tuple[str, str]:
-    """(switched caption, English control): each translatable word is switched with probability switch_ratio;
-    the control deletes exactly the switched words (where that leaves nothing, it is the unchanged caption)."""
-    decisions: list[bool] = []
+@dataclass(frozen=True)
+class Switch:
+    """One switched word: its span in the original caption and its translation."""
 
-    def replace(match: re.Match) -> str:
+    start: int
+    end: int
+    translation: str
+
+
+def draw_switches(caption: str, lexicon: Lexicon, language: str, switch_ratio: float, rng: np.random.Generator) -> list[Switch]:
+    """Each translatable word of `caption` is switched with probability switch_ratio (one draw per
+    translatable word, in order)."""
+    switches = []
+    for match in WORD.finditer(caption):
         options = lexicon.translations.get(match.group(0).lower(), {})
-        decisions.append(language in options and rng.random() < switch_ratio)
-        return options[language] if decisions[-1] else match.group(0)
+        if language in options and rng.random() < switch_ratio:
+            switches.append(Switch(match.start(), match.end(), options[language]))
+    return switches
 
-    switched = WORD.sub(replace, caption)
-    switched_here = iter(decisions)  # the same pattern finds the same words in the same order
-    control = SPACED_WORD.sub(lambda match: "" if next(switched_here) else match.group(0), caption).strip()
-    return switched, control or caption
+
+def apply_switches(caption: str, switches: Sequence[Switch]) -> tuple[str, list[tuple[int, int]]]:
+    """The switched caption and each translation's (start, end) in it."""
+    parts, spans, at, length = [], [], 0, 0
+    for switch in switches:
+        parts.append(caption[at : switch.start])
+        length += switch.start - at
+        spans.append((length, length + len(switch.translation)))
+        parts.append(switch.translation)
+        length += len(switch.translation)
+        at = switch.end
+    parts.append(caption[at:])
+    return "".join(parts), spans
+
+
+def code_switch(caption: str, lexicon: Lexicon, language: str, switch_ratio: float, rng: np.random.Generator) -> tuple[str, str]:
+    """(switched caption, English control): the control deletes exactly the switched words, with the whitespace
+    before each (where that leaves nothing, it is the unchanged caption)."""
+    switches = draw_switches(caption, lexicon, language, switch_ratio, rng)
+    deleted = {switch.start for switch in switches}
+    control = SPACED_WORD.sub(lambda match: "" if match.end() - len(match.group(0).lstrip()) in deleted else match.group(0), caption).strip()
+    return apply_switches(caption, switches)[0], control or caption
 
 
 def code_switched_copies(captions: Sequence[str], lexicon: Lexicon, switch_ratio: float, seed: int) -> list[SwitchedCopy]:

@@ -16,12 +16,16 @@ NegativeMining = Literal["all", "hardest"]
 Architecture = Literal["linear", "mlp", "identity"]
 # "english_mixup": SALT's mixup with a perturbed English copy instead of a code-switched one (control).
 Augmentation = Literal["none", "salt", "english_mixup", "keywords"]
+# Fine-tuning the text encoder: on English captions alone, or with code-switching + mixup inside the model.
+FinetuneArm = Literal["english", "salt_in_model"]
 
 OBJECTIVES: tuple[str, ...] = get_args(Objective)
 ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
 AUGMENTATIONS: tuple[str, ...] = get_args(Augmentation)
+FINETUNE_ARMS: tuple[str, ...] = get_args(FinetuneArm)
 
 # The same names as enumerations, for lists of them in a launchpad Config: Dagster's config schema checks
 # list items against an Enum before a run starts (it cannot do so for a list of Literal).
 ObjectiveName = Enum("ObjectiveName", {name: name for name in OBJECTIVES}, type=str)
 AugmentationName = Enum("AugmentationName", {name: name for name in AUGMENTATIONS}, type=str)
+FinetuneArmName = Enum("FinetuneArmName", {name: name for name in FINETUNE_ARMS}, type=str)

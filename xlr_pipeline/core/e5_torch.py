@@ -119,11 +119,23 @@ class E5Tokenizer:
         self.bos, self.eos, self.pad = packed.specials["bos"], packed.specials["eos"], packed.specials["pad"]
         self.max_content = max_tokens - 2
 
-    def ids(self, text: str) -> list[int]:
+    def _encode(self, text: str) -> tuple[str, object, int]:
+        """(normalised text, the unigram encoding of its metaspaced form, characters prepended before it)."""
         normalised = re.sub(" {2,}", " ", text.translate(self._table))
-        spaced = normalised if normalised.startswith(" ") else " " + normalised
-        content = self._unigram.encode(spaced.replace(" ", METASPACE), add_special_tokens=False).ids
-        return [self.bos, *content[: self.max_content], self.eos]
+        prepended = 0 if normalised.startswith(" ") else 1
+        encoding = self._unigram.encode((" " * prepended + normalised).replace(" ", METASPACE), add_special_tokens=False)
+        return normalised, encoding, prepended
+
+    def ids(self, text: str) -> list[int]:
+        _, encoding, _ = self._encode(text)
+        return [self.bos, *encoding.ids[: self.max_content], self.eos]
+
+    def offsets(self, text: str) -> list[tuple[int, int]] | None:
+        """Each content token's (start, end) in `text`; None where normalisation changed the text's length."""
+        normalised, encoding, prepended = self._encode(text)
+        if len(normalised) != len(text):
+            return None
+        return [(max(start - prepended, 0), end - prepended) for start, end in encoding.offsets[: self.max_content]]
 
     def batch(self, texts: list[str]) -> dict[str, torch.Tensor]:
         rows = [self.ids(text) for text in texts]

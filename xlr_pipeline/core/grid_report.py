@@ -65,6 +65,14 @@ class Comparison:
         return "significant gain" if self.test.difference > 0 else "significant loss"
 
 
+def encoder_label(model_id: str) -> str:
+    """A text model as the report names it: its scheme, or for fine-tuned weights `scheme:<arm>` (the weights
+    file is named `<arm>-<content hash>.pt`)."""
+    scheme, _, rest = model_id.partition(":")
+    _, at, weights = rest.partition("@")
+    return f"{scheme}:{Path(weights).stem.rsplit('-', 1)[0]}" if at else scheme
+
+
 def comparisons_of(systems: list[System], main_text_model: str) -> list[tuple[System, System, str]]:
     """The report's family of comparisons: augmentations and objectives with the main encoder, each other text
     encoder against the main one per objective, and m3 against PATR with each other encoder: (A, B, label), A − B."""
@@ -79,11 +87,18 @@ def comparisons_of(systems: list[System], main_text_model: str) -> list[tuple[Sy
     for objective in ("hinge", "m3", "m3_pull", "infonce"):
         pairs.append(((objective, "none", main_text_model), ("patr", "none", main_text_model), f"{objective} vs patr (no augmentation)"))
     pairs.append((("m3", "none", main_text_model), ("m3_pull", "none", main_text_model), "m3 vs m3_pull (no augmentation)"))
-    for model in sorted({t for o, _, t in systems if t != main_text_model and o != "random_init"}):
-        name = model.split(":")[0]
+    others = sorted({t for o, _, t in systems if t != main_text_model and o != "random_init"})
+    main_name = encoder_label(main_text_model)
+    for model in others:
+        name = encoder_label(model)
         for objective in sorted({o for o, _, t in systems if t == model and o != "random_init"}):
-            pairs.append(((objective, "none", model), (objective, "none", main_text_model), f"{name} vs {main_text_model.split(':')[0]} ({objective})"))
+            pairs.append(((objective, "none", model), (objective, "none", main_text_model), f"{name} vs {main_name} ({objective})"))
         pairs.append((("m3", "none", model), ("patr", "none", model), f"m3 vs patr ({name})"))
+    by_label = {encoder_label(model): model for model in others}
+    salt, english = by_label.get("e5torch:salt_in_model"), by_label.get("e5torch:english")
+    if salt and english:  # the two fine-tuning arms: what code-switching + mixup inside the model adds
+        for objective in sorted({o for o, _, t in systems if t == salt and o != "random_init"}):
+            pairs.append(((objective, "none", salt), (objective, "none", english), f"salt_in_model vs english fine-tuning ({objective})"))
     return [(a, b, label) for a, b, label in pairs if a in present and b in present]
 
 
@@ -127,7 +142,7 @@ def validation_sections(
         "## Configuration chosen on the validation split",
         "",
         f"Highest mean validation score over seeds among every trained system but the English-only control: "
-        f"**{chosen_system[0]} / {chosen_system[1]} / {chosen_system[2]}** ({score:.4f}; per-language centring does not "
+        f"**{chosen_system[0]} / {chosen_system[1]} / {encoder_label(chosen_system[2])}** ({score:.4f}; per-language centring does not "
         "change English queries, so it ties with plain training and the plain one is named). Its "
         f"test numbers: zero-shot mean t2i R@10 {_fmt(estimates[chosen_system]['r10'])}, R@5 {_fmt(estimates[chosen_system]['r5'])}, "
         f"R@1 {_fmt(estimates[chosen_system]['r1'])}; en t2i R@1 {_fmt(english) if english else '–'}.",
@@ -194,7 +209,7 @@ def build_report(
         e = estimates[system]
         english_cell = _fmt(english_r1[system]) if english_r1[system] else "–"
         lines.append(
-            f"| {system[0]} | {system[1]} | {system[2]} | {seed_count[system]} | {_fmt(e['r1'])} | {_fmt(e['r5'])} | "
+            f"| {system[0]} | {system[1]} | {encoder_label(system[2])} | {seed_count[system]} | {_fmt(e['r1'])} | {_fmt(e['r5'])} | "
             f"{_fmt(e['r10'])} | {_fmt(e['i1'])} | {english_cell} |"
         )
     lines += [
@@ -221,7 +236,7 @@ def build_report(
         "",
         "| system | " + " | ".join(zero_shot) + " |",
         "|---|" + "---|" * len(zero_shot),
-        *[f"| {' / '.join(system)} | " + " | ".join(f"{value:.3f}" for value in r1_by_language[system]) + " |" for system in systems],
+        *[f"| {system[0]} / {system[1]} / {encoder_label(system[2])} | " + " | ".join(f"{value:.3f}" for value in r1_by_language[system]) + " |" for system in systems],
         "",
         *(validation_sections(validation, tuning, estimates, english_r1, main_text_model) if validation is not None else []),
         "",
@@ -252,7 +267,7 @@ def build_report(
     for axis, key, name in ((axes[0], "r1", "R@1"), (axes[1], "r10", "R@10")):
         means = [estimates[s][key].mean for s in systems]
         errors = [[estimates[s][key].mean - estimates[s][key].low for s in systems], [estimates[s][key].high - estimates[s][key].mean for s in systems]]
-        axis.barh([" / ".join(s[:2]) + ("" if s[2] == main_text_model else " (English-only encoder)") for s in systems], means, xerr=errors, capsize=3)
+        axis.barh([" / ".join(s[:2]) + ("" if s[2] == main_text_model else f" ({encoder_label(s[2])})") for s in systems], means, xerr=errors, capsize=3)
         axis.set_xlabel(f"zero-shot mean text→image {name} (95% CI)")
         axis.invert_yaxis()
     figure.tight_layout()
@@ -279,6 +294,6 @@ def summarise(comparisons: list[Comparison], estimates: dict, english_r1: dict, 
     for system in [s for s in estimates if s[0] == "random_init" or s[2] == ENGLISH_ONLY_TEXT_MODEL]:
         english = english_r1[system].mean if english_r1[system] else float("nan")
         sentences.append(
-            f"- Baseline {system[0]} / {system[2]}: zero-shot mean R@1 {estimates[system]['r1'].mean:.3f}, English R@1 {english:.3f}."
+            f"- Baseline {system[0]} / {encoder_label(system[2])}: zero-shot mean R@1 {estimates[system]['r1'].mean:.3f}, English R@1 {english:.3f}."
         )
     return sentences

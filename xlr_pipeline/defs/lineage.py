@@ -91,6 +91,7 @@ CURRENT_CONFIG: dict[str, Callable[[XlrSettings, Lane, str | None, dict], dict]]
     "image_index": _no_config,
     "retrieval_metrics": _no_config,
     "text_augmentations": _text_model_config,
+    "text_encoder_finetuning": _no_config,
     "experiment_grid": _text_model_config,
     "grid_report": _no_config,
     "tags": _tags_config,
