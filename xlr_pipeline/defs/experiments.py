@@ -87,7 +87,7 @@ class GridConfig(dg.Config):
         8, ge=0, description="Configurations per objective tried on the validation split (the defaults above + draws "
         "from core/tuning.py's SEARCH_SPACE); 0: no tuning, the values above as they are"
     )
-    tuning_seeds: list[int] = Field([0], description="Seeds each tuning candidate is trained with (its score: the mean)")
+    tuning_seeds: list[int] = Field([0, 1], description="Seeds each tuning candidate is trained with (its score: the mean)")
     finetuned_encoders: bool = Field(
         True, description="Also compare the text encoders `text_encoder_finetuning` wrote (every objective, unaugmented)"
     )

@@ -13,7 +13,7 @@ CODE_VERSIONS = {
     "retrieval_metrics": "1",
     "text_augmentations": "3",
     "text_encoder_finetuning": "1",
-    "experiment_grid": "4",
+    "experiment_grid": "5",
     "grid_report": "4",
     "tags": "1",
     "tagging_report": "3",
