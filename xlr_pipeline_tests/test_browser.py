@@ -57,6 +57,7 @@ SMALL_GRID = f"""ops:
       english_only_baseline: false
       tuning_candidates: 2
       other_text_models: []
+      other_image_models: []
       tuning_seeds: [0]
 """
 

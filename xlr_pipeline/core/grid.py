@@ -1,4 +1,4 @@
-"""The experiment grid: objectives × augmentations × seeds (× text encoder), trained on cached embeddings.
+"""The experiment grid: objectives × augmentations × seeds (× text and image encoders), trained on cached embeddings.
 
 Every cell trains for the same number of optimiser steps (`step_budget`): augmented cells have more rows, and
 with a per-epoch budget they would also get more updates, confounding the augmentation with training length.
@@ -27,6 +27,7 @@ class Cell:
     augmentation: Augmentation
     seed: int
     text_model: str
+    image_model: str
     centring: str = "train"  # "train" or "per_language" (evaluation-time)
     with_random_baseline: bool = False  # one random head per seed and encoder
 
@@ -34,8 +35,12 @@ class Cell:
     def augmentation_label(self) -> str:
         return self.augmentation + (" + per-language centring" if self.centring == "per_language" else "")
 
-    def run_suffix(self, text_model_label: str) -> str:
-        parts = [self.objective, self.augmentation_label, text_model_label, f"seed{self.seed}"]
+    @property
+    def encoders(self) -> tuple[str, str]:
+        return self.text_model, self.image_model
+
+    def run_suffix(self, encoders_label: str) -> str:
+        parts = [self.objective, self.augmentation_label, encoders_label, f"seed{self.seed}"]
         return "/".join(part.replace(" ", "") for part in parts)
 
 
@@ -122,6 +127,8 @@ class GridPlan:
     per_language_centring: bool = True
     english_only_model: str | None = None  # the first objective with this (English-only) text encoder
     other_text_models: Sequence[str] = ()  # every objective, unaugmented, with each of these text encoders
+    other_image_models: Sequence[str] = ()  # every objective, unaugmented, with each of these image encoders ...
+    image_text_models: Sequence[str] = ()  # ... crossed with these text encoders (empty: the main one)
 
 
 def require_known(kind: str, names: Sequence[str], known: Sequence[str]) -> list[str]:
@@ -132,11 +139,11 @@ def require_known(kind: str, names: Sequence[str], known: Sequence[str]) -> list
     return list(names)
 
 
-def plan_cells(plan: GridPlan, text_model: str) -> list[Cell]:
-    """objectives × augmentations × seeds with `text_model`, then the levers, the other text encoders (every
+def plan_cells(plan: GridPlan, text_model: str, image_model: str) -> list[Cell]:
+    """objectives × augmentations × seeds with the main encoders, then the levers, the other encoders (every
     objective, unaugmented: their augmentations would need the copies embedded by them too) and the baselines.
 
-    The first objective's unaugmented cell of each seed (and encoder) carries the random-head baseline.
+    The first objective's unaugmented cell of each seed (and encoder pair) carries the random-head baseline.
     """
     require_known("objectives", plan.objectives, OBJECTIVES)
     require_known("augmentations", plan.augmentations, AUGMENTATIONS)
@@ -144,26 +151,44 @@ def plan_cells(plan: GridPlan, text_model: str) -> list[Cell]:
         raise ValueError("a grid needs at least one objective, one augmentation and one seed")
     first = plan.objectives[0]
     cells = [
-        Cell(o, a, s, text_model, with_random_baseline=(o, a) == (first, "none"))
+        Cell(o, a, s, text_model, image_model, with_random_baseline=(o, a) == (first, "none"))
         for o in plan.objectives
         for a in plan.augmentations
         for s in plan.seeds
     ]
     if plan.per_language_centring:
-        cells += [Cell(o, "none", s, text_model, centring="per_language") for o in plan.objectives for s in plan.seeds]
-    for model in plan.other_text_models:
-        cells += [Cell(o, "none", s, model, with_random_baseline=o == first) for o in plan.objectives for s in plan.seeds]
+        cells += [Cell(o, "none", s, text_model, image_model, centring="per_language") for o in plan.objectives for s in plan.seeds]
+    pairs = [(model, image_model) for model in plan.other_text_models]
+    pairs += [(text, image) for image in plan.other_image_models for text in plan.image_text_models or [text_model]]
+    for text, image in pairs:
+        cells += [Cell(o, "none", s, text, image, with_random_baseline=o == first) for o in plan.objectives for s in plan.seeds]
     if plan.english_only_model:
-        cells += [Cell(first, "none", s, plan.english_only_model, with_random_baseline=True) for s in plan.seeds]
+        cells += [Cell(first, "none", s, plan.english_only_model, image_model, with_random_baseline=True) for s in plan.seeds]
     return cells
 
 
-def train_cell(cell: Cell, objective_config: HeadConfig, data: TrainingData, mixup_alpha: float) -> tuple[TrainingResult, int]:
-    """Train one cell's head (its objective's configuration, the cell's seed); also the number of training rows."""
+@dataclass(frozen=True)
+class TrainingJob:
+    """One head to train: the training data of an encoder pair (text, image), with `augmentation`; `config.seed`
+    seeds the head's initialisation, its batch order and the augmentation's draws."""
+
+    encoders: tuple[str, str]
+    augmentation: Augmentation
+    config: HeadConfig
+
+
+def cell_job(cell: Cell, objective_config: HeadConfig) -> TrainingJob:
+    """The head a cell trains (its objective's configuration, its seed). Cells that differ only in evaluation
+    (per-language centring) share a job, so the head is trained once."""
     if objective_config.objective != cell.objective:
         raise ValueError(f"cell {cell} given the configuration of {objective_config.objective}")
-    text, image, ids = training_arrays(data, cell.augmentation, mixup_alpha, cell.seed)
-    return train_head(text, image, ids, replace(objective_config, seed=cell.seed)), len(text)
+    return TrainingJob(cell.encoders, cell.augmentation, replace(objective_config, seed=cell.seed))
+
+
+def train_job(job: TrainingJob, data: TrainingData, mixup_alpha: float) -> tuple[TrainingResult, int]:
+    """Train one job's head on `data`; also the number of training rows."""
+    text, image, ids = training_arrays(data, job.augmentation, mixup_alpha, job.config.seed)
+    return train_head(text, image, ids, job.config), len(text)
 
 
 def hits_frame(
@@ -191,6 +216,7 @@ def hits_frame(
                             "objective": cell.objective if head_name == TRAINED else "random_init",
                             "augmentation": cell.augmentation_label,
                             "text_model": cell.text_model,
+                            "image_model": cell.image_model,
                             "seed": cell.seed,
                             "language": language,
                             "direction": result.direction,

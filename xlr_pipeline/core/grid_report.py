@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from xlr_pipeline.core.encoders import ENGLISH_ONLY_TEXT_MODEL
+from xlr_pipeline.core.choices import ENGLISH_ONLY_TEXT_MODEL
 from xlr_pipeline.core.stats import Estimate, PairedTest, hierarchical_ci, holm_adjusted, paired_test
 from xlr_pipeline.core.tuning import best_system
 
 SIGNIFICANCE = 0.05
-System = tuple[str, str, str]  # objective, augmentation, text model
-SYSTEM_COLUMNS = ["objective", "augmentation", "text_model"]
+System = tuple[str, str, str, str]  # objective, augmentation, text model, image model
+SYSTEM_COLUMNS = ["objective", "augmentation", "text_model", "image_model"]
 
 
 @dataclass(frozen=True)
@@ -73,32 +73,57 @@ def encoder_label(model_id: str) -> str:
     return f"{scheme}:{Path(weights).stem.rsplit('-', 1)[0]}" if at else scheme
 
 
-def comparisons_of(systems: list[System], main_text_model: str) -> list[tuple[System, System, str]]:
-    """The report's family of comparisons: augmentations and objectives with the main encoder, each other text
-    encoder against the main one per objective, and m3 against PATR with each other encoder: (A, B, label), A − B."""
+def image_encoder_label(model_id: str) -> str:
+    """An image model as the report names it: its architecture (`efficientnet-lite:efficientnet-lite2` → `efficientnet-lite2`)."""
+    return model_id.partition(":")[2].partition("@")[0] or model_id
+
+
+def system_label(system: System, main_image_model: str) -> str:
+    """objective / augmentation / text encoder, and the image encoder where it is not the main one."""
+    label = f"{system[0]} / {system[1]} / {encoder_label(system[2])}"
+    return label if system[3] == main_image_model else f"{label} / {image_encoder_label(system[3])}"
+
+
+def comparisons_of(systems: list[System], main_text_model: str, main_image_model: str) -> list[tuple[System, System, str]]:
+    """The report's family of comparisons: augmentations and objectives with the main encoders, each other text
+    encoder against the main one per objective, each other image encoder against the main one per text encoder
+    and objective, m3 against PATR with each other encoder pair, and the two fine-tuning arms: (A, B, label), A − B."""
     present = set(systems)
+    trained = [s for s in systems if s[0] != "random_init"]
+
+    def main(objective: str, augmentation: str = "none") -> System:
+        return (objective, augmentation, main_text_model, main_image_model)
+
     pairs = []
-    for objective, augmentation, text_model in systems:
-        if text_model != main_text_model or objective == "random_init" or augmentation == "none":
+    for objective, augmentation, text_model, image_model in trained:
+        if (text_model, image_model) != (main_text_model, main_image_model) or augmentation == "none":
             continue
-        pairs.append(((objective, augmentation, text_model), (objective, "none", text_model), f"{augmentation} vs none ({objective})"))
+        pairs.append((main(objective, augmentation), main(objective), f"{augmentation} vs none ({objective})"))
         if augmentation == "salt":
-            pairs.append(((objective, "salt", text_model), (objective, "english_mixup", text_model), f"salt vs english_mixup ({objective})"))
+            pairs.append((main(objective, "salt"), main(objective, "english_mixup"), f"salt vs english_mixup ({objective})"))
     for objective in ("hinge", "m3", "m3_pull", "infonce"):
-        pairs.append(((objective, "none", main_text_model), ("patr", "none", main_text_model), f"{objective} vs patr (no augmentation)"))
-    pairs.append((("m3", "none", main_text_model), ("m3_pull", "none", main_text_model), "m3 vs m3_pull (no augmentation)"))
-    others = sorted({t for o, _, t in systems if t != main_text_model and o != "random_init"})
-    main_name = encoder_label(main_text_model)
-    for model in others:
-        name = encoder_label(model)
-        for objective in sorted({o for o, _, t in systems if t == model and o != "random_init"}):
-            pairs.append(((objective, "none", model), (objective, "none", main_text_model), f"{name} vs {main_name} ({objective})"))
-        pairs.append((("m3", "none", model), ("patr", "none", model), f"m3 vs patr ({name})"))
-    by_label = {encoder_label(model): model for model in others}
+        pairs.append((main(objective), main("patr"), f"{objective} vs patr (no augmentation)"))
+    pairs.append((main("m3"), main("m3_pull"), "m3 vs m3_pull (no augmentation)"))
+    main_name, main_image_name = encoder_label(main_text_model), image_encoder_label(main_image_model)
+    other_pairs = sorted({(t, i) for _, _, t, i in trained} - {(main_text_model, main_image_model)}, key=lambda p: (p[1] != main_image_model, p))
+    for text_model, image_model in other_pairs:
+        objectives = sorted({o for o, _, t, i in trained if (t, i) == (text_model, image_model)})
+        name = encoder_label(text_model) + ("" if image_model == main_image_model else f" + {image_encoder_label(image_model)}")
+        for objective in objectives:
+            system = (objective, "none", text_model, image_model)
+            if image_model == main_image_model:
+                pairs.append((system, main(objective), f"{name} vs {main_name} ({objective})"))
+            else:
+                pairs.append((system, (objective, "none", text_model, main_image_model), f"{image_encoder_label(image_model)} vs {main_image_name} ({encoder_label(text_model)}, {objective})"))
+        pairs.append((("m3", "none", text_model, image_model), ("patr", "none", text_model, image_model), f"m3 vs patr ({name})"))
+    by_label = {encoder_label(t): t for t, i in other_pairs if i == main_image_model}
     salt, english = by_label.get("e5torch:salt_in_model"), by_label.get("e5torch:english")
     if salt and english:  # the two fine-tuning arms: what code-switching + mixup inside the model adds
-        for objective in sorted({o for o, _, t in systems if t == salt and o != "random_init"}):
-            pairs.append(((objective, "none", salt), (objective, "none", english), f"salt_in_model vs english fine-tuning ({objective})"))
+        for objective in sorted({o for o, _, t, _ in trained if t == salt}):
+            pairs.append((
+                (objective, "none", salt, main_image_model), (objective, "none", english, main_image_model),
+                f"salt_in_model vs english fine-tuning ({objective})",
+            ))
     return [(a, b, label) for a, b, label in pairs if a in present and b in present]
 
 
@@ -111,7 +136,7 @@ def _fmt(estimate: Estimate) -> str:
 
 
 def validation_sections(
-    validation: pl.DataFrame, tuning: pl.DataFrame | None, estimates: dict, english_r1: dict, main_text_model: str
+    validation: pl.DataFrame, tuning: pl.DataFrame | None, estimates: dict, english_r1: dict
 ) -> list[str]:
     """How hyperparameters and the reported configuration were chosen (validation split only), and the chosen
     configuration's test numbers."""
@@ -142,7 +167,7 @@ def validation_sections(
         "## Configuration chosen on the validation split",
         "",
         f"Highest mean validation score over seeds among every trained system but the English-only control: "
-        f"**{chosen_system[0]} / {chosen_system[1]} / {encoder_label(chosen_system[2])}** ({score:.4f}; per-language centring does not "
+        f"**{system_label(chosen_system, main_image_model='')}** ({score:.4f}; per-language centring does not "
         "change English queries, so it ties with plain training and the plain one is named). Its "
         f"test numbers: zero-shot mean t2i R@10 {_fmt(estimates[chosen_system]['r10'])}, R@5 {_fmt(estimates[chosen_system]['r5'])}, "
         f"R@1 {_fmt(estimates[chosen_system]['r1'])}; en t2i R@1 {_fmt(english) if english else '–'}.",
@@ -154,13 +179,17 @@ def build_report(
     hits: pl.DataFrame,
     train_language: str,
     main_text_model: str,
+    main_image_model: str,
     out_dir: Path,
     title: str,
     validation: pl.DataFrame | None = None,
     tuning: pl.DataFrame | None = None,
+    cost: dict | None = None,
+    finetuning: pl.DataFrame | None = None,
 ) -> str:
     """Write `report.md`, `per_language_r1.png` and `mean_recall.png` into out_dir; return the Markdown.
-    `validation` (each cell's validation scores) and `tuning` must come from the same grid run as `hits`."""
+    `validation` (each cell's validation scores), `tuning` and `cost` (the grid step's wall time) must come from
+    the same grid run as `hits`; `finetuning` is the fine-tuned encoders' manifest (their cost)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -172,6 +201,8 @@ def build_report(
     for name, frame in (("validation scores", validation), ("tuning table", tuning)):
         if frame is not None and frame["grid_run_id"].unique().to_list() != grid_runs:
             raise ValueError(f"the {name} come from grid run(s) {frame['grid_run_id'].unique().to_list()}, the hits from {grid_runs[0]}")
+    if cost is not None and cost["grid_run_id"] != grid_runs[0]:
+        raise ValueError(f"the grid cost is of grid run {cost['grid_run_id']}, the hits of {grid_runs[0]}")
     out_dir.mkdir(parents=True, exist_ok=True)
     all_languages = sorted(hits["language"].unique().to_list())
     zero_shot = [language for language in all_languages if language != train_language]
@@ -180,15 +211,15 @@ def build_report(
         for key, k, direction in (("r1", 1, "text_to_image"), ("r5", 5, "text_to_image"), ("r10", 10, "text_to_image"), ("i1", 1, "image_to_text"))
     }
     english = hit_tables(hits, 1, "text_to_image", [train_language]) if train_language in all_languages else None
-    systems = sorted(tables["r1"].tables, key=lambda s: (s[2] != main_text_model, s[0] == "random_init", s))
+    systems = sorted(tables["r1"].tables, key=lambda s: (s[3] != main_image_model, s[2] != main_text_model, s[0] == "random_init", s))
     estimates = {system: {key: hierarchical_ci(tables[key].tables[system]) for key in tables} for system in systems}
     english_r1 = {system: hierarchical_ci(english.tables[system]) if english else None for system in systems}
-    seed_count = {(o, a, t): n for o, a, t, n in hits.group_by(*SYSTEM_COLUMNS).agg(pl.col("seed").n_unique()).iter_rows()}
+    seed_count = {tuple(row[:-1]): row[-1] for row in hits.group_by(*SYSTEM_COLUMNS).agg(pl.col("seed").n_unique()).iter_rows()}
     steps = hits["steps"].unique().to_list()
 
     raw = [
         Comparison(label, k, paired_test(tables[key].tables[a], tables[key].tables[b]))
-        for a, b, label in comparisons_of(systems, main_text_model)
+        for a, b, label in comparisons_of(systems, main_text_model, main_image_model)
         for k, key in ((1, "r1"), (5, "r5"))
     ]
     comparisons = [Comparison(c.label, c.k, c.test, adjusted) for c, adjusted in zip(raw, holm_adjusted([c.test.p_value for c in raw]))]
@@ -202,14 +233,15 @@ def build_report(
         "[95% CI: crossed bootstrap over seeds and images — the image is the unit in every language — with a t "
         "quantile on Welch–Satterthwaite degrees of freedom.] t2i = text→image, i2t = image→text.",
         "",
-        "| objective | augmentation | text encoder | seeds | zero-shot t2i R@1 | zero-shot t2i R@5 | zero-shot t2i R@10 | zero-shot i2t R@1 | en t2i R@1 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        *(cost_lines(cost, finetuning) if cost is not None else []),
+        "| objective | augmentation | text encoder | image encoder | seeds | zero-shot t2i R@1 | zero-shot t2i R@5 | zero-shot t2i R@10 | zero-shot i2t R@1 | en t2i R@1 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for system in systems:
         e = estimates[system]
         english_cell = _fmt(english_r1[system]) if english_r1[system] else "–"
         lines.append(
-            f"| {system[0]} | {system[1]} | {encoder_label(system[2])} | {seed_count[system]} | {_fmt(e['r1'])} | {_fmt(e['r5'])} | "
+            f"| {system[0]} | {system[1]} | {encoder_label(system[2])} | {image_encoder_label(system[3])} | {seed_count[system]} | {_fmt(e['r1'])} | {_fmt(e['r5'])} | "
             f"{_fmt(e['r10'])} | {_fmt(e['i1'])} | {english_cell} |"
         )
     lines += [
@@ -236,13 +268,13 @@ def build_report(
         "",
         "| system | " + " | ".join(zero_shot) + " |",
         "|---|" + "---|" * len(zero_shot),
-        *[f"| {system[0]} / {system[1]} / {encoder_label(system[2])} | " + " | ".join(f"{value:.3f}" for value in r1_by_language[system]) + " |" for system in systems],
+        *[f"| {system_label(system, main_image_model)} | " + " | ".join(f"{value:.3f}" for value in r1_by_language[system]) + " |" for system in systems],
         "",
-        *(validation_sections(validation, tuning, estimates, english_r1, main_text_model) if validation is not None else []),
+        *(validation_sections(validation, tuning, estimates, english_r1) if validation is not None else []),
         "",
         "## What the numbers say",
         "",
-        *summarise(comparisons, estimates, english_r1, main_text_model),
+        *summarise(comparisons, estimates, english_r1, main_text_model, main_image_model),
         "",
         "![per-language R@1](per_language_r1.png)",
         "",
@@ -250,7 +282,7 @@ def build_report(
         "",
     ]
 
-    main = [s for s in systems if s[2] == main_text_model and s[0] != "random_init"]
+    main = [s for s in systems if s[2:] == (main_text_model, main_image_model) and s[0] != "random_init"]
     figure, axis = plt.subplots(figsize=(12, 4.5))
     width = 0.8 / max(len(main), 1)
     for offset, system in enumerate(main):
@@ -267,7 +299,7 @@ def build_report(
     for axis, key, name in ((axes[0], "r1", "R@1"), (axes[1], "r10", "R@10")):
         means = [estimates[s][key].mean for s in systems]
         errors = [[estimates[s][key].mean - estimates[s][key].low for s in systems], [estimates[s][key].high - estimates[s][key].mean for s in systems]]
-        axis.barh([" / ".join(s[:2]) + ("" if s[2] == main_text_model else f" ({encoder_label(s[2])})") for s in systems], means, xerr=errors, capsize=3)
+        axis.barh([system_label(s, main_image_model) for s in systems], means, xerr=errors, capsize=3)
         axis.set_xlabel(f"zero-shot mean text→image {name} (95% CI)")
         axis.invert_yaxis()
     figure.tight_layout()
@@ -279,13 +311,26 @@ def build_report(
     return markdown
 
 
-def summarise(comparisons: list[Comparison], estimates: dict, english_r1: dict, main_text_model: str) -> list[str]:
+def cost_lines(cost: dict, finetuning: pl.DataFrame | None) -> list[str]:
+    """The grid step's wall time as this run measured it, and the fine-tuned encoders' training time."""
+    line = (
+        f"Cost: the `experiment_grid` step took **{cost['seconds']:.0f} s** on {cost['cores']} CPU cores ({cost['processes']} "
+        f"training processes): {cost['head_trainings']} head trainings for {cost['cells']} cells, of which tuning "
+        f"{cost['tuning_seconds']:.0f} s; embedding with the other encoders {cost['encoding_seconds']:.0f} s (cached after the first run)."
+    )
+    if finetuning is not None and finetuning.height:
+        arms = ", ".join(f"{arm} {seconds:.0f} s" for arm, seconds in finetuning.select("arm", "seconds").iter_rows())
+        line += f" Fine-tuning the text encoder (`text_encoder_finetuning`, {finetuning['steps'][0]} steps per arm): {arms}."
+    return [line, ""]
+
+
+def summarise(comparisons: list[Comparison], estimates: dict, english_r1: dict, main_text_model: str, main_image_model: str) -> list[str]:
     """Sentences generated from the numbers, so the README's answer can never drift from them."""
     sentences = [
         f"- {c.label}, R@{c.k}: {c.test.difference:+.4f} (Holm-adjusted p {_p(c.adjusted_p)}) — {c.verdict}."
         for c in comparisons
     ]
-    trained = [s for s in estimates if s[2] == main_text_model and s[0] != "random_init"]
+    trained = [s for s in estimates if s[2:] == (main_text_model, main_image_model) and s[0] != "random_init"]
     best = max(trained, key=lambda s: estimates[s]["r10"].mean)
     sentences.append(
         f"- Highest zero-shot mean R@10 on the test split: {best[0]} / {best[1]} at {estimates[best]['r10'].mean:.3f} "
@@ -294,6 +339,6 @@ def summarise(comparisons: list[Comparison], estimates: dict, english_r1: dict, 
     for system in [s for s in estimates if s[0] == "random_init" or s[2] == ENGLISH_ONLY_TEXT_MODEL]:
         english = english_r1[system].mean if english_r1[system] else float("nan")
         sentences.append(
-            f"- Baseline {system[0]} / {encoder_label(system[2])}: zero-shot mean R@1 {estimates[system]['r1'].mean:.3f}, English R@1 {english:.3f}."
+            f"- Baseline {system_label(system, main_image_model)}: zero-shot mean R@1 {estimates[system]['r1'].mean:.3f}, English R@1 {english:.3f}."
         )
     return sentences

@@ -15,8 +15,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 import polars as pl
 
-from xlr_pipeline.core.head import HeadConfig, ProjectionHead, train_head
+from xlr_pipeline.core.grid import TrainingData, TrainingJob
+from xlr_pipeline.core.head import HeadConfig, ProjectionHead
 from xlr_pipeline.core.metrics import evaluate_head
+from xlr_pipeline.core.training_pool import train_heads
 
 # The stated search budget: per objective, these values of these HeadConfig fields. The step budget is not
 # searched: every cell of a grid trains for the same number of steps, so augmentations compare at equal cost.
@@ -28,6 +30,7 @@ SEARCH_SPACE: dict[str, dict[str, tuple[float, ...]]] = {
     "infonce": {"learning_rate": (3e-4, 1e-3, 3e-3), "temperature": (0.02, 0.05, 0.1)},
 }
 VALIDATION_KS = (1, 5, 10)
+TUNING_DATA = ("train", "train")  # the one encoder pair tuning trains on
 
 
 @dataclass(frozen=True)
@@ -68,26 +71,34 @@ def searched_values(config: HeadConfig) -> dict[str, float]:
 
 def tune(
     base_configs: Mapping[str, HeadConfig],
-    train: tuple[np.ndarray, np.ndarray, np.ndarray],
+    train: TrainingData,
     validation: ValidationSet,
     budget: int,
     seeds: Sequence[int],
+    processes: int = 1,
 ) -> pl.DataFrame:
-    """Every candidate of every objective trained on `train` (text, image, image ids) with each seed and scored
-    on `validation`; one row per candidate (mean over seeds), `chosen` marking each objective's best (ties: the
-    earlier candidate, so the stated defaults win a tie)."""
+    """Every candidate of every objective trained on the unaugmented `train` pairs with each seed (in `processes`
+    workers) and scored on `validation`; one row per candidate (mean over seeds), `chosen` marking each
+    objective's best (ties: the earlier candidate, so the stated defaults win a tie)."""
     if not seeds:
         raise ValueError("tuning needs at least one seed")
-    rows = []
-    for objective, base in base_configs.items():
-        scored = []
-        for number, config in enumerate(candidate_configs(base, budget, seed=0)):
-            per_seed = [validation_recall(train_head(*train, replace(config, seed=s)).head, validation) for s in seeds]
-            means = {name: float(np.mean([r[name] for r in per_seed])) for name in per_seed[0]}
-            scored.append({"objective": objective, "candidate": number, "parameters": json.dumps(searched_values(config)), **means})
-        best = max(range(len(scored)), key=lambda i: (scored[i]["score"], -i))
-        rows += [{**row, "chosen": i == best} for i, row in enumerate(scored)]
-    return pl.DataFrame(rows)
+    candidates = [
+        (objective, number, config)
+        for objective, base in base_configs.items()
+        for number, config in enumerate(candidate_configs(base, budget, seed=0))
+    ]
+    jobs = [TrainingJob(TUNING_DATA, "none", replace(config, seed=s)) for _, _, config in candidates for s in seeds]
+    trained = iter(train_heads(jobs, {TUNING_DATA: train}, 0.0, processes))
+    scored = []
+    for objective, number, config in candidates:
+        per_seed = [validation_recall(next(trained)[0].head, validation) for _ in seeds]
+        means = {name: float(np.mean([r[name] for r in per_seed])) for name in per_seed[0]}
+        scored.append({"objective": objective, "candidate": number, "parameters": json.dumps(searched_values(config)), **means})
+    best = {}
+    for i, row in enumerate(scored):
+        if row["objective"] not in best or row["score"] > scored[best[row["objective"]]]["score"]:
+            best[row["objective"]] = i
+    return pl.DataFrame([{**row, "chosen": i in best.values()} for i, row in enumerate(scored)])
 
 
 def tuned_configs(table: pl.DataFrame, base_configs: Mapping[str, HeadConfig]) -> dict[str, HeadConfig]:

@@ -1,8 +1,8 @@
 import dagster as dg
 import polars as pl
 
-from xlr_pipeline.core.embeddings import embed_with_cache, with_vectors
-from xlr_pipeline.core.encoders import load_image, load_image_encoder, load_text_encoder
+from xlr_pipeline.core.embeddings import ProgressCallback, embed_with_cache, vectors_of, with_vectors
+from xlr_pipeline.core.encoders import ImageEncoder, load_image, load_image_encoder, load_text_encoder
 from xlr_pipeline.core.image_sources import ImageSet
 from xlr_pipeline.core.storage import combined_hash, sha256_text, write_parquet_atomic
 from xlr_pipeline.core.datasets import ImageRecord
@@ -39,6 +39,24 @@ def _vector_check_specs(asset: dg.AssetKey, source: str) -> list[dg.AssetCheckSp
     ]
 
 
+def embed_images(
+    settings: XlrSettings, image_set: ImageSet, encoder: ImageEncoder, progress: ProgressCallback | None = None
+) -> tuple[pl.DataFrame, int]:
+    """Every usable listed image's vector (`image_id`, `split`, `content_hash`, `vector`, `model_id`), through the
+    embedding cache; also how many were encoded now."""
+    records, paths, hashes = image_set.records(), image_set.paths(settings.root), image_set.hashes()
+    vectors, encoded = embed_with_cache(
+        [paths[record.image_id] for record in records],
+        hashes,
+        lambda batch: encoder.encode([load_image(path) for path in batch]),
+        settings.embedding_cache(encoder.model_id),
+        settings.image_batch_size,
+        progress,
+    )
+    frame = pl.DataFrame({"image_id": [r.image_id for r in records], "split": [r.split for r in records], "content_hash": hashes})
+    return with_vectors(frame, vectors).with_columns(pl.lit(encoder.model_id).alias("model_id")), encoded
+
+
 def build_image_embeddings(lane: Lane, images: dg.AssetsDefinition) -> dg.AssetsDefinition:
     key = lane.key("image_embeddings")
 
@@ -63,26 +81,10 @@ def build_image_embeddings(lane: Lane, images: dg.AssetsDefinition) -> dg.Assets
         path = outputs.image_embeddings_path
         with clear_failures():
             image_set = ImageSet.read(require_file(outputs.images_path, f"{lane.name}/images"))
-            records, paths, hashes = image_set.records(), image_set.paths(settings.root), image_set.hashes()
+            records, hashes = image_set.records(), image_set.hashes()
             encoder = load_image_encoder(settings.image_model)
-            vectors, encoded = embed_with_cache(
-                [paths[record.image_id] for record in records],
-                hashes,
-                lambda batch: encoder.encode([load_image(path) for path in batch]),
-                settings.embedding_cache(encoder.model_id),
-                settings.image_batch_size,
-                progress_logger(context, "images"),
-            )
-        frame = with_vectors(
-            pl.DataFrame(
-                {
-                    "image_id": [r.image_id for r in records],
-                    "split": [r.split for r in records],
-                    "content_hash": hashes,
-                }
-            ),
-            vectors,
-        ).with_columns(pl.lit(encoder.model_id).alias("model_id"))
+            frame, encoded = embed_images(settings, image_set, encoder, progress_logger(context, "images"))
+        vectors = vectors_of(frame)
         write_parquet_atomic(frame, path)
         return dg.MaterializeResult(
             data_version=file_data_version(path),

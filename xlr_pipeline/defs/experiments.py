@@ -1,5 +1,6 @@
 """The experiment grid (objectives × SALT augmentation × seeds, plus baselines) and its report, per dataset."""
 
+import json
 import time
 from dataclasses import replace
 
@@ -12,19 +13,23 @@ from xlr_pipeline.core.augment import Lexicon, code_switched_copies, induce_lexi
 from xlr_pipeline.core.embeddings import vectors_of, with_vectors
 from xlr_pipeline.core.encoder_finetune import FinetuneConfig, finetune
 from xlr_pipeline.core.embeddings import model_slug
-from xlr_pipeline.core.encoders import ENGLISH_ONLY_TEXT_MODEL, MUSE_TEXT_MODEL
+from xlr_pipeline.core.choices import ENGLISH_ONLY_TEXT_MODEL, LITE2_IMAGE_MODEL, MUSE_TEXT_MODEL
+from xlr_pipeline.core.encoders import load_image_encoder
 from xlr_pipeline.core.evaluation import RunProvenance, TestQueries, evaluate_run
 from xlr_pipeline.core.choices import AUGMENTATIONS, FINETUNE_ARMS, OBJECTIVES, AugmentationName, FinetuneArmName, ObjectiveName
-from xlr_pipeline.core.grid import GridPlan, hits_frame, plan_cells, step_budget, train_cell, training_data
+from xlr_pipeline.core.grid import GridPlan, TrainingJob, cell_job, hits_frame, plan_cells, step_budget, training_data
 from xlr_pipeline.core.grid_report import build_report
-from xlr_pipeline.core.head import HeadConfig
+from xlr_pipeline.core.image_sources import ImageSet
+from xlr_pipeline.core.head import HeadConfig, TrainingResult
 from xlr_pipeline.core.outputs import DatasetOutputs
 from xlr_pipeline.core.results import record_evaluation
 from xlr_pipeline.core.storage import sha256_file, write_parquet_atomic, write_with_atomic
+from xlr_pipeline.core.training_pool import available_cores, train_heads
 from xlr_pipeline.core.tuning import ValidationSet, tune, tuned_configs, validation_recall
+from xlr_pipeline.defs.embed import embed_images
 from xlr_pipeline.defs.lane import Lane
 from xlr_pipeline.defs.lineage import CURRENT_CONFIG, file_version, input_name, lineage_metadata
-from xlr_pipeline.defs.metadata import markdown_preview, png_metadata
+from xlr_pipeline.defs.metadata import markdown_preview, png_metadata, progress_logger
 from xlr_pipeline.defs.resources import XlrSettings, clear_failures, require_file
 from xlr_pipeline.defs.train import training_pairs
 from xlr_pipeline.defs.versions import CODE_VERSIONS
@@ -88,6 +93,13 @@ class GridConfig(dg.Config):
         "from core/tuning.py's SEARCH_SPACE); 0: no tuning, the values above as they are"
     )
     tuning_seeds: list[int] = Field([0, 1], description="Seeds each tuning candidate is trained with (its score: the mean)")
+    processes: int = Field(
+        0, ge=0, description="Worker processes training heads (one torch thread each); 0: one per core this run may use"
+    )
+    other_image_models: list[str] = Field(
+        [LITE2_IMAGE_MODEL], description="Image encoders compared with the configured one: every objective, unaugmented, "
+        "with the configured text encoder and each of `other_text_models` (default: EfficientNet-Lite2, 260 px)"
+    )
     finetuned_encoders: bool = Field(
         True, description="Also compare the text encoders `text_encoder_finetuning` wrote (every objective, unaugmented)"
     )
@@ -100,6 +112,7 @@ class GridConfig(dg.Config):
             per_language_centring=self.per_language_centring,
             english_only_model=ENGLISH_ONLY_TEXT_MODEL if self.english_only_baseline and train_language == "en" else None,
             other_text_models=self.other_text_models,
+            other_image_models=self.other_image_models,
         )
 
     def objective_configs(self, steps: int) -> dict[str, HeadConfig]:
@@ -130,10 +143,14 @@ def lexicon_from_frame(frame: pl.DataFrame) -> Lexicon:
     return Lexicon(translations)
 
 
+def _gallery_rows(images: pl.DataFrame) -> dict[str, int]:
+    return {image_id: i for i, image_id in enumerate(images["image_id"].to_list())}
+
+
 def _validation_set(images: pl.DataFrame, frame: pl.DataFrame) -> ValidationSet | None:
     """The training language's validation captions against the validation images (None: no validation split)."""
     validation_images = images.filter(pl.col("split") == "val")
-    positions = {image_id: i for i, image_id in enumerate(validation_images["image_id"].to_list())}
+    positions = _gallery_rows(validation_images)
     captions = frame.filter((pl.col("split") == "val") & pl.col("image_id").is_in(list(positions)))
     if captions.is_empty():
         return None
@@ -141,16 +158,19 @@ def _validation_set(images: pl.DataFrame, frame: pl.DataFrame) -> ValidationSet 
 
 
 def _test_queries(
-    frames: dict[str, pl.DataFrame], positions: dict[str, int], outputs: DatasetOutputs
+    frames: dict[str, pl.DataFrame], positions: dict[str, int], captions_hashes: dict[str, str]
 ) -> dict[str, TestQueries]:
+    tests = {language: frame.filter(pl.col("split") == "test") for language, frame in frames.items()}
     return {
         language: TestQueries(
-            vectors_of(frame),
-            np.array([positions.get(i, -1) for i in frame["image_id"].to_list()]),
-            sha256_file(outputs.captions_path(language)),
+            vectors_of(frame), np.array([positions.get(i, -1) for i in frame["image_id"].to_list()]), captions_hashes[language]
         )
-        for language, frame in frames.items()
+        for language, frame in tests.items()
     }
+
+
+def _main_image_model(outputs: DatasetOutputs) -> str:
+    return pl.read_parquet(outputs.image_embeddings_path, columns=["model_id"])["model_id"][0]
 
 
 def _caption_frames(
@@ -339,11 +359,10 @@ def build_experiments(
         set `objectives`, `augmentations` and `seeds` in the launchpad.
         """
         started = time.perf_counter()
+        processes = config.processes or available_cores()
         outputs = lane.outputs(settings)
         languages = sorted(context.instance.get_dynamic_partitions(lane.partitions.name))
         images = pl.read_parquet(require_file(outputs.image_embeddings_path, f"{lane.name}/image_embeddings"))
-        test_images = images.filter(pl.col("split") == "test")
-        positions = {image_id: i for i, image_id in enumerate(test_images["image_id"].to_list())}
         main_frames = {
             lang: pl.read_parquet(require_file(outputs.text_embeddings_path(lang), f"{lane.name}/text_embeddings[{lang}]"))
             for lang in languages
@@ -356,52 +375,81 @@ def build_experiments(
 
         finetuned = folder / "finetuned_encoders.parquet"
         finetuned_models = pl.read_parquet(finetuned)["model_id"].to_list() if config.finetuned_encoders and finetuned.is_file() else []
-        plan = replace(config.plan(train_language), other_text_models=[*config.other_text_models, *finetuned_models])
-        cells = plan_cells(plan, settings.text_model)
-        encoders = {settings.text_model: (training_data(training_pairs(images, main_frames[train_language]), switched, keywords), main_frames)}
+        plan = replace(
+            config.plan(train_language),
+            other_text_models=[*config.other_text_models, *finetuned_models],
+            image_text_models=[settings.text_model, *config.other_text_models],
+        )
+        main_pair = (settings.text_model, _main_image_model(outputs))
+        cells = plan_cells(plan, *main_pair)
+        image_frames = {main_pair[1]: images}
+        encoding_started = time.perf_counter()
+        if plan.other_image_models:
+            image_set = ImageSet.read(require_file(outputs.images_path, f"{lane.name}/images"))
+            for model in plan.other_image_models:
+                image_frames[model] = embed_images(settings, image_set, load_image_encoder(model), progress_logger(context, model))[0]
+        text_frames = {settings.text_model: main_frames}
         for model in [*plan.other_text_models, *([plan.english_only_model] if plan.english_only_model else [])]:
-            frames = _caption_frames(settings, outputs, languages, train_language, model)
-            encoders[model] = (training_data(training_pairs(images, frames[train_language])), frames)
-        steps = step_budget(encoders[settings.text_model][0], plan.augmentations, plan.seeds, config.epochs, HeadConfig().batch_size)
-        validation = {model: _validation_set(images, frames[train_language]) for model, (_, frames) in encoders.items()}
+            text_frames[model] = _caption_frames(settings, outputs, languages, train_language, model)
+        encoding_seconds = time.perf_counter() - encoding_started
+        pairs = list(dict.fromkeys(cell.encoders for cell in cells))
+        encoders = {
+            (text, image): training_data(
+                training_pairs(image_frames[image], text_frames[text][train_language]),
+                *((switched, keywords) if (text, image) == main_pair else ()),
+            )
+            for text, image in pairs
+        }
+        steps = step_budget(encoders[main_pair], plan.augmentations, plan.seeds, config.epochs, HeadConfig().batch_size)
+        validation = {(text, image): _validation_set(image_frames[image], text_frames[text][train_language]) for text, image in pairs}
         objective_configs = config.objective_configs(steps)
         tuning = None
+        tuning_started = time.perf_counter()
         if config.tuning_candidates:
-            if validation[settings.text_model] is None:
+            if validation[main_pair] is None:
                 raise ValueError(
                     f"{lane.name} has no '{train_language}' captions of validation ('val') images to tune on; "
                     "add a val split to its image list or set tuning_candidates to 0"
                 )
-            main = encoders[settings.text_model][0]
             tuning = tune(
-                objective_configs, (main.text, main.image, main.image_ids), validation[settings.text_model],
-                config.tuning_candidates, config.tuning_seeds,
+                objective_configs, encoders[main_pair], validation[main_pair],
+                config.tuning_candidates, config.tuning_seeds, processes,
             ).with_columns(pl.lit(context.run.run_id).alias("grid_run_id"), pl.lit(steps).alias("steps"))
             objective_configs = tuned_configs(tuning, objective_configs)
             context.log.info(f"tuned {len(objective_configs)} objectives on validation: {tuning.filter(pl.col('chosen')).rows()}")
 
-        gallery = vectors_of(test_images)
-        train_captions_hash = sha256_file(outputs.captions_path(train_language))
+        tuning_seconds = time.perf_counter() - tuning_started
+        test_images = {model: frame.filter(pl.col("split") == "test") for model, frame in image_frames.items()}
+        galleries = {model: vectors_of(frame) for model, frame in test_images.items()}
         images_hash = sha256_file(outputs.image_embeddings_path)
         grid_run_id = context.run.run_id
+        captions_hashes = {lang: sha256_file(outputs.captions_path(lang)) for lang in languages}
+        test_queries = {
+            (text, image): _test_queries(text_frames[text], _gallery_rows(test_images[image]), captions_hashes) for text, image in pairs
+        }
+        train_captions_hash = captions_hashes[train_language]
+        jobs = {cell: cell_job(cell, objective_configs[cell.objective]) for cell in cells}
+        trainings = train_heads(list(dict.fromkeys(jobs.values())), encoders, config.mixup_alpha, processes)
+        trained_jobs: dict[TrainingJob, tuple[TrainingResult, int]] = {}
         hits, validation_rows, runs, recall, ranks = [], [], [], [], []
         for number, cell in enumerate(cells, start=1):
-            data, frames = encoders[cell.text_model]
-            queries = _test_queries({lang: frame.filter(pl.col("split") == "test") for lang, frame in frames.items()}, positions, outputs)
+            if jobs[cell] not in trained_jobs:  # jobs are in the order of their first cell
+                trained_jobs[jobs[cell]] = next(trainings)
+            trained, training_rows = trained_jobs[jobs[cell]]
+            queries = test_queries[cell.encoders]
             if cell.centring == "per_language":
                 queries = {
                     lang: TestQueries(shift_to_centroid(test.vectors, means[lang], means[train_language]), test.labels, test.captions_hash)
                     if lang in means else test
                     for lang, test in queries.items()
                 }
-            trained, training_rows = train_cell(cell, objective_configs[cell.objective], data, config.mixup_alpha)
             if trained.steps != steps:
                 raise RuntimeError(f"cell {cell} took {trained.steps} steps, not the grid's {steps}")
-            label = "main" if cell.text_model == settings.text_model else model_slug(cell.text_model)
+            label = "+".join(model_slug(model) for model, main in zip(cell.encoders, main_pair) if model != main) or "main"
             provenance = RunProvenance(
                 run_id=f"{grid_run_id}/{cell.run_suffix(label)}",
                 dataset=lane.name,
-                image_model=images["model_id"][0],
+                image_model=cell.image_model,
                 text_model=cell.text_model,
                 train_language=train_language,
                 train_captions_hash=train_captions_hash,
@@ -411,15 +459,16 @@ def build_experiments(
                 train_pairs=training_rows,
             )
             evaluation = evaluate_run(
-                trained.head, provenance, gallery, queries, CODE_VERSIONS, grid_run_id, with_random_baseline=cell.with_random_baseline
+                trained.head, provenance, galleries[cell.image_model], queries, CODE_VERSIONS, grid_run_id, with_random_baseline=cell.with_random_baseline
             )
             context.log.info(f"cell {number}/{len(cells)}: {cell}")
             hits.append(hits_frame(cell, evaluation.results, {lang: test.labels for lang, test in queries.items()}, grid_run_id, trained.steps))
-            if validation[cell.text_model] is not None:
+            if validation[cell.encoders] is not None:
                 validation_rows.append(
                     {
                         "grid_run_id": grid_run_id, "objective": cell.objective, "augmentation": cell.augmentation_label,
-                        "text_model": cell.text_model, "seed": cell.seed, **validation_recall(trained.head, validation[cell.text_model]),
+                        "text_model": cell.text_model, "image_model": cell.image_model, "seed": cell.seed,
+                        **validation_recall(trained.head, validation[cell.encoders]),
                     }
                 )
             runs += evaluation.runs
@@ -438,16 +487,21 @@ def build_experiments(
             (folder / "tuning.parquet").unlink(missing_ok=True)
         else:
             write_parquet_atomic(tuning, folder / "tuning.parquet")
+        cost = {
+            "grid_run_id": grid_run_id, "seconds": round(time.perf_counter() - started, 1),
+            "encoding_seconds": round(encoding_seconds, 1), "tuning_seconds": round(tuning_seconds, 1),
+            "cells": len(cells), "head_trainings": len(trained_jobs) + (tuning.height * len(config.tuning_seeds) if tuning is not None else 0),
+            "processes": processes, "cores": available_cores(),
+        }
+        write_with_atomic(folder / "grid_cost.json", lambda target: target.write_text(json.dumps(cost, indent=2), "utf-8"))
         return dg.MaterializeResult(
             data_version=dg.DataVersion(file_version(path)),
             metadata={
-                "cells": len(cells),
                 "steps_per_cell": steps,
                 "tuned_on_validation": tuning is not None,
                 **({"tuning": markdown_preview(tuning.filter(pl.col("chosen")).drop("chosen", "grid_run_id"), rows=10)} if tuning is not None else {}),
-                "grid_run_id": grid_run_id,
+                **cost,
                 "languages": languages,
-                "seconds": round(time.perf_counter() - started, 1),
                 "path": dg.MetadataValue.path(str(path)),
                 "grid_config": config.model_dump(),
                 **lineage_metadata(
@@ -459,7 +513,7 @@ def build_experiments(
                         **{input_name("text_embeddings", lang): file_version(outputs.text_embeddings_path(lang)) for lang in languages},
                         **{input_name("captions", lang): file_version(outputs.captions_path(lang)) for lang in languages},
                     },
-                    [path, *(p for p in (validation_path, folder / "tuning.parquet") if p.is_file())],
+                    [path, folder / "grid_cost.json", *(p for p in (validation_path, folder / "tuning.parquet") if p.is_file())],
                     settings.root,
                 ),
             },
@@ -475,15 +529,18 @@ def build_experiments(
     def grid_report(context: dg.AssetExecutionContext, settings: XlrSettings) -> dg.MaterializeResult:
         """Markdown + PNG report of the grid: zero-shot mean R@1/R@5 with bootstrap CIs, paired tests, per-language
         bars, and a summary generated from the numbers. Written to `<data_dir>/reports/<dataset>/`."""
-        folder = lane.outputs(settings).experiments
+        outputs = lane.outputs(settings)
+        folder = outputs.experiments
         hits_path = require_file(folder / "grid_hits.parquet", f"{lane.name}/experiment_grid")
         validation, tuning = (folder / "grid_validation.parquet", folder / "tuning.parquet")
         out_dir = lane.reports_dir(settings)
         markdown = build_report(
-            pl.read_parquet(hits_path), train_language, settings.text_model, out_dir,
+            pl.read_parquet(hits_path), train_language, settings.text_model, _main_image_model(outputs), out_dir,
             f"Experiment grid on {lane.name} (not XTD10 numbers)",
             pl.read_parquet(validation) if validation.is_file() else None,
             pl.read_parquet(tuning) if tuning.is_file() else None,
+            json.loads((folder / "grid_cost.json").read_text("utf-8")) if (folder / "grid_cost.json").is_file() else None,
+            pl.read_parquet(folder / "finetuned_encoders.parquet") if (folder / "finetuned_encoders.parquet").is_file() else None,
         )
         return dg.MaterializeResult(
             data_version=dg.DataVersion(file_version(out_dir / "report.md")),
