@@ -35,7 +35,7 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debia
 
 SCREENSHOTS = Path(os.environ.get("XLR_SCREENSHOT_DIR", Path(__file__).resolve().parents[1] / "docs" / "screenshots"))
 CHAIN = ["images", "captions", "image_embeddings", "image_index", "projection_head", "retrieval_metrics", "text_embeddings"]
-EVERY_ASSET = [*CHAIN, "text_augmentations", "experiment_grid", "grid_report", "text_alignment", "tags", "tagging_report"]
+EVERY_ASSET = [*CHAIN, "text_augmentations", "text_encoder_finetuning", "experiment_grid", "grid_report", "text_alignment", "tags", "tagging_report"]
 SMALL_GRID = f"""ops:
   {DATASET}__text_augmentations:
     config:
