@@ -6,10 +6,11 @@ a reload, with no code change.
 
 import dagster as dg
 
+from xlr_pipeline.defs.executors import executor_from_environment
 from xlr_pipeline.defs.lanes import build_pipeline
 from xlr_pipeline.defs.resources import settings_from_environment
 
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    return build_pipeline(settings_from_environment()).definitions
+    return build_pipeline(settings_from_environment(), executor=executor_from_environment()).definitions

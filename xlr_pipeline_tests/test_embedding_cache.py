@@ -1,4 +1,8 @@
+import multiprocessing
+
 import numpy as np
+import polars as pl
+import pytest
 
 from xlr_pipeline.core.embeddings import EmbeddingCache, embed_with_cache
 
@@ -18,3 +22,39 @@ def test_each_content_is_encoded_once_per_model(tmp_path):
     # another model shares nothing
     _, other = embed_with_cache(["a"], ["h1"], encode, EmbeddingCache(tmp_path, "text:model-b"), batch_size=2)
     assert other == 1
+
+
+def _add_range(root, start: int) -> None:
+    cache = EmbeddingCache(root, "image:m")
+    for batch in range(start, start + 200, 20):
+        cache.add([f"h{i}" for i in range(batch, batch + 20)], np.full((20, 4), batch, dtype=np.float32))
+
+
+def test_concurrent_writer_processes_lose_nothing(tmp_path):
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_add_range, args=(tmp_path, start)) for start in (0, 200, 400, 600)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert [worker.exitcode for worker in workers] == [0, 0, 0, 0]
+    cache = EmbeddingCache(tmp_path, "image:m")
+    found = cache.lookup([f"h{i}" for i in range(800)])
+    assert len(cache) == len(found) == 800 and found["h613"].tolist() == [600.0] * 4
+
+
+def test_a_failed_write_stores_nothing_and_a_cache_of_the_previous_store_is_imported(tmp_path):
+    cache = EmbeddingCache(tmp_path, "text:m")
+    cache.add(["a"], np.ones((1, 3), np.float32))
+    with pytest.raises(ValueError, match="2 hashes for 1 vectors"):
+        cache.add(["b", "c"], np.ones((1, 3), np.float32))
+    with pytest.raises(ValueError, match="non-empty strings"):
+        cache.add(["b", None], np.ones((2, 3), np.float32))
+    assert len(cache) == 1 and list(cache.lookup(["a", "b"])) == ["a"]
+
+    legacy = tmp_path / "text_n"  # the previous store: one Parquet file per batch in a folder named by the model
+    legacy.mkdir()
+    for name, digest in (("one", "x"), ("two", "y")):
+        pl.DataFrame({"content_hash": [digest], "vector": np.full((1, 3), 2.0, np.float32)}, schema={"content_hash": pl.String, "vector": pl.Array(pl.Float32, 3)}).write_parquet(legacy / f"{name}.parquet")
+    imported = EmbeddingCache(tmp_path, "text:n")
+    assert sorted(imported.lookup(["x", "y", "z"])) == ["x", "y"] and not legacy.exists()

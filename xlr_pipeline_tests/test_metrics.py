@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
+from xlr_pipeline.core.index import flat_ip_index
 from xlr_pipeline.core.metrics import (
     evaluate_retrieval,
     first_correct_ranks,
-    flat_ip_index,
     recall_at_k,
     recall_is_monotone,
     summarise,
@@ -25,7 +25,7 @@ def test_ranks_by_hand():
         ],
         dtype=np.float32,
     )
-    ranks = first_correct_ranks(flat_ip_index(IMAGES), captions, np.array([0, 1, 2]), np.array([0, 1, 2]))
+    ranks = first_correct_ranks(IMAGES, captions, np.array([0, 1, 2]), np.array([0, 1, 2]))
     assert ranks.tolist() == [1, 2, 3]
     assert recall_at_k(ranks, 1) == pytest.approx(1 / 3)
     assert recall_at_k(ranks, 2) == pytest.approx(2 / 3)
@@ -38,13 +38,13 @@ def test_image_to_text_counts_any_of_several_captions():
     # Image 0 has two captions; the second of them is its nearest caption overall.
     captions = np.array([[0.1, 0.9, 0.0], [0.95, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=np.float32)
     caption_images = np.array([0, 0, 1])
-    ranks = first_correct_ranks(flat_ip_index(captions), IMAGES[:2], np.array([0, 1]), caption_images)
+    ranks = first_correct_ranks(captions, IMAGES[:2], np.array([0, 1]), caption_images)
     # image 0: nearest caption is #1 (its own) → rank 1; image 1: nearest is #2 (its own) → rank 1
     assert ranks.tolist() == [1, 1]
 
 
 def test_queries_without_any_correct_item_are_left_out():
-    ranks = first_correct_ranks(flat_ip_index(IMAGES), IMAGES, np.array([0, 1, 7]), np.array([0, 1, 2]))
+    ranks = first_correct_ranks(IMAGES, IMAGES, np.array([0, 1, 7]), np.array([0, 1, 2]))
     assert ranks.tolist() == [1, 1, 0]
     assert recall_at_k(ranks, 1) == 1.0
     with pytest.raises(ValueError, match="no query has a correct item"):
@@ -56,10 +56,26 @@ def test_both_directions_on_perfect_and_reversed_alignment():
     vectors = rng.normal(size=(50, 8)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     labels = np.arange(50)
-    perfect = evaluate_retrieval(flat_ip_index(vectors), labels, vectors, labels, vectors)
+    perfect = evaluate_retrieval(vectors, labels, vectors, labels)
     assert all(r.recall == {1: 1.0, 5: 1.0, 10: 1.0} for r in perfect)
-    shuffled = evaluate_retrieval(flat_ip_index(vectors), labels, vectors, labels[::-1].copy(), vectors)
+    shuffled = evaluate_retrieval(vectors, labels, vectors, labels[::-1].copy())
     assert shuffled[0].recall[1] < 0.1 and {r.direction for r in shuffled} == {"text_to_image", "image_to_text"}
+
+
+def test_chunked_ranks_equal_a_full_faiss_ranking_whatever_the_chunk_sizes():
+    rng = np.random.default_rng(1)
+    gallery = rng.normal(size=(300, 16)).astype(np.float32)
+    queries = rng.normal(size=(120, 16)).astype(np.float32)
+    gallery_labels = rng.integers(0, 100, size=300).astype(str)  # several items per label, some labels absent
+    query_labels = rng.integers(0, 110, size=120).astype(str)
+    _, neighbours = flat_ip_index(gallery).search(queries, len(gallery))
+    correct = gallery_labels[neighbours] == query_labels[:, None]
+    expected = np.where(correct.any(axis=1), correct.argmax(axis=1) + 1, 0)
+    assert (expected == 0).any() and (expected > 10).any()
+    for query_batch, gallery_chunk in ((1024, 16_384), (7, 13), (1, 300)):
+        assert first_correct_ranks(gallery, queries, query_labels, gallery_labels, query_batch, gallery_chunk).tolist() == expected.tolist()
+    with pytest.raises(ValueError, match="300 items but 299 gallery labels"):
+        first_correct_ranks(gallery, queries, query_labels, gallery_labels[:299])
 
 
 def test_monotonicity_check():

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xlr_pipeline.core.metrics import DEFAULT_KS, first_correct_ranks, flat_ip_index, summarise
+from xlr_pipeline.core.metrics import DEFAULT_KS, first_correct_ranks, summarise
 
 DIRECTIONS = ("to_pivot", "from_pivot")
 
@@ -53,8 +53,8 @@ def align_language(
     ours, theirs = _restricted(language, shared), _restricted(pivot, shared)
     ours_vectors = centre(ours.vectors) if centred else ours.vectors
     theirs_vectors = centre(theirs.vectors) if centred else theirs.vectors
-    to_pivot = first_correct_ranks(flat_ip_index(theirs_vectors), ours_vectors, ours.image_ids, theirs.image_ids)
-    from_pivot = first_correct_ranks(flat_ip_index(ours_vectors), theirs_vectors, theirs.image_ids, ours.image_ids)
+    to_pivot = first_correct_ranks(theirs_vectors, ours_vectors, ours.image_ids, theirs.image_ids)
+    from_pivot = first_correct_ranks(ours_vectors, theirs_vectors, theirs.image_ids, ours.image_ids)
     results = {}
     for direction, ranks in zip(DIRECTIONS, (to_pivot, from_pivot)):
         summary = summarise(direction, ranks, ks)

@@ -1,24 +1,33 @@
 """Embedding with a content-addressed cache: a vector is computed once per (content hash, model id).
 
-The cache of one model is a folder of Parquet shards; each write adds a new shard atomically, so
-concurrent writers (one per language partition) never lose each other's entries.
+The cache of one model is one SQLite file (`<model slug>.sqlite`), keyed by content hash. Why SQLite:
+- a lookup costs O(k log n) for k hashes asked, whatever the cache holds (B-tree primary key), where the
+  previous folder of Parquet shards read every shard on every lookup (O(n), tens of thousands of files at COCO
+  scale);
+- one file per model, nothing to compact;
+- concurrent writers are safe: in WAL mode readers never block, and writing processes (language partitions,
+  image shards) wait for each other on a busy timeout; each `add` is one transaction, so a crash loses at
+  most the batch being written, never what was stored.
+DuckDB was the other candidate: its file lock admits one read-write process at a time (a second partition step
+could not open the cache), and its columnar scans serve point lookups less well.
 """
 
 from __future__ import annotations
 
 import re
-import uuid
-from collections.abc import Callable, Sequence
+import shutil
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 import polars as pl
 
-from xlr_pipeline.core.storage import write_parquet_atomic
-
 Item = TypeVar("Item")
 ProgressCallback = Callable[[int, int], None]
+_QUERY_CHUNK = 10_000  # hashes per `IN (...)` query (SQLite allows 32,766 parameters)
 
 
 def model_slug(model_id: str) -> str:
@@ -26,27 +35,76 @@ def model_slug(model_id: str) -> str:
 
 
 class EmbeddingCache:
+    """One model's vectors by content hash, in `<root>/<model slug>.sqlite`."""
+
     def __init__(self, root: Path, model_id: str):
-        self.folder = root / model_slug(model_id)
+        self.path = root / f"{model_slug(model_id)}.sqlite"
+        self.legacy_folder = root / model_slug(model_id)  # the previous store: one Parquet file per written batch
         self.model_id = model_id
 
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(sqlite3.connect(self.path, timeout=120, isolation_level=None)) as connection:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            connection.execute(
+                "CREATE TABLE IF NOT EXISTS vectors (content_hash TEXT PRIMARY KEY, dim INTEGER NOT NULL, vector BLOB NOT NULL) WITHOUT ROWID"
+            )
+            if self.legacy_folder.is_dir():
+                self._import_legacy_shards(connection)
+            yield connection
+
+    def _import_legacy_shards(self, connection: sqlite3.Connection) -> None:
+        """Move a cache written by the previous store into this one, once (other processes wait on the lock)."""
+        connection.execute("BEGIN IMMEDIATE")
+        shards = sorted(self.legacy_folder.glob("*.parquet"))
+        for shard in shards:
+            frame = pl.read_parquet(shard)
+            self._insert(connection, frame["content_hash"].to_list(), np.asarray(frame["vector"].to_numpy(), dtype=np.float32))
+        connection.execute("COMMIT")
+        shutil.rmtree(self.legacy_folder, ignore_errors=True)
+
+    @staticmethod
+    def _insert(connection: sqlite3.Connection, hashes: Sequence[str], vectors: np.ndarray) -> None:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        connection.executemany(
+            "INSERT OR IGNORE INTO vectors VALUES (?, ?, ?)", ((h, vectors.shape[1], v.tobytes()) for h, v in zip(hashes, vectors))
+        )
+
     def lookup(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
-        shards = sorted(self.folder.glob("*.parquet"))
-        if not shards:
-            return {}
-        wanted = pl.DataFrame({"content_hash": list(set(hashes))})
-        found = pl.concat([pl.read_parquet(shard) for shard in shards]).unique("content_hash").join(wanted, on="content_hash")
-        vectors = found["vector"].to_numpy()
-        return dict(zip(found["content_hash"].to_list(), vectors))
+        """The cached vectors of those `hashes` the cache holds."""
+        wanted = list(dict.fromkeys(hashes))
+        found: dict[str, np.ndarray] = {}
+        with self._connection() as connection:
+            for start in range(0, len(wanted), _QUERY_CHUNK):
+                chunk = wanted[start : start + _QUERY_CHUNK]
+                rows = connection.execute(
+                    f"SELECT content_hash, dim, vector FROM vectors WHERE content_hash IN ({','.join('?' * len(chunk))})", chunk
+                )
+                for digest, dim, blob in rows:
+                    vector = np.frombuffer(blob, dtype=np.float32)
+                    if vector.shape != (dim,):
+                        raise ValueError(f"{self.path}: the vector of {digest} has {vector.size} values, not {dim}; delete the file to rebuild it")
+                    found[digest] = vector
+        return found
 
     def add(self, hashes: Sequence[str], vectors: np.ndarray) -> None:
+        """Store vectors in one transaction (entries already present are kept)."""
         if not len(hashes):
             return
-        frame = pl.DataFrame(
-            {"content_hash": list(hashes), "vector": vectors.astype(np.float32)},
-            schema={"content_hash": pl.String, "vector": pl.Array(pl.Float32, vectors.shape[1])},
-        )
-        write_parquet_atomic(frame, self.folder / f"{uuid.uuid4().hex}.parquet")
+        if len(hashes) != len(vectors):
+            raise ValueError(f"{len(hashes)} hashes for {len(vectors)} vectors")
+        if not all(isinstance(h, str) and h for h in hashes):
+            raise ValueError("content hashes must be non-empty strings")
+        with self._connection() as connection:
+            connection.execute("BEGIN IMMEDIATE")
+            self._insert(connection, hashes, vectors)
+            connection.execute("COMMIT")
+
+    def __len__(self) -> int:
+        with self._connection() as connection:
+            return connection.execute("SELECT count(*) FROM vectors").fetchone()[0]
 
 
 def embed_with_cache(

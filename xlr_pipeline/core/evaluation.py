@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 
-import faiss
 import numpy as np
 
 from xlr_pipeline.core.head import ProjectionHead
@@ -75,13 +74,9 @@ def evaluate_run(
     code_versions: Mapping[str, str],
     evaluating_run_id: str,
     with_random_baseline: bool = True,
-    image_index: faiss.Index | None = None,
 ) -> Evaluation:
-    """Evaluate `head` (and its random baseline) on every language of `queries` against the image gallery.
-
-    `gallery` are the raw test-image features; `image_index`, when given, holds the trained head's
-    projection of them in the same order (the chain's FAISS index).
-    """
+    """Evaluate `head` (and its random baseline) on every language of `queries` against the image gallery
+    (`gallery`: the raw test-image features), with exact ranks."""
     with_random_baseline = with_random_baseline and not head.is_identity  # nothing trained: no random twin
     heads = {TRAINED: head, **({RANDOM: random_head_like(head)} if with_random_baseline else {})}
     run_ids = {TRAINED: provenance.run_id, RANDOM: provenance.run_id + RANDOM_HEAD_SUFFIX}
@@ -109,7 +104,7 @@ def evaluate_run(
     ranks: list[RankRecord] = []
     for language, test in queries.items():
         results[language] = {
-            name: evaluate_head(model, gallery, test.vectors, test.labels, image_index if name == TRAINED else None)
+            name: evaluate_head(model, gallery, test.vectors, test.labels)
             for name, model in heads.items()
         }
         for name, directions in results[language].items():

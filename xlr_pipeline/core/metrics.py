@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
 
 from xlr_pipeline.core.head import ProjectionHead, new_head, project
@@ -18,31 +17,49 @@ from xlr_pipeline.core.head import ProjectionHead, new_head, project
 DEFAULT_KS = (1, 5, 10)
 
 
-def flat_ip_index(vectors: np.ndarray) -> faiss.IndexFlatIP:
-    """Exact inner-product index; on L2-normalised vectors the score is the cosine."""
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(np.ascontiguousarray(vectors, dtype=np.float32))
-    return index
+def _correct_scores(gallery: np.ndarray, queries: np.ndarray, query_codes: np.ndarray, gallery_codes: np.ndarray) -> np.ndarray:
+    """Per query, the highest score among the gallery items of its label (-inf where there is none); the
+    (query, correct item) pairs are found by sorting labels, so the cost is one dot product per pair."""
+    order = np.argsort(gallery_codes, kind="stable")
+    first = np.searchsorted(gallery_codes[order], query_codes, "left")
+    counts = np.searchsorted(gallery_codes[order], query_codes, "right") - first
+    pair_query = np.repeat(np.arange(len(queries)), counts)
+    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    pair_item = order[np.repeat(first, counts) + offsets]
+    best = np.full(len(queries), -np.inf, dtype=np.float32)
+    np.maximum.at(best, pair_query, np.einsum("ij,ij->i", queries[pair_query], gallery[pair_item]))
+    return best
 
 
 def first_correct_ranks(
-    index: faiss.Index,
+    gallery: np.ndarray,
     queries: np.ndarray,
     query_labels: np.ndarray,
     gallery_labels: np.ndarray,
-    batch_size: int = 1024,
+    query_batch: int = 1024,
+    gallery_chunk: int = 16_384,
 ) -> np.ndarray:
-    """1-based rank of the first correct gallery item per query (0 where the gallery has none)."""
-    if index.ntotal != len(gallery_labels):
-        raise ValueError(f"index holds {index.ntotal} items but {len(gallery_labels)} gallery labels were given")
-    ranks = np.zeros(len(queries), dtype=np.int64)
-    for start in range(0, len(queries), batch_size):
-        batch = np.ascontiguousarray(queries[start : start + batch_size], dtype=np.float32)
-        _, neighbours = index.search(batch, index.ntotal)
-        correct = gallery_labels[neighbours] == query_labels[start : start + batch_size, None]
-        found = correct.any(axis=1)
-        ranks[start : start + len(batch)] = np.where(found, correct.argmax(axis=1) + 1, 0)
-    return ranks
+    """1-based rank of the first correct gallery item per query (0 where the gallery has none), by inner product.
+
+    Exact, in bounded memory: the rank is 1 + the number of wrong items scoring above the query's best correct
+    item, counted over gallery chunks, so memory is query_batch × gallery_chunk scores whatever the gallery size
+    (no full ranking is ever materialised). Items within float rounding of the correct one count as below it.
+    """
+    if len(gallery) != len(gallery_labels):
+        raise ValueError(f"the gallery holds {len(gallery)} items but {len(gallery_labels)} gallery labels were given")
+    gallery = np.ascontiguousarray(gallery, dtype=np.float32)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    _, codes = np.unique(np.concatenate([np.asarray(gallery_labels), np.asarray(query_labels)]), return_inverse=True)
+    gallery_codes, query_codes = codes[: len(gallery)], codes[len(gallery) :]
+    best = _correct_scores(gallery, queries, query_codes, gallery_codes)
+    above = np.zeros(len(queries), dtype=np.int64)
+    for q in range(0, len(queries), query_batch):
+        batch, batch_best, batch_codes = queries[q : q + query_batch], best[q : q + query_batch, None], query_codes[q : q + query_batch, None]
+        for g in range(0, len(gallery), gallery_chunk):
+            scores = batch @ gallery[g : g + gallery_chunk].T
+            wrong = gallery_codes[None, g : g + gallery_chunk] != batch_codes
+            above[q : q + len(batch)] += ((scores > batch_best) & wrong).sum(axis=1)
+    return np.where(np.isfinite(best), above + 1, 0)
 
 
 def recall_at_k(ranks: np.ndarray, k: int) -> float:
@@ -76,16 +93,15 @@ def summarise(direction: str, ranks: np.ndarray, ks: tuple[int, ...] = DEFAULT_K
 
 
 def evaluate_retrieval(
-    image_index: faiss.Index,
+    image_vectors: np.ndarray,
     image_labels: np.ndarray,
     text_vectors: np.ndarray,
     text_labels: np.ndarray,
-    image_vectors: np.ndarray,
     ks: tuple[int, ...] = DEFAULT_KS,
 ) -> list[DirectionResult]:
-    """Both directions: captions query the image index; images query an index of the captions."""
-    text_to_image = first_correct_ranks(image_index, text_vectors, text_labels, image_labels)
-    image_to_text = first_correct_ranks(flat_ip_index(text_vectors), image_vectors, image_labels, text_labels)
+    """Both directions, exact: captions rank the images, images rank the captions."""
+    text_to_image = first_correct_ranks(image_vectors, text_vectors, text_labels, image_labels)
+    image_to_text = first_correct_ranks(text_vectors, image_vectors, image_labels, text_labels)
     return [summarise("text_to_image", text_to_image, ks), summarise("image_to_text", image_to_text, ks)]
 
 
@@ -97,20 +113,12 @@ def random_head_like(head: ProjectionHead) -> ProjectionHead:
 
 
 def evaluate_head(
-    head: ProjectionHead,
-    image_features: np.ndarray,
-    text_features: np.ndarray,
-    text_labels: np.ndarray,
-    image_index: faiss.Index | None = None,
+    head: ProjectionHead, image_features: np.ndarray, text_features: np.ndarray, text_labels: np.ndarray
 ) -> list[DirectionResult]:
-    """Retrieval in both directions through one head.
-
-    Image i of `image_features` has label i; `text_labels[j]` is the image of caption j. When given,
-    `image_index` must hold this head's projection of `image_features` in the same order.
-    """
+    """Retrieval in both directions through one head. Image i of `image_features` has label i;
+    `text_labels[j]` is the image of caption j."""
     images = project(head, image_features, "image")
-    index = image_index if image_index is not None else flat_ip_index(images)
-    return evaluate_retrieval(index, np.arange(len(image_features)), project(head, text_features, "text"), text_labels, images)
+    return evaluate_retrieval(images, np.arange(len(image_features)), project(head, text_features, "text"), text_labels)
 
 
 def recall_is_monotone(recall: dict[int, float]) -> bool:

@@ -24,7 +24,7 @@ import polars as pl
 
 from xlr_pipeline.core.augment import WORD, Lexicon, code_switch, mutual_nearest_translations
 from xlr_pipeline.core.head import ProjectionHead, project
-from xlr_pipeline.core.metrics import flat_ip_index
+from xlr_pipeline.core.index import flat_ip_index
 from xlr_pipeline.core.stats import hierarchical_ci, holm_adjusted, paired_test
 
 TAG_SEPARATOR = "|"

@@ -5,7 +5,6 @@ import polars as pl
 from xlr_pipeline.core.embeddings import vectors_of
 from xlr_pipeline.core.evaluation import RANDOM, TRAINED, RunProvenance, TestQueries, evaluate_run
 from xlr_pipeline.core.head import head_fingerprint, head_from_bytes
-from xlr_pipeline.core.index import load_index
 from xlr_pipeline.core.metrics import DirectionResult, recall_is_monotone
 from xlr_pipeline.core.plots import recall_bars
 from xlr_pipeline.core.report import recall_by_language, to_markdown
@@ -94,7 +93,6 @@ def build_retrieval_metrics(
             )
         evaluation = evaluate_run(
             head, provenance, vectors_of(indexed), tests, CODE_VERSIONS, context.run.run_id,
-            image_index=load_index(outputs.index_path),
         )
         ranks_paths = {}
         for language in languages:

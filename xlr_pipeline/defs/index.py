@@ -1,16 +1,30 @@
 import dagster as dg
+import faiss
 import polars as pl
+from pydantic import Field
 
 from xlr_pipeline.core.embeddings import vectors_of
 from xlr_pipeline.core.head import head_fingerprint, head_from_bytes, project
-from xlr_pipeline.core.index import save_index
-from xlr_pipeline.core.metrics import flat_ip_index
+from xlr_pipeline.core.index import IndexPlan, build_index, recall_against_exact, save_index
 from xlr_pipeline.core.storage import write_parquet_atomic
 from xlr_pipeline.defs.lane import Lane
 from xlr_pipeline.defs.lineage import file_version, lineage_metadata
 from xlr_pipeline.defs.metadata import file_data_version
 from xlr_pipeline.defs.resources import XlrSettings, require_file
 from xlr_pipeline.defs.versions import CODE_VERSIONS
+
+
+RECALL_QUERIES = 1_000
+
+
+class ImageIndexConfig(dg.Config):
+    exact_up_to: int = Field(IndexPlan().exact_up_to, ge=1, description="Exact (flat) search up to this many images; HNSW past it")
+    hnsw_neighbours: int = Field(IndexPlan().hnsw_neighbours, ge=2, le=256, description="HNSW graph degree M")
+    ef_construction: int = Field(IndexPlan().ef_construction, ge=1)
+    ef_search: int = Field(IndexPlan().ef_search, ge=1, description="HNSW search breadth: higher is slower and closer to exact")
+
+    def plan(self) -> IndexPlan:
+        return IndexPlan(**self.model_dump())
 
 
 def build_image_index(
@@ -28,15 +42,21 @@ def build_image_index(
         automation_condition=dg.AutomationCondition.eager(),
         check_specs=[dg.AssetCheckSpec("indexes_every_test_image", asset=key)],
     )
-    def image_index(context: dg.AssetExecutionContext, settings: XlrSettings) -> dg.MaterializeResult:
-        """Exact cosine (inner-product) FAISS index over the projected test-split images."""
+    def image_index(context: dg.AssetExecutionContext, config: ImageIndexConfig, settings: XlrSettings) -> dg.MaterializeResult:
+        """FAISS cosine (inner-product) index over the projected test-split images: exact up to `exact_up_to`
+        images, HNSW past it, with its recall@10 against exact search measured on up to 1,000 projected
+        train-split images as queries (`recall_at_10_vs_exact`)."""
         outputs = lane.outputs(settings)
         head, provenance = head_from_bytes(require_file(outputs.head_path, f"{lane.name}/projection_head").read_bytes())
         images = pl.read_parquet(require_file(outputs.image_embeddings_path, f"{lane.name}/image_embeddings"))
         test = images.filter(pl.col("split") == "test")
         if test.is_empty():
             raise dg.Failure(f"dataset {lane.name!r} has no test-split images to index")
-        index = flat_ip_index(project(head, vectors_of(test), "image"))
+        projected = project(head, vectors_of(test), "image")
+        index = build_index(projected, config.plan())
+        others = images.filter(pl.col("split") != "test").head(RECALL_QUERIES)
+        queries = project(head, vectors_of(others), "image") if others.height else projected[:RECALL_QUERIES]
+        recall = recall_against_exact(index, projected, queries) if isinstance(index, faiss.IndexHNSWFlat) else 1.0
         save_index(index, outputs.index_path)
         ids = test.select("image_id", "content_hash").with_columns(pl.lit(provenance["run_id"]).alias("head_run_id"))
         write_parquet_atomic(ids, outputs.index_ids_path)
@@ -47,6 +67,8 @@ def build_image_index(
                 "indexed_images": index.ntotal,
                 "dim": index.d,
                 "index_type": type(index).__name__,
+                "recall_at_10_vs_exact": recall,
+                "index_plan": config.model_dump(),
                 "path": dg.MetadataValue.path(str(outputs.index_path)),
                 **lineage_metadata(
                     {},

@@ -69,14 +69,14 @@ class Pipeline:
         return self.definitions.get_repository_def().assets_defs_by_key[key].node_def.name
 
 
-def build_pipeline(settings: XlrSettings, specs: list[DatasetSpec] | None = None) -> Pipeline:
-    """Lanes for `specs`, or for every dataset found under the settings' roots."""
+def build_pipeline(
+    settings: XlrSettings, specs: list[DatasetSpec] | None = None, executor: dg.ExecutorDefinition = dg.in_process_executor
+) -> Pipeline:
+    """Lanes for `specs`, or for every dataset found under the settings' roots; runs use `executor`
+    (`defs/executors.py`)."""
     lanes = {spec.name: Lane.of(spec) for spec in (discover_datasets(settings.roots()) if specs is None else specs)}
     definitions = dg.Definitions.merge(
         *(lane_definitions(lane) for lane in lanes.values()),
-        # Steps of a run execute in its own process, one after another: a run launched from the UI loads torch
-        # once instead of once per step, and two heavy steps never compete for a laptop's cores. Runs are
-        # limited by the instance's run queue (see runner.instance_yaml).
-        dg.Definitions(resources={"settings": settings}, executor=dg.in_process_executor),
+        dg.Definitions(resources={"settings": settings}, executor=executor),
     )
     return Pipeline(settings, lanes, definitions)
