@@ -16,14 +16,16 @@ from xlr_pipeline.runner import run_pipeline
 from xlr_pipeline_tests.conftest import DATASET, outputs_for, pipeline_for
 
 STAGES = ("images", "image_embeddings")
+KEYS = [dg.AssetKey([DATASET, stage]) for stage in STAGES]
 
 
 def dask_embeddings_job() -> dg.JobDefinition:
-    """The code location as `dagster` loads it (XLR_* variables), narrowed to the image stages: what the Dask
+    """The code location as `dagster` loads it (XLR_* variables), with a job of its image stages: what the Dask
     workers reconstruct by this function's module and name."""
     from xlr_pipeline.definitions import defs
 
-    return defs().get_implicit_job_def_for_assets([dg.AssetKey([DATASET, stage]) for stage in STAGES])
+    job = dg.define_asset_job("image_stages", selection=KEYS)
+    return dg.Definitions.merge(defs(), dg.Definitions(jobs=[job])).resolve_job_def("image_stages")
 
 
 def test_image_stages_run_on_a_dask_local_cluster_with_the_vectors_of_an_in_process_run(tmp_path, subset_data_dir, monkeypatch):
@@ -36,9 +38,11 @@ def test_image_stages_run_on_a_dask_local_cluster_with_the_vectors_of_an_in_proc
     monkeypatch.setenv("XLR_DATA_DIR", str(on_dask))
     monkeypatch.setenv("XLR_EXECUTOR", "dask")
     cluster = {"local": {"n_workers": 2, "threads_per_worker": 1, "processes": True, "dashboard_address": None}}
+    (tmp_path / "dagster_home").mkdir()  # Dask workers reach the run through a persistent instance
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
         result = dg.execute_job(
-            dg.reconstructable(dask_embeddings_job), instance, run_config={"execution": {"config": {"cluster": cluster}}}, raise_on_error=False
+            dg.reconstructable(dask_embeddings_job), instance, run_config={"execution": {"config": {"cluster": cluster}}},
+            raise_on_error=False,
         )
         assert result.success, [event.message for event in result.all_events if event.is_failure]
         executed = {event.asset_key.path[-1] for event in result.get_asset_materialization_events()}
