@@ -11,6 +11,7 @@ import pytest
 from xlr_pipeline.core.embeddings import vectors_of
 from xlr_pipeline.core.head import head_from_bytes
 from xlr_pipeline.core.index import load_index
+from xlr_pipeline.defs.index import ImageIndexConfig
 from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline_tests.conftest import DATASET, SUBSET_LANGUAGES, op_name, pipeline_for
 
@@ -189,3 +190,15 @@ def test_byte_identical_images_under_two_ids_are_reported(fresh_data_dir, instan
     metadata = {key: value.value for key, value in evaluation.metadata.items()}
     assert metadata["duplicate_groups"] == 1 and metadata["groups_across_splits"] == 1
     assert metadata["examples"] == " = ".join(sorted([train_image, "copy-of-train"]))
+
+
+def test_past_its_threshold_the_index_is_hnsw_with_its_recall_against_exact_recorded(chain):
+    pipeline, instance, _ = chain
+    node = op_name("image_index")
+    approximate = materialize(instance, pipeline, "image_index", run_config=dg.RunConfig(ops={node: ImageIndexConfig(exact_up_to=5, hnsw_neighbours=4)}))
+    metadata = approximate.asset_materializations_for_node(node)[0].metadata
+    index = load_index(pipeline.settings.outputs(DATASET).index_path)
+    assert metadata["index_type"].value == "IndexHNSWFlat" and type(index).__name__ == "IndexHNSWFlat"
+    assert 0.5 <= metadata["recall_at_10_vs_exact"].value <= 1.0 and metadata["index_plan"].data["exact_up_to"] == 5
+    exact = materialize(instance, pipeline, "image_index").asset_materializations_for_node(node)[0].metadata
+    assert exact["index_type"].value == "IndexFlatIP" and exact["recall_at_10_vs_exact"].value == 1.0
