@@ -39,11 +39,16 @@ def test_image_stages_run_on_a_dask_local_cluster_with_the_vectors_of_an_in_proc
     monkeypatch.setenv("XLR_EXECUTOR", "dask")
     cluster = {"local": {"n_workers": 2, "threads_per_worker": 1, "processes": True, "dashboard_address": None}}
     (tmp_path / "dagster_home").mkdir()  # Dask workers reach the run through a persistent instance
+    environ = os.environ.copy()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
-        result = dg.execute_job(
-            dg.reconstructable(dask_embeddings_job), instance, run_config={"execution": {"config": {"cluster": cluster}}},
-            raise_on_error=False,
-        )
+        try:
+            result = dg.execute_job(
+                dg.reconstructable(dask_embeddings_job), instance, run_config={"execution": {"config": {"cluster": cluster}}},
+                raise_on_error=False,
+            )
+        finally:  # dask's nanny sets OMP_NUM_THREADS=1 & co in this process for its workers: later subprocesses must not inherit them
+            os.environ.clear()
+            os.environ.update(environ)
         assert result.success, [event.message for event in result.all_events if event.is_failure]
         executed = {event.asset_key.path[-1] for event in result.get_asset_materialization_events()}
         step_processes = {event.pid for event in result.all_events if event.event_type == dg.DagsterEventType.STEP_START}
