@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import polars as pl
 
 WORD = re.compile(r"[^\W\d_]+")
 SPACED_WORD = re.compile(r"\s*[^\W\d_]+")  # the same words as WORD, with the whitespace before them
@@ -74,6 +75,18 @@ class Lexicon:
 
     def size(self, language: str) -> int:
         return sum(language in options for options in self.translations.values())
+
+    def to_frame(self) -> pl.DataFrame:
+        """One row per (English word, language, translation): how the lexicon is stored."""
+        rows = [(english, language, foreign) for english, options in sorted(self.translations.items()) for language, foreign in sorted(options.items())]
+        return pl.DataFrame(rows, schema={"english": pl.String, "language": pl.String, "translation": pl.String}, orient="row")
+
+    @classmethod
+    def from_frame(cls, frame: pl.DataFrame) -> Lexicon:
+        translations: dict[str, dict[str, str]] = {}
+        for english, language, foreign in frame.select("english", "language", "translation").iter_rows():
+            translations.setdefault(english, {})[language] = foreign
+        return cls(translations)
 
 
 def induce_lexicon(captions: Sequence[str], languages: Sequence[str], words_per_language: int, encode: Encode) -> Lexicon:

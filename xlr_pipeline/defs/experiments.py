@@ -131,18 +131,6 @@ class GridConfig(dg.Config):
         }
 
 
-def lexicon_frame(lexicon: Lexicon) -> pl.DataFrame:
-    rows = [(english, language, foreign) for english, options in sorted(lexicon.translations.items()) for language, foreign in sorted(options.items())]
-    return pl.DataFrame(rows, schema={"english": pl.String, "language": pl.String, "translation": pl.String}, orient="row")
-
-
-def lexicon_from_frame(frame: pl.DataFrame) -> Lexicon:
-    translations: dict[str, dict[str, str]] = {}
-    for english, language, foreign in frame.iter_rows():
-        translations.setdefault(english, {})[language] = foreign
-    return Lexicon(translations)
-
-
 def _gallery_rows(images: pl.DataFrame) -> dict[str, int]:
     return {image_id: i for i, image_id in enumerate(images["image_id"].to_list())}
 
@@ -249,7 +237,7 @@ def build_experiments(
         means = language_means([lang for lang in centroid_languages if has_word_list(lang)], config.words_per_language, encode)
         folder = outputs.experiments
         write_parquet_atomic(out, folder / "code_switched.parquet")
-        write_parquet_atomic(lexicon_frame(lexicon), folder / "lexicon.parquet")
+        write_parquet_atomic(lexicon.to_frame(), folder / "lexicon.parquet")
         if keywords is not None:
             write_parquet_atomic(keywords, folder / "keywords.parquet")
         write_parquet_atomic(
@@ -295,12 +283,10 @@ def build_experiments(
 
         outputs = lane.outputs(settings)
         folder = outputs.experiments
-        lexicon = lexicon_from_frame(pl.read_parquet(require_file(folder / "lexicon.parquet", f"{lane.name}/text_augmentations")))
+        lexicon = Lexicon.from_frame(pl.read_parquet(require_file(folder / "lexicon.parquet", f"{lane.name}/text_augmentations")))
         source = require_file(outputs.captions_path(train_language), f"{lane.name}/captions[{train_language}]")
         images = pl.read_parquet(require_file(outputs.image_embeddings_path, f"{lane.name}/image_embeddings"))
-        pairs = pl.read_parquet(source).filter(pl.col("split") == "train").join(
-            images.select("image_id", pl.col("vector").alias("image_vector")), on="image_id", how="inner"
-        )
+        pairs = training_pairs(images, pl.read_parquet(source))
         (folder / "finetuned").mkdir(parents=True, exist_ok=True)
         rows, written = [], []
         for arm in [name.value for name in config.arms]:
@@ -380,7 +366,7 @@ def build_experiments(
             other_text_models=[*config.other_text_models, *finetuned_models],
             image_text_models=[settings.text_model, *config.other_text_models],
         )
-        main_pair = (settings.text_model, _main_image_model(outputs))
+        main_pair = (settings.text_model, images["model_id"][0])
         cells = plan_cells(plan, *main_pair)
         image_frames = {main_pair[1]: images}
         encoding_started = time.perf_counter()
