@@ -11,6 +11,7 @@ from pathlib import Path
 # Only light modules here: `xlr sql` and `--help` must start without torch or Dagster.
 from xlr_pipeline.core.choices import ARCHITECTURES, DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, OBJECTIVES
 from xlr_pipeline.core.outputs import DEFAULT_DATA_DIR
+from xlr_pipeline.core.threads import available_cores
 
 # Head hyperparameters settable from the command line (the rest through the Dagster launchpad).
 HEAD_OPTIONS = {
@@ -104,7 +105,7 @@ def command_run(args: argparse.Namespace) -> int:
         with dg.DagsterInstance.get() as instance:
             report = run_pipeline(
                 instance, pipeline, datasets, {"projection_head": head_config}, include_stale=args.stale,
-                console_log_level=_console_level(args),
+                console_log_level=_console_level(args), workers=args.workers,
             )
     except (RunFailed, DatasetError, KeyError) as error:
         return _fail(error)
@@ -160,7 +161,7 @@ def command_grid(args: argparse.Namespace) -> int:
         with dg.DagsterInstance.get() as instance:
             report = run_pipeline(
                 instance, pipeline, [dataset], configs, include_stale=True, stages=frozenset(CHAIN_ASSETS + EXPERIMENT_ASSETS),
-                console_log_level=_console_level(args),
+                console_log_level=_console_level(args), workers=args.workers,
             )
             ran = {asset for asset, _, _ in report.executed}
             if args.rerun and lane.key("experiment_grid").to_user_string() not in ran:
@@ -191,7 +192,7 @@ def command_tagging(args: argparse.Namespace) -> int:
         with dg.DagsterInstance.get() as instance:
             run_pipeline(
                 instance, pipeline, [dataset], configs, include_stale=True, stages=frozenset(CHAIN_ASSETS + TAGGING_ASSETS),
-                console_log_level=_console_level(args),
+                console_log_level=_console_level(args), workers=args.workers,
             )
     except (RunFailed, DatasetError, KeyError, ValueError) as error:
         return _fail(error)
@@ -381,9 +382,12 @@ def command_sql(args: argparse.Namespace) -> int:
 
 
 def command_dev(args: argparse.Namespace) -> int:
-    from xlr_pipeline.runner import ensure_instance_home
+    from xlr_pipeline.runner import concurrent_runs_of, ensure_instance_home
 
-    ensure_instance_home()
+    home = ensure_instance_home()
+    if not os.environ.get("XLR_STEP_THREADS"):
+        # Runs the UI launches share the cores: each embedding step gets its share of the run queue's width.
+        os.environ["XLR_STEP_THREADS"] = str(max(1, available_cores() // concurrent_runs_of(home)))
     # A backgrounded `dagster dev` ignores SIGINT unless its default handler is restored before exec.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     workspace = Path(__file__).resolve().parents[1] / "workspace.yaml"
@@ -437,7 +441,15 @@ def build_parser() -> argparse.ArgumentParser:
         choices = {"choices": kind} if isinstance(kind, tuple) else {"type": kind}
         pipeline_options.add_argument(f"--{option.replace('_', '-')}", help=f"head {option}", **choices)
 
-    run = commands.add_parser("run", parents=[pipeline_options], help="materialize what is missing and print per-language Recall")
+    worker_options = argparse.ArgumentParser(add_help=False)
+    worker_options.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="embed image shards (image_shards in dataset.toml) as this many concurrent runs, each with an equal share of the cores",
+    )
+
+    run = commands.add_parser("run", parents=[pipeline_options, worker_options], help="materialize what is missing and print per-language Recall")
     run.add_argument("--stale", action="store_true", help="also rerun what is stale (changed code, config, inputs)")
     run.set_defaults(handler=command_run)
 
@@ -447,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     grid = commands.add_parser(
         "grid",
-        parents=[pipeline_options],
+        parents=[pipeline_options, worker_options],
         help="bring the chain and the experiment grid (objectives x augmentation x seeds) up to date; print the report",
     )
     grid.add_argument("--seeds", type=int, nargs="+", help="seeds per cell (default 0 1 2 3 4); SALT copies are drawn per seed")
@@ -457,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tagging = commands.add_parser(
         "tagging",
-        parents=[pipeline_options],
+        parents=[pipeline_options, worker_options],
         help="bring the chain and zero-shot tagging (tags per language, report against the translation baseline) up to date",
     )
     tagging.add_argument("--seeds", type=int, nargs="+", help="heads evaluated in the report (default 0 1 2)")

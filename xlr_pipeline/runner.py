@@ -7,19 +7,23 @@ these runs and their metadata like any other.
 from __future__ import annotations
 
 import fcntl
+import multiprocessing
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
+import yaml
 
 from xlr_pipeline.core.datasets import DatasetError
 from xlr_pipeline.core.storage import write_with_atomic
 from xlr_pipeline.defs.lane import CHAIN_ASSETS, LANGUAGE_ASSETS, Lane, asset_name
-from xlr_pipeline.defs.lanes import Pipeline
-from xlr_pipeline.defs.resources import DEFAULT_DATA_DIR
+from xlr_pipeline.core.threads import available_cores
+from xlr_pipeline.defs.lanes import Pipeline, build_pipeline
+from xlr_pipeline.defs.resources import DEFAULT_DATA_DIR, XlrSettings
 from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline.staleness import StalenessResolver, Status, Target
 
@@ -70,6 +74,13 @@ def ensure_instance_home() -> Path:
                 pass
             created.touch()
     return home
+
+
+def concurrent_runs_of(home: Path) -> int:
+    """The run queue's width in an instance's dagster.yaml (1 when it sets none)."""
+    config = yaml.safe_load((home / "dagster.yaml").read_text("utf-8")) or {}
+    runs = (config.get("concurrency") or {}).get("runs") or {}
+    return max(1, int(runs.get("max_concurrent_runs", 1)))
 
 
 def register_languages(instance: dg.DagsterInstance, lane: Lane) -> list[str]:
@@ -167,10 +178,12 @@ def run_pipeline(
     log: Callable[[str], None] = print,
     console_log_level: str = "INFO",
     stages: frozenset[str] = frozenset(CHAIN_ASSETS),
+    workers: int = 1,
 ) -> RunReport:
     """Materialize what is missing (and, with `include_stale`, what is stale) in the given datasets' lanes,
     one graph level at a time. What cannot run (its sources are unreadable, or an input is blocked) is
-    reported and skipped; everything else still runs."""
+    reported and skipped; everything else still runs. With `workers` > 1, the shards of a sharded asset run as
+    that many concurrent runs, each in its own process with an equal share of the cores."""
     asset_configs = asset_configs or {}
     resolver = _resolver(instance, pipeline, datasets, asset_configs, stages, lambda lane: register_languages(instance, lane))
     wanted = {"missing", "stale"} if include_stale else {"missing"}
@@ -178,6 +191,7 @@ def run_pipeline(
     blocked: set[Target] = set()
     for level in resolver.levels():
         for key in level:
+            due: list[Target] = []
             for target in resolver.targets(key):
                 status = resolver.status(target, blocked=blocked)
                 if status.state in ("error", "blocked"):
@@ -188,12 +202,47 @@ def run_pipeline(
                     report.skipped.append((key.to_user_string(), target.partition))
                     continue
                 log(f"materializing {target.name} ({'; '.join(status.causes)}) ...")
-                started = time.perf_counter()
-                materialize_target(instance, pipeline, target, asset_configs, console_log_level)
-                elapsed = time.perf_counter() - started
+                due.append(target)
+            if workers > 1 and len(due) > 1 and resolver.is_sharded(key):
+                timings = materialize_concurrently(instance, pipeline, due, workers, console_log_level)
+            else:
+                timings = ((target, _timed(materialize_target, instance, pipeline, target, asset_configs, console_log_level)) for target in due)
+            for target, elapsed in timings:
                 report.executed.append((key.to_user_string(), target.partition, elapsed))
-                log(f"  done in {elapsed:.1f} s")
+                log(f"  {target.name} done in {elapsed:.1f} s")
     return report
+
+
+def _timed(function: Callable, *args) -> float:
+    started = time.perf_counter()
+    function(*args)
+    return time.perf_counter() - started
+
+
+def _materialize_in_worker(
+    instance_ref, settings: dict, specs: list, target: Target, console_log_level: str
+) -> float:
+    """One shard's run in a spawned process: its own pipeline over the same datasets, the same instance."""
+    pipeline = build_pipeline(XlrSettings(**settings), specs)
+    with dg.DagsterInstance.from_ref(instance_ref) as instance:
+        return _timed(materialize_target, instance, pipeline, target, {}, console_log_level)
+
+
+def materialize_concurrently(
+    instance: dg.DagsterInstance, pipeline: Pipeline, targets: list[Target], workers: int, console_log_level: str = "INFO"
+) -> list[tuple[Target, float]]:
+    """Run `targets` (independent partitions) as concurrent runs in `workers` spawned processes; each gets
+    1/workers of the cores for torch and BLAS, so together they never oversubscribe the machine."""
+    workers = min(workers, len(targets))
+    settings = pipeline.settings
+    fields = {name: getattr(settings, name) for name in type(settings).model_fields}
+    fields["step_threads"] = max(1, (settings.step_threads or available_cores()) // workers)
+    specs = [lane.spec for lane in pipeline.lanes.values()]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [
+            pool.submit(_materialize_in_worker, instance.get_ref(), fields, specs, target, console_log_level) for target in targets
+        ]
+        return [(target, future.result()) for target, future in zip(targets, futures)]
 
 
 def evaluate_languages(

@@ -95,8 +95,16 @@ class StalenessResolver:
                 yield keys
 
     def _partitions(self, key: dg.AssetKey) -> list[str | None]:
-        partitioned = self.graph.get(key).assets_def.partitions_def is not None
-        return list(self.languages.get(key.path[0], [])) if partitioned else [None]
+        """An unpartitioned asset's one target, a sharded asset's shards, or a language-partitioned asset's languages."""
+        partitions_def = self.graph.get(key).assets_def.partitions_def
+        if partitions_def is None:
+            return [None]
+        if isinstance(partitions_def, dg.StaticPartitionsDefinition):
+            return list(partitions_def.get_partition_keys())
+        return list(self.languages.get(key.path[0], []))
+
+    def is_sharded(self, key: dg.AssetKey) -> bool:
+        return isinstance(self.graph.get(key).assets_def.partitions_def, dg.StaticPartitionsDefinition)
 
     def targets(self, key: dg.AssetKey) -> list[Target]:
         return [Target(key, p) for p in self._partitions(key)]
@@ -111,7 +119,7 @@ class StalenessResolver:
             mapping = assets_def.get_partition_mapping(parent)
             if isinstance(mapping, dg.SpecificPartitionsPartitionMapping):
                 found.extend(Target(parent, p) for p in mapping.partition_keys)
-            elif target.partition is None:  # an unpartitioned asset reads every language of its dataset
+            elif target.partition is None:  # an unpartitioned asset reads every language (or shard) of its dataset
                 found.extend(Target(parent, p) for p in self._partitions(parent))
             else:
                 found.append(Target(parent, target.partition))

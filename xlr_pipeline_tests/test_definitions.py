@@ -4,6 +4,7 @@ import dagster as dg
 import pytest
 
 from xlr_pipeline.core.datasets import DatasetError
+from xlr_pipeline.core.shards import shard_keys
 from xlr_pipeline.defs.lane import CHAIN_ASSETS, DIAGNOSTIC_ASSETS, EXPERIMENT_ASSETS, TAGGING_ASSETS
 from xlr_pipeline.defs.lanes import build_pipeline
 from xlr_pipeline.defs.resources import XlrSettings
@@ -32,7 +33,8 @@ def test_each_lane_has_the_expected_graph(dataset):
         return {p.to_user_string() for p in graph.get(lane.key(asset)).parent_keys}
 
     assert parents("text_embeddings") == {f"{dataset}/captions"}
-    assert parents("image_embeddings") == {f"{dataset}/images"}
+    assert parents("image_embedding_shards") == {f"{dataset}/images"}
+    assert parents("image_embeddings") == {f"{dataset}/image_embedding_shards"}
     # Only a COCO-sourced dataset's captions read the images asset (its English training captions come from it).
     assert parents("captions") == ({f"{dataset}/images"} if dataset == "xtd10" else set())
     assert parents("projection_head") == {f"{dataset}/image_embeddings", f"{dataset}/text_embeddings"}
@@ -42,7 +44,9 @@ def test_each_lane_has_the_expected_graph(dataset):
     for asset in CHAIN_ASSETS + EXPERIMENT_ASSETS + DIAGNOSTIC_ASSETS + TAGGING_ASSETS:
         node = graph.get(lane.key(asset))
         assert node.code_version and node.description
-        if node.assets_def.partitions_def is not None:
+        if asset == "image_embedding_shards":
+            assert node.assets_def.partitions_def.get_partition_keys() == shard_keys(lane.spec.image_shards)
+        elif node.assets_def.partitions_def is not None:
             assert node.assets_def.partitions_def.name == f"{dataset}_languages"
     checked = {key.asset_key.path[-1] for key in graph.asset_check_keys if key.asset_key.path[0] == dataset}
     assert checked == set(CHAIN_ASSETS)

@@ -15,20 +15,27 @@ from xlr_pipeline.defs.executors import executor_named
 from xlr_pipeline.runner import run_pipeline
 from xlr_pipeline_tests.conftest import DATASET, outputs_for, pipeline_for
 
-STAGES = ("images", "image_embeddings")
-KEYS = [dg.AssetKey([DATASET, stage]) for stage in STAGES]
+STAGES = ("images", "image_embedding_shards", "image_embeddings")
+SHARDS, UNION = dg.AssetKey([DATASET, "image_embedding_shards"]), dg.AssetKey([DATASET, "image_embeddings"])
 
 
-def dask_embeddings_job() -> dg.JobDefinition:
-    """The code location as `dagster` loads it (XLR_* variables), with a job of its image stages: what the Dask
-    workers reconstruct by this function's module and name."""
+def _location_job(name: str, key: dg.AssetKey) -> dg.JobDefinition:
+    """The code location as `dagster` loads it (XLR_* variables), with a job of one asset: what the Dask workers
+    reconstruct by the module and name of the function below that returns it."""
     from xlr_pipeline.definitions import defs
 
-    job = dg.define_asset_job("image_stages", selection=KEYS)
-    return dg.Definitions.merge(defs(), dg.Definitions(jobs=[job])).resolve_job_def("image_stages")
+    return dg.Definitions.merge(defs(), dg.Definitions(jobs=[dg.define_asset_job(name, selection=[key])])).resolve_job_def(name)
 
 
-def test_image_stages_run_on_a_dask_local_cluster_with_the_vectors_of_an_in_process_run(tmp_path, subset_data_dir, monkeypatch):
+def dask_shards_job() -> dg.JobDefinition:
+    return _location_job("image_shards", SHARDS)
+
+
+def dask_union_job() -> dg.JobDefinition:
+    return _location_job("image_union", UNION)
+
+
+def test_image_shards_run_on_a_dask_local_cluster_with_the_vectors_of_an_in_process_run(tmp_path, subset_data_dir, monkeypatch):
     in_process, on_dask = tmp_path / "in_process", tmp_path / "dask"
     for data_dir in (in_process, on_dask):
         shutil.copytree(subset_data_dir / DATASET, data_dir / DATASET)
@@ -38,26 +45,36 @@ def test_image_stages_run_on_a_dask_local_cluster_with_the_vectors_of_an_in_proc
     monkeypatch.setenv("XLR_DATA_DIR", str(on_dask))
     monkeypatch.setenv("XLR_EXECUTOR", "dask")
     cluster = {"local": {"n_workers": 2, "threads_per_worker": 1, "processes": True, "dashboard_address": None}}
+    run_config = {"execution": {"config": {"cluster": cluster}}}
     (tmp_path / "dagster_home").mkdir()  # Dask workers reach the run through a persistent instance
     environ = os.environ.copy()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
+        run_pipeline(instance, pipeline_for(on_dask), [DATASET], {}, stages=frozenset({"images"}), log=lambda _: None)
+        shards = pipeline_for(on_dask).lane(DATASET).shards.get_partition_keys()
         try:
-            result = dg.execute_job(
-                dg.reconstructable(dask_embeddings_job), instance, run_config={"execution": {"config": {"cluster": cluster}}},
-                raise_on_error=False,
-            )
+            results = [
+                dg.execute_job(
+                    dg.reconstructable(dask_shards_job), instance, run_config=run_config, tags={"dagster/partition": shard},
+                    raise_on_error=False,
+                )
+                for shard in shards
+            ]
+            results.append(dg.execute_job(dg.reconstructable(dask_union_job), instance, run_config=run_config, raise_on_error=False))
         finally:  # dask's nanny sets OMP_NUM_THREADS=1 & co in this process for its workers: later subprocesses must not inherit them
             os.environ.clear()
             os.environ.update(environ)
-        assert result.success, [event.message for event in result.all_events if event.is_failure]
-        executed = {event.asset_key.path[-1] for event in result.get_asset_materialization_events()}
-        step_processes = {event.pid for event in result.all_events if event.event_type == dg.DagsterEventType.STEP_START}
-    assert executed == set(STAGES)
+        for result in results:
+            assert result.success, [event.message for event in result.all_events if event.is_failure]
+        executed = [
+            (event.asset_key.path[-1], event.partition) for result in results for event in result.get_asset_materialization_events()
+        ]
+        step_processes = {event.pid for result in results for event in result.all_events if event.event_type == dg.DagsterEventType.STEP_START}
+    assert executed == [("image_embedding_shards", shard) for shard in shards] + [("image_embeddings", None)] and len(shards) == 2
     assert step_processes and os.getpid() not in step_processes  # the steps ran in the cluster's worker processes
 
     expected, actual = (pl.read_parquet(outputs_for(root).image_embeddings_path) for root in (in_process, on_dask))
-    assert actual["image_id"].to_list() == expected["image_id"].to_list() and actual.height > 100
-    np.testing.assert_allclose(np.stack(actual["vector"].to_numpy()), np.stack(expected["vector"].to_numpy()), atol=1e-5)
+    assert actual.height > 100 and actual.drop("vector").equals(expected.drop("vector"))
+    assert np.array_equal(np.stack(actual["vector"].to_numpy()), np.stack(expected["vector"].to_numpy()))  # same shards, same batches
 
 
 def test_an_unknown_or_missing_executor_is_refused_with_the_fix(monkeypatch):

@@ -11,11 +11,14 @@ import torchvision
 
 from xlr_pipeline.core.choices import ENGLISH_ONLY_TEXT_MODEL
 from xlr_pipeline.core.head import head_from_bytes
+from xlr_pipeline.core.shards import shard_keys
 from xlr_pipeline.defs.lineage import VERSION_KEY, file_version
 from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline.runner import current_statuses, materialize_target, run_pipeline
 from xlr_pipeline.staleness import Target
 from xlr_pipeline_tests.conftest import DATASET, SUBSET_LANGUAGES, outputs_for, pipeline_for
+
+SHARDS = {f"image_embedding_shards[{key}]" for key in shard_keys(2)}  # the subset keeps emoji_cldr's two shards
 
 HEAD = {"projection_head": HeadTrainingConfig(epochs=10)}
 PER_LANGUAGE = {f"{asset}[{language}]" for asset in ("text_embeddings", "retrieval_metrics") for language in SUBSET_LANGUAGES}
@@ -75,7 +78,7 @@ def test_image_model_change_reruns_image_side_and_below_only(scenario, tmp_path)
     weights = tmp_path / "resnet18.pth"
     torch.save(torchvision.models.get_model("resnet18", weights=None).state_dict(), weights)
     pipeline = pipeline_for(data_dir, image_model=f"torchvision:resnet18@{weights}")
-    expected = {"image_embeddings", "projection_head", "image_index"} | {f"retrieval_metrics[{l}]" for l in SUBSET_LANGUAGES}
+    expected = SHARDS | {"image_embeddings", "projection_head", "image_index"} | {f"retrieval_metrics[{l}]" for l in SUBSET_LANGUAGES}
     assert rerun_stale(instance, pipeline) == expected
 
 
@@ -85,9 +88,10 @@ def test_a_replaced_image_reruns_the_image_side_only(scenario):
     shutil.copyfile(images[0], images[1])  # another picture under the second image's name
     planned = statuses(instance, pipeline_for(data_dir))
     assert planned["images"].causes[0].startswith("config changed: files")
-    assert planned["image_embeddings"].causes == (f"upstream will rerun: {DATASET}/images",)
+    assert planned["image_embedding_shards[000-of-002]"].causes == (f"upstream will rerun: {DATASET}/images",)
+    assert planned["image_embeddings"].causes == tuple(f"upstream will rerun: {DATASET}/{shard}" for shard in sorted(SHARDS))
     assert planned["captions[de]"].state == "fresh" and planned["text_embeddings[en]"].state == "fresh"
-    assert rerun_stale(instance, pipeline_for(data_dir)) == {"images", "image_embeddings", "projection_head", "image_index"} | {
+    assert rerun_stale(instance, pipeline_for(data_dir)) == SHARDS | {"images", "image_embeddings", "projection_head", "image_index"} | {
         f"retrieval_metrics[{l}]" for l in SUBSET_LANGUAGES
     }
 
@@ -201,7 +205,7 @@ def test_a_deleted_outputs_folder_is_rebuilt_by_run_stale(scenario):
     # metrics, whose rows and rank files live elsewhere and whose inputs are unchanged, are not rerun
     assert rerun_stale(instance, pipeline_for(data_dir)) == {
         f"{asset}[{l}]" for asset in ("captions", "text_embeddings") for l in SUBSET_LANGUAGES
-    } | {"images", "image_embeddings", "projection_head", "image_index"}
+    } | SHARDS | {"images", "image_embeddings", "projection_head", "image_index"}
     assert outputs_for(data_dir).head_path.is_file()
     assert all(status.state == "fresh" for status in statuses(instance, pipeline_for(data_dir)).values())
 

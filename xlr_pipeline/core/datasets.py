@@ -18,6 +18,7 @@ from pathlib import Path
 import polars as pl
 
 from xlr_pipeline.core.languages import UnknownLanguageError, normalize_language
+from xlr_pipeline.core.shards import MAX_SHARDS
 from xlr_pipeline.core.readers import (
     CAPTION_FORMATS,
     CAPTION_READERS,
@@ -80,6 +81,9 @@ class DatasetSpec:
     # With image_source = "coco2014": this many train2014 images (never a listed one) and their English
     # captions from captions_train2014.json join the training split; settings can change the number.
     coco_train_images: int = 0
+    # Image embeddings are computed in this many shards (stable hash buckets of image ids), each its own
+    # partition: a backfill or `xlr run --workers N` embeds them in parallel.
+    image_shards: int = 1
 
     @classmethod
     def load(cls, root: Path) -> "DatasetSpec":
@@ -126,6 +130,9 @@ class DatasetSpec:
             raise DatasetError(f"{spec_file}: coco_train_images must be a whole number ≥ 0, not {train_images!r}")
         if train_images and raw.get("image_source") != "coco2014":
             raise DatasetError(f"{spec_file}: coco_train_images needs image_source = \"coco2014\"")
+        shards = raw.get("image_shards", 1)
+        if not isinstance(shards, int) or isinstance(shards, bool) or not 1 <= shards <= MAX_SHARDS:
+            raise DatasetError(f"{spec_file}: image_shards must be a whole number from 1 to {MAX_SHARDS}, not {shards!r}")
         return cls(root=root, **raw)
 
     @property

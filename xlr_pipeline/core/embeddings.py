@@ -17,7 +17,9 @@ from __future__ import annotations
 import re
 import shutil
 import sqlite3
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -26,6 +28,7 @@ import numpy as np
 import polars as pl
 
 Item = TypeVar("Item")
+Decoded = TypeVar("Decoded")
 ProgressCallback = Callable[[int, int], None]
 _QUERY_CHUNK = 10_000  # hashes per `IN (...)` query (SQLite allows 32,766 parameters)
 
@@ -108,30 +111,56 @@ class EmbeddingCache:
             return connection.execute("SELECT count(*) FROM vectors").fetchone()[0]
 
 
+def _decoded_batches(
+    items: Sequence[Item], batches: list[list[int]], decode: Callable[[Item], Decoded] | None, workers: int
+) -> Iterator[list]:
+    """Each batch's items, decoded. With workers, the next batch decodes on a thread pool while the caller
+    encodes this one (image decoding releases the GIL); at most two batches are held in memory."""
+    if decode is None or workers < 1:
+        for batch in batches:
+            yield [items[index] if decode is None else decode(items[index]) for index in batch]
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="xlr-decode") as pool:
+        pending: deque[list[Future]] = deque()
+        for batch in batches:
+            pending.append([pool.submit(decode, items[index]) for index in batch])
+            if len(pending) > 1:
+                yield [future.result() for future in pending.popleft()]
+        while pending:
+            yield [future.result() for future in pending.popleft()]
+
+
 def embed_with_cache(
     items: Sequence[Item],
     hashes: Sequence[str],
-    encode_batch: Callable[[list[Item]], np.ndarray],
+    encode_batch: Callable[[list], np.ndarray],
     cache: EmbeddingCache,
     batch_size: int,
     progress: ProgressCallback | None = None,
+    decode: Callable[[Item], Decoded] | None = None,
+    decode_workers: int = 0,
 ) -> tuple[np.ndarray, int]:
-    """Vectors for `items` in order, encoding only hashes the cache lacks; returns (vectors, n_encoded)."""
+    """Vectors for `items` in order, encoding only hashes the cache lacks; returns (vectors, n_encoded).
+
+    `encode_batch` gets the items of a batch, or with `decode` their decoded forms (decoded ahead on
+    `decode_workers` threads)."""
     if not len(hashes):
         raise ValueError("nothing to embed")
     known = cache.lookup(hashes)
     todo = [index for index, digest in enumerate(hashes) if digest not in known]
     # Encode each distinct content once even if it repeats (e.g. identical captions).
     unique_todo = list({hashes[index]: index for index in todo}.values())
+    batches = [unique_todo[start : start + batch_size] for start in range(0, len(unique_todo), batch_size)]
     fresh: dict[str, np.ndarray] = {}
-    for start in range(0, len(unique_todo), batch_size):
-        chunk = unique_todo[start : start + batch_size]
-        vectors = encode_batch([items[index] for index in chunk])
-        batch_hashes = [hashes[index] for index in chunk]
+    done = 0
+    for batch, inputs in zip(batches, _decoded_batches(items, batches, decode, decode_workers)):
+        vectors = encode_batch(inputs)
+        batch_hashes = [hashes[index] for index in batch]
         cache.add(batch_hashes, vectors)
         fresh.update(zip(batch_hashes, vectors))
+        done += len(batch)
         if progress is not None:
-            progress(min(start + batch_size, len(unique_todo)), len(unique_todo))
+            progress(done, len(unique_todo))
     known.update(fresh)
     return np.stack([known[digest] for digest in hashes]).astype(np.float32), len(unique_todo)
 

@@ -30,6 +30,7 @@ from xlr_pipeline.core.coco import (
 from xlr_pipeline.core.datasets import IMAGE_EXTENSIONS, DatasetSpec, ImageRecord
 from xlr_pipeline.core.download import DownloadItem, DownloadPolicy, DownloadReport, Manifest, download_all
 from xlr_pipeline.core.encoders import ImageFileError, load_image
+from xlr_pipeline.core.shards import in_shard
 from xlr_pipeline.core.storage import combined_hash, sha256_file
 
 IMAGE_SET_SCHEMA = {
@@ -191,6 +192,10 @@ class ImageSet:
 
     def usable_ids(self) -> set[str]:
         return set(self.usable["image_id"].to_list())
+
+    def shard(self, key: str) -> "ImageSet":
+        """The listed images of one shard (`core/shards.py`)."""
+        return ImageSet(self.frame.filter(pl.Series(in_shard(self.frame["image_id"].to_list(), key), dtype=pl.Boolean)))
 
 
 def train_captions_file(coco: CocoSource, annotations_url: str, log: Callable[[str], None]) -> Path:

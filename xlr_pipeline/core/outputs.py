@@ -36,6 +36,9 @@ class DatasetOutputs:
     def image_embeddings_path(self) -> Path:
         return self.root / "image_embeddings.parquet"
 
+    def image_embedding_shard_path(self, shard: str) -> Path:
+        return self.root / "image_embeddings" / "shards" / f"{shard}.parquet"
+
     def text_embeddings_path(self, language: str) -> Path:
         return self.root / "text_embeddings" / f"{language}.parquet"
 

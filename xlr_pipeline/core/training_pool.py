@@ -8,7 +8,6 @@ a step given n cores never starts more than n threads.
 from __future__ import annotations
 
 import multiprocessing
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 
@@ -21,11 +20,6 @@ from xlr_pipeline.core.head import ProjectionHead, TrainingResult
 _Payload = tuple[dict[str, np.ndarray], list[float], int, int]
 _worker_data: Mapping[tuple[str, str], TrainingData] = {}
 _worker_alpha = 0.0
-
-
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity, which schedulers and containers set)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _start_worker(data: Mapping[tuple[str, str], TrainingData], mixup_alpha: float) -> None:

@@ -23,6 +23,8 @@ def vector_problems(vectors: np.ndarray, expected_dim: int) -> list[str]:
 
 
 def norm_summary(vectors: np.ndarray) -> dict[str, float]:
+    if not len(vectors):
+        return {}
     norms = np.linalg.norm(vectors, axis=1)
     return {"norm_min": float(norms.min()), "norm_mean": float(norms.mean()), "norm_max": float(norms.max())}
 

@@ -1,11 +1,15 @@
+from pathlib import Path
+
 import dagster as dg
+import numpy as np
 import polars as pl
 
 from xlr_pipeline.core.embeddings import ProgressCallback, embed_with_cache, vectors_of, with_vectors
 from xlr_pipeline.core.encoders import ImageEncoder, load_image, load_image_encoder, load_text_encoder
 from xlr_pipeline.core.image_sources import ImageSet
 from xlr_pipeline.core.storage import combined_hash, sha256_text, write_parquet_atomic
-from xlr_pipeline.core.datasets import ImageRecord
+from xlr_pipeline.core.datasets import DatasetError, ImageRecord
+from xlr_pipeline.core.threads import available_cores, limited_threads
 from xlr_pipeline.core.validation import duplicate_groups, norm_summary, vector_problems
 from xlr_pipeline.defs.lane import Lane
 from xlr_pipeline.defs.lineage import CURRENT_CONFIG, file_version, input_name, lineage_metadata
@@ -43,28 +47,96 @@ def embed_images(
     settings: XlrSettings, image_set: ImageSet, encoder: ImageEncoder, progress: ProgressCallback | None = None
 ) -> tuple[pl.DataFrame, int]:
     """Every usable listed image's vector (`image_id`, `split`, `content_hash`, `vector`, `model_id`), through the
-    embedding cache; also how many were encoded now."""
+    embedding cache; also how many were encoded now. Images decode ahead on `settings.decode_workers` threads;
+    the encoder uses `settings.step_threads`."""
     records, paths, hashes = image_set.records(), image_set.paths(settings.root), image_set.hashes()
-    vectors, encoded = embed_with_cache(
-        [paths[record.image_id] for record in records],
-        hashes,
-        lambda batch: encoder.encode([load_image(path) for path in batch]),
-        settings.embedding_cache(encoder.model_id),
-        settings.image_batch_size,
-        progress,
-    )
+    with limited_threads(settings.step_threads):
+        vectors, encoded = embed_with_cache(
+            [paths[record.image_id] for record in records],
+            hashes,
+            encoder.encode,
+            settings.embedding_cache(encoder.model_id),
+            settings.image_batch_size,
+            progress,
+            decode=load_image,
+            decode_workers=settings.decode_workers,
+        )
     frame = pl.DataFrame({"image_id": [r.image_id for r in records], "split": [r.split for r in records], "content_hash": hashes})
     return with_vectors(frame, vectors).with_columns(pl.lit(encoder.model_id).alias("model_id")), encoded
 
 
-def build_image_embeddings(lane: Lane, images: dg.AssetsDefinition) -> dg.AssetsDefinition:
+def build_image_embedding_shards(lane: Lane, images: dg.AssetsDefinition) -> dg.AssetsDefinition:
+    key = lane.key("image_embedding_shards")
+
+    @dg.asset(
+        key=key,
+        partitions_def=lane.shards,
+        deps=[images],
+        group_name=lane.group,
+        kinds={"pytorch", "parquet"},
+        code_version=CODE_VERSIONS["image_embedding_shards"],
+        check_specs=_vector_check_specs(key, "usable image of the shard"),
+        # One run per shard: a backfill's runs embed shards in parallel (as many as the run queue admits).
+        backfill_policy=dg.BackfillPolicy.multi_run(1),
+    )
+    def image_embedding_shards(context: dg.AssetExecutionContext, settings: XlrSettings) -> dg.MaterializeResult:
+        """Frozen image-encoder features of one shard of the usable images (stable hash buckets of image ids,
+        `image_shards` in dataset.toml). Cached by (image content hash, model id): an image is never encoded twice
+        by the same model, whichever shard or process encodes it."""
+        outputs = lane.outputs(settings)
+        with clear_failures():
+            full_set = ImageSet.read(require_file(outputs.images_path, f"{lane.name}/images"))
+            encoder = load_image_encoder(settings.image_model)
+
+        def one_shard(shard: str) -> PartitionOutcome:
+            image_set = full_set.shard(shard)
+            with clear_failures():
+                if image_set.usable.is_empty():
+                    frame, encoded = _empty_embeddings(encoder), 0
+                else:
+                    frame, encoded = embed_images(settings, image_set, encoder, progress_logger(context, f"images of shard {shard}"))
+            path = outputs.image_embedding_shard_path(shard)
+            write_parquet_atomic(frame, path)
+            return PartitionOutcome(
+                version=file_version(path),
+                metadata={
+                    "shard": shard,
+                    "image_model": encoder.model_id,
+                    "dagster/row_count": frame.height,
+                    "encoded_now": encoded,
+                    "from_cache": frame.height - encoded,
+                    "step_threads": settings.step_threads or available_cores(),
+                    "decode_workers": settings.decode_workers,
+                    "path": dg.MetadataValue.path(str(path)),
+                    **lineage_metadata(
+                        CURRENT_CONFIG["image_embedding_shards"](settings, lane, shard, {}),
+                        {"images": file_version(outputs.images_path)},
+                        [path],
+                        settings.root,
+                    ),
+                },
+                checks=_vector_check(key, vectors_of(frame), encoder.dim, image_set.usable.height),
+            )
+
+        return materialize_partitions(context, one_shard)
+
+    return image_embedding_shards
+
+
+def _empty_embeddings(encoder: ImageEncoder) -> pl.DataFrame:
+    """A shard that holds no usable image (possible with many shards and few images)."""
+    frame = pl.DataFrame(schema={"image_id": pl.String, "split": pl.String, "content_hash": pl.String})
+    return with_vectors(frame, np.zeros((0, encoder.dim), dtype=np.float32)).with_columns(pl.lit(encoder.model_id).alias("model_id"))
+
+
+def build_image_embeddings(lane: Lane, shards: dg.AssetsDefinition) -> dg.AssetsDefinition:
     key = lane.key("image_embeddings")
 
     @dg.asset(
         key=key,
-        deps=[images],
+        deps=[shards],
         group_name=lane.group,
-        kinds={"pytorch", "parquet"},
+        kinds={"parquet"},
         code_version=CODE_VERSIONS["image_embeddings"],
         check_specs=[
             *_vector_check_specs(key, "listed image"),
@@ -72,46 +144,65 @@ def build_image_embeddings(lane: Lane, images: dg.AssetsDefinition) -> dg.Assets
         ],
     )
     def image_embeddings(context: dg.AssetExecutionContext, settings: XlrSettings) -> dg.MaterializeResult:
-        """Frozen image-encoder features of every usable image of the `images` asset (train and test).
-
-        Cached by (image content hash, model id): an image is never encoded twice by the same model.
-        """
+        """Every usable image's vector, in the `images` asset's order: the union of all image shards. What every
+        downstream asset reads (one file, whatever the shard count)."""
         spec = lane.spec
         outputs = lane.outputs(settings)
         path = outputs.image_embeddings_path
+        shard_keys = lane.shards.get_partition_keys()
         with clear_failures():
             image_set = ImageSet.read(require_file(outputs.images_path, f"{lane.name}/images"))
             records, hashes = image_set.records(), image_set.hashes()
-            encoder = load_image_encoder(settings.image_model)
-            frame, encoded = embed_images(settings, image_set, encoder, progress_logger(context, "images"))
+            shard_paths = {shard: outputs.image_embedding_shard_path(shard) for shard in shard_keys}
+            for shard, shard_path in shard_paths.items():
+                require_file(shard_path, f"{lane.name}/image_embedding_shards[{shard}]")
+            frame = _union_of_shards(image_set, list(shard_paths.values()), settings.image_model)
         vectors = vectors_of(frame)
         write_parquet_atomic(frame, path)
+        model_id = frame["model_id"][0]
         return dg.MaterializeResult(
             data_version=file_data_version(path),
             metadata={
                 "dataset": spec.name,
-                "image_model": encoder.model_id,
-                "dim": encoder.dim,
+                "image_model": model_id,
+                "dim": vectors.shape[1],
                 "dagster/row_count": frame.height,
+                "shards": len(shard_keys),
                 "unusable_images_skipped": image_set.unusable.height,
-                "encoded_now": encoded,
-                "from_cache": frame.height - encoded,
                 "images_hash": combined_hash(hashes),
                 "path": dg.MetadataValue.path(str(path)),
                 **lineage_metadata(
                     CURRENT_CONFIG["image_embeddings"](settings, lane, None, {}),
-                    {"images": file_version(outputs.images_path)},
+                    {input_name("image_embedding_shards", shard): file_version(p) for shard, p in shard_paths.items()},
                     [path],
                     settings.root,
                 ),
             },
             check_results=[
-                *_vector_check(key, vectors, encoder.dim, len(records)),
+                *_vector_check(key, vectors, vectors.shape[1], len(records)),
                 _distinct_images_check(records, hashes),
             ],
         )
 
     return image_embeddings
+
+
+def _union_of_shards(image_set: ImageSet, shard_paths: list[Path], image_model: str) -> pl.DataFrame:
+    """The shards' rows in the image set's order; every usable image must be in exactly one shard, embedded from
+    its current content by the configured model (else the shards are out of date: a clear error, nothing written)."""
+    shards = pl.concat([pl.read_parquet(path) for path in shard_paths])
+    wanted = image_set.usable.select("image_id", pl.col("sha256").alias("expected_hash"))
+    joined = wanted.join(shards, on="image_id", how="left", maintain_order="left")
+    out_of_date = joined.filter(
+        pl.col("content_hash").is_null() | (pl.col("content_hash") != pl.col("expected_hash")) | (pl.col("model_id") != image_model)
+    )
+    if shards.height != wanted.height or not out_of_date.is_empty():
+        examples = out_of_date["image_id"].head(5).to_list()
+        raise DatasetError(
+            f"the image shards ({len(shard_paths)} files, {shards.height} rows) do not match the {wanted.height} usable images "
+            f"embedded by {image_model} (e.g. {examples}): materialize image_embedding_shards again"
+        )
+    return joined.drop("expected_hash")
 
 
 def _distinct_images_check(records: list[ImageRecord], hashes: list[str]) -> dg.AssetCheckResult:

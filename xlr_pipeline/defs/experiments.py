@@ -24,7 +24,8 @@ from xlr_pipeline.core.head import HeadConfig, TrainingResult
 from xlr_pipeline.core.outputs import DatasetOutputs
 from xlr_pipeline.core.results import record_evaluation
 from xlr_pipeline.core.storage import sha256_file, write_parquet_atomic, write_with_atomic
-from xlr_pipeline.core.training_pool import available_cores, train_heads
+from xlr_pipeline.core.threads import available_cores
+from xlr_pipeline.core.training_pool import train_heads
 from xlr_pipeline.core.tuning import ValidationSet, tune, tuned_configs, validation_recall
 from xlr_pipeline.defs.embed import embed_images
 from xlr_pipeline.defs.lane import Lane

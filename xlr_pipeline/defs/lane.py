@@ -10,6 +10,7 @@ import dagster as dg
 
 from xlr_pipeline.core.datasets import DatasetSpec
 from xlr_pipeline.core.outputs import DatasetOutputs
+from xlr_pipeline.core.shards import shard_keys
 from xlr_pipeline.defs.resources import XlrSettings
 
 # Language-partitioned assets run a backfill of many languages as one run (`BackfillPolicy.single_run`): one
@@ -18,7 +19,7 @@ from xlr_pipeline.defs.resources import XlrSettings
 warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
 
 # The per-dataset chain (`xlr run`) and the experiments on top of it (`xlr grid`), by asset name.
-CHAIN_ASSETS = ("images", "captions", "image_embeddings", "text_embeddings", "projection_head", "image_index", "retrieval_metrics")
+CHAIN_ASSETS = ("images", "captions", "image_embedding_shards", "image_embeddings", "text_embeddings", "projection_head", "image_index", "retrieval_metrics")
 EXPERIMENT_ASSETS = ("text_augmentations", "text_encoder_finetuning", "experiment_grid", "grid_report")
 # Diagnostics in the experiments group that no command brings up to date implicitly (`xlr alignment` runs it).
 DIAGNOSTIC_ASSETS = ("text_alignment",)
@@ -32,14 +33,19 @@ LANGUAGE_ASSETS = ("captions", "text_embeddings", "retrieval_metrics")
 class Lane:
     """Everything of one dataset is named from its declared `name`: keys `<name>/<asset>`, groups `<name>`
     (the chain), `<name>_experiments` and `<name>_tagging`, partitions `<name>_languages`, outputs
-    `outputs/<name>/`."""
+    `outputs/<name>/`; image shards are static partitions, as many as the dataset declares."""
 
     spec: DatasetSpec
     partitions: dg.DynamicPartitionsDefinition
+    shards: dg.StaticPartitionsDefinition
 
     @classmethod
     def of(cls, spec: DatasetSpec) -> "Lane":
-        return cls(spec, dg.DynamicPartitionsDefinition(name=f"{spec.name}_languages"))
+        return cls(
+            spec,
+            dg.DynamicPartitionsDefinition(name=f"{spec.name}_languages"),
+            dg.StaticPartitionsDefinition(shard_keys(spec.image_shards)),
+        )
 
     @property
     def name(self) -> str:

@@ -9,7 +9,7 @@ import dagster as dg
 from xlr_pipeline.core.datasets import DatasetSpec, discover_datasets
 from xlr_pipeline.defs.alignment import build_text_alignment
 from xlr_pipeline.defs.automation import build_automation
-from xlr_pipeline.defs.embed import build_image_embeddings, build_text_embeddings
+from xlr_pipeline.defs.embed import build_image_embedding_shards, build_image_embeddings, build_text_embeddings
 from xlr_pipeline.defs.evaluate import build_retrieval_metrics
 from xlr_pipeline.defs.experiments import build_experiments
 from xlr_pipeline.defs.images import build_images
@@ -24,7 +24,8 @@ from xlr_pipeline.defs.train import build_projection_head
 def lane_definitions(lane: Lane) -> dg.Definitions:
     images = build_images(lane)
     captions = build_captions(lane, images)
-    image_embeddings = build_image_embeddings(lane, images)
+    image_embedding_shards = build_image_embedding_shards(lane, images)
+    image_embeddings = build_image_embeddings(lane, image_embedding_shards)
     text_embeddings = build_text_embeddings(lane, captions)
     projection_head = build_projection_head(lane, image_embeddings, text_embeddings)
     image_index = build_image_index(lane, projection_head, image_embeddings)
@@ -35,7 +36,7 @@ def lane_definitions(lane: Lane) -> dg.Definitions:
     return dg.Definitions(
         assets=[
             images,
-            captions, image_embeddings, text_embeddings, projection_head, image_index, retrieval_metrics, *experiments, *tagging
+            captions, image_embedding_shards, image_embeddings, text_embeddings, projection_head, image_index, retrieval_metrics, *experiments, *tagging
         ],
         sensors=sensors,
         schedules=[schedule],

@@ -85,6 +85,7 @@ def _no_config(settings: XlrSettings, lane: Lane, partition: str | None, head_co
 CURRENT_CONFIG: dict[str, Callable[[XlrSettings, Lane, str | None, dict], dict]] = {
     "images": _images_config,
     "captions": _captions_config,
+    "image_embedding_shards": _image_embeddings_config,
     "image_embeddings": _image_embeddings_config,
     "text_embeddings": _text_model_config,
     "projection_head": _head_config,

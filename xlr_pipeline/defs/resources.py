@@ -37,6 +37,10 @@ class XlrSettings(dg.ConfigurableResource):
     text_model: str = Field(default=DEFAULT_TEXT_MODEL, description="Frozen text encoder id, e.g. sentence-transformers:sentence-transformers/LaBSE")
     image_batch_size: int = Field(default=32, description="Images per encoder batch")
     text_batch_size: int = Field(default=64, description="Captions per encoder batch")
+    step_threads: int = Field(
+        default=0, ge=0, le=1024, description="torch/BLAS threads of an embedding step (0: every core the process may use)"
+    )
+    decode_workers: int = Field(default=2, ge=0, le=64, description="Threads decoding images ahead of the encoder (0: none)")
     coco_dir: str = Field(
         default="", description="A local COCO folder (train2014/ + val2014/, a flat folder of COCO_*2014_*.jpg, or train2017/ + val2017/)"
     )
@@ -127,6 +131,8 @@ ENVIRONMENT_VARIABLES = {
     "coco_image_url": "XLR_COCO_IMAGE_URL",
     "coco_annotations_url": "XLR_COCO_ANNOTATIONS_URL",
     "coco_train_images": "XLR_COCO_TRAIN_IMAGES",
+    "step_threads": "XLR_STEP_THREADS",
+    "decode_workers": "XLR_DECODE_WORKERS",
 }
 
 

@@ -6,7 +6,8 @@ Stored with every run row, so each number in the results DuckDB says which code 
 CODE_VERSIONS = {
     "images": "1",
     "captions": "2",
-    "image_embeddings": "2",
+    "image_embedding_shards": "1",
+    "image_embeddings": "3",
     "text_embeddings": "1",
     "projection_head": "1",
     "image_index": "1",

@@ -1,0 +1,84 @@
+"""Image shards: stable hash buckets whose union is the unsharded table, embedded by concurrent runs."""
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import pytest
+
+from xlr_pipeline.core.datasets import DatasetError, DatasetSpec
+from xlr_pipeline.core.shards import in_shard, parse_shard_key, shard_keys, shard_of
+from xlr_pipeline.core.threads import available_cores
+from xlr_pipeline.runner import run_pipeline
+from xlr_pipeline_tests.conftest import DATASET, make_emoji_subset, outputs_for, pipeline_for
+
+IMAGE_STAGES = frozenset({"images", "image_embedding_shards", "image_embeddings"})
+
+
+def test_shards_are_stable_hash_buckets_that_hold_every_image_once():
+    ids = [f"img{i}" for i in range(1000)]
+    masks = [in_shard(ids, key) for key in shard_keys(4)]
+    assert all(sum(column) == 1 for column in zip(*masks))
+    assert all(180 < sum(mask) < 320 for mask in masks)  # about a quarter each
+    # sha256 of the id, not Python's salted hash(): the same buckets in every process and on every machine
+    assert [shard_of(f"img{i}", 4) for i in range(8)] == [0, 3, 1, 0, 1, 0, 3, 0]
+    assert shard_keys(2) == ["000-of-002", "001-of-002"] and parse_shard_key("003-of-004") == (3, 4)
+    for bad in ("4-of-4", "x-of-2", "000"):
+        with pytest.raises(ValueError, match="is not a shard key"):
+            parse_shard_key(bad)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", '"4"', "2.5", "true", "5000"])
+def test_a_bad_shard_count_is_refused_naming_the_file(tmp_path, value):
+    dataset = make_emoji_subset(tmp_path, n_train=2, n_test=2)
+    spec_file = dataset / "dataset.toml"
+    spec_file.write_text(spec_file.read_text("utf-8").replace("image_shards = 2", f"image_shards = {value}"), "utf-8")
+    with pytest.raises(DatasetError, match=rf"{spec_file}: image_shards must be a whole number from 1 to 4096"):
+        DatasetSpec.load(dataset)
+
+
+def _image_stages(root, shards: int, workers: int, step_threads: int = 0) -> pl.DataFrame:
+    make_emoji_subset(root, n_train=60, n_test=20)
+    spec_file = root / DATASET / "dataset.toml"
+    spec_file.write_text(spec_file.read_text("utf-8").replace("image_shards = 2", f"image_shards = {shards}"), "utf-8")
+    with dg.instance_for_test() as instance:
+        pipeline = pipeline_for(root, step_threads=step_threads)
+        report = run_pipeline(instance, pipeline, [DATASET], stages=IMAGE_STAGES, workers=workers, log=lambda _: None)
+        assert [partition for asset, partition, _ in report.executed if asset.endswith("/image_embedding_shards")] == shard_keys(shards)
+        records = instance.fetch_materializations(dg.AssetKey([DATASET, "image_embedding_shards"]), limit=10).records
+        threads = {record.asset_materialization.metadata["step_threads"].value for record in records}
+    assert threads == {max(1, (step_threads or available_cores()) // workers)}  # concurrent shard runs share the cores
+    return pl.read_parquet(outputs_for(root).image_embeddings_path)
+
+
+def test_two_shards_in_two_processes_give_the_unsharded_table(tmp_path):
+    unsharded = _image_stages(tmp_path / "one_shard", shards=1, workers=1)
+    half = max(1, available_cores() // 2)
+    sequential = _image_stages(tmp_path / "two_shards_one_process", shards=2, workers=1, step_threads=half)
+    concurrent = _image_stages(tmp_path / "two_shards_two_processes", shards=2, workers=2)
+    # The same shards with the same thread count embed to the same bytes whether their runs share a process or not.
+    assert sequential.height == 80
+    assert (outputs_for(tmp_path / "two_shards_one_process").image_embeddings_path.read_bytes()
+            == outputs_for(tmp_path / "two_shards_two_processes").image_embeddings_path.read_bytes())
+    assert concurrent.height == 80 and concurrent.drop("vector").equals(unsharded.drop("vector"))
+    # The same images in other batches: oneDNN picks convolution kernels by batch size, so a vector may differ
+    # in float32 rounding (seen: 3e-6), never more.
+    difference = np.abs(np.stack(concurrent["vector"].to_numpy()) - np.stack(unsharded["vector"].to_numpy())).max()
+    assert difference < 1e-5
+
+
+def test_shards_that_do_not_match_the_images_are_refused_and_nothing_is_overwritten(tmp_path):
+    _image_stages(tmp_path, shards=2, workers=1)
+    outputs = outputs_for(tmp_path)
+    before = outputs.image_embeddings_path.read_bytes()
+    shard_file = outputs.image_embedding_shard_path("001-of-002")
+    shard = pl.read_parquet(shard_file)
+    shard.head(shard.height - 1).write_parquet(shard_file)  # one image's vector lost
+    pipeline = pipeline_for(tmp_path)
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            pipeline.assets(), selection=[pipeline.lane(DATASET).key("image_embeddings")], instance=instance, raise_on_error=False
+        )
+    message = next(e.step_failure_data.error.message for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
+    assert "the image shards (2 files, 79 rows) do not match the 80 usable images" in message
+    assert "materialize image_embedding_shards again" in message
+    assert outputs.image_embeddings_path.read_bytes() == before
