@@ -49,8 +49,8 @@ def copy_dataset(target: Path, images: int, shards: int) -> Path:
     (dataset / "images").mkdir()
     for image_id in split["image_id"]:
         shutil.copyfile(source / "images" / f"{image_id}.png", dataset / "images" / f"{image_id}.png")
-    spec = dataset / "dataset.toml"
-    spec.write_text(spec.read_text("utf-8").replace("image_shards = 2", f"image_shards = {shards}"), "utf-8")
+    with open(dataset / "dataset.toml", "a", encoding="utf-8") as spec:
+        spec.write(f"image_shards = {shards}\n")
     return target
 
 
@@ -88,7 +88,7 @@ def stage_seconds(data_dir: Path, side: str, workers: int = 1, **settings) -> fl
             materialize_target(instance, pipeline, Target(lane.key("text_embeddings"), "en"), {}, "ERROR")
             return time.perf_counter() - began
         materialize_target(instance, pipeline, Target(lane.key("images"), None), {}, "ERROR")
-        shards = [Target(lane.key("image_embedding_shards"), shard) for shard in lane.shards.get_partition_keys()]
+        shards = [Target(lane.key("image_embedding_shards"), shard if lane.shards else None) for shard in lane.shard_keys()]
         began = time.perf_counter()
         if workers > 1:
             materialize_concurrently(instance, pipeline, shards, workers, "ERROR")

@@ -32,8 +32,9 @@ def materialize(instance, pipeline, asset, partition=None, run_config=None, rais
 
 def embed_images(instance, pipeline):
     """Every image shard of the subset, then their union, as `xlr run` does; the union's run result."""
-    for shard in pipeline.lane(DATASET).shards.get_partition_keys():
-        materialize(instance, pipeline, "image_embedding_shards", shard)
+    lane = pipeline.lane(DATASET)
+    for shard in lane.shard_keys():
+        materialize(instance, pipeline, "image_embedding_shards", shard if lane.shards else None)
     return materialize(instance, pipeline, "image_embeddings")
 
 

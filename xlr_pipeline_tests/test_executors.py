@@ -39,6 +39,8 @@ def test_image_shards_run_on_a_dask_local_cluster_with_the_vectors_of_an_in_proc
     in_process, on_dask = tmp_path / "in_process", tmp_path / "dask"
     for data_dir in (in_process, on_dask):
         shutil.copytree(subset_data_dir / DATASET, data_dir / DATASET)
+        with open(data_dir / DATASET / "dataset.toml", "a", encoding="utf-8") as spec:
+            spec.write("image_shards = 2\n")
     with dg.instance_for_test() as instance:
         run_pipeline(instance, pipeline_for(in_process), [DATASET], {}, stages=frozenset(STAGES), log=lambda _: None)
 
@@ -50,7 +52,7 @@ def test_image_shards_run_on_a_dask_local_cluster_with_the_vectors_of_an_in_proc
     environ = os.environ.copy()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
         run_pipeline(instance, pipeline_for(on_dask), [DATASET], {}, stages=frozenset({"images"}), log=lambda _: None)
-        shards = pipeline_for(on_dask).lane(DATASET).shards.get_partition_keys()
+        shards = pipeline_for(on_dask).lane(DATASET).shard_keys()
         try:
             results = [
                 dg.execute_job(

@@ -11,7 +11,6 @@ import pytest
 
 from xlr_pipeline.core.embeddings import vectors_of
 from xlr_pipeline.core.head import HeadConfig, head_fingerprint, head_from_bytes, train_head
-from xlr_pipeline.core.shards import shard_keys
 from xlr_pipeline.core.sql import run_sql
 from xlr_pipeline.defs.experiments import AugmentationConfig, FinetuneAssetConfig, GridConfig
 from xlr_pipeline.defs.lane import CHAIN_ASSETS, EXPERIMENT_ASSETS
@@ -70,7 +69,7 @@ def test_each_dataset_runs_in_its_own_lane(two_datasets):
     data_dir, instance, first, second = two_datasets
     assert executed(first) == {f"{A}/{a}[{l}]" for a in ("captions", "text_embeddings", "retrieval_metrics") for l in ("en", "ja")} | {
         f"{A}/images", f"{A}/image_embeddings", f"{A}/projection_head", f"{A}/image_index"
-    } | {f"{A}/image_embedding_shards[{shard}]" for shard in shard_keys(2)}
+    } | {f"{A}/image_embedding_shards"}
     assert {name.split("/")[0] for name in executed(second)} == {B}
     assert set(instance.get_dynamic_partitions(f"{A}_languages")) == {"en", "ja"}
     assert set(instance.get_dynamic_partitions(f"{B}_languages")) == {"en", "de"}
@@ -153,7 +152,7 @@ def test_a_dataset_without_its_images_is_reported_and_does_not_stop_the_others(t
         statuses = {s.target.name: s for s in current_statuses(instance, pipeline, ["complete", "no_images_yet"], HEAD)}
         assert statuses["no_images_yet/images"].state == "error"
         assert "images folder not found" in statuses["no_images_yet/images"].causes[0]
-        assert statuses["no_images_yet/image_embedding_shards[001-of-002]"].state == "blocked"
+        assert statuses["no_images_yet/image_embedding_shards"].state == "blocked"
         assert statuses["no_images_yet/image_embeddings"].state == "blocked"
         assert statuses["no_images_yet/projection_head"].state == "blocked"
         assert "upstream cannot run: no_images_yet/image_index" in statuses["no_images_yet/retrieval_metrics[de]"].causes

@@ -11,14 +11,13 @@ import torchvision
 
 from xlr_pipeline.core.choices import ENGLISH_ONLY_TEXT_MODEL
 from xlr_pipeline.core.head import head_from_bytes
-from xlr_pipeline.core.shards import shard_keys
 from xlr_pipeline.defs.lineage import VERSION_KEY, file_version
 from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline.runner import current_statuses, materialize_target, run_pipeline
 from xlr_pipeline.staleness import Target
 from xlr_pipeline_tests.conftest import DATASET, SUBSET_LANGUAGES, outputs_for, pipeline_for
 
-SHARDS = {f"image_embedding_shards[{key}]" for key in shard_keys(2)}  # the subset keeps emoji_cldr's two shards
+SHARDS = {"image_embedding_shards"}  # one shard, as emoji_cldr declares: an unpartitioned asset
 
 HEAD = {"projection_head": HeadTrainingConfig(epochs=10)}
 PER_LANGUAGE = {f"{asset}[{language}]" for asset in ("text_embeddings", "retrieval_metrics") for language in SUBSET_LANGUAGES}
@@ -88,8 +87,8 @@ def test_a_replaced_image_reruns_the_image_side_only(scenario):
     shutil.copyfile(images[0], images[1])  # another picture under the second image's name
     planned = statuses(instance, pipeline_for(data_dir))
     assert planned["images"].causes[0].startswith("config changed: files")
-    assert planned["image_embedding_shards[000-of-002]"].causes == (f"upstream will rerun: {DATASET}/images",)
-    assert planned["image_embeddings"].causes == tuple(f"upstream will rerun: {DATASET}/{shard}" for shard in sorted(SHARDS))
+    assert planned["image_embedding_shards"].causes == (f"upstream will rerun: {DATASET}/images",)
+    assert planned["image_embeddings"].causes == (f"upstream will rerun: {DATASET}/image_embedding_shards",)
     assert planned["captions[de]"].state == "fresh" and planned["text_embeddings[en]"].state == "fresh"
     assert rerun_stale(instance, pipeline_for(data_dir)) == SHARDS | {"images", "image_embeddings", "projection_head", "image_index"} | {
         f"retrieval_metrics[{l}]" for l in SUBSET_LANGUAGES

@@ -77,7 +77,7 @@ def build_image_embedding_shards(lane: Lane, images: dg.AssetsDefinition) -> dg.
         code_version=CODE_VERSIONS["image_embedding_shards"],
         check_specs=_vector_check_specs(key, "usable image of the shard"),
         # One run per shard: a backfill's runs embed shards in parallel (as many as the run queue admits).
-        backfill_policy=dg.BackfillPolicy.multi_run(1),
+        backfill_policy=dg.BackfillPolicy.multi_run(1) if lane.shards else None,
     )
     def image_embedding_shards(context: dg.AssetExecutionContext, settings: XlrSettings) -> dg.MaterializeResult:
         """Frozen image-encoder features of one shard of the usable images (stable hash buckets of image ids,
@@ -118,7 +118,13 @@ def build_image_embedding_shards(lane: Lane, images: dg.AssetsDefinition) -> dg.
                 checks=_vector_check(key, vectors_of(frame), encoder.dim, image_set.usable.height),
             )
 
-        return materialize_partitions(context, one_shard)
+        if lane.shards:
+            return materialize_partitions(context, one_shard)
+        (only,) = lane.shard_keys()
+        outcome = one_shard(only)
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(outcome.version), metadata=outcome.metadata, check_results=outcome.checks
+        )
 
     return image_embedding_shards
 
@@ -149,7 +155,7 @@ def build_image_embeddings(lane: Lane, shards: dg.AssetsDefinition) -> dg.Assets
         spec = lane.spec
         outputs = lane.outputs(settings)
         path = outputs.image_embeddings_path
-        shard_keys = lane.shards.get_partition_keys()
+        shard_keys = lane.shard_keys()
         with clear_failures():
             image_set = ImageSet.read(require_file(outputs.images_path, f"{lane.name}/images"))
             records, hashes = image_set.records(), image_set.hashes()
@@ -173,7 +179,10 @@ def build_image_embeddings(lane: Lane, shards: dg.AssetsDefinition) -> dg.Assets
                 "path": dg.MetadataValue.path(str(path)),
                 **lineage_metadata(
                     CURRENT_CONFIG["image_embeddings"](settings, lane, None, {}),
-                    {input_name("image_embedding_shards", shard): file_version(p) for shard, p in shard_paths.items()},
+                    {
+                        input_name("image_embedding_shards", shard if lane.shards else None): file_version(p)
+                        for shard, p in shard_paths.items()
+                    },
                     [path],
                     settings.root,
                 ),

@@ -33,19 +33,25 @@ LANGUAGE_ASSETS = ("captions", "text_embeddings", "retrieval_metrics")
 class Lane:
     """Everything of one dataset is named from its declared `name`: keys `<name>/<asset>`, groups `<name>`
     (the chain), `<name>_experiments` and `<name>_tagging`, partitions `<name>_languages`, outputs
-    `outputs/<name>/`; image shards are static partitions, as many as the dataset declares."""
+    `outputs/<name>/`; image shards are static partitions when the dataset declares more than one."""
 
     spec: DatasetSpec
     partitions: dg.DynamicPartitionsDefinition
-    shards: dg.StaticPartitionsDefinition
+    # None with one shard: Dagster 1.13's "Materialize all" cannot launch a backfill over two unrelated partition
+    # sets (languages and shards), so an unsharded dataset keeps that button working.
+    shards: dg.StaticPartitionsDefinition | None
 
     @classmethod
     def of(cls, spec: DatasetSpec) -> "Lane":
+        keys = shard_keys(spec.image_shards)
         return cls(
             spec,
             dg.DynamicPartitionsDefinition(name=f"{spec.name}_languages"),
-            dg.StaticPartitionsDefinition(shard_keys(spec.image_shards)),
+            dg.StaticPartitionsDefinition(keys) if len(keys) > 1 else None,
         )
+
+    def shard_keys(self) -> list[str]:
+        return shard_keys(self.spec.image_shards)
 
     @property
     def name(self) -> str:
