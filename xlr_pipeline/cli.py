@@ -91,9 +91,8 @@ def command_run(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from xlr_pipeline.core.datasets import DatasetError
-    from xlr_pipeline.core.head import head_from_bytes
     from xlr_pipeline.core.report import recall_by_language, to_markdown
-    from xlr_pipeline.runner import RunFailed, ensure_instance_home, run_pipeline
+    from xlr_pipeline.runner import RunFailed, ensure_instance_home, head_run_ids, run_pipeline
 
     home = ensure_instance_home()
     try:
@@ -107,6 +106,7 @@ def command_run(args: argparse.Namespace) -> int:
                 instance, pipeline, datasets, {"projection_head": head_config}, include_stale=args.stale,
                 console_log_level=_console_level(args), workers=args.workers,
             )
+            run_ids = head_run_ids(instance, pipeline, datasets)
     except (RunFailed, DatasetError, KeyError) as error:
         return _fail(error)
     total = sum(seconds for _, _, seconds in report.executed)
@@ -117,11 +117,10 @@ def command_run(args: argparse.Namespace) -> int:
     for dataset in datasets:
         for line in quarantine_summary(settings.outputs(dataset), dataset):
             print(line)
-        head_path = settings.outputs(dataset).head_path
-        if dataset not in incomplete and head_path.exists() and settings.results_db.exists():
-            _, provenance = head_from_bytes(head_path.read_bytes())
-            print(f"\nRecall on the {dataset} test split, run {provenance['run_id']} (results in {settings.results_db}):\n")
-            print(to_markdown(recall_by_language(settings.results_db, provenance["run_id"])))
+        run_id = run_ids.get(dataset)
+        if dataset not in incomplete and run_id and settings.outputs(dataset).head_path.exists() and settings.results_db.exists():
+            print(f"\nRecall on the {dataset} test split, run {run_id} (results in {settings.results_db}):\n")
+            print(to_markdown(recall_by_language(settings.results_db, run_id)))
     if incomplete:
         print(f"error: not everything could be brought up to date in {', '.join(incomplete)} (see 'not run' above)", file=sys.stderr)
         return 1

@@ -208,6 +208,7 @@ def run_pipeline(
             else:
                 timings = ((target, _timed(materialize_target, instance, pipeline, target, asset_configs, console_log_level)) for target in due)
             for target, elapsed in timings:
+                resolver.forget(target)
                 report.executed.append((key.to_user_string(), target.partition, elapsed))
                 log(f"  {target.name} done in {elapsed:.1f} s")
     return report
@@ -243,6 +244,18 @@ def materialize_concurrently(
             pool.submit(_materialize_in_worker, instance.get_ref(), fields, specs, target, console_log_level) for target in targets
         ]
         return [(target, future.result()) for target, future in zip(targets, futures)]
+
+
+def head_run_ids(instance: dg.DagsterInstance, pipeline: Pipeline, datasets: list[str]) -> dict[str, str]:
+    """Each dataset's current head's experiment run id, from its latest materialization's metadata (the head's
+    provenance, recorded there; read without loading the head, so a no-op command never imports torch)."""
+    found = {}
+    for dataset in datasets:
+        records = instance.fetch_materializations(pipeline.lane(dataset).key("projection_head"), limit=1).records
+        entry = records[0].asset_materialization.metadata.get("run_id") if records else None
+        if entry is not None:
+            found[dataset] = entry.value
+    return found
 
 
 def evaluate_languages(

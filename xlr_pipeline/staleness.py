@@ -84,6 +84,9 @@ class StalenessResolver:
     languages: dict[str, list[str]]  # the lanes walked (dataset name → its language partitions)
     stages: frozenset[str] = frozenset(CHAIN_ASSETS)
     graph: object = field(init=False)
+    # Each target's latest materialization, read once per walk (a target is every other's parent several times
+    # over); `forget` drops one after it has been rematerialized.
+    _latest: dict[Target, dg.AssetMaterialization | None] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.graph = self.pipeline.definitions.get_repository_def().asset_graph
@@ -126,11 +129,16 @@ class StalenessResolver:
         return found
 
     def latest(self, target: Target) -> dg.AssetMaterialization | None:
-        records = self.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=target.key, asset_partitions=[target.partition] if target.partition else None),
-            limit=1,
-        ).records
-        return records[0].asset_materialization if records else None
+        if target not in self._latest:
+            records = self.instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=target.key, asset_partitions=[target.partition] if target.partition else None),
+                limit=1,
+            ).records
+            self._latest[target] = records[0].asset_materialization if records else None
+        return self._latest[target]
+
+    def forget(self, target: Target) -> None:
+        self._latest.pop(target, None)
 
     def status(self, target: Target, pending: set[Target] = frozenset(), blocked: set[Target] = frozenset()) -> Status:
         """`pending`: targets that will rerun before this one; `blocked`: targets that cannot run."""

@@ -203,7 +203,7 @@ def test_byte_identical_images_under_two_ids_are_reported(fresh_data_dir, instan
 def test_past_its_threshold_the_index_is_hnsw_with_its_recall_against_exact_recorded(chain):
     pipeline, instance, _ = chain
     node = op_name("image_index")
-    approximate = materialize(instance, pipeline, "image_index", run_config=dg.RunConfig(ops={node: ImageIndexConfig(exact_up_to=5, hnsw_neighbours=4)}))
+    approximate = materialize(instance, pipeline, "image_index", run_config=dg.RunConfig(ops={node: ImageIndexConfig(exact_up_to=5, approximate="hnsw", hnsw_neighbours=4)}))
     metadata = approximate.asset_materializations_for_node(node)[0].metadata
     index = load_index(pipeline.settings.outputs(DATASET).index_path)
     assert metadata["index_type"].value == "IndexHNSWFlat" and type(index).__name__ == "IndexHNSWFlat"

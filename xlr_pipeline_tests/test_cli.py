@@ -2,6 +2,8 @@
 
 import csv
 import re
+import subprocess
+import sys
 import tomllib
 
 import pytest
@@ -11,6 +13,13 @@ from xlr_pipeline.core.sql import run_sql
 from xlr_pipeline_tests.conftest import DATASET, SHIPPED, make_emoji_subset
 
 README = SHIPPED.parent / "README.md"
+REPORT_HEAVY_IMPORTS = """
+import sys
+from xlr_pipeline.cli import main
+code = main(sys.argv[1:])
+print("heavy modules loaded:", sorted(m for m in ("torch", "faiss", "torchvision", "sentence_transformers") if m in sys.modules))
+sys.exit(code)
+"""
 
 
 def readme_dataset_toml() -> str:
@@ -65,6 +74,13 @@ def test_users_dataset_from_the_readme_runs_in_its_own_lane(data_dir, capsys):
     assert rows.rows() == [("my_photos", "de"), ("my_photos", "en")]
     assert (data_dir / "outputs" / "my_photos" / "projection_head" / "head.pt").is_file()
     assert not (data_dir / "outputs" / DATASET).exists()
+
+    # The quick path as a whole command: a no-op run reruns nothing, prints the results and never imports torch or FAISS.
+    command = ["run", "--stale", "--data-dir", str(data_dir), "--dataset", "my_photos", "--epochs", "5"]
+    noop = subprocess.run([sys.executable, "-c", REPORT_HEAVY_IMPORTS, *command], capture_output=True, text=True, timeout=300)
+    assert noop.returncode == 0, noop.stderr[-2000:]
+    assert "0 materializations" in noop.stdout and "Recall on the my_photos test split" in noop.stdout
+    assert "heavy modules loaded: []" in noop.stdout
 
     # status without --dataset covers every lane: the other dataset is still entirely missing
     assert xlr(["status", "--data-dir", str(data_dir), "--epochs", "5"]) == 0

@@ -31,24 +31,10 @@ from torch import nn
 
 from xlr_pipeline.core.augment import Lexicon, apply_switches, draw_switches
 from xlr_pipeline.core.choices import FINETUNE_ARMS, FinetuneArm
+from xlr_pipeline.core.configs import FinetuneConfig
 from xlr_pipeline.core.e5_torch import QUERY_PREFIX, TrainableE5
 from xlr_pipeline.core.losses import symmetric_info_nce_loss
 
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    steps: int = 150
-    batch_size: int = 64
-    trainable_layers: int = 2
-    encoder_learning_rate: float = 1e-4
-    head_learning_rate: float = 1e-3
-    embed_dim: int = 256
-    temperature: float = 0.05
-    switch_probability: float = 0.5
-    switch_ratio: float = 0.5
-    mixup_alpha: float = 0.4
-    seed: int = 0
 
 
 @dataclass(frozen=True)

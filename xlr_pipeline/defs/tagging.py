@@ -12,7 +12,6 @@ from pydantic import Field
 from xlr_pipeline.core.datasets import read_text_strict
 from xlr_pipeline.core.embeddings import vectors_of, with_vectors
 from xlr_pipeline.core.evaluation import RunProvenance
-from xlr_pipeline.core.head import head_fingerprint, head_from_bytes, train_head
 from xlr_pipeline.core.report import to_markdown
 from xlr_pipeline.core.results import append_tables
 from xlr_pipeline.core.storage import combined_hash, write_parquet_atomic, write_with_atomic
@@ -83,6 +82,8 @@ def build_tagging(
         tag file, else the keywords of its captions) embedded by the frozen text encoder and projected by the
         English-trained head; an image's tags are the nearest vocabulary entries. Top tags go to Parquet and
         to DuckDB `tags`; the embedded vocabulary is kept for `tagging_report` and `xlr tag`."""
+        from xlr_pipeline.core.head import head_fingerprint, head_from_bytes
+
         outputs = lane.outputs(settings)
         head, saved = head_from_bytes(require_file(outputs.head_path, f"{lane.name}/projection_head").read_bytes())
         provenance = RunProvenance.from_dict(saved)
@@ -164,6 +165,8 @@ def build_tagging(
         image's scores averaged over heads of several seeds; paired sign-flip tests per language and metric
         with Holm–Bonferroni over all of them. Rows in DuckDB `tagging`, `tagging_tests`; Markdown in
         `reports/<dataset>/tagging.md`."""
+        from xlr_pipeline.core.head import head_fingerprint, head_from_bytes, train_head
+
         outputs = lane.outputs(settings)
         languages = sorted(context.instance.get_dynamic_partitions(lane.partitions.name))
         chain_head, saved = head_from_bytes(require_file(outputs.head_path, f"{lane.name}/projection_head").read_bytes())

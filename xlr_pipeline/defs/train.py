@@ -7,14 +7,7 @@ from xlr_pipeline.core.embeddings import vectors_of
 from xlr_pipeline.core.evaluation import RunProvenance
 from xlr_pipeline.core.plots import loss_curve
 from xlr_pipeline.core.choices import Architecture, NegativeMining, Objective
-from xlr_pipeline.core.head import (
-    HeadConfig,
-    head_fingerprint,
-    head_from_bytes,
-    head_to_bytes,
-    train_head,
-    weights_are_finite,
-)
+from xlr_pipeline.core.configs import HeadConfig
 from xlr_pipeline.core.storage import (
     sha256_file,
     write_parquet_atomic,
@@ -102,6 +95,8 @@ def build_projection_head(
         The Dagster run that trains it names the experiment: its run id is the `run_id` of every result row
         (retraining to bit-identical weights keeps the earlier run id).
         """
+        from xlr_pipeline.core.head import head_fingerprint, head_from_bytes, head_to_bytes, train_head, weights_are_finite
+
         outputs = lane.outputs(settings)
         images = pl.read_parquet(require_file(outputs.image_embeddings_path, f"{lane.name}/image_embeddings"))
         text_path = require_file(outputs.text_embeddings_path(train_language), f"{lane.name}/text_embeddings[{train_language}]")
