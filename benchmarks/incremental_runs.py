@@ -11,7 +11,6 @@ Usage: .venv/bin/python benchmarks/incremental_runs.py
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -19,10 +18,10 @@ from pathlib import Path
 import dagster as dg
 
 from xlr_pipeline.defs.lanes import build_pipeline
-from xlr_pipeline.defs.resources import DEFAULT_DATA_DIR, XlrSettings
+from xlr_pipeline.defs.resources import XlrSettings
 from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline.runner import run_pipeline
-from results_io import header, write_results
+from results_io import emoji_copy_holding_back, header, write_results
 
 NEW_LANGUAGE = "pl"
 
@@ -40,11 +39,7 @@ def timed(label: str, instance, pipeline, configs, include_stale: bool) -> dict:
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        data_dir = Path(tmp) / "data"
-        shutil.copytree(DEFAULT_DATA_DIR / "emoji_cldr", data_dir / "emoji_cldr")
-        held_back = data_dir / "emoji_cldr" / "captions" / f"{NEW_LANGUAGE}.tsv"
-        parked = Path(tmp) / held_back.name
-        held_back.rename(parked)
+        data_dir, held_back, parked = emoji_copy_holding_back(Path(tmp), NEW_LANGUAGE)
         (Path(tmp) / "home").mkdir()
         pipeline = build_pipeline(XlrSettings(data_dir=str(data_dir)))
         default = {"projection_head": HeadTrainingConfig()}

@@ -13,15 +13,13 @@ Usage: .venv/bin/python benchmarks/whole_commands.py
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from xlr_pipeline.defs.resources import DEFAULT_DATA_DIR
-from results_io import RESULTS, header, write_results
+from results_io import RESULTS, emoji_copy_holding_back, header, write_results
 
 NEW_LANGUAGE = "pl"
 
@@ -39,11 +37,7 @@ def timed(label: str, command: list[str], env: dict) -> dict:
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        data_dir = Path(tmp) / "data"
-        shutil.copytree(DEFAULT_DATA_DIR / "emoji_cldr", data_dir / "emoji_cldr")
-        held_back = data_dir / "emoji_cldr" / "captions" / f"{NEW_LANGUAGE}.tsv"
-        parked = Path(tmp) / held_back.name
-        held_back.rename(parked)
+        data_dir, held_back, parked = emoji_copy_holding_back(Path(tmp), NEW_LANGUAGE)
         env = {**os.environ, "DAGSTER_HOME": str(Path(tmp) / "home")}
         xlr = [sys.executable, "-m", "xlr_pipeline.cli"]
         where = ["--data-dir", str(data_dir), "--dataset", "emoji_cldr"]
@@ -59,8 +53,6 @@ def main() -> None:
         parked.rename(held_back)
         new_language = timed(f"new language file ({NEW_LANGUAGE}), run --stale", [*xlr, "run", "--stale", *where], env)
         steps.append(new_language)
-        held_back.unlink()  # the profile runs on the settled state again: remove the language's file, then re-add
-        shutil.copyfile(DEFAULT_DATA_DIR / "emoji_cldr" / "captions" / f"{NEW_LANGUAGE}.tsv", held_back)
         profile = RESULTS / "noop_run_profile.txt"
         subprocess.run(
             [sys.executable, "-m", "pyinstrument", "--renderer", "text", "--outfile", str(profile), "-m", "xlr_pipeline.cli", "run", "--stale", *where],
