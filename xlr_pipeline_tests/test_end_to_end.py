@@ -26,7 +26,7 @@ def test_run_pipeline_builds_everything_then_nothing(fresh_data_dir):
 
     with dg.instance_for_test() as instance:
         names = run()
-        assert len(names) == 3 * len(SUBSET_LANGUAGES) + 4  # + images, image embeddings, head, index
+        assert len(names) == 3 * len(SUBSET_LANGUAGES) + 5  # + images, the one image shard, image embeddings, head, index
         assert names.index(("projection_head", None)) > names.index(("text_embeddings", "en"))
         assert names.index(("image_index", None)) < names.index(("retrieval_metrics", "de"))
         assert run() == []
@@ -53,7 +53,7 @@ def test_readme_run_command_on_the_shipped_default(tmp_path):
         env=env, capture_output=True, text=True, timeout=1200,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    assert "37 materializations" in completed.stdout
+    assert "38 materializations" in completed.stdout
     with duckdb.connect(str(data_dir / "results.duckdb"), read_only=True) as connection:
         trained = connection.execute(
             "SELECT language, direction, k, recall FROM recall JOIN runs USING (run_id) WHERE baseline_of IS NULL"
