@@ -50,6 +50,7 @@ def _pipeline(args: argparse.Namespace):
         settings = XlrSettings(
             data_dir=str(Path(args.data_dir).resolve()),
             dataset_roots=[str(Path(root).resolve()) for root in [*args.dataset_root, *environment_roots]],
+            storage_url=args.storage_url,
             image_model=getattr(args, "image_model", DEFAULT_IMAGE_MODEL),
             text_model=getattr(args, "text_model", DEFAULT_TEXT_MODEL),
             **coco,
@@ -129,11 +130,11 @@ def command_run(args: argparse.Namespace) -> int:
 
 def quarantine_summary(outputs, dataset: str) -> list[str]:
     """One line per language whose caption file had rows set aside, naming the table that lists them."""
-    import polars as pl
+    from xlr_pipeline.core.storage import read_parquet
 
     lines = []
     for path in sorted(outputs.root.glob("captions/*.quarantine.parquet")):
-        rows = pl.read_parquet(path).height
+        rows = read_parquet(path).height
         if rows:
             lines.append(f"  quarantined: {rows} row(s) of {dataset} {path.name.split('.')[0]} captions, listed with file and line in {path}")
     return lines
@@ -202,13 +203,13 @@ def command_tagging(args: argparse.Namespace) -> int:
 
 def command_tag(args: argparse.Namespace) -> int:
     import numpy as np
-    import polars as pl
 
     from xlr_pipeline.core.datasets import DatasetError
     from xlr_pipeline.core.embeddings import vectors_of
     from xlr_pipeline.core.encoders import EncoderError, ImageFileError, load_image, load_image_encoder
     from xlr_pipeline.core.head import head_from_bytes
     from xlr_pipeline.core.languages import UnknownLanguageError, normalize_language
+    from xlr_pipeline.core.storage import read_parquet
     from xlr_pipeline.core.tagging import tag_image_files
 
     try:
@@ -229,7 +230,7 @@ def command_tag(args: argparse.Namespace) -> int:
         head, provenance = head_from_bytes(outputs.head_path.read_bytes())
         encoder = load_image_encoder(provenance["image_model"])
         features = np.asarray(encoder.encode([load_image(Path(path)) for path in args.images]), dtype=np.float32)
-        vocabulary = pl.read_parquet(vocabulary_path)
+        vocabulary = read_parquet(vocabulary_path)
         tagged = tag_image_files(head, features, vocabulary["tag"].to_list(), vectors_of(vocabulary), args.top)
     except (DatasetError, KeyError, UnknownLanguageError, ImageFileError, EncoderError) as error:
         return _fail(error)
@@ -418,6 +419,11 @@ def build_parser() -> argparse.ArgumentParser:
     location_options.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="folder with datasets, outputs and results.duckdb")
     location_options.add_argument(
         "--dataset-root", action="append", default=[], help="another folder holding datasets (repeatable; also XLR_DATASET_ROOTS)"
+    )
+    location_options.add_argument(
+        "--storage-url", default=os.environ.get("XLR_STORAGE_URL", ""),
+        help="where dataset outputs and rank files live: a folder or an fsspec URL such as s3://bucket/prefix "
+        "(default: XLR_STORAGE_URL, else the data dir)",
     )
     pipeline_options = argparse.ArgumentParser(add_help=False, parents=[location_options])
     pipeline_options.add_argument(

@@ -21,7 +21,9 @@ import dagster as dg
 from xlr_pipeline.core.datasets import DatasetError
 from xlr_pipeline.defs.lane import CHAIN_ASSETS, asset_name
 from xlr_pipeline.defs.lanes import Pipeline
-from xlr_pipeline.defs.lineage import CONFIG_KEY, CURRENT_CONFIG, INPUTS_KEY, OUTPUTS_KEY, VERSION_KEY, file_version, input_name
+from xlr_pipeline.defs.lineage import (
+    CONFIG_KEY, CURRENT_CONFIG, INPUTS_KEY, OUTPUTS_KEY, VERSION_KEY, file_version, input_name, output_location,
+)
 
 State = Literal["fresh", "missing", "stale", "error", "blocked"]
 DATA_VERSION_TAG = "dagster/data_version"
@@ -159,8 +161,8 @@ class StalenessResolver:
         if recorded_code != current_code:
             causes.append(f"code version changed: {recorded_code} → {current_code}")
         causes += _describe_change(_recorded(materialization.metadata, CONFIG_KEY), current_config)
-        for relative, version in (_recorded(materialization.metadata, OUTPUTS_KEY) or {}).items():
-            path = self.pipeline.settings.root / relative
+        for key, version in (_recorded(materialization.metadata, OUTPUTS_KEY) or {}).items():
+            path = output_location(key, self.pipeline.settings.root)
             if not path.is_file():
                 causes.append(f"output missing: {path}")
             elif file_version(path) != version:

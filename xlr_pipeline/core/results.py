@@ -16,7 +16,8 @@ import duckdb
 import polars as pl
 
 from xlr_pipeline.core.metrics import DirectionResult
-from xlr_pipeline.core.warehouse import connect_for_write, ranks_dir
+from xlr_pipeline.core.storage import Location
+from xlr_pipeline.core.warehouse import connect_for_write
 
 
 @dataclass(frozen=True)
@@ -98,10 +99,12 @@ def append_tables(path: Path, tables: Sequence[tuple[str, pl.DataFrame, str]]) -
 
 
 def record_evaluation(
-    path: Path, runs: Sequence[RunRecord], recall: Sequence[RecallRecord], ranks: Sequence[RankRecord]
+    path: Path, runs: Sequence[RunRecord], recall: Sequence[RecallRecord], ranks: Sequence[RankRecord],
+    rank_files: Location | None = None,
 ) -> int:
-    """Append one evaluation in a single transaction; returns how many recall rows were new."""
-    connection = connect_for_write(path)
+    """Append one evaluation in a single transaction; returns how many recall rows were new.
+    `rank_files`: the folder its per-query rank files were written to (recorded for the `query_ranks` view)."""
+    connection = connect_for_write(path, rank_files=rank_files)
     try:
         connection.execute("BEGIN")
         for run in runs:
@@ -156,5 +159,5 @@ def query_ranks_frame(
     )
 
 
-def query_ranks_path(db_path: Path, dataset: str, run_id: str, language: str, captions_hash: str) -> Path:
-    return ranks_dir(db_path) / dataset / run_id / f"{language}-{captions_hash[:12]}.parquet"
+def query_ranks_path(ranks_root: Location, dataset: str, run_id: str, language: str, captions_hash: str) -> Location:
+    return ranks_root / dataset / run_id / f"{language}-{captions_hash[:12]}.parquet"

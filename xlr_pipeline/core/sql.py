@@ -1,7 +1,8 @@
 """`xlr sql`: read-only SQL over the results warehouse, printed as a table, CSV, JSON or Markdown.
 
 A sandbox, not only a read-only file: only queries run (SELECT, WITH …, DESCRIBE, SUMMARIZE, EXPLAIN), and
-DuckDB's file access is limited to the per-query rank files behind the `query_ranks` view — no other file
+DuckDB's file access is limited to the per-query rank files behind the `query_ranks` view (wherever the
+warehouse records them: beside it, or on object storage through their fsspec filesystem) — no other file
 can be read or written, no database attached, no extension installed, and the settings are locked.
 """
 
@@ -15,7 +16,7 @@ import duckdb
 import polars as pl
 
 from xlr_pipeline.core.report import to_markdown
-from xlr_pipeline.core.warehouse import ranks_dir
+from xlr_pipeline.core.warehouse import attach_rank_files, rank_files_url, recorded_ranks_root
 
 OutputFormat = Literal["table", "csv", "json", "markdown"]
 QUERY_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
@@ -33,7 +34,9 @@ def _connect(db_path: Path, timeout_s: float = 30.0) -> duckdb.DuckDBPyConnectio
     while True:
         try:
             connection = duckdb.connect(str(db_path), read_only=True)
-            connection.execute("SET allowed_directories = ?", [[str(ranks_dir(db_path)) + "/"]])
+            rank_files = recorded_ranks_root(connection, db_path)
+            attach_rank_files(connection, rank_files)
+            connection.execute("SET allowed_directories = ?", [[rank_files_url(rank_files) + "/"]])
             connection.execute("SET enable_external_access = false")
             connection.execute("SET lock_configuration = true")
             return connection

@@ -1,4 +1,9 @@
-"""Atomic file writes and content hashes: every output is written to a temporary file and renamed."""
+"""Where outputs live, atomic writes and content hashes.
+
+Outputs live in a local folder or at any fsspec URL (`s3://bucket/prefix`, `gs://…`, `az://…`, `memory://…`),
+handled as `UPath`. A local target is written to a temporary file beside it and renamed; a remote one is
+written to a local temporary file and uploaded in one PUT, so readers see the old object or the new one.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +13,53 @@ import tempfile
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, TypeAlias
 
 import polars as pl
+from upath import UPath
+
+# A local folder is a plain Path (everything local stays as it was); a URL is a UPath.
+Location: TypeAlias = Path | UPath
+
+
+class StorageError(ValueError):
+    """A storage URL that cannot be used; the message says what to install or fix."""
+
+
+def storage_location(url: str | Path) -> Location:
+    """A folder or an fsspec URL as a Location; an unknown protocol or a missing driver fails here, naming it."""
+    text = str(url)
+    if "://" not in text:
+        return Path(text).expanduser().resolve()
+    try:
+        location = UPath(text)
+        location.fs  # imports the protocol's driver (s3fs, gcsfs, adlfs …) now, not in the middle of a run
+    except (ImportError, ValueError) as error:
+        raise StorageError(f"storage URL {text!r} cannot be used: {error}") from None
+    if location.protocol in ("file", "local"):
+        return Path(location.path).resolve()
+    return location
+
+
+def is_remote(path: Location) -> bool:
+    return not isinstance(path, Path)
+
+
+def fsspec_url(path: Location) -> str:
+    """The URL under which DuckDB sees `path` once its filesystem is registered (`protocol://` + the fs's path)."""
+    protocol = path.fs.protocol if isinstance(path.fs.protocol, str) else path.fs.protocol[0]
+    return f"{protocol}://{path.path}"
 
 
 @contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; it replaces `target` only if the block succeeds."""
+def atomic_path(target: Location) -> Iterator[Path]:
+    """Yield a local temporary path; it replaces `target` only if the block succeeds."""
+    if is_remote(target):
+        with tempfile.TemporaryDirectory(prefix="xlr-upload-") as folder:
+            tmp = Path(folder) / target.name
+            yield tmp
+            target.fs.put_file(str(tmp), target.path)
+        return
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
@@ -27,12 +71,20 @@ def atomic_path(target: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def write_parquet_atomic(frame: pl.DataFrame, target: Path) -> None:
+def write_parquet_atomic(frame: pl.DataFrame, target: Location) -> None:
     with atomic_path(target) as tmp:
         frame.write_parquet(tmp)
 
 
-def write_with_atomic(target: Path, writer: Callable[[Path], object]) -> None:
+def read_parquet(path: Location, columns: list[str] | None = None) -> pl.DataFrame:
+    """A Parquet file from a local folder or from object storage (through the location's fsspec filesystem)."""
+    if not is_remote(path):
+        return pl.read_parquet(path, columns=columns)
+    with path.open("rb") as handle:
+        return pl.read_parquet(handle, columns=columns)
+
+
+def write_with_atomic(target: Location, writer: Callable[[Path], object]) -> None:
     with atomic_path(target) as tmp:
         writer(tmp)
 
@@ -41,9 +93,9 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: Location) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

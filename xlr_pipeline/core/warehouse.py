@@ -13,7 +13,7 @@ import duckdb
 import polars as pl
 
 from xlr_pipeline.core.languages import normalize_language
-from xlr_pipeline.core.storage import sha256_file
+from xlr_pipeline.core.storage import Location, fsspec_url, is_remote, sha256_file, storage_location
 
 # The random-head baseline of run R is stored as run R + this suffix, with `baseline_of` = R.
 RANDOM_HEAD_SUFFIX = ":random-head"
@@ -158,6 +158,9 @@ CREATE TABLE text_alignment (
 );
 """
 
+# Where the per-query rank files live (one row; none: `ranks/` beside the database), so every reader finds them.
+SCHEMA_V6 = "CREATE TABLE ranks_location (location VARCHAR NOT NULL)"
+
 # (version, what it adds, DDL). Version 1 is the layout the first release wrote without a version table.
 MIGRATIONS = (
     (1, "runs, recall, rank_summary", SCHEMA_V1),
@@ -165,6 +168,7 @@ MIGRATIONS = (
     (3, "hash of the loaded published CSV", SCHEMA_V3),
     (4, "image tagging: top tags, metrics, paired tests against the translation baseline", SCHEMA_V4),
     (5, "model family of published rows; text-to-text alignment diagnostic", SCHEMA_V5),
+    (6, "location of the per-query rank files", SCHEMA_V6),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -272,27 +276,71 @@ def _load_published(connection: duckdb.DuckDBPyConnection, csv_path: Path) -> No
     connection.unregister("published_csv")
 
 
-def _create_views(connection: duckdb.DuckDBPyConnection, db_path: Path) -> None:
+def recorded_ranks_root(connection: duckdb.DuckDBPyConnection, db_path: Path) -> Location:
+    """Where this warehouse's rank files live: as recorded, else `ranks/` beside it (so a moved folder still works)."""
+    if _has_table(connection, "ranks_location"):
+        recorded = connection.execute("SELECT location FROM ranks_location").fetchall()
+        if recorded:
+            return storage_location(recorded[0][0])
+    return ranks_dir(db_path)
+
+
+def _has_table(connection: duckdb.DuckDBPyConnection, name: str) -> bool:
+    return bool(connection.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [name]).fetchall()[0][0])
+
+
+def rank_files_url(root: Location) -> str:
+    """The folder as DuckDB names it: a local path, or the URL of a registered fsspec filesystem."""
+    return fsspec_url(root) if is_remote(root) else root.as_posix()
+
+
+def attach_rank_files(connection: duckdb.DuckDBPyConnection, root: Location) -> None:
+    """Let DuckDB read rank files on object storage through the location's own fsspec filesystem."""
+    if is_remote(root):
+        connection.register_filesystem(root.fs)
+
+
+def _record_ranks_root(connection: duckdb.DuckDBPyConnection, db_path: Path, root: Location) -> None:
+    wanted = [] if root == ranks_dir(db_path) else [(str(root),)]
+    if connection.execute("SELECT location FROM ranks_location").fetchall() == wanted:
+        return
+    connection.execute("BEGIN")
+    connection.execute("DELETE FROM ranks_location")
+    if wanted:
+        connection.execute("INSERT INTO ranks_location VALUES (?)", list(wanted[0]))
+    connection.execute("COMMIT")
+
+
+def _create_views(connection: duckdb.DuckDBPyConnection, root: Location) -> None:
     for name, body in VIEWS.items():
         connection.execute(f"CREATE OR REPLACE VIEW {name} AS {body}")
-    pattern = ranks_dir(db_path) / "*" / "*" / "*.parquet"
-    if any(ranks_dir(db_path).glob("*/*/*.parquet")):
-        body = f"SELECT * FROM read_parquet('{pattern.as_posix()}', union_by_name = true)"
+    if any(root.glob("*/*/*.parquet")):
+        body = f"SELECT * FROM read_parquet('{rank_files_url(root)}/*/*/*.parquet', union_by_name = true)"
     else:
         casts = ", ".join(f"NULL::{'BIGINT' if dtype == pl.Int64 else 'VARCHAR'} AS {name}" for name, dtype in QUERY_RANK_COLUMNS.items())
         body = f"SELECT {casts} WHERE false"
     connection.execute(f"CREATE OR REPLACE VIEW query_ranks AS {body}")
 
 
-def prepare(connection: duckdb.DuckDBPyConnection, db_path: Path, published_csv: Path = SHIPPED_PUBLISHED_CSV) -> None:
-    """Bring a (new or older) warehouse to the current schema, reload reference numbers, refresh views."""
+def prepare(
+    connection: duckdb.DuckDBPyConnection, db_path: Path, rank_files: Location | None = None,
+    published_csv: Path = SHIPPED_PUBLISHED_CSV,
+) -> None:
+    """Bring a (new or older) warehouse to the current schema, reload reference numbers, refresh views.
+
+    `rank_files`: where this writer puts per-query rank files (recorded for readers); None keeps the recorded place.
+    """
     _apply_migrations(connection)
     if published_csv.is_file():
         _load_published(connection, published_csv)
-    _create_views(connection, db_path)
+    if rank_files is not None:
+        _record_ranks_root(connection, db_path, rank_files)
+    root = recorded_ranks_root(connection, db_path)
+    attach_rank_files(connection, root)
+    _create_views(connection, root)
 
 
-def connect_for_write(path: Path, timeout_s: float = 120.0) -> duckdb.DuckDBPyConnection:
+def connect_for_write(path: Path, timeout_s: float = 120.0, rank_files: Location | None = None) -> duckdb.DuckDBPyConnection:
     """DuckDB allows one writer per file: wait for a concurrent writer instead of failing."""
     path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + timeout_s
@@ -307,7 +355,7 @@ def connect_for_write(path: Path, timeout_s: float = 120.0) -> duckdb.DuckDBPyCo
                 continue
             raise WarehouseError(f"{path}: cannot open the results file ({error}); move it away to start a new one") from None
         try:
-            prepare(connection, path)
+            prepare(connection, path, rank_files)
         except WarehouseError as error:
             connection.close()
             raise WarehouseError(f"{path}: {error}") from None

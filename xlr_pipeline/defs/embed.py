@@ -7,7 +7,7 @@ import polars as pl
 from xlr_pipeline.core.embeddings import ProgressCallback, embed_with_cache, vectors_of, with_vectors
 from xlr_pipeline.core.encoders import ImageEncoder, load_image, load_image_encoder, load_text_encoder
 from xlr_pipeline.core.image_sources import ImageSet
-from xlr_pipeline.core.storage import combined_hash, sha256_text, write_parquet_atomic
+from xlr_pipeline.core.storage import combined_hash, read_parquet, sha256_text, write_parquet_atomic
 from xlr_pipeline.core.datasets import DatasetError, ImageRecord
 from xlr_pipeline.core.threads import available_cores, limited_threads
 from xlr_pipeline.core.validation import duplicate_groups, norm_summary, vector_problems
@@ -199,7 +199,7 @@ def build_image_embeddings(lane: Lane, shards: dg.AssetsDefinition) -> dg.Assets
 def _union_of_shards(image_set: ImageSet, shard_paths: list[Path], image_model: str) -> pl.DataFrame:
     """The shards' rows in the image set's order; every usable image must be in exactly one shard, embedded from
     its current content by the configured model (else the shards are out of date: a clear error, nothing written)."""
-    shards = pl.concat([pl.read_parquet(path) for path in shard_paths])
+    shards = pl.concat([read_parquet(path) for path in shard_paths])
     wanted = image_set.usable.select("image_id", pl.col("sha256").alias("expected_hash"))
     joined = wanted.join(shards, on="image_id", how="left", maintain_order="left")
     out_of_date = joined.filter(
@@ -256,7 +256,7 @@ def build_text_embeddings(lane: Lane, captions: dg.AssetsDefinition) -> dg.Asset
 
         def one_language(language: str) -> PartitionOutcome:
             with clear_failures(), limited_threads(settings.step_threads):
-                frame = pl.read_parquet(require_file(outputs.captions_path(language), f"{lane.name}/captions[{language}]"))
+                frame = read_parquet(require_file(outputs.captions_path(language), f"{lane.name}/captions[{language}]"))
                 needed = frame.filter((pl.col("split") == "test") | (language == lane.train_language))
                 texts = needed["caption"].to_list()
                 hashes = [sha256_text(text) for text in texts]

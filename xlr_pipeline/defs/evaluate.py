@@ -8,7 +8,7 @@ from xlr_pipeline.core.metrics import DirectionResult, recall_is_monotone
 from xlr_pipeline.core.plots import recall_bars
 from xlr_pipeline.core.report import recall_by_language, to_markdown
 from xlr_pipeline.core.results import query_ranks_frame, query_ranks_path, record_evaluation
-from xlr_pipeline.core.storage import sha256_file, write_parquet_atomic
+from xlr_pipeline.core.storage import read_parquet, sha256_file, write_parquet_atomic
 from xlr_pipeline.defs.lane import Lane
 from xlr_pipeline.defs.lineage import file_version, input_name, lineage_metadata
 from xlr_pipeline.defs.metadata import PartitionOutcome, materialize_partitions, png_metadata, sql_hint
@@ -65,13 +65,13 @@ def build_retrieval_metrics(
         outputs = lane.outputs(settings)
         head, saved = head_from_bytes(require_file(outputs.head_path, f"{lane.name}/projection_head").read_bytes())
         provenance = RunProvenance.from_dict(saved)
-        ids = pl.read_parquet(require_file(outputs.index_ids_path, f"{lane.name}/image_index"))
+        ids = read_parquet(require_file(outputs.index_ids_path, f"{lane.name}/image_index"))
         if ids["head_run_id"][0] != provenance.run_id:
             raise dg.Failure(
                 f"{lane.name}/image_index was built from an older projection head: materialize it first",
                 allow_retries=False,
             )
-        images = pl.read_parquet(require_file(outputs.image_embeddings_path, f"{lane.name}/image_embeddings"))
+        images = read_parquet(require_file(outputs.image_embeddings_path, f"{lane.name}/image_embeddings"))
         indexed = ids.select("image_id").join(images, on="image_id", how="left", maintain_order="left")
         position = {image_id: i for i, image_id in enumerate(ids["image_id"].to_list())}
 
@@ -79,7 +79,7 @@ def build_retrieval_metrics(
         texts, tests = {}, {}
         for language in languages:
             text_path = require_file(outputs.text_embeddings_path(language), f"{lane.name}/text_embeddings[{language}]")
-            texts[language] = pl.read_parquet(text_path).filter(pl.col("split") == "test")
+            texts[language] = read_parquet(text_path).filter(pl.col("split") == "test")
             if texts[language]["model_id"][0] != provenance.text_model:
                 raise dg.Failure(
                     f"{lane.name}/text_embeddings[{language}] use {texts[language]['model_id'][0]} but the head was "
@@ -97,16 +97,16 @@ def build_retrieval_metrics(
         )
         ranks_paths = {}
         for language in languages:
-            captions = pl.read_parquet(outputs.captions_path(language)).select("caption_id", "caption")
+            captions = read_parquet(outputs.captions_path(language)).select("caption_id", "caption")
             queries = texts[language].select("caption_id", "image_id").join(captions, on="caption_id", how="left", maintain_order="left")
             ranks = query_ranks_frame(
                 provenance.run_id, lane.name, language, evaluation.results[language][TRAINED], queries, ids["image_id"].to_list()
             )
             # Written before the DuckDB transaction, so the `query_ranks` view never points at a missing file.
-            ranks_paths[language] = query_ranks_path(settings.results_db, lane.name, provenance.run_id, language, tests[language].captions_hash)
+            ranks_paths[language] = query_ranks_path(settings.ranks_root, lane.name, provenance.run_id, language, tests[language].captions_hash)
             write_parquet_atomic(ranks, ranks_paths[language])
         with clear_failures():
-            added = record_evaluation(settings.results_db, evaluation.runs, evaluation.recall, evaluation.ranks)
+            added = record_evaluation(settings.results_db, evaluation.runs, evaluation.recall, evaluation.ranks, settings.ranks_root)
             by_language = recall_by_language(settings.results_db, provenance.run_id)
         # On every partition of this run: the head's whole picture so far, not just this run's languages.
         across_languages = {

@@ -22,7 +22,7 @@ from xlr_pipeline.core.grid_report import build_report
 from xlr_pipeline.core.image_sources import ImageSet
 from xlr_pipeline.core.outputs import DatasetOutputs
 from xlr_pipeline.core.results import record_evaluation
-from xlr_pipeline.core.storage import sha256_file, write_parquet_atomic, write_with_atomic
+from xlr_pipeline.core.storage import read_parquet, sha256_file, write_parquet_atomic, write_with_atomic
 from xlr_pipeline.core.threads import available_cores
 from xlr_pipeline.core.tuning import ValidationSet, tune, tuned_configs, validation_recall
 from xlr_pipeline.defs.embed import embed_images
@@ -157,7 +157,7 @@ def _test_queries(
 
 
 def _main_image_model(outputs: DatasetOutputs) -> str:
-    return pl.read_parquet(outputs.image_embeddings_path, columns=["model_id"])["model_id"][0]
+    return read_parquet(outputs.image_embeddings_path, columns=["model_id"])["model_id"][0]
 
 
 def _caption_frames(
@@ -167,7 +167,7 @@ def _caption_frames(
     encode = settings.cached_text_encoder(text_model)
     frames = {}
     for language in languages:
-        frame = pl.read_parquet(outputs.captions_path(language))
+        frame = read_parquet(outputs.captions_path(language))
         frame = frame.filter((pl.col("split") == "test") | (language == train_language))
         frames[language] = with_vectors(frame.select("caption_id", "image_id", "split"), encode(frame["caption"].to_list()))
     return frames
@@ -203,7 +203,7 @@ def build_experiments(
         """
         outputs = lane.outputs(settings)
         source = require_file(outputs.captions_path(train_language), f"{lane.name}/captions[{train_language}]")
-        train = pl.read_parquet(source).filter(pl.col("split") == "train")
+        train = read_parquet(source).filter(pl.col("split") == "train")
         encode = settings.cached_text_encoder()
 
         switch_languages = [language for language in config.languages if language != train_language]
@@ -283,10 +283,10 @@ def build_experiments(
 
         outputs = lane.outputs(settings)
         folder = outputs.experiments
-        lexicon = Lexicon.from_frame(pl.read_parquet(require_file(folder / "lexicon.parquet", f"{lane.name}/text_augmentations")))
+        lexicon = Lexicon.from_frame(read_parquet(require_file(folder / "lexicon.parquet", f"{lane.name}/text_augmentations")))
         source = require_file(outputs.captions_path(train_language), f"{lane.name}/captions[{train_language}]")
-        images = pl.read_parquet(require_file(outputs.image_embeddings_path, f"{lane.name}/image_embeddings"))
-        pairs = training_pairs(images, pl.read_parquet(source))
+        images = read_parquet(require_file(outputs.image_embeddings_path, f"{lane.name}/image_embeddings"))
+        pairs = training_pairs(images, read_parquet(source))
         (folder / "finetuned").mkdir(parents=True, exist_ok=True)
         rows, written = [], []
         for arm in [name.value for name in config.arms]:
@@ -301,7 +301,7 @@ def build_experiments(
             seconds = round(time.perf_counter() - started, 1)
             context.log.info(f"{arm}: {result.steps} steps in {seconds} s, loss {result.losses[0]:.3f} → {result.losses[-1]:.3f}")
             rows.append({
-                "arm": arm, "model_id": f"e5torch:multilingual-e5-small@{path.resolve()}", "fingerprint": result.fingerprint,
+                "arm": arm, "model_id": f"e5torch:multilingual-e5-small@{path}", "fingerprint": result.fingerprint,
                 "steps": result.steps, "seconds": seconds, "first_loss": result.losses[0], "last_loss": result.losses[-1],
             })
         manifest = folder / "finetuned_encoders.parquet"
@@ -351,19 +351,19 @@ def build_experiments(
         processes = config.processes or available_cores()
         outputs = lane.outputs(settings)
         languages = sorted(context.instance.get_dynamic_partitions(lane.partitions.name))
-        images = pl.read_parquet(require_file(outputs.image_embeddings_path, f"{lane.name}/image_embeddings"))
+        images = read_parquet(require_file(outputs.image_embeddings_path, f"{lane.name}/image_embeddings"))
         main_frames = {
-            lang: pl.read_parquet(require_file(outputs.text_embeddings_path(lang), f"{lane.name}/text_embeddings[{lang}]"))
+            lang: read_parquet(require_file(outputs.text_embeddings_path(lang), f"{lane.name}/text_embeddings[{lang}]"))
             for lang in languages
         }
         folder = outputs.experiments
-        switched = pl.read_parquet(require_file(folder / "code_switched.parquet", f"{lane.name}/text_augmentations"))
-        keywords = pl.read_parquet(folder / "keywords.parquet") if (folder / "keywords.parquet").is_file() else switched.clear()
-        means_frame = pl.read_parquet(require_file(folder / "language_means.parquet", f"{lane.name}/text_augmentations"))
+        switched = read_parquet(require_file(folder / "code_switched.parquet", f"{lane.name}/text_augmentations"))
+        keywords = read_parquet(folder / "keywords.parquet") if (folder / "keywords.parquet").is_file() else switched.clear()
+        means_frame = read_parquet(require_file(folder / "language_means.parquet", f"{lane.name}/text_augmentations"))
         means = dict(zip(means_frame["language"].to_list(), vectors_of(means_frame)))
 
         finetuned = folder / "finetuned_encoders.parquet"
-        finetuned_models = pl.read_parquet(finetuned)["model_id"].to_list() if config.finetuned_encoders and finetuned.is_file() else []
+        finetuned_models = read_parquet(finetuned)["model_id"].to_list() if config.finetuned_encoders and finetuned.is_file() else []
         plan = replace(
             config.plan(train_language),
             other_text_models=[*config.other_text_models, *finetuned_models],
@@ -524,12 +524,12 @@ def build_experiments(
         validation, tuning = (folder / "grid_validation.parquet", folder / "tuning.parquet")
         out_dir = lane.reports_dir(settings)
         markdown = build_report(
-            pl.read_parquet(hits_path), train_language, settings.text_model, _main_image_model(outputs), out_dir,
+            read_parquet(hits_path), train_language, settings.text_model, _main_image_model(outputs), out_dir,
             f"Experiment grid on {lane.name} (not XTD10 numbers)",
-            pl.read_parquet(validation) if validation.is_file() else None,
-            pl.read_parquet(tuning) if tuning.is_file() else None,
+            read_parquet(validation) if validation.is_file() else None,
+            read_parquet(tuning) if tuning.is_file() else None,
             json.loads((folder / "grid_cost.json").read_text("utf-8")) if (folder / "grid_cost.json").is_file() else None,
-            pl.read_parquet(folder / "finetuned_encoders.parquet") if (folder / "finetuned_encoders.parquet").is_file() else None,
+            read_parquet(folder / "finetuned_encoders.parquet") if (folder / "finetuned_encoders.parquet").is_file() else None,
         )
         return dg.MaterializeResult(
             data_version=dg.DataVersion(file_version(out_dir / "report.md")),

@@ -3,7 +3,7 @@ import polars as pl
 
 from xlr_pipeline.core.datasets import DatasetError
 from xlr_pipeline.core.image_sources import resolve_images
-from xlr_pipeline.core.storage import write_parquet_atomic
+from xlr_pipeline.core.storage import read_parquet, write_parquet_atomic
 from xlr_pipeline.defs.lane import Lane
 from xlr_pipeline.defs.lineage import CURRENT_CONFIG, lineage_metadata
 from xlr_pipeline.defs.metadata import PROGRESS, file_data_version, markdown_preview
@@ -35,7 +35,7 @@ def build_images(lane: Lane) -> dg.AssetsDefinition:
             context.log.info(message)
             PROGRESS.info(f"{lane.name} images: {message}")
 
-        previous = pl.read_parquet(outputs.images_path) if outputs.images_path.is_file() else None
+        previous = read_parquet(outputs.images_path) if outputs.images_path.is_file() else None
         with clear_failures():
             resolved = resolve_images(
                 lane.spec,

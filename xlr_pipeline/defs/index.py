@@ -6,7 +6,7 @@ from pydantic import Field
 
 from xlr_pipeline.core.embeddings import vectors_of
 from xlr_pipeline.core.index import IndexPlan, build_index, recall_against_exact, save_index
-from xlr_pipeline.core.storage import write_parquet_atomic
+from xlr_pipeline.core.storage import read_parquet, write_parquet_atomic
 from xlr_pipeline.defs.lane import Lane
 from xlr_pipeline.defs.lineage import file_version, lineage_metadata
 from xlr_pipeline.defs.metadata import file_data_version
@@ -55,7 +55,7 @@ def build_image_index(
 
         outputs = lane.outputs(settings)
         head, provenance = head_from_bytes(require_file(outputs.head_path, f"{lane.name}/projection_head").read_bytes())
-        images = pl.read_parquet(require_file(outputs.image_embeddings_path, f"{lane.name}/image_embeddings"))
+        images = read_parquet(require_file(outputs.image_embeddings_path, f"{lane.name}/image_embeddings"))
         test = images.filter(pl.col("split") == "test")
         if test.is_empty():
             raise dg.Failure(f"dataset {lane.name!r} has no test-split images to index")

@@ -3,7 +3,7 @@ import polars as pl
 
 from xlr_pipeline.core.datasets import CAPTION_SCHEMA, read_captions
 from xlr_pipeline.core.image_sources import ImageSet
-from xlr_pipeline.core.storage import sha256_file, write_parquet_atomic
+from xlr_pipeline.core.storage import read_parquet, sha256_file, write_parquet_atomic
 from xlr_pipeline.defs.lane import Lane
 from xlr_pipeline.defs.lineage import CURRENT_CONFIG, file_version, lineage_metadata
 from xlr_pipeline.defs.metadata import PartitionOutcome, markdown_preview, materialize_partitions
@@ -54,7 +54,7 @@ def build_captions(lane: Lane, images: dg.AssetsDefinition) -> dg.AssetsDefiniti
             of_unusable_images = 0
             if usable is not None:
                 if language == lane.train_language and outputs.train_captions_path.is_file():
-                    frame = pl.concat([frame, coco_caption_rows(pl.read_parquet(outputs.train_captions_path), language)])
+                    frame = pl.concat([frame, coco_caption_rows(read_parquet(outputs.train_captions_path), language)])
                 of_unusable_images = frame.filter(~pl.col("image_id").is_in(usable)).height
                 frame = frame.filter(pl.col("image_id").is_in(usable))
             write_parquet_atomic(frame, outputs.captions_path(language))

@@ -13,7 +13,7 @@ import dagster as dg
 
 from xlr_pipeline.core.datasets import DatasetError
 from xlr_pipeline.core.image_sources import folders_fingerprint, locate_images
-from xlr_pipeline.core.storage import sha256_file
+from xlr_pipeline.core.storage import Location, is_remote, sha256_file, storage_location
 from xlr_pipeline.defs.lane import Lane
 from xlr_pipeline.defs.resources import XlrSettings
 
@@ -101,22 +101,33 @@ CURRENT_CONFIG: dict[str, Callable[[XlrSettings, Lane, str | None, dict], dict]]
 
 
 def lineage_metadata(
-    config: dict, inputs: dict[str, str], outputs: Sequence[Path], data_dir: Path
+    config: dict, inputs: dict[str, str], outputs: Sequence[Location], data_dir: Path
 ) -> dict[str, dg.MetadataValue]:
     """`inputs` maps `asset` or `asset[partition]` to the data version of what was actually read; `outputs`
-    are the files written (recorded relative to the data dir, with their content version) so that a deleted
-    or altered output makes the asset stale."""
+    are the files written (with their content version) so that a deleted or altered output makes the asset stale."""
     return {
         CONFIG_KEY: dg.MetadataValue.json(config),
         INPUTS_KEY: dg.MetadataValue.json(inputs),
-        OUTPUTS_KEY: dg.MetadataValue.json({path.relative_to(data_dir).as_posix(): file_version(path) for path in outputs}),
+        OUTPUTS_KEY: dg.MetadataValue.json({output_key(path, data_dir): file_version(path) for path in outputs}),
     }
+
+
+def output_key(path: Location, data_dir: Path) -> str:
+    """How an output is recorded: relative to the data dir when inside it (records survive moving the folder),
+    else its absolute path or storage URL."""
+    if not is_remote(path) and path.is_relative_to(data_dir):
+        return path.relative_to(data_dir).as_posix()
+    return str(path)
+
+
+def output_location(key: str, data_dir: Path) -> Location:
+    return storage_location(key) if "://" in key or Path(key).is_absolute() else data_dir / key
 
 
 def input_name(asset: str, partition: str | None = None) -> str:
     return f"{asset}[{partition}]" if partition else asset
 
 
-def file_version(path: Path) -> str:
+def file_version(path: Location) -> str:
     """The data version an asset reports for a file it wrote (and a consumer records for a file it read)."""
     return sha256_file(path)[:16]

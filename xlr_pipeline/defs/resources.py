@@ -20,7 +20,7 @@ from xlr_pipeline.core.datasets import DatasetError, DatasetSpec
 from xlr_pipeline.core.image_sources import CocoSource
 from xlr_pipeline.core.embeddings import EmbeddingCache, embed_with_cache
 from xlr_pipeline.core.encoders import EncoderError, ImageFileError, load_text_encoder
-from xlr_pipeline.core.storage import sha256_text
+from xlr_pipeline.core.storage import Location, StorageError, sha256_text, storage_location
 from xlr_pipeline.core.outputs import DEFAULT_DATA_DIR, DatasetOutputs
 from xlr_pipeline.core.warehouse import WarehouseError
 
@@ -30,6 +30,11 @@ class XlrSettings(dg.ConfigurableResource):
     """Where data lives and which frozen encoders are used; shared by every dataset's lane."""
 
     data_dir: str = Field(default=str(DEFAULT_DATA_DIR), description="Folder holding datasets, outputs, caches and results.duckdb")
+    storage_url: str = Field(
+        default="",
+        description="Where dataset outputs and per-query rank files live: a folder or an fsspec URL such as s3://bucket/prefix "
+        "(empty: data_dir). Caches, the instance and results.duckdb stay in data_dir",
+    )
     dataset_roots: list[str] = Field(
         default=[], description="More folders holding datasets (each a folder with a dataset.toml, or one such folder)"
     )
@@ -58,6 +63,13 @@ class XlrSettings(dg.ConfigurableResource):
     download_retries: int = Field(default=4, ge=0, le=10, description="Retries per file, with exponential backoff")
     download_backoff_s: float = Field(default=1.0, ge=0.0, le=60.0, description="First retry delay; doubles per retry")
 
+    @field_validator("storage_url")
+    @classmethod
+    def _usable_storage(cls, url: str) -> str:
+        if url:
+            storage_location(url)  # unknown protocol or missing driver: refused where the option enters
+        return url
+
     @field_validator("coco_image_url", "coco_annotations_url")
     @classmethod
     def _http_url(cls, url: str) -> str:
@@ -73,8 +85,17 @@ class XlrSettings(dg.ConfigurableResource):
         """Every folder searched for datasets: the data dir first, then `dataset_roots`."""
         return [self.root, *(Path(extra).expanduser().resolve() for extra in self.dataset_roots)]
 
+    @property
+    def storage(self) -> Location:
+        return storage_location(self.storage_url) if self.storage_url else self.root
+
     def outputs(self, dataset: str) -> DatasetOutputs:
-        return DatasetOutputs(self.root / "outputs" / dataset)
+        return DatasetOutputs(self.storage / "outputs" / dataset)
+
+    @property
+    def ranks_root(self) -> Location:
+        """Per-query rank files, read by the warehouse's `query_ranks` view wherever they live."""
+        return self.storage / "ranks"
 
     def reports_dir(self, dataset: str) -> Path:
         return self.root / "reports" / dataset
@@ -126,6 +147,7 @@ class XlrSettings(dg.ConfigurableResource):
 
 ENVIRONMENT_VARIABLES = {
     "data_dir": "XLR_DATA_DIR",
+    "storage_url": "XLR_STORAGE_URL",
     "image_model": "XLR_IMAGE_MODEL",
     "text_model": "XLR_TEXT_MODEL",
     "coco_dir": "XLR_COCO_DIR",
@@ -156,7 +178,7 @@ def clear_failures() -> Iterator[None]:
     """Turn bad-input errors (which already name the file and line) into a Dagster Failure without a deep traceback."""
     try:
         yield
-    except (DatasetError, CocoError, ImageFileError, EncoderError, WarehouseError, FileNotFoundError) as error:
+    except (DatasetError, CocoError, ImageFileError, EncoderError, WarehouseError, StorageError, FileNotFoundError) as error:
         raise dg.Failure(description=str(error), allow_retries=False) from None
 
 

@@ -14,7 +14,7 @@ from xlr_pipeline.core.embeddings import vectors_of, with_vectors
 from xlr_pipeline.core.evaluation import RunProvenance
 from xlr_pipeline.core.report import to_markdown
 from xlr_pipeline.core.results import append_tables
-from xlr_pipeline.core.storage import combined_hash, write_parquet_atomic, write_with_atomic
+from xlr_pipeline.core.storage import combined_hash, read_parquet, write_parquet_atomic, write_with_atomic
 from xlr_pipeline.core.tagging import (
     TAGGING_KS,
     compare_methods,
@@ -87,12 +87,12 @@ def build_tagging(
         outputs = lane.outputs(settings)
         head, saved = head_from_bytes(require_file(outputs.head_path, f"{lane.name}/projection_head").read_bytes())
         provenance = RunProvenance.from_dict(saved)
-        images = pl.read_parquet(require_file(outputs.image_embeddings_path, f"{lane.name}/image_embeddings"))
+        images = read_parquet(require_file(outputs.image_embeddings_path, f"{lane.name}/image_embeddings"))
         test = images.filter(pl.col("split") == "test")
 
         def one_language(language: str) -> PartitionOutcome:
             captions_path = require_file(outputs.captions_path(language), f"{lane.name}/captions[{language}]")
-            frame = pl.read_parquet(captions_path)
+            frame = read_parquet(captions_path)
             vocabulary = _vocabulary(lane, language, frame)
             if not vocabulary:
                 raise dg.Failure(
@@ -171,9 +171,9 @@ def build_tagging(
         languages = sorted(context.instance.get_dynamic_partitions(lane.partitions.name))
         chain_head, saved = head_from_bytes(require_file(outputs.head_path, f"{lane.name}/projection_head").read_bytes())
         provenance = RunProvenance.from_dict(saved)
-        images = pl.read_parquet(require_file(outputs.image_embeddings_path, f"{lane.name}/image_embeddings"))
+        images = read_parquet(require_file(outputs.image_embeddings_path, f"{lane.name}/image_embeddings"))
         test = images.filter(pl.col("split") == "test")
-        pairs = training_pairs(images, pl.read_parquet(require_file(outputs.text_embeddings_path(train_language), f"{lane.name}/text_embeddings[{train_language}]")))
+        pairs = training_pairs(images, read_parquet(require_file(outputs.text_embeddings_path(train_language), f"{lane.name}/text_embeddings[{train_language}]")))
         heads = {
             seed: chain_head if seed == chain_head.config.seed else train_head(
                 vectors_of(pairs), vectors_of(pairs, "image_vector"), pairs["image_id"].to_numpy(), replace(chain_head.config, seed=seed)
@@ -181,7 +181,7 @@ def build_tagging(
             for seed in config.seeds
         }
         vocabularies = {
-            language: pl.read_parquet(require_file(outputs.tag_vocabulary_path(language), f"{lane.name}/tags[{language}]"))
+            language: read_parquet(require_file(outputs.tag_vocabulary_path(language), f"{lane.name}/tags[{language}]"))
             for language in languages
         }
         english = vocabularies[train_language]
@@ -190,7 +190,7 @@ def build_tagging(
         per_language = {}
         for language in languages:
             vocabulary = vocabularies[language]
-            truth = ground_truth(pl.read_parquet(outputs.captions_path(language)))
+            truth = ground_truth(read_parquet(outputs.captions_path(language)))
             baseline = None
             if language != train_language:
                 lexicon = induce_tag_lexicon(english_tags, vocabulary["tag"].to_list(), language, encode)

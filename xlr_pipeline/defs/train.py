@@ -9,6 +9,7 @@ from xlr_pipeline.core.plots import loss_curve
 from xlr_pipeline.core.choices import Architecture, NegativeMining, Objective
 from xlr_pipeline.core.configs import HeadConfig
 from xlr_pipeline.core.storage import (
+    read_parquet,
     sha256_file,
     write_parquet_atomic,
     write_with_atomic,
@@ -98,9 +99,9 @@ def build_projection_head(
         from xlr_pipeline.core.head import head_fingerprint, head_from_bytes, head_to_bytes, train_head, weights_are_finite
 
         outputs = lane.outputs(settings)
-        images = pl.read_parquet(require_file(outputs.image_embeddings_path, f"{lane.name}/image_embeddings"))
+        images = read_parquet(require_file(outputs.image_embeddings_path, f"{lane.name}/image_embeddings"))
         text_path = require_file(outputs.text_embeddings_path(train_language), f"{lane.name}/text_embeddings[{train_language}]")
-        texts = pl.read_parquet(text_path)
+        texts = read_parquet(text_path)
         pairs = training_pairs(images, texts)
         if pairs.height < 2:
             raise dg.Failure(f"only {pairs.height} train-split {train_language} captions match train images in {lane.name}")
