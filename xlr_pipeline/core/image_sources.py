@@ -31,7 +31,7 @@ from xlr_pipeline.core.datasets import IMAGE_EXTENSIONS, DatasetSpec, ImageRecor
 from xlr_pipeline.core.download import DownloadItem, DownloadPolicy, DownloadReport, Manifest, download_all
 from xlr_pipeline.core.encoders import ImageFileError, load_image
 from xlr_pipeline.core.shards import in_shard
-from xlr_pipeline.core.storage import combined_hash, sha256_file
+from xlr_pipeline.core.storage import Location, combined_hash, read_parquet, sha256_file
 
 IMAGE_SET_SCHEMA = {
     "image_id": pl.String,
@@ -170,8 +170,8 @@ class ImageSet:
     frame: pl.DataFrame
 
     @classmethod
-    def read(cls, path: Path) -> "ImageSet":
-        return cls(pl.read_parquet(path))
+    def read(cls, path: Location) -> "ImageSet":
+        return cls(read_parquet(path))
 
     @property
     def usable(self) -> pl.DataFrame:
