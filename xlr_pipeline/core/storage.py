@@ -13,13 +13,15 @@ import tempfile
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, TypeAlias
+from typing import TYPE_CHECKING, Iterator, TypeAlias
 
 import polars as pl
-from upath import UPath
+
+if TYPE_CHECKING:  # upath and fsspec load only when a URL is used: the CLI's quick paths stay quick
+    from upath import UPath
 
 # A local folder is a plain Path (everything local stays as it was); a URL is a UPath.
-Location: TypeAlias = Path | UPath
+Location: TypeAlias = "Path | UPath"
 
 
 class StorageError(ValueError):
@@ -31,6 +33,8 @@ def storage_location(url: str | Path) -> Location:
     text = str(url)
     if "://" not in text:
         return Path(text).expanduser().resolve()
+    from upath import UPath
+
     try:
         location = UPath(text)
         location.fs  # imports the protocol's driver (s3fs, gcsfs, adlfs …) now, not in the middle of a run
