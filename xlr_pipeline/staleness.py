@@ -104,7 +104,7 @@ class StalenessResolver:
         partitions_def = self.graph.get(key).assets_def.partitions_def
         if partitions_def is None:
             return [None]
-        if isinstance(partitions_def, dg.StaticPartitionsDefinition):
+        if self.is_sharded(key):
             return list(partitions_def.get_partition_keys())
         return list(self.languages.get(key.path[0], []))
 

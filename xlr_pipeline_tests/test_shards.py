@@ -6,7 +6,8 @@ import polars as pl
 import pytest
 
 from xlr_pipeline.core.datasets import DatasetError, DatasetSpec
-from xlr_pipeline.core.shards import in_shard, parse_shard_key, shard_keys, shard_of
+from xlr_pipeline.core.image_sources import ImageSet
+from xlr_pipeline.core.shards import parse_shard_key, shard_indices, shard_keys, shard_of
 from xlr_pipeline.core.threads import available_cores
 from xlr_pipeline.runner import run_pipeline
 from xlr_pipeline_tests.conftest import DATASET, make_emoji_subset, outputs_for, pipeline_for
@@ -16,9 +17,13 @@ IMAGE_STAGES = frozenset({"images", "image_embedding_shards", "image_embeddings"
 
 def test_shards_are_stable_hash_buckets_that_hold_every_image_once():
     ids = [f"img{i}" for i in range(1000)]
-    masks = [in_shard(ids, key) for key in shard_keys(4)]
-    assert all(sum(column) == 1 for column in zip(*masks))
-    assert all(180 < sum(mask) < 320 for mask in masks)  # about a quarter each
+    image_set = ImageSet(pl.DataFrame({"image_id": ids, "status": "ok"}))
+    parts = image_set.split(4)
+    assert sorted(id_ for part in parts for id_ in part.frame["image_id"]) == sorted(ids)  # each image once
+    assert all(180 < part.frame.height < 320 for part in parts)  # about a quarter each
+    assert all(part.frame["image_id"].to_list() == sorted(part.frame["image_id"], key=ids.index) for part in parts)  # in order
+    assert [shard_indices(part.frame["image_id"].to_list(), 4) for part in parts][2] == [2] * parts[2].frame.height
+    assert image_set.split(1)[0] is image_set
     # sha256 of the id, not Python's salted hash(): the same buckets in every process and on every machine
     assert [shard_of(f"img{i}", 4) for i in range(8)] == [0, 3, 1, 0, 1, 0, 3, 0]
     assert shard_keys(2) == ["000-of-002", "001-of-002"] and parse_shard_key("003-of-004") == (3, 4)

@@ -30,7 +30,7 @@ from xlr_pipeline.core.coco import (
 from xlr_pipeline.core.datasets import IMAGE_EXTENSIONS, DatasetSpec, ImageRecord
 from xlr_pipeline.core.download import DownloadItem, DownloadPolicy, DownloadReport, Manifest, download_all
 from xlr_pipeline.core.encoders import ImageFileError, load_image
-from xlr_pipeline.core.shards import in_shard
+from xlr_pipeline.core.shards import shard_indices
 from xlr_pipeline.core.storage import Location, combined_hash, read_parquet, sha256_file
 
 IMAGE_SET_SCHEMA = {
@@ -193,9 +193,13 @@ class ImageSet:
     def usable_ids(self) -> set[str]:
         return set(self.usable["image_id"].to_list())
 
-    def shard(self, key: str) -> "ImageSet":
-        """The listed images of one shard (`core/shards.py`)."""
-        return ImageSet(self.frame.filter(pl.Series(in_shard(self.frame["image_id"].to_list(), key), dtype=pl.Boolean)))
+    def split(self, count: int) -> list["ImageSet"]:
+        """The listed images of each of `count` shards (`core/shards.py`), in this table's order."""
+        if count == 1:
+            return [self]
+        shard = pl.Series("_shard", shard_indices(self.frame["image_id"].to_list(), count), dtype=pl.Int64)
+        parts = self.frame.with_columns(shard).partition_by("_shard", as_dict=True, include_key=False, maintain_order=True)
+        return [ImageSet(parts.get((index,), self.frame.clear())) for index in range(count)]
 
 
 def train_captions_file(coco: CocoSource, annotations_url: str, log: Callable[[str], None]) -> Path:

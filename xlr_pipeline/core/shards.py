@@ -33,6 +33,6 @@ def shard_of(image_id: str, count: int) -> int:
     return int.from_bytes(hashlib.sha256(image_id.encode("utf-8")).digest()[:8], "big") % count
 
 
-def in_shard(image_ids: list[str], key: str) -> list[bool]:
-    index, count = parse_shard_key(key)
-    return [shard_of(image_id, count) == index for image_id in image_ids]
+def shard_indices(image_ids: list[str], count: int) -> list[int]:
+    """Each id's shard, one hash per id (a run covering several shards splits its images in one pass)."""
+    return [shard_of(image_id, count) for image_id in image_ids]

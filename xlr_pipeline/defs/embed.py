@@ -7,6 +7,7 @@ import polars as pl
 from xlr_pipeline.core.embeddings import ProgressCallback, embed_with_cache, vectors_of, with_vectors
 from xlr_pipeline.core.encoders import ImageEncoder, load_image, load_image_encoder, load_text_encoder
 from xlr_pipeline.core.image_sources import ImageSet
+from xlr_pipeline.core.shards import parse_shard_key
 from xlr_pipeline.core.storage import combined_hash, read_parquet, sha256_text, write_parquet_atomic
 from xlr_pipeline.core.datasets import DatasetError, ImageRecord
 from xlr_pipeline.core.threads import available_cores, limited_threads
@@ -85,11 +86,11 @@ def build_image_embedding_shards(lane: Lane, images: dg.AssetsDefinition) -> dg.
         by the same model, whichever shard or process encodes it."""
         outputs = lane.outputs(settings)
         with clear_failures():
-            full_set = ImageSet.read(require_file(outputs.images_path, f"{lane.name}/images"))
+            shards = ImageSet.read(require_file(outputs.images_path, f"{lane.name}/images")).split(lane.spec.image_shards)
             encoder = load_image_encoder(settings.image_model)
 
         def one_shard(shard: str) -> PartitionOutcome:
-            image_set = full_set.shard(shard)
+            image_set = shards[parse_shard_key(shard)[0]]
             with clear_failures():
                 if image_set.usable.is_empty():
                     frame, encoded = _empty_embeddings(encoder), 0
