@@ -86,6 +86,14 @@ def op_name(asset: str, dataset: str = DATASET) -> str:
     return f"{dataset}__{asset}"
 
 
+def location_job(name: str, key: dg.AssetKey) -> dg.JobDefinition:
+    """The code location as `dagster` loads it (XLR_* variables), with a job of one asset: what an executor's
+    worker processes reconstruct by the module and name of a test's function that returns it."""
+    from xlr_pipeline.definitions import defs
+
+    return dg.Definitions.merge(defs(), dg.Definitions(jobs=[dg.define_asset_job(name, selection=[key])])).resolve_job_def(name)
+
+
 @pytest.fixture
 def instance():
     with dg.instance_for_test() as test_instance:

@@ -13,26 +13,18 @@ import yaml
 
 from xlr_pipeline.defs.executors import executor_named
 from xlr_pipeline.runner import run_pipeline
-from xlr_pipeline_tests.conftest import DATASET, outputs_for, pipeline_for
+from xlr_pipeline_tests.conftest import DATASET, location_job, outputs_for, pipeline_for
 
 STAGES = ("images", "image_embedding_shards", "image_embeddings")
 SHARDS, UNION = dg.AssetKey([DATASET, "image_embedding_shards"]), dg.AssetKey([DATASET, "image_embeddings"])
 
 
-def _location_job(name: str, key: dg.AssetKey) -> dg.JobDefinition:
-    """The code location as `dagster` loads it (XLR_* variables), with a job of one asset: what the Dask workers
-    reconstruct by the module and name of the function below that returns it."""
-    from xlr_pipeline.definitions import defs
-
-    return dg.Definitions.merge(defs(), dg.Definitions(jobs=[dg.define_asset_job(name, selection=[key])])).resolve_job_def(name)
-
-
 def dask_shards_job() -> dg.JobDefinition:
-    return _location_job("image_shards", SHARDS)
+    return location_job("image_shards", SHARDS)
 
 
 def dask_union_job() -> dg.JobDefinition:
-    return _location_job("image_union", UNION)
+    return location_job("image_union", UNION)
 
 
 def test_image_shards_run_on_a_dask_local_cluster_with_the_vectors_of_an_in_process_run(tmp_path, subset_data_dir, monkeypatch):

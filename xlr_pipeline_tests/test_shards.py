@@ -1,4 +1,7 @@
-"""Image shards: stable hash buckets whose union is the unsharded table, embedded by concurrent runs."""
+"""Shards: stable hash buckets whose union is the unsharded table — image shards embedded by concurrent runs,
+caption shards by parallel steps of one run."""
+
+import os
 
 import dagster as dg
 import numpy as np
@@ -9,8 +12,9 @@ from xlr_pipeline.core.datasets import DatasetError, DatasetSpec
 from xlr_pipeline.core.image_sources import ImageSet
 from xlr_pipeline.core.shards import parse_shard_key, shard_indices, shard_keys, shard_of
 from xlr_pipeline.core.threads import available_cores
+from xlr_pipeline.defs.embed import _union_of_caption_shards
 from xlr_pipeline.runner import run_pipeline
-from xlr_pipeline_tests.conftest import DATASET, make_emoji_subset, outputs_for, pipeline_for
+from xlr_pipeline_tests.conftest import DATASET, location_job, make_emoji_subset, outputs_for, pipeline_for
 
 IMAGE_STAGES = frozenset({"images", "image_embedding_shards", "image_embeddings"})
 
@@ -32,13 +36,14 @@ def test_shards_are_stable_hash_buckets_that_hold_every_image_once():
             parse_shard_key(bad)
 
 
+@pytest.mark.parametrize("field", ["image_shards", "caption_shards"])
 @pytest.mark.parametrize("value", ["0", "-1", '"4"', "2.5", "true", "5000"])
-def test_a_bad_shard_count_is_refused_naming_the_file(tmp_path, value):
+def test_a_bad_shard_count_is_refused_naming_the_file(tmp_path, field, value):
     dataset = make_emoji_subset(tmp_path, n_train=2, n_test=2)
     spec_file = dataset / "dataset.toml"
     with open(spec_file, "a", encoding="utf-8") as spec:
-        spec.write(f"image_shards = {value}\n")
-    with pytest.raises(DatasetError, match=rf"{spec_file}: image_shards must be a whole number from 1 to 4096"):
+        spec.write(f"{field} = {value}\n")
+    with pytest.raises(DatasetError, match=rf"{spec_file}: {field} must be a whole number from 1 to 4096"):
         DatasetSpec.load(dataset)
 
 
@@ -89,3 +94,72 @@ def test_shards_that_do_not_match_the_images_are_refused_and_nothing_is_overwrit
     assert "the image shards (2 files, 79 rows) do not match the 80 usable images" in message
     assert "materialize image_embedding_shards again" in message
     assert outputs.image_embeddings_path.read_bytes() == before
+
+
+TEXT_EMBEDDINGS = dg.AssetKey([DATASET, "text_embeddings"])
+CAPTION_STAGES = frozenset({"captions", "text_embeddings"})
+
+
+def text_embeddings_job() -> dg.JobDefinition:
+    return location_job("text_embeddings", TEXT_EMBEDDINGS)
+
+
+def _caption_subset(root, shards: int):
+    make_emoji_subset(root, n_train=60, n_test=20)
+    with open(root / DATASET / "dataset.toml", "a", encoding="utf-8") as spec:
+        spec.write(f"caption_shards = {shards}\n")
+
+
+def test_caption_shards_run_as_parallel_steps_and_give_the_unsharded_table(tmp_path, monkeypatch):
+    unsharded_dir, sharded_dir = tmp_path / "unsharded", tmp_path / "sharded"
+    _caption_subset(unsharded_dir, shards=1)
+    with dg.instance_for_test() as instance:
+        run_pipeline(instance, pipeline_for(unsharded_dir), [DATASET], stages=CAPTION_STAGES, log=lambda _: None)
+
+    # Two caption shards of one language as two steps of one run, on the multiprocess executor: two processes.
+    _caption_subset(sharded_dir, shards=2)
+    monkeypatch.setenv("XLR_DATA_DIR", str(sharded_dir))
+    monkeypatch.setenv("XLR_EXECUTOR", "multiprocess")
+    (tmp_path / "dagster_home").mkdir()  # the step processes reach the run through a persistent instance
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
+        pipeline = pipeline_for(sharded_dir)
+        run_pipeline(instance, pipeline, [DATASET], stages=frozenset({"captions"}), log=lambda _: None)
+        result = dg.execute_job(dg.reconstructable(text_embeddings_job), instance, tags={"dagster/partition": "de"}, raise_on_error=False)
+        assert result.success
+        shard_steps = {
+            event.step_key: event.pid for event in result.all_events if event.is_step_start and "embed_shard" in event.step_key
+        }
+        assert sorted(key.rsplit("[", 1)[1] for key in shard_steps) == ["000_of_002]", "001_of_002]"]
+        assert len(set(shard_steps.values()) | {os.getpid()}) == 3  # each shard in its own process
+        materialization = instance.fetch_materializations(TEXT_EMBEDDINGS, limit=1).records[0].asset_materialization
+        assert materialization.partition == "de" and materialization.metadata["shards"].value == 2
+        checks = [e.asset_check_evaluation_data for e in result.all_events if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION]
+        assert {check.check_name for check in checks} == {"vectors_valid", "row_count_matches_source"} and all(c.passed for c in checks)
+        # the same asset and lineage as unsharded: the other languages are missing, `de` is fresh
+        rerun = run_pipeline(instance, pipeline, [DATASET], stages=CAPTION_STAGES, include_stale=True, log=lambda _: None)
+        assert sorted(partition for _, partition, _ in rerun.executed) == ["en", "ja"]
+
+    outputs = outputs_for(sharded_dir)
+    assert all(outputs.text_embedding_shard_path("de", shard).is_file() for shard in shard_keys(2))
+    sharded = pl.read_parquet(outputs.text_embeddings_path("de"))
+    unsharded = pl.read_parquet(outputs_for(unsharded_dir).text_embeddings_path("de"))
+    assert sharded.height == unsharded.height > 0 and sharded.drop("vector").equals(unsharded.drop("vector"))
+    difference = np.abs(np.stack(sharded["vector"].to_numpy()) - np.stack(unsharded["vector"].to_numpy())).max()
+    assert difference < 1e-5  # other batches, same captions: float32 rounding at most
+
+
+def test_caption_shards_that_do_not_cover_the_captions_are_refused(tmp_path):
+    _caption_subset(tmp_path, shards=2)
+    with dg.instance_for_test() as instance:
+        run_pipeline(instance, pipeline_for(tmp_path), [DATASET], stages=CAPTION_STAGES, log=lambda _: None)
+    outputs = outputs_for(tmp_path)
+    captions = pl.read_parquet(outputs.captions_path("de")).filter(pl.col("split") == "test")
+    paths = [outputs.text_embedding_shard_path("de", shard) for shard in shard_keys(2)]
+    model = pipeline_for(tmp_path).settings.text_model
+    assert _union_of_caption_shards(captions, paths, model).height == captions.height
+    with pytest.raises(DatasetError, match=rf"do not match the {captions.height} needed captions embedded by another:model \(e\.g\. \['"):
+        _union_of_caption_shards(captions, paths, "another:model")  # every row, but from another model
+    shard = pl.read_parquet(paths[1])
+    shard.head(shard.height - 1).write_parquet(paths[1])  # one caption's vector lost
+    with pytest.raises(DatasetError, match=rf"the caption shards \(2 files, {captions.height - 1} rows\) do not match the {captions.height} needed"):
+        _union_of_caption_shards(captions, paths, model)

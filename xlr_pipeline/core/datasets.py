@@ -84,6 +84,10 @@ class DatasetSpec:
     # Image embeddings are computed in this many shards (stable hash buckets of image ids), each its own
     # partition: a backfill or `xlr run --workers N` embeds them in parallel.
     image_shards: int = 1
+    # Each language's captions are embedded in this many shards (stable hash buckets of caption ids), each its
+    # own step of the language's run: an executor with several workers (multiprocess, Dask, Kubernetes) runs
+    # them in parallel.
+    caption_shards: int = 1
 
     @classmethod
     def load(cls, root: Path) -> "DatasetSpec":
@@ -130,9 +134,10 @@ class DatasetSpec:
             raise DatasetError(f"{spec_file}: coco_train_images must be a whole number ≥ 0, not {train_images!r}")
         if train_images and raw.get("image_source") != "coco2014":
             raise DatasetError(f"{spec_file}: coco_train_images needs image_source = \"coco2014\"")
-        shards = raw.get("image_shards", 1)
-        if not isinstance(shards, int) or isinstance(shards, bool) or not 1 <= shards <= MAX_SHARDS:
-            raise DatasetError(f"{spec_file}: image_shards must be a whole number from 1 to {MAX_SHARDS}, not {shards!r}")
+        for field in ("image_shards", "caption_shards"):
+            shards = raw.get(field, 1)
+            if not isinstance(shards, int) or isinstance(shards, bool) or not 1 <= shards <= MAX_SHARDS:
+                raise DatasetError(f"{spec_file}: {field} must be a whole number from 1 to {MAX_SHARDS}, not {shards!r}")
         return cls(root=root, **raw)
 
     @property

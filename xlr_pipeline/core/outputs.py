@@ -44,6 +44,9 @@ class DatasetOutputs:
     def text_embeddings_path(self, language: str) -> Location:
         return self.root / "text_embeddings" / f"{language}.parquet"
 
+    def text_embedding_shard_path(self, language: str, shard: str) -> Location:
+        return self.root / "text_embeddings" / "shards" / language / f"{shard}.parquet"
+
     @property
     def head_path(self) -> Location:
         return self.root / "projection_head" / "head.pt"

@@ -1,8 +1,8 @@
-"""Image shards: stable hash buckets of image ids.
+"""Shards: stable hash buckets of image ids (image shards) or caption ids (caption shards).
 
-An image's shard depends only on its id and the shard count (the first 8 bytes of sha256(id), modulo the count),
+An item's shard depends only on its id and the shard count (the first 8 bytes of sha256(id), modulo the count),
 so it is the same on every machine, in every run and for every process: shards can be embedded in parallel, by
-separate runs or cluster workers, and their union is the whole image set.
+separate runs, steps or cluster workers, and their union is the whole set.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ def parse_shard_key(key: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-def shard_of(image_id: str, count: int) -> int:
-    return int.from_bytes(hashlib.sha256(image_id.encode("utf-8")).digest()[:8], "big") % count
+def shard_of(item_id: str, count: int) -> int:
+    return int.from_bytes(hashlib.sha256(item_id.encode("utf-8")).digest()[:8], "big") % count
 
 
-def shard_indices(image_ids: list[str], count: int) -> list[int]:
-    """Each id's shard, one hash per id (a run covering several shards splits its images in one pass)."""
-    return [shard_of(image_id, count) for image_id in image_ids]
+def shard_indices(item_ids: list[str], count: int) -> list[int]:
+    """Each id's shard, one hash per id (a run covering several shards splits its items in one pass)."""
+    return [shard_of(item_id, count) for item_id in item_ids]

@@ -5,15 +5,16 @@ import numpy as np
 import polars as pl
 
 from xlr_pipeline.core.embeddings import ProgressCallback, embed_with_cache, vectors_of, with_vectors
-from xlr_pipeline.core.encoders import ImageEncoder, load_image, load_image_encoder, load_text_encoder
+from xlr_pipeline.core.encoders import ImageEncoder, TextEncoder, load_image, load_image_encoder, load_text_encoder
 from xlr_pipeline.core.image_sources import ImageSet
-from xlr_pipeline.core.shards import parse_shard_key
-from xlr_pipeline.core.storage import combined_hash, read_parquet, sha256_text, write_parquet_atomic
+from xlr_pipeline.core.shards import parse_shard_key, shard_indices
+from xlr_pipeline.core.shards import shard_keys as shard_keys_of
+from xlr_pipeline.core.storage import Location, combined_hash, read_parquet, sha256_text, write_parquet_atomic
 from xlr_pipeline.core.datasets import DatasetError, ImageRecord
 from xlr_pipeline.core.threads import available_cores, limited_threads
 from xlr_pipeline.core.validation import duplicate_groups, norm_summary, vector_problems
 from xlr_pipeline.defs.lane import Lane
-from xlr_pipeline.defs.lineage import CURRENT_CONFIG, file_version, input_name, lineage_metadata
+from xlr_pipeline.defs.lineage import CURRENT_CONFIG, VERSION_KEY, file_version, input_name, lineage_metadata
 from xlr_pipeline.defs.metadata import PartitionOutcome, file_data_version, materialize_partitions, progress_logger
 from xlr_pipeline.defs.resources import XlrSettings, clear_failures, require_file
 from xlr_pipeline.defs.versions import CODE_VERSIONS
@@ -232,7 +233,62 @@ def _distinct_images_check(records: list[ImageRecord], hashes: list[str]) -> dg.
     )
 
 
+def _needed_captions(lane: Lane, settings: XlrSettings, language: str) -> pl.DataFrame:
+    """What is encoded: test-split captions of every language, plus train-split captions of the training language."""
+    path = require_file(lane.outputs(settings).captions_path(language), f"{lane.name}/captions[{language}]")
+    frame = read_parquet(path)
+    return frame.filter((pl.col("split") == "test") | (language == lane.train_language))
+
+
+def _embed_captions(
+    settings: XlrSettings, encoder: TextEncoder, captions: pl.DataFrame, progress: ProgressCallback | None
+) -> tuple[pl.DataFrame, int]:
+    """(`caption_id`, `image_id`, `split`, `content_hash`, vector, `model_id`) through the embedding cache; also
+    how many were encoded now."""
+    texts = captions["caption"].to_list()
+    hashes = [sha256_text(text) for text in texts]
+    with limited_threads(settings.step_threads):
+        vectors, encoded = embed_with_cache(
+            texts, hashes, encoder.encode, settings.embedding_cache(encoder.model_id), settings.text_batch_size, progress
+        )
+    frame = with_vectors(captions.select("caption_id", "image_id", "split").with_columns(pl.Series("content_hash", hashes)), vectors)
+    return frame.with_columns(pl.lit(encoder.model_id).alias("model_id")), encoded
+
+
+def _write_text_embeddings(
+    lane: Lane, settings: XlrSettings, key: dg.AssetKey, language: str, frame: pl.DataFrame, encoder: TextEncoder,
+    needed: pl.DataFrame, extra: dict,
+) -> PartitionOutcome:
+    """Write one language's table and describe it (metadata, lineage, checks against the encoder and the needed
+    captions), however it was computed."""
+    outputs = lane.outputs(settings)
+    path = outputs.text_embeddings_path(language)
+    write_parquet_atomic(frame, path)
+    vectors = vectors_of(frame)
+    return PartitionOutcome(
+        version=file_version(path),
+        metadata={
+            "language": language,
+            "text_model": encoder.model_id,
+            "dim": encoder.dim,
+            "dagster/row_count": frame.height,
+            **extra,
+            "path": dg.MetadataValue.path(str(path)),
+            **lineage_metadata(
+                CURRENT_CONFIG["text_embeddings"](settings, lane, language, {}),
+                {input_name("captions", language): file_version(outputs.captions_path(language))},
+                [path],
+                settings.root,
+            ),
+        },
+        checks=_vector_check(key, vectors, encoder.dim, needed.height),
+    )
+
+
 def build_text_embeddings(lane: Lane, captions: dg.AssetsDefinition) -> dg.AssetsDefinition:
+    """One step per language, or — with `caption_shards` > 1 — a language's captions in shards, each its own step."""
+    if lane.spec.caption_shards > 1:
+        return _build_sharded_text_embeddings(lane, captions)
     key = lane.key("text_embeddings")
 
     @dg.asset(
@@ -251,49 +307,97 @@ def build_text_embeddings(lane: Lane, captions: dg.AssetsDefinition) -> dg.Asset
         Only what is used is encoded: test-split captions of every language, plus train-split captions of
         the dataset's training language. Cached by (caption hash, model id).
         """
-        outputs = lane.outputs(settings)
         with clear_failures():
             encoder = load_text_encoder(settings.text_model)
 
         def one_language(language: str) -> PartitionOutcome:
-            with clear_failures(), limited_threads(settings.step_threads):
-                frame = read_parquet(require_file(outputs.captions_path(language), f"{lane.name}/captions[{language}]"))
-                needed = frame.filter((pl.col("split") == "test") | (language == lane.train_language))
-                texts = needed["caption"].to_list()
-                hashes = [sha256_text(text) for text in texts]
-                vectors, encoded = embed_with_cache(
-                    texts,
-                    hashes,
-                    encoder.encode,
-                    settings.embedding_cache(encoder.model_id),
-                    settings.text_batch_size,
-                    progress_logger(context, f"{language} captions"),
-                )
-            out = with_vectors(
-                needed.select("caption_id", "image_id", "split").with_columns(pl.Series("content_hash", hashes)), vectors
-            ).with_columns(pl.lit(encoder.model_id).alias("model_id"))
-            path = outputs.text_embeddings_path(language)
-            write_parquet_atomic(out, path)
-            return PartitionOutcome(
-                version=file_version(path),
-                metadata={
-                    "language": language,
-                    "text_model": encoder.model_id,
-                    "dim": encoder.dim,
-                    "dagster/row_count": out.height,
-                    "encoded_now": encoded,
-                    "from_cache": out.height - encoded,
-                    "path": dg.MetadataValue.path(str(path)),
-                    **lineage_metadata(
-                        CURRENT_CONFIG["text_embeddings"](settings, lane, language, {}),
-                        {input_name("captions", language): file_version(outputs.captions_path(language))},
-                        [path],
-                        settings.root,
-                    ),
-                },
-                checks=_vector_check(key, vectors, encoder.dim, needed.height),
-            )
+            with clear_failures():
+                needed = _needed_captions(lane, settings, language)
+                frame, encoded = _embed_captions(settings, encoder, needed, progress_logger(context, f"{language} captions"))
+            extra = {"encoded_now": encoded, "from_cache": frame.height - encoded}
+            return _write_text_embeddings(lane, settings, key, language, frame, encoder, needed, extra)
 
         return materialize_partitions(context, one_language)
 
     return text_embeddings
+
+
+def _build_sharded_text_embeddings(lane: Lane, captions: dg.AssetsDefinition) -> dg.AssetsDefinition:
+    """`text_embeddings` as a graph: a language's captions split into `caption_shards` stable hash buckets of
+    caption ids, each embedded by its own step (run side by side by the multiprocess, Dask, Celery or Kubernetes
+    executor), then their union — the same asset, partitions and table as unsharded, so nothing downstream changes."""
+    key = lane.key("text_embeddings")
+    check_specs = _vector_check_specs(key, "needed caption")
+    shard_keys = shard_keys_of(lane.spec.caption_shards)
+    prefix = f"{lane.name}__text_embeddings"
+
+    @dg.op(name=f"{prefix}_shards", ins={"captions": dg.In(dg.Nothing)}, out=dg.DynamicOut(dg.Nothing))
+    def caption_shards():
+        for shard in shard_keys:
+            yield dg.DynamicOutput(None, mapping_key=shard.replace("-", "_"))  # mapping keys allow no '-'
+
+    @dg.op(name=f"{prefix}_embed_shard", ins={"shard": dg.In(dg.Nothing)}, tags={"kind": "pytorch"})
+    def embed_caption_shard(context: dg.OpExecutionContext, settings: XlrSettings) -> None:
+        """One shard of one language's needed captions, written to `text_embeddings/shards/<language>/<shard>.parquet`."""
+        language, shard = context.partition_key, context.get_mapping_key().replace("_", "-")
+        index, count = parse_shard_key(shard)
+        with clear_failures():
+            needed = _needed_captions(lane, settings, language)
+            part = needed.filter(pl.Series(shard_indices(needed["caption_id"].to_list(), count)) == index)
+            frame, encoded = _embed_captions(
+                settings, load_text_encoder(settings.text_model), part, progress_logger(context, f"{language} captions, shard {shard}")
+            )
+        write_parquet_atomic(frame, lane.outputs(settings).text_embedding_shard_path(language, shard))
+        context.log.info(f"{language} shard {shard}: {frame.height} captions, {encoded} encoded now")
+
+    @dg.op(
+        name=f"{prefix}_union",
+        ins={"shards": dg.In(dg.Nothing)},
+        out={"result": dg.Out(dg.Nothing), **{spec.get_python_identifier(): dg.Out(dg.Nothing) for spec in check_specs}},
+    )
+    def union_caption_shards(context: dg.OpExecutionContext, settings: XlrSettings):
+        language = context.partition_key
+        outputs = lane.outputs(settings)
+        with clear_failures():
+            needed = _needed_captions(lane, settings, language)
+            paths = [require_file(outputs.text_embedding_shard_path(language, shard), f"{key.to_user_string()}[{language}]") for shard in shard_keys]
+            frame = _union_of_caption_shards(needed, paths, settings.text_model)
+            encoder = load_text_encoder(settings.text_model)  # its dimension is what the vectors are checked against
+        outcome = _write_text_embeddings(lane, settings, key, language, frame, encoder, needed, {"shards": len(shard_keys)})
+        context.add_output_metadata({**outcome.metadata, VERSION_KEY: outcome.version}, output_name="result")
+        yield from outcome.checks
+        yield dg.Output(None, output_name="result", data_version=dg.DataVersion(outcome.version))
+
+    @dg.graph_asset(
+        key=key,
+        ins={"captions": dg.AssetIn(key=captions.key, dagster_type=dg.Nothing)},
+        partitions_def=lane.partitions,
+        group_name=lane.group,
+        kinds={"pytorch", "parquet"},
+        code_version=CODE_VERSIONS["text_embeddings"],
+        backfill_policy=dg.BackfillPolicy.multi_run(1),  # one language per run; its shards are the run's parallel steps
+        check_specs=check_specs,
+        description=_build_sharded_text_embeddings.__doc__,
+    )
+    def text_embeddings(captions):
+        result, *checks = union_caption_shards(caption_shards(captions).map(lambda shard: embed_caption_shard(shard)).collect())
+        return {"result": result, **{spec.get_python_identifier(): check for spec, check in zip(check_specs, checks)}}
+
+    return text_embeddings
+
+
+def _union_of_caption_shards(needed: pl.DataFrame, shard_paths: list[Location], text_model: str) -> pl.DataFrame:
+    """The shards' rows in the captions' order; every needed caption must be in exactly one shard, embedded from
+    its current text by the configured model (else a clear error, nothing written)."""
+    shards = pl.concat([read_parquet(path) for path in shard_paths])
+    wanted = needed.select("caption_id", pl.Series("expected_hash", [sha256_text(text) for text in needed["caption"]]))
+    joined = wanted.join(shards, on="caption_id", how="left", maintain_order="left")
+    out_of_date = joined.filter(
+        pl.col("content_hash").is_null() | (pl.col("content_hash") != pl.col("expected_hash")) | (pl.col("model_id") != text_model)
+    )
+    if shards.height != wanted.height or not out_of_date.is_empty():
+        raise DatasetError(
+            f"the caption shards ({len(shard_paths)} files, {shards.height} rows) do not match the {wanted.height} needed "
+            f"captions embedded by {text_model} (e.g. {out_of_date['caption_id'].head(5).to_list()}): run text_embeddings again"
+        )
+    return joined.drop("expected_hash")

@@ -17,6 +17,8 @@ from xlr_pipeline.defs.resources import XlrSettings
 # process loads torch once instead of once per language. The parameter is marked beta; its note would print on
 # every definitions load.
 warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
+# Sharded text embeddings report their data version on a graph's output (`Output(data_version=…)`, also beta).
+warnings.filterwarnings("ignore", message="Parameter `data_version`", category=dg.BetaWarning)
 
 # The per-dataset chain (`xlr run`) and the experiments on top of it (`xlr grid`), by asset name.
 CHAIN_ASSETS = ("images", "captions", "image_embedding_shards", "image_embeddings", "text_embeddings", "projection_head", "image_index", "retrieval_metrics")
