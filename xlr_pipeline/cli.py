@@ -451,7 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=_positive_int,
         default=1,
-        help="embed image shards (image_shards in dataset.toml) as this many concurrent runs, each with an equal share of the cores",
+        help="embed image shards (image_shards in dataset.toml) as this many concurrent runs, and a language's caption "
+        "shards (caption_shards) as this many step processes, each with an equal share of the cores",
     )
 
     run = commands.add_parser("run", parents=[pipeline_options, worker_options], help="materialize what is missing and print per-language Recall")

@@ -7,6 +7,7 @@ these runs and their metadata like any other.
 from __future__ import annotations
 
 import fcntl
+import json
 import multiprocessing
 import os
 import time
@@ -205,6 +206,8 @@ def run_pipeline(
                 due.append(target)
             if workers > 1 and len(due) > 1 and resolver.is_sharded(key):
                 timings = materialize_concurrently(instance, pipeline, due, workers, console_log_level)
+            elif workers > 1 and has_parallel_steps(pipeline, key):
+                timings = ((target, _timed(materialize_with_parallel_steps, instance, pipeline, target, workers, console_log_level)) for target in due)
             else:
                 timings = ((target, _timed(materialize_target, instance, pipeline, target, asset_configs, console_log_level)) for target in due)
             for target, elapsed in timings:
@@ -218,6 +221,46 @@ def _timed(function: Callable, *args) -> float:
     started = time.perf_counter()
     function(*args)
     return time.perf_counter() - started
+
+
+def has_parallel_steps(pipeline: Pipeline, key: dg.AssetKey) -> bool:
+    """Whether one run of `key` has steps that can run side by side: a language's caption shards."""
+    return asset_name(key) == "text_embeddings" and pipeline.lane(key.path[0]).spec.caption_shards > 1
+
+
+def _settings_for_workers(settings: XlrSettings, workers: int) -> dict:
+    """The settings as fields, with each of `workers` processes given an equal share of the cores."""
+    fields = {name: getattr(settings, name) for name in type(settings).model_fields}
+    fields["step_threads"] = max(1, (settings.step_threads or available_cores()) // workers)
+    return fields
+
+
+def parallel_steps_job(settings: str, key: list[str]) -> dg.JobDefinition:
+    """A job of one asset over the settings (JSON) of the `xlr` command that launched it, as each step process of
+    Dagster's multiprocess executor rebuilds it (`build_reconstructable_job` passes both arguments along)."""
+    pipeline = build_pipeline(XlrSettings(**json.loads(settings)))
+    job = dg.define_asset_job("xlr_parallel_steps", selection=[dg.AssetKey(key)], executor_def=dg.multiprocess_executor)
+    return dg.Definitions.merge(pipeline.definitions, dg.Definitions(jobs=[job])).resolve_job_def("xlr_parallel_steps")
+
+
+def materialize_with_parallel_steps(
+    instance: dg.DagsterInstance, pipeline: Pipeline, target: Target, workers: int, console_log_level: str = "INFO"
+) -> None:
+    """One run of `target` whose steps run in up to `workers` processes (Dagster's multiprocess executor), each
+    with 1/workers of the cores."""
+    settings = json.dumps(_settings_for_workers(pipeline.settings, workers))
+    result = dg.execute_job(
+        dg.build_reconstructable_job(__name__, parallel_steps_job.__name__, reconstructable_args=(settings, list(target.key.path))),
+        instance,
+        run_config={
+            "execution": {"config": {"max_concurrent": workers}},
+            "loggers": {"console": {"config": {"log_level": console_log_level}}},
+        },
+        tags={"dagster/partition": target.partition} if target.partition else None,
+        raise_on_error=False,
+    )
+    if not result.success:
+        raise RunFailed(f"{target.name} failed: {_first_error(result)}")
 
 
 def _materialize_in_worker(
@@ -235,9 +278,7 @@ def materialize_concurrently(
     """Run `targets` (independent partitions) as concurrent runs in `workers` spawned processes; each gets
     1/workers of the cores for torch and BLAS, so together they never oversubscribe the machine."""
     workers = min(workers, len(targets))
-    settings = pipeline.settings
-    fields = {name: getattr(settings, name) for name in type(settings).model_fields}
-    fields["step_threads"] = max(1, (settings.step_threads or available_cores()) // workers)
+    fields = _settings_for_workers(pipeline.settings, workers)
     specs = [lane.spec for lane in pipeline.lanes.values()]
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [

@@ -126,18 +126,17 @@ def test_caption_shards_run_as_parallel_steps_and_give_the_unsharded_table(tmp_p
         run_pipeline(instance, pipeline, [DATASET], stages=frozenset({"captions"}), log=lambda _: None)
         result = dg.execute_job(dg.reconstructable(text_embeddings_job), instance, tags={"dagster/partition": "de"}, raise_on_error=False)
         assert result.success
-        shard_steps = {
-            event.step_key: event.pid for event in result.all_events if event.is_step_start and "embed_shard" in event.step_key
-        }
-        assert sorted(key.rsplit("[", 1)[1] for key in shard_steps) == ["000_of_002]", "001_of_002]"]
-        assert len(set(shard_steps.values()) | {os.getpid()}) == 3  # each shard in its own process
+        _assert_shards_ran_in_two_processes(result.all_events)
         materialization = instance.fetch_materializations(TEXT_EMBEDDINGS, limit=1).records[0].asset_materialization
         assert materialization.partition == "de" and materialization.metadata["shards"].value == 2
         checks = [e.asset_check_evaluation_data for e in result.all_events if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION]
         assert {check.check_name for check in checks} == {"vectors_valid", "row_count_matches_source"} and all(c.passed for c in checks)
-        # the same asset and lineage as unsharded: the other languages are missing, `de` is fresh
-        rerun = run_pipeline(instance, pipeline, [DATASET], stages=CAPTION_STAGES, include_stale=True, log=lambda _: None)
+        # The same asset and lineage as unsharded: the other languages are missing, `de` is fresh; `xlr run
+        # --workers 2` runs each language's shard steps in two processes too.
+        rerun = run_pipeline(instance, pipeline, [DATASET], stages=CAPTION_STAGES, include_stale=True, workers=2, log=lambda _: None)
         assert sorted(partition for _, partition, _ in rerun.executed) == ["en", "ja"]
+        for run in instance.get_runs(limit=2):
+            _assert_shards_ran_in_two_processes([entry.dagster_event for entry in instance.all_logs(run.run_id) if entry.dagster_event])
 
     outputs = outputs_for(sharded_dir)
     assert all(outputs.text_embedding_shard_path("de", shard).is_file() for shard in shard_keys(2))
@@ -146,6 +145,12 @@ def test_caption_shards_run_as_parallel_steps_and_give_the_unsharded_table(tmp_p
     assert sharded.height == unsharded.height > 0 and sharded.drop("vector").equals(unsharded.drop("vector"))
     difference = np.abs(np.stack(sharded["vector"].to_numpy()) - np.stack(unsharded["vector"].to_numpy())).max()
     assert difference < 1e-5  # other batches, same captions: float32 rounding at most
+
+
+def _assert_shards_ran_in_two_processes(events) -> None:
+    pids = {event.step_key: event.pid for event in events if event.is_step_start and "embed_shard" in event.step_key}
+    assert sorted(key.rsplit("[", 1)[1] for key in pids) == ["000_of_002]", "001_of_002]"]
+    assert len(set(pids.values()) | {os.getpid()}) == 3  # each shard in its own process
 
 
 def test_caption_shards_that_do_not_cover_the_captions_are_refused(tmp_path):
