@@ -16,6 +16,7 @@ import duckdb
 import polars as pl
 
 from xlr_pipeline.core.report import to_markdown
+from xlr_pipeline.core.storage import StorageError
 from xlr_pipeline.core.warehouse import attach_rank_files, rank_files_url, recorded_ranks_root
 
 OutputFormat = Literal["table", "csv", "json", "markdown"]
@@ -44,7 +45,7 @@ def _connect(db_path: Path, timeout_s: float = 30.0) -> duckdb.DuckDBPyConnectio
             if "lock" not in str(error).lower() or time.monotonic() > deadline:
                 raise QueryError(str(error)) from None
             time.sleep(0.2)
-        except duckdb.Error as error:
+        except (duckdb.Error, StorageError) as error:  # StorageError: the rank files' location needs a driver not installed here
             raise QueryError(str(error)) from None
 
 
