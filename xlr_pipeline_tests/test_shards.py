@@ -168,3 +168,17 @@ def test_caption_shards_that_do_not_cover_the_captions_are_refused(tmp_path):
     shard.head(shard.height - 1).write_parquet(paths[1])  # one caption's vector lost
     with pytest.raises(DatasetError, match=rf"the caption shards \(2 files, {captions.height - 1} rows\) do not match the {captions.height} needed"):
         _union_of_caption_shards(captions, paths, model)
+
+
+def test_more_caption_shards_than_captions_leaves_empty_shards_and_a_whole_table(tmp_path):
+    make_emoji_subset(tmp_path, n_train=2, n_test=2, languages=("en", "de"))
+    with open(tmp_path / DATASET / "dataset.toml", "a", encoding="utf-8") as spec:
+        spec.write("caption_shards = 8\n")
+    with dg.instance_for_test() as instance:
+        run_pipeline(instance, pipeline_for(tmp_path), [DATASET], stages=CAPTION_STAGES, log=lambda _: None)
+    outputs = outputs_for(tmp_path)
+    sizes = [pl.read_parquet(outputs.text_embedding_shard_path("de", shard)).height for shard in shard_keys(8)]
+    table = pl.read_parquet(outputs.text_embeddings_path("de"))
+    assert sum(sizes) == table.height == 2 and sizes.count(0) >= 6  # at most two shards hold de's two test captions
+    test_captions = pl.read_parquet(outputs.captions_path("de")).filter(pl.col("split") == "test")
+    assert table["caption_id"].to_list() == test_captions["caption_id"].to_list()  # the captions' order

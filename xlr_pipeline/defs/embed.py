@@ -247,11 +247,15 @@ def _embed_captions(
     how many were encoded now."""
     texts = captions["caption"].to_list()
     hashes = [sha256_text(text) for text in texts]
-    with limited_threads(settings.step_threads):
-        vectors, encoded = embed_with_cache(
-            texts, hashes, encoder.encode, settings.embedding_cache(encoder.model_id), settings.text_batch_size, progress
-        )
-    frame = with_vectors(captions.select("caption_id", "image_id", "split").with_columns(pl.Series("content_hash", hashes)), vectors)
+    if not texts:  # a caption shard may hold none (few captions, many shards)
+        vectors, encoded = np.zeros((0, encoder.dim), dtype=np.float32), 0
+    else:
+        with limited_threads(settings.step_threads):
+            vectors, encoded = embed_with_cache(
+                texts, hashes, encoder.encode, settings.embedding_cache(encoder.model_id), settings.text_batch_size, progress
+            )
+    frame = captions.select("caption_id", "image_id", "split").with_columns(pl.Series("content_hash", hashes, dtype=pl.String))
+    frame = with_vectors(frame, vectors)
     return frame.with_columns(pl.lit(encoder.model_id).alias("model_id")), encoded
 
 
