@@ -10,7 +10,7 @@ Each is a whole `text_embeddings[en]` run through the code location as `dagster`
 a fresh interpreter (Dagster caches a reconstructed job per process), so the shard processes' start-up
 (imports, encoder load) is counted. Writes benchmarks/results/caption_shards.{json,md}.
 
-Usage: .venv/bin/python benchmarks/caption_shards.py [--captions 6000]
+Usage: .venv/bin/python benchmarks/caption_shards.py [--captions 6000] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -64,8 +65,30 @@ def large_english_dataset(target: Path, captions: int, shards: int) -> Path:
     return target
 
 
-def stage_seconds(captions: int, shards: int, executor: str, step_threads: int) -> tuple[float, int]:
-    """Wall time of one `text_embeddings[en]` run (captions materialized first, not timed) and how many captions it wrote."""
+def step_timeline(instance: dg.DagsterInstance, run_id: str) -> list[dict]:
+    """Per step, from the run's event log: seconds from the executor launching its process (STEP_WORKER_STARTING;
+    in-process: its start) to its start (process start-up, imports, loading the code location) and from its start
+    to its success (the step's work)."""
+    launched, started, succeeded = {}, {}, {}
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        if event is None or event.step_key is None:
+            continue
+        if event.event_type == dg.DagsterEventType.STEP_WORKER_STARTING:
+            launched[event.step_key] = entry.timestamp
+        elif event.is_step_start:
+            started[event.step_key] = entry.timestamp
+        elif event.is_step_success:
+            succeeded[event.step_key] = entry.timestamp
+    return [
+        {"step": step.split(".", 1)[-1], "before_start_s": round(started[step] - launched.get(step, started[step]), 2), "step_s": round(succeeded[step] - started[step], 2)}
+        for step in sorted(started, key=started.get)
+    ]
+
+
+def stage_seconds(captions: int, shards: int, executor: str, step_threads: int) -> tuple[float, int, list[dict]]:
+    """Wall time of one `text_embeddings[en]` run (captions materialized first, not timed), how many captions it
+    wrote, and its steps' timeline."""
     data_dir = large_english_dataset(Path(tempfile.mkdtemp(prefix="xlr-bench-")), captions, shards)
     os.environ |= {"XLR_DATA_DIR": str(data_dir), "XLR_EXECUTOR": executor, "XLR_STEP_THREADS": str(step_threads)}
     pipeline = build_pipeline(XlrSettings(data_dir=str(data_dir), step_threads=step_threads))
@@ -77,20 +100,22 @@ def stage_seconds(captions: int, shards: int, executor: str, step_threads: int) 
         began = time.perf_counter()
         result = dg.execute_job(dg.reconstructable(text_embeddings_job), instance, tags={"dagster/partition": "en"})
         seconds = time.perf_counter() - began
-    assert result.success
-    return seconds, pl.read_parquet(pipeline.settings.outputs(DATASET).text_embeddings_path("en")).height
+        assert result.success
+        timeline = step_timeline(instance, result.run_id)
+    return seconds, pl.read_parquet(pipeline.settings.outputs(DATASET).text_embeddings_path("en")).height, timeline
 
 
-def measured_in_fresh_interpreter(captions: int, shards: int, executor: str, step_threads: int) -> tuple[float, int]:
+def measured_in_fresh_interpreter(captions: int, shards: int, executor: str, step_threads: int) -> tuple[float, int, list[dict]]:
     command = [sys.executable, __file__, "--measure", str(captions), str(shards), executor, str(step_threads)]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
-    seconds, count = json.loads(done.stdout.strip().splitlines()[-1])
-    return seconds, count
+    seconds, count, timeline = json.loads(done.stdout.strip().splitlines()[-1])
+    return seconds, count, timeline
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--captions", type=int, default=6000, help="English captions to embed (default 6000)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every configuration (default 3)")
     parser.add_argument("--measure", nargs=4, metavar=("CAPTIONS", "SHARDS", "EXECUTOR", "THREADS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:  # one measurement, in this fresh interpreter
@@ -105,24 +130,43 @@ def main() -> None:
         ("1 step, every core", 1, "in_process", 0),
         ("2 caption shards, 2 step processes of 1 thread (multiprocess executor) + union", 2, "multiprocess", 1),
     ]
+    # Rounds of every configuration in turn, so a slow spell of this shared machine hits each one alike; the
+    # table gives the median and each round's ratio to that round's baseline.
+    runs: dict[str, list[tuple[float, int, list[dict]]]] = {name: [] for name, *_ in configurations}
+    for _ in range(args.rounds):
+        for name, shards, executor, threads in configurations:
+            runs[name].append(measured_in_fresh_interpreter(args.captions, shards, executor, threads))
+            print(name, runs[name][-1][:2], flush=True)
     rows = []
-    for name, shards, executor, threads in configurations:
-        seconds, count = measured_in_fresh_interpreter(args.captions, shards, executor, threads)
-        row = {"measurement": name, "seconds": round(seconds, 2), "captions": count, "captions_per_s": round(count / seconds, 1)}
-        row["speed_vs_baseline"] = round(rows[0]["seconds"] / seconds, 3) if rows else 1.0
-        rows.append(row)
-        print(row, flush=True)
-    result = {**header("caption_shards", DATASET), "text_model": DEFAULT_TEXT_MODEL, "cores": cores, "captions": args.captions, "rows": rows}
+    for name, *_ in configurations:
+        seconds = [run[0] for run in runs[name]]
+        ratios = [base[0] / run[0] for base, run in zip(runs[baseline], runs[name])]
+        rows.append({
+            "measurement": name, "seconds": round(statistics.median(seconds), 2), "seconds_each_round": [round(x, 2) for x in seconds],
+            "captions": runs[name][0][1], "captions_per_s": round(runs[name][0][1] / statistics.median(seconds), 1),
+            "speed_vs_baseline": round(statistics.median(runs[baseline][i][0] for i in range(args.rounds)) / statistics.median(seconds), 3),
+            "speed_each_round": [round(x, 3) for x in ratios], "steps": runs[name][-1][2],
+        })
+    result = {**header("caption_shards", DATASET), "text_model": DEFAULT_TEXT_MODEL, "cores": cores, "captions": args.captions, "rounds": args.rounds, "rows": rows}
     lines = [
         f"# Caption shards: text_embeddings[en] of {args.captions} captions ({result['date']}, {cores} cores, {DEFAULT_TEXT_MODEL}, empty cache each)",
         "",
-        "| measurement | wall time (s) | captions/s | speed vs baseline |",
-        "|---|---|---|---|",
+        f"| measurement | median wall time (s) of {args.rounds} rounds | each round (s) | captions/s | speed vs baseline (each round's) |",
+        "|---|---|---|---|---|",
         *[
-            f"| {r['measurement']} | {r['seconds']:.1f} | {r['captions_per_s']:.1f} | "
-            + (f"{r['speed_vs_baseline']:.2f}×" if r["measurement"] != baseline else "baseline") + " |"
+            f"| {r['measurement']} | {r['seconds']:.1f} | {', '.join(f'{x:.1f}' for x in r['seconds_each_round'])} | {r['captions_per_s']:.1f} | "
+            + (f"{r['speed_vs_baseline']:.2f}× ({', '.join(f'{x:.2f}' for x in r['speed_each_round'])})" if r["measurement"] != baseline else "baseline")
+            + " |"
             for r in rows
         ],
+        "",
+        "Steps of each configuration's last run (from its event log): seconds from the executor launching a step to its start (for a step",
+        "process: interpreter start-up, imports, loading the code location), and the step's own time (loading the",
+        "encoder, reading, encoding, writing).",
+        "",
+        "| measurement | step | before start (s) | step (s) |",
+        "|---|---|---|---|",
+        *[f"| {r['measurement']} | {step['step']} | {step['before_start_s']:.1f} | {step['step_s']:.1f} |" for r in rows for step in r["steps"]],
         "",
     ]
     write_results(result, lines)
