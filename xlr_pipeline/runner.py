@@ -224,8 +224,10 @@ def _timed(function: Callable, *args) -> float:
 
 
 def has_parallel_steps(pipeline: Pipeline, key: dg.AssetKey) -> bool:
-    """Whether one run of `key` has steps that can run side by side: a language's caption shards."""
-    return asset_name(key) == "text_embeddings" and pipeline.lane(key.path[0]).spec.caption_shards > 1
+    """Whether one run of `key` has steps that can run side by side: a graph-backed asset (e.g. a language's
+    caption shards)."""
+    node = pipeline.definitions.get_repository_def().assets_defs_by_key[key].node_def
+    return isinstance(node, dg.GraphDefinition)
 
 
 def _settings_for_workers(settings: XlrSettings, workers: int) -> dict:

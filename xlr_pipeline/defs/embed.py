@@ -384,7 +384,7 @@ def _build_sharded_text_embeddings(lane: Lane, captions: dg.AssetsDefinition) ->
         description=_build_sharded_text_embeddings.__doc__,
     )
     def text_embeddings(captions):
-        result, *checks = union_caption_shards(caption_shards(captions).map(lambda shard: embed_caption_shard(shard)).collect())
+        result, *checks = union_caption_shards(caption_shards(captions).map(embed_caption_shard).collect())
         return {"result": result, **{spec.get_python_identifier(): check for spec, check in zip(check_specs, checks)}}
 
     return text_embeddings
