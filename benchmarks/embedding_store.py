@@ -52,7 +52,7 @@ def measure(size: int, root: Path, rng: np.random.Generator) -> dict:
     asked = [hashes[i] for i in rng.choice(size, LOOKUPS, replace=False)]
     expected = {h: vectors[i] for i, h in enumerate(hashes)}
 
-    cache = EmbeddingCache(root / "store", f"bench:{size}")
+    cache = EmbeddingCache(root / "store", f"bench:{size}", "bench-engine")
     started = time.perf_counter()
     for start in range(0, size, 10_000):
         cache.add(hashes[start : start + 10_000], vectors[start : start + 10_000])

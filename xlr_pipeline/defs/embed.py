@@ -5,7 +5,7 @@ import numpy as np
 import polars as pl
 
 from xlr_pipeline.core.embeddings import ProgressCallback, embed_with_cache, vectors_of, with_vectors
-from xlr_pipeline.core.encoders import ImageEncoder, TextEncoder, load_image, load_image_encoder, load_text_encoder
+from xlr_pipeline.core.encoders import ImageEncoder, TextEncoder, load_image
 from xlr_pipeline.core.image_sources import ImageSet
 from xlr_pipeline.core.shards import parse_shard_key, shard_indices
 from xlr_pipeline.core.shards import shard_keys as shard_keys_of
@@ -56,11 +56,11 @@ def embed_images(
         vectors, encoded = embed_with_cache(
             [paths[record.image_id] for record in records],
             hashes,
-            encoder.encode,
-            settings.embedding_cache(encoder.model_id),
+            encoder.encode_prepared,
+            settings.embedding_cache(encoder),
             settings.image_batch_size,
             progress,
-            decode=load_image,
+            decode=lambda path: encoder.prepare(load_image(path)),
             decode_workers=settings.decode_workers,
         )
     frame = pl.DataFrame({"image_id": [r.image_id for r in records], "split": [r.split for r in records], "content_hash": hashes})
@@ -88,7 +88,7 @@ def build_image_embedding_shards(lane: Lane, images: dg.AssetsDefinition) -> dg.
         outputs = lane.outputs(settings)
         with clear_failures():
             shards = ImageSet.read(require_file(outputs.images_path, f"{lane.name}/images")).split(lane.spec.image_shards)
-            encoder = load_image_encoder(settings.image_model)
+            encoder = settings.image_encoder()
 
         def one_shard(shard: str) -> PartitionOutcome:
             image_set = shards[parse_shard_key(shard)[0]]
@@ -252,7 +252,7 @@ def _embed_captions(
     else:
         with limited_threads(settings.step_threads):
             vectors, encoded = embed_with_cache(
-                texts, hashes, encoder.encode, settings.embedding_cache(encoder.model_id), settings.text_batch_size, progress
+                texts, hashes, encoder.encode, settings.embedding_cache(encoder), settings.text_batch_size, progress
             )
     frame = captions.select("caption_id", "image_id", "split").with_columns(pl.Series("content_hash", hashes, dtype=pl.String))
     frame = with_vectors(frame, vectors)
@@ -312,7 +312,7 @@ def build_text_embeddings(lane: Lane, captions: dg.AssetsDefinition) -> dg.Asset
         the dataset's training language. Cached by (caption hash, model id).
         """
         with clear_failures():
-            encoder = load_text_encoder(settings.text_model)
+            encoder = settings.text_encoder()
 
         def one_language(language: str) -> PartitionOutcome:
             with clear_failures():
@@ -349,7 +349,7 @@ def _build_sharded_text_embeddings(lane: Lane, captions: dg.AssetsDefinition) ->
             needed = _needed_captions(lane, settings, language)
             part = needed.filter(pl.Series(shard_indices(needed["caption_id"].to_list(), count)) == index)
             frame, encoded = _embed_captions(
-                settings, load_text_encoder(settings.text_model), part, progress_logger(context, f"{language} captions, shard {shard}")
+                settings, settings.text_encoder(), part, progress_logger(context, f"{language} captions, shard {shard}")
             )
         write_parquet_atomic(frame, lane.outputs(settings).text_embedding_shard_path(language, shard))
         context.log.info(f"{language} shard {shard}: {frame.height} captions, {encoded} encoded now")
@@ -366,7 +366,7 @@ def _build_sharded_text_embeddings(lane: Lane, captions: dg.AssetsDefinition) ->
             needed = _needed_captions(lane, settings, language)
             paths = [require_file(outputs.text_embedding_shard_path(language, shard), f"{key.to_user_string()}[{language}]") for shard in shard_keys]
             frame = _union_of_caption_shards(needed, paths, settings.text_model)
-            encoder = load_text_encoder(settings.text_model)  # its dimension is what the vectors are checked against
+            encoder = settings.text_encoder()  # its dimension is what the vectors are checked against
         outcome = _write_text_embeddings(lane, settings, key, language, frame, encoder, needed, {"shards": len(shard_keys)})
         context.add_output_metadata({**outcome.metadata, VERSION_KEY: outcome.version}, output_name="result")
         yield from outcome.checks

@@ -14,7 +14,6 @@ from xlr_pipeline.core.embeddings import vectors_of, with_vectors
 from xlr_pipeline.core.configs import FinetuneConfig, HeadConfig
 from xlr_pipeline.core.embeddings import model_slug
 from xlr_pipeline.core.choices import ENGLISH_ONLY_TEXT_MODEL, LITE2_IMAGE_MODEL, MUSE_TEXT_MODEL
-from xlr_pipeline.core.encoders import load_image_encoder
 from xlr_pipeline.core.evaluation import RunProvenance, TestQueries, evaluate_run
 from xlr_pipeline.core.choices import AUGMENTATIONS, FINETUNE_ARMS, OBJECTIVES, AugmentationName, FinetuneArmName, ObjectiveName
 from xlr_pipeline.core.grid import GridPlan, TrainingJob, cell_job, hits_frame, plan_cells, step_budget, training_data
@@ -376,7 +375,7 @@ def build_experiments(
         if plan.other_image_models:
             image_set = ImageSet.read(require_file(outputs.images_path, f"{lane.name}/images"))
             for model in plan.other_image_models:
-                image_frames[model] = embed_images(settings, image_set, load_image_encoder(model), progress_logger(context, model))[0]
+                image_frames[model] = embed_images(settings, image_set, settings.image_encoder(model), progress_logger(context, model))[0]
         text_frames = {settings.text_model: main_frames}
         for model in [*plan.other_text_models, *([plan.english_only_model] if plan.english_only_model else [])]:
             text_frames[model] = _caption_frames(settings, outputs, languages, train_language, model)

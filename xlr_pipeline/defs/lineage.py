@@ -12,6 +12,7 @@ from pathlib import Path
 import dagster as dg
 
 from xlr_pipeline.core.datasets import DatasetError
+from xlr_pipeline.core.encoders import backend_of
 from xlr_pipeline.core.image_sources import folders_fingerprint, locate_images
 from xlr_pipeline.core.storage import Location, is_remote, sha256_file, storage_location
 from xlr_pipeline.defs.lane import Lane
@@ -61,12 +62,17 @@ def _captions_config(settings: XlrSettings, lane: Lane, partition: str | None, h
 
 
 def _image_embeddings_config(settings: XlrSettings, lane: Lane, partition: str | None, head_config: dict) -> dict:
-    return {"dataset": lane.name, "image_model": settings.image_model}
+    return {"dataset": lane.name, "image_model": settings.image_model, "image_backend": backend_of(settings.image_model, settings.encoder_backend)}
 
 
 def _text_model_config(settings: XlrSettings, lane: Lane, partition: str | None, head_config: dict) -> dict:
     """Text embeddings and the grid's augmentations: the dataset, its training language and the text model."""
-    return {"dataset": lane.name, "train_language": lane.train_language, "text_model": settings.text_model}
+    return {
+        "dataset": lane.name,
+        "train_language": lane.train_language,
+        "text_model": settings.text_model,
+        "text_backend": backend_of(settings.text_model, settings.encoder_backend),
+    }
 
 
 def _head_config(settings: XlrSettings, lane: Lane, partition: str | None, head_config: dict) -> dict:

