@@ -33,30 +33,26 @@ def head_training_config(args: argparse.Namespace):
 
 
 DEFAULT_DATASET = "emoji_cldr"
-# Settings fields with a command-line option (--coco-dir …) and an XLR_* variable; the option wins.
-COCO_OPTIONS = ("coco_dir", "coco_download", "coco_image_url", "coco_annotations_url", "coco_train_images")
+
+
+def _settings_flags(args: argparse.Namespace) -> dict:
+    """The settings a command's flags give (those it has and the user set); see `settings_sources.py`."""
+    from xlr_pipeline.settings_sources import ENVIRONMENT_VARIABLES
+
+    flags = {field: getattr(args, field, None) for field in ENVIRONMENT_VARIABLES}
+    return flags | {"dataset_roots": getattr(args, "dataset_root", None)}
 
 
 def _pipeline(args: argparse.Namespace):
-    """The lanes of every dataset under --data-dir, --dataset-root and XLR_DATASET_ROOTS, with the chosen models."""
+    """The lanes of every dataset under the data dir and the dataset roots, with the chosen models and backend."""
     from pydantic import ValidationError
 
     from xlr_pipeline.defs.lanes import build_pipeline
-    from xlr_pipeline.defs.resources import ENVIRONMENT_VARIABLES, XlrSettings
+    from xlr_pipeline.defs.resources import XlrSettings
+    from xlr_pipeline.settings_sources import settings_values
 
-    environment_roots = [root for root in os.environ.get("XLR_DATASET_ROOTS", "").split(os.pathsep) if root]
-    coco = {field: os.environ[ENVIRONMENT_VARIABLES[field]] for field in COCO_OPTIONS if os.environ.get(ENVIRONMENT_VARIABLES[field])}
-    coco |= {field: getattr(args, field) for field in COCO_OPTIONS if getattr(args, field, None) not in (None, False)}
     try:
-        settings = XlrSettings(
-            data_dir=str(Path(args.data_dir).resolve()),
-            dataset_roots=[str(Path(root).resolve()) for root in [*args.dataset_root, *environment_roots]],
-            storage_url=args.storage_url,
-            image_model=getattr(args, "image_model", DEFAULT_IMAGE_MODEL),
-            text_model=getattr(args, "text_model", DEFAULT_TEXT_MODEL),
-            encoder_backend=getattr(args, "encoder_backend", None) or os.environ.get(ENVIRONMENT_VARIABLES["encoder_backend"]) or DEFAULT_BACKEND,
-            **coco,
-        )
+        settings = XlrSettings(**settings_values(_settings_flags(args)))
     except ValidationError as error:
         raise SystemExit(f"xlr: invalid option: {error}") from None
     return build_pipeline(settings)
@@ -368,7 +364,9 @@ def command_datasets(args: argparse.Namespace) -> int:
 def command_sql(args: argparse.Namespace) -> int:
     from xlr_pipeline.core.sql import QueryError, describe, render, run_sql
 
-    db_path = Path(args.data_dir).resolve() / "results.duckdb"
+    from xlr_pipeline.settings_sources import data_dir_of
+
+    db_path = data_dir_of(_settings_flags(args)) / "results.duckdb"
     try:
         if args.file:
             query = Path(args.file).read_text("utf-8")
@@ -418,12 +416,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     location_options = argparse.ArgumentParser(add_help=False)
-    location_options.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="folder with datasets, outputs and results.duckdb")
+    location_options.add_argument(
+        "--data-dir", help=f"folder with datasets, outputs and results.duckdb (default: XLR_DATA_DIR, else {DEFAULT_DATA_DIR})"
+    )
     location_options.add_argument(
         "--dataset-root", action="append", default=[], help="another folder holding datasets (repeatable; also XLR_DATASET_ROOTS)"
     )
     location_options.add_argument(
-        "--storage-url", default=os.environ.get("XLR_STORAGE_URL", ""),
+        "--storage-url",
         help="where dataset outputs and rank files live: a folder or an fsspec URL such as s3://bucket/prefix "
         "(default: XLR_STORAGE_URL, else the data dir)",
     )
@@ -431,8 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline_options.add_argument(
         "--dataset", help=f"the dataset (lane) by its declared name (default: {DEFAULT_DATASET}; all datasets for status and run --stale)"
     )
-    pipeline_options.add_argument("--image-model", default=DEFAULT_IMAGE_MODEL, help="image encoder id")
-    pipeline_options.add_argument("--text-model", default=DEFAULT_TEXT_MODEL, help="text encoder id")
+    pipeline_options.add_argument("--image-model", help=f"image encoder id (default: XLR_IMAGE_MODEL, else {DEFAULT_IMAGE_MODEL})")
+    pipeline_options.add_argument("--text-model", help=f"text encoder id (default: XLR_TEXT_MODEL, else {DEFAULT_TEXT_MODEL})")
     pipeline_options.add_argument(
         "--encoder-backend",
         choices=BACKENDS,
@@ -518,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("query", nargs="?", help="SQL text (several statements allowed; the last one's rows are printed)")
     sql.add_argument("--file", help="read the SQL from this file")
     sql.add_argument("--format", choices=["table", "csv", "json", "markdown"], default="table")
-    sql.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="folder holding results.duckdb")
+    sql.add_argument("--data-dir", help="folder holding results.duckdb (default: XLR_DATA_DIR, else the shipped data dir)")
     sql.set_defaults(handler=command_sql)
 
     dev = commands.add_parser("dev", help="start the Dagster UI on the instance `xlr run` uses")

