@@ -15,6 +15,8 @@ from xlr_pipeline.defs.index import ImageIndexConfig
 from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline_tests.conftest import DATASET, SUBSET_LANGUAGES, op_name, pipeline_for
 
+pytestmark = pytest.mark.slow  # materializes the whole lane
+
 FAST_HEAD = dg.RunConfig(ops={op_name("projection_head"): HeadTrainingConfig(epochs=15, seed=1)})
 
 

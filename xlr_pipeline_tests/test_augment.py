@@ -11,6 +11,9 @@ from xlr_pipeline.core.augment import (
     mixup,
     mutual_nearest_translations,
 )
+import pytest
+
+pytestmark = pytest.mark.slow  # runs the augmentation asset
 
 
 def test_mutual_nearest_neighbours_only():

@@ -11,6 +11,8 @@ from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline.runner import run_pipeline
 from xlr_pipeline_tests.conftest import DATASET, SHIPPED, SUBSET_LANGUAGES, pipeline_for
 
+pytestmark = pytest.mark.slow  # runs sensors and schedules over pipeline runs
+
 LANGUAGE_ASSETS = ["captions", "text_embeddings", "retrieval_metrics"]
 SUBSET_FIRST_IMAGE = "1f603"  # first train emoji of the shipped split, so in every subset
 JOB_ASSETS = [dg.AssetKey([DATASET, key]) for key in LANGUAGE_ASSETS]  # what the reevaluate_language job selects

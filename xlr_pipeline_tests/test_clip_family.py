@@ -18,6 +18,8 @@ from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline.runner import run_pipeline
 from xlr_pipeline_tests.conftest import DATASET, SUBSET_LANGUAGES, pipeline_for
 
+pytestmark = pytest.mark.slow  # runs lanes with open_clip models
+
 TINY_OPEN_CLIP = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},

@@ -20,6 +20,8 @@ from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline_tests.coco_server import CocoServer, captions_zip, fixture_jpeg
 from xlr_pipeline_tests.conftest import SHIPPED, pipeline_for
 
+pytestmark = pytest.mark.slow  # runs the XTD10 lane against a local HTTP server
+
 FAST = DownloadPolicy(workers=3, retries=2, backoff_s=0.01, timeout_s=10)
 XTD10_IDS = [line.removesuffix(".jpg") for line in (SHIPPED / "xtd10" / "XTD10" / "test_image_names.txt").read_text().split()]
 

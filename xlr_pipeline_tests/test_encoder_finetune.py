@@ -8,6 +8,8 @@ from xlr_pipeline.core.augment import Lexicon
 from xlr_pipeline.core.e5_torch import TrainableE5
 from xlr_pipeline.core.encoder_finetune import FinetuneConfig, MixedCaption, finetune, mixed_inputs, switched_caption
 
+pytestmark = pytest.mark.slow  # fine-tunes e5 layers
+
 LEXICON = Lexicon({"dog": {"de": "Hund"}, "face": {"de": "Gesicht"}})
 CAPTIONS = ["grinning face", "dog face", "red apple", "sleeping dog", "polar bear", "hot pepper", "face with tears", "black cat"]
 

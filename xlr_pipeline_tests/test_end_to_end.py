@@ -13,6 +13,8 @@ from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline.runner import RunFailed, run_pipeline
 from xlr_pipeline_tests.conftest import DATASET, SHIPPED, SUBSET_LANGUAGES, pipeline_for
 
+pytestmark = pytest.mark.slow  # runs the whole default job
+
 XTD10_LANGUAGES = {"en", "de", "fr", "es", "it", "ja", "ko", "pl", "ru", "tr", "zh"}
 
 

@@ -15,6 +15,8 @@ from xlr_pipeline.defs.executors import executor_named
 from xlr_pipeline.runner import run_pipeline
 from xlr_pipeline_tests.conftest import DATASET, location_job, outputs_for, pipeline_for
 
+pytestmark = pytest.mark.slow  # runs on a Dask cluster
+
 STAGES = ("images", "image_embedding_shards", "image_embeddings")
 SHARDS, UNION = dg.AssetKey([DATASET, "image_embedding_shards"]), dg.AssetKey([DATASET, "image_embeddings"])
 

@@ -21,6 +21,8 @@ from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline.runner import run_pipeline
 from xlr_pipeline_tests.conftest import DATASET, SHIPPED, SUBSET_LANGUAGES, outputs_for, pipeline_for
 
+pytestmark = pytest.mark.slow  # trains experiment grids
+
 
 def test_plan_cells_crosses_the_grid_then_adds_levers_and_baselines():
     plan = GridPlan(["patr", "m3"], ["none", "salt"], [0, 1], english_only_model=ENGLISH_ONLY_TEXT_MODEL)

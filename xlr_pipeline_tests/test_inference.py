@@ -40,6 +40,7 @@ def test_image_encoders_give_the_same_vectors_on_both_backends(model_id, runtime
     assert _cosines(vectors["native"], vectors["onnxruntime"]).min() >= 0.9999
 
 
+@pytest.mark.slow
 def test_the_rebuilt_e5_gives_the_same_vectors_on_both_backends_in_every_language(runtime_pair):
     captions = _xtd10_captions(per_language=6)
     assert len(captions) == 11  # de en es fr it jp ko pl ru tr zh

@@ -18,6 +18,8 @@ from xlr_pipeline.defs.train import HeadTrainingConfig, training_pairs
 from xlr_pipeline.runner import current_statuses, run_pipeline
 from xlr_pipeline_tests.conftest import make_emoji_subset, outputs_for, pipeline_for
 
+pytestmark = pytest.mark.slow  # runs several lanes
+
 HEAD = {"projection_head": HeadTrainingConfig(epochs=10)}
 A, B = "lane_a", "lane_b"
 

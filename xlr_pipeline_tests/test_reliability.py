@@ -17,6 +17,9 @@ from xlr_pipeline.core.sql import run_sql
 from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline.runner import run_pipeline
 from xlr_pipeline_tests.conftest import DATASET, make_emoji_subset, outputs_for, pipeline_for
+import pytest
+
+pytestmark = pytest.mark.slow  # kills and resumes runs
 
 RESULT_ROWS = (
     "SELECT r.language, r.direction, r.k, r.recall, r.n_queries, runs.objective, runs.seed, runs.head_config::VARCHAR "

@@ -16,6 +16,8 @@ from xlr_pipeline.defs.embed import _union_of_caption_shards
 from xlr_pipeline.runner import run_pipeline
 from xlr_pipeline_tests.conftest import DATASET, location_job, make_emoji_subset, outputs_for, pipeline_for
 
+pytestmark = pytest.mark.slow  # runs shards in processes
+
 IMAGE_STAGES = frozenset({"images", "image_embedding_shards", "image_embeddings"})
 
 

@@ -17,6 +17,8 @@ from xlr_pipeline.runner import current_statuses, materialize_target, run_pipeli
 from xlr_pipeline.staleness import Target
 from xlr_pipeline_tests.conftest import DATASET, SUBSET_LANGUAGES, outputs_for, pipeline_for
 
+pytestmark = pytest.mark.slow  # reruns the pipeline after each change
+
 SHARDS = {"image_embedding_shards"}  # one shard, as emoji_cldr declares: an unpartitioned asset
 
 HEAD = {"projection_head": HeadTrainingConfig(epochs=10)}

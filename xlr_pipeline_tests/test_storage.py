@@ -19,6 +19,8 @@ from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline.runner import run_pipeline
 from xlr_pipeline_tests.conftest import DATASET, SUBSET_LANGUAGES, make_emoji_subset, pipeline_for, settings_for
 
+pytestmark = pytest.mark.slow  # runs the chain on a local S3 server
+
 BUCKET = "xlr-outputs"
 RESULT_ROWS = "SELECT dataset, language, direction, k, recall FROM recall ORDER BY ALL"
 

@@ -23,6 +23,8 @@ from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline.runner import run_pipeline
 from xlr_pipeline_tests.conftest import DATASET, SHIPPED, SUBSET_LANGUAGES, pipeline_for
 
+pytestmark = pytest.mark.slow  # runs the tagging assets
+
 
 def test_precision_recall_and_average_precision_by_hand():
     precision, recall, average_precision = score_rankings([["a", "b", "c", "d"], ["x"]], [{"b", "d", "x"}, {"y"}], ks=(1, 2, 4))
