@@ -16,9 +16,9 @@ import time
 
 import faiss
 import numpy as np
-
 from results_io import header, write_results
-from xlr_pipeline.core.index import IndexPlan, build_index, flat_ip_index
+
+from xlr_pipeline.core.scoring.index import IndexPlan, build_index, flat_ip_index
 
 DIM, CENTRES, QUERIES, K = 256, 2_000, 1_000, 10
 

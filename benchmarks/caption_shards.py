@@ -28,14 +28,14 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
+from results_io import header, write_results
 
-from xlr_pipeline.core.choices import DEFAULT_TEXT_MODEL
-from xlr_pipeline.core.threads import available_cores
-from xlr_pipeline.defs.resources import DEFAULT_DATA_DIR, XlrSettings
+from xlr_pipeline.core.models.threads import available_cores
+from xlr_pipeline.core.training.choices import DEFAULT_TEXT_MODEL
 from xlr_pipeline.defs.lanes import build_pipeline
+from xlr_pipeline.defs.resources import DEFAULT_DATA_DIR, XlrSettings
 from xlr_pipeline.runner import materialize_target, register_languages
 from xlr_pipeline.staleness import Target
-from results_io import header, write_results
 
 DATASET = "emoji_cldr"
 TEXT_EMBEDDINGS = dg.AssetKey([DATASET, "text_embeddings"])

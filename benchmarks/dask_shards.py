@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import dagster as dg
-
 from embedding_stages import DATASET, copy_dataset, stage_seconds
 from results_io import header, write_results
 
@@ -62,7 +61,7 @@ def launch(job: str, address: str, shard: str | None) -> None:
 def on_dask(data_dir: Path) -> float:
     from dask.distributed import LocalCluster
 
-    from xlr_pipeline.core.threads import available_cores
+    from xlr_pipeline.core.models.threads import available_cores
     from xlr_pipeline.defs.lanes import build_pipeline
     from xlr_pipeline.defs.resources import XlrSettings
     from xlr_pipeline.runner import materialize_target, register_languages

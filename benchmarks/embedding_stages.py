@@ -24,15 +24,15 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
+from results_io import RESULTS, header, write_results
 
-from xlr_pipeline.core.choices import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
-from xlr_pipeline.core.encoders import load_image, load_image_encoder, load_text_encoder
-from xlr_pipeline.core.threads import available_cores, limited_threads
+from xlr_pipeline.core.models.encoders import load_image, load_image_encoder, load_text_encoder
+from xlr_pipeline.core.models.threads import available_cores, limited_threads
+from xlr_pipeline.core.training.choices import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
 from xlr_pipeline.defs.lanes import build_pipeline
 from xlr_pipeline.defs.resources import DEFAULT_DATA_DIR, XlrSettings
 from xlr_pipeline.runner import materialize_concurrently, materialize_target, register_languages
 from xlr_pipeline.staleness import Target
-from results_io import RESULTS, header, write_results
 
 DATASET = "emoji_cldr"
 # A named cluster for the estimate: 16 on-demand AWS c7i.4xlarge nodes (16 vCPU each), us-east-1 list price.

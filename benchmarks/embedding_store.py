@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-
 from results_io import header, write_results
-from xlr_pipeline.core.embeddings import EmbeddingCache
+
+from xlr_pipeline.core.models.embeddings import EmbeddingCache
 
 DIM = 384
 LOOKUPS = 10_000

@@ -27,14 +27,19 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from embedding_stages import copy_dataset, stage_seconds
 from results_io import header, write_results
-from xlr_pipeline.core.choices import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, LITE2_IMAGE_MODEL, MUSE_TEXT_MODEL
-from xlr_pipeline.core.encoders import load_image, load_image_encoder, load_text_encoder
-from xlr_pipeline.core.inference import EncoderRuntime
-from xlr_pipeline.core.outputs import DEFAULT_DATA_DIR
-from xlr_pipeline.core.threads import available_cores, limited_threads
+
+from xlr_pipeline.core.models.encoders import load_image, load_image_encoder, load_text_encoder
+from xlr_pipeline.core.models.inference import EncoderRuntime
+from xlr_pipeline.core.models.threads import available_cores, limited_threads
+from xlr_pipeline.core.storage.outputs import DEFAULT_DATA_DIR
+from xlr_pipeline.core.training.choices import (
+    DEFAULT_IMAGE_MODEL,
+    DEFAULT_TEXT_MODEL,
+    LITE2_IMAGE_MODEL,
+    MUSE_TEXT_MODEL,
+)
 
 ROUNDS = 3
 XTD10 = DEFAULT_DATA_DIR / "xtd10"

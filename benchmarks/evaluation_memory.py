@@ -19,7 +19,6 @@ import sys
 import time
 
 import numpy as np
-
 from results_io import header, write_results
 
 DIM = 256
@@ -27,7 +26,7 @@ DIM = 256
 
 def previous_ranks(gallery: np.ndarray, queries: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """The previous evaluation's algorithm (the baseline): the full FAISS ranking of each query batch."""
-    from xlr_pipeline.core.index import flat_ip_index
+    from xlr_pipeline.core.scoring.index import flat_ip_index
 
     index = flat_ip_index(gallery)
     ranks = np.zeros(len(queries), dtype=np.int64)
@@ -40,7 +39,7 @@ def previous_ranks(gallery: np.ndarray, queries: np.ndarray, labels: np.ndarray)
 
 def child(size: int, method: str) -> None:
     """One measurement, printed as JSON (run in its own process)."""
-    from xlr_pipeline.core.metrics import first_correct_ranks
+    from xlr_pipeline.core.scoring.metrics import first_correct_ranks
 
     rng = np.random.default_rng(0)
     gallery = rng.normal(size=(size, DIM)).astype(np.float32)

@@ -23,9 +23,10 @@ import threading
 import time
 from pathlib import Path
 
+from results_io import header, write_results
+
 from xlr_pipeline.defs.resources import DEFAULT_DATA_DIR
 from xlr_pipeline_tests.ui_session import chromium_page, click_materialize_all, xlr_dev
-from results_io import header, write_results
 
 DATASET = "emoji_cldr"
 REPEATS = 2

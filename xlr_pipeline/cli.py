@@ -1,4 +1,7 @@
-"""The `xlr` command: `xlr run` (main job), `xlr sql` (query results), `xlr dev` (Dagster UI)."""
+"""The `xlr` command: run, status, grid, tagging, tag, evaluate, alignment, datasets, sql and dev (`xlr --help`).
+
+Only light modules are imported at the top: `xlr sql` and `--help` start without torch or Dagster.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +11,10 @@ import signal
 import sys
 from pathlib import Path
 
-# Only light modules here: `xlr sql` and `--help` must start without torch or Dagster.
-from xlr_pipeline.core.choices import ARCHITECTURES, DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, OBJECTIVES
-from xlr_pipeline.core.inference import BACKENDS, DEFAULT_BACKEND
-from xlr_pipeline.core.outputs import DEFAULT_DATA_DIR
-from xlr_pipeline.core.threads import available_cores
+from xlr_pipeline.core.models.inference import BACKENDS, DEFAULT_BACKEND
+from xlr_pipeline.core.models.threads import available_cores
+from xlr_pipeline.core.storage.outputs import DEFAULT_DATA_DIR
+from xlr_pipeline.core.training.choices import ARCHITECTURES, DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, OBJECTIVES
 
 # Head hyperparameters settable from the command line (the rest through the Dagster launchpad).
 HEAD_OPTIONS = {
@@ -89,8 +91,8 @@ def _fail(error: Exception) -> int:
 def command_run(args: argparse.Namespace) -> int:
     import dagster as dg
 
-    from xlr_pipeline.core.datasets import DatasetError
-    from xlr_pipeline.core.report import recall_by_language, to_markdown
+    from xlr_pipeline.core.data.datasets import DatasetError
+    from xlr_pipeline.core.reporting.report import recall_by_language, to_markdown
     from xlr_pipeline.runner import RunFailed, ensure_instance_home, head_run_ids, run_pipeline
 
     home = ensure_instance_home()
@@ -128,7 +130,7 @@ def command_run(args: argparse.Namespace) -> int:
 
 def quarantine_summary(outputs, dataset: str) -> list[str]:
     """One line per language whose caption file had rows set aside, naming the table that lists them."""
-    from xlr_pipeline.core.storage import read_parquet
+    from xlr_pipeline.core.storage.locations import read_parquet
 
     lines = []
     for path in sorted(outputs.root.glob("captions/*.quarantine.parquet")):
@@ -141,7 +143,7 @@ def quarantine_summary(outputs, dataset: str) -> list[str]:
 def command_grid(args: argparse.Namespace) -> int:
     import dagster as dg
 
-    from xlr_pipeline.core.datasets import DatasetError
+    from xlr_pipeline.core.data.datasets import DatasetError
     from xlr_pipeline.defs.experiments import AugmentationConfig, GridConfig
     from xlr_pipeline.defs.lane import CHAIN_ASSETS, EXPERIMENT_ASSETS
     from xlr_pipeline.runner import RunFailed, ensure_instance_home, materialize_target, run_pipeline
@@ -176,7 +178,7 @@ def command_grid(args: argparse.Namespace) -> int:
 def command_tagging(args: argparse.Namespace) -> int:
     import dagster as dg
 
-    from xlr_pipeline.core.datasets import DatasetError
+    from xlr_pipeline.core.data.datasets import DatasetError
     from xlr_pipeline.defs.lane import CHAIN_ASSETS, TAGGING_ASSETS
     from xlr_pipeline.defs.tagging import TaggingReportConfig
     from xlr_pipeline.runner import RunFailed, ensure_instance_home, run_pipeline
@@ -202,13 +204,13 @@ def command_tagging(args: argparse.Namespace) -> int:
 def command_tag(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from xlr_pipeline.core.datasets import DatasetError
-    from xlr_pipeline.core.embeddings import vectors_of
-    from xlr_pipeline.core.encoders import EncoderError, ImageFileError, load_image
-    from xlr_pipeline.core.head import head_from_bytes
-    from xlr_pipeline.core.languages import UnknownLanguageError, normalize_language
-    from xlr_pipeline.core.storage import read_parquet
-    from xlr_pipeline.core.tagging import tag_image_files
+    from xlr_pipeline.core.data.datasets import DatasetError
+    from xlr_pipeline.core.data.languages import UnknownLanguageError, normalize_language
+    from xlr_pipeline.core.models.embeddings import vectors_of
+    from xlr_pipeline.core.models.encoders import EncoderError, ImageFileError, load_image
+    from xlr_pipeline.core.scoring.tagging import tag_image_files
+    from xlr_pipeline.core.storage.locations import read_parquet
+    from xlr_pipeline.core.training.head import head_from_bytes
 
     try:
         pipeline = _pipeline(args)
@@ -240,7 +242,7 @@ def command_tag(args: argparse.Namespace) -> int:
 def command_evaluate(args: argparse.Namespace) -> int:
     import dagster as dg
 
-    from xlr_pipeline.core.datasets import DatasetError
+    from xlr_pipeline.core.data.datasets import DatasetError
     from xlr_pipeline.runner import RunFailed, ensure_instance_home, evaluate_languages
 
     ensure_instance_home()
@@ -270,8 +272,8 @@ def command_alignment(args: argparse.Namespace) -> int:
     import duckdb
     import polars as pl
 
-    from xlr_pipeline.core.datasets import DatasetError
-    from xlr_pipeline.core.report import to_markdown
+    from xlr_pipeline.core.data.datasets import DatasetError
+    from xlr_pipeline.core.reporting.report import to_markdown
     from xlr_pipeline.defs.alignment import TextAlignmentConfig
     from xlr_pipeline.runner import RunFailed, ensure_instance_home, materialize_target
     from xlr_pipeline.staleness import Target
@@ -299,8 +301,8 @@ def command_status(args: argparse.Namespace) -> int:
     import dagster as dg
     import polars as pl
 
-    from xlr_pipeline.core.datasets import DatasetError
-    from xlr_pipeline.core.report import to_markdown
+    from xlr_pipeline.core.data.datasets import DatasetError
+    from xlr_pipeline.core.reporting.report import to_markdown
     from xlr_pipeline.runner import current_statuses, ensure_instance_home
 
     ensure_instance_home()
@@ -332,8 +334,8 @@ def command_status(args: argparse.Namespace) -> int:
 def command_datasets(args: argparse.Namespace) -> int:
     import polars as pl
 
-    from xlr_pipeline.core.datasets import DatasetError
-    from xlr_pipeline.core.report import to_markdown
+    from xlr_pipeline.core.data.datasets import DatasetError
+    from xlr_pipeline.core.reporting.report import to_markdown
 
     try:
         pipeline = _pipeline(args)
@@ -362,8 +364,7 @@ def command_datasets(args: argparse.Namespace) -> int:
 
 
 def command_sql(args: argparse.Namespace) -> int:
-    from xlr_pipeline.core.sql import QueryError, describe, render, run_sql
-
+    from xlr_pipeline.core.reporting.sql import QueryError, describe, render, run_sql
     from xlr_pipeline.settings_sources import data_dir_of
 
     db_path = data_dir_of(_settings_flags(args)) / "results.duckdb"

@@ -19,10 +19,10 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
-from xlr_pipeline.core.datasets import DatasetError
-from xlr_pipeline.core.storage import write_with_atomic
+from xlr_pipeline.core.data.datasets import DatasetError
+from xlr_pipeline.core.models.threads import available_cores
+from xlr_pipeline.core.storage.locations import write_with_atomic
 from xlr_pipeline.defs.lane import CHAIN_ASSETS, LANGUAGE_ASSETS, Lane, asset_name
-from xlr_pipeline.core.threads import available_cores
 from xlr_pipeline.defs.lanes import Pipeline, build_pipeline
 from xlr_pipeline.defs.resources import DEFAULT_DATA_DIR, XlrSettings
 from xlr_pipeline.defs.train import HeadTrainingConfig

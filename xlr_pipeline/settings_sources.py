@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from xlr_pipeline.core.outputs import DEFAULT_DATA_DIR
+from xlr_pipeline.core.storage.outputs import DEFAULT_DATA_DIR
 
 # Settings field → its environment variable; a CLI flag of the same name (`--encoder-backend`) wins over both.
 ENVIRONMENT_VARIABLES = {

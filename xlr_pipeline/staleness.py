@@ -18,11 +18,18 @@ from typing import Literal
 
 import dagster as dg
 
-from xlr_pipeline.core.datasets import DatasetError
+from xlr_pipeline.core.data.datasets import DatasetError
 from xlr_pipeline.defs.lane import CHAIN_ASSETS, asset_name
 from xlr_pipeline.defs.lanes import Pipeline
 from xlr_pipeline.defs.lineage import (
-    CONFIG_KEY, CURRENT_CONFIG, INPUTS_KEY, OUTPUTS_KEY, VERSION_KEY, file_version, input_name, output_location,
+    CONFIG_KEY,
+    CURRENT_CONFIG,
+    INPUTS_KEY,
+    OUTPUTS_KEY,
+    VERSION_KEY,
+    file_version,
+    input_name,
+    output_location,
 )
 
 State = Literal["fresh", "missing", "stale", "error", "blocked"]

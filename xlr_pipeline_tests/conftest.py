@@ -10,7 +10,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from xlr_pipeline.core.outputs import DatasetOutputs
+from xlr_pipeline.core.storage.outputs import DatasetOutputs
 from xlr_pipeline.defs.lanes import Pipeline, build_pipeline
 from xlr_pipeline.defs.resources import DEFAULT_DATA_DIR, XlrSettings
 

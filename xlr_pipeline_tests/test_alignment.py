@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from xlr_pipeline.cli import main as xlr
-from xlr_pipeline.core.alignment import CaptionVectors, align_language, text_alignment
-from xlr_pipeline.core.choices import DEFAULT_TEXT_MODEL
+from xlr_pipeline.core.scoring.alignment import CaptionVectors, align_language, text_alignment
+from xlr_pipeline.core.training.choices import DEFAULT_TEXT_MODEL
 from xlr_pipeline.defs.alignment import TextAlignmentConfig
 from xlr_pipeline_tests.conftest import DATASET, SUBSET_LANGUAGES
 

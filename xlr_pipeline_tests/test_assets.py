@@ -8,9 +8,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from xlr_pipeline.core.embeddings import vectors_of
-from xlr_pipeline.core.head import head_from_bytes
-from xlr_pipeline.core.index import load_index
+from xlr_pipeline.core.models.embeddings import vectors_of
+from xlr_pipeline.core.scoring.index import load_index
+from xlr_pipeline.core.training.head import head_from_bytes
 from xlr_pipeline.defs.index import ImageIndexConfig
 from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline_tests.conftest import DATASET, SUBSET_LANGUAGES, op_name, pipeline_for

@@ -2,8 +2,9 @@
 
 import numpy as np
 import polars as pl
+import pytest
 
-from xlr_pipeline.core.augment import (
+from xlr_pipeline.core.training.augment import (
     Lexicon,
     code_switch,
     code_switched_copies,
@@ -11,7 +12,6 @@ from xlr_pipeline.core.augment import (
     mixup,
     mutual_nearest_translations,
 )
-import pytest
 
 pytestmark = pytest.mark.slow  # runs the augmentation asset
 

@@ -16,7 +16,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from xlr_pipeline.core.head import head_from_bytes
+from xlr_pipeline.core.training.head import head_from_bytes
 from xlr_pipeline_tests.conftest import DATASET, SUBSET_LANGUAGES, outputs_for
 from xlr_pipeline_tests.ui_session import (
     CHROMIUM,

@@ -9,7 +9,7 @@ import tomllib
 import pytest
 
 from xlr_pipeline.cli import main as xlr
-from xlr_pipeline.core.sql import run_sql
+from xlr_pipeline.core.reporting.sql import run_sql
 from xlr_pipeline_tests.conftest import DATASET, SHIPPED, make_emoji_subset
 
 pytestmark = pytest.mark.slow  # runs `xlr` as a subprocess

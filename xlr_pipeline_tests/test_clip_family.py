@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xlr_pipeline.core.encoders import EncoderError, load_image_encoder, load_text_encoder
-from xlr_pipeline.core.head import HeadConfig, train_head
+from xlr_pipeline.core.models.encoders import EncoderError, load_image_encoder, load_text_encoder
+from xlr_pipeline.core.training.head import HeadConfig, train_head
 from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline.runner import run_pipeline
 from xlr_pipeline_tests.conftest import DATASET, SUBSET_LANGUAGES, pipeline_for

@@ -11,11 +11,11 @@ import duckdb
 import polars as pl
 import pytest
 
-from xlr_pipeline.core.coco import CocoImage, coco_train_captions, scan_local_coco, select_train_images
-from xlr_pipeline.core.download import DownloadItem, DownloadPolicy, Manifest, download_all
-from xlr_pipeline.core.image_sources import check_image
-from xlr_pipeline.core.readers import CaptionFileError
-from xlr_pipeline.core.storage import sha256_bytes
+from xlr_pipeline.core.data.coco import CocoImage, coco_train_captions, scan_local_coco, select_train_images
+from xlr_pipeline.core.data.download import DownloadItem, DownloadPolicy, Manifest, download_all
+from xlr_pipeline.core.data.image_sources import check_image
+from xlr_pipeline.core.data.readers import CaptionFileError
+from xlr_pipeline.core.storage.locations import sha256_bytes
 from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline_tests.coco_server import CocoServer, captions_zip, fixture_jpeg
 from xlr_pipeline_tests.conftest import SHIPPED, pipeline_for

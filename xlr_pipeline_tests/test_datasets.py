@@ -6,13 +6,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from xlr_pipeline.core.datasets import (
+from xlr_pipeline.core.data.datasets import (
     CaptionFileError,
     DatasetError,
     DatasetSpec,
     read_captions,
 )
-from xlr_pipeline.core.readers import CAPTION_FORMATS, CAPTION_READERS, IMAGE_LIST_FORMATS, IMAGE_LIST_READERS
+from xlr_pipeline.core.data.readers import CAPTION_FORMATS, CAPTION_READERS, IMAGE_LIST_FORMATS, IMAGE_LIST_READERS
 from xlr_pipeline_tests.conftest import SHIPPED
 
 XTD10_LANGUAGES = {"en", "de", "fr", "es", "it", "ja", "ko", "pl", "ru", "tr", "zh"}

@@ -3,7 +3,7 @@
 import dagster as dg
 import pytest
 
-from xlr_pipeline.core.datasets import DatasetError
+from xlr_pipeline.core.data.datasets import DatasetError
 from xlr_pipeline.defs.lane import CHAIN_ASSETS, DIAGNOSTIC_ASSETS, EXPERIMENT_ASSETS, TAGGING_ASSETS
 from xlr_pipeline.defs.lanes import build_pipeline
 from xlr_pipeline.defs.resources import XlrSettings

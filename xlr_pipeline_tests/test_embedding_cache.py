@@ -3,7 +3,7 @@ import multiprocessing
 import numpy as np
 import pytest
 
-from xlr_pipeline.core.embeddings import EmbeddingCache, embed_with_cache
+from xlr_pipeline.core.models.embeddings import EmbeddingCache, embed_with_cache
 
 
 def test_each_content_is_encoded_once_per_model(tmp_path):

@@ -4,9 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from xlr_pipeline.core.augment import Lexicon
-from xlr_pipeline.core.e5_torch import TrainableE5
-from xlr_pipeline.core.encoder_finetune import FinetuneConfig, MixedCaption, finetune, mixed_inputs, switched_caption
+from xlr_pipeline.core.models.e5_torch import TrainableE5
+from xlr_pipeline.core.models.encoder_finetune import (
+    FinetuneConfig,
+    MixedCaption,
+    finetune,
+    mixed_inputs,
+    switched_caption,
+)
+from xlr_pipeline.core.training.augment import Lexicon
 
 pytestmark = pytest.mark.slow  # fine-tunes e5 layers
 

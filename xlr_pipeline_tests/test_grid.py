@@ -11,10 +11,20 @@ import pydantic
 import pytest
 import torch
 
-from xlr_pipeline.core.choices import ENGLISH_ONLY_TEXT_MODEL, LITE2_IMAGE_MODEL
-from xlr_pipeline.core.grid import AugmentedCopies, Cell, GridPlan, TrainingData, cell_job, plan_cells, step_budget, train_job, training_arrays
-from xlr_pipeline.core.head import HeadConfig
-from xlr_pipeline.core.sql import run_sql
+from xlr_pipeline.core.experiments.grid import (
+    AugmentedCopies,
+    Cell,
+    GridPlan,
+    TrainingData,
+    cell_job,
+    plan_cells,
+    step_budget,
+    train_job,
+    training_arrays,
+)
+from xlr_pipeline.core.reporting.sql import run_sql
+from xlr_pipeline.core.training.choices import ENGLISH_ONLY_TEXT_MODEL, LITE2_IMAGE_MODEL
+from xlr_pipeline.core.training.head import HeadConfig
 from xlr_pipeline.defs.experiments import AugmentationConfig, FinetuneAssetConfig, GridConfig
 from xlr_pipeline.defs.lane import CHAIN_ASSETS, EXPERIMENT_ASSETS
 from xlr_pipeline.defs.train import HeadTrainingConfig
@@ -79,7 +89,7 @@ def test_every_cell_gets_the_same_step_budget_whatever_its_rows():
 
 
 def test_heads_trained_in_worker_processes_equal_those_trained_here():
-    from xlr_pipeline.core.training_pool import train_heads
+    from xlr_pipeline.core.training.training_pool import train_heads
 
     data = {("m", "i"): _training_data()}
     config = HeadConfig(objective="m3", embed_dim=4, batch_size=16, steps=6, margin=1.0)
@@ -239,7 +249,7 @@ def test_tuning_and_the_chosen_configuration_never_read_the_test_split(tmp_path,
 
 
 def test_tuning_tries_the_stated_defaults_first_and_picks_by_validation_score():
-    from xlr_pipeline.core.tuning import SEARCH_SPACE, ValidationSet, candidate_configs, tune, tuned_configs
+    from xlr_pipeline.core.experiments.tuning import SEARCH_SPACE, ValidationSet, candidate_configs, tune, tuned_configs
 
     base = HeadConfig(objective="m3", margin=1.0, steps=30)
     candidates = candidate_configs(base, 5, seed=0)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from xlr_pipeline.core.head import (
+from xlr_pipeline.core.training.head import (
     HeadConfig,
     head_from_bytes,
     head_to_bytes,
@@ -12,7 +12,13 @@ from xlr_pipeline.core.head import (
     project,
     train_head,
 )
-from xlr_pipeline.core.losses import hinge_triplet_loss, m3_loss, m3_pull_loss, patr_loss, symmetric_info_nce_loss
+from xlr_pipeline.core.training.losses import (
+    hinge_triplet_loss,
+    m3_loss,
+    m3_pull_loss,
+    patr_loss,
+    symmetric_info_nce_loss,
+)
 
 
 def test_triplet_loss_known_value():

@@ -4,7 +4,7 @@ import faiss
 import numpy as np
 import pytest
 
-from xlr_pipeline.core.index import IndexPlan, build_index, load_index, recall_against_exact, save_index
+from xlr_pipeline.core.scoring.index import IndexPlan, build_index, load_index, recall_against_exact, save_index
 
 
 def _unit(rng, n, d=32):

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from xlr_pipeline.core.choices import DEFAULT_IMAGE_MODEL, LITE2_IMAGE_MODEL
-from xlr_pipeline.core.encoders import backend_of, load_image, load_image_encoder, load_text_encoder
-from xlr_pipeline.core.inference import EncoderRuntime, ExportedModel
+from xlr_pipeline.core.models.encoders import backend_of, load_image, load_image_encoder, load_text_encoder
+from xlr_pipeline.core.models.inference import EncoderRuntime, ExportedModel
+from xlr_pipeline.core.training.choices import DEFAULT_IMAGE_MODEL, LITE2_IMAGE_MODEL
 from xlr_pipeline_tests.conftest import SHIPPED
 
 XTD10 = SHIPPED / "xtd10"

@@ -9,9 +9,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from xlr_pipeline.core.embeddings import vectors_of
-from xlr_pipeline.core.head import HeadConfig, head_fingerprint, head_from_bytes, train_head
-from xlr_pipeline.core.sql import run_sql
+from xlr_pipeline.core.models.embeddings import vectors_of
+from xlr_pipeline.core.reporting.sql import run_sql
+from xlr_pipeline.core.training.head import HeadConfig, head_fingerprint, head_from_bytes, train_head
 from xlr_pipeline.defs.experiments import AugmentationConfig, FinetuneAssetConfig, GridConfig
 from xlr_pipeline.defs.lane import CHAIN_ASSETS, EXPERIMENT_ASSETS
 from xlr_pipeline.defs.train import HeadTrainingConfig, training_pairs

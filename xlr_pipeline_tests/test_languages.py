@@ -1,6 +1,6 @@
 import pytest
 
-from xlr_pipeline.core.languages import UnknownLanguageError, normalize_language
+from xlr_pipeline.core.data.languages import UnknownLanguageError, normalize_language
 
 
 def test_iso_codes_pass_through_and_aliases_map():

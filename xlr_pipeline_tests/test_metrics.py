@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from xlr_pipeline.core.index import flat_ip_index
-from xlr_pipeline.core.metrics import (
+from xlr_pipeline.core.scoring.index import flat_ip_index
+from xlr_pipeline.core.scoring.metrics import (
     evaluate_retrieval,
     first_correct_ranks,
     recall_at_k,

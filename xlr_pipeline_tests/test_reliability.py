@@ -8,16 +8,16 @@ import sys
 import time
 
 import dagster as dg
+import pytest
 
-from xlr_pipeline.core.choices import DEFAULT_IMAGE_MODEL
-from xlr_pipeline.core.embeddings import EmbeddingCache
-from xlr_pipeline.core.encoders import backend_of
-from xlr_pipeline.core.inference import DEFAULT_BACKEND
-from xlr_pipeline.core.sql import run_sql
+from xlr_pipeline.core.models.embeddings import EmbeddingCache
+from xlr_pipeline.core.models.encoders import backend_of
+from xlr_pipeline.core.models.inference import DEFAULT_BACKEND
+from xlr_pipeline.core.reporting.sql import run_sql
+from xlr_pipeline.core.training.choices import DEFAULT_IMAGE_MODEL
 from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline.runner import run_pipeline
 from xlr_pipeline_tests.conftest import DATASET, make_emoji_subset, outputs_for, pipeline_for
-import pytest
 
 pytestmark = pytest.mark.slow  # kills and resumes runs
 
@@ -92,7 +92,7 @@ def test_two_processes_on_one_dataset_add_no_duplicates_and_readers_wait_out_wri
 
     # a reader through run_sql waits while another process holds the write lock, then reads
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"import time; from xlr_pipeline.core.warehouse import connect_for_write; c = connect_for_write(__import__('pathlib').Path({str(db)!r})); print('locked', flush=True); time.sleep(3); c.close()"],
+        [sys.executable, "-c", f"import time; from xlr_pipeline.core.reporting.warehouse import connect_for_write; c = connect_for_write(__import__('pathlib').Path({str(db)!r})); print('locked', flush=True); time.sleep(3); c.close()"],
         stdout=subprocess.PIPE, text=True,
     )
     assert holder.stdout.readline().strip() == "locked"

@@ -1,7 +1,7 @@
 import duckdb
 import pytest
 
-from xlr_pipeline.core.results import (
+from xlr_pipeline.core.reporting.results import (
     RankRecord,
     RecallRecord,
     RunRecord,

@@ -8,10 +8,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from xlr_pipeline.core.datasets import DatasetError, DatasetSpec
-from xlr_pipeline.core.image_sources import ImageSet
-from xlr_pipeline.core.shards import parse_shard_key, shard_indices, shard_keys, shard_of
-from xlr_pipeline.core.threads import available_cores
+from xlr_pipeline.core.data.datasets import DatasetError, DatasetSpec
+from xlr_pipeline.core.data.image_sources import ImageSet
+from xlr_pipeline.core.data.shards import parse_shard_key, shard_indices, shard_keys, shard_of
+from xlr_pipeline.core.models.threads import available_cores
 from xlr_pipeline.defs.embed import _union_of_caption_shards
 from xlr_pipeline.runner import run_pipeline
 from xlr_pipeline_tests.conftest import DATASET, location_job, make_emoji_subset, outputs_for, pipeline_for

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torchvision
 
-from xlr_pipeline.core.choices import ENGLISH_ONLY_TEXT_MODEL
-from xlr_pipeline.core.head import head_from_bytes
+from xlr_pipeline.core.training.choices import ENGLISH_ONLY_TEXT_MODEL
+from xlr_pipeline.core.training.head import head_from_bytes
 from xlr_pipeline.defs.lineage import VERSION_KEY, file_version
 from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline.runner import current_statuses, materialize_target, run_pipeline

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from xlr_pipeline.core.stats import hierarchical_ci, paired_test
+from xlr_pipeline.core.experiments.stats import hierarchical_ci, paired_test
 
 
 def _grid_table(rng, mean=0.3, seeds=5, languages=6, images=150, seed_sd=0.03, image_sd=0.15, noise_sd=0.1):

@@ -13,8 +13,8 @@ import pytest
 from pydantic import ValidationError
 from upath import UPath
 
-from xlr_pipeline.core.sql import QueryError, run_sql
-from xlr_pipeline.core.storage import StorageError, read_parquet, storage_location, write_parquet_atomic
+from xlr_pipeline.core.reporting.sql import QueryError, run_sql
+from xlr_pipeline.core.storage.locations import StorageError, read_parquet, storage_location, write_parquet_atomic
 from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline.runner import run_pipeline
 from xlr_pipeline_tests.conftest import DATASET, SUBSET_LANGUAGES, make_emoji_subset, pipeline_for, settings_for

@@ -7,16 +7,16 @@ import polars as pl
 import pytest
 
 from xlr_pipeline.cli import main as xlr
-from xlr_pipeline.core.augment import Lexicon
-from xlr_pipeline.core.sql import run_sql
-from xlr_pipeline.core.stats import holm_adjusted
-from xlr_pipeline.core.tagging import (
+from xlr_pipeline.core.experiments.stats import holm_adjusted
+from xlr_pipeline.core.reporting.sql import run_sql
+from xlr_pipeline.core.scoring.tagging import (
     evaluate_tags,
     ground_truth,
     score_rankings,
     translate_tags,
     vocabulary_from_keywords,
 )
+from xlr_pipeline.core.training.augment import Lexicon
 from xlr_pipeline.defs.lane import CHAIN_ASSETS, TAGGING_ASSETS
 from xlr_pipeline.defs.tagging import TaggingReportConfig
 from xlr_pipeline.defs.train import HeadTrainingConfig
@@ -111,7 +111,7 @@ def test_tag_command_errors_are_one_clear_line(tagged, tmp_path, capsys):
 def test_compare_methods_on_synthetic_scores():
     import numpy as np
 
-    from xlr_pipeline.core.tagging import BASELINE, METHOD, ImageScores, compare_methods
+    from xlr_pipeline.core.scoring.tagging import BASELINE, METHOD, ImageScores, compare_methods
 
     rng = np.random.default_rng(0)
 

@@ -9,13 +9,13 @@ import duckdb
 import pytest
 
 from xlr_pipeline.cli import main as xlr
-from xlr_pipeline.core.results import RecallRecord, RunRecord, record_evaluation
-from xlr_pipeline.core.sql import QueryError, run_sql
-from xlr_pipeline.core.warehouse import SCHEMA_V1, SCHEMA_VERSION, connect_for_write
+from xlr_pipeline.core.reporting.results import RecallRecord, RunRecord, record_evaluation
+from xlr_pipeline.core.reporting.sql import QueryError, run_sql
+from xlr_pipeline.core.reporting.warehouse import SCHEMA_V1, SCHEMA_VERSION, connect_for_write
 from xlr_pipeline.defs.experiments import AugmentationConfig, FinetuneAssetConfig, GridConfig
-from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline.defs.lane import CHAIN_ASSETS, EXPERIMENT_ASSETS, TAGGING_ASSETS
 from xlr_pipeline.defs.tagging import TaggingReportConfig
+from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline.runner import run_pipeline
 from xlr_pipeline_tests.conftest import DATASET, SHIPPED, SUBSET_LANGUAGES, pipeline_for
 
@@ -166,7 +166,7 @@ def test_xlr_sql_is_a_sandbox(two_runs, tmp_path, query, refusal):
 
 
 def test_a_results_file_that_is_not_duckdb_or_is_newer_is_a_clear_error(tmp_path):
-    from xlr_pipeline.core.warehouse import WarehouseError
+    from xlr_pipeline.core.reporting.warehouse import WarehouseError
 
     not_duckdb = tmp_path / "text" / "results.duckdb"
     not_duckdb.parent.mkdir()

@@ -5,12 +5,12 @@ import numpy as np
 import polars as pl
 from pydantic import Field, field_validator
 
-from xlr_pipeline.core.alignment import CaptionVectors, text_alignment
-from xlr_pipeline.core.encoders import OFFLINE_MODELS, TEXT_LOADERS, EncoderError, ModelRef
-from xlr_pipeline.core.report import to_markdown
-from xlr_pipeline.core.results import append_tables
-from xlr_pipeline.core.datasets import read_captions
-from xlr_pipeline.core.storage import sha256_file, write_parquet_atomic, write_with_atomic
+from xlr_pipeline.core.data.datasets import read_captions
+from xlr_pipeline.core.models.encoders import OFFLINE_MODELS, TEXT_LOADERS, EncoderError, ModelRef
+from xlr_pipeline.core.reporting.report import to_markdown
+from xlr_pipeline.core.reporting.results import append_tables
+from xlr_pipeline.core.scoring.alignment import CaptionVectors, text_alignment
+from xlr_pipeline.core.storage.locations import sha256_file, write_parquet_atomic, write_with_atomic
 from xlr_pipeline.defs.lane import Lane
 from xlr_pipeline.defs.lineage import lineage_metadata
 from xlr_pipeline.defs.metadata import sql_hint

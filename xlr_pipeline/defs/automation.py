@@ -7,8 +7,8 @@ import os
 
 import dagster as dg
 
-from xlr_pipeline.core.datasets import DatasetError, read_captions
-from xlr_pipeline.core.storage import sha256_file
+from xlr_pipeline.core.data.datasets import DatasetError, read_captions
+from xlr_pipeline.core.storage.locations import sha256_file
 from xlr_pipeline.defs.lane import LANGUAGE_ASSETS, Lane
 
 DEFAULT_REEVALUATION_CRON = "0 3 * * 1"  # Mondays 03:00

@@ -4,15 +4,15 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from xlr_pipeline.core.embeddings import ProgressCallback, embed_with_cache, vectors_of, with_vectors
-from xlr_pipeline.core.encoders import ImageEncoder, TextEncoder, load_image
-from xlr_pipeline.core.image_sources import ImageSet
-from xlr_pipeline.core.shards import parse_shard_key, shard_indices
-from xlr_pipeline.core.shards import shard_keys as shard_keys_of
-from xlr_pipeline.core.storage import Location, combined_hash, read_parquet, sha256_text, write_parquet_atomic
-from xlr_pipeline.core.datasets import DatasetError, ImageRecord
-from xlr_pipeline.core.threads import available_cores, limited_threads
-from xlr_pipeline.core.validation import duplicate_groups, norm_summary, vector_problems
+from xlr_pipeline.core.data.datasets import DatasetError, ImageRecord
+from xlr_pipeline.core.data.image_sources import ImageSet
+from xlr_pipeline.core.data.shards import parse_shard_key, shard_indices
+from xlr_pipeline.core.data.shards import shard_keys as shard_keys_of
+from xlr_pipeline.core.data.validation import duplicate_groups, norm_summary, vector_problems
+from xlr_pipeline.core.models.embeddings import ProgressCallback, embed_with_cache, vectors_of, with_vectors
+from xlr_pipeline.core.models.encoders import ImageEncoder, TextEncoder, load_image
+from xlr_pipeline.core.models.threads import available_cores, limited_threads
+from xlr_pipeline.core.storage.locations import Location, combined_hash, read_parquet, sha256_text, write_parquet_atomic
 from xlr_pipeline.defs.lane import Lane
 from xlr_pipeline.defs.lineage import CURRENT_CONFIG, VERSION_KEY, file_version, input_name, lineage_metadata
 from xlr_pipeline.defs.metadata import PartitionOutcome, file_data_version, materialize_partitions, progress_logger

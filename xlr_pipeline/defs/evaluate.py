@@ -2,13 +2,13 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from xlr_pipeline.core.embeddings import vectors_of
-from xlr_pipeline.core.evaluation import RANDOM, TRAINED, RunProvenance, TestQueries, evaluate_run
-from xlr_pipeline.core.metrics import DirectionResult, recall_is_monotone
-from xlr_pipeline.core.plots import recall_bars
-from xlr_pipeline.core.report import recall_by_language, to_markdown
-from xlr_pipeline.core.results import query_ranks_frame, query_ranks_path, record_evaluation
-from xlr_pipeline.core.storage import read_parquet, sha256_file, write_parquet_atomic
+from xlr_pipeline.core.models.embeddings import vectors_of
+from xlr_pipeline.core.reporting.plots import recall_bars
+from xlr_pipeline.core.reporting.report import recall_by_language, to_markdown
+from xlr_pipeline.core.reporting.results import query_ranks_frame, query_ranks_path, record_evaluation
+from xlr_pipeline.core.scoring.evaluation import RANDOM, TRAINED, RunProvenance, TestQueries, evaluate_run
+from xlr_pipeline.core.scoring.metrics import DirectionResult, recall_is_monotone
+from xlr_pipeline.core.storage.locations import read_parquet, sha256_file, write_parquet_atomic
 from xlr_pipeline.defs.lane import Lane
 from xlr_pipeline.defs.lineage import file_version, input_name, lineage_metadata
 from xlr_pipeline.defs.metadata import PartitionOutcome, materialize_partitions, png_metadata, sql_hint
@@ -60,7 +60,7 @@ def build_retrieval_metrics(
         run `<run_id>:random-head`, so every table shows what training added. The run id is the Dagster
         run id that trained the head.
         """
-        from xlr_pipeline.core.head import head_fingerprint, head_from_bytes
+        from xlr_pipeline.core.training.head import head_fingerprint, head_from_bytes
 
         outputs = lane.outputs(settings)
         head, saved = head_from_bytes(require_file(outputs.head_path, f"{lane.name}/projection_head").read_bytes())

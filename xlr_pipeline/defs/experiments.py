@@ -9,21 +9,43 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from xlr_pipeline.core.augment import Lexicon, code_switched_copies, induce_lexicon, language_means, shift_to_centroid
-from xlr_pipeline.core.embeddings import vectors_of, with_vectors
-from xlr_pipeline.core.configs import FinetuneConfig, HeadConfig
-from xlr_pipeline.core.embeddings import model_slug
-from xlr_pipeline.core.choices import ENGLISH_ONLY_TEXT_MODEL, LITE2_IMAGE_MODEL, MUSE_TEXT_MODEL
-from xlr_pipeline.core.evaluation import RunProvenance, TestQueries, evaluate_run
-from xlr_pipeline.core.choices import AUGMENTATIONS, FINETUNE_ARMS, OBJECTIVES, AugmentationName, FinetuneArmName, ObjectiveName
-from xlr_pipeline.core.grid import GridPlan, TrainingJob, cell_job, hits_frame, plan_cells, step_budget, training_data
-from xlr_pipeline.core.grid_report import build_report
-from xlr_pipeline.core.image_sources import ImageSet
-from xlr_pipeline.core.outputs import DatasetOutputs
-from xlr_pipeline.core.results import record_evaluation
-from xlr_pipeline.core.storage import read_parquet, sha256_file, write_parquet_atomic, write_with_atomic
-from xlr_pipeline.core.threads import available_cores
-from xlr_pipeline.core.tuning import ValidationSet, tune, tuned_configs, validation_recall
+from xlr_pipeline.core.data.image_sources import ImageSet
+from xlr_pipeline.core.experiments.grid import (
+    GridPlan,
+    TrainingJob,
+    cell_job,
+    hits_frame,
+    plan_cells,
+    step_budget,
+    training_data,
+)
+from xlr_pipeline.core.experiments.grid_report import build_report
+from xlr_pipeline.core.experiments.tuning import ValidationSet, tune, tuned_configs, validation_recall
+from xlr_pipeline.core.models.embeddings import model_slug, vectors_of, with_vectors
+from xlr_pipeline.core.models.threads import available_cores
+from xlr_pipeline.core.reporting.results import record_evaluation
+from xlr_pipeline.core.scoring.evaluation import RunProvenance, TestQueries, evaluate_run
+from xlr_pipeline.core.storage.locations import read_parquet, sha256_file, write_parquet_atomic, write_with_atomic
+from xlr_pipeline.core.storage.outputs import DatasetOutputs
+from xlr_pipeline.core.training.augment import (
+    Lexicon,
+    code_switched_copies,
+    induce_lexicon,
+    language_means,
+    shift_to_centroid,
+)
+from xlr_pipeline.core.training.choices import (
+    AUGMENTATIONS,
+    ENGLISH_ONLY_TEXT_MODEL,
+    FINETUNE_ARMS,
+    LITE2_IMAGE_MODEL,
+    MUSE_TEXT_MODEL,
+    OBJECTIVES,
+    AugmentationName,
+    FinetuneArmName,
+    ObjectiveName,
+)
+from xlr_pipeline.core.training.configs import FinetuneConfig, HeadConfig
 from xlr_pipeline.defs.embed import embed_images
 from xlr_pipeline.defs.lane import Lane
 from xlr_pipeline.defs.lineage import CURRENT_CONFIG, file_version, input_name, lineage_metadata
@@ -88,7 +110,7 @@ class GridConfig(dg.Config):
     mixup_alpha: float = Field(0.4, description="SALT mixup λ ~ Beta(α, α)")
     tuning_candidates: int = Field(
         8, ge=0, description="Configurations per objective tried on the validation split (the defaults above + draws "
-        "from core/tuning.py's SEARCH_SPACE); 0: no tuning, the values above as they are"
+        "from core/experiments/tuning.py's SEARCH_SPACE); 0: no tuning, the values above as they are"
     )
     tuning_seeds: list[int] = Field([0, 1], description="Seeds each tuning candidate is trained with (its score: the mean)")
     processes: int = Field(
@@ -275,10 +297,10 @@ def build_experiments(
         on the **English train** captions and their images, once per arm and with the same steps, batches and
         seed: `english` (the captions alone) and `salt_in_model` (code-switched copies drawn each step from
         `text_augmentations`' lexicon, with the switched words' input embeddings mixed with the English
-        words' inside the model; `core/encoder_finetune.py`). Writes the changed layers per arm, named by their
+        words' inside the model; `core/models/encoder_finetune.py`). Writes the changed layers per arm, named by their
         content, and `finetuned_encoders.parquet` with the model ids the grid compares."""
-        from xlr_pipeline.core.e5_torch import TrainableE5
-        from xlr_pipeline.core.encoder_finetune import finetune
+        from xlr_pipeline.core.models.e5_torch import TrainableE5
+        from xlr_pipeline.core.models.encoder_finetune import finetune
 
         outputs = lane.outputs(settings)
         folder = outputs.experiments
@@ -343,8 +365,8 @@ def build_experiments(
         after the chain's embeddings exist); "Materialize all" on the global graph includes it. Smaller grids:
         set `objectives`, `augmentations` and `seeds` in the launchpad.
         """
-        from xlr_pipeline.core.head import TrainingResult
-        from xlr_pipeline.core.training_pool import train_heads
+        from xlr_pipeline.core.training.head import TrainingResult
+        from xlr_pipeline.core.training.training_pool import train_heads
 
         started = time.perf_counter()
         processes = config.processes or available_cores()

@@ -1,9 +1,9 @@
 import dagster as dg
 import polars as pl
 
-from xlr_pipeline.core.datasets import DatasetError
-from xlr_pipeline.core.image_sources import resolve_images
-from xlr_pipeline.core.storage import read_parquet, write_parquet_atomic
+from xlr_pipeline.core.data.datasets import DatasetError
+from xlr_pipeline.core.data.image_sources import resolve_images
+from xlr_pipeline.core.storage.locations import read_parquet, write_parquet_atomic
 from xlr_pipeline.defs.lane import Lane
 from xlr_pipeline.defs.lineage import CURRENT_CONFIG, lineage_metadata
 from xlr_pipeline.defs.metadata import PROGRESS, file_data_version, markdown_preview

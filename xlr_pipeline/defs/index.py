@@ -4,15 +4,14 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from xlr_pipeline.core.embeddings import vectors_of
-from xlr_pipeline.core.index import IndexPlan, build_index, recall_against_exact, save_index
-from xlr_pipeline.core.storage import read_parquet, write_parquet_atomic
+from xlr_pipeline.core.models.embeddings import vectors_of
+from xlr_pipeline.core.scoring.index import IndexPlan, build_index, recall_against_exact, save_index
+from xlr_pipeline.core.storage.locations import read_parquet, write_parquet_atomic
 from xlr_pipeline.defs.lane import Lane
 from xlr_pipeline.defs.lineage import file_version, lineage_metadata
 from xlr_pipeline.defs.metadata import file_data_version
 from xlr_pipeline.defs.resources import XlrSettings, require_file
 from xlr_pipeline.defs.versions import CODE_VERSIONS
-
 
 RECALL_QUERIES = 1_000
 
@@ -51,7 +50,7 @@ def build_image_index(
         train-split images as queries (`recall_at_10_vs_exact`)."""
         import faiss
 
-        from xlr_pipeline.core.head import head_fingerprint, head_from_bytes, project
+        from xlr_pipeline.core.training.head import head_fingerprint, head_from_bytes, project
 
         outputs = lane.outputs(settings)
         head, provenance = head_from_bytes(require_file(outputs.head_path, f"{lane.name}/projection_head").read_bytes())

@@ -1,9 +1,9 @@
 import dagster as dg
 import polars as pl
 
-from xlr_pipeline.core.datasets import CAPTION_SCHEMA, read_captions
-from xlr_pipeline.core.image_sources import ImageSet
-from xlr_pipeline.core.storage import read_parquet, sha256_file, write_parquet_atomic
+from xlr_pipeline.core.data.datasets import CAPTION_SCHEMA, read_captions
+from xlr_pipeline.core.data.image_sources import ImageSet
+from xlr_pipeline.core.storage.locations import read_parquet, sha256_file, write_parquet_atomic
 from xlr_pipeline.defs.lane import Lane
 from xlr_pipeline.defs.lineage import CURRENT_CONFIG, file_version, lineage_metadata
 from xlr_pipeline.defs.metadata import PartitionOutcome, markdown_preview, materialize_partitions

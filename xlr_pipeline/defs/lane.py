@@ -8,9 +8,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from xlr_pipeline.core.datasets import DatasetSpec
-from xlr_pipeline.core.outputs import DatasetOutputs
-from xlr_pipeline.core.shards import shard_keys
+from xlr_pipeline.core.data.datasets import DatasetSpec
+from xlr_pipeline.core.data.shards import shard_keys
+from xlr_pipeline.core.storage.outputs import DatasetOutputs
 from xlr_pipeline.defs.resources import XlrSettings
 
 # Language-partitioned assets run a backfill of many languages as one run (`BackfillPolicy.single_run`): one

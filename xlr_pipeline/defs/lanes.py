@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from xlr_pipeline.core.datasets import DatasetSpec, discover_datasets
+from xlr_pipeline.core.data.datasets import DatasetSpec, discover_datasets
 from xlr_pipeline.defs.alignment import build_text_alignment
 from xlr_pipeline.defs.automation import build_automation
 from xlr_pipeline.defs.embed import build_image_embedding_shards, build_image_embeddings, build_text_embeddings

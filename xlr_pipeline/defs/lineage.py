@@ -11,10 +11,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from xlr_pipeline.core.datasets import DatasetError
-from xlr_pipeline.core.encoders import backend_of
-from xlr_pipeline.core.image_sources import folders_fingerprint, locate_images
-from xlr_pipeline.core.storage import Location, is_remote, sha256_file, storage_location
+from xlr_pipeline.core.data.datasets import DatasetError
+from xlr_pipeline.core.data.image_sources import folders_fingerprint, locate_images
+from xlr_pipeline.core.models.encoders import backend_of
+from xlr_pipeline.core.storage.locations import Location, is_remote, sha256_file, storage_location
 from xlr_pipeline.defs.lane import Lane
 from xlr_pipeline.defs.resources import XlrSettings
 

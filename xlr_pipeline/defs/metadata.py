@@ -12,7 +12,7 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
-from xlr_pipeline.core.report import to_markdown
+from xlr_pipeline.core.reporting.report import to_markdown
 from xlr_pipeline.defs.lineage import VERSION_KEY, file_version
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,13 +12,12 @@ import dagster as dg
 import numpy as np
 from pydantic import Field, field_validator
 
-from xlr_pipeline.core.coco import DEFAULT_ANNOTATIONS_URL, DEFAULT_IMAGE_URL, CocoError
-from xlr_pipeline.core.download import DownloadPolicy
-from xlr_pipeline.core.choices import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
-from xlr_pipeline.core.datasets import DatasetError, DatasetSpec
-from xlr_pipeline.core.image_sources import CocoSource
-from xlr_pipeline.core.embeddings import EmbeddingCache, embed_with_cache
-from xlr_pipeline.core.encoders import (
+from xlr_pipeline.core.data.coco import DEFAULT_ANNOTATIONS_URL, DEFAULT_IMAGE_URL, CocoError
+from xlr_pipeline.core.data.datasets import DatasetError, DatasetSpec
+from xlr_pipeline.core.data.download import DownloadPolicy
+from xlr_pipeline.core.data.image_sources import CocoSource
+from xlr_pipeline.core.models.embeddings import EmbeddingCache, embed_with_cache
+from xlr_pipeline.core.models.encoders import (
     EncoderError,
     ImageEncoder,
     ImageFileError,
@@ -27,12 +25,12 @@ from xlr_pipeline.core.encoders import (
     load_image_encoder,
     load_text_encoder,
 )
-from xlr_pipeline.core.inference import DEFAULT_BACKEND, Backend, EncoderRuntime
-from xlr_pipeline.core.storage import Location, StorageError, sha256_text, storage_location
-from xlr_pipeline.core.outputs import DEFAULT_DATA_DIR, DatasetOutputs
-from xlr_pipeline.core.warehouse import WarehouseError
+from xlr_pipeline.core.models.inference import DEFAULT_BACKEND, Backend, EncoderRuntime
+from xlr_pipeline.core.reporting.warehouse import WarehouseError
+from xlr_pipeline.core.storage.locations import Location, StorageError, sha256_text, storage_location
+from xlr_pipeline.core.storage.outputs import DEFAULT_DATA_DIR, DatasetOutputs
+from xlr_pipeline.core.training.choices import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
 from xlr_pipeline.settings_sources import settings_values
-
 
 
 class XlrSettings(dg.ConfigurableResource):

@@ -9,13 +9,12 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from xlr_pipeline.core.datasets import read_text_strict
-from xlr_pipeline.core.embeddings import vectors_of, with_vectors
-from xlr_pipeline.core.evaluation import RunProvenance
-from xlr_pipeline.core.report import to_markdown
-from xlr_pipeline.core.results import append_tables
-from xlr_pipeline.core.storage import combined_hash, read_parquet, write_parquet_atomic, write_with_atomic
-from xlr_pipeline.core.tagging import (
+from xlr_pipeline.core.data.datasets import read_text_strict
+from xlr_pipeline.core.models.embeddings import vectors_of, with_vectors
+from xlr_pipeline.core.reporting.report import to_markdown
+from xlr_pipeline.core.reporting.results import append_tables
+from xlr_pipeline.core.scoring.evaluation import RunProvenance
+from xlr_pipeline.core.scoring.tagging import (
     TAGGING_KS,
     compare_methods,
     evaluate_tags,
@@ -28,12 +27,14 @@ from xlr_pipeline.core.tagging import (
     translate_tags,
     vocabulary_from_keywords,
 )
+from xlr_pipeline.core.storage.locations import combined_hash, read_parquet, write_parquet_atomic, write_with_atomic
 from xlr_pipeline.defs.lane import Lane
 from xlr_pipeline.defs.lineage import CURRENT_CONFIG, file_version, input_name, lineage_metadata
 from xlr_pipeline.defs.metadata import PartitionOutcome, materialize_partitions
 from xlr_pipeline.defs.resources import XlrSettings, clear_failures, require_file
 from xlr_pipeline.defs.train import training_pairs
 from xlr_pipeline.defs.versions import CODE_VERSIONS
+
 
 class TagsConfig(dg.Config):
     top: int = Field(10, description="Tags stored (Parquet, DuckDB `tags`) per test image")
@@ -82,7 +83,7 @@ def build_tagging(
         tag file, else the keywords of its captions) embedded by the frozen text encoder and projected by the
         English-trained head; an image's tags are the nearest vocabulary entries. Top tags go to Parquet and
         to DuckDB `tags`; the embedded vocabulary is kept for `tagging_report` and `xlr tag`."""
-        from xlr_pipeline.core.head import head_fingerprint, head_from_bytes
+        from xlr_pipeline.core.training.head import head_fingerprint, head_from_bytes
 
         outputs = lane.outputs(settings)
         head, saved = head_from_bytes(require_file(outputs.head_path, f"{lane.name}/projection_head").read_bytes())
@@ -165,7 +166,7 @@ def build_tagging(
         image's scores averaged over heads of several seeds; paired sign-flip tests per language and metric
         with Holm–Bonferroni over all of them. Rows in DuckDB `tagging`, `tagging_tests`; Markdown in
         `reports/<dataset>/tagging.md`."""
-        from xlr_pipeline.core.head import head_fingerprint, head_from_bytes, train_head
+        from xlr_pipeline.core.training.head import head_fingerprint, head_from_bytes, train_head
 
         outputs = lane.outputs(settings)
         languages = sorted(context.instance.get_dynamic_partitions(lane.partitions.name))

@@ -3,24 +3,24 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from xlr_pipeline.core.embeddings import vectors_of
-from xlr_pipeline.core.evaluation import RunProvenance
-from xlr_pipeline.core.plots import loss_curve
-from xlr_pipeline.core.choices import Architecture, NegativeMining, Objective
-from xlr_pipeline.core.configs import HeadConfig
-from xlr_pipeline.core.storage import (
+from xlr_pipeline.core.models.embeddings import vectors_of
+from xlr_pipeline.core.reporting.plots import loss_curve
+from xlr_pipeline.core.scoring.evaluation import RunProvenance
+from xlr_pipeline.core.storage.locations import (
     read_parquet,
     sha256_file,
     write_parquet_atomic,
     write_with_atomic,
 )
+from xlr_pipeline.core.training.choices import Architecture, NegativeMining, Objective
+from xlr_pipeline.core.training.configs import HeadConfig
+from xlr_pipeline.defs.lane import Lane
 from xlr_pipeline.defs.lineage import (
     CURRENT_CONFIG,
     file_version,
     input_name,
     lineage_metadata,
 )
-from xlr_pipeline.defs.lane import Lane
 from xlr_pipeline.defs.metadata import png_metadata
 from xlr_pipeline.defs.resources import XlrSettings, require_file
 from xlr_pipeline.defs.versions import CODE_VERSIONS
@@ -96,7 +96,13 @@ def build_projection_head(
         The Dagster run that trains it names the experiment: its run id is the `run_id` of every result row
         (retraining to bit-identical weights keeps the earlier run id).
         """
-        from xlr_pipeline.core.head import head_fingerprint, head_from_bytes, head_to_bytes, train_head, weights_are_finite
+        from xlr_pipeline.core.training.head import (
+            head_fingerprint,
+            head_from_bytes,
+            head_to_bytes,
+            train_head,
+            weights_are_finite,
+        )
 
         outputs = lane.outputs(settings)
         images = read_parquet(require_file(outputs.image_embeddings_path, f"{lane.name}/image_embeddings"))

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import polars as pl
 
-from xlr_pipeline.core.readers import CaptionFileError, Columns, ImageList, RejectedRow, read_coco_captions
-from xlr_pipeline.core.storage import atomic_path
+from xlr_pipeline.core.data.readers import CaptionFileError, Columns, ImageList, RejectedRow, read_coco_captions
+from xlr_pipeline.core.storage.locations import atomic_path
 
 DEFAULT_IMAGE_URL = "http://images.cocodataset.org"
 DEFAULT_ANNOTATIONS_URL = "http://images.cocodataset.org/annotations/annotations_trainval2014.zip"

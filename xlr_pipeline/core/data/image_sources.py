@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import polars as pl
 
-from xlr_pipeline.core.coco import (
+from xlr_pipeline.core.data.coco import (
     LOCAL_LAYOUT_FOLDERS,
     TRAIN_CAPTIONS_MEMBER,
     CocoError,
@@ -27,11 +27,11 @@ from xlr_pipeline.core.coco import (
     scan_local_coco,
     select_train_images,
 )
-from xlr_pipeline.core.datasets import IMAGE_EXTENSIONS, DatasetSpec, ImageRecord
-from xlr_pipeline.core.download import DownloadItem, DownloadPolicy, DownloadReport, Manifest, download_all
-from xlr_pipeline.core.encoders import ImageFileError, load_image
-from xlr_pipeline.core.shards import shard_indices
-from xlr_pipeline.core.storage import Location, combined_hash, read_parquet, sha256_file
+from xlr_pipeline.core.data.datasets import IMAGE_EXTENSIONS, DatasetSpec, ImageRecord
+from xlr_pipeline.core.data.download import DownloadItem, DownloadPolicy, DownloadReport, Manifest, download_all
+from xlr_pipeline.core.data.shards import shard_indices
+from xlr_pipeline.core.models.encoders import ImageFileError, load_image
+from xlr_pipeline.core.storage.locations import Location, combined_hash, read_parquet, sha256_file
 
 IMAGE_SET_SCHEMA = {
     "image_id": pl.String,
@@ -194,7 +194,7 @@ class ImageSet:
         return set(self.usable["image_id"].to_list())
 
     def split(self, count: int) -> list["ImageSet"]:
-        """The listed images of each of `count` shards (`core/shards.py`), in this table's order."""
+        """The listed images of each of `count` shards (`core/data/shards.py`), in this table's order."""
         if count == 1:
             return [self]
         shard = pl.Series("_shard", shard_indices(self.frame["image_id"].to_list(), count), dtype=pl.Int64)

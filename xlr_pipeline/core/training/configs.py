@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from xlr_pipeline.core.choices import Architecture, NegativeMining, Objective
+from xlr_pipeline.core.training.choices import Architecture, NegativeMining, Objective
 
 
 @dataclass(frozen=True)

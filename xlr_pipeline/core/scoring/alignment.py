@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xlr_pipeline.core.metrics import DEFAULT_KS, first_correct_ranks, summarise
+from xlr_pipeline.core.scoring.metrics import DEFAULT_KS, first_correct_ranks, summarise
 
 DIRECTIONS = ("to_pivot", "from_pivot")
 

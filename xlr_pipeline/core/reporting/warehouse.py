@@ -12,13 +12,13 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from xlr_pipeline.core.languages import normalize_language
-from xlr_pipeline.core.storage import Location, fsspec_url, is_remote, sha256_file, storage_location
+from xlr_pipeline.core.data.languages import normalize_language
+from xlr_pipeline.core.storage.locations import Location, fsspec_url, is_remote, sha256_file, storage_location
 
 # The random-head baseline of run R is stored as run R + this suffix, with `baseline_of` = R.
 RANDOM_HEAD_SUFFIX = ":random-head"
 
-SHIPPED_PUBLISHED_CSV = Path(__file__).resolve().parents[2] / "data" / "published" / "xtd10_published.csv"
+SHIPPED_PUBLISHED_CSV = Path(__file__).resolve().parents[3] / "data" / "published" / "xtd10_published.csv"
 
 SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS runs (

@@ -15,9 +15,9 @@ from typing import Literal
 import duckdb
 import polars as pl
 
-from xlr_pipeline.core.report import to_markdown
-from xlr_pipeline.core.storage import StorageError
-from xlr_pipeline.core.warehouse import attach_rank_files, rank_files_url, recorded_ranks_root
+from xlr_pipeline.core.reporting.report import to_markdown
+from xlr_pipeline.core.reporting.warehouse import attach_rank_files, rank_files_url, recorded_ranks_root
+from xlr_pipeline.core.storage.locations import StorageError
 
 OutputFormat = Literal["table", "csv", "json", "markdown"]
 QUERY_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}

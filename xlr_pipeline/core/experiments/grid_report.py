@@ -1,6 +1,6 @@
 """The grid report: zero-shot mean Recall with hierarchical CIs, Holm-corrected paired tests, per-language plots.
 
-A report is built from the cells of exactly one grid run (named in it). Statistics: `core/stats.py` — the image
+A report is built from the cells of exactly one grid run (named in it). Statistics: `core/experiments/stats.py` — the image
 is the unit across all languages and seeds are a level.
 """
 
@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from xlr_pipeline.core.choices import ENGLISH_ONLY_TEXT_MODEL
-from xlr_pipeline.core.stats import Estimate, PairedTest, hierarchical_ci, holm_adjusted, paired_test
-from xlr_pipeline.core.tuning import best_system
+from xlr_pipeline.core.experiments.stats import Estimate, PairedTest, hierarchical_ci, holm_adjusted, paired_test
+from xlr_pipeline.core.experiments.tuning import best_system
+from xlr_pipeline.core.training.choices import ENGLISH_ONLY_TEXT_MODEL
 
 SIGNIFICANCE = 0.05
 System = tuple[str, str, str, str]  # objective, augmentation, text model, image model
@@ -147,7 +147,7 @@ def validation_sections(
             "## Tuning on the validation split",
             "",
             f"Per objective, {tuning.group_by('objective').len()['len'].max()} configurations (candidate 0: the stated "
-            "defaults; the others drawn from `core/tuning.py`'s search space), each trained on the English train split "
+            "defaults; the others drawn from `core/experiments/tuning.py`'s search space), each trained on the English train split "
             "with the grid's step budget and scored on English validation captions → validation images (score = mean "
             "of R@1, R@5, R@10). The grid then trains every cell of an objective with its chosen values.",
             "",

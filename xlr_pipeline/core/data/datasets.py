@@ -2,7 +2,7 @@
 
 Every folder with a `dataset.toml` directly under a data root (or a root that is itself such a folder) is
 a dataset; its `name` is used everywhere (asset key prefix, outputs folder, DuckDB `dataset` column,
-report path). Files are read by the format readers of `core/readers.py`. Validation problems either stop
+report path). Files are read by the format readers of `core/data/readers.py`. Validation problems either stop
 ingestion with a `CaptionFileError` naming the file and line (the file cannot be trusted as a whole) or
 become quarantine rows naming the file and line (one bad row).
 """
@@ -17,9 +17,8 @@ from pathlib import Path
 
 import polars as pl
 
-from xlr_pipeline.core.languages import UnknownLanguageError, normalize_language
-from xlr_pipeline.core.shards import MAX_SHARDS
-from xlr_pipeline.core.readers import (
+from xlr_pipeline.core.data.languages import UnknownLanguageError, normalize_language
+from xlr_pipeline.core.data.readers import (
     CAPTION_FORMATS,
     CAPTION_READERS,
     IMAGE_LIST_FORMAT_BY_SUFFIX,
@@ -31,6 +30,7 @@ from xlr_pipeline.core.readers import (
     ImageList,
     read_text_strict,
 )
+from xlr_pipeline.core.data.shards import MAX_SHARDS
 
 __all__ = ["CaptionFileError", "DatasetError", "DatasetSpec", "ImageRecord", "discover_datasets", "read_captions", "read_text_strict"]
 

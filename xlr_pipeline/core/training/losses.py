@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from xlr_pipeline.core.choices import NegativeMining
+from xlr_pipeline.core.training.choices import NegativeMining
 
 
 def _other_images(image_ids: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """The image index: exact (FAISS flat inner product) up to a configurable size, IVF or HNSW past it; saved atomically.
 
-Evaluation never reads the index (its ranks are exact, `core/metrics.py`): the index is what serves queries,
+Evaluation never reads the index (its ranks are exact, `core/scoring/metrics.py`): the index is what serves queries,
 and when it is approximate its recall@k against the exact search is measured and recorded where it is built.
 """
 
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from xlr_pipeline.core.storage import Location, is_remote, write_with_atomic
+from xlr_pipeline.core.storage.locations import Location, is_remote, write_with_atomic
 
 if TYPE_CHECKING:  # FAISS loads where an index is built or read, not with the plan
     import faiss

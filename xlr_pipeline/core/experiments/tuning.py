@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
-from xlr_pipeline.core.grid import TrainingData, TrainingJob
-from xlr_pipeline.core.configs import HeadConfig
-from xlr_pipeline.core.metrics import evaluate_head
+from xlr_pipeline.core.experiments.grid import TrainingData, TrainingJob
+from xlr_pipeline.core.scoring.metrics import evaluate_head
+from xlr_pipeline.core.training.configs import HeadConfig
 
 if TYPE_CHECKING:
-    from xlr_pipeline.core.head import ProjectionHead
+    from xlr_pipeline.core.training.head import ProjectionHead
 
 # The stated search budget: per objective, these values of these HeadConfig fields. The step budget is not
 # searched: every cell of a grid trains for the same number of steps, so augmentations compare at equal cost.
@@ -83,7 +83,7 @@ def tune(
     """Every candidate of every objective trained on the unaugmented `train` pairs with each seed (in `processes`
     workers) and scored on `validation`; one row per candidate (mean over seeds), `chosen` marking each
     objective's best (ties: the earlier candidate, so the stated defaults win a tie)."""
-    from xlr_pipeline.core.training_pool import train_heads
+    from xlr_pipeline.core.training.training_pool import train_heads
 
     if not seeds:
         raise ValueError("tuning needs at least one seed")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:  # torch loads only where a head is evaluated
-    from xlr_pipeline.core.head import ProjectionHead
+    from xlr_pipeline.core.training.head import ProjectionHead
 
 DEFAULT_KS = (1, 5, 10)
 
@@ -109,7 +109,7 @@ def evaluate_retrieval(
 
 def random_head_like(head: ProjectionHead) -> ProjectionHead:
     """The untrained baseline of a head: same seed, same architecture, same input normalisation."""
-    from xlr_pipeline.core.head import new_head
+    from xlr_pipeline.core.training.head import new_head
 
     random_head = new_head(head.text_mean.shape[0], head.image_mean.shape[0], head.config)
     random_head.copy_normalisation(head)
@@ -121,7 +121,7 @@ def evaluate_head(
 ) -> list[DirectionResult]:
     """Retrieval in both directions through one head. Image i of `image_features` has label i;
     `text_labels[j]` is the image of caption j."""
-    from xlr_pipeline.core.head import project
+    from xlr_pipeline.core.training.head import project
 
     images = project(head, image_features, "image")
     return evaluate_retrieval(images, np.arange(len(image_features)), project(head, text_features, "text"), text_labels)

@@ -1,4 +1,4 @@
-"""Result rows and how one evaluation is appended to the warehouse (schema: `core/warehouse.py`).
+"""Result rows and how one evaluation is appended to the warehouse (schema: `core/reporting/warehouse.py`).
 
 A *run* is one trained head (its configuration, models, seed, code versions and data hashes).
 Evaluations append rows; re-evaluating identical inputs (same run, language and caption hash) is
@@ -15,9 +15,9 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from xlr_pipeline.core.metrics import DirectionResult
-from xlr_pipeline.core.storage import Location
-from xlr_pipeline.core.warehouse import connect_for_write
+from xlr_pipeline.core.reporting.warehouse import connect_for_write
+from xlr_pipeline.core.scoring.metrics import DirectionResult
+from xlr_pipeline.core.storage.locations import Location
 
 
 @dataclass(frozen=True)

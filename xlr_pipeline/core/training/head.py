@@ -12,8 +12,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from xlr_pipeline.core.configs import HeadConfig
-from xlr_pipeline.core.losses import hinge_triplet_loss, m3_loss, m3_pull_loss, patr_loss, symmetric_info_nce_loss
+from xlr_pipeline.core.training.configs import HeadConfig
+from xlr_pipeline.core.training.losses import (
+    hinge_triplet_loss,
+    m3_loss,
+    m3_pull_loss,
+    patr_loss,
+    symmetric_info_nce_loss,
+)
 
 
 def objective_loss(config: HeadConfig, text: torch.Tensor, image: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:

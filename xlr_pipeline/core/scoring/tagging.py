@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
-from xlr_pipeline.core.augment import WORD, Lexicon, code_switch, mutual_nearest_translations
-from xlr_pipeline.core.index import flat_ip_index
-from xlr_pipeline.core.stats import hierarchical_ci, holm_adjusted, paired_test
+from xlr_pipeline.core.experiments.stats import hierarchical_ci, holm_adjusted, paired_test
+from xlr_pipeline.core.scoring.index import flat_ip_index
+from xlr_pipeline.core.training.augment import WORD, Lexicon, code_switch, mutual_nearest_translations
 
 if TYPE_CHECKING:  # torch and FAISS load where tags are ranked
     import faiss
 
-    from xlr_pipeline.core.head import ProjectionHead
+    from xlr_pipeline.core.training.head import ProjectionHead
 
 TAG_SEPARATOR = "|"
 METHOD = "zero_shot_head"
@@ -75,7 +75,7 @@ class Ranking:
 
 def rank_tags(head: ProjectionHead, image_features: np.ndarray, tag_features: np.ndarray, top: int | None = None) -> Ranking:
     """Vocabulary entries nearest to each projected image in the shared space (exact inner product, FAISS)."""
-    from xlr_pipeline.core.head import project
+    from xlr_pipeline.core.training.head import project
 
     index: faiss.Index = flat_ip_index(project(head, tag_features, "text"))
     scores, indices = index.search(project(head, image_features, "image"), min(top or index.ntotal, index.ntotal))
@@ -151,7 +151,7 @@ def tagging_markdown(
         f"# Zero-shot image tagging on {dataset}",
         "",
         f"Head run `{run_id}` (trained on {train_language} only), seeds {seeds}; 95% CIs and paired tests take the image as "
-        "the unit and the head's seed as a level (`core/stats.py`). `zero_shot_head`: the language's own tag vocabulary ranked by the head; "
+        "the unit and the head's seed as a level (`core/experiments/stats.py`). `zero_shot_head`: the language's own tag vocabulary ranked by the head; "
         "`english_then_translate`: the English tags ranked by the same head, each translated word by word with a "
         "lexicon the frozen encoder induces from the two vocabularies (no parallel data). Matching is exact "
         "after case folding.",
@@ -168,7 +168,7 @@ def tagging_markdown(
     if tests.height:
         lines += [
             "",
-            f"## Paired tests, zero-shot head − baseline (`core/stats.py`'s paired test: image unit, seeds a level; Holm–Bonferroni over all "
+            f"## Paired tests, zero-shot head − baseline (`core/experiments/stats.py`'s paired test: image unit, seeds a level; Holm–Bonferroni over all "
             f"{tests.height} tests of {tests['language'].n_unique()} languages × {tests.height // max(tests['language'].n_unique(), 1)} metrics)",
             "",
             "| language | metric | difference | p | p (Holm) | verdict |",
@@ -220,7 +220,7 @@ def score_language(
 
 
 def _per_seed_tables(scores: list[ImageScores]) -> dict[tuple[str, int], np.ndarray]:
-    """(metric, k) → a (seeds, 1, images) table of per-image values (k = 0 for mAP), for `core/stats.py`:
+    """(metric, k) → a (seeds, 1, images) table of per-image values (k = 0 for mAP), for `core/experiments/stats.py`:
     the image is the unit and the head's seed a level."""
     def table(rows: list[np.ndarray]) -> np.ndarray:
         return np.stack(rows)[:, None, :]

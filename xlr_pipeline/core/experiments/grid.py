@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
-from xlr_pipeline.core.augment import mixup
-from xlr_pipeline.core.choices import AUGMENTATIONS, OBJECTIVES, Augmentation, Objective
-from xlr_pipeline.core.embeddings import vectors_of
-from xlr_pipeline.core.evaluation import TRAINED
-from xlr_pipeline.core.configs import HeadConfig
-from xlr_pipeline.core.metrics import DirectionResult
+from xlr_pipeline.core.models.embeddings import vectors_of
+from xlr_pipeline.core.scoring.evaluation import TRAINED
+from xlr_pipeline.core.scoring.metrics import DirectionResult
+from xlr_pipeline.core.training.augment import mixup
+from xlr_pipeline.core.training.choices import AUGMENTATIONS, OBJECTIVES, Augmentation, Objective
+from xlr_pipeline.core.training.configs import HeadConfig
 
 if TYPE_CHECKING:
-    from xlr_pipeline.core.head import TrainingResult
+    from xlr_pipeline.core.training.head import TrainingResult
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,7 @@ def cell_job(cell: Cell, objective_config: HeadConfig) -> TrainingJob:
 
 def train_job(job: TrainingJob, data: TrainingData, mixup_alpha: float) -> tuple[TrainingResult, int]:
     """Train one job's head on `data`; also the number of training rows."""
-    from xlr_pipeline.core.head import train_head
+    from xlr_pipeline.core.training.head import train_head
 
     text, image, ids = training_arrays(data, job.augmentation, mixup_alpha, job.config.seed)
     return train_head(text, image, ids, job.config), len(text)

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xlr_pipeline.core.storage import atomic_path, sha256_file
+from xlr_pipeline.core.storage.locations import atomic_path, sha256_file
 
 USER_AGENT = "xlr_pipeline (https://github.com/xlr-pipeline; research benchmark downloader)"
 FINAL_STATUS = frozenset({400, 401, 403, 404, 410, 451})

