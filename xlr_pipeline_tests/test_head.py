@@ -149,3 +149,13 @@ def test_a_step_budget_is_exact_whatever_the_data_size():
     assert train_head(text, image, ids, config).steps == 7
     assert train_head(*_toy_pairs(200), config).steps == 7
     assert train_head(text, image, ids, HeadConfig(embed_dim=4, batch_size=16, epochs=3)).steps == 3 * 4
+
+
+def test_an_unknown_objective_is_refused_not_trained_as_another():
+    from dataclasses import replace
+
+    from xlr_pipeline.core.training.head import objective_loss
+
+    vectors = torch.nn.functional.normalize(torch.ones(2, 4), dim=-1)
+    with pytest.raises(ValueError, match="unknown objective 'bogus'"):
+        objective_loss(replace(HeadConfig(), objective="bogus"), vectors, vectors, torch.tensor([0, 1]))

@@ -32,7 +32,9 @@ def objective_loss(config: HeadConfig, text: torch.Tensor, image: torch.Tensor, 
         return m3_loss(text, image, image_ids, config.resolved_margin, config.text_margin, config.text_weight, config.negatives)
     if config.objective == "m3_pull":
         return m3_pull_loss(text, image, image_ids, config.resolved_margin, config.text_weight, config.negatives)
-    return symmetric_info_nce_loss(text, image, image_ids, config.temperature)
+    if config.objective == "infonce":
+        return symmetric_info_nce_loss(text, image, image_ids, config.temperature)
+    raise ValueError(f"unknown objective {config.objective!r}")
 
 
 def _branch(in_dim: int, config: HeadConfig) -> nn.Module:
