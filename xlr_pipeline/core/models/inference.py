@@ -29,7 +29,7 @@ BACKENDS: tuple[str, ...] = get_args(Backend)
 DEFAULT_BACKEND: Backend = "onnxruntime"
 DEFAULT_EXPORT_DIR = DEFAULT_DATA_DIR / "cache" / "onnx"
 OPSET = 17
-EXPORT_FORMAT = "1"  # bump when a wrapper module or the export arguments change
+EXPORT_FORMAT = "2"  # bump when a wrapper module or the export arguments change
 
 
 @dataclass(frozen=True)
@@ -99,9 +99,10 @@ class ExportedModel:
         ).hexdigest()[:20]
         self.path = Path(runtime.export_dir) / f"{name}-{key}.onnx"
         self._inputs = list(example_inputs)
-        self._module, self._example, self._axes = module, example_inputs, dynamic_axes
-        self.session = self._load_or_export(runtime.threads)
-        self._module = self._example = None  # the session holds what it needs
+        self.session = self._reused(runtime.threads)
+        if self.session is None:
+            self._export(module, example_inputs, dynamic_axes)
+            self.session = _session(self.path, runtime.threads)
 
     @property
     def _checksum_path(self) -> Path:
@@ -112,35 +113,35 @@ class ExportedModel:
             return False
         return self._checksum_path.read_text().strip() == _file_sha256(self.path)
 
-    def _load_or_export(self, threads: int):
-        if self._valid_on_disk():
-            try:
-                return _session(self.path, threads)
-            except Exception:  # noqa: BLE001 — ONNX Runtime raises its own untyped errors for unreadable graphs
-                pass  # a file that hashes right yet does not load (another exporter's bug): export again
-        self._export()
-        return _session(self.path, threads)
+    def _reused(self, threads: int):
+        """A session on the export already on disk, or None when there is none to trust."""
+        if not self._valid_on_disk():
+            return None
+        try:
+            return _session(self.path, threads)
+        except Exception:  # noqa: BLE001 — ONNX Runtime raises its own untyped errors for unreadable graphs
+            return None  # a file that hashes right yet does not load (another exporter's bug): export again
 
-    def _export(self) -> None:
+    def _export(self, module, example_inputs: dict, dynamic_axes: dict) -> None:
         import torch
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}.", suffix=".onnx")
         os.close(handle)
         try:
-            self._module.eval()
-            for parameter in self._module.parameters():
+            module.eval()
+            for parameter in module.parameters():
                 parameter.requires_grad_(False)
             # the TorchScript exporter warns about every traced shape expression: noise for a fixed graph
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(
-                    self._module,
-                    tuple(self._example.values()),
+                    module,
+                    tuple(example_inputs.values()),
                     temporary,
                     input_names=self._inputs,
                     output_names=["vectors"],
-                    dynamic_axes=self._axes,
+                    dynamic_axes=dynamic_axes,
                     opset_version=OPSET,
                     dynamo=False,
                 )
