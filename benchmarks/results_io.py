@@ -24,7 +24,7 @@ def header(benchmark: str, dataset: str) -> dict:
 def emoji_copy_holding_back(tmp: Path, language: str) -> tuple[Path, Path, Path]:
     """A copy of the shipped emoji_cldr under `tmp`/data with one language's caption file moved aside: (data dir,
     where the file belongs, where it waits) — a benchmark drops it in later as a new language."""
-    from xlr_pipeline.core.outputs import DEFAULT_DATA_DIR
+    from xlr_pipeline.core.storage.outputs import DEFAULT_DATA_DIR
 
     data_dir = tmp / "data"
     shutil.copytree(DEFAULT_DATA_DIR / "emoji_cldr", data_dir / "emoji_cldr")

@@ -1,4 +1,5 @@
-"""The `xlr` command: run, status, grid, tagging, tag, evaluate, alignment, datasets, sql and dev (`xlr --help`).
+"""The `xlr` command: run, status, grid, tagging, tag, search, serve, evaluate, alignment, datasets, sql and dev
+(`xlr --help`).
 
 Only light modules are imported at the top: `xlr sql` and `--help` start without torch or Dagster.
 """
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from xlr_pipeline.core.models.inference import BACKENDS, DEFAULT_BACKEND
 from xlr_pipeline.core.models.threads import available_cores
+from xlr_pipeline.core.search.limits import DEFAULT_PORT, MAX_RESULTS
 from xlr_pipeline.core.storage.outputs import DEFAULT_DATA_DIR
 from xlr_pipeline.core.training.choices import ARCHITECTURES, DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, OBJECTIVES
 
@@ -45,19 +47,24 @@ def _settings_flags(args: argparse.Namespace) -> dict:
     return flags | {"dataset_roots": getattr(args, "dataset_root", None)}
 
 
-def _pipeline(args: argparse.Namespace):
-    """The lanes of every dataset under the data dir and the dataset roots, with the chosen models and backend."""
+def _settings(args: argparse.Namespace):
+    """Settings from the command's flags, the environment and the defaults (`settings_sources.py`)."""
     from pydantic import ValidationError
 
-    from xlr_pipeline.defs.lanes import build_pipeline
     from xlr_pipeline.defs.resources import XlrSettings
     from xlr_pipeline.settings_sources import settings_values
 
     try:
-        settings = XlrSettings(**settings_values(_settings_flags(args)))
+        return XlrSettings(**settings_values(_settings_flags(args)))
     except ValidationError as error:
         raise SystemExit(f"xlr: invalid option: {error}") from None
-    return build_pipeline(settings)
+
+
+def _pipeline(args: argparse.Namespace):
+    """The lanes of every dataset under the data dir and the dataset roots, with the chosen models and backend."""
+    from xlr_pipeline.defs.lanes import build_pipeline
+
+    return build_pipeline(_settings(args))
 
 
 def _datasets(args: argparse.Namespace, pipeline, all_by_default: bool) -> list[str]:
@@ -239,6 +246,64 @@ def command_tag(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_answer(answer) -> None:
+    print(f"{answer.dataset} · captions in {answer.language} · head run {answer.head_run_id} · {answer.index_type}")
+    for hit in answer.images:
+        print(f"{hit.rank:>3}  {hit.score:+.4f}  {hit.image_id:<16} {hit.path}  {hit.caption or ''}")
+    if answer.captions:
+        print(f"best {answer.language} captions:")
+        for hit in answer.captions:
+            print(f"{hit.rank:>3}  {hit.score:+.4f}  {hit.image_id:<16} {hit.caption}")
+    if answer.tags:
+        print("tags: " + ", ".join(f"{tag} ({score:.2f})" for tag, score in answer.tags))
+
+
+def command_search(args: argparse.Namespace) -> int:
+    import contextlib
+    import json
+
+    from xlr_pipeline.core.data.datasets import DatasetError
+    from xlr_pipeline.core.search.service import SearchError, decode_query_image
+
+    if (args.query is None) == (args.image is None):
+        print("error: give a query text or --image PATH (one of them)", file=sys.stderr)
+        return 2
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # model-loading chatter must not mix with the answer (--json)
+            service = _settings(args).search_service()
+            dataset = args.dataset or DEFAULT_DATASET
+            if args.image is not None:
+                path = Path(args.image)
+                if not path.is_file():
+                    raise SearchError(f"{path}: no such image file")
+                answer = service.similar(decode_query_image(path.read_bytes(), str(path)), dataset, args.lang, args.top)
+            else:
+                answer = service.search(args.query, dataset, args.lang, args.top)
+    except (SearchError, DatasetError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(answer.as_dict(), ensure_ascii=False, indent=2))
+    else:
+        _print_answer(answer)
+    return 0
+
+
+def command_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from xlr_pipeline.core.data.datasets import DatasetError
+    from xlr_pipeline.web.app import create_app
+
+    try:
+        service = _settings(args).search_service()
+    except DatasetError as error:
+        return _fail(error)
+    print(f"xlr search on http://{args.host}:{args.port}/ (API docs: /docs)", file=sys.stderr)
+    uvicorn.run(create_app(service, args.dataset or DEFAULT_DATASET), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def command_evaluate(args: argparse.Namespace) -> int:
     import dagster as dg
 
@@ -412,6 +477,13 @@ def _whole_number(text: str) -> int:
     return value
 
 
+def _results_count(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= MAX_RESULTS:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_RESULTS}, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xlr", description="Zero-shot cross-lingual image retrieval pipeline")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -495,6 +567,27 @@ def build_parser() -> argparse.ArgumentParser:
     tag.add_argument("--top", type=_positive_int, default=10, help="how many tags (default 10)")
     tag.add_argument("--dataset", help=f"whose head and vocabulary (default: {DEFAULT_DATASET})")
     tag.set_defaults(handler=command_tag)
+
+    backend_option = argparse.ArgumentParser(add_help=False, parents=[location_options])
+    backend_option.add_argument(
+        "--encoder-backend", choices=BACKENDS, help=f"how the query encoders run (default: XLR_ENCODER_BACKEND, else {DEFAULT_BACKEND})"
+    )
+    search = commands.add_parser(
+        "search", parents=[backend_option], help="rank a dataset's images for a text in any language, or for an image (--image)"
+    )
+    search.add_argument("query", nargs="?", help="the query text, e.g. \"un chat qui rit\"")
+    search.add_argument("--image", help="find images like this image file, and its best captions and tags")
+    search.add_argument("--dataset", help=f"whose head and index (default: {DEFAULT_DATASET})")
+    search.add_argument("--lang", help="language of the captions shown (default: the dataset's training language)")
+    search.add_argument("--top", type=_results_count, default=10, help="how many images (default 10, at most 100)")
+    search.add_argument("--json", action="store_true", help="print the answer as JSON")
+    search.set_defaults(handler=command_search)
+
+    serve = commands.add_parser("serve", parents=[backend_option], help="the search page and HTTP API (127.0.0.1 by default)")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"(default {DEFAULT_PORT})")
+    serve.add_argument("--dataset", help=f"the dataset the page opens on (default: {DEFAULT_DATASET})")
+    serve.set_defaults(handler=command_serve)
 
     evaluate = commands.add_parser(
         "evaluate", parents=[pipeline_options], help="re-evaluate languages with the current head (the reevaluate_language job)"

@@ -6,6 +6,7 @@ from pydantic import Field
 
 from xlr_pipeline.core.models.embeddings import vectors_of
 from xlr_pipeline.core.scoring.index import IndexPlan, build_index, recall_against_exact, save_index
+from xlr_pipeline.core.search.limits import DEFAULT_PORT
 from xlr_pipeline.core.storage.locations import read_parquet, write_parquet_atomic
 from xlr_pipeline.defs.lane import Lane
 from xlr_pipeline.defs.lineage import file_version, lineage_metadata
@@ -14,6 +15,14 @@ from xlr_pipeline.defs.resources import XlrSettings, require_file
 from xlr_pipeline.defs.versions import CODE_VERSIONS
 
 RECALL_QUERIES = 1_000
+
+
+def search_hint(dataset: str, language: str) -> str:
+    """How to query the index just built: a command to copy, and the page `xlr serve` opens."""
+    return (
+        f'`xlr search "a smiling face" --dataset {dataset} --lang {language}` · or `xlr serve`, then '
+        f"http://127.0.0.1:{DEFAULT_PORT}/?dataset={dataset}&lang={language}"
+    )
 
 
 class ImageIndexConfig(dg.Config):
@@ -76,6 +85,7 @@ def build_image_index(
                 "recall_at_10_vs_exact": recall,
                 "index_plan": config.model_dump(),
                 "path": dg.MetadataValue.path(str(outputs.index_path)),
+                "try_it": dg.MetadataValue.md(search_hint(lane.name, lane.train_language)),
                 **lineage_metadata(
                     {},
                     {"projection_head": head_fingerprint(head), "image_embeddings": file_version(outputs.image_embeddings_path)},

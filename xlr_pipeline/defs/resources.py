@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from xlr_pipeline.core.data.coco import DEFAULT_ANNOTATIONS_URL, DEFAULT_IMAGE_URL, CocoError
-from xlr_pipeline.core.data.datasets import DatasetError, DatasetSpec
+from xlr_pipeline.core.data.datasets import DatasetError, DatasetSpec, discover_datasets
 from xlr_pipeline.core.data.download import DownloadPolicy
 from xlr_pipeline.core.data.image_sources import CocoSource
 from xlr_pipeline.core.models.embeddings import EmbeddingCache, embed_with_cache
@@ -27,6 +27,7 @@ from xlr_pipeline.core.models.encoders import (
 )
 from xlr_pipeline.core.models.inference import DEFAULT_BACKEND, Backend, EncoderRuntime
 from xlr_pipeline.core.reporting.warehouse import WarehouseError
+from xlr_pipeline.core.search.service import SearchLane, SearchService
 from xlr_pipeline.core.storage.locations import Location, StorageError, sha256_text, storage_location
 from xlr_pipeline.core.storage.outputs import DEFAULT_DATA_DIR, DatasetOutputs
 from xlr_pipeline.core.training.choices import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
@@ -156,6 +157,14 @@ class XlrSettings(dg.ConfigurableResource):
 
     def text_encoder(self, model_id: str | None = None) -> TextEncoder:
         return load_text_encoder(model_id or self.text_model, self.encoder_runtime)
+
+    def search_service(self) -> SearchService:
+        """Text and image search over every dataset found under the roots (`xlr search`, `xlr serve`)."""
+        lanes = {
+            spec.name: SearchLane(spec.name, self.outputs(spec.name), self.root, spec.train_language)
+            for spec in discover_datasets(self.roots())
+        }
+        return SearchService(lanes, self.text_encoder, self.image_encoder)
 
     def embedding_cache(self, encoder: ImageEncoder | TextEncoder) -> EmbeddingCache:
         return EmbeddingCache(self.root / "cache" / "embeddings", encoder.model_id, encoder.backend)

@@ -110,18 +110,23 @@ def _high_depth_to_8_bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
 
 
+def rgb_of(image: Image.Image) -> Image.Image:
+    """A decoded image as RGB; transparent pixels (emoji) are composited on white; 16-bit grey is rescaled."""
+    if image.mode.startswith("I") or image.mode == "F":
+        return _high_depth_to_8_bit(image).convert("RGB")
+    if image.mode in ("RGBA", "LA", "P"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 def load_image(path: Path) -> Image.Image:
-    """Open an image as RGB; transparent pixels (emoji) are composited on white; 16-bit grey is rescaled."""
+    """Open an image file as RGB (`rgb_of`)."""
     try:
         with Image.open(path) as image:
             image.load()
-            if image.mode.startswith("I") or image.mode == "F":
-                return _high_depth_to_8_bit(image).convert("RGB")
-            if image.mode in ("RGBA", "LA", "P"):
-                rgba = image.convert("RGBA")
-                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                return Image.alpha_composite(background, rgba).convert("RGB")
-            return image.convert("RGB")
+            return rgb_of(image)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ImageFileError(path, str(error) or type(error).__name__) from error
 
