@@ -24,7 +24,9 @@ DIM, CENTRES, QUERIES, K = 256, 2_000, 1_000, 10
 
 
 def mixture(rng: np.random.Generator, centres: np.ndarray, n: int) -> np.ndarray:
-    vectors = centres[rng.integers(0, len(centres), n)] + 0.5 * rng.normal(size=(n, DIM)).astype(np.float32) / np.sqrt(DIM)  # noise of norm ≈ 0.5
+    vectors = centres[rng.integers(0, len(centres), n)] + 0.5 * rng.normal(size=(n, DIM)).astype(np.float32) / np.sqrt(
+        DIM
+    )  # noise of norm ≈ 0.5
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
@@ -34,7 +36,9 @@ def timed_search(index: faiss.Index, queries: np.ndarray) -> tuple[np.ndarray, f
     return found, time.perf_counter() - started
 
 
-def approximate_row(vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, exact_query: float, plan: IndexPlan) -> dict:
+def approximate_row(
+    vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, exact_query: float, plan: IndexPlan
+) -> dict:
     started = time.perf_counter()
     index = build_index(vectors, plan)
     build = time.perf_counter() - started
@@ -64,7 +68,10 @@ def measure(size: int, rng: np.random.Generator, centres: np.ndarray, hnsw_up_to
         "exact_build_s": round(exact_build, 2),
         "exact_query_s": round(exact_query, 3),
         "exact_mb": round(faiss.serialize_index(exact).nbytes / 1e6, 1),
-        "approximate": [approximate_row(vectors, queries, truth, exact_query, IndexPlan(exact_up_to=size - 1, approximate=kind)) for kind in kinds],
+        "approximate": [
+            approximate_row(vectors, queries, truth, exact_query, IndexPlan(exact_up_to=size - 1, approximate=kind))
+            for kind in kinds
+        ],
     }
     print(row, flush=True)
     return row
@@ -73,13 +80,20 @@ def measure(size: int, rng: np.random.Generator, centres: np.ndarray, hnsw_up_to
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
-    parser.add_argument("--hnsw-up-to", type=int, default=100_000, help="build HNSW only up to this size (its build is slow)")
+    parser.add_argument(
+        "--hnsw-up-to", type=int, default=100_000, help="build HNSW only up to this size (its build is slow)"
+    )
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(CENTRES, DIM)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     rows = [measure(size, rng, centres, args.hnsw_up_to) for size in args.sizes]
-    result = {**header("ann_index", f"synthetic {DIM}-d unit vectors around {CENTRES} centres"), "queries": QUERIES, "threads": faiss.omp_get_max_threads(), "rows": rows}
+    result = {
+        **header("ann_index", f"synthetic {DIM}-d unit vectors around {CENTRES} centres"),
+        "queries": QUERIES,
+        "threads": faiss.omp_get_max_threads(),
+        "rows": rows,
+    }
     plan = IndexPlan()
     lines = [
         f"# Image index: exact vs IVF vs HNSW ({result['date']}, {result['machine']['cpus']} CPUs, {result['threads']} FAISS threads)",

@@ -81,7 +81,11 @@ def step_timeline(instance: dg.DagsterInstance, run_id: str) -> list[dict]:
         elif event.is_step_success:
             succeeded[event.step_key] = entry.timestamp
     return [
-        {"step": step.split(".", 1)[-1], "before_start_s": round(started[step] - launched.get(step, started[step]), 2), "step_s": round(succeeded[step] - started[step], 2)}
+        {
+            "step": step.split(".", 1)[-1],
+            "before_start_s": round(started[step] - launched.get(step, started[step]), 2),
+            "step_s": round(succeeded[step] - started[step], 2),
+        }
         for step in sorted(started, key=started.get)
     ]
 
@@ -105,7 +109,9 @@ def stage_seconds(captions: int, shards: int, executor: str, step_threads: int) 
     return seconds, pl.read_parquet(pipeline.settings.outputs(DATASET).text_embeddings_path("en")).height, timeline
 
 
-def measured_in_fresh_interpreter(captions: int, shards: int, executor: str, step_threads: int) -> tuple[float, int, list[dict]]:
+def measured_in_fresh_interpreter(
+    captions: int, shards: int, executor: str, step_threads: int
+) -> tuple[float, int, list[dict]]:
     command = [sys.executable, __file__, "--measure", str(captions), str(shards), executor, str(step_threads)]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     seconds, count, timeline = json.loads(done.stdout.strip().splitlines()[-1])
@@ -116,7 +122,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--captions", type=int, default=6000, help="English captions to embed (default 6000)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every configuration (default 3)")
-    parser.add_argument("--measure", nargs=4, metavar=("CAPTIONS", "SHARDS", "EXECUTOR", "THREADS"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--measure", nargs=4, metavar=("CAPTIONS", "SHARDS", "EXECUTOR", "THREADS"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.measure:  # one measurement, in this fresh interpreter
         captions, shards, executor, threads = args.measure
@@ -141,13 +149,28 @@ def main() -> None:
     for name, *_ in configurations:
         seconds = [run[0] for run in runs[name]]
         ratios = [base[0] / run[0] for base, run in zip(runs[baseline], runs[name])]
-        rows.append({
-            "measurement": name, "seconds": round(statistics.median(seconds), 2), "seconds_each_round": [round(x, 2) for x in seconds],
-            "captions": runs[name][0][1], "captions_per_s": round(runs[name][0][1] / statistics.median(seconds), 1),
-            "speed_vs_baseline": round(statistics.median(runs[baseline][i][0] for i in range(args.rounds)) / statistics.median(seconds), 3),
-            "speed_each_round": [round(x, 3) for x in ratios], "steps": runs[name][-1][2],
-        })
-    result = {**header("caption_shards", DATASET), "text_model": DEFAULT_TEXT_MODEL, "cores": cores, "captions": args.captions, "rounds": args.rounds, "rows": rows}
+        rows.append(
+            {
+                "measurement": name,
+                "seconds": round(statistics.median(seconds), 2),
+                "seconds_each_round": [round(x, 2) for x in seconds],
+                "captions": runs[name][0][1],
+                "captions_per_s": round(runs[name][0][1] / statistics.median(seconds), 1),
+                "speed_vs_baseline": round(
+                    statistics.median(runs[baseline][i][0] for i in range(args.rounds)) / statistics.median(seconds), 3
+                ),
+                "speed_each_round": [round(x, 3) for x in ratios],
+                "steps": runs[name][-1][2],
+            }
+        )
+    result = {
+        **header("caption_shards", DATASET),
+        "text_model": DEFAULT_TEXT_MODEL,
+        "cores": cores,
+        "captions": args.captions,
+        "rounds": args.rounds,
+        "rows": rows,
+    }
     lines = [
         f"# Caption shards: text_embeddings[en] of {args.captions} captions ({result['date']}, {cores} cores, {DEFAULT_TEXT_MODEL}, empty cache each)",
         "",
@@ -155,7 +178,11 @@ def main() -> None:
         "|---|---|---|---|---|",
         *[
             f"| {r['measurement']} | {r['seconds']:.1f} | {', '.join(f'{x:.1f}' for x in r['seconds_each_round'])} | {r['captions_per_s']:.1f} | "
-            + (f"{r['speed_vs_baseline']:.2f}× ({', '.join(f'{x:.2f}' for x in r['speed_each_round'])})" if r["measurement"] != baseline else "baseline")
+            + (
+                f"{r['speed_vs_baseline']:.2f}× ({', '.join(f'{x:.2f}' for x in r['speed_each_round'])})"
+                if r["measurement"] != baseline
+                else "baseline"
+            )
             + " |"
             for r in rows
         ],
@@ -166,7 +193,11 @@ def main() -> None:
         "",
         "| measurement | step | before start (s) | step (s) |",
         "|---|---|---|---|",
-        *[f"| {r['measurement']} | {step['step']} | {step['before_start_s']:.1f} | {step['step_s']:.1f} |" for r in rows for step in r["steps"]],
+        *[
+            f"| {r['measurement']} | {step['step']} | {step['before_start_s']:.1f} | {step['step_s']:.1f} |"
+            for r in rows
+            for step in r["steps"]
+        ],
         "",
     ]
     write_results(result, lines)

@@ -32,7 +32,9 @@ def _location_job(name: str, key: dg.AssetKey) -> dg.JobDefinition:
     from this file's path and the function's name."""
     from xlr_pipeline.definitions import defs
 
-    return dg.Definitions.merge(defs(), dg.Definitions(jobs=[dg.define_asset_job(name, selection=[key])])).resolve_job_def(name)
+    return dg.Definitions.merge(
+        defs(), dg.Definitions(jobs=[dg.define_asset_job(name, selection=[key])])
+    ).resolve_job_def(name)
 
 
 def shard_job(shard: str) -> dg.JobDefinition:
@@ -51,11 +53,15 @@ def launch(job: str, address: str, shard: str | None) -> None:
     here = Path(__file__).resolve()
     tags = {"dagster/partition": shard} if shard else {}
     function, arguments = ("shard_job", (shard,)) if job == "shards" else ("union_job", ())
-    recon = dg.build_reconstructable_job(here.stem, function, arguments, reconstructor_working_directory=str(here.parent))
+    recon = dg.build_reconstructable_job(
+        here.stem, function, arguments, reconstructor_working_directory=str(here.parent)
+    )
     with dg.DagsterInstance.get() as instance:
         result = dg.execute_job(recon, instance, run_config=run_config, tags=tags, raise_on_error=False)
     if not result.success:
-        raise SystemExit(f"{job} {shard or ''} failed: {[event.message for event in result.all_events if event.is_failure][:3]}")
+        raise SystemExit(
+            f"{job} {shard or ''} failed: {[event.message for event in result.all_events if event.is_failure][:3]}"
+        )
 
 
 def on_dask(data_dir: Path) -> float:
@@ -71,7 +77,12 @@ def on_dask(data_dir: Path) -> float:
     home.mkdir()
     # Each worker's steps get its share of the cores (XLR_STEP_THREADS), as `xlr run --workers 2` gives its runs.
     threads = str(max(1, available_cores() // 2))
-    os.environ |= {"DAGSTER_HOME": str(home), "XLR_DATA_DIR": str(data_dir), "XLR_EXECUTOR": "dask", "XLR_STEP_THREADS": threads}
+    os.environ |= {
+        "DAGSTER_HOME": str(home),
+        "XLR_DATA_DIR": str(data_dir),
+        "XLR_EXECUTOR": "dask",
+        "XLR_STEP_THREADS": threads,
+    }
     pipeline = build_pipeline(XlrSettings(data_dir=str(data_dir)))
     lane = pipeline.lane(DATASET)
     with dg.DagsterInstance.get() as instance:
@@ -98,14 +109,19 @@ def main() -> None:
     if args.launch:
         launch(*args.launch) if len(args.launch) == 3 else launch(args.launch[0], args.launch[1], None)
         return
-    baseline = stage_seconds(copy_dataset(Path(tempfile.mkdtemp(prefix="xlr-bench-")), args.images, 1), "image", step_threads=1)
+    baseline = stage_seconds(
+        copy_dataset(Path(tempfile.mkdtemp(prefix="xlr-bench-")), args.images, 1), "image", step_threads=1
+    )
     print(f"baseline {baseline:.1f} s", flush=True)
     dask = on_dask(copy_dataset(Path(tempfile.mkdtemp(prefix="xlr-bench-")), args.images, 2))
     print(f"dask {dask:.1f} s", flush=True)
     rows = [
         {"measurement": "1 shard, 1 thread, in process", "seconds": round(baseline, 2)},
-        {"measurement": "2 shards as 2 concurrent runs on a 2-worker Dask LocalCluster (1 thread each) + union", "seconds": round(dask, 2),
-         "speed_vs_baseline": round(baseline / dask, 3)},
+        {
+            "measurement": "2 shards as 2 concurrent runs on a 2-worker Dask LocalCluster (1 thread each) + union",
+            "seconds": round(dask, 2),
+            "speed_vs_baseline": round(baseline / dask, 3),
+        },
     ]
     result = {**header("dask_shards", DATASET), "images": args.images, "rows": rows}
     lines = [
@@ -113,7 +129,12 @@ def main() -> None:
         "",
         "| measurement | wall time (s) | speed vs baseline |",
         "|---|---|---|",
-        *[f"| {r['measurement']} | {r['seconds']:.1f} | " + (f"{r['speed_vs_baseline']:.2f}×" if "speed_vs_baseline" in r else "baseline") + " |" for r in rows],
+        *[
+            f"| {r['measurement']} | {r['seconds']:.1f} | "
+            + (f"{r['speed_vs_baseline']:.2f}×" if "speed_vs_baseline" in r else "baseline")
+            + " |"
+            for r in rows
+        ],
         "",
     ]
     write_results(result, lines)

@@ -36,7 +36,12 @@ from xlr_pipeline.staleness import Target
 
 DATASET = "emoji_cldr"
 # A named cluster for the estimate: 16 on-demand AWS c7i.4xlarge nodes (16 vCPU each), us-east-1 list price.
-CLUSTER = {"name": "16 × AWS c7i.4xlarge (16 vCPU, 32 GiB)", "nodes": 16, "cores_per_node": 16, "usd_per_node_hour": 0.714}
+CLUSTER = {
+    "name": "16 × AWS c7i.4xlarge (16 vCPU, 32 GiB)",
+    "nodes": 16,
+    "cores_per_node": 16,
+    "usd_per_node_hour": 0.714,
+}
 
 
 def copy_dataset(target: Path, images: int, shards: int) -> Path:
@@ -67,7 +72,9 @@ def bare_image_loop(data_dir: Path) -> tuple[float, int]:
 def bare_text_loop(data_dir: Path) -> tuple[float, int]:
     """The captions the stage embeds: English (the training language: every split) of the listed images."""
     listed = pl.read_csv(data_dir / DATASET / "split.csv", infer_schema=False)["image_id"]
-    captions = pl.read_csv(data_dir / DATASET / "captions" / "en.tsv", separator="\t", quote_char=None, infer_schema=False)
+    captions = pl.read_csv(
+        data_dir / DATASET / "captions" / "en.tsv", separator="\t", quote_char=None, infer_schema=False
+    )
     captions = captions.filter(pl.col("image_id").is_in(listed.implode()))["caption"].to_list()
     started = time.perf_counter()
     encoder = load_text_encoder(DEFAULT_TEXT_MODEL)
@@ -91,7 +98,9 @@ def stage_seconds(data_dir: Path, side: str, workers: int = 1, **settings) -> fl
             materialize_target(instance, pipeline, Target(lane.key("text_embeddings"), "en"), {}, "ERROR")
             return time.perf_counter() - began
         materialize_target(instance, pipeline, Target(lane.key("images"), None), {}, "ERROR")
-        shards = [Target(lane.key("image_embedding_shards"), shard if lane.shards else None) for shard in lane.shard_keys()]
+        shards = [
+            Target(lane.key("image_embedding_shards"), shard if lane.shards else None) for shard in lane.shard_keys()
+        ]
         began = time.perf_counter()
         if workers > 1:
             materialize_concurrently(instance, pipeline, shards, workers, "ERROR")
@@ -114,9 +123,20 @@ def measure(images: int) -> list[dict]:
         return copy_dataset(Path(tempfile.mkdtemp(prefix="xlr-bench-")), images, shards)
 
     def record(name: str, seconds: float, items: int, unit: str, baseline: str | None = None) -> None:
-        row = {"measurement": name, "seconds": round(seconds, 2), "items": items, "unit": unit, "items_per_s": round(items / seconds, 2)}
+        row = {
+            "measurement": name,
+            "seconds": round(seconds, 2),
+            "items": items,
+            "unit": unit,
+            "items_per_s": round(items / seconds, 2),
+        }
         if baseline is not None:
-            row |= {"baseline": baseline, "speed_vs_baseline": round(next(r for r in rows if r["measurement"] == baseline)["seconds"] / seconds, 3)}
+            row |= {
+                "baseline": baseline,
+                "speed_vs_baseline": round(
+                    next(r for r in rows if r["measurement"] == baseline)["seconds"] / seconds, 3
+                ),
+            }
         rows.append(row)
         print(row, flush=True)
 
@@ -127,17 +147,41 @@ def measure(images: int) -> list[dict]:
     stage_seconds(fresh(), "text")
     seconds, captions = bare_text_loop(fresh())
     record("bare text loop: en captions, batches of 64", seconds, captions, "captions")
-    record("text stage: text_embeddings[en]", stage_seconds(fresh(), "text"), captions, "captions", "bare text loop: en captions, batches of 64")
+    record(
+        "text stage: text_embeddings[en]",
+        stage_seconds(fresh(), "text"),
+        captions,
+        "captions",
+        "bare text loop: en captions, batches of 64",
+    )
     load_image_encoder(DEFAULT_IMAGE_MODEL)
     seconds, count = bare_image_loop(fresh())
     record(BARE_IMAGES, seconds, count, "images")
-    record("image stage (shard + union), decoding in the encoding thread", stage_seconds(fresh(), "image", decode_workers=0), count, "images", BARE_IMAGES)
-    record("image stage, 2 decode threads ahead of the encoder", stage_seconds(fresh(), "image", decode_workers=2), count, "images", BARE_IMAGES)
+    record(
+        "image stage (shard + union), decoding in the encoding thread",
+        stage_seconds(fresh(), "image", decode_workers=0),
+        count,
+        "images",
+        BARE_IMAGES,
+    )
+    record(
+        "image stage, 2 decode threads ahead of the encoder",
+        stage_seconds(fresh(), "image", decode_workers=2),
+        count,
+        "images",
+        BARE_IMAGES,
+    )
     record(ONE_THREAD, stage_seconds(fresh(), "image", step_threads=1), count, "images")
     record(TWO_SHARDS_SEQUENTIAL, stage_seconds(fresh(2), "image"), count, "images", ONE_THREAD)
     concurrent = "2 shards, 2 concurrent runs (--workers 2, half the cores each)"
     record(concurrent, stage_seconds(fresh(2), "image", workers=2), count, "images", ONE_THREAD)
-    record(concurrent + " (again, against the sequential run)", stage_seconds(fresh(2), "image", workers=2), count, "images", TWO_SHARDS_SEQUENTIAL)
+    record(
+        concurrent + " (again, against the sequential run)",
+        stage_seconds(fresh(2), "image", workers=2),
+        count,
+        "images",
+        TWO_SHARDS_SEQUENTIAL,
+    )
     return rows
 
 
@@ -180,7 +224,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=800, help="first N images of emoji_cldr (default 800)")
     parser.add_argument(
-        "--profile-text", action="store_true", help="only profile the text stage (pyinstrument) → results/text_stage_profile.txt"
+        "--profile-text",
+        action="store_true",
+        help="only profile the text stage (pyinstrument) → results/text_stage_profile.txt",
     )
     args = parser.parse_args()
     if args.profile_text:
@@ -189,7 +235,13 @@ def main() -> None:
     cores = available_cores()
     rows = measure(args.images)
     cost = estimate(rows, cores)
-    result = {**header("embedding_stages", DATASET), "images": args.images, "cores": cores, "rows": rows, "estimate_1m_images_100_languages": cost}
+    result = {
+        **header("embedding_stages", DATASET),
+        "images": args.images,
+        "cores": cores,
+        "rows": rows,
+        "estimate_1m_images_100_languages": cost,
+    }
     lines = [
         f"# Embedding stages on the first {args.images} emoji_cldr images ({result['date']}, {cores} cores, empty cache each)",
         "",
@@ -197,7 +249,8 @@ def main() -> None:
         "|---|---|---|---|---|",
         *[
             f"| {r['measurement']} | {r['seconds']:.1f} | {r['items']} {r['unit']} | {r['items_per_s']:.1f} | "
-            + (f"{r['speed_vs_baseline']:.2f}× ({r['baseline']})" if "baseline" in r else "baseline") + " |"
+            + (f"{r['speed_vs_baseline']:.2f}× ({r['baseline']})" if "baseline" in r else "baseline")
+            + " |"
             for r in rows
         ],
         "",

@@ -31,14 +31,19 @@ def previous_store_fill(folder: Path, hashes: list[str], vectors: np.ndarray) ->
     folder.mkdir(parents=True)
     schema = {"content_hash": pl.String, "vector": pl.Array(pl.Float32, DIM)}
     for start in range(0, len(hashes), PREVIOUS_BATCH):
-        pl.DataFrame({"content_hash": hashes[start : start + PREVIOUS_BATCH], "vector": vectors[start : start + PREVIOUS_BATCH]}, schema=schema).write_parquet(
-            folder / f"{start:09d}.parquet"
-        )
+        pl.DataFrame(
+            {"content_hash": hashes[start : start + PREVIOUS_BATCH], "vector": vectors[start : start + PREVIOUS_BATCH]},
+            schema=schema,
+        ).write_parquet(folder / f"{start:09d}.parquet")
 
 
 def previous_store_lookup(folder: Path, hashes: list[str]) -> dict[str, np.ndarray]:
     wanted = pl.DataFrame({"content_hash": list(set(hashes))})
-    found = pl.concat([pl.read_parquet(shard) for shard in sorted(folder.glob("*.parquet"))]).unique("content_hash").join(wanted, on="content_hash")
+    found = (
+        pl.concat([pl.read_parquet(shard) for shard in sorted(folder.glob("*.parquet"))])
+        .unique("content_hash")
+        .join(wanted, on="content_hash")
+    )
     return dict(zip(found["content_hash"].to_list(), found["vector"].to_numpy()))
 
 

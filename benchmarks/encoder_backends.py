@@ -53,7 +53,10 @@ def min_cosine(first: np.ndarray, second: np.ndarray) -> float:
 def image_encoding(model_id: str, images: int, exports: Path, cores: int) -> list[dict]:
     paths = sorted((DEFAULT_DATA_DIR / "emoji_cldr" / "images").glob("*.png"))[:images]
     decoded = [load_image(path) for path in paths]
-    encoders = {backend: load_image_encoder(model_id, EncoderRuntime(backend, exports, cores)) for backend in ("native", "onnxruntime")}
+    encoders = {
+        backend: load_image_encoder(model_id, EncoderRuntime(backend, exports, cores))
+        for backend in ("native", "onnxruntime")
+    }
     prepared = [encoders["native"].prepare(image) for image in decoded]
     seconds: dict[str, list[float]] = {backend: [] for backend in encoders}
     vectors: dict[str, np.ndarray] = {}
@@ -63,20 +66,37 @@ def image_encoding(model_id: str, images: int, exports: Path, cores: int) -> lis
         for _ in range(ROUNDS):
             for backend, encoder in encoders.items():
                 started = time.perf_counter()
-                vectors[backend] = np.concatenate([encoder.encode_prepared(prepared[i : i + 64]) for i in range(0, len(prepared), 64)])
+                vectors[backend] = np.concatenate(
+                    [encoder.encode_prepared(prepared[i : i + 64]) for i in range(0, len(prepared), 64)]
+                )
                 seconds[backend].append(time.perf_counter() - started)
     rows = []
     for backend, encoder in encoders.items():
         median = statistics.median(seconds[backend])
-        rows.append({"measurement": f"{model_id} image encoding", "backend": encoder.backend, "items": len(prepared), "unit": "images",
-                     "seconds": round(median, 3), "items_per_s": round(len(prepared) / median, 1)})
-    rows[1] |= {"baseline": rows[0]["backend"], "speed_vs_baseline": round(rows[0]["seconds"] / rows[1]["seconds"], 2),
-                "min_cosine_vs_baseline": round(min_cosine(vectors["native"], vectors["onnxruntime"]), 6)}
+        rows.append(
+            {
+                "measurement": f"{model_id} image encoding",
+                "backend": encoder.backend,
+                "items": len(prepared),
+                "unit": "images",
+                "seconds": round(median, 3),
+                "items_per_s": round(len(prepared) / median, 1),
+            }
+        )
+    rows[1] |= {
+        "baseline": rows[0]["backend"],
+        "speed_vs_baseline": round(rows[0]["seconds"] / rows[1]["seconds"], 2),
+        "min_cosine_vs_baseline": round(min_cosine(vectors["native"], vectors["onnxruntime"]), 6),
+    }
     return rows
 
 
 def xtd10_captions() -> list[str]:
-    return [line for path in sorted(XTD10.rglob("test_1kcaptions_*.txt")) for line in path.read_text("utf-8").splitlines()[:100]]
+    return [
+        line
+        for path in sorted(XTD10.rglob("test_1kcaptions_*.txt"))
+        for line in path.read_text("utf-8").splitlines()[:100]
+    ]
 
 
 def text_encoding(exports: Path, cores: int) -> list[dict]:
@@ -98,12 +118,21 @@ def text_encoding(exports: Path, cores: int) -> list[dict]:
                 vectors = np.concatenate([encoder.encode(texts[i : i + 64]) for i in range(0, len(texts), 64)])
                 rounds.append(time.perf_counter() - started)
         median = statistics.median(rounds)
-        row = {"measurement": f"{model_id} text encoding", "backend": encoder.backend, "items": len(texts), "unit": "captions",
-               "seconds": round(median, 3), "items_per_s": round(len(texts) / median, 1)}
+        row = {
+            "measurement": f"{model_id} text encoding",
+            "backend": encoder.backend,
+            "items": len(texts),
+            "unit": "captions",
+            "seconds": round(median, 3),
+            "items_per_s": round(len(texts) / median, 1),
+        }
         if reference is None:
             reference = (row, vectors)
         else:
-            row |= {"baseline": reference[0]["backend"], "speed_vs_baseline": round(reference[0]["seconds"] / median, 2)}
+            row |= {
+                "baseline": reference[0]["backend"],
+                "speed_vs_baseline": round(reference[0]["seconds"] / median, 2),
+            }
             if vectors.shape == reference[1].shape:
                 row["min_cosine_vs_baseline"] = round(min_cosine(vectors, reference[1]), 6)
         rows.append(row)
@@ -122,12 +151,30 @@ def image_stage(images: int, exports: Path, cores: int) -> list[dict]:
         for start in range(0, len(paths), 32):
             encoder.encode_prepared([encoder.prepare(load_image(path)) for path in paths[start : start + 32]])
     bare = time.perf_counter() - started
-    stage = stage_seconds(copy_dataset(Path(tempfile.mkdtemp(prefix="xlr-bench-")), images, 1), "image", decode_workers=2, export_dir=str(exports))
+    stage = stage_seconds(
+        copy_dataset(Path(tempfile.mkdtemp(prefix="xlr-bench-")), images, 1),
+        "image",
+        decode_workers=2,
+        export_dir=str(exports),
+    )
     name = "bare image loop (onnxruntime): decode + prepare + encode, batches of 32"
     return [
-        {"measurement": name, "items": len(paths), "unit": "images", "seconds": round(bare, 2), "items_per_s": round(len(paths) / bare, 1)},
-        {"measurement": "image stage (shard + union, 2 decode threads)", "items": len(paths), "unit": "images", "seconds": round(stage, 2),
-         "items_per_s": round(len(paths) / stage, 1), "baseline": name, "speed_vs_baseline": round(bare / stage, 2)},
+        {
+            "measurement": name,
+            "items": len(paths),
+            "unit": "images",
+            "seconds": round(bare, 2),
+            "items_per_s": round(len(paths) / bare, 1),
+        },
+        {
+            "measurement": "image stage (shard + union, 2 decode threads)",
+            "items": len(paths),
+            "unit": "images",
+            "seconds": round(stage, 2),
+            "items_per_s": round(len(paths) / stage, 1),
+            "baseline": name,
+            "speed_vs_baseline": round(bare / stage, 2),
+        },
     ]
 
 
@@ -135,8 +182,21 @@ def cold_run(backend: str) -> float:
     """`xlr run` on a fresh copy of emoji_cldr: new Dagster home, empty embedding and export caches."""
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = copy_dataset(Path(tmp) / "data", 10_000, 1)
-        env = {key: value for key, value in os.environ.items() if not key.startswith("XLR_")} | {"DAGSTER_HOME": str(Path(tmp) / "home")}
-        command = [sys.executable, "-m", "xlr_pipeline.cli", "run", "--data-dir", str(data_dir), "--dataset", "emoji_cldr", "--encoder-backend", backend]
+        env = {key: value for key, value in os.environ.items() if not key.startswith("XLR_")} | {
+            "DAGSTER_HOME": str(Path(tmp) / "home")
+        }
+        command = [
+            sys.executable,
+            "-m",
+            "xlr_pipeline.cli",
+            "run",
+            "--data-dir",
+            str(data_dir),
+            "--dataset",
+            "emoji_cldr",
+            "--encoder-backend",
+            backend,
+        ]
         started = time.perf_counter()
         finished = subprocess.run(command, env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - started
@@ -149,9 +209,18 @@ def cold_runs() -> list[dict]:
     native = cold_run("native")
     default = cold_run("onnxruntime")
     return [
-        {"measurement": "cold xlr run, emoji_cldr", "backend": "native (previous default)", "seconds": round(native, 1)},
-        {"measurement": "cold xlr run, emoji_cldr", "backend": "onnxruntime (default)", "seconds": round(default, 1),
-         "baseline": "native (previous default)", "time_vs_baseline": round(default / native, 2)},
+        {
+            "measurement": "cold xlr run, emoji_cldr",
+            "backend": "native (previous default)",
+            "seconds": round(native, 1),
+        },
+        {
+            "measurement": "cold xlr run, emoji_cldr",
+            "backend": "onnxruntime (default)",
+            "seconds": round(default, 1),
+            "baseline": "native (previous default)",
+            "time_vs_baseline": round(default / native, 2),
+        },
     ]
 
 
@@ -163,28 +232,40 @@ def markdown(result: dict) -> list[str]:
             return f"{row['time_vs_baseline']:.2f}× the time ({row['baseline']})"
         return "baseline"
 
-    lines = [f"# Encoder backends ({result['date']}, {result['cores']} cores)", "",
-             "| measurement | backend | items | wall time (s) | items/s | vs baseline | min cosine vs baseline |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Encoder backends ({result['date']}, {result['cores']} cores)",
+        "",
+        "| measurement | backend | items | wall time (s) | items/s | vs baseline | min cosine vs baseline |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in result["rows"]:
         items = f"{row['items']} {row['unit']}" if "items" in row else ""
         rate = f"{row['items_per_s']:.1f}" if "items_per_s" in row else ""
         cosine = f"{row['min_cosine_vs_baseline']:.6f}" if "min_cosine_vs_baseline" in row else ""
-        lines.append(f"| {row['measurement']} | {row.get('backend', '')} | {items} | {row['seconds']} | {rate} | {speed(row)} | {cosine} |")
+        lines.append(
+            f"| {row['measurement']} | {row.get('backend', '')} | {items} | {row['seconds']} | {rate} | {speed(row)} | {cosine} |"
+        )
     return [*lines, ""]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=256, help="preprocessed images per encoding round (default 256)")
-    parser.add_argument("--stage-images", type=int, default=800, help="first N emoji_cldr images for the stage (default 800)")
-    parser.add_argument("--skip-cold-runs", action="store_true", help="leave out the two cold `xlr run`s (about 3 minutes)")
+    parser.add_argument(
+        "--stage-images", type=int, default=800, help="first N emoji_cldr images for the stage (default 800)"
+    )
+    parser.add_argument(
+        "--skip-cold-runs", action="store_true", help="leave out the two cold `xlr run`s (about 3 minutes)"
+    )
     args = parser.parse_args()
     cores = available_cores()
     with tempfile.TemporaryDirectory() as exports:
-        rows = [*image_encoding(DEFAULT_IMAGE_MODEL, args.images, Path(exports), cores),
-                *image_encoding(LITE2_IMAGE_MODEL, args.images, Path(exports), cores),
-                *image_stage(args.stage_images, Path(exports), cores),
-                *text_encoding(Path(exports), cores)]
+        rows = [
+            *image_encoding(DEFAULT_IMAGE_MODEL, args.images, Path(exports), cores),
+            *image_encoding(LITE2_IMAGE_MODEL, args.images, Path(exports), cores),
+            *image_stage(args.stage_images, Path(exports), cores),
+            *text_encoding(Path(exports), cores),
+        ]
     if not args.skip_cold_runs:
         rows += cold_runs()
     result = {**header("encoder_backends", "emoji_cldr + xtd10 captions"), "cores": cores, "rows": rows}

@@ -48,14 +48,30 @@ def child(size: int, method: str) -> None:
     labels = np.arange(size)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
-    ranks = first_correct_ranks(gallery, queries, labels, labels) if method == "chunked" else previous_ranks(gallery, queries, labels)
+    ranks = (
+        first_correct_ranks(gallery, queries, labels, labels)
+        if method == "chunked"
+        else previous_ranks(gallery, queries, labels)
+    )
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak / 1024, "rss_before_mb": before / 1024, "r1": float(np.mean(ranks == 1)), "checksum": int(ranks.sum())}))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "peak_rss_mb": peak / 1024,
+                "rss_before_mb": before / 1024,
+                "r1": float(np.mean(ranks == 1)),
+                "checksum": int(ranks.sum()),
+            }
+        )
+    )
 
 
 def measure(size: int, method: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", str(size), method], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", str(size), method], capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

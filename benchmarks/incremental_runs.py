@@ -29,7 +29,13 @@ NEW_LANGUAGE = "pl"
 def timed(label: str, instance, pipeline, configs, include_stale: bool) -> dict:
     started = time.perf_counter()
     report = run_pipeline(
-        instance, pipeline, ["emoji_cldr"], configs, include_stale=include_stale, log=lambda _: None, console_log_level="ERROR"
+        instance,
+        pipeline,
+        ["emoji_cldr"],
+        configs,
+        include_stale=include_stale,
+        log=lambda _: None,
+        console_log_level="ERROR",
     )
     seconds = time.perf_counter() - started
     executed = [f"{asset}[{partition}]" if partition else asset for asset, partition, _ in report.executed]

@@ -59,7 +59,7 @@ class GroupMemory:
             self.peak_mib = max(self.peak_mib, self.current_mib())
             self._stop.wait(0.5)
 
-    def __enter__(self) -> "GroupMemory":
+    def __enter__(self) -> GroupMemory:
         self._thread.start()
         return self
 
@@ -80,7 +80,11 @@ def cli_cold_run(root: Path) -> dict:
     started = time.perf_counter()
     process = subprocess.Popen(
         [sys.executable, "-m", "xlr_pipeline.cli", "run", "--dataset", DATASET, "--data-dir", str(data_dir)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     with GroupMemory(process.pid) as memory:
         _, errors = process.communicate()
@@ -99,15 +103,19 @@ def ui_materialize_all(root: Path) -> dict:
             launched = click_materialize_all(page, ui, DATASET)
             runs = ui.wait_for_runs(
                 lambda runs: any(r["status"] == "SUCCESS" and "retrieval_metrics" in r["assets"] for r in runs),
-                3600, "the backfill",
+                3600,
+                "the backfill",
             )
     return {
         "seconds": round(max(run["endTime"] for run in runs) - launched, 1),
         "peak_rss_mib": round(memory.peak_mib),
         "idle_ui_rss_mib": round(idle_mib),
         "runs": [
-            {"assets": run["assets"], "seconds": round(run["endTime"] - run["startTime"], 1),
-             "waited_s": round(run["startTime"] - launched, 1)}
+            {
+                "assets": run["assets"],
+                "seconds": round(run["endTime"] - run["startTime"], 1),
+                "waited_s": round(run["startTime"] - launched, 1),
+            }
             for run in sorted(runs, key=lambda run: run["startTime"])
         ],
     }
@@ -122,9 +130,22 @@ def main() -> None:
             print(f"CLI cold run {attempt}: {cli}")
             ui = ui_materialize_all(Path(tmp) / f"ui{attempt}")
             print(f"UI Materialize all {attempt}: {ui['seconds']} s, peak {ui['peak_rss_mib']} MiB")
-            pairs.append({"cli_cold_run": cli, "ui_materialize_all": ui, "ratio_ui_to_cli": round(ui["seconds"] / cli["seconds"], 3)})
-    mean_ratio = sum(pair["ui_materialize_all"]["seconds"] for pair in pairs) / sum(pair["cli_cold_run"]["seconds"] for pair in pairs)
-    result = {**header("ui_materialize_all", DATASET), "pairs": pairs, "ratio_of_totals": round(mean_ratio, 3), "goal": "≤ 1.5"}
+            pairs.append(
+                {
+                    "cli_cold_run": cli,
+                    "ui_materialize_all": ui,
+                    "ratio_ui_to_cli": round(ui["seconds"] / cli["seconds"], 3),
+                }
+            )
+    mean_ratio = sum(pair["ui_materialize_all"]["seconds"] for pair in pairs) / sum(
+        pair["cli_cold_run"]["seconds"] for pair in pairs
+    )
+    result = {
+        **header("ui_materialize_all", DATASET),
+        "pairs": pairs,
+        "ratio_of_totals": round(mean_ratio, 3),
+        "goal": "≤ 1.5",
+    }
     lines = [
         f"# UI *Materialize all* vs CLI cold run on {DATASET} ({result['date']}, {os.cpu_count()} CPUs)",
         "",

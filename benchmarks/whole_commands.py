@@ -55,8 +55,23 @@ def main() -> None:
         steps.append(new_language)
         profile = RESULTS / "noop_run_profile.txt"
         subprocess.run(
-            [sys.executable, "-m", "pyinstrument", "--renderer", "text", "--outfile", str(profile), "-m", "xlr_pipeline.cli", "run", "--stale", *where],
-            env=env, check=True, capture_output=True,
+            [
+                sys.executable,
+                "-m",
+                "pyinstrument",
+                "--renderer",
+                "text",
+                "--outfile",
+                str(profile),
+                "-m",
+                "xlr_pipeline.cli",
+                "run",
+                "--stale",
+                *where,
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
         )
         for step in steps:
             step["command"] = step["command"].replace(str(data_dir), "COPY")

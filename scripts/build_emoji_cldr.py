@@ -46,12 +46,20 @@ HAIR_COMPONENTS = set(range(0x1F9B0, 0x1F9B4))
 GENDER_SIGNS = {0x2640, 0x2642}
 ZWJ = 0x200D
 # Words naming who does something; "men holding hands" and "people holding hands" are one concept.
-PERSON_WORDS = frozenset({"man", "woman", "men", "women", "person", "people", "boy", "girl", "child", "old", "older", "adult"})
+PERSON_WORDS = frozenset(
+    {"man", "woman", "men", "women", "person", "people", "boy", "girl", "child", "old", "older", "adult"}
+)
 # Man/woman/person (and boy/girl/child, old man/old woman/older person) share one family slot.
 PERSON_CLASSES = {
-    0x1F468: "adult", 0x1F469: "adult", 0x1F9D1: "adult",
-    0x1F466: "child", 0x1F467: "child", 0x1F9D2: "child",
-    0x1F474: "older", 0x1F475: "older", 0x1F9D3: "older",
+    0x1F468: "adult",
+    0x1F469: "adult",
+    0x1F9D1: "adult",
+    0x1F466: "child",
+    0x1F467: "child",
+    0x1F9D2: "child",
+    0x1F474: "older",
+    0x1F475: "older",
+    0x1F9D3: "older",
 }
 
 
@@ -119,9 +127,13 @@ def split_of(family: str) -> str:
 
 
 def load_annotations(node_modules: Path, language: str) -> dict[str, dict]:
-    full = json.loads((node_modules / f"cldr-annotations-full/annotations/{language}/annotations.json").read_text("utf-8"))
+    full = json.loads(
+        (node_modules / f"cldr-annotations-full/annotations/{language}/annotations.json").read_text("utf-8")
+    )
     derived = json.loads(
-        (node_modules / f"cldr-annotations-derived-full/annotationsDerived/{language}/annotations.json").read_text("utf-8")
+        (node_modules / f"cldr-annotations-derived-full/annotationsDerived/{language}/annotations.json").read_text(
+            "utf-8"
+        )
     )
     table: dict[str, dict] = {}
     for source in (full["annotations"]["annotations"], derived["annotationsDerived"]["annotations"]):
@@ -166,7 +178,9 @@ def build(node_modules: Path, out: Path) -> dict[str, int]:
             }
         )
 
-    families = family_groups([row["family"] for row in rows], [clean_field(row["names"]["en"]["tts"][0]) for row in rows])
+    families = family_groups(
+        [row["family"] for row in rows], [clean_field(row["names"]["en"]["tts"][0]) for row in rows]
+    )
     for row, family in zip(rows, families):
         row["family"] = family
         row["split"] = split_of(family)

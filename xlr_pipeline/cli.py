@@ -108,17 +108,26 @@ def command_run(args: argparse.Namespace) -> int:
         datasets = _datasets(args, pipeline, all_by_default=args.stale)
         head_config = head_training_config(args)
         settings = pipeline.settings
-        print(f"datasets {', '.join(datasets)} | image {settings.image_model} | text {settings.text_model} | DAGSTER_HOME={home}")
+        print(
+            f"datasets {', '.join(datasets)} | image {settings.image_model} | text {settings.text_model} | DAGSTER_HOME={home}"
+        )
         with dg.DagsterInstance.get() as instance:
             report = run_pipeline(
-                instance, pipeline, datasets, {"projection_head": head_config}, include_stale=args.stale,
-                console_log_level=_console_level(args), workers=args.workers,
+                instance,
+                pipeline,
+                datasets,
+                {"projection_head": head_config},
+                include_stale=args.stale,
+                console_log_level=_console_level(args),
+                workers=args.workers,
             )
             run_ids = head_run_ids(instance, pipeline, datasets)
     except (RunFailed, DatasetError, KeyError) as error:
         return _fail(error)
     total = sum(seconds for _, _, seconds in report.executed)
-    print(f"\n{len(report.executed)} materializations in {total:.0f} s; {len(report.skipped)} already up to date or unable to run")
+    print(
+        f"\n{len(report.executed)} materializations in {total:.0f} s; {len(report.skipped)} already up to date or unable to run"
+    )
     incomplete = sorted({status.target.key.path[0] for status in report.blocked})
     for status in report.blocked:
         print(f"  not run: {status.target.name}: {'; '.join(status.causes)}")
@@ -126,11 +135,19 @@ def command_run(args: argparse.Namespace) -> int:
         for line in quarantine_summary(settings.outputs(dataset), dataset):
             print(line)
         run_id = run_ids.get(dataset)
-        if dataset not in incomplete and run_id and settings.outputs(dataset).head_path.exists() and settings.results_db.exists():
+        if (
+            dataset not in incomplete
+            and run_id
+            and settings.outputs(dataset).head_path.exists()
+            and settings.results_db.exists()
+        ):
             print(f"\nRecall on the {dataset} test split, run {run_id} (results in {settings.results_db}):\n")
             print(to_markdown(recall_by_language(settings.results_db, run_id)))
     if incomplete:
-        print(f"error: not everything could be brought up to date in {', '.join(incomplete)} (see 'not run' above)", file=sys.stderr)
+        print(
+            f"error: not everything could be brought up to date in {', '.join(incomplete)} (see 'not run' above)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -143,7 +160,9 @@ def quarantine_summary(outputs, dataset: str) -> list[str]:
     for path in sorted(outputs.root.glob("captions/*.quarantine.parquet")):
         rows = read_parquet(path).height
         if rows:
-            lines.append(f"  quarantined: {rows} row(s) of {dataset} {path.name.split('.')[0]} captions, listed with file and line in {path}")
+            lines.append(
+                f"  quarantined: {rows} row(s) of {dataset} {path.name.split('.')[0]} captions, listed with file and line in {path}"
+            )
     return lines
 
 
@@ -161,14 +180,22 @@ def command_grid(args: argparse.Namespace) -> int:
         pipeline = _pipeline(args)
         (dataset,) = _datasets(args, pipeline, all_by_default=False)
         lane = pipeline.lane(dataset)
-        grid = GridConfig(**{k: v for k, v in (("seeds", args.seeds), ("objectives", args.objectives), ("epochs", args.epochs)) if v})
+        grid = GridConfig(
+            **{k: v for k, v in (("seeds", args.seeds), ("objectives", args.objectives), ("epochs", args.epochs)) if v}
+        )
         configs = {"projection_head": head_training_config(args), "experiment_grid": grid}
         if args.seeds:  # SALT copies are drawn per seed: the augmentation asset draws the grid's seeds
             configs["text_augmentations"] = AugmentationConfig(seeds=args.seeds)
         with dg.DagsterInstance.get() as instance:
             report = run_pipeline(
-                instance, pipeline, [dataset], configs, include_stale=True, stages=frozenset(CHAIN_ASSETS + EXPERIMENT_ASSETS),
-                console_log_level=_console_level(args), workers=args.workers,
+                instance,
+                pipeline,
+                [dataset],
+                configs,
+                include_stale=True,
+                stages=frozenset(CHAIN_ASSETS + EXPERIMENT_ASSETS),
+                console_log_level=_console_level(args),
+                workers=args.workers,
             )
             ran = {asset for asset, _, _ in report.executed}
             if args.rerun and lane.key("experiment_grid").to_user_string() not in ran:
@@ -198,8 +225,14 @@ def command_tagging(args: argparse.Namespace) -> int:
         configs = {"projection_head": head_training_config(args), **report}
         with dg.DagsterInstance.get() as instance:
             run_pipeline(
-                instance, pipeline, [dataset], configs, include_stale=True, stages=frozenset(CHAIN_ASSETS + TAGGING_ASSETS),
-                console_log_level=_console_level(args), workers=args.workers,
+                instance,
+                pipeline,
+                [dataset],
+                configs,
+                include_stale=True,
+                stages=frozenset(CHAIN_ASSETS + TAGGING_ASSETS),
+                console_log_level=_console_level(args),
+                workers=args.workers,
             )
     except (RunFailed, DatasetError, KeyError, ValueError) as error:
         return _fail(error)
@@ -226,7 +259,9 @@ def command_tag(args: argparse.Namespace) -> int:
         language = normalize_language(args.lang, "--lang")
         vocabulary_path = outputs.tag_vocabulary_path(language)
         if not outputs.head_path.is_file() or not vocabulary_path.is_file():
-            known = sorted(p.name.removesuffix(".vocabulary.parquet") for p in vocabulary_path.parent.glob("*.vocabulary.parquet"))
+            known = sorted(
+                p.name.removesuffix(".vocabulary.parquet") for p in vocabulary_path.parent.glob("*.vocabulary.parquet")
+            )
             raise DatasetError(
                 f"no tagger for {language!r} in dataset {dataset!r} yet (tag vocabularies: {known or 'none'}): "
                 f"run `xlr tagging --dataset {dataset}` first"
@@ -300,7 +335,9 @@ def command_serve(args: argparse.Namespace) -> int:
     except DatasetError as error:
         return _fail(error)
     print(f"xlr search on http://{args.host}:{args.port}/ (API docs: /docs)", file=sys.stderr)
-    uvicorn.run(create_app(service, args.dataset or DEFAULT_DATASET), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(
+        create_app(service, args.dataset or DEFAULT_DATASET), host=args.host, port=args.port, log_level="warning"
+    )
     return 0
 
 
@@ -356,8 +393,10 @@ def command_alignment(args: argparse.Namespace) -> int:
         return _fail(error)
     with duckdb.connect(str(pipeline.settings.results_db), read_only=True) as connection:
         frame = pl.from_arrow(connection.sql(ALIGNMENT_SUMMARY, params=[run_id]).to_arrow_table())
-    print(f"{dataset}: captions of each language retrieving the {pipeline.lane(dataset).train_language} captions of the same "
-          f"images (R@k, raw and centred), run {run_id}:\n")
+    print(
+        f"{dataset}: captions of each language retrieving the {pipeline.lane(dataset).train_language} captions of the same "
+        f"images (R@k, raw and centred), run {run_id}:\n"
+    )
     print(to_markdown(frame))
     return 0
 
@@ -419,7 +458,8 @@ def command_datasets(args: argparse.Namespace) -> int:
                 "image_list": f"{lane.spec.image_list_format}: {lane.spec.image_list}",
                 "images": (
                     f"COCO 2014 (+{pipeline.settings.train_image_count(lane.spec.coco_train_images)} train2014 for training)"
-                    if lane.spec.coco_sourced else lane.spec.images
+                    if lane.spec.coco_sourced
+                    else lane.spec.images
                 ),
                 "problems": "; ".join(problems),
             }
@@ -490,10 +530,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     location_options = argparse.ArgumentParser(add_help=False)
     location_options.add_argument(
-        "--data-dir", help=f"folder with datasets, outputs and results.duckdb (default: XLR_DATA_DIR, else {DEFAULT_DATA_DIR})"
+        "--data-dir",
+        help=f"folder with datasets, outputs and results.duckdb (default: XLR_DATA_DIR, else {DEFAULT_DATA_DIR})",
     )
     location_options.add_argument(
-        "--dataset-root", action="append", default=[], help="another folder holding datasets (repeatable; also XLR_DATASET_ROOTS)"
+        "--dataset-root",
+        action="append",
+        default=[],
+        help="another folder holding datasets (repeatable; also XLR_DATASET_ROOTS)",
     )
     location_options.add_argument(
         "--storage-url",
@@ -502,10 +546,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pipeline_options = argparse.ArgumentParser(add_help=False, parents=[location_options])
     pipeline_options.add_argument(
-        "--dataset", help=f"the dataset (lane) by its declared name (default: {DEFAULT_DATASET}; all datasets for status and run --stale)"
+        "--dataset",
+        help=f"the dataset (lane) by its declared name (default: {DEFAULT_DATASET}; all datasets for status and run --stale)",
     )
-    pipeline_options.add_argument("--image-model", help=f"image encoder id (default: XLR_IMAGE_MODEL, else {DEFAULT_IMAGE_MODEL})")
-    pipeline_options.add_argument("--text-model", help=f"text encoder id (default: XLR_TEXT_MODEL, else {DEFAULT_TEXT_MODEL})")
+    pipeline_options.add_argument(
+        "--image-model", help=f"image encoder id (default: XLR_IMAGE_MODEL, else {DEFAULT_IMAGE_MODEL})"
+    )
+    pipeline_options.add_argument(
+        "--text-model", help=f"text encoder id (default: XLR_TEXT_MODEL, else {DEFAULT_TEXT_MODEL})"
+    )
     pipeline_options.add_argument(
         "--encoder-backend",
         choices=BACKENDS,
@@ -515,11 +564,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--verbose", action="store_true", help="show Dagster's full console log, with the trace of every failure"
     )
     coco = pipeline_options.add_argument_group("COCO-sourced datasets (xtd10)")
-    coco.add_argument("--coco-dir", help="local COCO folder: train2014/ + val2014/, flat COCO_*2014_*.jpg, or train2017/ + val2017/")
     coco.add_argument(
-        "--download", dest="coco_download", action="store_true", help="download the COCO images and captions not found locally"
+        "--coco-dir", help="local COCO folder: train2014/ + val2014/, flat COCO_*2014_*.jpg, or train2017/ + val2017/"
     )
-    coco.add_argument("--coco-train-images", type=_whole_number, help="English COCO train2014 images to train on (xtd10 default 10000)")
+    coco.add_argument(
+        "--download",
+        dest="coco_download",
+        action="store_true",
+        help="download the COCO images and captions not found locally",
+    )
+    coco.add_argument(
+        "--coco-train-images",
+        type=_whole_number,
+        help="English COCO train2014 images to train on (xtd10 default 10000)",
+    )
     coco.add_argument("--coco-image-url", help="base URL of COCO images (default http://images.cocodataset.org)")
     coco.add_argument("--coco-annotations-url", help="URL of the COCO 2014 annotations zip or captions_train2014.json")
     for option, kind in HEAD_OPTIONS.items():
@@ -535,11 +593,17 @@ def build_parser() -> argparse.ArgumentParser:
         "shards (caption_shards) as this many step processes, each with an equal share of the cores",
     )
 
-    run = commands.add_parser("run", parents=[pipeline_options, worker_options], help="materialize what is missing and print per-language Recall")
+    run = commands.add_parser(
+        "run",
+        parents=[pipeline_options, worker_options],
+        help="materialize what is missing and print per-language Recall",
+    )
     run.add_argument("--stale", action="store_true", help="also rerun what is stale (changed code, config, inputs)")
     run.set_defaults(handler=command_run)
 
-    status = commands.add_parser("status", parents=[pipeline_options], help="list missing and stale asset partitions with causes")
+    status = commands.add_parser(
+        "status", parents=[pipeline_options], help="list missing and stale asset partitions with causes"
+    )
     status.add_argument("--all", action="store_true", help="list fresh ones too")
     status.set_defaults(handler=command_status)
 
@@ -548,9 +612,13 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[pipeline_options, worker_options],
         help="bring the chain and the experiment grid (objectives x augmentation x seeds) up to date; print the report",
     )
-    grid.add_argument("--seeds", type=int, nargs="+", help="seeds per cell (default 0 1 2 3 4); SALT copies are drawn per seed")
+    grid.add_argument(
+        "--seeds", type=int, nargs="+", help="seeds per cell (default 0 1 2 3 4); SALT copies are drawn per seed"
+    )
     grid.add_argument("--objectives", nargs="+", choices=OBJECTIVES, help="objectives (default all)")
-    grid.add_argument("--rerun", action="store_true", help="retrain the grid even if it exists (e.g. after changing --seeds)")
+    grid.add_argument(
+        "--rerun", action="store_true", help="retrain the grid even if it exists (e.g. after changing --seeds)"
+    )
     grid.set_defaults(handler=command_grid)
 
     tagging = commands.add_parser(
@@ -570,12 +638,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     backend_option = argparse.ArgumentParser(add_help=False, parents=[location_options])
     backend_option.add_argument(
-        "--encoder-backend", choices=BACKENDS, help=f"how the query encoders run (default: XLR_ENCODER_BACKEND, else {DEFAULT_BACKEND})"
+        "--encoder-backend",
+        choices=BACKENDS,
+        help=f"how the query encoders run (default: XLR_ENCODER_BACKEND, else {DEFAULT_BACKEND})",
     )
     search = commands.add_parser(
-        "search", parents=[backend_option], help="rank a dataset's images for a text in any language, or for an image (--image)"
+        "search",
+        parents=[backend_option],
+        help="rank a dataset's images for a text in any language, or for an image (--image)",
     )
-    search.add_argument("query", nargs="?", help="the query text, e.g. \"un chat qui rit\"")
+    search.add_argument("query", nargs="?", help='the query text, e.g. "un chat qui rit"')
     search.add_argument("--image", help="find images like this image file, and its best captions and tags")
     search.add_argument("--dataset", help=f"whose head and index (default: {DEFAULT_DATASET})")
     search.add_argument("--lang", help="language of the captions shown (default: the dataset's training language)")
@@ -583,14 +655,20 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--json", action="store_true", help="print the answer as JSON")
     search.set_defaults(handler=command_search)
 
-    serve = commands.add_parser("serve", parents=[backend_option], help="the search page and HTTP API (127.0.0.1 by default)")
-    serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
+    serve = commands.add_parser(
+        "serve", parents=[backend_option], help="the search page and HTTP API (127.0.0.1 by default)"
+    )
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)"
+    )
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"(default {DEFAULT_PORT})")
     serve.add_argument("--dataset", help=f"the dataset the page opens on (default: {DEFAULT_DATASET})")
     serve.set_defaults(handler=command_serve)
 
     evaluate = commands.add_parser(
-        "evaluate", parents=[pipeline_options], help="re-evaluate languages with the current head (the reevaluate_language job)"
+        "evaluate",
+        parents=[pipeline_options],
+        help="re-evaluate languages with the current head (the reevaluate_language job)",
     )
     evaluate.add_argument("languages", nargs="+", help="ISO 639-1 codes, e.g. ja de")
     evaluate.set_defaults(handler=command_evaluate)
@@ -612,7 +690,9 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("query", nargs="?", help="SQL text (several statements allowed; the last one's rows are printed)")
     sql.add_argument("--file", help="read the SQL from this file")
     sql.add_argument("--format", choices=["table", "csv", "json", "markdown"], default="table")
-    sql.add_argument("--data-dir", help="folder holding results.duckdb (default: XLR_DATA_DIR, else the shipped data dir)")
+    sql.add_argument(
+        "--data-dir", help="folder holding results.duckdb (default: XLR_DATA_DIR, else the shipped data dir)"
+    )
     sql.set_defaults(handler=command_sql)
 
     dev = commands.add_parser("dev", help="start the Dagster UI on the instance `xlr run` uses")

@@ -106,7 +106,9 @@ def _first_error(result: dg.ExecuteInProcessResult) -> str:
     for event in result.all_events:
         if event.event_type == dg.DagsterEventType.STEP_FAILURE:
             error = event.step_failure_data.error
-            while error is not None and error.cause is not None and "DagsterExecutionStepExecutionError" in error.cls_name:
+            while (
+                error is not None and error.cause is not None and "DagsterExecutionStepExecutionError" in error.cls_name
+            ):
                 error = error.cause
             if error is None:
                 return "step failed"
@@ -186,7 +188,9 @@ def run_pipeline(
     reported and skipped; everything else still runs. With `workers` > 1, the shards of a sharded asset run as
     that many concurrent runs, each in its own process with an equal share of the cores."""
     asset_configs = asset_configs or {}
-    resolver = _resolver(instance, pipeline, datasets, asset_configs, stages, lambda lane: register_languages(instance, lane))
+    resolver = _resolver(
+        instance, pipeline, datasets, asset_configs, stages, lambda lane: register_languages(instance, lane)
+    )
     wanted = {"missing", "stale"} if include_stale else {"missing"}
     report = RunReport()
     blocked: set[Target] = set()
@@ -207,9 +211,18 @@ def run_pipeline(
             if workers > 1 and len(due) > 1 and resolver.is_sharded(key):
                 timings = materialize_concurrently(instance, pipeline, due, workers, console_log_level)
             elif workers > 1 and has_parallel_steps(pipeline, key):
-                timings = ((target, _timed(materialize_with_parallel_steps, instance, pipeline, target, workers, console_log_level)) for target in due)
+                timings = (
+                    (
+                        target,
+                        _timed(materialize_with_parallel_steps, instance, pipeline, target, workers, console_log_level),
+                    )
+                    for target in due
+                )
             else:
-                timings = ((target, _timed(materialize_target, instance, pipeline, target, asset_configs, console_log_level)) for target in due)
+                timings = (
+                    (target, _timed(materialize_target, instance, pipeline, target, asset_configs, console_log_level))
+                    for target in due
+                )
             for target, elapsed in timings:
                 resolver.forget(target)
                 report.executed.append((key.to_user_string(), target.partition, elapsed))
@@ -252,7 +265,9 @@ def materialize_with_parallel_steps(
     with 1/workers of the cores."""
     settings = json.dumps(_settings_for_workers(pipeline.settings, workers))
     result = dg.execute_job(
-        dg.build_reconstructable_job(__name__, parallel_steps_job.__name__, reconstructable_args=(settings, list(target.key.path))),
+        dg.build_reconstructable_job(
+            __name__, parallel_steps_job.__name__, reconstructable_args=(settings, list(target.key.path))
+        ),
         instance,
         run_config={
             "execution": {"config": {"max_concurrent": workers}},
@@ -265,9 +280,7 @@ def materialize_with_parallel_steps(
         raise RunFailed(f"{target.name} failed: {_first_error(result)}")
 
 
-def _materialize_in_worker(
-    instance_ref, settings: dict, specs: list, target: Target, console_log_level: str
-) -> float:
+def _materialize_in_worker(instance_ref, settings: dict, specs: list, target: Target, console_log_level: str) -> float:
     """One shard's run in a spawned process: its own pipeline over the same datasets, the same instance."""
     pipeline = build_pipeline(XlrSettings(**settings), specs)
     with dg.DagsterInstance.from_ref(instance_ref) as instance:
@@ -275,7 +288,11 @@ def _materialize_in_worker(
 
 
 def materialize_concurrently(
-    instance: dg.DagsterInstance, pipeline: Pipeline, targets: list[Target], workers: int, console_log_level: str = "INFO"
+    instance: dg.DagsterInstance,
+    pipeline: Pipeline,
+    targets: list[Target],
+    workers: int,
+    console_log_level: str = "INFO",
 ) -> list[tuple[Target, float]]:
     """Run `targets` (independent partitions) as concurrent runs in `workers` spawned processes; each gets
     1/workers of the cores for torch and BLAS, so together they never oversubscribe the machine."""
@@ -284,7 +301,8 @@ def materialize_concurrently(
     specs = [lane.spec for lane in pipeline.lanes.values()]
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [
-            pool.submit(_materialize_in_worker, instance.get_ref(), fields, specs, target, console_log_level) for target in targets
+            pool.submit(_materialize_in_worker, instance.get_ref(), fields, specs, target, console_log_level)
+            for target in targets
         ]
         return [(target, future.result()) for target, future in zip(targets, futures)]
 
@@ -318,7 +336,13 @@ def evaluate_languages(
     for language in languages:
         log(f"re-evaluating {dataset} {language} ...")
         _materialize(
-            instance, pipeline, lane.keys(LANGUAGE_ASSETS), language, {}, f"re-evaluating {dataset} {language}", console_log_level
+            instance,
+            pipeline,
+            lane.keys(LANGUAGE_ASSETS),
+            language,
+            {},
+            f"re-evaluating {dataset} {language}",
+            console_log_level,
         )
         log("  done")
 
@@ -333,6 +357,8 @@ def current_statuses(
     """`xlr status`: every asset partition of the datasets with its state and causes, before anything runs."""
 
     def languages(lane: Lane) -> list[str]:
-        return sorted(set(instance.get_dynamic_partitions(lane.partitions.name)) | set(lane.spec.scan_caption_files()[0]))
+        return sorted(
+            set(instance.get_dynamic_partitions(lane.partitions.name)) | set(lane.spec.scan_caption_files()[0])
+        )
 
     return _resolver(instance, pipeline, datasets, asset_configs or {}, stages, languages).plan()

@@ -38,7 +38,9 @@ def settings_values(flags: Mapping[str, object] | None = None, environ: Mapping[
     environ = os.environ if environ is None else environ
     flags = dict(flags or {})
     extra_roots = list(flags.pop("dataset_roots", None) or [])
-    values: dict = {field: environ[variable] for field, variable in ENVIRONMENT_VARIABLES.items() if environ.get(variable)}
+    values: dict = {
+        field: environ[variable] for field, variable in ENVIRONMENT_VARIABLES.items() if environ.get(variable)
+    }
     values |= {field: value for field, value in flags.items() if value is not None and value is not False}
     roots = [*extra_roots, *(root for root in environ.get(DATASET_ROOTS_VARIABLE, "").split(os.pathsep) if root)]
     if roots:

@@ -140,7 +140,9 @@ class StalenessResolver:
     def latest(self, target: Target) -> dg.AssetMaterialization | None:
         if target not in self._latest:
             records = self.instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=target.key, asset_partitions=[target.partition] if target.partition else None),
+                dg.AssetRecordsFilter(
+                    asset_key=target.key, asset_partitions=[target.partition] if target.partition else None
+                ),
                 limit=1,
             ).records
             self._latest[target] = records[0].asset_materialization if records else None
@@ -157,7 +159,9 @@ class StalenessResolver:
         materialization = self.latest(target)
         lane = self.pipeline.lane_of(target.key)
         try:
-            current_config = CURRENT_CONFIG[asset_name(target.key)](self.pipeline.settings, lane, target.partition, self.head_config)
+            current_config = CURRENT_CONFIG[asset_name(target.key)](
+                self.pipeline.settings, lane, target.partition, self.head_config
+            )
         except DatasetError as error:
             return Status(target, "error", (f"cannot read its sources: {error}",))
         if materialization is None:

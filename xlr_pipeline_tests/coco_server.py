@@ -103,7 +103,7 @@ class CocoServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
-    def __enter__(self) -> "CocoServer":
+    def __enter__(self) -> CocoServer:
         self.thread.start()
         return self
 

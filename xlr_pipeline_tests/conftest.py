@@ -20,7 +20,13 @@ DATASET = "emoji_small"  # the name the subset declares: its lane, outputs folde
 
 
 def make_emoji_subset(
-    target: Path, n_train: int, n_test: int, languages=SUBSET_LANGUAGES, name: str = DATASET, first: int = 0, n_val: int = 0
+    target: Path,
+    n_train: int,
+    n_test: int,
+    languages=SUBSET_LANGUAGES,
+    name: str = DATASET,
+    first: int = 0,
+    n_val: int = 0,
 ) -> Path:
     """Copy a deterministic slice of data/emoji_cldr (images, split, captions) into `target`/`name`,
     declared under that name; `first` skips that many train, validation and test images of the shipped split."""
@@ -101,7 +107,9 @@ def location_job(name: str, key: dg.AssetKey) -> dg.JobDefinition:
     worker processes reconstruct by the module and name of a test's function that returns it."""
     from xlr_pipeline.definitions import defs
 
-    return dg.Definitions.merge(defs(), dg.Definitions(jobs=[dg.define_asset_job(name, selection=[key])])).resolve_job_def(name)
+    return dg.Definitions.merge(
+        defs(), dg.Definitions(jobs=[dg.define_asset_job(name, selection=[key])])
+    ).resolve_job_def(name)
 
 
 @pytest.fixture

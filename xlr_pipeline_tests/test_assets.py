@@ -43,12 +43,18 @@ def embed_images(instance, pipeline):
 def check_results(result) -> dict[str, bool]:
     return {
         evaluation.check_name: evaluation.passed
-        for evaluation in (e.event_specific_data for e in result.all_events if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+        for evaluation in (
+            e.event_specific_data
+            for e in result.all_events
+            if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
+        )
     }
 
 
 def failure_message(result) -> str:
-    return next(e.step_failure_data.error.message for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
+    return next(
+        e.step_failure_data.error.message for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE
+    )
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +98,9 @@ def test_every_asset_writes_what_it_promises(chain):
     images = pl.read_parquet(outputs.image_embeddings_path)
     assert images.height == 190 and vectors_of(images).shape == (190, 1280)
     assert check_results(results["image_embeddings"]) == {
-        "vectors_valid": True, "row_count_matches_source": True, "distinct_images": True
+        "vectors_valid": True,
+        "row_count_matches_source": True,
+        "distinct_images": True,
     }
 
     english = pl.read_parquet(outputs.text_embeddings_path("en"))
@@ -123,9 +131,14 @@ def test_duckdb_holds_both_directions_for_every_language(chain):
             "SELECT language, direction, k, recall, n_queries FROM recall r JOIN runs USING (run_id) "
             "WHERE runs.baseline_of IS NULL ORDER BY ALL"
         ).fetchall()
-        runs = connection.execute("SELECT objective, seed, image_model, text_model, baseline_of IS NULL FROM runs ORDER BY 1").fetchall()
+        runs = connection.execute(
+            "SELECT objective, seed, image_model, text_model, baseline_of IS NULL FROM runs ORDER BY 1"
+        ).fetchall()
     assert {(language, direction, k) for language, direction, k, _, _ in rows} == {
-        (language, direction, k) for language in SUBSET_LANGUAGES for direction in ("image_to_text", "text_to_image") for k in (1, 5, 10)
+        (language, direction, k)
+        for language in SUBSET_LANGUAGES
+        for direction in ("image_to_text", "text_to_image")
+        for k in (1, 5, 10)
     }
     assert all(n == 40 for *_, n in rows)
     assert runs == [
@@ -170,14 +183,21 @@ def test_corrupt_and_missing_images_are_named_and_left_out(fresh_data_dir, insta
     pipeline = pipeline_for(fresh_data_dir)
     result = materialize(instance, pipeline, "images")
     evaluation = next(
-        e.event_specific_data for e in result.all_events
-        if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION and e.event_specific_data.check_name == "all_images_usable"
+        e.event_specific_data
+        for e in result.all_events
+        if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
+        and e.event_specific_data.check_name == "all_images_usable"
     )
     assert not evaluation.passed and evaluation.metadata["unusable"].value == 2
     assert images[3].stem in evaluation.metadata["first"].value and images[5].stem in evaluation.metadata["first"].value
     unusable = pl.read_parquet(pipeline.settings.outputs(DATASET).images_path).filter(pl.col("status") != "ok")
-    assert dict(zip(unusable["image_id"], unusable["status"])) == {images[3].stem: "undecodable", images[5].stem: "missing"}
-    assert unusable.filter(pl.col("status") == "undecodable")["detail"][0].startswith(f"{images[3]}: cannot decode image")
+    assert dict(zip(unusable["image_id"], unusable["status"])) == {
+        images[3].stem: "undecodable",
+        images[5].stem: "missing",
+    }
+    assert unusable.filter(pl.col("status") == "undecodable")["detail"][0].startswith(
+        f"{images[3]}: cannot decode image"
+    )
     result = embed_images(instance, pipeline)
     embedded = pl.read_parquet(pipeline.settings.outputs(DATASET).image_embeddings_path)
     assert embedded.height == 188 and not {images[3].stem, images[5].stem} & set(embedded["image_id"])
@@ -185,7 +205,9 @@ def test_corrupt_and_missing_images_are_named_and_left_out(fresh_data_dir, insta
 
 def test_byte_identical_images_under_two_ids_are_reported(fresh_data_dir, instance):
     dataset = fresh_data_dir / DATASET
-    train_image = next(line.split(",")[0] for line in (dataset / "split.csv").read_text().splitlines()[1:] if ",train," in line)
+    train_image = next(
+        line.split(",")[0] for line in (dataset / "split.csv").read_text().splitlines()[1:] if ",train," in line
+    )
     shutil.copyfile(dataset / "images" / f"{train_image}.png", dataset / "images" / "copy-of-train.png")
     with open(dataset / "split.csv", "a", encoding="utf-8") as handle:
         handle.write("copy-of-train,test,x,y,z\n")
@@ -193,8 +215,10 @@ def test_byte_identical_images_under_two_ids_are_reported(fresh_data_dir, instan
     materialize(instance, pipeline, "images")
     result = embed_images(instance, pipeline)
     evaluation = next(
-        e.event_specific_data for e in result.all_events
-        if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION and e.event_specific_data.check_name == "distinct_images"
+        e.event_specific_data
+        for e in result.all_events
+        if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
+        and e.event_specific_data.check_name == "distinct_images"
     )
     assert not evaluation.passed
     metadata = {key: value.value for key, value in evaluation.metadata.items()}
@@ -205,7 +229,12 @@ def test_byte_identical_images_under_two_ids_are_reported(fresh_data_dir, instan
 def test_past_its_threshold_the_index_is_hnsw_with_its_recall_against_exact_recorded(chain):
     pipeline, instance, _ = chain
     node = op_name("image_index")
-    approximate = materialize(instance, pipeline, "image_index", run_config=dg.RunConfig(ops={node: ImageIndexConfig(exact_up_to=5, approximate="hnsw", hnsw_neighbours=4)}))
+    approximate = materialize(
+        instance,
+        pipeline,
+        "image_index",
+        run_config=dg.RunConfig(ops={node: ImageIndexConfig(exact_up_to=5, approximate="hnsw", hnsw_neighbours=4)}),
+    )
     metadata = approximate.asset_materializations_for_node(node)[0].metadata
     index = load_index(pipeline.settings.outputs(DATASET).index_path)
     assert metadata["index_type"].value == "IndexHNSWFlat" and type(index).__name__ == "IndexHNSWFlat"

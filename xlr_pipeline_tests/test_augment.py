@@ -79,7 +79,13 @@ def test_augmentation_asset_never_reads_test_or_foreign_captions(tmp_path, subse
     instance.add_dynamic_partitions(lane.partitions.name, ["en"])
     assets = pipeline.assets()
     assert dg.materialize(assets, selection=[lane.key("captions")], partition_key="en", instance=instance).success
-    config = dg.RunConfig(ops={op_name("text_augmentations"): AugmentationConfig(languages=["de", "ja"], words_per_language=300, seeds=[0, 1])})
+    config = dg.RunConfig(
+        ops={
+            op_name("text_augmentations"): AugmentationConfig(
+                languages=["de", "ja"], words_per_language=300, seeds=[0, 1]
+            )
+        }
+    )
     result = dg.materialize(assets, selection=[lane.key("text_augmentations")], instance=instance, run_config=config)
     assert result.success
     out = pl.read_parquet(outputs_for(data_dir).experiments / "code_switched.parquet")

@@ -2,7 +2,7 @@
 
 import json
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 import pytest
@@ -47,7 +47,9 @@ def latest_ids(instance, asset, partitions):
     return {
         p: instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=dg.AssetKey([DATASET, asset]), asset_partitions=[p] if p else None), limit=1
-        ).records[0].storage_id
+        )
+        .records[0]
+        .storage_id
         for p in partitions
     }
 
@@ -130,10 +132,12 @@ def test_schedule_reevaluates_every_language(fresh_data_dir, trained):
     before = latest_ids(instance, "retrieval_metrics", SUBSET_LANGUAGES)
     repository = pipeline_for(fresh_data_dir).definitions.get_repository_def()
     context = dg.build_schedule_context(
-        instance=instance, scheduled_execution_time=datetime(2026, 11, 30, 3, tzinfo=timezone.utc), repository_def=repository
+        instance=instance, scheduled_execution_time=datetime(2026, 11, 30, 3, tzinfo=UTC), repository_def=repository
     )
     with dg.partition_loading_context(dynamic_partitions_store=instance):
-        requests = repository.get_schedule_def(f"{DATASET}_reevaluate_all_languages").evaluate_tick(context).run_requests
+        requests = (
+            repository.get_schedule_def(f"{DATASET}_reevaluate_all_languages").evaluate_tick(context).run_requests
+        )
     assert sorted(r.partition_key for r in requests) == sorted(SUBSET_LANGUAGES)
     assert {request.job_name for request in requests} <= {None, f"{DATASET}_reevaluate_language"}
     execute(instance, fresh_data_dir, [request.with_replaced_attrs(asset_selection=JOB_ASSETS) for request in requests])
@@ -145,7 +149,7 @@ def test_schedule_waits_for_a_trained_head(fresh_data_dir, instance):
     instance.add_dynamic_partitions(PARTITIONS, ["en"])
     repository = pipeline_for(fresh_data_dir).definitions.get_repository_def()
     context = dg.build_schedule_context(
-        instance=instance, scheduled_execution_time=datetime(2026, 11, 30, tzinfo=timezone.utc), repository_def=repository
+        instance=instance, scheduled_execution_time=datetime(2026, 11, 30, tzinfo=UTC), repository_def=repository
     )
     skip = repository.get_schedule_def(f"{DATASET}_reevaluate_all_languages").evaluate_tick(context).skip_message
     assert f"no trained {DATASET}/projection_head" in skip
@@ -163,5 +167,7 @@ def test_a_dataset_waiting_for_its_images_gets_partitions_but_no_runs(fresh_data
 
     (tmp_path / "parked_images").rename(images)
     ready = tick(instance, fresh_data_dir, waiting.cursor)
-    assert not ready.run_requests and not ready.dynamic_partitions_requests  # registered: the user materializes the lane
+    assert (
+        not ready.run_requests and not ready.dynamic_partitions_requests
+    )  # registered: the user materializes the lane
     assert sorted(json.loads(ready.cursor)) == sorted(SUBSET_LANGUAGES)

@@ -37,8 +37,26 @@ pytestmark = [
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (installed by .ci/run)"),
 ]
 
-CHAIN = ["images", "captions", "image_embedding_shards", "image_embeddings", "image_index", "projection_head", "retrieval_metrics", "text_embeddings"]
-EVERY_ASSET = [*CHAIN, "text_augmentations", "text_encoder_finetuning", "experiment_grid", "grid_report", "text_alignment", "tags", "tagging_report"]
+CHAIN = [
+    "images",
+    "captions",
+    "image_embedding_shards",
+    "image_embeddings",
+    "image_index",
+    "projection_head",
+    "retrieval_metrics",
+    "text_embeddings",
+]
+EVERY_ASSET = [
+    *CHAIN,
+    "text_augmentations",
+    "text_encoder_finetuning",
+    "experiment_grid",
+    "grid_report",
+    "text_alignment",
+    "tags",
+    "tagging_report",
+]
 SMALL_GRID = f"""ops:
   {DATASET}__text_augmentations:
     config:
@@ -144,7 +162,9 @@ def test_a_user_works_the_pipeline_in_the_browser(fresh_data_dir, tmp_path):
         retrained = time.time()
         _launch_from_launchpad(page)
         ui.wait_for_runs(
-            lambda runs: _materialized(runs, "retrieval_metrics", after=retrained), 300, "index and metrics after the new head"
+            lambda runs: _materialized(runs, "retrieval_metrics", after=retrained),
+            300,
+            "index and metrics after the new head",
         )
         timings["head_change_followed_s"] = time.time() - retrained
         head_run = _head_run_id(fresh_data_dir)
@@ -154,12 +174,16 @@ def test_a_user_works_the_pipeline_in_the_browser(fresh_data_dir, tmp_path):
             evaluated = connection.sql(
                 "SELECT DISTINCT language FROM recall WHERE run_id = ?", params=[head_run]
             ).fetchall()
-            ((objective,),) = connection.sql("SELECT objective FROM runs WHERE run_id = ?", params=[head_run]).fetchall()
+            ((objective,),) = connection.sql(
+                "SELECT objective FROM runs WHERE run_id = ?", params=[head_run]
+            ).fetchall()
         assert objective == "m3" and {language for (language,) in evaluated} == languages
 
         # The one-language job for ja now succeeds (it failed against a stale index before eager automation).
         job_run = _launch_job_for(ui, f"{DATASET}_reevaluate_language", "ja")
-        ui.wait_for_runs(lambda runs: any(r["runId"] == job_run and r["status"] == "SUCCESS" for r in runs), 300, "reevaluate ja")
+        ui.wait_for_runs(
+            lambda runs: any(r["runId"] == job_run and r["status"] == "SUCCESS" for r in runs), 300, "reevaluate ja"
+        )
 
         open_page(page, f"{ui.url}/automation")
         page.get_by_text(f"{DATASET}_language_files").first.wait_for()
@@ -189,7 +213,11 @@ def _launch_job_for(ui: DagsterUI, job: str, partition: str) -> str:
              __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }""",
         {
             "params": {
-                "selector": {"repositoryLocationName": "xlr_pipeline", "repositoryName": "__repository__", "pipelineName": job},
+                "selector": {
+                    "repositoryLocationName": "xlr_pipeline",
+                    "repositoryName": "__repository__",
+                    "pipelineName": job,
+                },
                 "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]},
             }
         },

@@ -26,7 +26,7 @@ sys.exit(code)
 
 def documented_dataset_toml() -> str:
     section = DATASETS_PAGE.read_text("utf-8").split("## Adding your own dataset", 1)[1]
-    return re.search(r"```toml\n(.*?)```", section, flags=re.S).group(1)
+    return re.search(r"```toml\n(.*?)```", section, flags=re.DOTALL).group(1)
 
 
 def lay_out_my_photos(data_dir, source) -> None:
@@ -34,7 +34,10 @@ def lay_out_my_photos(data_dir, source) -> None:
     target = data_dir / "my_photos"
     (target / "captions").mkdir(parents=True)
     (source / "images").rename(target / "images")
-    with open(source / "split.csv", encoding="utf-8") as handle, open(target / "images.csv", "w", newline="", encoding="utf-8") as out:
+    with (
+        open(source / "split.csv", encoding="utf-8") as handle,
+        open(target / "images.csv", "w", newline="", encoding="utf-8") as out,
+    ):
         writer = csv.writer(out)
         writer.writerow(["image_id", "split"])
         writer.writerows((row["image_id"], row["split"]) for row in csv.DictReader(handle))
@@ -60,13 +63,19 @@ def data_dir(tmp_path, monkeypatch):
 
 def test_the_documented_declaration_is_what_the_reader_expects():
     declared = tomllib.loads(documented_dataset_toml())
-    assert declared["name"] == "my_photos" and declared["caption_format"] == "csv" and declared["caption_column"] == "title"
+    assert (
+        declared["name"] == "my_photos"
+        and declared["caption_format"] == "csv"
+        and declared["caption_column"] == "title"
+    )
 
 
 def test_the_documented_users_dataset_runs_in_its_own_lane(data_dir, capsys):
     assert xlr(["datasets", "--data-dir", str(data_dir)]) == 0
     listing = capsys.readouterr().out
-    assert re.search(r"\| my_photos \| .*my_photos \| de en \| en \| csv: captions/\{lang\}\.csv \| csv: images\.csv \|", listing)
+    assert re.search(
+        r"\| my_photos \| .*my_photos \| de en \| en \| csv: captions/\{lang\}\.csv \| csv: images\.csv \|", listing
+    )
     assert f"| {DATASET} |" in listing
 
     assert xlr(["run", "--data-dir", str(data_dir), "--dataset", "my_photos", "--epochs", "5"]) == 0
@@ -79,7 +88,9 @@ def test_the_documented_users_dataset_runs_in_its_own_lane(data_dir, capsys):
 
     # The quick path as a whole command: a no-op run reruns nothing, prints the results and never imports torch or FAISS.
     command = ["run", "--stale", "--data-dir", str(data_dir), "--dataset", "my_photos", "--epochs", "5"]
-    noop = subprocess.run([sys.executable, "-c", REPORT_HEAVY_IMPORTS, *command], capture_output=True, text=True, timeout=300)
+    noop = subprocess.run(
+        [sys.executable, "-c", REPORT_HEAVY_IMPORTS, *command], capture_output=True, text=True, timeout=300
+    )
     assert noop.returncode == 0, noop.stderr[-2000:]
     assert "0 materializations" in noop.stdout and "Recall on the my_photos test split" in noop.stdout
     assert "heavy modules loaded: []" in noop.stdout
@@ -97,7 +108,6 @@ def test_unknown_dataset_and_option_names_are_refused_at_the_command_line(data_d
     with pytest.raises(SystemExit):
         xlr(["run", "--data-dir", str(data_dir), "--objective", "m4"])
     assert "invalid choice: 'm4'" in capsys.readouterr().err
-
 
 
 def test_run_reports_quarantined_rows_and_fails_when_a_lane_cannot_finish(data_dir, capsys):
@@ -130,5 +140,7 @@ def test_a_results_file_that_is_not_duckdb_fails_once_with_its_name(data_dir, ca
     (data_dir / "results.duckdb").write_text("not a database\n")
     assert xlr(["run", "--data-dir", str(data_dir), "--dataset", DATASET, "--epochs", "5"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith(f"error: {DATASET}/retrieval_metrics[de] failed: {data_dir / 'results.duckdb'}: cannot open the results file")
+    assert err.startswith(
+        f"error: {DATASET}/retrieval_metrics[de] failed: {data_dir / 'results.duckdb'}: cannot open the results file"
+    )
     assert "max_retries" not in err and (data_dir / "results.duckdb").read_text() == "not a database\n"

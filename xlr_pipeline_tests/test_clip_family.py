@@ -43,21 +43,33 @@ def tiny_sentence_transformers_clip(folder) -> str:
 
     printable = [chr(c) for c in (*range(33, 127), *range(161, 173), *range(174, 256))]
     alphabet = printable + [chr(256 + n) for n in range(256 - len(printable))]
-    vocab = {symbol: i for i, symbol in enumerate(alphabet)} | {symbol + "</w>": 256 + i for i, symbol in enumerate(alphabet)}
+    vocab = {symbol: i for i, symbol in enumerate(alphabet)} | {
+        symbol + "</w>": 256 + i for i, symbol in enumerate(alphabet)
+    }
     vocab |= {"<|startoftext|>": 512, "<|endoftext|>": 513}
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n")
     tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
     tiny = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
     config = CLIPConfig(
-        text_config={**tiny, "vocab_size": 514, "max_position_embeddings": 32, "bos_token_id": 512, "eos_token_id": 513},
+        text_config={
+            **tiny,
+            "vocab_size": 514,
+            "max_position_embeddings": 32,
+            "bos_token_id": 512,
+            "eos_token_id": 513,
+        },
         vision_config={**tiny, "image_size": 32, "patch_size": 16},
         projection_dim=16,
     )
-    processor = CLIPProcessor(CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), tokenizer)
+    processor = CLIPProcessor(
+        CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), tokenizer
+    )
     CLIPModel(config).save_pretrained(folder / "clip")
     processor.save_pretrained(folder / "clip")
-    SentenceTransformer(modules=[SentenceTransformersClip(str(folder / "clip"))], device="cpu").save(str(folder / "model"))
+    SentenceTransformer(modules=[SentenceTransformersClip(str(folder / "clip"))], device="cpu").save(
+        str(folder / "model")
+    )
     return f"sentence-transformers:{folder / 'model'}"
 
 
@@ -81,7 +93,9 @@ def test_sentence_transformers_clip_embeds_images_and_texts(tmp_path):
     model_id = tiny_sentence_transformers_clip(tmp_path)
     images, texts = load_image_encoder(model_id), load_text_encoder(model_id)
     vectors = images.encode([Image.new("RGB", (40, 30), (10, 200, 10))])
-    assert images.dim == texts.dim == 16 and vectors.shape == (1, 16) and texts.encode(["a green square"]).shape == (1, 16)
+    assert (
+        images.dim == texts.dim == 16 and vectors.shape == (1, 16) and texts.encode(["a green square"]).shape == (1, 16)
+    )
 
 
 def test_identity_head_refuses_encoders_of_two_spaces():
@@ -98,7 +112,9 @@ def test_aligned_encoders_are_evaluated_as_they_are_and_with_our_head(tmp_path, 
     pipeline = pipeline_for(tmp_path, image_model=tiny_open_clip, text_model=tiny_open_clip)
     with dg.instance_for_test() as instance:
         for head in (HeadTrainingConfig(architecture="identity"), HeadTrainingConfig(architecture="linear", epochs=3)):
-            run_pipeline(instance, pipeline, [DATASET], {"projection_head": head}, include_stale=True, log=lambda _: None)
+            run_pipeline(
+                instance, pipeline, [DATASET], {"projection_head": head}, include_stale=True, log=lambda _: None
+            )
     with duckdb.connect(str(pipeline.settings.results_db), read_only=True) as connection:
         runs = connection.execute(
             "SELECT objective, head_config->>'architecture', baseline_of IS NULL, image_model = text_model FROM runs ORDER BY created_at"

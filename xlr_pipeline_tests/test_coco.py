@@ -23,7 +23,9 @@ from xlr_pipeline_tests.conftest import SHIPPED, pipeline_for
 pytestmark = pytest.mark.slow  # runs the XTD10 lane against a local HTTP server
 
 FAST = DownloadPolicy(workers=3, retries=2, backoff_s=0.01, timeout_s=10)
-XTD10_IDS = [line.removesuffix(".jpg") for line in (SHIPPED / "xtd10" / "XTD10" / "test_image_names.txt").read_text().split()]
+XTD10_IDS = [
+    line.removesuffix(".jpg") for line in (SHIPPED / "xtd10" / "XTD10" / "test_image_names.txt").read_text().split()
+]
 
 
 def _items(server: CocoServer, root, names, check=None):
@@ -31,12 +33,21 @@ def _items(server: CocoServer, root, names, check=None):
 
 
 def test_downloader_survives_slow_missing_failing_and_truncated_responses(tmp_path):
-    behaviours = {"ok.jpg": "", "slow.jpg": "slow", "gone.jpg": "missing", "flaky.jpg": "flaky", "cut.jpg": "truncated", "down.jpg": "broken"}
+    behaviours = {
+        "ok.jpg": "",
+        "slow.jpg": "slow",
+        "gone.jpg": "missing",
+        "flaky.jpg": "flaky",
+        "cut.jpg": "truncated",
+        "down.jpg": "broken",
+    }
     bodies = {name: fixture_jpeg(seed, size=160) for seed, name in enumerate(behaviours)}
     files = {f"/train2014/{name}": body for name, body in bodies.items()}
     with CocoServer(files, {f"/train2014/{n}": b for n, b in behaviours.items()}) as server:
         log: list[str] = []
-        report = download_all(_items(server, tmp_path, list(behaviours), check_image), Manifest(tmp_path), FAST, log.append)
+        report = download_all(
+            _items(server, tmp_path, list(behaviours), check_image), Manifest(tmp_path), FAST, log.append
+        )
         assert sorted(report.fetched) == ["cut.jpg", "flaky.jpg", "ok.jpg", "slow.jpg"]
         assert set(report.failed) == {"gone.jpg", "down.jpg"}
         assert "HTTP 404" in report.failed["gone.jpg"] and "HTTP 500" in report.failed["down.jpg"]
@@ -47,13 +58,17 @@ def test_downloader_survives_slow_missing_failing_and_truncated_responses(tmp_pa
         for name in report.fetched:
             assert (tmp_path / "train2014" / name).read_bytes() == bodies[name]
             assert manifest[f"train2014/{name}"] == {
-                "size": len(bodies[name]), "sha256": sha256_bytes(bodies[name]), "url": f"{server.url}/train2014/{name}"
+                "size": len(bodies[name]),
+                "sha256": sha256_bytes(bodies[name]),
+                "url": f"{server.url}/train2014/{name}",
             }
         assert not list(tmp_path.rglob("*.part")) or {p.name for p in tmp_path.rglob("*.part")} <= {"down.jpg.part"}
         assert any("gave up on gone.jpg" in line for line in log) and any("downloads done" in line for line in log)
 
         before = sum(server.requests.values())
-        again = download_all(_items(server, tmp_path, sorted(report.fetched), check_image), Manifest(tmp_path), FAST, log.append)
+        again = download_all(
+            _items(server, tmp_path, sorted(report.fetched), check_image), Manifest(tmp_path), FAST, log.append
+        )
         assert sorted(again.already_there) == sorted(report.fetched) and sum(server.requests.values()) == before
 
 
@@ -62,7 +77,9 @@ def test_interrupted_download_resumes_with_a_range_request(tmp_path):
     with CocoServer({"/train2014/a.jpg": body}) as server:
         (tmp_path / "train2014").mkdir()
         (tmp_path / "train2014" / "a.jpg.part").write_bytes(body[:1000])  # what an interrupted run left
-        report = download_all(_items(server, tmp_path, ["a.jpg"], check_image), Manifest(tmp_path), FAST, lambda _: None)
+        report = download_all(
+            _items(server, tmp_path, ["a.jpg"], check_image), Manifest(tmp_path), FAST, lambda _: None
+        )
     assert report.fetched == ["a.jpg"] and report.bytes_fetched == len(body) - 1000
     assert server.ranges == ["/train2014/a.jpg bytes=1000-"]
     assert (tmp_path / "train2014" / "a.jpg").read_bytes() == body
@@ -70,7 +87,9 @@ def test_interrupted_download_resumes_with_a_range_request(tmp_path):
 
 def test_a_download_that_does_not_decode_is_never_put_in_place(tmp_path):
     with CocoServer({"/train2014/bad.jpg": b"<html>rate limited</html>"}) as server:
-        report = download_all(_items(server, tmp_path, ["bad.jpg"], check_image), Manifest(tmp_path), FAST, lambda _: None)
+        report = download_all(
+            _items(server, tmp_path, ["bad.jpg"], check_image), Manifest(tmp_path), FAST, lambda _: None
+        )
     assert "unusable" in report.failed["bad.jpg"] and not (tmp_path / "train2014" / "bad.jpg").exists()
 
 
@@ -96,7 +115,10 @@ def test_local_coco_layouts_are_all_found(tmp_path):
 
 def test_coco_ids_map_to_urls_and_layout(tmp_path):
     image = CocoImage.parse("COCO_val2014_000000127068")
-    assert image.url("http://images.cocodataset.org/") == "http://images.cocodataset.org/val2014/COCO_val2014_000000127068.jpg"
+    assert (
+        image.url("http://images.cocodataset.org/")
+        == "http://images.cocodataset.org/val2014/COCO_val2014_000000127068.jpg"
+    )
     assert image.download_path(tmp_path) == tmp_path / "val2014" / "COCO_val2014_000000127068.jpg"
     with pytest.raises(ValueError, match="not a COCO 2014 image id"):
         CocoImage.parse("1f600")
@@ -115,10 +137,15 @@ def coco_captions_document(train_numbers: list[int]) -> dict:
     images = [{"id": n, "file_name": f"COCO_train2014_{n:012d}.jpg"} for n in train_numbers]
     images.append({"id": 127068, "file_name": "COCO_val2014_000000127068.jpg"})
     annotations = [
-        {"id": 10 * n + k, "image_id": n, "caption": f"  Photo {n} number {k}\n"} for n in train_numbers for k in range(2)
+        {"id": 10 * n + k, "image_id": n, "caption": f"  Photo {n} number {k}\n"}
+        for n in train_numbers
+        for k in range(2)
     ]
-    annotations += [{"id": 1, "image_id": 127068, "caption": "a val image"}, {"id": 2, "image_id": 99, "caption": "unknown"},
-                    {"id": 3, "image_id": train_numbers[0], "caption": "   "}]
+    annotations += [
+        {"id": 1, "image_id": 127068, "caption": "a val image"},
+        {"id": 2, "image_id": 99, "caption": "unknown"},
+        {"id": 3, "image_id": train_numbers[0], "caption": "   "},
+    ]
     return {"images": images, "annotations": annotations}
 
 
@@ -126,7 +153,12 @@ def test_coco_training_captions_keep_only_train2014_and_name_rejected_annotation
     path = tmp_path / "captions_train2014.json"
     path.write_text(json.dumps(coco_captions_document([5, 6])))
     captions, rejected = coco_train_captions(path)
-    assert captions["caption"].to_list() == ["Photo 5 number 0", "Photo 5 number 1", "Photo 6 number 0", "Photo 6 number 1"]
+    assert captions["caption"].to_list() == [
+        "Photo 5 number 0",
+        "Photo 5 number 1",
+        "Photo 6 number 0",
+        "Photo 6 number 1",
+    ]
     assert set(captions["image_id"]) == {"COCO_train2014_000000000005", "COCO_train2014_000000000006"}
     reasons = dict(zip(rejected["source_line"], rejected["reason"]))
     assert reasons[5] == "COCO_val2014_000000127068 is not a train2014 image"
@@ -151,15 +183,21 @@ def _xtd10_fixture(tmp_path, n_downloadable: int, n_local: int):
     (coco_dir / "val2017").mkdir(parents=True)
     for k, image_id in enumerate(local):
         (coco_dir / "val2017" / f"{CocoImage.parse(image_id).number:012d}.jpg").write_bytes(fixture_jpeg(5000 + k))
-    behaviours = {f"/{CocoImage.parse(served[0]).split}/{served[0]}.jpg": "flaky",
-                  f"/{CocoImage.parse(served[1]).split}/{served[1]}.jpg": "truncated",
-                  f"/{CocoImage.parse(served[2]).split}/{served[2]}.jpg": "slow"}
+    behaviours = {
+        f"/{CocoImage.parse(served[0]).split}/{served[0]}.jpg": "flaky",
+        f"/{CocoImage.parse(served[1]).split}/{served[1]}.jpg": "truncated",
+        f"/{CocoImage.parse(served[2]).split}/{served[2]}.jpg": "slow",
+    }
     return data_dir, coco_dir, CocoServer(files, behaviours), served, local
 
 
 def _materialize(pipeline, instance, asset, partition=None, run_config=None):
     return dg.materialize(
-        pipeline.assets(), selection=[pipeline.lane("xtd10").key(asset)], partition_key=partition, instance=instance, run_config=run_config
+        pipeline.assets(),
+        selection=[pipeline.lane("xtd10").key(asset)],
+        partition_key=partition,
+        instance=instance,
+        run_config=run_config,
     )
 
 
@@ -168,8 +206,12 @@ def test_xtd10_lane_runs_end_to_end_on_the_images_it_can_get(tmp_path):
     languages = ["en", "de", "ja"]
     with server, dg.instance_for_test() as instance:
         pipeline = pipeline_for(
-            data_dir, coco_dir=str(coco_dir), coco_download=True, coco_image_url=server.url,
-            coco_annotations_url=f"{server.url}/annotations/annotations_trainval2014.zip", coco_train_images=25,
+            data_dir,
+            coco_dir=str(coco_dir),
+            coco_download=True,
+            coco_image_url=server.url,
+            coco_annotations_url=f"{server.url}/annotations/annotations_trainval2014.zip",
+            coco_train_images=25,
             download_backoff_s=0.01,
         )
         instance.add_dynamic_partitions("xtd10_languages", languages)

@@ -44,9 +44,18 @@ def test_emoji_cldr_split_keeps_families_and_near_duplicate_names_on_one_side():
     families = dict(zip(split["image_id"], split["family"]))
     assert families["1f468-200d-2695-fe0f"] == families["1f469-200d-2695-fe0f"] == families["1f9d1-200d-2695-fe0f"]
     family_of_name = dict(
-        zip(*read_captions(spec, "en", spec.caption_files()["en"], spec.image_records())[0].select("caption", pl.col("image_id").replace(families)))
+        zip(
+            *read_captions(spec, "en", spec.caption_files()["en"], spec.image_records())[0].select(
+                "caption", pl.col("image_id").replace(families)
+            )
+        )
     )
-    for names in (("kiss", "kiss: man, man"), ("cat", "black cat"), ("bear", "polar bear"), ("men holding hands", "people holding hands")):
+    for names in (
+        ("kiss", "kiss: man, man"),
+        ("cat", "black cat"),
+        ("bear", "polar bear"),
+        ("men holding hands", "people holding hands"),
+    ):
         assert len({family_of_name[name] for name in names}) == 1, names
 
 
@@ -152,7 +161,10 @@ def test_csv_captions_with_named_columns_and_quoted_fields(tmp_path):
     (tmp_path / "en.csv").write_text('photo,text\na,"a dog, running"\nb,"two\nlines"\nb,x,extra\nzz,ghost\n', "utf-8")
     spec = _declare(tmp_path, "images.txt", "{lang}.csv", "csv", 'image_id_column = "photo"\ncaption_column = "text"\n')
     frame, quarantine = read_captions(spec, "en", tmp_path / "en.csv", spec.image_records())
-    assert frame.select("image_id", "caption", "source_line").rows() == [("a", "a dog, running", 2), ("b", "two lines", 3)]
+    assert frame.select("image_id", "caption", "source_line").rows() == [
+        ("a", "a dog, running", 2),
+        ("b", "two lines", 3),
+    ]
     assert dict(zip(quarantine["source_line"], quarantine["reason"])) == {
         5: "expected 2 comma-separated fields, found 3",
         6: "unknown image id 'zz' (not in images.txt)",
@@ -160,15 +172,20 @@ def test_csv_captions_with_named_columns_and_quoted_fields(tmp_path):
 
 
 def test_parquet_captions_and_image_list(tmp_path):
-    pl.DataFrame({"image_id": ["a", "b", "c"], "split": ["train", "test", None]}).write_parquet(tmp_path / "list.parquet")
-    pl.DataFrame({"image_id": ["a", "c", "c"], "caption": ["cat", "", "dog"], "keywords": ["pet", "", ""]}).write_parquet(
-        tmp_path / "captions_de.parquet"
+    pl.DataFrame({"image_id": ["a", "b", "c"], "split": ["train", "test", None]}).write_parquet(
+        tmp_path / "list.parquet"
     )
+    pl.DataFrame(
+        {"image_id": ["a", "c", "c"], "caption": ["cat", "", "dog"], "keywords": ["pet", "", ""]}
+    ).write_parquet(tmp_path / "captions_de.parquet")
     spec = _declare(tmp_path, "list.parquet", "captions_{lang}.parquet", "parquet", 'default_split = "test"\n')
     records = spec.image_records()
     assert [(r.image_id, r.split) for r in records] == [("a", "train"), ("b", "test"), ("c", "test")]
     frame, quarantine = read_captions(spec, "de", tmp_path / "captions_de.parquet", records)
-    assert frame.select("image_id", "caption", "keywords", "split").rows() == [("a", "cat", "pet", "train"), ("c", "dog", "", "test")]
+    assert frame.select("image_id", "caption", "keywords", "split").rows() == [
+        ("a", "cat", "pet", "train"),
+        ("c", "dog", "", "test"),
+    ]
     assert quarantine.select("source_line", "reason").rows() == [(2, "empty caption")]
     (tmp_path / "broken_de.parquet").write_bytes(b"PAR1 not really")
     with pytest.raises(CaptionFileError, match=r"broken_de.parquet: not a readable Parquet file"):
@@ -177,7 +194,10 @@ def test_parquet_captions_and_image_list(tmp_path):
 
 def test_coco_captions_json_maps_annotations_to_image_files(tmp_path):
     document = {
-        "images": [{"id": 9, "file_name": "COCO_val2014_000000000009.jpg"}, {"id": 25, "file_name": "COCO_val2014_000000000025.jpg"}],
+        "images": [
+            {"id": 9, "file_name": "COCO_val2014_000000000009.jpg"},
+            {"id": 25, "file_name": "COCO_val2014_000000000025.jpg"},
+        ],
         "annotations": [
             {"image_id": 9, "id": 1, "caption": "A plate of food."},
             {"image_id": 25, "id": 2, "caption": "A giraffe  eating."},
@@ -189,11 +209,13 @@ def test_coco_captions_json_maps_annotations_to_image_files(tmp_path):
     spec = _declare(tmp_path, "captions_en.json", "captions_{lang}.json", "coco_json")
     records = spec.image_records()
     assert [(r.image_id, r.file_name) for r in records] == [
-        ("COCO_val2014_000000000009", "COCO_val2014_000000000009.jpg"), ("COCO_val2014_000000000025", "COCO_val2014_000000000025.jpg")
+        ("COCO_val2014_000000000009", "COCO_val2014_000000000009.jpg"),
+        ("COCO_val2014_000000000025", "COCO_val2014_000000000025.jpg"),
     ]
     frame, quarantine = read_captions(spec, "en", tmp_path / "captions_en.json", records)
     assert frame.select("image_id", "caption").rows() == [
-        ("COCO_val2014_000000000009", "A plate of food."), ("COCO_val2014_000000000025", "A giraffe eating.")
+        ("COCO_val2014_000000000009", "A plate of food."),
+        ("COCO_val2014_000000000025", "A giraffe eating."),
     ]
     assert dict(zip(quarantine["source_line"], quarantine["reason"])) == {
         3: "image_id 77 is not in the file's images table",
@@ -206,7 +228,9 @@ def test_coco_captions_json_maps_annotations_to_image_files(tmp_path):
 
 def test_bad_dataset_names_and_formats_are_refused_where_declared(tmp_path):
     (tmp_path / "images.txt").write_text("a.jpg\n")
-    with pytest.raises(DatasetError, match=r"caption_format must be one of \['lines', 'tsv', 'csv', 'parquet', 'coco_json'\]"):
+    with pytest.raises(
+        DatasetError, match=r"caption_format must be one of \['lines', 'tsv', 'csv', 'parquet', 'coco_json'\]"
+    ):
         _declare(tmp_path, "images.txt", "{lang}.xml", "xml")
     with pytest.raises(DatasetError, match=r"image_list_format must be one of"):
         _declare(tmp_path, "images.yaml", "{lang}.txt", "lines")
@@ -238,7 +262,8 @@ def test_utf16_blank_lines_and_overlong_captions(fresh_data_dir):
     frame, quarantine = read_captions(spec, "de", _write(spec.root, "de", content.encode()), spec.image_records())
     assert frame["image_id"].to_list() == ids[:3] and len(frame["caption"][1]) == 1000
     assert dict(zip(quarantine["source_line"], quarantine["reason"])) == {
-        3: "blank line", 4: "kept, truncated from 4999 to 1000 characters"
+        3: "blank line",
+        4: "kept, truncated from 4999 to 1000 characters",
     }  # trailing blank lines are only line ends
 
 

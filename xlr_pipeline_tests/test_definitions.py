@@ -25,7 +25,9 @@ def test_each_lane_has_the_expected_graph(dataset):
     lane = SHIPPED_PIPELINE.lane(dataset)
     groups = {key.path[-1]: graph.get(key).group_name for key in graph.get_all_asset_keys() if key.path[0] == dataset}
     assert {name for name, group in groups.items() if group == dataset} == set(CHAIN_ASSETS)
-    assert {name for name, group in groups.items() if group == f"{dataset}_experiments"} == set(EXPERIMENT_ASSETS + DIAGNOSTIC_ASSETS)
+    assert {name for name, group in groups.items() if group == f"{dataset}_experiments"} == set(
+        EXPERIMENT_ASSETS + DIAGNOSTIC_ASSETS
+    )
     assert {name for name, group in groups.items() if group == f"{dataset}_tagging"} == set(TAGGING_ASSETS)
 
     def parents(asset: str) -> set[str]:
@@ -54,7 +56,9 @@ def test_each_lane_has_the_expected_graph(dataset):
 def test_head_depends_on_the_training_language_partition_only(tmp_path):
     make_emoji_subset(tmp_path, n_train=4, n_test=4)
     spec_file = tmp_path / DATASET / "dataset.toml"
-    spec_file.write_text(spec_file.read_text("utf-8").replace('train_language = "en"', 'train_language = "de"'), "utf-8")
+    spec_file.write_text(
+        spec_file.read_text("utf-8").replace('train_language = "en"', 'train_language = "de"'), "utf-8"
+    )
     for pipeline, language in ((SHIPPED_PIPELINE, "en"), (pipeline_for(tmp_path), "de")):
         name = "emoji_cldr" if pipeline is SHIPPED_PIPELINE else DATASET
         head = pipeline.definitions.get_repository_def().assets_defs_by_key[dg.AssetKey([name, "projection_head"])]
@@ -66,7 +70,10 @@ def test_every_lane_has_its_sensor_schedule_and_job():
     repository = SHIPPED_PIPELINE.definitions.get_repository_def()
     for dataset in ("emoji_cldr", "xtd10"):
         assert repository.get_sensor_def(f"{dataset}_language_files")
-        assert repository.get_schedule_def(f"{dataset}_reevaluate_all_languages").job_name == f"{dataset}_reevaluate_language"
+        assert (
+            repository.get_schedule_def(f"{dataset}_reevaluate_all_languages").job_name
+            == f"{dataset}_reevaluate_language"
+        )
 
 
 def test_a_new_dataset_folder_becomes_a_lane_without_code_changes(tmp_path):

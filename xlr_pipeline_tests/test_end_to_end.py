@@ -28,7 +28,9 @@ def test_run_pipeline_builds_everything_then_nothing(fresh_data_dir):
 
     with dg.instance_for_test() as instance:
         names = run()
-        assert len(names) == 3 * len(SUBSET_LANGUAGES) + 5  # + images, the one image shard, image embeddings, head, index
+        assert (
+            len(names) == 3 * len(SUBSET_LANGUAGES) + 5
+        )  # + images, the one image shard, image embeddings, head, index
         assert names.index(("projection_head", None)) > names.index(("text_embeddings", "en"))
         assert names.index(("image_index", None)) < names.index(("retrieval_metrics", "de"))
         assert run() == []
@@ -52,7 +54,10 @@ def test_readme_run_command_on_the_shipped_default(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster_home")}
     completed = subprocess.run(
         [sys.executable, "-m", "xlr_pipeline.cli", "run", "--data-dir", str(data_dir)],
-        env=env, capture_output=True, text=True, timeout=1200,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "38 materializations" in completed.stdout
@@ -79,10 +84,23 @@ def test_a_fresh_instance_home_is_created_once_with_run_limits(tmp_path, subset_
     shutil.copytree(subset_data_dir / DATASET, tmp_path / "data" / DATASET)
     home = tmp_path / "home"
     env = {**os.environ, "DAGSTER_HOME": str(home)}
-    command = [sys.executable, "-m", "xlr_pipeline.cli", "status", "--data-dir", str(tmp_path / "data"), "--dataset", DATASET]
-    processes = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    command = [
+        sys.executable,
+        "-m",
+        "xlr_pipeline.cli",
+        "status",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--dataset",
+        DATASET,
+    ]
+    processes = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     outcomes = [(process.wait(timeout=300), process.stderr.read()) for process in processes]
     assert [code for code, _ in outcomes] == [0, 0], outcomes
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == max(1, (os.cpu_count() or 1) // 2)
+        assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == max(
+            1, (os.cpu_count() or 1) // 2
+        )
         assert instance.run_monitoring_enabled

@@ -29,7 +29,9 @@ def dask_union_job() -> dg.JobDefinition:
     return location_job("image_union", UNION)
 
 
-def test_image_shards_run_on_a_dask_local_cluster_with_the_vectors_of_an_in_process_run(tmp_path, subset_data_dir, monkeypatch):
+def test_image_shards_run_on_a_dask_local_cluster_with_the_vectors_of_an_in_process_run(
+    tmp_path, subset_data_dir, monkeypatch
+):
     in_process, on_dask = tmp_path / "in_process", tmp_path / "dask"
     for data_dir in (in_process, on_dask):
         shutil.copytree(subset_data_dir / DATASET, data_dir / DATASET)
@@ -50,35 +52,59 @@ def test_image_shards_run_on_a_dask_local_cluster_with_the_vectors_of_an_in_proc
         try:
             results = [
                 dg.execute_job(
-                    dg.reconstructable(dask_shards_job), instance, run_config=run_config, tags={"dagster/partition": shard},
+                    dg.reconstructable(dask_shards_job),
+                    instance,
+                    run_config=run_config,
+                    tags={"dagster/partition": shard},
                     raise_on_error=False,
                 )
                 for shard in shards
             ]
-            results.append(dg.execute_job(dg.reconstructable(dask_union_job), instance, run_config=run_config, raise_on_error=False))
+            results.append(
+                dg.execute_job(
+                    dg.reconstructable(dask_union_job), instance, run_config=run_config, raise_on_error=False
+                )
+            )
         finally:  # dask's nanny sets OMP_NUM_THREADS=1 & co in this process for its workers: later subprocesses must not inherit them
             os.environ.clear()
             os.environ.update(environ)
         for result in results:
             assert result.success, [event.message for event in result.all_events if event.is_failure]
         executed = [
-            (event.asset_key.path[-1], event.partition) for result in results for event in result.get_asset_materialization_events()
+            (event.asset_key.path[-1], event.partition)
+            for result in results
+            for event in result.get_asset_materialization_events()
         ]
-        step_processes = {event.pid for result in results for event in result.all_events if event.event_type == dg.DagsterEventType.STEP_START}
-    assert executed == [("image_embedding_shards", shard) for shard in shards] + [("image_embeddings", None)] and len(shards) == 2
+        step_processes = {
+            event.pid
+            for result in results
+            for event in result.all_events
+            if event.event_type == dg.DagsterEventType.STEP_START
+        }
+    assert (
+        executed == [("image_embedding_shards", shard) for shard in shards] + [("image_embeddings", None)]
+        and len(shards) == 2
+    )
     assert step_processes and os.getpid() not in step_processes  # the steps ran in the cluster's worker processes
 
     expected, actual = (pl.read_parquet(outputs_for(root).image_embeddings_path) for root in (in_process, on_dask))
     assert actual.height > 100 and actual.drop("vector").equals(expected.drop("vector"))
-    assert np.array_equal(np.stack(actual["vector"].to_numpy()), np.stack(expected["vector"].to_numpy()))  # same shards, same batches
+    assert np.array_equal(
+        np.stack(actual["vector"].to_numpy()), np.stack(expected["vector"].to_numpy())
+    )  # same shards, same batches
 
 
 def test_an_unknown_or_missing_executor_is_refused_with_the_fix(monkeypatch):
     assert executor_named("multiprocess") is dg.multiprocess_executor
-    with pytest.raises(ValueError, match=r"XLR_EXECUTOR='spark' is not an executor; choose one of \['celery', 'dask', 'in_process', 'k8s', 'multiprocess'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"XLR_EXECUTOR='spark' is not an executor; choose one of \['celery', 'dask', 'in_process', 'k8s', 'multiprocess'\]",
+    ):
         executor_named("spark")
     monkeypatch.setitem(sys.modules, "dagster_celery", None)  # as if it were not installed: import fails
-    with pytest.raises(ValueError, match=r"needs the `dagster-celery` package \(pip install dagster-celery==0\.\d+\.\d+\)"):
+    with pytest.raises(
+        ValueError, match=r"needs the `dagster-celery` package \(pip install dagster-celery==0\.\d+\.\d+\)"
+    ):
         executor_named("celery")
 
 

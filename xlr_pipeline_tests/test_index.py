@@ -17,11 +17,15 @@ def test_exact_up_to_the_threshold_then_hnsw_with_its_recall_measured(tmp_path):
     vectors, queries = _unit(rng, 3000), _unit(rng, 200)
     exact = build_index(vectors, IndexPlan(exact_up_to=3000))
     assert isinstance(exact, faiss.IndexFlatIP) and recall_against_exact(exact, vectors, queries) == 1.0
-    approximate = build_index(vectors, IndexPlan(exact_up_to=2999, approximate="hnsw", hnsw_neighbours=16, ef_search=64))
+    approximate = build_index(
+        vectors, IndexPlan(exact_up_to=2999, approximate="hnsw", hnsw_neighbours=16, ef_search=64)
+    )
     assert isinstance(approximate, faiss.IndexHNSWFlat) and approximate.ntotal == 3000
     recall = recall_against_exact(approximate, vectors, queries)
     assert 0.9 <= recall <= 1.0
-    poor = build_index(vectors, IndexPlan(exact_up_to=1, approximate="hnsw", hnsw_neighbours=4, ef_construction=4, ef_search=1))
+    poor = build_index(
+        vectors, IndexPlan(exact_up_to=1, approximate="hnsw", hnsw_neighbours=4, ef_construction=4, ef_search=1)
+    )
     assert recall_against_exact(poor, vectors, queries) < recall  # the measurement sees a worse graph
     save_index(approximate, tmp_path / "index.faiss")
     reloaded = load_index(tmp_path / "index.faiss")
@@ -38,10 +42,15 @@ def test_past_the_threshold_an_inverted_file_by_default_whose_recall_grows_with_
     queries = vectors[:200] + 0.05 * _unit(rng, 200)
     index = build_index(vectors, IndexPlan(exact_up_to=4999))
     assert isinstance(index, faiss.IndexIVFFlat) and index.nlist == round(4 * np.sqrt(5000)) and index.nprobe == 32
-    recalls = [recall_against_exact(build_index(vectors, IndexPlan(exact_up_to=1, ivf_probe=p)), vectors, queries) for p in (1, 8, 64)]
+    recalls = [
+        recall_against_exact(build_index(vectors, IndexPlan(exact_up_to=1, ivf_probe=p)), vectors, queries)
+        for p in (1, 8, 64)
+    ]
     assert recalls[0] < recalls[1] < recalls[2] and recalls[2] >= 0.95
     save_index(index, tmp_path / "ivf.faiss")
     reloaded = load_index(tmp_path / "ivf.faiss")
-    assert reloaded.nprobe == 32 and recall_against_exact(reloaded, vectors, queries) == recall_against_exact(index, vectors, queries)
+    assert reloaded.nprobe == 32 and recall_against_exact(reloaded, vectors, queries) == recall_against_exact(
+        index, vectors, queries
+    )
     with pytest.raises(ValueError, match="approximate must be 'ivf' or 'hnsw'"):
         IndexPlan(approximate="lsh")

@@ -23,7 +23,10 @@ def _cosines(first: np.ndarray, second: np.ndarray) -> np.ndarray:
 def _xtd10_captions(per_language: int) -> dict[str, list[str]]:
     """The first captions of each shipped XTD10 file, by file name (es/it/… are CRLF without a final newline)."""
     files = sorted(path for path in XTD10.rglob("test_1kcaptions_*.txt"))
-    return {path.stem.removeprefix("test_1kcaptions_"): path.read_text("utf-8").splitlines()[:per_language] for path in files}
+    return {
+        path.stem.removeprefix("test_1kcaptions_"): path.read_text("utf-8").splitlines()[:per_language]
+        for path in files
+    }
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +38,9 @@ def runtime_pair(tmp_path_factory) -> dict[str, EncoderRuntime]:
 @pytest.mark.parametrize("model_id", [DEFAULT_IMAGE_MODEL, LITE2_IMAGE_MODEL])
 def test_image_encoders_give_the_same_vectors_on_both_backends(model_id, runtime_pair):
     images = [load_image(path) for path in sorted((SHIPPED / "emoji_cldr" / "images").glob("*.png"))[::150][:24]]
-    vectors = {backend: load_image_encoder(model_id, runtime).encode(images) for backend, runtime in runtime_pair.items()}
+    vectors = {
+        backend: load_image_encoder(model_id, runtime).encode(images) for backend, runtime in runtime_pair.items()
+    }
     assert vectors["native"].shape == vectors["onnxruntime"].shape == (len(images), 1280)
     assert _cosines(vectors["native"], vectors["onnxruntime"]).min() >= 0.9999
 
@@ -46,7 +51,9 @@ def test_the_rebuilt_e5_gives_the_same_vectors_on_both_backends_in_every_languag
     assert len(captions) == 11  # de en es fr it jp ko pl ru tr zh
     texts = [caption for language in sorted(captions) for caption in captions[language]]
     encoders = {backend: load_text_encoder(E5_TORCH, runtime) for backend, runtime in runtime_pair.items()}
-    assert encoders["native"].backend.startswith("pytorch-") and encoders["onnxruntime"].backend.startswith("onnxruntime-")
+    assert encoders["native"].backend.startswith("pytorch-") and encoders["onnxruntime"].backend.startswith(
+        "onnxruntime-"
+    )
     vectors = {backend: encoder.encode(texts) for backend, encoder in encoders.items()}
     assert _cosines(vectors["native"], vectors["onnxruntime"]).min() >= 0.9999
 
@@ -70,7 +77,9 @@ class _Scale(torch.nn.Module):
 
 
 def _export(module: torch.nn.Module, folder: Path) -> ExportedModel:
-    return ExportedModel(module, {"x": torch.zeros(2, 3)}, {"x": {0: "batch"}}, "scale", EncoderRuntime("onnxruntime", folder, 1))
+    return ExportedModel(
+        module, {"x": torch.zeros(2, 3)}, {"x": {0: "batch"}}, "scale", EncoderRuntime("onnxruntime", folder, 1)
+    )
 
 
 def test_an_export_is_reused_per_weights_and_a_damaged_one_is_rebuilt(tmp_path):

@@ -32,10 +32,16 @@ def materialization_records(instance, dataset: str) -> list:
     """Every stored materialization event of a dataset's assets, serialised: storage id, tags and metadata."""
     records = []
     for asset in CHAIN_ASSETS + EXPERIMENT_ASSETS:
-        found = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey([dataset, asset])), limit=1000).records
+        found = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey([dataset, asset])), limit=1000
+        ).records
         records += [
-            (r.storage_id, r.asset_materialization.partition, repr(sorted(r.asset_materialization.tags.items())),
-             repr(sorted((k, repr(v)) for k, v in r.asset_materialization.metadata.items())))
+            (
+                r.storage_id,
+                r.asset_materialization.partition,
+                repr(sorted(r.asset_materialization.tags.items())),
+                repr(sorted((k, repr(v)) for k, v in r.asset_materialization.metadata.items())),
+            )
             for r in found
         ]
     return sorted(records)
@@ -50,7 +56,11 @@ def warehouse_rows(db: Path, dataset: str) -> dict[str, list]:
 
 def output_bytes(data_dir: Path, dataset: str) -> dict[str, str]:
     root = outputs_for(data_dir, dataset).root
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -69,14 +79,19 @@ def two_datasets(tmp_path_factory):
 
 def test_each_dataset_runs_in_its_own_lane(two_datasets):
     data_dir, instance, first, second = two_datasets
-    assert executed(first) == {f"{A}/{a}[{l}]" for a in ("captions", "text_embeddings", "retrieval_metrics") for l in ("en", "ja")} | {
-        f"{A}/images", f"{A}/image_embeddings", f"{A}/projection_head", f"{A}/image_index"
-    } | {f"{A}/image_embedding_shards"}
+    assert executed(first) == {
+        f"{A}/{a}[{lang}]" for a in ("captions", "text_embeddings", "retrieval_metrics") for lang in ("en", "ja")
+    } | {f"{A}/images", f"{A}/image_embeddings", f"{A}/projection_head", f"{A}/image_index"} | {
+        f"{A}/image_embedding_shards"
+    }
     assert {name.split("/")[0] for name in executed(second)} == {B}
     assert set(instance.get_dynamic_partitions(f"{A}_languages")) == {"en", "ja"}
     assert set(instance.get_dynamic_partitions(f"{B}_languages")) == {"en", "de"}
     db = data_dir / "results.duckdb"
-    languages = run_sql(db, "SELECT dataset, string_agg(DISTINCT language, ' ' ORDER BY language) AS l FROM recall GROUP BY ALL ORDER BY 1")
+    languages = run_sql(
+        db,
+        "SELECT dataset, string_agg(DISTINCT language, ' ' ORDER BY language) AS l FROM recall GROUP BY ALL ORDER BY 1",
+    )
     assert languages.rows() == [(A, "en ja"), (B, "de en")]
     assert outputs_for(data_dir, A).head_path.is_file() and outputs_for(data_dir, B).head_path.is_file()
 
@@ -84,7 +99,11 @@ def test_each_dataset_runs_in_its_own_lane(two_datasets):
 def test_nothing_done_on_one_dataset_touches_the_other(two_datasets, tmp_path):
     data_dir, instance, _, _ = two_datasets
     pipeline = pipeline_for(data_dir)
-    before = (materialization_records(instance, A), warehouse_rows(data_dir / "results.duckdb", A), output_bytes(data_dir, A))
+    before = (
+        materialization_records(instance, A),
+        warehouse_rows(data_dir / "results.duckdb", A),
+        output_bytes(data_dir, A),
+    )
 
     # after A then B, a stale walk over every lane has nothing to do
     assert all(s.state == "fresh" for s in current_statuses(instance, pipeline, [A, B], HEAD))
@@ -93,7 +112,9 @@ def test_nothing_done_on_one_dataset_touches_the_other(two_datasets, tmp_path):
     # changing B's German captions reruns B's German assets only
     captions = data_dir / B / "captions" / "de.tsv"
     lines = captions.read_text("utf-8").splitlines()
-    test_image = next(line.split(",")[0] for line in (data_dir / B / "split.csv").read_text().splitlines()[1:] if ",test," in line)
+    test_image = next(
+        line.split(",")[0] for line in (data_dir / B / "split.csv").read_text().splitlines()[1:] if ",test," in line
+    )
     edited = []
     for line in lines:
         image_id, caption, *rest = line.split("\t")
@@ -108,20 +129,34 @@ def test_nothing_done_on_one_dataset_touches_the_other(two_datasets, tmp_path):
         "text_augmentations": AugmentationConfig(languages=["de"], words_per_language=200, seeds=[0]),
         "text_encoder_finetuning": FinetuneAssetConfig(steps=2, batch_size=8, trainable_layers=1),
         "experiment_grid": GridConfig(
-            objectives=["patr"], augmentations=["none", "salt"], seeds=[0], epochs=5,
-            per_language_centring=False, english_only_baseline=False, tuning_candidates=0, other_text_models=[], other_image_models=[],
+            objectives=["patr"],
+            augmentations=["none", "salt"],
+            seeds=[0],
+            epochs=5,
+            per_language_centring=False,
+            english_only_baseline=False,
+            tuning_candidates=0,
+            other_text_models=[],
+            other_image_models=[],
         ),
     }
-    report = run_pipeline(instance, pipeline, [B], grid, stages=frozenset(CHAIN_ASSETS + EXPERIMENT_ASSETS), log=lambda _: None)
+    report = run_pipeline(
+        instance, pipeline, [B], grid, stages=frozenset(CHAIN_ASSETS + EXPERIMENT_ASSETS), log=lambda _: None
+    )
     assert {f"{B}/{asset}" for asset in EXPERIMENT_ASSETS} <= executed(report)
     grid_languages = run_sql(
-        data_dir / "results.duckdb", f"SELECT DISTINCT language FROM recall WHERE dataset = '{B}' AND run_id LIKE '%/seed%'"
+        data_dir / "results.duckdb",
+        f"SELECT DISTINCT language FROM recall WHERE dataset = '{B}' AND run_id LIKE '%/seed%'",
     )
     assert set(grid_languages["language"]) == {"en", "de"}
     assert set(pl.read_parquet(outputs_for(data_dir, B).experiments / "grid_hits.parquet")["language"]) == {"en", "de"}
     assert (data_dir / "reports" / B / "report.md").is_file() and not (data_dir / "reports" / A).exists()
 
-    after = (materialization_records(instance, A), warehouse_rows(data_dir / "results.duckdb", A), output_bytes(data_dir, A))
+    after = (
+        materialization_records(instance, A),
+        warehouse_rows(data_dir / "results.duckdb", A),
+        output_bytes(data_dir, A),
+    )
     assert after == before
 
 
@@ -139,7 +174,9 @@ def test_a_dataset_trained_on_german_reads_german_captions_only(tmp_path):
     assert set(pl.read_parquet(outputs.text_embeddings_path("en"))["split"]) == {"test"}  # English is zero-shot now
     # the stored head is exactly what training on the German train captions gives
     pairs = training_pairs(pl.read_parquet(outputs.image_embeddings_path), german)
-    expected = train_head(vectors_of(pairs), vectors_of(pairs, "image_vector"), pairs["image_id"].to_numpy(), HeadConfig(epochs=10))
+    expected = train_head(
+        vectors_of(pairs), vectors_of(pairs, "image_vector"), pairs["image_id"].to_numpy(), HeadConfig(epochs=10)
+    )
     assert head_fingerprint(expected.head) == head_fingerprint(head)
     runs = run_sql(tmp_path / "results.duckdb", "SELECT DISTINCT train_language, dataset FROM runs")
     assert runs.rows() == [("de", "german_trained")]
@@ -157,10 +194,20 @@ def test_a_dataset_without_its_images_is_reported_and_does_not_stop_the_others(t
         assert statuses["no_images_yet/image_embedding_shards"].state == "blocked"
         assert statuses["no_images_yet/image_embeddings"].state == "blocked"
         assert statuses["no_images_yet/projection_head"].state == "blocked"
-        assert "upstream cannot run: no_images_yet/image_index" in statuses["no_images_yet/retrieval_metrics[de]"].causes
-        report = run_pipeline(instance, pipeline, ["complete", "no_images_yet"], HEAD, include_stale=True, log=lambda _: None)
+        assert (
+            "upstream cannot run: no_images_yet/image_index" in statuses["no_images_yet/retrieval_metrics[de]"].causes
+        )
+        report = run_pipeline(
+            instance, pipeline, ["complete", "no_images_yet"], HEAD, include_stale=True, log=lambda _: None
+        )
     ran = executed(report)
     assert "complete/retrieval_metrics[de]" in ran and "no_images_yet/text_embeddings[de]" in ran
-    assert not any(name.startswith("no_images_yet/") and "captions" not in name and "text_embeddings" not in name for name in ran)
-    assert {s.target.name for s in report.blocked} >= {"no_images_yet/images", "no_images_yet/image_embeddings", "no_images_yet/projection_head"}
+    assert not any(
+        name.startswith("no_images_yet/") and "captions" not in name and "text_embeddings" not in name for name in ran
+    )
+    assert {s.target.name for s in report.blocked} >= {
+        "no_images_yet/images",
+        "no_images_yet/image_embeddings",
+        "no_images_yet/projection_head",
+    }
     assert np.isfinite(run_sql(tmp_path / "results.duckdb", "SELECT avg(recall) AS r FROM recall")["r"][0])

@@ -5,7 +5,13 @@ import ast
 from pathlib import Path
 
 CORE = Path(__file__).resolve().parents[1] / "xlr_pipeline" / "core"
-UPWARD = ("xlr_pipeline.defs", "xlr_pipeline.runner", "xlr_pipeline.staleness", "xlr_pipeline.cli", "xlr_pipeline.definitions")
+UPWARD = (
+    "xlr_pipeline.defs",
+    "xlr_pipeline.runner",
+    "xlr_pipeline.staleness",
+    "xlr_pipeline.cli",
+    "xlr_pipeline.definitions",
+)
 
 
 def imported_modules(path: Path) -> set[str]:

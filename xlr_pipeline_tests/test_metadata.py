@@ -16,7 +16,9 @@ def _outcome(passed: bool, rows: int) -> PartitionOutcome:
 
 
 def test_a_check_fails_when_one_language_fails_and_names_it():
-    combined = {result.check_name: result for result in combine_checks({"de": _outcome(True, 5), "ja": _outcome(False, 3)})}
+    combined = {
+        result.check_name: result for result in combine_checks({"de": _outcome(True, 5), "ja": _outcome(False, 3)})
+    }
     rows = combined["row_count_matches_source"]
     assert not rows.passed
     assert rows.metadata["failed_languages"].value == "ja"

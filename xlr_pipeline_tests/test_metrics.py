@@ -73,9 +73,25 @@ def test_chunked_ranks_equal_a_full_faiss_ranking_whatever_the_chunk_sizes():
     expected = np.where(correct.any(axis=1), correct.argmax(axis=1) + 1, 0)
     assert (expected == 0).any() and (expected > 10).any()
     for query_batch, gallery_chunk in ((1024, 16_384), (7, 13), (1, 300)):
-        assert first_correct_ranks(gallery, queries, query_labels, gallery_labels, query_batch, gallery_chunk).tolist() == expected.tolist()
+        assert (
+            first_correct_ranks(gallery, queries, query_labels, gallery_labels, query_batch, gallery_chunk).tolist()
+            == expected.tolist()
+        )
     with pytest.raises(ValueError, match="300 items but 299 gallery labels"):
         first_correct_ranks(gallery, queries, query_labels, gallery_labels[:299])
+
+
+def test_ties_count_against_the_query_so_a_constant_score_head_is_never_rewarded():
+    zero = np.zeros((50, 8), dtype=np.float32)  # every score 0: what a head projecting to 0 dimensions gives
+    labels = np.arange(50)
+    for result in evaluate_retrieval(zero, labels, zero, labels):
+        assert result.recall == {1: 0.0, 5: 0.0, 10: 0.0} and result.mean_rank == 50.0
+    # an exact tie between the correct image and one wrong image: the wrong one ranks first
+    tied = np.array([[1.0, 1.0, 0.0]], dtype=np.float32) / np.sqrt(2)
+    assert first_correct_ranks(IMAGES, tied, np.array([0]), np.array([0, 1, 2])).tolist() == [2]
+    # a difference bigger than float rounding still separates them
+    ahead = np.array([[1.0 + 1e-4, 1.0, 0.0]], dtype=np.float32)
+    assert first_correct_ranks(IMAGES, ahead, np.array([0]), np.array([0, 1, 2])).tolist() == [1]
 
 
 def test_monotonicity_check():

@@ -33,7 +33,13 @@ def test_the_same_config_and_seed_give_identical_result_rows(tmp_path, subset_da
         data_dir = tmp_path / copy
         shutil.copytree(subset_data_dir / DATASET, data_dir / DATASET)
         with dg.instance_for_test() as instance:  # separate instance, cache and warehouse
-            run_pipeline(instance, pipeline_for(data_dir), [DATASET], {"projection_head": HeadTrainingConfig(epochs=15, seed=3)}, log=lambda _: None)
+            run_pipeline(
+                instance,
+                pipeline_for(data_dir),
+                [DATASET],
+                {"projection_head": HeadTrainingConfig(epochs=15, seed=3)},
+                log=lambda _: None,
+            )
         rows.append(run_sql(data_dir / "results.duckdb", RESULT_ROWS).rows())
         assert outputs_for(data_dir).head_path.is_file()
     assert rows[0] == rows[1] and len(rows[0]) == 2 * 3 * 2 * 3  # trained + random head, 3 languages, 2 directions, 3 k
@@ -45,13 +51,30 @@ def test_a_run_killed_while_embedding_images_resumes_from_the_cache_to_the_same_
     data_dir = tmp_path / "data"
     make_emoji_subset(data_dir, n_train=200, n_test=60)
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home")}
-    command = [sys.executable, "-m", "xlr_pipeline.cli", "run", "--data-dir", str(data_dir), "--dataset", DATASET, "--epochs", "10"]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    cache = EmbeddingCache(data_dir / "cache" / "embeddings", DEFAULT_IMAGE_MODEL, backend_of(DEFAULT_IMAGE_MODEL, DEFAULT_BACKEND))
+    command = [
+        sys.executable,
+        "-m",
+        "xlr_pipeline.cli",
+        "run",
+        "--data-dir",
+        str(data_dir),
+        "--dataset",
+        DATASET,
+        "--epochs",
+        "10",
+    ]
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    cache = EmbeddingCache(
+        data_dir / "cache" / "embeddings", DEFAULT_IMAGE_MODEL, backend_of(DEFAULT_IMAGE_MODEL, DEFAULT_BACKEND)
+    )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not (cache.path.exists() and len(cache)):
         time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)  # mid image embedding (maybe mid-transaction): some batches cached, the asset not written
+    os.killpg(
+        process.pid, signal.SIGKILL
+    )  # mid image embedding (maybe mid-transaction): some batches cached, the asset not written
     process.wait(timeout=30)
     outputs = outputs_for(data_dir)
     assert not outputs.image_embeddings_path.exists()
@@ -63,14 +86,25 @@ def test_a_run_killed_while_embedding_images_resumes_from_the_cache_to_the_same_
         shards = instance.fetch_materializations(dg.AssetKey([DATASET, "image_embedding_shards"]), limit=10).records
         metadata = [record.asset_materialization.metadata for record in shards]
         assert len(metadata) == 1  # one shard (the dataset declares no more), materialized by the resumed run
-        from_cache, encoded_now = (sum(entry[name].value for entry in metadata) for name in ("from_cache", "encoded_now"))
+        from_cache, encoded_now = (
+            sum(entry[name].value for entry in metadata) for name in ("from_cache", "encoded_now")
+        )
         assert from_cache > 0 and encoded_now < 260 and from_cache + encoded_now == 260  # resumed, not restarted
 
     uninterrupted = tmp_path / "uninterrupted"
     make_emoji_subset(uninterrupted, n_train=200, n_test=60)
     with dg.instance_for_test() as instance:
-        run_pipeline(instance, pipeline_for(uninterrupted), [DATASET], {"projection_head": HeadTrainingConfig(epochs=10)}, log=lambda _: None)
-    assert run_sql(data_dir / "results.duckdb", RESULT_ROWS).rows() == run_sql(uninterrupted / "results.duckdb", RESULT_ROWS).rows()
+        run_pipeline(
+            instance,
+            pipeline_for(uninterrupted),
+            [DATASET],
+            {"projection_head": HeadTrainingConfig(epochs=10)},
+            log=lambda _: None,
+        )
+    assert (
+        run_sql(data_dir / "results.duckdb", RESULT_ROWS).rows()
+        == run_sql(uninterrupted / "results.duckdb", RESULT_ROWS).rows()
+    )
     assert outputs.image_embeddings_path.read_bytes() == outputs_for(uninterrupted).image_embeddings_path.read_bytes()
 
 
@@ -86,14 +120,22 @@ def test_two_processes_on_one_dataset_add_no_duplicates_and_readers_wait_out_wri
     before = run_sql(db, counts).rows()
 
     # the same language re-evaluated by two processes at once (say the sensor's run and a user's)
-    both = [subprocess.Popen([*base, "evaluate", "de", *location], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    both = [
+        subprocess.Popen([*base, "evaluate", "de", *location], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
     assert [process.wait(timeout=600) for process in both] == [0, 0]
     assert run_sql(db, counts).rows() == before  # identical inputs: nothing new, nothing twice
 
     # a reader through run_sql waits while another process holds the write lock, then reads
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"import time; from xlr_pipeline.core.reporting.warehouse import connect_for_write; c = connect_for_write(__import__('pathlib').Path({str(db)!r})); print('locked', flush=True); time.sleep(3); c.close()"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            f"import time; from xlr_pipeline.core.reporting.warehouse import connect_for_write; c = connect_for_write(__import__('pathlib').Path({str(db)!r})); print('locked', flush=True); time.sleep(3); c.close()",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert holder.stdout.readline().strip() == "locked"
     started = time.monotonic()

@@ -11,9 +11,20 @@ from xlr_pipeline.core.reporting.results import (
 
 def _run(run_id="run-1"):
     return RunRecord(
-        run_id=run_id, dataset="d", image_model="i", text_model="t", train_language="en", objective="patr",
-        augmentation="none", head_config={"margin": 0.1}, seed=0, code_versions={"a": "1"},
-        train_captions_hash="c", images_hash="h", baseline_of=None, dagster_run_id=run_id,
+        run_id=run_id,
+        dataset="d",
+        image_model="i",
+        text_model="t",
+        train_language="en",
+        objective="patr",
+        augmentation="none",
+        head_config={"margin": 0.1},
+        seed=0,
+        code_versions={"a": "1"},
+        train_captions_hash="c",
+        images_hash="h",
+        baseline_of=None,
+        dagster_run_id=run_id,
     )
 
 
@@ -39,7 +50,9 @@ def test_history_is_append_only_and_idempotent(tmp_path):
 def test_invalid_rows_roll_back_the_whole_evaluation(tmp_path):
     db = tmp_path / "results.duckdb"
     record_evaluation(db, [_run()], _recall(0.5), [])
-    bad = _recall(0.7, captions_hash="c9") + [RecallRecord("run-1", "d", "de", "test", "sideways", 1, 0.1, 1, "c9", "1", "x")]
+    bad = _recall(0.7, captions_hash="c9") + [
+        RecallRecord("run-1", "d", "de", "test", "sideways", 1, 0.1, 1, "c9", "1", "x")
+    ]
     with pytest.raises(duckdb.ConstraintException):
         record_evaluation(db, [_run("run-2")], bad, [])
     with duckdb.connect(str(db), read_only=True) as connection:

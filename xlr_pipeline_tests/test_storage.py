@@ -36,7 +36,9 @@ def s3_endpoint():
     host, port = server.get_host_and_port()
     patch = pytest.MonkeyPatch()
     for variable, value in {
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "xlr", "AWS_SECRET_ACCESS_KEY": "xlr",
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "xlr",
+        "AWS_SECRET_ACCESS_KEY": "xlr",
         "AWS_DEFAULT_REGION": "us-east-1",
     }.items():
         patch.setenv(variable, value)
@@ -56,8 +58,19 @@ def test_local_folders_stay_paths_and_unknown_protocols_are_refused(tmp_path):
     with pytest.raises(ValidationError, match="nosuch"):
         settings_for(tmp_path, storage_url="nosuch://bucket")
     result = subprocess.run(
-        [sys.executable, "-m", "xlr_pipeline.cli", "status", "--data-dir", str(tmp_path), "--storage-url", "nosuch://x"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "xlr_pipeline.cli",
+            "status",
+            "--data-dir",
+            str(tmp_path),
+            "--storage-url",
+            "nosuch://x",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode != 0 and "invalid option" in result.stderr and "nosuch" in result.stderr
 

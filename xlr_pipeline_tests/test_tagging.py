@@ -27,15 +27,23 @@ pytestmark = pytest.mark.slow  # runs the tagging assets
 
 
 def test_precision_recall_and_average_precision_by_hand():
-    precision, recall, average_precision = score_rankings([["a", "b", "c", "d"], ["x"]], [{"b", "d", "x"}, {"y"}], ks=(1, 2, 4))
-    assert precision[1].tolist() == [0.0, 0.0] and precision[2].tolist() == [0.5, 0.0] and precision[4].tolist() == [0.5, 0.0]
+    precision, recall, average_precision = score_rankings(
+        [["a", "b", "c", "d"], ["x"]], [{"b", "d", "x"}, {"y"}], ks=(1, 2, 4)
+    )
+    assert (
+        precision[1].tolist() == [0.0, 0.0]
+        and precision[2].tolist() == [0.5, 0.0]
+        and precision[4].tolist() == [0.5, 0.0]
+    )
     assert recall[2][0] == pytest.approx(1 / 3) and recall[4][0] == pytest.approx(2 / 3)
     assert average_precision[0] == pytest.approx((1 / 2 + 2 / 4) / 3) and average_precision[1] == 0.0
 
 
 def test_truth_vocabulary_and_translation_by_hand():
     assert vocabulary_from_keywords(["Face | smile", "face |  big  eyes", ""]) == ["big eyes", "Face", "smile"]
-    captions = pl.DataFrame({"image_id": ["a", "b", "c"], "keywords": ["Face | grin", "", "x"], "split": ["test", "test", "train"]})
+    captions = pl.DataFrame(
+        {"image_id": ["a", "b", "c"], "keywords": ["Face | grin", "", "x"], "split": ["test", "test", "train"]}
+    )
     assert ground_truth(captions) == {"a": {"face", "grin"}}
     lexicon = Lexicon({"face": {"de": "Gesicht"}, "smiling": {"de": "lächelnd"}})
     translated = translate_tags(["smiling face", "Face", "face", "big eyes"], lexicon, "de")
@@ -56,7 +64,12 @@ def tagged(tmp_path_factory, subset_data_dir):
     configs = {"projection_head": HeadTrainingConfig(epochs=30), "tagging_report": TaggingReportConfig(seeds=[0, 1])}
     with dg.instance_for_test() as instance:
         report = run_pipeline(
-            instance, pipeline_for(data_dir), [DATASET], configs, stages=frozenset(CHAIN_ASSETS + TAGGING_ASSETS), log=lambda _: None
+            instance,
+            pipeline_for(data_dir),
+            [DATASET],
+            configs,
+            stages=frozenset(CHAIN_ASSETS + TAGGING_ASSETS),
+            log=lambda _: None,
         )
     return data_dir, report
 
@@ -66,18 +79,32 @@ def test_tagging_assets_write_tags_metrics_and_tests(tagged):
     ran = {asset for asset, _, _ in report.executed}
     assert {f"{DATASET}/tags", f"{DATASET}/tagging_report"} <= ran
     db = data_dir / "results.duckdb"
-    tags = run_sql(db, "SELECT language, count(DISTINCT image_id) AS images, max(rank) AS top FROM tags GROUP BY ALL ORDER BY 1")
+    tags = run_sql(
+        db, "SELECT language, count(DISTINCT image_id) AS images, max(rank) AS top FROM tags GROUP BY ALL ORDER BY 1"
+    )
     assert tags.rows() == [(language, 40, 10) for language in sorted(SUBSET_LANGUAGES)]
-    methods = run_sql(db, "SELECT language, string_agg(DISTINCT method, ',' ORDER BY method) AS m, count(*) AS n FROM tagging GROUP BY ALL ORDER BY 1")
+    methods = run_sql(
+        db,
+        "SELECT language, string_agg(DISTINCT method, ',' ORDER BY method) AS m, count(*) AS n FROM tagging GROUP BY ALL ORDER BY 1",
+    )
     assert methods.rows() == [
-        ("de", "english_then_translate,zero_shot_head", 14), ("en", "zero_shot_head", 7), ("ja", "english_then_translate,zero_shot_head", 14)
+        ("de", "english_then_translate,zero_shot_head", 14),
+        ("en", "zero_shot_head", 7),
+        ("ja", "english_then_translate,zero_shot_head", 14),
     ]
-    bounds = run_sql(db, "SELECT bool_and(ci_low <= value AND value <= ci_high) AS ok, any_value(seeds) AS seeds FROM tagging")
+    bounds = run_sql(
+        db, "SELECT bool_and(ci_low <= value AND value <= ci_high) AS ok, any_value(seeds) AS seeds FROM tagging"
+    )
     assert bounds.rows() == [(True, "[0, 1]")]
-    tests = run_sql(db, "SELECT language, count(*) AS n, bool_and(p_holm >= p_value) AS holm FROM tagging_tests GROUP BY ALL ORDER BY 1")
+    tests = run_sql(
+        db,
+        "SELECT language, count(*) AS n, bool_and(p_holm >= p_value) AS holm FROM tagging_tests GROUP BY ALL ORDER BY 1",
+    )
     assert tests.rows() == [("de", 7, True), ("ja", 7, True)]
     markdown = (data_dir / "reports" / DATASET / "tagging.md").read_text("utf-8")
-    assert "| de | zero_shot_head |" in markdown and "| ja | english_then_translate |" in markdown and "Holm" in markdown
+    assert (
+        "| de | zero_shot_head |" in markdown and "| ja | english_then_translate |" in markdown and "Holm" in markdown
+    )
 
 
 def test_a_shipped_emoji_gets_a_true_tag_in_english_and_german(tagged, capsys):
@@ -85,10 +112,19 @@ def test_a_shipped_emoji_gets_a_true_tag_in_english_and_german(tagged, capsys):
     image = str(SHIPPED / "emoji_cldr" / "images" / "1f600.png")  # grinning face, a test image
     top = {}
     for language in ("en", "de"):
-        assert xlr(["tag", image, "--lang", language, "--top", "10", "--data-dir", str(data_dir), "--dataset", DATASET]) == 0
-        top[language] = [entry.rsplit(" (", 1)[0] for entry in capsys.readouterr().out.split(": ", 1)[1].strip().split(", ")]
+        assert (
+            xlr(["tag", image, "--lang", language, "--top", "10", "--data-dir", str(data_dir), "--dataset", DATASET])
+            == 0
+        )
+        top[language] = [
+            entry.rsplit(" (", 1)[0] for entry in capsys.readouterr().out.split(": ", 1)[1].strip().split(", ")
+        ]
     for language in ("en", "de"):
-        keywords = next(line for line in (SHIPPED / "emoji_cldr" / "captions" / f"{language}.tsv").read_text("utf-8").splitlines() if line.startswith("1f600\t"))
+        keywords = next(
+            line
+            for line in (SHIPPED / "emoji_cldr" / "captions" / f"{language}.tsv").read_text("utf-8").splitlines()
+            if line.startswith("1f600\t")
+        )
         assert set(top[language]) & set(keywords.split("\t")[2].split(" | ")), (language, top[language], keywords)
 
 
@@ -127,7 +163,9 @@ def test_compare_methods_on_synthetic_scores():
     metrics, tests = compare_methods(per_language)
     assert metrics.height == 2 * 2 * 7
     de_map = metrics.filter((pl.col("language") == "de") & (pl.col("metric") == "map"))
-    assert sorted(de_map["value"].round(6).to_list()) == sorted([round(float((better - 0.2).mean()), 6), round(float(better.mean()), 6)])
+    assert sorted(de_map["value"].round(6).to_list()) == sorted(
+        [round(float((better - 0.2).mean()), 6), round(float(better.mean()), 6)]
+    )
     verdicts = dict(zip(tests["language"] + "/" + tests["metric"] + tests["k"].cast(pl.String), tests["verdict"]))
     assert verdicts["de/map0"] == "head better" and verdicts["fr/map0"] == "not significant"
     assert (tests["p_holm"] >= tests["p_value"]).all() and tests.height == 14

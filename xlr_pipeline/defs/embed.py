@@ -63,7 +63,9 @@ def embed_images(
             decode=lambda path: encoder.prepare(load_image(path)),
             decode_workers=settings.decode_workers,
         )
-    frame = pl.DataFrame({"image_id": [r.image_id for r in records], "split": [r.split for r in records], "content_hash": hashes})
+    frame = pl.DataFrame(
+        {"image_id": [r.image_id for r in records], "split": [r.split for r in records], "content_hash": hashes}
+    )
     return with_vectors(frame, vectors).with_columns(pl.lit(encoder.model_id).alias("model_id")), encoded
 
 
@@ -87,7 +89,9 @@ def build_image_embedding_shards(lane: Lane, images: dg.AssetsDefinition) -> dg.
         by the same model, whichever shard or process encodes it."""
         outputs = lane.outputs(settings)
         with clear_failures():
-            shards = ImageSet.read(require_file(outputs.images_path, f"{lane.name}/images")).split(lane.spec.image_shards)
+            shards = ImageSet.read(require_file(outputs.images_path, f"{lane.name}/images")).split(
+                lane.spec.image_shards
+            )
             encoder = settings.image_encoder()
 
         def one_shard(shard: str) -> PartitionOutcome:
@@ -96,7 +100,9 @@ def build_image_embedding_shards(lane: Lane, images: dg.AssetsDefinition) -> dg.
                 if image_set.usable.is_empty():
                     frame, encoded = _empty_embeddings(encoder), 0
                 else:
-                    frame, encoded = embed_images(settings, image_set, encoder, progress_logger(context, f"images of shard {shard}"))
+                    frame, encoded = embed_images(
+                        settings, image_set, encoder, progress_logger(context, f"images of shard {shard}")
+                    )
             path = outputs.image_embedding_shard_path(shard)
             write_parquet_atomic(frame, path)
             return PartitionOutcome(
@@ -134,7 +140,9 @@ def build_image_embedding_shards(lane: Lane, images: dg.AssetsDefinition) -> dg.
 def _empty_embeddings(encoder: ImageEncoder) -> pl.DataFrame:
     """A shard that holds no usable image (possible with many shards and few images)."""
     frame = pl.DataFrame(schema={"image_id": pl.String, "split": pl.String, "content_hash": pl.String})
-    return with_vectors(frame, np.zeros((0, encoder.dim), dtype=np.float32)).with_columns(pl.lit(encoder.model_id).alias("model_id"))
+    return with_vectors(frame, np.zeros((0, encoder.dim), dtype=np.float32)).with_columns(
+        pl.lit(encoder.model_id).alias("model_id")
+    )
 
 
 def build_image_embeddings(lane: Lane, shards: dg.AssetsDefinition) -> dg.AssetsDefinition:
@@ -148,7 +156,9 @@ def build_image_embeddings(lane: Lane, shards: dg.AssetsDefinition) -> dg.Assets
         code_version=CODE_VERSIONS["image_embeddings"],
         check_specs=[
             *_vector_check_specs(key, "listed image"),
-            dg.AssetCheckSpec("distinct_images", asset=key, description="No two listed ids are byte-identical files (warn)"),
+            dg.AssetCheckSpec(
+                "distinct_images", asset=key, description="No two listed ids are byte-identical files (warn)"
+            ),
         ],
     )
     def image_embeddings(context: dg.AssetExecutionContext, settings: XlrSettings) -> dg.MaterializeResult:
@@ -205,7 +215,9 @@ def _union_of_shards(image_set: ImageSet, shard_paths: list[Path], image_model: 
     wanted = image_set.usable.select("image_id", pl.col("sha256").alias("expected_hash"))
     joined = wanted.join(shards, on="image_id", how="left", maintain_order="left")
     out_of_date = joined.filter(
-        pl.col("content_hash").is_null() | (pl.col("content_hash") != pl.col("expected_hash")) | (pl.col("model_id") != image_model)
+        pl.col("content_hash").is_null()
+        | (pl.col("content_hash") != pl.col("expected_hash"))
+        | (pl.col("model_id") != image_model)
     )
     if shards.height != wanted.height or not out_of_date.is_empty():
         examples = out_of_date["image_id"].head(5).to_list()
@@ -254,14 +266,22 @@ def _embed_captions(
             vectors, encoded = embed_with_cache(
                 texts, hashes, encoder.encode, settings.embedding_cache(encoder), settings.text_batch_size, progress
             )
-    frame = captions.select("caption_id", "image_id", "split").with_columns(pl.Series("content_hash", hashes, dtype=pl.String))
+    frame = captions.select("caption_id", "image_id", "split").with_columns(
+        pl.Series("content_hash", hashes, dtype=pl.String)
+    )
     frame = with_vectors(frame, vectors)
     return frame.with_columns(pl.lit(encoder.model_id).alias("model_id")), encoded
 
 
 def _write_text_embeddings(
-    lane: Lane, settings: XlrSettings, key: dg.AssetKey, language: str, frame: pl.DataFrame, encoder: TextEncoder,
-    needed: pl.DataFrame, extra: dict,
+    lane: Lane,
+    settings: XlrSettings,
+    key: dg.AssetKey,
+    language: str,
+    frame: pl.DataFrame,
+    encoder: TextEncoder,
+    needed: pl.DataFrame,
+    extra: dict,
 ) -> PartitionOutcome:
     """Write one language's table and describe it (metadata, lineage, checks against the encoder and the needed
     captions), however it was computed."""
@@ -317,7 +337,9 @@ def build_text_embeddings(lane: Lane, captions: dg.AssetsDefinition) -> dg.Asset
         def one_language(language: str) -> PartitionOutcome:
             with clear_failures():
                 needed = _needed_captions(lane, settings, language)
-                frame, encoded = _embed_captions(settings, encoder, needed, progress_logger(context, f"{language} captions"))
+                frame, encoded = _embed_captions(
+                    settings, encoder, needed, progress_logger(context, f"{language} captions")
+                )
             extra = {"encoded_now": encoded, "from_cache": frame.height - encoded}
             return _write_text_embeddings(lane, settings, key, language, frame, encoder, needed, extra)
 
@@ -357,17 +379,25 @@ def _build_sharded_text_embeddings(lane: Lane, captions: dg.AssetsDefinition) ->
     @dg.op(
         name=f"{prefix}_union",
         ins={"shards": dg.In(dg.Nothing)},
-        out={"result": dg.Out(dg.Nothing), **{spec.get_python_identifier(): dg.Out(dg.Nothing) for spec in check_specs}},
+        out={
+            "result": dg.Out(dg.Nothing),
+            **{spec.get_python_identifier(): dg.Out(dg.Nothing) for spec in check_specs},
+        },
     )
     def union_caption_shards(context: dg.OpExecutionContext, settings: XlrSettings):
         language = context.partition_key
         outputs = lane.outputs(settings)
         with clear_failures():
             needed = _needed_captions(lane, settings, language)
-            paths = [require_file(outputs.text_embedding_shard_path(language, shard), f"{key.to_user_string()}[{language}]") for shard in shard_keys]
+            paths = [
+                require_file(outputs.text_embedding_shard_path(language, shard), f"{key.to_user_string()}[{language}]")
+                for shard in shard_keys
+            ]
             frame = _union_of_caption_shards(needed, paths, settings.text_model)
             encoder = settings.text_encoder()  # its dimension is what the vectors are checked against
-        outcome = _write_text_embeddings(lane, settings, key, language, frame, encoder, needed, {"shards": len(shard_keys)})
+        outcome = _write_text_embeddings(
+            lane, settings, key, language, frame, encoder, needed, {"shards": len(shard_keys)}
+        )
         context.add_output_metadata({**outcome.metadata, VERSION_KEY: outcome.version}, output_name="result")
         yield from outcome.checks
         yield dg.Output(None, output_name="result", data_version=dg.DataVersion(outcome.version))
@@ -397,7 +427,9 @@ def _union_of_caption_shards(needed: pl.DataFrame, shard_paths: list[Location], 
     wanted = needed.select("caption_id", pl.Series("expected_hash", [sha256_text(text) for text in needed["caption"]]))
     joined = wanted.join(shards, on="caption_id", how="left", maintain_order="left")
     out_of_date = joined.filter(
-        pl.col("content_hash").is_null() | (pl.col("content_hash") != pl.col("expected_hash")) | (pl.col("model_id") != text_model)
+        pl.col("content_hash").is_null()
+        | (pl.col("content_hash") != pl.col("expected_hash"))
+        | (pl.col("model_id") != text_model)
     )
     if shards.height != wanted.height or not out_of_date.is_empty():
         raise DatasetError(

@@ -49,8 +49,12 @@ def build_retrieval_metrics(
         backfill_policy=dg.BackfillPolicy.single_run(),
         retry_policy=dg.RetryPolicy(max_retries=2, delay=2, backoff=dg.Backoff.EXPONENTIAL),
         check_specs=[
-            dg.AssetCheckSpec("recall_bounds", asset=key, description="0 <= R@1 <= R@5 <= R@10 <= 1 in both directions"),
-            dg.AssetCheckSpec("beats_random_head", asset=key, description="Trained head beats the random head on mean R@10"),
+            dg.AssetCheckSpec(
+                "recall_bounds", asset=key, description="0 <= R@1 <= R@5 <= R@10 <= 1 in both directions"
+            ),
+            dg.AssetCheckSpec(
+                "beats_random_head", asset=key, description="Trained head beats the random head on mean R@10"
+            ),
         ],
     )
     def retrieval_metrics(context: dg.AssetExecutionContext, settings: XlrSettings) -> dg.MaterializeResult:
@@ -93,24 +97,44 @@ def build_retrieval_metrics(
                 sha256_file(captions_path),
             )
         evaluation = evaluate_run(
-            head, provenance, vectors_of(indexed), tests, CODE_VERSIONS, context.run.run_id,
+            head,
+            provenance,
+            vectors_of(indexed),
+            tests,
+            CODE_VERSIONS,
+            context.run.run_id,
         )
         ranks_paths = {}
         for language in languages:
             captions = read_parquet(outputs.captions_path(language)).select("caption_id", "caption")
-            queries = texts[language].select("caption_id", "image_id").join(captions, on="caption_id", how="left", maintain_order="left")
+            queries = (
+                texts[language]
+                .select("caption_id", "image_id")
+                .join(captions, on="caption_id", how="left", maintain_order="left")
+            )
             ranks = query_ranks_frame(
-                provenance.run_id, lane.name, language, evaluation.results[language][TRAINED], queries, ids["image_id"].to_list()
+                provenance.run_id,
+                lane.name,
+                language,
+                evaluation.results[language][TRAINED],
+                queries,
+                ids["image_id"].to_list(),
             )
             # Written before the DuckDB transaction, so the `query_ranks` view never points at a missing file.
-            ranks_paths[language] = query_ranks_path(settings.ranks_root, lane.name, provenance.run_id, language, tests[language].captions_hash)
+            ranks_paths[language] = query_ranks_path(
+                settings.ranks_root, lane.name, provenance.run_id, language, tests[language].captions_hash
+            )
             write_parquet_atomic(ranks, ranks_paths[language])
         with clear_failures():
-            added = record_evaluation(settings.results_db, evaluation.runs, evaluation.recall, evaluation.ranks, settings.ranks_root)
+            added = record_evaluation(
+                settings.results_db, evaluation.runs, evaluation.recall, evaluation.ranks, settings.ranks_root
+            )
             by_language = recall_by_language(settings.results_db, provenance.run_id)
         # On every partition of this run: the head's whole picture so far, not just this run's languages.
         across_languages = {
-            "recall_by_language": png_metadata(recall_bars(by_language, f"{lane.name} head {provenance.run_id[:8]}"), "R@1/5/10 per language"),
+            "recall_by_language": png_metadata(
+                recall_bars(by_language, f"{lane.name} head {provenance.run_id[:8]}"), "R@1/5/10 per language"
+            ),
             "languages_table": dg.MetadataValue.md(to_markdown(by_language)),
             "rows_added": added,
             "results_db": dg.MetadataValue.path(str(settings.results_db)),
@@ -135,7 +159,9 @@ def build_retrieval_metrics(
                     **lineage_metadata(
                         {},
                         {
-                            input_name("text_embeddings", language): file_version(outputs.text_embeddings_path(language)),
+                            input_name("text_embeddings", language): file_version(
+                                outputs.text_embeddings_path(language)
+                            ),
                             "image_embeddings": file_version(outputs.image_embeddings_path),
                             "projection_head": head_fingerprint(head),
                             "image_index": file_version(outputs.index_path),
@@ -164,7 +190,10 @@ def _beats_random_check(trained_r10: float, random_r10: float | None) -> dg.Asse
             check_name="beats_random_head",
             passed=True,
             severity=dg.AssetCheckSeverity.WARN,
-            metadata={"trained_mean_R@10": round(float(trained_r10), 3), "note": "identity head: nothing trained to compare"},
+            metadata={
+                "trained_mean_R@10": round(float(trained_r10), 3),
+                "note": "identity head: nothing trained to compare",
+            },
         )
     return dg.AssetCheckResult(
         check_name="beats_random_head",

@@ -34,7 +34,9 @@ def executor_named(name: str) -> dg.ExecutorDefinition:
         module = __import__(module_name)
     except ImportError as error:
         package = module_name.replace("_", "-")
-        raise ValueError(f"{EXECUTOR_VARIABLE}={name} needs the `{package}` package (pip install {package}=={_integration_version()})") from error
+        raise ValueError(
+            f"{EXECUTOR_VARIABLE}={name} needs the `{package}` package (pip install {package}=={_integration_version()})"
+        ) from error
     return getattr(module, attribute)
 
 

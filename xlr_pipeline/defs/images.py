@@ -19,7 +19,9 @@ def build_images(lane: Lane) -> dg.AssetsDefinition:
         group_name=lane.group,
         kinds={"parquet"},
         code_version=CODE_VERSIONS["images"],
-        check_specs=[dg.AssetCheckSpec("all_images_usable", asset=key, description="Every listed image is on disk and decodes")],
+        check_specs=[
+            dg.AssetCheckSpec("all_images_usable", asset=key, description="Every listed image is on disk and decodes")
+        ],
     )
     def images(context: dg.AssetExecutionContext, settings: XlrSettings) -> dg.MaterializeResult:
         """The dataset's images: found in its folder (COCO-sourced datasets also in a local COCO folder in any

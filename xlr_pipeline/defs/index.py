@@ -26,13 +26,21 @@ def search_hint(dataset: str, language: str) -> str:
 
 
 class ImageIndexConfig(dg.Config):
-    exact_up_to: int = Field(IndexPlan().exact_up_to, ge=1, description="Exact (flat) search up to this many images; approximate past it")
-    approximate: Literal["ivf", "hnsw"] = Field(IndexPlan().approximate, description="Past exact_up_to: FAISS IVF or HNSW")
+    exact_up_to: int = Field(
+        IndexPlan().exact_up_to, ge=1, description="Exact (flat) search up to this many images; approximate past it"
+    )
+    approximate: Literal["ivf", "hnsw"] = Field(
+        IndexPlan().approximate, description="Past exact_up_to: FAISS IVF or HNSW"
+    )
     ivf_lists: int = Field(IndexPlan().ivf_lists, ge=0, description="IVF cells (0: 4·√n)")
-    ivf_probe: int = Field(IndexPlan().ivf_probe, ge=1, description="IVF cells searched per query: higher is slower and closer to exact")
+    ivf_probe: int = Field(
+        IndexPlan().ivf_probe, ge=1, description="IVF cells searched per query: higher is slower and closer to exact"
+    )
     hnsw_neighbours: int = Field(IndexPlan().hnsw_neighbours, ge=2, le=256, description="HNSW graph degree M")
     ef_construction: int = Field(IndexPlan().ef_construction, ge=1)
-    ef_search: int = Field(IndexPlan().ef_search, ge=1, description="HNSW search breadth: higher is slower and closer to exact")
+    ef_search: int = Field(
+        IndexPlan().ef_search, ge=1, description="HNSW search breadth: higher is slower and closer to exact"
+    )
 
     def plan(self) -> IndexPlan:
         return IndexPlan(**self.model_dump())
@@ -53,7 +61,9 @@ def build_image_index(
         automation_condition=dg.AutomationCondition.eager(),
         check_specs=[dg.AssetCheckSpec("indexes_every_test_image", asset=key)],
     )
-    def image_index(context: dg.AssetExecutionContext, config: ImageIndexConfig, settings: XlrSettings) -> dg.MaterializeResult:
+    def image_index(
+        context: dg.AssetExecutionContext, config: ImageIndexConfig, settings: XlrSettings
+    ) -> dg.MaterializeResult:
         """FAISS cosine (inner-product) index over the projected test-split images: exact up to `exact_up_to`
         images, HNSW past it, with its recall@10 against exact search measured on up to 1,000 projected
         train-split images as queries (`recall_at_10_vs_exact`)."""
@@ -88,7 +98,10 @@ def build_image_index(
                 "try_it": dg.MetadataValue.md(search_hint(lane.name, lane.train_language)),
                 **lineage_metadata(
                     {},
-                    {"projection_head": head_fingerprint(head), "image_embeddings": file_version(outputs.image_embeddings_path)},
+                    {
+                        "projection_head": head_fingerprint(head),
+                        "image_embeddings": file_version(outputs.image_embeddings_path),
+                    },
                     [outputs.index_path, outputs.index_ids_path],
                     settings.root,
                 ),

@@ -28,7 +28,9 @@ def build_captions(lane: Lane, images: dg.AssetsDefinition) -> dg.AssetsDefiniti
         backfill_policy=dg.BackfillPolicy.single_run(),
         check_specs=[
             dg.AssetCheckSpec("no_quarantined_rows", asset=key, description="Every row of the caption file was usable"),
-            dg.AssetCheckSpec("every_test_image_captioned", asset=key, description="Each test image has a caption in this language"),
+            dg.AssetCheckSpec(
+                "every_test_image_captioned", asset=key, description="Each test image has a caption in this language"
+            ),
         ],
     )
     def captions(context: dg.AssetExecutionContext, settings: XlrSettings) -> dg.MaterializeResult:
@@ -60,7 +62,11 @@ def build_captions(lane: Lane, images: dg.AssetsDefinition) -> dg.AssetsDefiniti
             write_parquet_atomic(frame, outputs.captions_path(language))
             write_parquet_atomic(quarantine, outputs.quarantine_path(language))
 
-            test_ids = {record.image_id for record in records if record.split == "test" and (usable is None or record.image_id in usable)}
+            test_ids = {
+                record.image_id
+                for record in records
+                if record.split == "test" and (usable is None or record.image_id in usable)
+            }
             uncaptioned = sorted(test_ids - set(frame.filter(pl.col("split") == "test")["image_id"]))
             return PartitionOutcome(
                 version=file_version(outputs.captions_path(language)),

@@ -21,7 +21,16 @@ warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", categor
 warnings.filterwarnings("ignore", message="Parameter `data_version`", category=dg.BetaWarning)
 
 # The per-dataset chain (`xlr run`) and the experiments on top of it (`xlr grid`), by asset name.
-CHAIN_ASSETS = ("images", "captions", "image_embedding_shards", "image_embeddings", "text_embeddings", "projection_head", "image_index", "retrieval_metrics")
+CHAIN_ASSETS = (
+    "images",
+    "captions",
+    "image_embedding_shards",
+    "image_embeddings",
+    "text_embeddings",
+    "projection_head",
+    "image_index",
+    "retrieval_metrics",
+)
 EXPERIMENT_ASSETS = ("text_augmentations", "text_encoder_finetuning", "experiment_grid", "grid_report")
 # Diagnostics in the experiments group that no command brings up to date implicitly (`xlr alignment` runs it).
 DIAGNOSTIC_ASSETS = ("text_alignment",)
@@ -44,7 +53,7 @@ class Lane:
     shards: dg.StaticPartitionsDefinition | None
 
     @classmethod
-    def of(cls, spec: DatasetSpec) -> "Lane":
+    def of(cls, spec: DatasetSpec) -> Lane:
         keys = shard_keys(spec.image_shards)
         return cls(
             spec,

@@ -36,7 +36,15 @@ def lane_definitions(lane: Lane) -> dg.Definitions:
     return dg.Definitions(
         assets=[
             images,
-            captions, image_embedding_shards, image_embeddings, text_embeddings, projection_head, image_index, retrieval_metrics, *experiments, *tagging
+            captions,
+            image_embedding_shards,
+            image_embeddings,
+            text_embeddings,
+            projection_head,
+            image_index,
+            retrieval_metrics,
+            *experiments,
+            *tagging,
         ],
         sensors=sensors,
         schedules=[schedule],
@@ -71,7 +79,9 @@ class Pipeline:
 
 
 def build_pipeline(
-    settings: XlrSettings, specs: list[DatasetSpec] | None = None, executor: dg.ExecutorDefinition = dg.in_process_executor
+    settings: XlrSettings,
+    specs: list[DatasetSpec] | None = None,
+    executor: dg.ExecutorDefinition = dg.in_process_executor,
 ) -> Pipeline:
     """Lanes for `specs`, or for every dataset found under the settings' roots; runs use `executor`
     (`defs/executors.py`)."""

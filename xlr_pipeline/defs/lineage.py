@@ -38,7 +38,10 @@ def _images_config(settings: XlrSettings, lane: Lane, partition: str | None, hea
         "files": folders_fingerprint(folders, settings.root),
     }
     if coco is not None:
-        config |= {"coco_train_images": settings.train_image_count(spec.coco_train_images), "coco_download": coco.download}
+        config |= {
+            "coco_train_images": settings.train_image_count(spec.coco_train_images),
+            "coco_download": coco.download,
+        }
         if not coco.download:
             tests = [record for record in spec.image_records() if record.split == "test"]
             if not locate_images(tests, spec.images_dir, coco):
@@ -62,7 +65,11 @@ def _captions_config(settings: XlrSettings, lane: Lane, partition: str | None, h
 
 
 def _image_embeddings_config(settings: XlrSettings, lane: Lane, partition: str | None, head_config: dict) -> dict:
-    return {"dataset": lane.name, "image_model": settings.image_model, "image_backend": backend_of(settings.image_model, settings.encoder_backend)}
+    return {
+        "dataset": lane.name,
+        "image_model": settings.image_model,
+        "image_backend": backend_of(settings.image_model, settings.encoder_backend),
+    }
 
 
 def _text_model_config(settings: XlrSettings, lane: Lane, partition: str | None, head_config: dict) -> dict:

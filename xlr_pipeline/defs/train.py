@@ -43,14 +43,21 @@ class HeadTrainingConfig(dg.Config):
         "repulsion (the paper's m3); 'm3_pull': patr + extra positive pull (control); 'infonce': symmetric CLIP-style",
     )
     margin: float | None = Field(
-        _DEFAULT.margin, description="hinge: margin on cosine similarity (unset: 0.1); patr/m3/m3_pull: η on cosine distance (unset: 1.0)"
+        _DEFAULT.margin,
+        description="hinge: margin on cosine similarity (unset: 0.1); patr/m3/m3_pull: η on cosine distance (unset: 1.0)",
     )
-    negatives: NegativeMining = Field(_DEFAULT.negatives, description="Average all violating in-batch negatives, or only the hardest")
-    text_margin: float = Field(_DEFAULT.text_margin, description="m3: β2, distance margin of the caption-vs-other-captions term")
+    negatives: NegativeMining = Field(
+        _DEFAULT.negatives, description="Average all violating in-batch negatives, or only the hardest"
+    )
+    text_margin: float = Field(
+        _DEFAULT.text_margin, description="m3: β2, distance margin of the caption-vs-other-captions term"
+    )
     text_weight: float = Field(_DEFAULT.text_weight, description="m3/m3_pull: α3, weight of the extra term (0 = patr)")
     temperature: float = Field(_DEFAULT.temperature, description="infonce: softmax temperature")
     epochs: int = Field(_DEFAULT.epochs, description="Passes over the training-language pairs")
-    steps: int | None = Field(_DEFAULT.steps, description="Fixed number of optimiser steps instead of epochs (unset: epochs)")
+    steps: int | None = Field(
+        _DEFAULT.steps, description="Fixed number of optimiser steps instead of epochs (unset: epochs)"
+    )
     batch_size: int = Field(_DEFAULT.batch_size, description="Pairs per batch (in-batch negatives come from here)")
     learning_rate: float = Field(_DEFAULT.learning_rate, description="AdamW learning rate")
     weight_decay: float = Field(_DEFAULT.weight_decay, description="AdamW weight decay")
@@ -89,7 +96,9 @@ def build_projection_head(
             dg.AssetCheckSpec("loss_decreased", asset=key, description="Final epoch loss below the first"),
         ],
     )
-    def projection_head(context: dg.AssetExecutionContext, config: HeadTrainingConfig, settings: XlrSettings) -> dg.MaterializeResult:
+    def projection_head(
+        context: dg.AssetExecutionContext, config: HeadTrainingConfig, settings: XlrSettings
+    ) -> dg.MaterializeResult:
         """Projection head trained on the dataset's training-language train-split pairs only (zero-shot for
         every other language; `train_language` in dataset.toml, English by default).
 
@@ -106,15 +115,21 @@ def build_projection_head(
 
         outputs = lane.outputs(settings)
         images = read_parquet(require_file(outputs.image_embeddings_path, f"{lane.name}/image_embeddings"))
-        text_path = require_file(outputs.text_embeddings_path(train_language), f"{lane.name}/text_embeddings[{train_language}]")
+        text_path = require_file(
+            outputs.text_embeddings_path(train_language), f"{lane.name}/text_embeddings[{train_language}]"
+        )
         texts = read_parquet(text_path)
         pairs = training_pairs(images, texts)
         if pairs.height < 2:
-            raise dg.Failure(f"only {pairs.height} train-split {train_language} captions match train images in {lane.name}")
+            raise dg.Failure(
+                f"only {pairs.height} train-split {train_language} captions match train images in {lane.name}"
+            )
         head_config = config.head_config()
         context.log.info(f"training on {pairs.height} {train_language} pairs: {head_config}")
         try:
-            result = train_head(vectors_of(pairs), vectors_of(pairs, "image_vector"), pairs["image_id"].to_numpy(), head_config)
+            result = train_head(
+                vectors_of(pairs), vectors_of(pairs, "image_vector"), pairs["image_id"].to_numpy(), head_config
+            )
         except ValueError as error:
             raise dg.Failure(str(error), allow_retries=False) from None
         # Identical weights (e.g. only test captions changed) stay the same experiment: keep its run id.
@@ -132,7 +147,9 @@ def build_projection_head(
             dagster_run_id=run_id,
             train_pairs=pairs.height,
         )
-        write_with_atomic(outputs.head_path, lambda tmp: tmp.write_bytes(head_to_bytes(result.head, provenance.as_dict())))
+        write_with_atomic(
+            outputs.head_path, lambda tmp: tmp.write_bytes(head_to_bytes(result.head, provenance.as_dict()))
+        )
         history = pl.DataFrame({"epoch": np.arange(1, len(result.loss_history) + 1), "loss": result.loss_history})
         write_parquet_atomic(history, outputs.loss_history_path)
         return dg.MaterializeResult(

@@ -36,7 +36,9 @@ def create_app(service: SearchService, default_dataset: str) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}" for e in error.errors())
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}" for e in error.errors()
+        )
         return JSONResponse({"error": problems}, status_code=400)
 
     @app.exception_handler(HTTPException)
@@ -55,7 +57,9 @@ def create_app(service: SearchService, default_dataset: str) -> FastAPI:
     def search(
         q: Annotated[str, Query(description=f"the query text (at most {MAX_QUERY_CHARS} characters)")],
         dataset: Annotated[str | None, Query(description="dataset name (default: the default dataset)")] = None,
-        lang: Annotated[str | None, Query(description="language of the captions shown (default: the training language)")] = None,
+        lang: Annotated[
+            str | None, Query(description="language of the captions shown (default: the training language)")
+        ] = None,
         k: Annotated[int, Query(description=f"results, 1–{MAX_RESULTS}")] = 10,
     ) -> dict:
         return service.search(q, dataset or default_dataset, lang, k).as_dict()
@@ -73,7 +77,11 @@ def create_app(service: SearchService, default_dataset: str) -> FastAPI:
         image = decode_query_image(data, file.filename or "upload")
         return service.similar(image, dataset or default_dataset, lang, k).as_dict()
 
-    @app.get("/api/image/{dataset}/{image_id}", summary="An image listed in a dataset's image table", response_class=FileResponse)
+    @app.get(
+        "/api/image/{dataset}/{image_id}",
+        summary="An image listed in a dataset's image table",
+        response_class=FileResponse,
+    )
     def image(dataset: str, image_id: str) -> FileResponse:
         return FileResponse(service.image_path(dataset, image_id))
 

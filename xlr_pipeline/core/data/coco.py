@@ -42,7 +42,7 @@ class CocoImage:
     number: int
 
     @classmethod
-    def parse(cls, image_id: str) -> "CocoImage":
+    def parse(cls, image_id: str) -> CocoImage:
         match = COCO_2014_ID.match(image_id)
         if not match:
             raise CocoError(f"{image_id!r} is not a COCO 2014 image id (like COCO_train2014_000000061844)")
@@ -90,7 +90,11 @@ def coco_train_captions(path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     rejected += [RejectedRow(row.line, "empty caption", row.caption) for row, text in zip(rows, texts) if not text]
     rows = [(row, text) for row, text in zip(rows, texts) if text]
     frame = pl.DataFrame(
-        {"image_id": [row.image_id for row, _ in rows], "caption": [text for _, text in rows], "source_line": [row.line for row, _ in rows]},
+        {
+            "image_id": [row.image_id for row, _ in rows],
+            "caption": [text for _, text in rows],
+            "source_line": [row.line for row, _ in rows],
+        },
         schema={"image_id": pl.String, "caption": pl.String, "source_line": pl.Int64},
     )
     wrong_split = frame.filter(~pl.col("image_id").str.starts_with("COCO_train2014_"))
@@ -113,7 +117,9 @@ def select_train_images(candidates: list[str], excluded: set[str], count: int, s
     Ranked by a seeded hash of the id: a larger count extends a smaller one (10K ⊂ 20K), and the choice does
     not depend on the order of the captions file.
     """
-    allowed = sorted(set(candidates) - excluded, key=lambda image_id: hashlib.sha256(f"{seed}:{image_id}".encode()).hexdigest())
+    allowed = sorted(
+        set(candidates) - excluded, key=lambda image_id: hashlib.sha256(f"{seed}:{image_id}".encode()).hexdigest()
+    )
     return sorted(allowed[:count])
 
 

@@ -32,7 +32,15 @@ from xlr_pipeline.core.data.readers import (
 )
 from xlr_pipeline.core.data.shards import MAX_SHARDS
 
-__all__ = ["CaptionFileError", "DatasetError", "DatasetSpec", "ImageRecord", "discover_datasets", "read_captions", "read_text_strict"]
+__all__ = [
+    "CaptionFileError",
+    "DatasetError",
+    "DatasetSpec",
+    "ImageRecord",
+    "discover_datasets",
+    "read_captions",
+    "read_text_strict",
+]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 SPLITS = ("train", "test", "val")
@@ -90,7 +98,7 @@ class DatasetSpec:
     caption_shards: int = 1
 
     @classmethod
-    def load(cls, root: Path) -> "DatasetSpec":
+    def load(cls, root: Path) -> DatasetSpec:
         spec_file = root / "dataset.toml"
         if not spec_file.is_file():
             raise DatasetError(f"{spec_file}: no dataset declaration (dataset.toml) in {root}")
@@ -112,12 +120,16 @@ class DatasetSpec:
                 "starting with a letter (it names the asset group, outputs folder and DuckDB rows)"
             )
         if raw["caption_format"] not in CAPTION_FORMATS:
-            raise DatasetError(f"{spec_file}: caption_format must be one of {list(CAPTION_FORMATS)}, not {raw['caption_format']!r}")
+            raise DatasetError(
+                f"{spec_file}: caption_format must be one of {list(CAPTION_FORMATS)}, not {raw['caption_format']!r}"
+            )
         if "{lang}" not in raw["captions"]:
             raise DatasetError(f"{spec_file}: the captions pattern must contain {{lang}}")
         if raw.get("tags") and "{lang}" not in raw["tags"]:
             raise DatasetError(f"{spec_file}: the tags pattern must contain {{lang}}")
-        list_format = raw.get("image_list_format") or IMAGE_LIST_FORMAT_BY_SUFFIX.get(Path(raw["image_list"]).suffix.lower())
+        list_format = raw.get("image_list_format") or IMAGE_LIST_FORMAT_BY_SUFFIX.get(
+            Path(raw["image_list"]).suffix.lower()
+        )
         if list_format not in IMAGE_LIST_FORMATS:
             raise DatasetError(
                 f"{spec_file}: image_list_format must be one of {list(IMAGE_LIST_FORMATS)} "
@@ -133,11 +145,13 @@ class DatasetSpec:
         if not isinstance(train_images, int) or train_images < 0:
             raise DatasetError(f"{spec_file}: coco_train_images must be a whole number ≥ 0, not {train_images!r}")
         if train_images and raw.get("image_source") != "coco2014":
-            raise DatasetError(f"{spec_file}: coco_train_images needs image_source = \"coco2014\"")
+            raise DatasetError(f'{spec_file}: coco_train_images needs image_source = "coco2014"')
         for field in ("image_shards", "caption_shards"):
             shards = raw.get(field, 1)
             if not isinstance(shards, int) or isinstance(shards, bool) or not 1 <= shards <= MAX_SHARDS:
-                raise DatasetError(f"{spec_file}: {field} must be a whole number from 1 to {MAX_SHARDS}, not {shards!r}")
+                raise DatasetError(
+                    f"{spec_file}: {field} must be a whole number from 1 to {MAX_SHARDS}, not {shards!r}"
+                )
         return cls(root=root, **raw)
 
     @property
@@ -171,7 +185,9 @@ class DatasetSpec:
     def scan_caption_files(self) -> tuple[dict[str, Path], list[str]]:
         """Like `caption_files` but returns the problems (unknown codes, two files for one language)."""
         pattern = re.compile(
-            "^" + re.escape(self.captions).replace(re.escape("{lang}"), "(?P<lang>[^/]+?)").replace(r"\*", "[^/]*") + "$"
+            "^"
+            + re.escape(self.captions).replace(re.escape("{lang}"), "(?P<lang>[^/]+?)").replace(r"\*", "[^/]*")
+            + "$"
         )
         files: dict[str, Path] = {}
         problems: list[str] = []
@@ -249,7 +265,11 @@ def read_captions(
             reject(row.line, f"duplicate of line {first_seen[(row.image_id, caption)]}", row.caption)
         else:
             if len(caption) > MAX_CAPTION_CHARS:
-                reject(row.line, f"kept, truncated from {len(caption)} to {MAX_CAPTION_CHARS} characters", row.caption[:200])
+                reject(
+                    row.line,
+                    f"kept, truncated from {len(caption)} to {MAX_CAPTION_CHARS} characters",
+                    row.caption[:200],
+                )
                 caption = caption[:MAX_CAPTION_CHARS]
             first_seen[(row.image_id, caption)] = row.line
             kept.append(

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import threading
 import time
 import urllib.error
@@ -126,7 +125,7 @@ def _fetch_once(item: DownloadItem, policy: DownloadPolicy) -> int:
         if retry_after and retry_after.isdigit():
             time.sleep(min(float(retry_after), MAX_RETRY_AFTER_S))
         raise DownloadError(f"HTTP {error.code} {error.reason}", retryable=error.code not in FINAL_STATUS) from None
-    except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, http.client.HTTPException) as error:
+    except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as error:
         reason = getattr(error, "reason", None) or error
         raise DownloadError(f"{type(error).__name__}: {reason}", retryable=True) from None
     if expected is not None and received != int(expected):

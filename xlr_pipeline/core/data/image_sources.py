@@ -101,7 +101,10 @@ def download_coco_images(
     image_ids: Iterable[str], coco: CocoSource, log: Callable[[str], None]
 ) -> tuple[dict[str, tuple[Path, str]], DownloadReport]:
     images = [CocoImage.parse(image_id) for image_id in image_ids]
-    items = [DownloadItem(image.image_id, image.url(coco.image_url), image.download_path(coco.download_root), check_image) for image in images]
+    items = [
+        DownloadItem(image.image_id, image.url(coco.image_url), image.download_path(coco.download_root), check_image)
+        for image in images
+    ]
     report = download_all(items, Manifest(coco.download_root), coco.policy, log)
     got = set(report.fetched) | set(report.already_there)
     return {item.key: (item.target, "downloaded") for item in items if item.key in got}, report
@@ -128,22 +131,42 @@ def build_image_set(
     for record in records:
         row = {"image_id": record.image_id, "file_name": record.file_name, "split": record.split}
         if record.image_id not in located:
-            rows.append({**row, "path": None, "bytes": None, "mtime_ns": None, "sha256": None, "status": "missing",
-                         "detail": missing_reasons.get(record.image_id, "not found")})
+            rows.append(
+                {
+                    **row,
+                    "path": None,
+                    "bytes": None,
+                    "mtime_ns": None,
+                    "sha256": None,
+                    "status": "missing",
+                    "detail": missing_reasons.get(record.image_id, "not found"),
+                }
+            )
             continue
         path, origin = located[record.image_id]
         stat = path.stat()
         cached = known.get((stored_path(path, data_dir), stat.st_size, stat.st_mtime_ns))
         if cached is not None:
-            rows.append({**row, **{key: cached[key] for key in ("path", "bytes", "mtime_ns", "sha256", "status", "detail")}})
+            rows.append(
+                {**row, **{key: cached[key] for key in ("path", "bytes", "mtime_ns", "sha256", "status", "detail")}}
+            )
             continue
         try:
             check_image(path)
             status, detail = "ok", origin
         except ImageFileError as error:
             status, detail = "undecodable", str(error)
-        rows.append({**row, "path": stored_path(path, data_dir), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                     "sha256": sha256_file(path), "status": status, "detail": detail})
+        rows.append(
+            {
+                **row,
+                "path": stored_path(path, data_dir),
+                "bytes": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns,
+                "sha256": sha256_file(path),
+                "status": status,
+                "detail": detail,
+            }
+        )
     return pl.DataFrame(rows, schema=IMAGE_SET_SCHEMA)
 
 
@@ -170,7 +193,7 @@ class ImageSet:
     frame: pl.DataFrame
 
     @classmethod
-    def read(cls, path: Location) -> "ImageSet":
+    def read(cls, path: Location) -> ImageSet:
         return cls(read_parquet(path))
 
     @property
@@ -193,12 +216,14 @@ class ImageSet:
     def usable_ids(self) -> set[str]:
         return set(self.usable["image_id"].to_list())
 
-    def split(self, count: int) -> list["ImageSet"]:
+    def split(self, count: int) -> list[ImageSet]:
         """The listed images of each of `count` shards (`core/data/shards.py`), in this table's order."""
         if count == 1:
             return [self]
         shard = pl.Series("_shard", shard_indices(self.frame["image_id"].to_list(), count), dtype=pl.Int64)
-        parts = self.frame.with_columns(shard).partition_by("_shard", as_dict=True, include_key=False, maintain_order=True)
+        parts = self.frame.with_columns(shard).partition_by(
+            "_shard", as_dict=True, include_key=False, maintain_order=True
+        )
         return [ImageSet(parts.get((index,), self.frame.clear())) for index in range(count)]
 
 
@@ -217,7 +242,9 @@ def train_captions_file(coco: CocoSource, annotations_url: str, log: Callable[[s
     name = Path(urlsplit(annotations_url).path).name or "annotations"
     archive = name.endswith(".zip")
     target = coco.download_root / ("downloads" if archive else "annotations") / (name if archive else relative.name)
-    report = download_all([DownloadItem("annotations", annotations_url, target)], Manifest(coco.download_root), coco.policy, log)
+    report = download_all(
+        [DownloadItem("annotations", annotations_url, target)], Manifest(coco.download_root), coco.policy, log
+    )
     if report.failed:
         raise CocoError(f"could not download the COCO captions: {report.failed['annotations']}")
     return extract_member(target, TRAIN_CAPTIONS_MEMBER, coco.download_root / relative) if archive else target
@@ -246,7 +273,9 @@ def resolve_images(
     train_captions = rejected = None
     if coco is not None and train_images:
         captions, rejected = coco_train_captions(train_captions_file(coco, annotations_url, log))
-        chosen = select_train_images(captions["image_id"].unique().to_list(), {r.image_id for r in records}, train_images)
+        chosen = select_train_images(
+            captions["image_id"].unique().to_list(), {r.image_id for r in records}, train_images
+        )
         train_captions = captions.filter(pl.col("image_id").is_in(chosen)).sort("image_id", "source_line")
         records = records + [ImageRecord(image_id, f"{image_id}.jpg", "train") for image_id in chosen]
     located = locate_images(records, spec.images_dir, coco)

@@ -150,11 +150,15 @@ def _image_list_lines(path: Path, columns: Columns) -> list[ListedImage]:
     blank = next((number for number, name in enumerate(lines, start=1) if not name.strip()), None)
     if blank is not None:  # line-aligned caption files would silently pair the wrong images after it
         raise DatasetError(f"{path}:{blank}: blank line inside the image list; one file name per line")
-    return [ListedImage(number, Path(name.strip()).stem, name.strip(), None) for number, name in enumerate(lines, start=1)]
+    return [
+        ListedImage(number, Path(name.strip()).stem, name.strip(), None) for number, name in enumerate(lines, start=1)
+    ]
 
 
 def _listed(number: int, row: dict, columns: Columns) -> ListedImage:
-    return ListedImage(number, (row.get(columns.image_id) or "").strip(), row.get("file_name") or "", row.get("split") or None)
+    return ListedImage(
+        number, (row.get(columns.image_id) or "").strip(), row.get("file_name") or "", row.get("split") or None
+    )
 
 
 def _image_list_csv(path: Path, columns: Columns) -> list[ListedImage]:
@@ -190,8 +194,12 @@ IMAGE_LIST_READERS: dict[str, Callable[[Path, Columns], list[ListedImage]]] = {
 def _captions_lines(path: Path, columns: Columns, images: ImageList) -> tuple[list[CaptionRow], list[RejectedRow]]:
     lines = read_text_strict(path).splitlines()
     if len(lines) != len(images.image_ids):
-        raise CaptionFileError(path, f"has {len(lines)} lines but the image list {images.path} has {len(images.image_ids)} images")
-    return [CaptionRow(number, image_id, line) for number, (image_id, line) in enumerate(zip(images.image_ids, lines), 1)], []
+        raise CaptionFileError(
+            path, f"has {len(lines)} lines but the image list {images.path} has {len(images.image_ids)} images"
+        )
+    return [
+        CaptionRow(number, image_id, line) for number, (image_id, line) in enumerate(zip(images.image_ids, lines), 1)
+    ], []
 
 
 def _delimited(
@@ -213,7 +221,9 @@ def _delimited(
                 rejected.append(RejectedRow(number, "blank line", ""))
             continue
         if len(fields) != len(header):
-            rejected.append(RejectedRow(number, f"expected {len(header)} {what} fields, found {len(fields)}", "\t".join(fields)))
+            rejected.append(
+                RejectedRow(number, f"expected {len(header)} {what} fields, found {len(fields)}", "\t".join(fields))
+            )
             continue
         keywords = fields[keyword_col] if keyword_col is not None else ""
         kept.append(CaptionRow(number, fields[id_col].strip(), fields[caption_col], keywords))
@@ -222,7 +232,9 @@ def _delimited(
 
 def _captions_tsv(path: Path, columns: Columns, images: ImageList) -> tuple[list[CaptionRow], list[RejectedRow]]:
     lines = read_text_strict(path).splitlines()
-    return _delimited(path, columns, [(number, line.split("\t")) for number, line in enumerate(lines, 1)], "tab-separated")
+    return _delimited(
+        path, columns, [(number, line.split("\t")) for number, line in enumerate(lines, 1)], "tab-separated"
+    )
 
 
 def _captions_csv(path: Path, columns: Columns, images: ImageList) -> tuple[list[CaptionRow], list[RejectedRow]]:
@@ -232,7 +244,9 @@ def _captions_csv(path: Path, columns: Columns, images: ImageList) -> tuple[list
 def _captions_parquet(path: Path, columns: Columns, images: ImageList) -> tuple[list[CaptionRow], list[RejectedRow]]:
     frame = _read_parquet(path, [columns.image_id, columns.caption], [columns.keywords])
     return [
-        CaptionRow(number, (row[columns.image_id] or "").strip(), row[columns.caption] or "", row.get(columns.keywords) or "")
+        CaptionRow(
+            number, (row[columns.image_id] or "").strip(), row[columns.caption] or "", row.get(columns.keywords) or ""
+        )
         for number, row in enumerate(frame.iter_rows(named=True), start=1)
     ], []
 
@@ -246,10 +260,16 @@ def read_coco_captions(path: Path, columns: Columns, images: ImageList) -> tuple
     kept, rejected = [], []
     for number, annotation in enumerate(annotations, start=1):
         raw = json.dumps(annotation, ensure_ascii=False)
-        if not isinstance(annotation, dict) or "image_id" not in annotation or not isinstance(annotation.get("caption"), str):
+        if (
+            not isinstance(annotation, dict)
+            or "image_id" not in annotation
+            or not isinstance(annotation.get("caption"), str)
+        ):
             rejected.append(RejectedRow(number, "annotation needs 'image_id' and a text 'caption'", raw))
         elif str(annotation["image_id"]) not in names:
-            rejected.append(RejectedRow(number, f"image_id {annotation['image_id']!r} is not in the file's images table", raw))
+            rejected.append(
+                RejectedRow(number, f"image_id {annotation['image_id']!r} is not in the file's images table", raw)
+            )
         else:
             kept.append(CaptionRow(number, Path(names[str(annotation["image_id"])]).stem, annotation["caption"]))
     return kept, rejected

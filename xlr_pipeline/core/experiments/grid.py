@@ -70,7 +70,9 @@ class TrainingData:
     keyword_of: np.ndarray | None = None
 
 
-def training_data(pairs: pl.DataFrame, switched: pl.DataFrame | None = None, keywords: pl.DataFrame | None = None) -> TrainingData:
+def training_data(
+    pairs: pl.DataFrame, switched: pl.DataFrame | None = None, keywords: pl.DataFrame | None = None
+) -> TrainingData:
     """`pairs` (train captions with `vector` and their image's `image_vector`) and, when given, the code-switched
     copies of every seed (`seed`, `caption_id`, `vector`, `control_vector`) and the keyword texts (`caption_id`,
     `vector`) of those captions; augmentations of captions not in `pairs` are left out."""
@@ -89,15 +91,23 @@ def training_data(pairs: pl.DataFrame, switched: pl.DataFrame | None = None, key
         copies[seed] = AugmentedCopies(of, vectors_of(frame), vectors_of(frame, "control_vector"))
     keyword_frame, keyword_of = usable(keywords) if keywords is not None else (pl.DataFrame(), np.zeros(0, np.int64))
     has_keywords = keyword_frame.height > 0
-    return TrainingData(*base, copies, vectors_of(keyword_frame) if has_keywords else None, keyword_of if has_keywords else None)
+    return TrainingData(
+        *base, copies, vectors_of(keyword_frame) if has_keywords else None, keyword_of if has_keywords else None
+    )
 
 
 def _with_rows(data: TrainingData, text: np.ndarray, of: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The originals plus extra text rows paired with the image of the caption each came from."""
-    return np.concatenate([data.text, text]), np.concatenate([data.image, data.image[of]]), np.concatenate([data.image_ids, data.image_ids[of]])
+    return (
+        np.concatenate([data.text, text]),
+        np.concatenate([data.image, data.image[of]]),
+        np.concatenate([data.image_ids, data.image_ids[of]]),
+    )
 
 
-def training_arrays(data: TrainingData, augmentation: str, alpha: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def training_arrays(
+    data: TrainingData, augmentation: str, alpha: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The pairs one cell trains on. SALT and its English control draw the same mixup weights for a seed."""
     if augmentation == "none":
         return data.text, data.image, data.image_ids
@@ -115,7 +125,9 @@ def training_arrays(data: TrainingData, augmentation: str, alpha: float, seed: i
     return _with_rows(data, mixup(data.text[copies.of], other, alpha, np.random.default_rng(seed)), copies.of)
 
 
-def step_budget(data: TrainingData, augmentations: Sequence[str], seeds: Sequence[int], epochs: int, batch_size: int) -> int:
+def step_budget(
+    data: TrainingData, augmentations: Sequence[str], seeds: Sequence[int], epochs: int, batch_size: int
+) -> int:
     """`epochs` passes over the largest training set any cell of the grid uses: the one budget of every cell."""
     largest = max(len(training_arrays(data, a, 1.0, s)[0]) for a in augmentations for s in seeds)
     return epochs * math.ceil(largest / batch_size)
@@ -161,13 +173,23 @@ def plan_cells(plan: GridPlan, text_model: str, image_model: str) -> list[Cell]:
         for s in plan.seeds
     ]
     if plan.per_language_centring:
-        cells += [Cell(o, "none", s, text_model, image_model, centring="per_language") for o in plan.objectives for s in plan.seeds]
+        cells += [
+            Cell(o, "none", s, text_model, image_model, centring="per_language")
+            for o in plan.objectives
+            for s in plan.seeds
+        ]
     pairs = [(model, image_model) for model in plan.other_text_models]
     pairs += [(text, image) for image in plan.other_image_models for text in plan.image_text_models or [text_model]]
     for text, image in pairs:
-        cells += [Cell(o, "none", s, text, image, with_random_baseline=o == first) for o in plan.objectives for s in plan.seeds]
+        cells += [
+            Cell(o, "none", s, text, image, with_random_baseline=o == first)
+            for o in plan.objectives
+            for s in plan.seeds
+        ]
     if plan.english_only_model:
-        cells += [Cell(first, "none", s, plan.english_only_model, image_model, with_random_baseline=True) for s in plan.seeds]
+        cells += [
+            Cell(first, "none", s, plan.english_only_model, image_model, with_random_baseline=True) for s in plan.seeds
+        ]
     return cells
 
 

@@ -84,7 +84,9 @@ def system_label(system: System, main_image_model: str) -> str:
     return label if system[3] == main_image_model else f"{label} / {image_encoder_label(system[3])}"
 
 
-def comparisons_of(systems: list[System], main_text_model: str, main_image_model: str) -> list[tuple[System, System, str]]:
+def comparisons_of(
+    systems: list[System], main_text_model: str, main_image_model: str
+) -> list[tuple[System, System, str]]:
     """The report's family of comparisons: augmentations and objectives with the main encoders, each other text
     encoder against the main one per objective, each other image encoder against the main one per text encoder
     and objective, m3 against PATR with each other encoder pair, and the two fine-tuning arms: (A, B, label), A − B."""
@@ -100,30 +102,48 @@ def comparisons_of(systems: list[System], main_text_model: str, main_image_model
             continue
         pairs.append((main(objective, augmentation), main(objective), f"{augmentation} vs none ({objective})"))
         if augmentation == "salt":
-            pairs.append((main(objective, "salt"), main(objective, "english_mixup"), f"salt vs english_mixup ({objective})"))
+            pairs.append(
+                (main(objective, "salt"), main(objective, "english_mixup"), f"salt vs english_mixup ({objective})")
+            )
     for objective in ("hinge", "m3", "m3_pull", "infonce"):
         pairs.append((main(objective), main("patr"), f"{objective} vs patr (no augmentation)"))
     pairs.append((main("m3"), main("m3_pull"), "m3 vs m3_pull (no augmentation)"))
     main_name, main_image_name = encoder_label(main_text_model), image_encoder_label(main_image_model)
-    other_pairs = sorted({(t, i) for _, _, t, i in trained} - {(main_text_model, main_image_model)}, key=lambda p: (p[1] != main_image_model, p))
+    other_pairs = sorted(
+        {(t, i) for _, _, t, i in trained} - {(main_text_model, main_image_model)},
+        key=lambda p: (p[1] != main_image_model, p),
+    )
     for text_model, image_model in other_pairs:
         objectives = sorted({o for o, _, t, i in trained if (t, i) == (text_model, image_model)})
-        name = encoder_label(text_model) + ("" if image_model == main_image_model else f" + {image_encoder_label(image_model)}")
+        name = encoder_label(text_model) + (
+            "" if image_model == main_image_model else f" + {image_encoder_label(image_model)}"
+        )
         for objective in objectives:
             system = (objective, "none", text_model, image_model)
             if image_model == main_image_model:
                 pairs.append((system, main(objective), f"{name} vs {main_name} ({objective})"))
             else:
-                pairs.append((system, (objective, "none", text_model, main_image_model), f"{image_encoder_label(image_model)} vs {main_image_name} ({encoder_label(text_model)}, {objective})"))
-        pairs.append((("m3", "none", text_model, image_model), ("patr", "none", text_model, image_model), f"m3 vs patr ({name})"))
+                pairs.append(
+                    (
+                        system,
+                        (objective, "none", text_model, main_image_model),
+                        f"{image_encoder_label(image_model)} vs {main_image_name} ({encoder_label(text_model)}, {objective})",
+                    )
+                )
+        pairs.append(
+            (("m3", "none", text_model, image_model), ("patr", "none", text_model, image_model), f"m3 vs patr ({name})")
+        )
     by_label = {encoder_label(t): t for t, i in other_pairs if i == main_image_model}
     salt, english = by_label.get("e5torch:salt_in_model"), by_label.get("e5torch:english")
     if salt and english:  # the two fine-tuning arms: what code-switching + mixup inside the model adds
         for objective in sorted({o for o, _, t, _ in trained if t == salt}):
-            pairs.append((
-                (objective, "none", salt, main_image_model), (objective, "none", english, main_image_model),
-                f"salt_in_model vs english fine-tuning ({objective})",
-            ))
+            pairs.append(
+                (
+                    (objective, "none", salt, main_image_model),
+                    (objective, "none", english, main_image_model),
+                    f"salt_in_model vs english fine-tuning ({objective})",
+                )
+            )
     return [(a, b, label) for a, b, label in pairs if a in present and b in present]
 
 
@@ -158,9 +178,13 @@ def validation_sections(
             chosen = group.filter(pl.col("chosen")).row(0, named=True)
             default = group.filter(pl.col("candidate") == 0).row(0, named=True)
             lines.append(f"| {objective} | `{chosen['parameters']}` | {chosen['score']:.4f} | {default['score']:.4f} |")
-    trained = validation.filter((pl.col("text_model") != ENGLISH_ONLY_TEXT_MODEL) & (pl.col("objective") != "random_init"))
+    trained = validation.filter(
+        (pl.col("text_model") != ENGLISH_ONLY_TEXT_MODEL) & (pl.col("objective") != "random_init")
+    )
     chosen_system = best_system(trained, SYSTEM_COLUMNS)
-    score = trained.filter(pl.all_horizontal([pl.col(c) == v for c, v in zip(SYSTEM_COLUMNS, chosen_system)]))["score"].mean()
+    score = trained.filter(pl.all_horizontal([pl.col(c) == v for c, v in zip(SYSTEM_COLUMNS, chosen_system)]))[
+        "score"
+    ].mean()
     english = english_r1[chosen_system]
     lines += [
         "",
@@ -200,7 +224,9 @@ def build_report(
         raise ValueError(f"a report is built from exactly one grid run; these hits come from {sorted(grid_runs)}")
     for name, frame in (("validation scores", validation), ("tuning table", tuning)):
         if frame is not None and frame["grid_run_id"].unique().to_list() != grid_runs:
-            raise ValueError(f"the {name} come from grid run(s) {frame['grid_run_id'].unique().to_list()}, the hits from {grid_runs[0]}")
+            raise ValueError(
+                f"the {name} come from grid run(s) {frame['grid_run_id'].unique().to_list()}, the hits from {grid_runs[0]}"
+            )
     if cost is not None and cost["grid_run_id"] != grid_runs[0]:
         raise ValueError(f"the grid cost is of grid run {cost['grid_run_id']}, the hits of {grid_runs[0]}")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -208,13 +234,22 @@ def build_report(
     zero_shot = [language for language in all_languages if language != train_language]
     tables = {
         key: hit_tables(hits, k, direction, zero_shot)
-        for key, k, direction in (("r1", 1, "text_to_image"), ("r5", 5, "text_to_image"), ("r10", 10, "text_to_image"), ("i1", 1, "image_to_text"))
+        for key, k, direction in (
+            ("r1", 1, "text_to_image"),
+            ("r5", 5, "text_to_image"),
+            ("r10", 10, "text_to_image"),
+            ("i1", 1, "image_to_text"),
+        )
     }
     english = hit_tables(hits, 1, "text_to_image", [train_language]) if train_language in all_languages else None
-    systems = sorted(tables["r1"].tables, key=lambda s: (s[3] != main_image_model, s[2] != main_text_model, s[0] == "random_init", s))
+    systems = sorted(
+        tables["r1"].tables, key=lambda s: (s[3] != main_image_model, s[2] != main_text_model, s[0] == "random_init", s)
+    )
     estimates = {system: {key: hierarchical_ci(tables[key].tables[system]) for key in tables} for system in systems}
     english_r1 = {system: hierarchical_ci(english.tables[system]) if english else None for system in systems}
-    seed_count = {tuple(row[:-1]): row[-1] for row in hits.group_by(*SYSTEM_COLUMNS).agg(pl.col("seed").n_unique()).iter_rows()}
+    seed_count = {
+        tuple(row[:-1]): row[-1] for row in hits.group_by(*SYSTEM_COLUMNS).agg(pl.col("seed").n_unique()).iter_rows()
+    }
     steps = hits["steps"].unique().to_list()
 
     raw = [
@@ -222,7 +257,10 @@ def build_report(
         for a, b, label in comparisons_of(systems, main_text_model, main_image_model)
         for k, key in ((1, "r1"), (5, "r5"))
     ]
-    comparisons = [Comparison(c.label, c.k, c.test, adjusted) for c, adjusted in zip(raw, holm_adjusted([c.test.p_value for c in raw]))]
+    comparisons = [
+        Comparison(c.label, c.k, c.test, adjusted)
+        for c, adjusted in zip(raw, holm_adjusted([c.test.p_value for c in raw]))
+    ]
 
     lines = [
         f"# {title}",
@@ -268,7 +306,12 @@ def build_report(
         "",
         "| system | " + " | ".join(zero_shot) + " |",
         "|---|" + "---|" * len(zero_shot),
-        *[f"| {system_label(system, main_image_model)} | " + " | ".join(f"{value:.3f}" for value in r1_by_language[system]) + " |" for system in systems],
+        *[
+            f"| {system_label(system, main_image_model)} | "
+            + " | ".join(f"{value:.3f}" for value in r1_by_language[system])
+            + " |"
+            for system in systems
+        ],
         "",
         *(validation_sections(validation, tuning, estimates, english_r1) if validation is not None else []),
         "",
@@ -286,7 +329,12 @@ def build_report(
     figure, axis = plt.subplots(figsize=(12, 4.5))
     width = 0.8 / max(len(main), 1)
     for offset, system in enumerate(main):
-        axis.bar(np.arange(len(zero_shot)) + offset * width, r1_by_language[system], width, label=f"{system[0]} / {system[1]}")
+        axis.bar(
+            np.arange(len(zero_shot)) + offset * width,
+            r1_by_language[system],
+            width,
+            label=f"{system[0]} / {system[1]}",
+        )
     axis.set_xticks(np.arange(len(zero_shot)) + width * (len(main) - 1) / 2, zero_shot)
     axis.set_ylabel("text→image R@1 (mean over seeds)")
     axis.legend(ncol=4, fontsize=7)
@@ -298,7 +346,10 @@ def build_report(
     figure, axes = plt.subplots(1, 2, figsize=(12, max(4.5, 0.28 * len(systems))))
     for axis, key, name in ((axes[0], "r1", "R@1"), (axes[1], "r10", "R@10")):
         means = [estimates[s][key].mean for s in systems]
-        errors = [[estimates[s][key].mean - estimates[s][key].low for s in systems], [estimates[s][key].high - estimates[s][key].mean for s in systems]]
+        errors = [
+            [estimates[s][key].mean - estimates[s][key].low for s in systems],
+            [estimates[s][key].high - estimates[s][key].mean for s in systems],
+        ]
         axis.barh([system_label(s, main_image_model) for s in systems], means, xerr=errors, capsize=3)
         axis.set_xlabel(f"zero-shot mean text→image {name} (95% CI)")
         axis.invert_yaxis()
@@ -324,7 +375,9 @@ def cost_lines(cost: dict, finetuning: pl.DataFrame | None) -> list[str]:
     return [line, ""]
 
 
-def summarise(comparisons: list[Comparison], estimates: dict, english_r1: dict, main_text_model: str, main_image_model: str) -> list[str]:
+def summarise(
+    comparisons: list[Comparison], estimates: dict, english_r1: dict, main_text_model: str, main_image_model: str
+) -> list[str]:
     """Sentences generated from the numbers, so the README's answer can never drift from them."""
     sentences = [
         f"- {c.label}, R@{c.k}: {c.test.difference:+.4f} (Holm-adjusted p {_p(c.adjusted_p)}) — {c.verdict}."

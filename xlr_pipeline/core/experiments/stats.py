@@ -119,14 +119,18 @@ def hierarchical_ci(hits: np.ndarray, resamples: int = 2000, seed: int = 0, leve
     return Estimate(center, low, high)
 
 
-def paired_test(a: np.ndarray, b: np.ndarray, resamples: int = 2000, permutations: int = 5000, seed: int = 0, level: float = 0.95) -> PairedTest:
+def paired_test(
+    a: np.ndarray, b: np.ndarray, resamples: int = 2000, permutations: int = 5000, seed: int = 0, level: float = 0.95
+) -> PairedTest:
     """Compare two systems on the same (seed, language, image) cells; see the module docstring."""
     a, b = _check_table(a), _check_table(b)
     if a.shape != b.shape or not np.array_equal(np.isnan(a), np.isnan(b)):
         raise ValueError("a paired test needs both systems on the same seeds, languages and images")
     difference = a - b
     observed = score(difference)
-    low, high, p_hierarchical = _t_interval(observed, _crossed_bootstrap(difference, resamples, seed), difference, level)
+    low, high, p_hierarchical = _t_interval(
+        observed, _crossed_bootstrap(difference, resamples, seed), difference, level
+    )
 
     present = ~np.isnan(difference)
     per_image = np.where(present, difference, 0.0).sum(axis=0)  # (languages, images)

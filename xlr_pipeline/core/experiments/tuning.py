@@ -28,7 +28,12 @@ if TYPE_CHECKING:
 SEARCH_SPACE: dict[str, dict[str, tuple[float, ...]]] = {
     "hinge": {"learning_rate": (3e-4, 1e-3, 3e-3), "margin": (0.05, 0.1, 0.2)},
     "patr": {"learning_rate": (3e-4, 1e-3, 3e-3), "margin": (0.5, 1.0, 1.5)},
-    "m3": {"learning_rate": (3e-4, 1e-3, 3e-3), "margin": (0.5, 1.0, 1.5), "text_margin": (0.5, 1.0), "text_weight": (0.25, 0.5, 1.0)},
+    "m3": {
+        "learning_rate": (3e-4, 1e-3, 3e-3),
+        "margin": (0.5, 1.0, 1.5),
+        "text_margin": (0.5, 1.0),
+        "text_weight": (0.25, 0.5, 1.0),
+    },
     "m3_pull": {"learning_rate": (3e-4, 1e-3, 3e-3), "margin": (0.5, 1.0, 1.5), "text_weight": (0.25, 0.5, 1.0)},
     "infonce": {"learning_rate": (3e-4, 1e-3, 3e-3), "temperature": (0.02, 0.05, 0.1)},
 }
@@ -69,7 +74,10 @@ def candidate_configs(base: HeadConfig, budget: int, seed: int) -> list[HeadConf
 
 
 def searched_values(config: HeadConfig) -> dict[str, float]:
-    return {name: getattr(config, name) if name != "margin" else config.resolved_margin for name in SEARCH_SPACE[config.objective]}
+    return {
+        name: getattr(config, name) if name != "margin" else config.resolved_margin
+        for name in SEARCH_SPACE[config.objective]
+    }
 
 
 def tune(
@@ -98,7 +106,9 @@ def tune(
     for objective, number, config in candidates:
         per_seed = [validation_recall(next(trained)[0].head, validation) for _ in seeds]
         means = {name: float(np.mean([r[name] for r in per_seed])) for name in per_seed[0]}
-        scored.append({"objective": objective, "candidate": number, "parameters": json.dumps(searched_values(config)), **means})
+        scored.append(
+            {"objective": objective, "candidate": number, "parameters": json.dumps(searched_values(config)), **means}
+        )
     best = {}
     for i, row in enumerate(scored):
         if row["objective"] not in best or row["score"] > scored[best[row["objective"]]]["score"]:
@@ -108,11 +118,18 @@ def tune(
 
 def tuned_configs(table: pl.DataFrame, base_configs: Mapping[str, HeadConfig]) -> dict[str, HeadConfig]:
     """Each objective's base configuration with its chosen candidate's values."""
-    chosen = {objective: json.loads(parameters) for objective, parameters in table.filter(pl.col("chosen")).select("objective", "parameters").iter_rows()}
+    chosen = {
+        objective: json.loads(parameters)
+        for objective, parameters in table.filter(pl.col("chosen")).select("objective", "parameters").iter_rows()
+    }
     return {objective: replace(base, **chosen[objective]) for objective, base in base_configs.items()}
 
 
 def best_system(validation: pl.DataFrame, system_columns: Sequence[str]) -> tuple:
     """The system with the highest mean validation score over seeds (ties: the first in sort order)."""
-    means = validation.group_by(*system_columns).agg(pl.col("score").mean()).sort([pl.col("score"), *system_columns], descending=[True] + [False] * len(system_columns))
+    means = (
+        validation.group_by(*system_columns)
+        .agg(pl.col("score").mean())
+        .sort([pl.col("score"), *system_columns], descending=[True] + [False] * len(system_columns))
+    )
     return tuple(means.row(0)[: len(system_columns)])

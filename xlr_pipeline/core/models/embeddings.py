@@ -64,7 +64,8 @@ class EmbeddingCache:
     def _insert(connection: sqlite3.Connection, hashes: Sequence[str], vectors: np.ndarray) -> None:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         connection.executemany(
-            "INSERT OR IGNORE INTO vectors VALUES (?, ?, ?)", ((h, vectors.shape[1], v.tobytes()) for h, v in zip(hashes, vectors))
+            "INSERT OR IGNORE INTO vectors VALUES (?, ?, ?)",
+            ((h, vectors.shape[1], v.tobytes()) for h, v in zip(hashes, vectors)),
         )
 
     def lookup(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
@@ -75,12 +76,15 @@ class EmbeddingCache:
             for start in range(0, len(wanted), _QUERY_CHUNK):
                 chunk = wanted[start : start + _QUERY_CHUNK]
                 rows = connection.execute(
-                    f"SELECT content_hash, dim, vector FROM vectors WHERE content_hash IN ({','.join('?' * len(chunk))})", chunk
+                    f"SELECT content_hash, dim, vector FROM vectors WHERE content_hash IN ({','.join('?' * len(chunk))})",
+                    chunk,
                 )
                 for digest, dim, blob in rows:
                     vector = np.frombuffer(blob, dtype=np.float32)
                     if vector.shape != (dim,):
-                        raise ValueError(f"{self.path}: the vector of {digest} has {vector.size} values, not {dim}; delete the file to rebuild it")
+                        raise ValueError(
+                            f"{self.path}: the vector of {digest} has {vector.size} values, not {dim}; delete the file to rebuild it"
+                        )
                     found[digest] = vector
         return found
 
@@ -161,4 +165,6 @@ def vectors_of(frame: pl.DataFrame, column: str = "vector") -> np.ndarray:
 
 
 def with_vectors(frame: pl.DataFrame, vectors: np.ndarray, column: str = "vector") -> pl.DataFrame:
-    return frame.with_columns(pl.Series(column, vectors.astype(np.float32), dtype=pl.Array(pl.Float32, vectors.shape[1])))
+    return frame.with_columns(
+        pl.Series(column, vectors.astype(np.float32), dtype=pl.Array(pl.Float32, vectors.shape[1]))
+    )

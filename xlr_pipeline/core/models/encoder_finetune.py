@@ -116,7 +116,9 @@ def finetune(
     if arm not in FINETUNE_ARMS:
         raise ValueError(f"unknown fine-tuning arm {arm!r}; known: {list(FINETUNE_ARMS)}")
     if len(captions) != len(image_features) or len(captions) < 2:
-        raise ValueError(f"need >= 2 captions with one image each, got {len(captions)} captions and {len(image_features)} images")
+        raise ValueError(
+            f"need >= 2 captions with one image each, got {len(captions)} captions and {len(image_features)} images"
+        )
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     layers = model.bert.encoder.layer
@@ -126,11 +128,17 @@ def finetune(
     images = torch.tensor(image_features, dtype=torch.float32)
     images = (images - images.mean(0)) / images.std(0).clamp(min=1e-6)
     hidden = model.bert.config.hidden_size
-    text_projection, image_projection = nn.Linear(hidden, config.embed_dim), nn.Linear(images.shape[1], config.embed_dim)
+    text_projection, image_projection = (
+        nn.Linear(hidden, config.embed_dim),
+        nn.Linear(images.shape[1], config.embed_dim),
+    )
     optimiser = torch.optim.AdamW(
         [
             {"params": [p for p in model.parameters() if p.requires_grad], "lr": config.encoder_learning_rate},
-            {"params": [*text_projection.parameters(), *image_projection.parameters()], "lr": config.head_learning_rate},
+            {
+                "params": [*text_projection.parameters(), *image_projection.parameters()],
+                "lr": config.head_learning_rate,
+            },
         ]
     )
     _, groups = np.unique(image_ids, return_inverse=True)
@@ -140,7 +148,10 @@ def finetune(
     losses = []
     for _ in range(config.steps):
         batch = rng.choice(len(captions), size=min(config.batch_size, len(captions)), replace=False)
-        texts = [switched_caption(model, captions[i], lexicon if arm == "salt_in_model" else no_switching, config, rng) for i in batch]
+        texts = [
+            switched_caption(model, captions[i], lexicon if arm == "salt_in_model" else no_switching, config, rng)
+            for i in batch
+        ]
         text = nn.functional.normalize(text_projection(model(**mixed_inputs(model, texts))), dim=-1)
         image = nn.functional.normalize(image_projection(images[batch]), dim=-1)
         loss = symmetric_info_nce_loss(text, image, group_ids[batch], config.temperature)
@@ -149,5 +160,9 @@ def finetune(
         optimiser.step()
         losses.append(float(loss.item()))
     model.eval()
-    changed = {name: tensor.detach().clone() for name, tensor in model.state_dict().items() if any(name.startswith(p) for p in trainable)}
+    changed = {
+        name: tensor.detach().clone()
+        for name, tensor in model.state_dict().items()
+        if any(name.startswith(p) for p in trainable)
+    }
     return FinetuneResult(changed, losses, config.steps)

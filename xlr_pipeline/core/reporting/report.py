@@ -30,7 +30,9 @@ def recall_by_language(db_path: Path, run_id: str) -> pl.DataFrame:
         FROM latest GROUP BY language ORDER BY language
     """
     with duckdb.connect(str(db_path), read_only=True) as connection:
-        return pl.from_arrow(connection.sql(query, params={"run": run_id, "suffix": RANDOM_HEAD_SUFFIX}).to_arrow_table())
+        return pl.from_arrow(
+            connection.sql(query, params={"run": run_id, "suffix": RANDOM_HEAD_SUFFIX}).to_arrow_table()
+        )
 
 
 def to_markdown(frame: pl.DataFrame, digits: int = 3, max_chars: int | None = None) -> str:

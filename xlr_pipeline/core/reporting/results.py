@@ -99,7 +99,10 @@ def append_tables(path: Path, tables: Sequence[tuple[str, pl.DataFrame, str]]) -
 
 
 def record_evaluation(
-    path: Path, runs: Sequence[RunRecord], recall: Sequence[RecallRecord], ranks: Sequence[RankRecord],
+    path: Path,
+    runs: Sequence[RunRecord],
+    recall: Sequence[RecallRecord],
+    ranks: Sequence[RankRecord],
     rank_files: Location | None = None,
 ) -> int:
     """Append one evaluation in a single transaction; returns how many recall rows were new.
@@ -152,7 +155,13 @@ def query_ranks_frame(
             "caption": None,
             "rank": by_direction["image_to_text"],
         },
-        schema={"direction": pl.String, "query_id": pl.String, "image_id": pl.String, "caption": pl.String, "rank": pl.Int64},
+        schema={
+            "direction": pl.String,
+            "query_id": pl.String,
+            "image_id": pl.String,
+            "caption": pl.String,
+            "rank": pl.Int64,
+        },
     )
     return pl.concat([text_queries, image_queries]).select(
         pl.lit(run_id).alias("run_id"), pl.lit(dataset).alias("dataset"), pl.lit(language).alias("language"), pl.all()

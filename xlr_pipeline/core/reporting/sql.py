@@ -45,7 +45,10 @@ def _connect(db_path: Path, timeout_s: float = 30.0) -> duckdb.DuckDBPyConnectio
             if "lock" not in str(error).lower() or time.monotonic() > deadline:
                 raise QueryError(str(error)) from None
             time.sleep(0.2)
-        except (duckdb.Error, StorageError) as error:  # StorageError: the rank files' location needs a driver not installed here
+        except (
+            duckdb.Error,
+            StorageError,
+        ) as error:  # StorageError: the rank files' location needs a driver not installed here
             raise QueryError(str(error)) from None
 
 
@@ -53,7 +56,11 @@ def run_sql(db_path: Path, sql: str) -> pl.DataFrame:
     """Run one or more statements read-only; the last statement's rows come back."""
     connection = _connect(db_path)
     try:
-        refused = [statement.type.name for statement in connection.extract_statements(sql) if statement.type not in QUERY_STATEMENTS]
+        refused = [
+            statement.type.name
+            for statement in connection.extract_statements(sql)
+            if statement.type not in QUERY_STATEMENTS
+        ]
         if refused:
             raise QueryError(
                 f"xlr sql is read-only: it runs queries (SELECT, WITH …, DESCRIBE, SUMMARIZE, EXPLAIN) and refuses {refused[0]}"
@@ -89,7 +96,11 @@ def render(frame: pl.DataFrame, output: OutputFormat) -> str:
     if output == "markdown":
         return to_markdown(frame)
     with pl.Config(
-        tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=80, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True,
+        tbl_rows=-1,
+        tbl_cols=-1,
+        fmt_str_lengths=80,
+        tbl_hide_dataframe_shape=True,
+        tbl_hide_column_data_types=True,
         tbl_width_chars=250,
     ):
         return f"{frame}\n({frame.height} rows)"

@@ -286,7 +286,9 @@ def recorded_ranks_root(connection: duckdb.DuckDBPyConnection, db_path: Path) ->
 
 
 def _has_table(connection: duckdb.DuckDBPyConnection, name: str) -> bool:
-    return bool(connection.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [name]).fetchall()[0][0])
+    return bool(
+        connection.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [name]).fetchall()[0][0]
+    )
 
 
 def rank_files_url(root: Location) -> str:
@@ -317,13 +319,18 @@ def _create_views(connection: duckdb.DuckDBPyConnection, root: Location) -> None
     if any(root.glob("*/*/*.parquet")):
         body = f"SELECT * FROM read_parquet('{rank_files_url(root)}/*/*/*.parquet', union_by_name = true)"
     else:
-        casts = ", ".join(f"NULL::{'BIGINT' if dtype == pl.Int64 else 'VARCHAR'} AS {name}" for name, dtype in QUERY_RANK_COLUMNS.items())
+        casts = ", ".join(
+            f"NULL::{'BIGINT' if dtype == pl.Int64 else 'VARCHAR'} AS {name}"
+            for name, dtype in QUERY_RANK_COLUMNS.items()
+        )
         body = f"SELECT {casts} WHERE false"
     connection.execute(f"CREATE OR REPLACE VIEW query_ranks AS {body}")
 
 
 def prepare(
-    connection: duckdb.DuckDBPyConnection, db_path: Path, rank_files: Location | None = None,
+    connection: duckdb.DuckDBPyConnection,
+    db_path: Path,
+    rank_files: Location | None = None,
     published_csv: Path = SHIPPED_PUBLISHED_CSV,
 ) -> None:
     """Bring a (new or older) warehouse to the current schema, reload reference numbers, refresh views.
@@ -340,7 +347,9 @@ def prepare(
     _create_views(connection, root)
 
 
-def connect_for_write(path: Path, timeout_s: float = 120.0, rank_files: Location | None = None) -> duckdb.DuckDBPyConnection:
+def connect_for_write(
+    path: Path, timeout_s: float = 120.0, rank_files: Location | None = None
+) -> duckdb.DuckDBPyConnection:
     """DuckDB allows one writer per file: wait for a concurrent writer instead of failing."""
     path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + timeout_s
@@ -353,7 +362,9 @@ def connect_for_write(path: Path, timeout_s: float = 120.0, rank_files: Location
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
-            raise WarehouseError(f"{path}: cannot open the results file ({error}); move it away to start a new one") from None
+            raise WarehouseError(
+                f"{path}: cannot open the results file ({error}); move it away to start a new one"
+            ) from None
         try:
             prepare(connection, path, rank_files)
         except WarehouseError as error:

@@ -71,6 +71,8 @@ def text_alignment(
     results = []
     for language in sorted(set(captions) - {pivot_language}):
         for centred in (False, True):
-            for direction, (recall, n) in align_language(captions[language], captions[pivot_language], centred, ks).items():
+            for direction, (recall, n) in align_language(
+                captions[language], captions[pivot_language], centred, ks
+            ).items():
                 results.append(AlignmentResult(language, direction, centred, recall, n))
     return results

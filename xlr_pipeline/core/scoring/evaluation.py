@@ -44,7 +44,7 @@ class RunProvenance:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, saved: Mapping) -> "RunProvenance":
+    def from_dict(cls, saved: Mapping) -> RunProvenance:
         """Read back from a saved head; heads saved before `dagster_run_id` was recorded used the run id."""
         known = {field.name for field in fields(cls)}
         values = {key: value for key, value in saved.items() if key in known}
@@ -100,15 +100,16 @@ def evaluate_run(
     objective = ALIGNED_ENCODERS if head.is_identity else config["objective"]
     runs = [RunRecord(run_id=run_ids[TRAINED], objective=objective, baseline_of=None, **run_fields)]
     if with_random_baseline:
-        runs.append(RunRecord(run_id=run_ids[RANDOM], objective="random_init", baseline_of=provenance.run_id, **run_fields))
+        runs.append(
+            RunRecord(run_id=run_ids[RANDOM], objective="random_init", baseline_of=provenance.run_id, **run_fields)
+        )
 
     results: dict[str, dict[str, list[DirectionResult]]] = {}
     recall: list[RecallRecord] = []
     ranks: list[RankRecord] = []
     for language, test in queries.items():
         results[language] = {
-            name: evaluate_head(model, gallery, test.vectors, test.labels)
-            for name, model in heads.items()
+            name: evaluate_head(model, gallery, test.vectors, test.labels) for name, model in heads.items()
         }
         for name, directions in results[language].items():
             for result in directions:

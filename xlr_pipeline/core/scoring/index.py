@@ -31,7 +31,10 @@ class IndexPlan:
     def __post_init__(self) -> None:
         if self.approximate not in ("ivf", "hnsw"):
             raise ValueError(f"approximate must be 'ivf' or 'hnsw', not {self.approximate!r}")
-        if min(self.exact_up_to, self.ivf_probe, self.hnsw_neighbours, self.ef_construction, self.ef_search) < 1 or self.ivf_lists < 0:
+        if (
+            min(self.exact_up_to, self.ivf_probe, self.hnsw_neighbours, self.ef_construction, self.ef_search) < 1
+            or self.ivf_lists < 0
+        ):
             raise ValueError(f"index parameters must be >= 1 (ivf_lists >= 0): {self}")
 
     def lists_for(self, n: int) -> int:
@@ -57,7 +60,9 @@ def build_index(vectors: np.ndarray, plan: IndexPlan) -> faiss.Index:
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if plan.approximate == "ivf":
         lists = plan.lists_for(len(vectors))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(vectors.shape[1]), vectors.shape[1], lists, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.IndexIVFFlat(
+            faiss.IndexFlatIP(vectors.shape[1]), vectors.shape[1], lists, faiss.METRIC_INNER_PRODUCT
+        )
         # k-means on a fixed sample of 64 points per cell (FAISS's own cap is 256): reproducible, and quick at 1M
         sample = np.random.default_rng(0).choice(len(vectors), min(len(vectors), 64 * lists), replace=False)
         index.train(vectors[np.sort(sample)])

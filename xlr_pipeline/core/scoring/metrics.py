@@ -17,9 +17,14 @@ if TYPE_CHECKING:  # torch loads only where a head is evaluated
     from xlr_pipeline.core.training.head import ProjectionHead
 
 DEFAULT_KS = (1, 5, 10)
+# Scores closer than this to a query's correct item tie with it: float32 dot products of unit vectors with up to
+# a few thousand dimensions differ by ~1e-7 between summation orders.
+TIE_TOLERANCE = 1e-6
 
 
-def _correct_scores(gallery: np.ndarray, queries: np.ndarray, query_codes: np.ndarray, gallery_codes: np.ndarray) -> np.ndarray:
+def _correct_scores(
+    gallery: np.ndarray, queries: np.ndarray, query_codes: np.ndarray, gallery_codes: np.ndarray
+) -> np.ndarray:
     """Per query, the highest score among the gallery items of its label (-inf where there is none); the
     (query, correct item) pairs are found by sorting labels, so the cost is one dot product per pair."""
     order = np.argsort(gallery_codes, kind="stable")
@@ -43,9 +48,11 @@ def first_correct_ranks(
 ) -> np.ndarray:
     """1-based rank of the first correct gallery item per query (0 where the gallery has none), by inner product.
 
-    Exact, in bounded memory: the rank is 1 + the number of wrong items scoring above the query's best correct
-    item, counted over gallery chunks, so memory is query_batch × gallery_chunk scores whatever the gallery size
-    (no full ranking is ever materialised). Items within float rounding of the correct one count as below it.
+    Exact, in bounded memory: the rank is 1 + the number of wrong items scoring at or above the query's best
+    correct item, counted over gallery chunks, so memory is query_batch × gallery_chunk scores whatever the gallery
+    size (no full ranking is ever materialised). Ties count against the query (pessimistic rank): a wrong item
+    within `TIE_TOLERANCE` of the correct one (float rounding of two summation orders) ranks above it, so a head
+    whose scores are all equal gets the worst rank, never the best.
     """
     if len(gallery) != len(gallery_labels):
         raise ValueError(f"the gallery holds {len(gallery)} items but {len(gallery_labels)} gallery labels were given")
@@ -56,11 +63,15 @@ def first_correct_ranks(
     best = _correct_scores(gallery, queries, query_codes, gallery_codes)
     above = np.zeros(len(queries), dtype=np.int64)
     for q in range(0, len(queries), query_batch):
-        batch, batch_best, batch_codes = queries[q : q + query_batch], best[q : q + query_batch, None], query_codes[q : q + query_batch, None]
+        batch, batch_best, batch_codes = (
+            queries[q : q + query_batch],
+            best[q : q + query_batch, None],
+            query_codes[q : q + query_batch, None],
+        )
         for g in range(0, len(gallery), gallery_chunk):
             scores = batch @ gallery[g : g + gallery_chunk].T
             wrong = gallery_codes[None, g : g + gallery_chunk] != batch_codes
-            above[q : q + len(batch)] += ((scores > batch_best) & wrong).sum(axis=1)
+            above[q : q + len(batch)] += ((scores >= batch_best - TIE_TOLERANCE) & wrong).sum(axis=1)
     return np.where(np.isfinite(best), above + 1, 0)
 
 
@@ -87,7 +98,7 @@ def summarise(direction: str, ranks: np.ndarray, ks: tuple[int, ...] = DEFAULT_K
     return DirectionResult(
         direction=direction,
         recall={k: recall_at_k(ranks, k) for k in ks},
-        n_queries=int(len(answerable)),
+        n_queries=len(answerable),
         mean_rank=float(answerable.mean()),
         median_rank=float(np.median(answerable)),
         ranks=ranks,

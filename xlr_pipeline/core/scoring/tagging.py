@@ -73,7 +73,9 @@ class Ranking:
     scores: np.ndarray
 
 
-def rank_tags(head: ProjectionHead, image_features: np.ndarray, tag_features: np.ndarray, top: int | None = None) -> Ranking:
+def rank_tags(
+    head: ProjectionHead, image_features: np.ndarray, tag_features: np.ndarray, top: int | None = None
+) -> Ranking:
     """Vocabulary entries nearest to each projected image in the shared space (exact inner product, FAISS)."""
     from xlr_pipeline.core.training.head import project
 
@@ -99,7 +101,6 @@ def translate_tags(english_tags: Sequence[str], lexicon: Lexicon, language: str)
     return [normalise_tag(code_switch(tag, lexicon, language, 1.0, always)[0]) for tag in english_tags]
 
 
-
 @dataclass(frozen=True)
 class ImageScores:
     """Per-image metrics, aligned with `image_ids`."""
@@ -110,9 +111,9 @@ class ImageScores:
     average_precision: np.ndarray
 
 
-def score_rankings(ranked: Sequence[Sequence[str]], truths: Sequence[set[str]], ks: Sequence[int] = TAGGING_KS) -> tuple[
-    dict[int, np.ndarray], dict[int, np.ndarray], np.ndarray
-]:
+def score_rankings(
+    ranked: Sequence[Sequence[str]], truths: Sequence[set[str]], ks: Sequence[int] = TAGGING_KS
+) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray], np.ndarray]:
     """precision@k, recall@k and AP of each ranked list (normalised tags) against its truth set."""
     precision = {k: np.zeros(len(ranked)) for k in ks}
     recall = {k: np.zeros(len(ranked)) for k in ks}
@@ -134,7 +135,9 @@ def evaluate_tags(
 ) -> ImageScores:
     """Metrics of ranked tag lists (image id → normalised tags, best first) for every image with a truth."""
     image_ids = sorted(truth)
-    precision, recall, average_precision = score_rankings([ranked[i] for i in image_ids], [truth[i] for i in image_ids], ks)
+    precision, recall, average_precision = score_rankings(
+        [ranked[i] for i in image_ids], [truth[i] for i in image_ids], ks
+    )
     return ImageScores(image_ids, precision, recall, average_precision)
 
 
@@ -189,7 +192,9 @@ def tag_image_files(
 ) -> list[list[tuple[str, float]]]:
     """Top tags with scores for each image (features from the head's own image encoder)."""
     ranking = rank_tags(head, image_features, tag_features, top)
-    return [[(vocabulary[i], float(s)) for i, s in zip(row, scores)] for row, scores in zip(ranking.indices, ranking.scores)]
+    return [
+        [(vocabulary[i], float(s)) for i, s in zip(row, scores)] for row, scores in zip(ranking.indices, ranking.scores)
+    ]
 
 
 SIGNIFICANCE = 0.05
@@ -210,7 +215,9 @@ def score_language(
     scores: dict[str, list[ImageScores]] = {METHOD: []}
     for head in heads:
         own = rank_tags(head, image_features, vocabulary_features).indices
-        scores[METHOD].append(evaluate_tags({i: [normalise_tag(vocabulary[t]) for t in row] for i, row in zip(image_ids, own)}, truth))
+        scores[METHOD].append(
+            evaluate_tags({i: [normalise_tag(vocabulary[t]) for t in row] for i, row in zip(image_ids, own)}, truth)
+        )
         if english is not None:
             _, english_features, translations = english
             ranked = rank_tags(head, image_features, english_features).indices
@@ -222,6 +229,7 @@ def score_language(
 def _per_seed_tables(scores: list[ImageScores]) -> dict[tuple[str, int], np.ndarray]:
     """(metric, k) → a (seeds, 1, images) table of per-image values (k = 0 for mAP), for `core/experiments/stats.py`:
     the image is the unit and the head's seed a level."""
+
     def table(rows: list[np.ndarray]) -> np.ndarray:
         return np.stack(rows)[:, None, :]
 
@@ -241,17 +249,44 @@ def compare_methods(per_language: dict[str, dict[str, list[ImageScores]]]) -> tu
         for method, metrics in tables.items():
             for (metric, k), values in metrics.items():
                 estimate = hierarchical_ci(values)
-                metric_rows.append({
-                    "language": language, "method": method, "metric": metric, "k": k, "value": estimate.mean,
-                    "ci_low": estimate.low, "ci_high": estimate.high, "n_images": values.shape[2],
-                })
+                metric_rows.append(
+                    {
+                        "language": language,
+                        "method": method,
+                        "metric": metric,
+                        "k": k,
+                        "value": estimate.mean,
+                        "ci_low": estimate.low,
+                        "ci_high": estimate.high,
+                        "n_images": values.shape[2],
+                    }
+                )
         if BASELINE in tables:
             for (metric, k), values in tables[METHOD].items():
                 test = paired_test(values, tables[BASELINE][(metric, k)])
-                test_rows.append({"language": language, "metric": metric, "k": k, "difference": test.difference, "p_value": test.p_value})
+                test_rows.append(
+                    {
+                        "language": language,
+                        "metric": metric,
+                        "k": k,
+                        "difference": test.difference,
+                        "p_value": test.p_value,
+                    }
+                )
     for row, adjusted in zip(test_rows, holm_adjusted([row["p_value"] for row in test_rows])):
         row["p_holm"] = adjusted
-        row["verdict"] = "not significant" if adjusted >= SIGNIFICANCE else ("head better" if row["difference"] > 0 else "baseline better")
-    test_schema = {"language": pl.String, "metric": pl.String, "k": pl.Int64, "difference": pl.Float64, "p_value": pl.Float64,
-                   "p_holm": pl.Float64, "verdict": pl.String}
+        row["verdict"] = (
+            "not significant"
+            if adjusted >= SIGNIFICANCE
+            else ("head better" if row["difference"] > 0 else "baseline better")
+        )
+    test_schema = {
+        "language": pl.String,
+        "metric": pl.String,
+        "k": pl.Int64,
+        "difference": pl.Float64,
+        "p_value": pl.Float64,
+        "p_holm": pl.Float64,
+        "verdict": pl.String,
+    }
     return pl.DataFrame(metric_rows), pl.DataFrame(test_rows, schema=test_schema)

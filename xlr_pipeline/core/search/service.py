@@ -138,9 +138,15 @@ def _load_lane(lane: SearchLane) -> LoadedLane:
 
     outputs = lane.outputs
     signature = tuple(_signature(p) for p in (outputs.head_path, outputs.index_path, outputs.index_ids_path))
-    missing = [p for p in (outputs.head_path, outputs.index_path, outputs.index_ids_path, outputs.images_path) if not p.exists()]
+    missing = [
+        p
+        for p in (outputs.head_path, outputs.index_path, outputs.index_ids_path, outputs.images_path)
+        if not p.exists()
+    ]
     if missing:
-        raise LaneNotReady(f"dataset {lane.name!r} has no trained head and image index yet: run `xlr run --dataset {lane.name}` first")
+        raise LaneNotReady(
+            f"dataset {lane.name!r} has no trained head and image index yet: run `xlr run --dataset {lane.name}` first"
+        )
     head, provenance = head_from_bytes(outputs.head_path.read_bytes())
     ids = read_parquet(outputs.index_ids_path)
     index = load_index(outputs.index_path)
@@ -163,6 +169,20 @@ def _load_lane(lane: SearchLane) -> LoadedLane:
     )
 
 
+@dataclass(frozen=True)
+class LanguageCaptions:
+    text: dict[str, str]  # caption id → caption
+    first_of_image: dict[str, str]  # image id → its first caption in the file, what a hit shows
+
+    @classmethod
+    def of(cls, captions: pl.DataFrame) -> LanguageCaptions:
+        first = captions.unique("image_id", keep="first", maintain_order=True)
+        return cls(
+            dict(captions.select("caption_id", "caption").iter_rows()),
+            dict(first.select("image_id", "caption").iter_rows()),
+        )
+
+
 class _LaneState:
     """A lane's current snapshot, reloaded when its files change; a torn update keeps the previous consistent one."""
 
@@ -170,7 +190,7 @@ class _LaneState:
         self.lane = lane
         self._loaded: LoadedLane | None = None
         self._lock = threading.Lock()
-        self._captions: dict[str, tuple[tuple, pl.DataFrame]] = {}
+        self._captions: dict[str, tuple[tuple, LanguageCaptions]] = {}
 
     def current(self) -> LoadedLane:
         outputs = self.lane.outputs
@@ -188,24 +208,30 @@ class _LaneState:
                     # head rewritten, index not yet: the previous head and index still belong together
             return self._loaded
 
-    def captions(self, language: str) -> pl.DataFrame:
-        """The lane's captions of one language (caption_id, image_id, caption), reread when the file changes."""
+    def captions(self, language: str) -> LanguageCaptions:
+        """The lane's captions of one language, reread when the file changes."""
         path = self.lane.outputs.captions_path(language)
         signature = _signature(path)
         cached = self._captions.get(language)
         if cached is not None and cached[0] == signature:
             return cached[1]
         if signature is None:
-            raise UnknownName(f"dataset {self.lane.name!r} has no captions in {language!r}; languages: {self.languages()}")
-        frame = read_parquet(path).select("caption_id", "image_id", "caption")
-        self._captions[language] = (signature, frame)
-        return frame
+            raise UnknownName(
+                f"dataset {self.lane.name!r} has no captions in {language!r}; languages: {self.languages()}"
+            )
+        captions = LanguageCaptions.of(read_parquet(path))
+        self._captions[language] = (signature, captions)
+        return captions
 
     def languages(self) -> list[str]:
         folder = self.lane.outputs.captions_path("en").parent
         if not folder.exists():
             return []
-        return sorted(p.name.removesuffix(".parquet") for p in folder.iterdir() if p.name.endswith(".parquet") and p.name.count(".") == 1)
+        return sorted(
+            p.name.removesuffix(".parquet")
+            for p in folder.iterdir()
+            if p.name.endswith(".parquet") and p.name.count(".") == 1
+        )
 
 
 def decode_query_image(data: bytes, name: str) -> Image.Image:
@@ -221,7 +247,9 @@ def decode_query_image(data: bytes, name: str) -> Image.Image:
         with image:
             width, height = image.size
             if width * height > MAX_QUERY_PIXELS:
-                raise UploadTooLarge(f"{name}: {width}×{height} = {width * height:,} pixels; the limit is {MAX_QUERY_PIXELS:,}")
+                raise UploadTooLarge(
+                    f"{name}: {width}×{height} = {width * height:,} pixels; the limit is {MAX_QUERY_PIXELS:,}"
+                )
             image.load()
             return rgb_of(image)
     except Image.DecompressionBombError as error:
@@ -270,7 +298,9 @@ class SearchService:
         except UnknownLanguageError as error:
             raise UnknownName(str(error)) from None
         if code not in state.languages():
-            raise UnknownName(f"dataset {state.lane.name!r} has no captions in {code!r}; languages: {state.languages()}")
+            raise UnknownName(
+                f"dataset {state.lane.name!r} has no captions in {code!r}; languages: {state.languages()}"
+            )
         return code
 
     @staticmethod
@@ -286,8 +316,13 @@ class SearchService:
             entry = {"name": name, "languages": state.languages(), "train_language": state.lane.train_language}
             try:
                 loaded = state.current()
-                entry |= {"ready": True, "head_run_id": loaded.run_id, "indexed_images": len(loaded.image_ids),
-                          "text_model": loaded.text_model, "image_model": loaded.image_model}
+                entry |= {
+                    "ready": True,
+                    "head_run_id": loaded.run_id,
+                    "indexed_images": len(loaded.image_ids),
+                    "text_model": loaded.text_model,
+                    "image_model": loaded.image_model,
+                }
             except LaneNotReady as error:
                 entry |= {"ready": False, "reason": str(error)}
             listed.append(entry)
@@ -304,9 +339,10 @@ class SearchService:
             raise UnknownName(f"image {image_id!r} of dataset {dataset!r} is listed, but its file {path} is gone")
         return path
 
-    def _hits(self, state: _LaneState, loaded: LoadedLane, language: str, scores: np.ndarray, rows: np.ndarray) -> list[ImageHit]:
-        captions = state.captions(language)
-        first = dict(captions.sort("caption_id").unique("image_id", keep="first", maintain_order=True).select("image_id", "caption").iter_rows())
+    def _hits(
+        self, state: _LaneState, loaded: LoadedLane, language: str, scores: np.ndarray, rows: np.ndarray
+    ) -> list[ImageHit]:
+        first = state.captions(language).first_of_image
         hits = []
         for rank, (row, score) in enumerate(zip(rows.tolist(), scores.tolist()), start=1):
             if row < 0:  # an approximate index may return fewer than k
@@ -335,7 +371,11 @@ class SearchService:
         scores, rows = loaded.index.search(vector, min(k, loaded.index.ntotal))
         searched = time.perf_counter()
         return Answer(
-            dataset, language, loaded.run_id, type(loaded.index).__name__, self._hits(state, loaded, language, scores[0], rows[0]),
+            dataset,
+            language,
+            loaded.run_id,
+            type(loaded.index).__name__,
+            self._hits(state, loaded, language, scores[0], rows[0]),
             timings_ms={"encode": 1e3 * (encoded - started), "search": 1e3 * (searched - encoded)},
         )
 
@@ -356,11 +396,19 @@ class SearchService:
         captions = self._best_captions(state, loaded, language, vector[0])
         tags = self._tags(state, loaded, language, features)
         return Answer(
-            dataset, language, loaded.run_id, type(loaded.index).__name__, images, captions, tags,
+            dataset,
+            language,
+            loaded.run_id,
+            type(loaded.index).__name__,
+            images,
+            captions,
+            tags,
             timings_ms={"encode": 1e3 * (encoded - started), "search": 1e3 * (time.perf_counter() - encoded)},
         )
 
-    def _best_captions(self, state: _LaneState, loaded: LoadedLane, language: str, image_vector: np.ndarray) -> list[CaptionHit]:
+    def _best_captions(
+        self, state: _LaneState, loaded: LoadedLane, language: str, image_vector: np.ndarray
+    ) -> list[CaptionHit]:
         from xlr_pipeline.core.training.head import project
 
         path = state.lane.outputs.text_embeddings_path(language)
@@ -371,11 +419,16 @@ class SearchService:
             return []
         scores = project(loaded.head, vectors_of(embedded), "text") @ image_vector
         top = np.argsort(-scores, kind="stable")[:TOP_CAPTIONS]
-        text = dict(state.captions(language).select("caption_id", "caption").iter_rows())
+        text = state.captions(language).text
         ids, image_ids = embedded["caption_id"].to_list(), embedded["image_id"].to_list()
-        return [CaptionHit(rank, ids[i], image_ids[i], text.get(ids[i], ""), float(scores[i])) for rank, i in enumerate(top.tolist(), 1)]
+        return [
+            CaptionHit(rank, ids[i], image_ids[i], text.get(ids[i], ""), float(scores[i]))
+            for rank, i in enumerate(top.tolist(), 1)
+        ]
 
-    def _tags(self, state: _LaneState, loaded: LoadedLane, language: str, features: np.ndarray) -> list[tuple[str, float]]:
+    def _tags(
+        self, state: _LaneState, loaded: LoadedLane, language: str, features: np.ndarray
+    ) -> list[tuple[str, float]]:
         """The image's top tags in `language`, as `xlr tag` gives them (the vocabulary the tags asset embedded)."""
         from xlr_pipeline.core.scoring.tagging import tag_image_files
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 import polars as pl
 
@@ -37,7 +37,7 @@ def storage_location(url: str | Path) -> Location:
 
     try:
         location = UPath(text)
-        location.fs  # imports the protocol's driver (s3fs, gcsfs, adlfs …) now, not in the middle of a run
+        _ = location.fs  # imports the protocol's driver (s3fs, gcsfs, adlfs …) now, not in the middle of a run
     except (ImportError, ValueError) as error:
         raise StorageError(f"storage URL {text!r} cannot be used: {error}") from None
     if location.protocol in ("file", "local"):

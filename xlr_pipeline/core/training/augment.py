@@ -78,8 +78,14 @@ class Lexicon:
 
     def to_frame(self) -> pl.DataFrame:
         """One row per (English word, language, translation): how the lexicon is stored."""
-        rows = [(english, language, foreign) for english, options in sorted(self.translations.items()) for language, foreign in sorted(options.items())]
-        return pl.DataFrame(rows, schema={"english": pl.String, "language": pl.String, "translation": pl.String}, orient="row")
+        rows = [
+            (english, language, foreign)
+            for english, options in sorted(self.translations.items())
+            for language, foreign in sorted(options.items())
+        ]
+        return pl.DataFrame(
+            rows, schema={"english": pl.String, "language": pl.String, "translation": pl.String}, orient="row"
+        )
 
     @classmethod
     def from_frame(cls, frame: pl.DataFrame) -> Lexicon:
@@ -89,7 +95,9 @@ class Lexicon:
         return cls(translations)
 
 
-def induce_lexicon(captions: Sequence[str], languages: Sequence[str], words_per_language: int, encode: Encode) -> Lexicon:
+def induce_lexicon(
+    captions: Sequence[str], languages: Sequence[str], words_per_language: int, encode: Encode
+) -> Lexicon:
     source = english_words(captions)
     source_vectors = encode(source)
     translations: dict[str, dict[str, str]] = {}
@@ -128,7 +136,9 @@ class Switch:
     translation: str
 
 
-def draw_switches(caption: str, lexicon: Lexicon, language: str, switch_ratio: float, rng: np.random.Generator) -> list[Switch]:
+def draw_switches(
+    caption: str, lexicon: Lexicon, language: str, switch_ratio: float, rng: np.random.Generator
+) -> list[Switch]:
     """Each translatable word of `caption` is switched with probability switch_ratio (one draw per
     translatable word, in order)."""
     switches = []
@@ -153,16 +163,22 @@ def apply_switches(caption: str, switches: Sequence[Switch]) -> tuple[str, list[
     return "".join(parts), spans
 
 
-def code_switch(caption: str, lexicon: Lexicon, language: str, switch_ratio: float, rng: np.random.Generator) -> tuple[str, str]:
+def code_switch(
+    caption: str, lexicon: Lexicon, language: str, switch_ratio: float, rng: np.random.Generator
+) -> tuple[str, str]:
     """(switched caption, English control): the control deletes exactly the switched words, with the whitespace
     before each (where that leaves nothing, it is the unchanged caption)."""
     switches = draw_switches(caption, lexicon, language, switch_ratio, rng)
     deleted = {switch.start for switch in switches}
-    control = SPACED_WORD.sub(lambda match: "" if match.end() - len(match.group(0).lstrip()) in deleted else match.group(0), caption).strip()
+    control = SPACED_WORD.sub(
+        lambda match: "" if match.end() - len(match.group(0).lstrip()) in deleted else match.group(0), caption
+    ).strip()
     return apply_switches(caption, switches)[0], control or caption
 
 
-def code_switched_copies(captions: Sequence[str], lexicon: Lexicon, switch_ratio: float, seed: int) -> list[SwitchedCopy]:
+def code_switched_copies(
+    captions: Sequence[str], lexicon: Lexicon, switch_ratio: float, seed: int
+) -> list[SwitchedCopy]:
     """One copy per caption that actually changed, in one randomly drawn language per caption."""
     rng = np.random.default_rng(seed)
     languages = lexicon.languages

@@ -14,7 +14,9 @@ class HeadConfig:
     embed_dim: int = 256
     hidden_dim: int = 1024
     objective: Objective = "hinge"
-    margin: float | None = None  # hinge: on similarities (default 0.1); patr/m3/m3_pull: η (β1) on distance (default 1.0)
+    margin: float | None = (
+        None  # hinge: on similarities (default 0.1); patr/m3/m3_pull: η (β1) on distance (default 1.0)
+    )
     negatives: NegativeMining = "all"
     text_margin: float = 1.0  # m3: β2 on the distance between captions of different images
     text_weight: float = 0.5

@@ -22,14 +22,18 @@ from xlr_pipeline.core.training.losses import (
 )
 
 
-def objective_loss(config: HeadConfig, text: torch.Tensor, image: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
+def objective_loss(
+    config: HeadConfig, text: torch.Tensor, image: torch.Tensor, image_ids: torch.Tensor
+) -> torch.Tensor:
     """The configured objective on one batch of projected, normalised vectors."""
     if config.objective == "hinge":
         return hinge_triplet_loss(text, image, image_ids, config.resolved_margin, config.negatives)
     if config.objective == "patr":
         return patr_loss(text, image, image_ids, config.resolved_margin, config.negatives)
     if config.objective == "m3":
-        return m3_loss(text, image, image_ids, config.resolved_margin, config.text_margin, config.text_weight, config.negatives)
+        return m3_loss(
+            text, image, image_ids, config.resolved_margin, config.text_margin, config.text_weight, config.negatives
+        )
     if config.objective == "m3_pull":
         return m3_pull_loss(text, image, image_ids, config.resolved_margin, config.text_weight, config.negatives)
     if config.objective == "infonce":
@@ -74,7 +78,7 @@ class ProjectionHead(nn.Module):
         self.image_mean.copy_(image.mean(0))
         self.image_std.copy_(image.std(0).clamp(min=1e-6))
 
-    def copy_normalisation(self, other: "ProjectionHead") -> None:
+    def copy_normalisation(self, other: ProjectionHead) -> None:
         for name in ("text_mean", "image_mean", "image_std"):
             getattr(self, name).copy_(getattr(other, name))
 
@@ -98,9 +102,7 @@ class TrainingResult:
     steps: int  # optimiser steps taken
 
 
-def train_head(
-    text: np.ndarray, image: np.ndarray, image_ids: np.ndarray, config: HeadConfig
-) -> TrainingResult:
+def train_head(text: np.ndarray, image: np.ndarray, image_ids: np.ndarray, config: HeadConfig) -> TrainingResult:
     """Train on aligned rows: text[i] captions image[i]; `image_ids[i]` groups captions of one image."""
     if not (len(text) == len(image) == len(image_ids)) or len(text) < 2:
         raise ValueError(f"need >= 2 aligned training pairs, got {len(text)} texts and {len(image)} images")
@@ -129,7 +131,9 @@ def train_head(
             if steps == budget:
                 break
             batch = order[start : start + config.batch_size]
-            loss = objective_loss(config, head.project_text(text_t[batch]), head.project_image(image_t[batch]), groups[batch])
+            loss = objective_loss(
+                config, head.project_text(text_t[batch]), head.project_image(image_t[batch]), groups[batch]
+            )
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

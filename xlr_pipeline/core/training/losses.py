@@ -50,7 +50,9 @@ def hinge_triplet_loss(
     return _reduce_hinges(cost, negatives).mean()
 
 
-def _negative_push(anchor: torch.Tensor, others: torch.Tensor, image_ids: torch.Tensor, margin: float, negatives: NegativeMining) -> torch.Tensor:
+def _negative_push(
+    anchor: torch.Tensor, others: torch.Tensor, image_ids: torch.Tensor, margin: float, negatives: NegativeMining
+) -> torch.Tensor:
     """Per anchor: max(0, margin − d(anchor_i, others_j)) over rows j of other images, reduced per `negatives`."""
     distance = 1 - anchor @ others.T
     return _reduce_hinges((margin - distance).clamp(min=0) * _other_images(image_ids), negatives)
@@ -82,7 +84,12 @@ def m3_loss(
 
 
 def m3_pull_loss(
-    text: torch.Tensor, image: torch.Tensor, image_ids: torch.Tensor, margin: float, text_weight: float, negatives: NegativeMining = "all"
+    text: torch.Tensor,
+    image: torch.Tensor,
+    image_ids: torch.Tensor,
+    margin: float,
+    text_weight: float,
+    negatives: NegativeMining = "all",
 ) -> torch.Tensor:
     """Control for m3: PATR + α3 · d(t_i, v_i) — the extra term pulls the positive and repels nothing."""
     return patr_loss(text, image, image_ids, margin, negatives) + text_weight * _positive_distance(text, image).mean()

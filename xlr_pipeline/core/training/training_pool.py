@@ -30,7 +30,12 @@ def _start_worker(data: Mapping[tuple[str, str], TrainingData], mixup_alpha: flo
 
 def _train_in_worker(job: TrainingJob) -> _Payload:
     result, rows = train_job(job, _worker_data[job.encoders], _worker_alpha)
-    return {name: tensor.numpy() for name, tensor in result.head.state_dict().items()}, result.loss_history, result.steps, rows
+    return (
+        {name: tensor.numpy() for name, tensor in result.head.state_dict().items()},
+        result.loss_history,
+        result.steps,
+        rows,
+    )
 
 
 def _rebuilt(job: TrainingJob, payload: _Payload) -> tuple[TrainingResult, int]:
@@ -61,6 +66,8 @@ def train_heads(
             torch.set_num_threads(threads)
         return
     context = multiprocessing.get_context("spawn")  # fork after torch's thread pools have started can deadlock
-    with ProcessPoolExecutor(min(processes, len(jobs)), mp_context=context, initializer=_start_worker, initargs=(data, mixup_alpha)) as pool:
+    with ProcessPoolExecutor(
+        min(processes, len(jobs)), mp_context=context, initializer=_start_worker, initargs=(data, mixup_alpha)
+    ) as pool:
         for job, payload in zip(jobs, pool.map(_train_in_worker, jobs)):
             yield _rebuilt(job, payload)
