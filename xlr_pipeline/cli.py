@@ -31,9 +31,17 @@ HEAD_OPTIONS = {
 
 
 def head_training_config(args: argparse.Namespace):
+    """The head options given on the command line, each checked against its range before anything runs."""
+    from xlr_pipeline.core.training.configs import ConfigError, HeadConfig
     from xlr_pipeline.defs.train import HeadTrainingConfig
 
-    return HeadTrainingConfig(**{name: getattr(args, name) for name in HEAD_OPTIONS if getattr(args, name) is not None})
+    given = {name: getattr(args, name) for name in HEAD_OPTIONS if getattr(args, name) is not None}
+    try:
+        HeadConfig(**given)
+    except ConfigError as error:
+        print(f"xlr: error: --{error.option.replace('_', '-')} {error.requirement}, not {error.value!r}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return HeadTrainingConfig(**given)
 
 
 DEFAULT_DATASET = "emoji_cldr"
@@ -503,6 +511,17 @@ def command_dev(args: argparse.Namespace) -> int:
     return 0
 
 
+WORKERS_PER_CORE = 4  # more concurrent runs than this per core only thrash
+
+
+def _workers(text: str) -> int:
+    value = int(text)
+    most = WORKERS_PER_CORE * available_cores()
+    if not 1 <= value <= most:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {most} ({WORKERS_PER_CORE} per core), not {value}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -587,7 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker_options = argparse.ArgumentParser(add_help=False)
     worker_options.add_argument(
         "--workers",
-        type=_positive_int,
+        type=_workers,
         default=1,
         help="embed image shards (image_shards in dataset.toml) as this many concurrent runs, and a language's caption "
         "shards (caption_shards) as this many step processes, each with an equal share of the cores",

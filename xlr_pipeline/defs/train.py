@@ -1,7 +1,7 @@
 import dagster as dg
 import numpy as np
 import polars as pl
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from xlr_pipeline.core.models.embeddings import vectors_of
 from xlr_pipeline.core.reporting.plots import loss_curve
@@ -62,6 +62,11 @@ class HeadTrainingConfig(dg.Config):
     learning_rate: float = Field(_DEFAULT.learning_rate, description="AdamW learning rate")
     weight_decay: float = Field(_DEFAULT.weight_decay, description="AdamW weight decay")
     seed: int = Field(_DEFAULT.seed, description="Seeds initialisation and batch order")
+
+    @model_validator(mode="after")
+    def _in_range(self) -> "HeadTrainingConfig":
+        self.head_config()  # a value outside HEAD_RANGES is refused when the run config is read, before any step
+        return self
 
     def head_config(self) -> HeadConfig:
         return HeadConfig(**self.model_dump())

@@ -3,9 +3,52 @@ read without loading torch (the training code that uses them is in `head.py` and
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from xlr_pipeline.core.training.choices import Architecture, NegativeMining, Objective
+
+
+class ConfigError(ValueError):
+    """A hyperparameter outside its range: names the option, its range and the value given."""
+
+    def __init__(self, option: str, requirement: str, value: object):
+        super().__init__(f"{option} {requirement}, not {value!r}")
+        self.option, self.requirement, self.value = option, requirement, value
+
+
+@dataclass(frozen=True)
+class Range:
+    low: float
+    high: float
+    low_open: bool = False  # (low, high] instead of [low, high]
+
+    def __str__(self) -> str:
+        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+
+    def check(self, option: str, value: float | int) -> None:
+        too_low = value <= self.low if self.low_open else value < self.low
+        if isinstance(value, bool) or not math.isfinite(value) or too_low or value > self.high:
+            raise ConfigError(option, f"must be a finite number in {self}", value)
+
+
+# What each head hyperparameter may be, checked wherever a config enters (CLI, launchpad, the grid's search):
+# outside these a head is degenerate (0 dimensions, no training), diverges (an infinite learning rate) or its loss
+# is meaningless (margins beyond the cosine range).
+HEAD_RANGES = {
+    "embed_dim": Range(1, 8192),
+    "hidden_dim": Range(1, 16384),
+    "margin": Range(0, 2, low_open=True),
+    "text_margin": Range(0, 2),
+    "text_weight": Range(0, 100),
+    "temperature": Range(0, 10, low_open=True),
+    "epochs": Range(1, 100_000),
+    "steps": Range(1, 10_000_000),
+    "batch_size": Range(2, 65_536),
+    "learning_rate": Range(0, 1, low_open=True),
+    "weight_decay": Range(0, 1),
+    "seed": Range(0, 2**32 - 1),
+}
 
 
 @dataclass(frozen=True)
@@ -27,6 +70,12 @@ class HeadConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for option, allowed in HEAD_RANGES.items():
+            value = getattr(self, option)
+            if value is not None:
+                allowed.check(option, value)
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -95,6 +95,10 @@ def new_head(text_dim: int, image_dim: int, config: HeadConfig) -> ProjectionHea
     return ProjectionHead(text_dim, image_dim, config)
 
 
+class TrainingDiverged(ValueError):
+    """The loss or the weights stopped being finite: no head is kept (a NaN head would score as random or worse)."""
+
+
 @dataclass(frozen=True)
 class TrainingResult:
     head: ProjectionHead
@@ -134,6 +138,11 @@ def train_head(text: np.ndarray, image: np.ndarray, image_ids: np.ndarray, confi
             loss = objective_loss(
                 config, head.project_text(text_t[batch]), head.project_image(image_t[batch]), groups[batch]
             )
+            if not math.isfinite(loss.item()):
+                raise TrainingDiverged(
+                    f"training diverged: the {config.objective} loss is {loss.item()} at step {steps + 1} "
+                    f"(learning_rate {config.learning_rate:g}); no head was saved — lower the learning rate"
+                )
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -141,6 +150,8 @@ def train_head(text: np.ndarray, image: np.ndarray, image_ids: np.ndarray, confi
             steps += 1
         history.append(float(np.mean(losses)))
     head.eval()
+    if not weights_are_finite(head):
+        raise TrainingDiverged(f"training diverged: the head's weights are not finite after {steps} steps; no head was saved")
     return TrainingResult(head, history, steps)
 
 

@@ -1,0 +1,70 @@
+"""Options are checked where they enter: the CLI refuses a value outside its range with one line naming the option
+(exit 2), the launchpad's config refuses it before any step runs, and a head whose training diverges is never kept."""
+
+import math
+
+import dagster as dg
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from xlr_pipeline.cli import WORKERS_PER_CORE, main
+from xlr_pipeline.core.models.threads import available_cores
+from xlr_pipeline.core.training.configs import HEAD_RANGES, ConfigError, HeadConfig
+from xlr_pipeline.core.training.head import TrainingDiverged, train_head
+from xlr_pipeline.defs.train import HeadTrainingConfig
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--embed-dim", "0"], "--embed-dim must be a finite number in [1, 8192], not 0"),
+        (["--epochs", "0"], "--epochs must be a finite number in [1, 100000], not 0"),
+        (["--margin", "-5"], "--margin must be a finite number in (0, 2], not -5.0"),
+        (["--learning-rate", "inf"], "--learning-rate must be a finite number in (0, 1], not inf"),
+        (["--learning-rate", "nan"], "--learning-rate must be a finite number in (0, 1], not nan"),
+        (["--seed", "-1"], "--seed must be a finite number in [0, 4.29497e+09], not -1"),
+    ],
+)
+def test_the_cli_refuses_a_head_option_out_of_range_in_one_line(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "--data-dir", str(tmp_path), *flags])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "outputs").exists()  # nothing ran
+
+
+def test_the_cli_bounds_workers_by_the_cores(tmp_path, capsys):
+    most = WORKERS_PER_CORE * available_cores()
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "--data-dir", str(tmp_path), "--workers", "1000"])
+    assert exited.value.code == 2 and f"must be between 1 and {most} ({WORKERS_PER_CORE} per core), not 1000" in capsys.readouterr().err
+
+
+def test_every_range_is_checked_in_core_and_in_the_launchpad_config():
+    for option, allowed in HEAD_RANGES.items():
+        for bad in (allowed.low - 1, allowed.high * 2, math.inf, math.nan):
+            with pytest.raises(ConfigError, match=f"^{option} must be a finite number in"):
+                HeadConfig(**{option: bad})
+            with pytest.raises(ValidationError, match=f"(?s){option}\\b.*finite number"):
+                HeadTrainingConfig(**{option: bad})
+    with pytest.raises(ConfigError, match=r"margin must be a finite number in \(0, 2\], not 0"):
+        HeadConfig(margin=0)
+    assert HeadTrainingConfig(margin=None, steps=None).head_config() == HeadConfig()
+
+
+def test_a_launchpad_run_with_an_infinite_learning_rate_fails_before_training():
+    @dg.asset
+    def head(config: HeadTrainingConfig) -> None:
+        raise AssertionError("the step body must not run")
+
+    with pytest.raises(Exception, match="learning_rate must be a finite number in \\(0, 1\\], not inf"):
+        dg.materialize([head], run_config={"ops": {"head": {"config": {"learning_rate": math.inf}}}})
+
+
+def test_a_diverging_head_is_refused_and_never_returned():
+    rng = np.random.default_rng(0)
+    text, image = rng.normal(size=(32, 6)).astype(np.float32), rng.normal(size=(32, 4)).astype(np.float32)
+    text[3, 0] = np.inf  # one poisoned training vector makes the loss NaN
+    with pytest.raises(TrainingDiverged, match="training diverged: the hinge loss is nan at step 1"):
+        train_head(text, image, np.arange(32), HeadConfig(embed_dim=4, epochs=2, batch_size=32))
