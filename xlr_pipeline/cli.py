@@ -39,7 +39,9 @@ def head_training_config(args: argparse.Namespace):
     try:
         HeadConfig(**given)
     except ConfigError as error:
-        print(f"xlr: error: --{error.option.replace('_', '-')} {error.requirement}, not {error.value!r}", file=sys.stderr)
+        print(
+            f"xlr: error: --{error.option.replace('_', '-')} {error.requirement}, not {error.value!r}", file=sys.stderr
+        )
         raise SystemExit(2) from None
     return HeadTrainingConfig(**given)
 

@@ -38,7 +38,10 @@ def test_the_cli_bounds_workers_by_the_cores(tmp_path, capsys):
     most = WORKERS_PER_CORE * available_cores()
     with pytest.raises(SystemExit) as exited:
         main(["run", "--data-dir", str(tmp_path), "--workers", "1000"])
-    assert exited.value.code == 2 and f"must be between 1 and {most} ({WORKERS_PER_CORE} per core), not 1000" in capsys.readouterr().err
+    assert (
+        exited.value.code == 2
+        and f"must be between 1 and {most} ({WORKERS_PER_CORE} per core), not 1000" in capsys.readouterr().err
+    )
 
 
 def test_every_range_is_checked_in_core_and_in_the_launchpad_config():

@@ -142,3 +142,42 @@ def test_two_processes_on_one_dataset_add_no_duplicates_and_readers_wait_out_wri
     assert run_sql(db, counts).rows() == before
     assert time.monotonic() - started > 1.0  # it waited for the writer instead of failing
     assert holder.wait(timeout=30) == 0
+
+
+def test_a_replaced_test_image_gives_new_recall_rows_that_agree_with_the_rank_files(fresh_data_dir):
+    import duckdb
+    import polars as pl
+
+    from xlr_pipeline.defs.lane import CHAIN_ASSETS
+
+    config = {"projection_head": HeadTrainingConfig(epochs=10)}
+    stages = frozenset(CHAIN_ASSETS)
+    with dg.instance_for_test() as instance:
+        run_pipeline(instance, pipeline_for(fresh_data_dir), [DATASET], config, stages=stages, log=lambda _: None)
+        split = (fresh_data_dir / DATASET / "split.csv").read_text("utf-8").splitlines()
+        test_ids = [line.split(",")[0] for line in split[1:] if line.split(",")[1] == "test"]
+        images = fresh_data_dir / DATASET / "images"
+        shutil.copyfile(images / f"{test_ids[1]}.png", images / f"{test_ids[0]}.png")  # two test images now alike
+        run_pipeline(
+            instance,
+            pipeline_for(fresh_data_dir),
+            [DATASET],
+            config,
+            include_stale=True,
+            stages=stages,
+            log=lambda _: None,
+        )
+    db = outputs_for(fresh_data_dir).root.parents[1] / "results.duckdb"
+    with duckdb.connect(str(db), read_only=True) as connection:
+        rows = connection.execute(
+            "SELECT run_id, gallery_hash, recall FROM recall WHERE language = 'en' AND direction = 'text_to_image' "
+            "AND k = 1 AND run_id NOT LIKE '%random-head' ORDER BY evaluated_at"
+        ).fetchall()
+        latest = connection.execute(
+            "SELECT recall FROM recall_latest WHERE language = 'en' AND direction = 'text_to_image' AND k = 1 "
+            "AND run_id NOT LIKE '%random-head'"
+        ).fetchall()
+    assert len(rows) == 2 and rows[0][0] == rows[1][0] and rows[0][1] != rows[1][1]  # same head, new gallery
+    (rank_file,) = (fresh_data_dir / "ranks" / DATASET / rows[1][0]).glob(f"en-*-{rows[1][1][:12]}.parquet")
+    ranks = pl.read_parquet(rank_file).filter(pl.col("direction") == "text_to_image")["rank"]
+    assert latest == [(rows[1][2],)] and rows[1][2] == float((ranks == 1).mean())

@@ -81,7 +81,9 @@ def test_version_1_file_is_migrated_without_losing_rows(tmp_path):
         )
     connect_for_write(db).close()
     with duckdb.connect(str(db), read_only=True) as connection:
-        assert connection.execute("SELECT recall FROM recall WHERE run_id = 'r1'").fetchall() == [(0.25,)]
+        assert connection.execute("SELECT recall, gallery_hash FROM recall WHERE run_id = 'r1'").fetchall() == [
+            (0.25, "")
+        ]
         assert connection.execute("SELECT max(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
         assert connection.execute("SELECT count(*) FROM latest").fetchone()[0] == 1
         assert connection.execute("SELECT count(*) FROM published").fetchone()[0] > 100
@@ -228,6 +230,7 @@ def _xtd10_run(
         captions_hash="c",
         code_version="1",
         dagster_run_id=run_id,
+        gallery_hash="g",
     )
     return run, row
 

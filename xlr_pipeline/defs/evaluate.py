@@ -5,7 +5,7 @@ import polars as pl
 from xlr_pipeline.core.models.embeddings import vectors_of
 from xlr_pipeline.core.reporting.plots import recall_bars
 from xlr_pipeline.core.reporting.report import recall_by_language, to_markdown
-from xlr_pipeline.core.reporting.results import query_ranks_frame, query_ranks_path, record_evaluation
+from xlr_pipeline.core.reporting.results import gallery_hash, query_ranks_frame, query_ranks_path, record_evaluation
 from xlr_pipeline.core.scoring.evaluation import RANDOM, TRAINED, RunProvenance, TestQueries, evaluate_run
 from xlr_pipeline.core.scoring.metrics import DirectionResult, recall_is_monotone
 from xlr_pipeline.core.storage.locations import read_parquet, sha256_file, write_parquet_atomic
@@ -96,6 +96,7 @@ def build_retrieval_metrics(
                 np.array([position.get(i, -1) for i in texts[language]["image_id"].to_list()]),
                 sha256_file(captions_path),
             )
+        gallery = gallery_hash(ids["image_id"].to_list(), ids["content_hash"].to_list())
         evaluation = evaluate_run(
             head,
             provenance,
@@ -103,6 +104,7 @@ def build_retrieval_metrics(
             tests,
             CODE_VERSIONS,
             context.run.run_id,
+            gallery,
         )
         ranks_paths = {}
         for language in languages:
@@ -122,7 +124,7 @@ def build_retrieval_metrics(
             )
             # Written before the DuckDB transaction, so the `query_ranks` view never points at a missing file.
             ranks_paths[language] = query_ranks_path(
-                settings.ranks_root, lane.name, provenance.run_id, language, tests[language].captions_hash
+                settings.ranks_root, lane.name, provenance.run_id, language, tests[language].captions_hash, gallery
             )
             write_parquet_atomic(ranks, ranks_paths[language])
         with clear_failures():

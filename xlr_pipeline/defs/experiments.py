@@ -23,7 +23,7 @@ from xlr_pipeline.core.experiments.grid_report import build_report
 from xlr_pipeline.core.experiments.tuning import ValidationSet, tune, tuned_configs, validation_recall
 from xlr_pipeline.core.models.embeddings import model_slug, vectors_of, with_vectors
 from xlr_pipeline.core.models.threads import available_cores
-from xlr_pipeline.core.reporting.results import record_evaluation
+from xlr_pipeline.core.reporting.results import gallery_hash, record_evaluation
 from xlr_pipeline.core.scoring.evaluation import RunProvenance, TestQueries, evaluate_run
 from xlr_pipeline.core.storage.locations import read_parquet, sha256_file, write_parquet_atomic, write_with_atomic
 from xlr_pipeline.core.storage.outputs import DatasetOutputs
@@ -520,6 +520,10 @@ def build_experiments(
         tuning_seconds = time.perf_counter() - tuning_started
         test_images = {model: frame.filter(pl.col("split") == "test") for model, frame in image_frames.items()}
         galleries = {model: vectors_of(frame) for model, frame in test_images.items()}
+        gallery_hashes = {
+            model: gallery_hash(frame["image_id"].to_list(), frame["content_hash"].to_list())
+            for model, frame in test_images.items()
+        }
         images_hash = sha256_file(outputs.image_embeddings_path)
         grid_run_id = context.run.run_id
         captions_hashes = {lang: sha256_file(outputs.captions_path(lang)) for lang in languages}
@@ -572,6 +576,7 @@ def build_experiments(
                 queries,
                 CODE_VERSIONS,
                 grid_run_id,
+                gallery_hashes[cell.image_model],
                 with_random_baseline=cell.with_random_baseline,
             )
             context.log.info(f"cell {number}/{len(cells)}: {cell}")

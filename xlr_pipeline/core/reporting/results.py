@@ -1,7 +1,7 @@
 """Result rows and how one evaluation is appended to the warehouse (schema: `core/reporting/warehouse.py`).
 
 A *run* is one trained head (its configuration, models, seed, code versions and data hashes).
-Evaluations append rows; re-evaluating identical inputs (same run, language and caption hash) is
+Evaluations append rows; re-evaluating identical inputs (same run, language, captions and test gallery) is
 idempotent, and nothing already stored is ever deleted or updated.
 """
 
@@ -17,7 +17,7 @@ import polars as pl
 
 from xlr_pipeline.core.reporting.warehouse import connect_for_write
 from xlr_pipeline.core.scoring.metrics import DirectionResult
-from xlr_pipeline.core.storage.locations import Location
+from xlr_pipeline.core.storage.locations import Location, combined_hash
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ class RecallRecord:
     captions_hash: str
     code_version: str
     dagster_run_id: str
+    gallery_hash: str  # the test images ranked (ids and contents, in order): a changed image gives new rows
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class RankRecord:
     median_rank: float
     captions_hash: str
     dagster_run_id: str
+    gallery_hash: str
 
 
 def _insert(connection: duckdb.DuckDBPyConnection, table: str, row: dict, stamp_column: str) -> None:
@@ -168,5 +170,13 @@ def query_ranks_frame(
     )
 
 
-def query_ranks_path(ranks_root: Location, dataset: str, run_id: str, language: str, captions_hash: str) -> Location:
-    return ranks_root / dataset / run_id / f"{language}-{captions_hash[:12]}.parquet"
+def query_ranks_path(
+    ranks_root: Location, dataset: str, run_id: str, language: str, captions_hash: str, gallery_hash: str
+) -> Location:
+    """One file per (head run, language, captions, gallery): what the rows of `recall` with that key were ranked from."""
+    return ranks_root / dataset / run_id / f"{language}-{captions_hash[:12]}-{gallery_hash[:12]}.parquet"
+
+
+def gallery_hash(image_ids: Sequence[str], content_hashes: Sequence[str]) -> str:
+    """The identity of a test gallery: its images' ids and contents, in gallery order."""
+    return combined_hash(f"{image_id}:{content}" for image_id, content in zip(image_ids, content_hashes, strict=True))

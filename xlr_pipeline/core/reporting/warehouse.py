@@ -161,6 +161,48 @@ CREATE TABLE text_alignment (
 # Where the per-query rank files live (one row; none: `ranks/` beside the database), so every reader finds them.
 SCHEMA_V6 = "CREATE TABLE ranks_location (location VARCHAR NOT NULL)"
 
+# Results keyed by the test gallery too: a replaced test image gives new rows instead of being ignored as a
+# duplicate of the old ones. Rows written before it carry an empty gallery hash (unknown).
+SCHEMA_V7 = """
+CREATE TABLE recall_v7 (
+    run_id VARCHAR NOT NULL,
+    dataset VARCHAR NOT NULL,
+    language VARCHAR NOT NULL,
+    split VARCHAR NOT NULL,
+    direction VARCHAR NOT NULL CHECK (direction IN ('text_to_image', 'image_to_text')),
+    k INTEGER NOT NULL,
+    recall DOUBLE NOT NULL CHECK (recall BETWEEN 0 AND 1),
+    n_queries INTEGER NOT NULL,
+    captions_hash VARCHAR NOT NULL,
+    gallery_hash VARCHAR NOT NULL,
+    code_version VARCHAR NOT NULL,
+    dagster_run_id VARCHAR NOT NULL,
+    evaluated_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (run_id, dataset, language, captions_hash, gallery_hash, direction, k)
+);
+INSERT INTO recall_v7 BY NAME SELECT *, '' AS gallery_hash FROM recall;
+DROP TABLE recall;
+ALTER TABLE recall_v7 RENAME TO recall;
+CREATE TABLE rank_summary_v7 (
+    run_id VARCHAR NOT NULL,
+    dataset VARCHAR NOT NULL,
+    language VARCHAR NOT NULL,
+    split VARCHAR NOT NULL,
+    direction VARCHAR NOT NULL,
+    n_queries INTEGER NOT NULL,
+    mean_rank DOUBLE NOT NULL,
+    median_rank DOUBLE NOT NULL,
+    captions_hash VARCHAR NOT NULL,
+    gallery_hash VARCHAR NOT NULL,
+    dagster_run_id VARCHAR NOT NULL,
+    evaluated_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (run_id, dataset, language, captions_hash, gallery_hash, direction)
+);
+INSERT INTO rank_summary_v7 BY NAME SELECT *, '' AS gallery_hash FROM rank_summary;
+DROP TABLE rank_summary;
+ALTER TABLE rank_summary_v7 RENAME TO rank_summary;
+"""
+
 # (version, what it adds, DDL). Version 1 is the layout the first release wrote without a version table.
 MIGRATIONS = (
     (1, "runs, recall, rank_summary", SCHEMA_V1),
@@ -169,6 +211,7 @@ MIGRATIONS = (
     (4, "image tagging: top tags, metrics, paired tests against the translation baseline", SCHEMA_V4),
     (5, "model family of published rows; text-to-text alignment diagnostic", SCHEMA_V5),
     (6, "location of the per-query rank files", SCHEMA_V6),
+    (7, "recall and rank_summary keyed by the test gallery's hash", SCHEMA_V7),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

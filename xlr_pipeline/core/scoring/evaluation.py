@@ -76,10 +76,11 @@ def evaluate_run(
     queries: Mapping[str, TestQueries],
     code_versions: Mapping[str, str],
     evaluating_run_id: str,
+    gallery_hash: str,
     with_random_baseline: bool = True,
 ) -> Evaluation:
     """Evaluate `head` (and its random baseline) on every language of `queries` against the image gallery
-    (`gallery`: the raw test-image features), with exact ranks."""
+    (`gallery`: the raw test-image features, `gallery_hash` their identity), with exact ranks."""
     with_random_baseline = with_random_baseline and not head.is_identity  # nothing trained: no random twin
     heads = {TRAINED: head, **({RANDOM: random_head_like(head)} if with_random_baseline else {})}
     run_ids = {TRAINED: provenance.run_id, RANDOM: provenance.run_id + RANDOM_HEAD_SUFFIX}
@@ -121,6 +122,7 @@ def evaluate_run(
                     "direction": result.direction,
                     "n_queries": result.n_queries,
                     "captions_hash": test.captions_hash,
+                    "gallery_hash": gallery_hash,
                     "dagster_run_id": evaluating_run_id,
                 }
                 ranks.append(RankRecord(mean_rank=result.mean_rank, median_rank=result.median_rank, **shared))

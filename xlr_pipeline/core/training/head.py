@@ -151,7 +151,9 @@ def train_head(text: np.ndarray, image: np.ndarray, image_ids: np.ndarray, confi
         history.append(float(np.mean(losses)))
     head.eval()
     if not weights_are_finite(head):
-        raise TrainingDiverged(f"training diverged: the head's weights are not finite after {steps} steps; no head was saved")
+        raise TrainingDiverged(
+            f"training diverged: the head's weights are not finite after {steps} steps; no head was saved"
+        )
     return TrainingResult(head, history, steps)
 
 
