@@ -19,6 +19,7 @@ from typing import Literal
 import dagster as dg
 
 from xlr_pipeline.core.data.datasets import DatasetError
+from xlr_pipeline.core.reporting.results import has_recall_rows
 from xlr_pipeline.defs.lane import CHAIN_ASSETS, asset_name
 from xlr_pipeline.defs.lanes import Pipeline
 from xlr_pipeline.defs.lineage import (
@@ -27,6 +28,7 @@ from xlr_pipeline.defs.lineage import (
     INPUTS_KEY,
     OUTPUTS_KEY,
     VERSION_KEY,
+    WAREHOUSE_KEY,
     file_version,
     input_name,
     output_location,
@@ -178,6 +180,14 @@ class StalenessResolver:
                 causes.append(f"output missing: {path}")
             elif file_version(path) != version:
                 causes.append(f"output changed since it was written: {path}")
+        rows = _recorded(materialization.metadata, WAREHOUSE_KEY)
+        if rows is not None:
+            key = {name: value for name, value in rows.items() if name != "results_db"}
+            results_db = output_location(rows["results_db"], self.pipeline.settings.root)
+            if not has_recall_rows(results_db, **key):
+                causes.append(
+                    f"results missing: {results_db} has no recall rows of run {key['run_id']} ({key['language']})"
+                )
         recorded_inputs = _recorded(materialization.metadata, INPUTS_KEY) or {}
         for parent in self.parents(target):
             if parent in pending:

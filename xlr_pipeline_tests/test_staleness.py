@@ -292,3 +292,20 @@ def test_one_run_over_every_language_keeps_each_languages_lineage(scenario):
 
     stale = {name for name, status in statuses(instance, pipeline).items() if status.state != "fresh"}
     assert stale == {"retrieval_metrics[de]"}
+
+
+def test_a_deleted_or_emptied_results_file_reruns_the_evaluations_it_lost(scenario):
+    import duckdb
+
+    data_dir, instance = scenario
+    db = data_dir / "results.duckdb"
+    db.unlink()
+    planned = statuses(instance, pipeline_for(data_dir))
+    assert planned["retrieval_metrics[de]"].state == "stale"
+    assert planned["retrieval_metrics[de]"].causes[0].startswith(f"results missing: {db} has no recall rows of run ")
+    assert planned["projection_head"].state == "fresh"
+    assert rerun_stale(instance, pipeline_for(data_dir)) == {f"retrieval_metrics[{lang}]" for lang in SUBSET_LANGUAGES}
+    with duckdb.connect(str(db)) as connection:  # what a SIGKILL mid-write can leave: a file without rows
+        connection.execute("DELETE FROM recall WHERE language = 'ja'")
+    assert rerun_stale(instance, pipeline_for(data_dir)) == {"retrieval_metrics[ja]"}
+    assert all(status.state == "fresh" for status in statuses(instance, pipeline_for(data_dir)).values())

@@ -10,7 +10,7 @@ from xlr_pipeline.core.scoring.evaluation import RANDOM, TRAINED, RunProvenance,
 from xlr_pipeline.core.scoring.metrics import DirectionResult, recall_is_monotone
 from xlr_pipeline.core.storage.locations import read_parquet, sha256_file, write_parquet_atomic
 from xlr_pipeline.defs.lane import Lane
-from xlr_pipeline.defs.lineage import file_version, input_name, lineage_metadata
+from xlr_pipeline.defs.lineage import file_version, input_name, lineage_metadata, warehouse_rows_metadata
 from xlr_pipeline.defs.metadata import PartitionOutcome, materialize_partitions, png_metadata, sql_hint
 from xlr_pipeline.defs.resources import XlrSettings, clear_failures, require_file
 from xlr_pipeline.defs.versions import CODE_VERSIONS
@@ -157,6 +157,15 @@ def build_retrieval_metrics(
                     "language": language,
                     "recall": _recall_table(results),
                     **{f"{r.direction}/R@{k}": round(v, 3) for r in results[TRAINED] for k, v in r.recall.items()},
+                    **warehouse_rows_metadata(
+                        settings.results_db,
+                        settings.root,
+                        run_id=provenance.run_id,
+                        dataset=lane.name,
+                        language=language,
+                        captions_hash=tests[language].captions_hash,
+                        gallery_hash=gallery,
+                    ),
                     "query_ranks": dg.MetadataValue.path(str(ranks_paths[language])),
                     **lineage_metadata(
                         {},

@@ -21,6 +21,8 @@ from xlr_pipeline.defs.resources import XlrSettings
 CONFIG_KEY = "xlr/config"
 INPUTS_KEY = "xlr/inputs"
 OUTPUTS_KEY = "xlr/outputs"
+# The warehouse rows an evaluation wrote: a results file without them makes it stale like a missing output file.
+WAREHOUSE_KEY = "xlr/warehouse_rows"
 # A partition's own content version. Dagster's data version is one per materialization event batch, shared by
 # every partition of a ranged run; consumers record and compare this one.
 VERSION_KEY = "xlr/version"
@@ -123,6 +125,11 @@ def lineage_metadata(
         INPUTS_KEY: dg.MetadataValue.json(inputs),
         OUTPUTS_KEY: dg.MetadataValue.json({output_key(path, data_dir): file_version(path) for path in outputs}),
     }
+
+
+def warehouse_rows_metadata(results_db: Path, data_dir: Path, **key: str) -> dict[str, dg.MetadataValue]:
+    """Record which `recall` rows (by their key) a materialization wrote, and to which results file."""
+    return {WAREHOUSE_KEY: dg.MetadataValue.json({"results_db": output_key(results_db, data_dir), **key})}
 
 
 def output_key(path: Location, data_dir: Path) -> str:

@@ -180,3 +180,27 @@ def query_ranks_path(
 def gallery_hash(image_ids: Sequence[str], content_hashes: Sequence[str]) -> str:
     """The identity of a test gallery: its images' ids and contents, in gallery order."""
     return combined_hash(f"{image_id}:{content}" for image_id, content in zip(image_ids, content_hashes, strict=True))
+
+
+def has_recall_rows(
+    path: Path, run_id: str, dataset: str, language: str, captions_hash: str, gallery_hash: str
+) -> bool:
+    """Whether the results file holds an evaluation's recall rows (a missing, empty or emptied file does not).
+    A file another process is writing cannot be read now: counted as holding them (it is being written)."""
+    if not path.is_file():
+        return False
+    try:
+        with duckdb.connect(str(path), read_only=True) as connection:
+            found = (
+                connection.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'recall'").fetchone()[0]
+                and connection.execute(
+                    "SELECT count(*) FROM recall WHERE run_id = ? AND dataset = ? AND language = ? AND captions_hash = ? "
+                    "AND gallery_hash = ?",
+                    [run_id, dataset, language, captions_hash, gallery_hash],
+                ).fetchone()[0]
+            )
+    except duckdb.IOException as error:
+        return "lock" in str(error).lower()
+    except duckdb.Error:
+        return False
+    return bool(found)
