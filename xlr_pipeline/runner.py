@@ -22,6 +22,7 @@ import yaml
 from xlr_pipeline.core.data.datasets import DatasetError
 from xlr_pipeline.core.models.threads import available_cores
 from xlr_pipeline.core.storage.locations import write_with_atomic
+from xlr_pipeline.core.storage.locks import exclusive_lanes
 from xlr_pipeline.defs.lane import CHAIN_ASSETS, LANGUAGE_ASSETS, Lane, asset_name
 from xlr_pipeline.defs.lanes import Pipeline, build_pipeline
 from xlr_pipeline.defs.resources import DEFAULT_DATA_DIR, XlrSettings
@@ -186,8 +187,27 @@ def run_pipeline(
     """Materialize what is missing (and, with `include_stale`, what is stale) in the given datasets' lanes,
     one graph level at a time. What cannot run (its sources are unreadable, or an input is blocked) is
     reported and skipped; everything else still runs. With `workers` > 1, the shards of a sharded asset run as
-    that many concurrent runs, each in its own process with an equal share of the cores."""
-    asset_configs = asset_configs or {}
+    that many concurrent runs, each in its own process with an equal share of the cores.
+
+    One command at a time per lane: a second one waits for the first (`cache/locks/<dataset>.lock` in the data
+    dir), then finds what is still missing or stale, so the head on disk, in the instance and in DuckDB agree."""
+    with exclusive_lanes(pipeline.settings.root / "cache" / "locks", datasets, log):
+        return _run_levels(
+            instance, pipeline, datasets, asset_configs or {}, include_stale, log, console_log_level, stages, workers
+        )
+
+
+def _run_levels(
+    instance: dg.DagsterInstance,
+    pipeline: Pipeline,
+    datasets: list[str],
+    asset_configs: dict[str, dg.Config],
+    include_stale: bool,
+    log: Callable[[str], None],
+    console_log_level: str,
+    stages: frozenset[str],
+    workers: int,
+) -> RunReport:
     resolver = _resolver(
         instance, pipeline, datasets, asset_configs, stages, lambda lane: register_languages(instance, lane)
     )
@@ -333,17 +353,18 @@ def evaluate_languages(
     unknown = sorted(set(languages) - known)
     if unknown:
         raise RunFailed(f"no caption file for {unknown} in dataset {dataset!r}; languages: {sorted(known)}")
-    for language in languages:
-        log(f"re-evaluating {dataset} {language} ...")
-        _materialize(
-            instance,
-            pipeline,
-            lane.keys(LANGUAGE_ASSETS),
-            language,
-            {},
-            f"re-evaluating {dataset} {language}",
-            console_log_level,
-        )
+    with exclusive_lanes(pipeline.settings.root / "cache" / "locks", [dataset], log):
+        for language in languages:
+            log(f"re-evaluating {dataset} {language} ...")
+            _materialize(
+                instance,
+                pipeline,
+                lane.keys(LANGUAGE_ASSETS),
+                language,
+                {},
+                f"re-evaluating {dataset} {language}",
+                console_log_level,
+            )
         log("  done")
 
 

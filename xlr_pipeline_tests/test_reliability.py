@@ -181,3 +181,30 @@ def test_a_replaced_test_image_gives_new_recall_rows_that_agree_with_the_rank_fi
     (rank_file,) = (fresh_data_dir / "ranks" / DATASET / rows[1][0]).glob(f"en-*-{rows[1][1][:12]}.parquet")
     ranks = pl.read_parquet(rank_file).filter(pl.col("direction") == "text_to_image")["rank"]
     assert latest == [(rows[1][2],)] and rows[1][2] == float((ranks == 1).mean())
+
+
+def test_two_runs_at_once_on_one_lane_queue_and_leave_one_head_everywhere(tmp_path, subset_data_dir):
+    from xlr_pipeline.core.training.head import head_from_bytes
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(subset_data_dir / DATASET, data_dir / DATASET)
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home")}
+    command = [sys.executable, "-m", "xlr_pipeline.cli", "run", "--data-dir", str(data_dir), "--dataset", DATASET]
+    both = [
+        subprocess.Popen(
+            [*command, "--epochs", "10"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [process.communicate(timeout=900)[0] for process in both]
+    assert [process.returncode for process in both] == [0, 0], outputs
+    waited = [out for out in outputs if f"waiting for another run on {DATASET} (pid " in out]
+    assert len(waited) == 1 and "0 materializations" in waited[0]  # the second found everything done
+    head_run = head_from_bytes(outputs_for(data_dir).head_path.read_bytes())[1]["run_id"]
+    with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:
+        heads = instance.fetch_materializations(dg.AssetKey([DATASET, "projection_head"]), limit=10).records
+    assert [record.run_id for record in heads] == [head_run]
+    rows = run_sql(
+        data_dir / "results.duckdb", "SELECT DISTINCT run_id FROM recall WHERE run_id NOT LIKE '%random-head'"
+    )
+    assert rows.rows() == [(head_run,)]
