@@ -74,7 +74,10 @@ def _pipeline(args: argparse.Namespace):
     """The lanes of every dataset under the data dir and the dataset roots, with the chosen models and backend."""
     from xlr_pipeline.defs.lanes import build_pipeline
 
-    return build_pipeline(_settings(args))
+    pipeline = build_pipeline(_settings(args))
+    for message in pipeline.broken.values():
+        print(f"warning: dataset skipped: {message}", file=sys.stderr)
+    return pipeline
 
 
 def _datasets(args: argparse.Namespace, pipeline, all_by_default: bool) -> list[str]:
@@ -474,6 +477,11 @@ def command_datasets(args: argparse.Namespace) -> int:
                 "problems": "; ".join(problems),
             }
         )
+    empty = dict.fromkeys(["dataset", "languages", "train_language", "captions", "image_list", "images"], "")
+    rows += [
+        {**empty, "dataset": "(unusable)", "folder": str(Path(file).parent), "problems": message}
+        for file, message in sorted(pipeline.broken.items())
+    ]
     print(to_markdown(pl.DataFrame(rows)))
     return 0
 

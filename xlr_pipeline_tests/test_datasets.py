@@ -304,3 +304,55 @@ def test_shipped_xtd10_is_coco_sourced_with_a_training_set():
     assert (spec.image_source, spec.coco_train_images) == ("coco2014", 10000)
     records = spec.image_records()
     assert len(records) == 1000 and {r.split for r in records} == {"test"}
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("images", "../../../../etc"),
+        ("images", "/etc"),
+        ("captions", "../../elsewhere/{lang}.tsv"),
+        ("captions", "/etc/{lang}.tsv"),
+        ("image_list", "sub/../../split.csv"),
+        ("tags", "../tags/{lang}.txt"),
+    ],
+)
+def test_paths_that_leave_the_dataset_folder_are_refused_in_one_line(tmp_path, key, value):
+    fields = {"images": "images", "image_list": "images.txt", "captions": "{lang}.tsv", "tags": "tags/{lang}.txt"}
+    fields[key] = value
+    (tmp_path / "dataset.toml").write_text(
+        'name = "confined"\ncaption_format = "tsv"\n' + "".join(f'{k} = "{v}"\n' for k, v in fields.items()), "utf-8"
+    )
+    with pytest.raises(DatasetError, match=rf"dataset.toml: {key} = '{value}' leaves the dataset folder") as error:
+        DatasetSpec.load(tmp_path)
+    assert "\n" not in str(error.value)
+
+
+def test_image_list_entries_outside_the_images_folder_are_refused_naming_the_line(tmp_path):
+    (tmp_path / "images.csv").write_text("image_id,file_name\na,a.png\nb,/etc/passwd\n", "utf-8")
+    spec = _declare(tmp_path, "images.csv", "{lang}.txt", "lines")
+    with pytest.raises(DatasetError, match=r"images.csv:3: file name '/etc/passwd' leaves the images folder"):
+        spec.image_records()
+    (tmp_path / "images.csv").write_text("image_id,file_name\na,sub/../a.png\nb,../secret.png\n", "utf-8")
+    with pytest.raises(DatasetError, match=r"images.csv:3: file name '../secret.png' leaves the images folder"):
+        spec.image_records()
+
+
+def test_a_broken_declaration_costs_its_own_lane_only(tmp_path, capsys):
+    from xlr_pipeline.cli import main
+    from xlr_pipeline_tests.conftest import DATASET, make_emoji_subset, pipeline_for
+
+    make_emoji_subset(tmp_path, n_train=4, n_test=4)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "dataset.toml").write_text(
+        'name = "broken"\nimages = "i"\nimage_list = "l.txt"\ncaptions = "/etc/{lang}.tsv"\ncaption_format = "tsv"\n'
+    )
+    pipeline = pipeline_for(tmp_path)
+    assert set(pipeline.lanes) == {DATASET} and list(pipeline.broken) == [str(broken / "dataset.toml")]
+    assert main(["datasets", "--data-dir", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert DATASET in captured.out and "(unusable)" in captured.out and "leaves the dataset folder" in captured.out
+    assert f"warning: dataset skipped: {broken / 'dataset.toml'}: captions" in captured.err
+    with pytest.raises(KeyError, match="unusable declarations: .*leaves the dataset folder"):
+        pipeline.lane("broken")

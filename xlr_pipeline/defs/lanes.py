@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 
 import dagster as dg
 
@@ -59,11 +60,13 @@ class Pipeline:
     settings: XlrSettings
     lanes: dict[str, Lane]
     definitions: dg.Definitions
+    broken: dict[str, str] = field(default_factory=dict)  # declaration file → why it has no lane
 
     def lane(self, name: str) -> Lane:
         if name not in self.lanes:
             roots = ", ".join(str(root) for root in self.settings.roots())
-            raise KeyError(f"no dataset named {name!r} under {roots}; datasets: {sorted(self.lanes)}")
+            unusable = f"; unusable declarations: {'; '.join(self.broken.values())}" if self.broken else ""
+            raise KeyError(f"no dataset named {name!r} under {roots}; datasets: {sorted(self.lanes)}{unusable}")
         return self.lanes[name]
 
     def lane_of(self, key: dg.AssetKey) -> Lane:
@@ -84,10 +87,15 @@ def build_pipeline(
     executor: dg.ExecutorDefinition = dg.in_process_executor,
 ) -> Pipeline:
     """Lanes for `specs`, or for every dataset found under the settings' roots; runs use `executor`
-    (`defs/executors.py`)."""
-    lanes = {spec.name: Lane.of(spec) for spec in (discover_datasets(settings.roots()) if specs is None else specs)}
+    (`defs/executors.py`). A broken declaration gets no lane and is logged and kept in `Pipeline.broken`: the
+    other datasets still load."""
+    broken: dict[str, str] = {}
+    found = discover_datasets(settings.roots(), broken) if specs is None else specs
+    for message in broken.values():
+        logging.getLogger("xlr_pipeline").warning("dataset skipped: %s", message)
+    lanes = {spec.name: Lane.of(spec) for spec in found}
     definitions = dg.Definitions.merge(
         *(lane_definitions(lane) for lane in lanes.values()),
         dg.Definitions(resources={"settings": settings}, executor=executor),
     )
-    return Pipeline(settings, lanes, definitions)
+    return Pipeline(settings, lanes, definitions, broken)

@@ -187,7 +187,7 @@ class XlrSettings(dg.ConfigurableResource):
         """Text and image search over every dataset found under the roots (`xlr search`, `xlr serve`)."""
         lanes = {
             spec.name: SearchLane(spec.name, self.outputs(spec.name), self.root, spec.train_language)
-            for spec in discover_datasets(self.roots())
+            for spec in discover_datasets(self.roots(), broken={})  # a broken declaration has no lane to search
         }
         return SearchService(lanes, self.text_encoder, self.image_encoder)
 

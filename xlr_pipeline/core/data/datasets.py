@@ -13,7 +13,7 @@ import re
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import polars as pl
 
@@ -66,6 +66,19 @@ class ImageRecord:
     image_id: str
     file_name: str
     split: str
+
+
+def leaves_folder(relative: str) -> bool:
+    """Whether a path a dataset declares escapes the folder it is relative to: absolute, or `..` past its top."""
+    path = PurePosixPath(relative.replace("\\", "/"))
+    if path.is_absolute() or PureWindowsPath(relative).drive:
+        return True
+    depth = 0
+    for part in path.parts:
+        depth += -1 if part == ".." else 0 if part == "." else 1
+        if depth < 0:
+            return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -123,6 +136,12 @@ class DatasetSpec:
             raise DatasetError(
                 f"{spec_file}: caption_format must be one of {list(CAPTION_FORMATS)}, not {raw['caption_format']!r}"
             )
+        for key in ("images", "image_list", "captions", "tags"):
+            if isinstance(raw.get(key), str) and leaves_folder(raw[key]):
+                raise DatasetError(
+                    f"{spec_file}: {key} = {raw[key]!r} leaves the dataset folder; give a path inside {root} "
+                    "(put the files there, or a symlink to them)"
+                )
         if "{lang}" not in raw["captions"]:
             raise DatasetError(f"{spec_file}: the captions pattern must contain {{lang}}")
         if raw.get("tags") and "{lang}" not in raw["tags"]:
@@ -230,6 +249,10 @@ class DatasetSpec:
                 raise DatasetError(f"{path}:{item.line}: image id {item.image_id!r} repeats line {seen[item.image_id]}")
             if split not in SPLITS:
                 raise DatasetError(f"{path}:{item.line}: split {split!r} is not one of {SPLITS}")
+            if item.file_name and leaves_folder(item.file_name):
+                raise DatasetError(
+                    f"{path}:{item.line}: file name {item.file_name!r} leaves the images folder; list files inside it"
+                )
             seen[item.image_id] = item.line
             records.append(ImageRecord(item.image_id, item.file_name, split))
         if not records:
@@ -288,17 +311,25 @@ def read_captions(
     return pl.DataFrame(kept, schema=CAPTION_SCHEMA), pl.DataFrame(quarantine, schema=QUARANTINE_SCHEMA)
 
 
-def discover_datasets(roots: Iterable[Path]) -> list[DatasetSpec]:
+def discover_datasets(roots: Iterable[Path], broken: dict[str, str] | None = None) -> list[DatasetSpec]:
     """Every dataset under the roots: a root's direct sub-folders with a `dataset.toml`, or the root itself.
 
-    A broken declaration or two datasets with one name raise a `DatasetError` naming the files.
+    A broken declaration raises a `DatasetError` naming its file, unless `broken` is given: then its message is
+    recorded there (by declaration file) and the other datasets are still found. Two datasets with one name
+    always raise, naming both files.
     """
     specs: dict[str, DatasetSpec] = {}
     for root in roots:
         root = Path(root).expanduser().resolve()
         folders = [root] if (root / "dataset.toml").is_file() else sorted(p.parent for p in root.glob("*/dataset.toml"))
         for folder in folders:
-            spec = DatasetSpec.load(folder)
+            try:
+                spec = DatasetSpec.load(folder)
+            except DatasetError as error:
+                if broken is None:
+                    raise
+                broken[str(folder / "dataset.toml")] = str(error)
+                continue
             if spec.name in specs and specs[spec.name].root != spec.root:
                 raise DatasetError(
                     f"{folder / 'dataset.toml'}: dataset name {spec.name!r} is already used by "
