@@ -255,6 +255,8 @@ def command_tagging(args: argparse.Namespace) -> int:
 
 
 def command_tag(args: argparse.Namespace) -> int:
+    import contextlib
+
     import numpy as np
 
     from xlr_pipeline.core.data.datasets import DatasetError
@@ -283,14 +285,18 @@ def command_tag(args: argparse.Namespace) -> int:
         if missing:
             raise DatasetError(f"{missing[0]}: no such image file")
         head, provenance = head_from_bytes(outputs.head_path.read_bytes())
-        encoder = pipeline.settings.image_encoder(provenance["image_model"])
-        features = np.asarray(encoder.encode([load_image(Path(path)) for path in args.images]), dtype=np.float32)
+        with contextlib.redirect_stdout(sys.stderr):  # model-loading chatter is not part of the answer
+            encoder = pipeline.settings.image_encoder(provenance["image_model"])
         vocabulary = read_parquet(vocabulary_path)
-        tagged = tag_image_files(head, features, vocabulary["tag"].to_list(), vectors_of(vocabulary), args.top)
+        tags, tag_vectors = vocabulary["tag"].to_list(), vectors_of(vocabulary)
+        batch = pipeline.settings.image_batch_size
+        for start in range(0, len(args.images), batch):  # decoded a batch at a time: memory stays flat
+            paths = args.images[start : start + batch]
+            features = np.asarray(encoder.encode([load_image(Path(path)) for path in paths]), dtype=np.float32)
+            for path, ranked in zip(paths, tag_image_files(head, features, tags, tag_vectors, args.top), strict=True):
+                print(f"{path}: " + ", ".join(f"{tag} ({score:.2f})" for tag, score in ranked), flush=True)
     except (DatasetError, KeyError, UnknownLanguageError, ImageFileError, EncoderError) as error:
         return _fail(error)
-    for path, tags in zip(args.images, tagged):
-        print(f"{path}: " + ", ".join(f"{tag} ({score:.2f})" for tag, score in tags))
     return 0
 
 

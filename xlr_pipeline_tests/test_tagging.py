@@ -5,6 +5,7 @@ import shutil
 import dagster as dg
 import polars as pl
 import pytest
+from PIL import Image
 
 from xlr_pipeline.cli import main as xlr
 from xlr_pipeline.core.experiments.stats import holm_adjusted
@@ -128,6 +129,14 @@ def test_a_shipped_emoji_gets_a_true_tag_in_english_and_german(tagged, capsys):
         assert set(top[language]) & set(keywords.split("\t")[2].split(" | ")), (language, top[language], keywords)
 
 
+def test_tag_streams_many_images_in_batches_and_prints_only_tags(tagged, capsys):
+    data_dir, _ = tagged
+    images = sorted(str(path) for path in (SHIPPED / "emoji_cldr" / "images").glob("*.png"))[:70]  # > 2 batches of 32
+    assert xlr(["tag", *images, "--lang", "en", "--top", "3", "--data-dir", str(data_dir), "--dataset", DATASET]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(": ", 1)[0] for line in lines] == images and all(line.count(" (") == 3 for line in lines)
+
+
 def test_tag_command_errors_are_one_clear_line(tagged, tmp_path, capsys):
     data_dir, _ = tagged
     base = ["--data-dir", str(data_dir), "--dataset", DATASET]
@@ -137,6 +146,12 @@ def test_tag_command_errors_are_one_clear_line(tagged, tmp_path, capsys):
     broken.write_bytes(b"not a png")
     assert xlr(["tag", str(broken), "--lang", "de", *base]) == 1
     assert f"{broken}: cannot decode image" in capsys.readouterr().err
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (13_000, 13_000)).save(bomb)  # ~20 KB on disk, 169 M pixels decoded
+    assert xlr(["tag", str(bomb), "--lang", "de", *base]) == 1
+    assert f"{bomb}: cannot decode image (13000×13000 = 169,000,000 pixels, over the 64,000,000-pixel limit)" in (
+        capsys.readouterr().err
+    )
     assert xlr(["tag", str(broken), "--lang", "xx", *base]) == 1
     assert "unknown language code 'xx'" in capsys.readouterr().err
     assert xlr(["tag", str(broken), "--lang", "fr", *base]) == 1

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,13 +124,28 @@ def rgb_of(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+# Decoded pixels of one image file: past this a small file (a 20 KB PNG can claim 13000×13000) would take gigabytes.
+# 64 MP keeps every camera photo (8K video frames are 33 MP); read from the header, before anything is decoded.
+MAX_IMAGE_PIXELS = 64_000_000
+
+
 def load_image(path: Path) -> Image.Image:
-    """Open an image file as RGB (`rgb_of`)."""
+    """Open an image file as RGB (`rgb_of`); one over `MAX_IMAGE_PIXELS` is refused, naming the file."""
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit is checked here instead
+            image = Image.open(path)
+        with image:
+            width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise ImageFileError(
+                    path, f"{width}×{height} = {width * height:,} pixels, over the {MAX_IMAGE_PIXELS:,}-pixel limit"
+                )
             image.load()
             return rgb_of(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except ImageFileError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as error:
         raise ImageFileError(path, str(error) or type(error).__name__) from error
 
 
