@@ -141,9 +141,15 @@ def command_run(args: argparse.Namespace) -> int:
     print(
         f"\n{len(report.executed)} materializations in {total:.0f} s; {len(report.skipped)} already up to date or unable to run"
     )
-    incomplete = sorted({status.target.key.path[0] for status in report.blocked})
+    # A lane waiting for its images (xtd10 as shipped) fails the command only when it was asked for by name.
+    waiting = {status.target.key.path[0]: status for status in report.blocked if status.state == "waiting"}
+    excused = set() if args.dataset else set(waiting)
+    incomplete = sorted({status.target.key.path[0] for status in report.blocked} - excused)
     for status in report.blocked:
-        print(f"  not run: {status.target.name}: {'; '.join(status.causes)}")
+        if status.target.key.path[0] not in excused:
+            print(f"  not run: {status.target.name}: {'; '.join(status.causes)}")
+    for dataset in sorted(excused):
+        print(f"  {dataset}: {'; '.join(waiting[dataset].causes)}")
     for dataset in datasets:
         for line in quarantine_summary(settings.outputs(dataset), dataset):
             print(line)

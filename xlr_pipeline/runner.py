@@ -219,10 +219,11 @@ def _run_levels(
             due: list[Target] = []
             for target in resolver.targets(key):
                 status = resolver.status(target, blocked=blocked)
-                if status.state in ("error", "blocked"):
+                if status.state in ("error", "blocked", "waiting"):
                     blocked.add(target)
                     report.blocked.append(status)
-                    log(f"cannot run {target.name}: {'; '.join(status.causes)}")
+                    if status.state != "blocked":  # the root cause; what it blocks is listed at the end
+                        log(f"cannot run {target.name}: {'; '.join(status.causes)}")
                 if status.state not in wanted:
                     report.skipped.append((key.to_user_string(), target.partition))
                     continue

@@ -19,6 +19,7 @@ from typing import Literal
 import dagster as dg
 
 from xlr_pipeline.core.data.datasets import DatasetError
+from xlr_pipeline.core.data.readers import ImagesNotAvailable
 from xlr_pipeline.core.reporting.results import has_recall_rows
 from xlr_pipeline.defs.lane import CHAIN_ASSETS, asset_name
 from xlr_pipeline.defs.lanes import Pipeline
@@ -34,7 +35,8 @@ from xlr_pipeline.defs.lineage import (
     output_location,
 )
 
-State = Literal["fresh", "missing", "stale", "error", "blocked"]
+# waiting: its images are not there yet and may not be downloaded (a COCO-sourced lane as shipped): not an error
+State = Literal["fresh", "missing", "stale", "error", "blocked", "waiting"]
 DATA_VERSION_TAG = "dagster/data_version"
 CODE_VERSION_TAG = "dagster/code_version"
 
@@ -164,6 +166,8 @@ class StalenessResolver:
             current_config = CURRENT_CONFIG[asset_name(target.key)](
                 self.pipeline.settings, lane, target.partition, self.head_config
             )
+        except ImagesNotAvailable as error:
+            return Status(target, "waiting", (f"waiting for images: {error}",))
         except DatasetError as error:
             return Status(target, "error", (f"cannot read its sources: {error}",))
         if materialization is None:
@@ -211,7 +215,7 @@ class StalenessResolver:
                     status = self.status(target, pending, blocked)
                     if status.state in ("missing", "stale"):
                         pending.add(target)
-                    elif status.state in ("error", "blocked"):
+                    elif status.state in ("error", "blocked", "waiting"):
                         blocked.add(target)
                     statuses.append(status)
         return statuses

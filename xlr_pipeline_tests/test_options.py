@@ -71,3 +71,21 @@ def test_a_diverging_head_is_refused_and_never_returned():
     text[3, 0] = np.inf  # one poisoned training vector makes the loss NaN
     with pytest.raises(TrainingDiverged, match="training diverged: the hinge loss is nan at step 1"):
         train_head(text, image, np.arange(32), HeadConfig(embed_dim=4, epochs=2, batch_size=32))
+
+
+def test_a_lane_waiting_for_its_images_fails_only_the_command_that_names_it(tmp_path, capsys, monkeypatch):
+    import shutil
+
+    from xlr_pipeline_tests.conftest import SHIPPED
+
+    shutil.copytree(SHIPPED / "xtd10", tmp_path / "data" / "xtd10", ignore=shutil.ignore_patterns("images"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    location = ["--data-dir", str(tmp_path / "data")]
+    assert main(["run", "--stale", *location]) == 0
+    out = capsys.readouterr().out
+    assert "xtd10: waiting for images: no xtd10 test image in" in out and "`xlr run --dataset xtd10 --download`" in out
+    assert main(["run", "--stale", "--dataset", "xtd10", *location]) == 1
+    assert "not everything could be brought up to date in xtd10" in capsys.readouterr().err
+    assert main(["status", *location]) == 0
+    assert "| xtd10/images |  | waiting | waiting for images:" in capsys.readouterr().out

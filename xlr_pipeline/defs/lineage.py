@@ -13,6 +13,7 @@ import dagster as dg
 
 from xlr_pipeline.core.data.datasets import DatasetError
 from xlr_pipeline.core.data.image_sources import folders_fingerprint, locate_images
+from xlr_pipeline.core.data.readers import ImagesNotAvailable
 from xlr_pipeline.core.models.encoders import backend_of
 from xlr_pipeline.core.storage.locations import Location, is_remote, sha256_file, storage_location
 from xlr_pipeline.defs.lane import Lane
@@ -47,9 +48,9 @@ def _images_config(settings: XlrSettings, lane: Lane, partition: str | None, hea
         if not coco.download:
             tests = [record for record in spec.image_records() if record.split == "test"]
             if not locate_images(tests, spec.images_dir, coco):
-                raise DatasetError(
-                    f"no {spec.name} test image in {', '.join(map(str, folders))}: set a local COCO folder "
-                    "(coco_dir / XLR_COCO_DIR / --coco-dir) or allow downloads (coco_download / --download)"
+                raise ImagesNotAvailable(
+                    f"no {spec.name} test image in {', '.join(map(str, folders))}: "
+                    f"`xlr run --dataset {spec.name} --download`, or point --coco-dir (XLR_COCO_DIR) at a COCO folder"
                 )
     elif not spec.images_dir.is_dir():
         raise DatasetError(f"{spec.images_dir}: images folder not found for dataset {spec.name!r}")

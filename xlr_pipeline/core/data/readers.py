@@ -35,6 +35,10 @@ class DatasetError(ValueError):
     """A dataset declaration or file that cannot be used; the message names the file (and line)."""
 
 
+class ImagesNotAvailable(DatasetError):
+    """A dataset whose images are neither on disk nor allowed to download: it waits, it is not broken."""
+
+
 class CaptionFileError(DatasetError):
     def __init__(self, path: Path, message: str, line: int | None = None):
         where = f"{path}:{line}" if line is not None else str(path)
