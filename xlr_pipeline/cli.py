@@ -508,7 +508,7 @@ def command_sql(args: argparse.Namespace) -> int:
             query = Path(args.file).read_text("utf-8")
         else:
             query = args.query
-        frame = run_sql(db_path, query) if query else describe(db_path)
+        frame = run_sql(db_path, query, args.timeout or None) if query else describe(db_path)
     except (QueryError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -555,6 +555,13 @@ def _whole_number(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not (value >= 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds ≥ 0, not {text}")
     return value
 
 
@@ -731,6 +738,12 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("query", nargs="?", help="SQL text (several statements allowed; the last one's rows are printed)")
     sql.add_argument("--file", help="read the SQL from this file")
     sql.add_argument("--format", choices=["table", "csv", "json", "markdown"], default="table")
+    sql.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=60.0,
+        help="stop a query running longer than this (seconds; 0: never; default 60)",
+    )
     sql.add_argument(
         "--data-dir", help="folder holding results.duckdb (default: XLR_DATA_DIR, else the shipped data dir)"
     )

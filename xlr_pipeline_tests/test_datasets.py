@@ -92,6 +92,7 @@ def test_bad_rows_are_quarantined_with_file_and_line(fresh_data_dir):
             f"{ids[0]}\tgrinning   face",
             f"{ids[2]}\ttoo\tmany fields",
             f"{ids[3]}\tfine",
+            f"{ids[4]}\tnul\x00byte",
         ]
     )
     path = _write(spec.root, "de", content.encode())
@@ -102,6 +103,7 @@ def test_bad_rows_are_quarantined_with_file_and_line(fresh_data_dir):
     assert reasons[4] == "empty caption"
     assert reasons[5] == "duplicate of line 2"
     assert reasons[6].startswith("expected 2 tab-separated fields")
+    assert reasons[8] == "contains a NUL character"
     assert set(quarantine["source_file"]) == {str(path)}
 
 

@@ -55,3 +55,21 @@ def test_a_failed_write_stores_nothing(tmp_path):
     with pytest.raises(ValueError, match="non-empty strings"):
         cache.add(["b", None], np.ones((2, 3), np.float32))
     assert len(cache) == 1 and list(cache.lookup(["a", "b"])) == ["a"]
+
+
+@pytest.mark.parametrize("damage", ["not a database", "truncated"])
+def test_a_damaged_cache_file_is_set_aside_and_rebuilt(tmp_path, caplog, damage):
+    cache = EmbeddingCache(tmp_path, "m", "b")
+    cache.add(["h1", "h2"], np.ones((2, 4), dtype=np.float32))
+    if damage == "not a database":
+        cache.path.write_bytes(b"this is not sqlite" * 1000)
+    else:
+        data = cache.path.read_bytes()
+        cache.path.write_bytes(data[:100] + b"\xff" * (len(data) - 100))
+    for suffix in ("-wal", "-shm"):
+        cache.path.with_name(cache.path.name + suffix).unlink(missing_ok=True)
+    assert cache.lookup(["h1"]) == {}  # nothing trusted from the damaged file
+    assert "unreadable embedding cache" in caplog.text and str(cache.path) in caplog.text
+    assert len(list(tmp_path.glob(f"{cache.path.name}.damaged-*"))) == 1
+    cache.add(["h1"], np.full((1, 4), 2.0, dtype=np.float32))
+    assert cache.lookup(["h1"])["h1"].tolist() == [2.0] * 4 and len(cache) == 1

@@ -128,3 +128,14 @@ def _check_outputs_live_on_s3(instance, pipeline, data_dir, configs) -> None:
     rerun = run_pipeline(instance, pipeline, [DATASET], configs, include_stale=True, log=lambda _: None)
     assert [asset for asset, _, _ in rerun.executed] == [f"{DATASET}/projection_head"]
     assert outputs.head_path.is_file()
+
+
+def test_outputs_are_written_readable_as_the_umask_allows(tmp_path):
+    import os
+    import stat
+
+    target = tmp_path / "out" / "frame.parquet"
+    write_parquet_atomic(pl.DataFrame({"a": [1]}), target)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask

@@ -274,3 +274,36 @@ def test_vs_published_puts_each_run_beside_its_own_model_family(tmp_path):
         ("paper mUSE + m3", "muse-m3", "linear", 0.5, round(0.5 - 0.853, 3)),
     ]  # e5 + patr has no published family: beside nothing
     assert unmatched > 0
+
+
+SLOW_QUERY = "SELECT count(*) FROM range(100000000000) a WHERE a.range % 7 = 3"
+
+
+def test_xlr_sql_stops_a_query_at_its_timeout_and_on_ctrl_c(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    db = tmp_path / "results.duckdb"
+    connect_for_write(db).close()
+    started = time.monotonic()
+    with pytest.raises(QueryError, match=r"query stopped: it ran past the 1 s timeout \(--timeout\)"):
+        run_sql(db, SLOW_QUERY, timeout_s=1)
+    assert time.monotonic() - started < 15
+    command = [
+        sys.executable,
+        "-m",
+        "xlr_pipeline.cli",
+        "sql",
+        SLOW_QUERY,
+        "--data-dir",
+        str(tmp_path),
+        "--timeout",
+        "0",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4)  # started and running the query
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 1 and "query stopped: interrupted (Ctrl-C)" in err

@@ -284,6 +284,8 @@ def read_captions(
             reject(row.line, f"unknown image id {row.image_id!r} (not in {spec.image_list_path.name})", row.caption)
         elif not caption:
             reject(row.line, "empty caption", row.caption)
+        elif "\x00" in caption:  # a binary file read as text, or a broken export: never a word of a caption
+            reject(row.line, "contains a NUL character", row.caption.replace("\x00", "\\0"))
         elif (row.image_id, caption) in first_seen:
             reject(row.line, f"duplicate of line {first_seen[(row.image_id, caption)]}", row.caption)
         else:

@@ -15,8 +15,10 @@ could not open the cache), and its columnar scans serve point lookups less well.
 
 from __future__ import annotations
 
+import logging
 import re
 import sqlite3
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -68,8 +70,33 @@ class EmbeddingCache:
             ((h, vectors.shape[1], v.tobytes()) for h, v in zip(hashes, vectors)),
         )
 
+    def _set_aside(self, error: sqlite3.DatabaseError) -> None:
+        """A damaged cache file is moved aside (kept for inspection) and a new one starts: it only holds what can
+        be recomputed."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for suffix in ("", "-wal", "-shm"):
+            damaged = self.path.with_name(self.path.name + suffix)
+            if damaged.exists():
+                damaged.replace(damaged.with_name(f"{self.path.name}.damaged-{stamp}{suffix}"))
+        logging.getLogger("xlr_pipeline").warning(
+            "%s: unreadable embedding cache (%s); moved aside as %s.damaged-%s, vectors are recomputed",
+            self.path,
+            error,
+            self.path.name,
+            stamp,
+        )
+
     def lookup(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
-        """The cached vectors of those `hashes` the cache holds."""
+        """The cached vectors of those `hashes` the cache holds (none, from a damaged file, which is set aside)."""
+        try:
+            return self._lookup(hashes)
+        except sqlite3.OperationalError:
+            raise
+        except sqlite3.DatabaseError as error:  # "file is not a database", "database disk image is malformed"
+            self._set_aside(error)
+            return {}
+
+    def _lookup(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
         wanted = list(dict.fromkeys(hashes))
         found: dict[str, np.ndarray] = {}
         with self._connection() as connection:
@@ -96,10 +123,19 @@ class EmbeddingCache:
             raise ValueError(f"{len(hashes)} hashes for {len(vectors)} vectors")
         if not all(isinstance(h, str) and h for h in hashes):
             raise ValueError("content hashes must be non-empty strings")
-        with self._connection() as connection:
-            connection.execute("BEGIN IMMEDIATE")
-            self._insert(connection, hashes, vectors)
-            connection.execute("COMMIT")
+        for attempt in range(2):
+            try:
+                with self._connection() as connection:
+                    connection.execute("BEGIN IMMEDIATE")
+                    self._insert(connection, hashes, vectors)
+                    connection.execute("COMMIT")
+                return
+            except sqlite3.OperationalError:
+                raise
+            except sqlite3.DatabaseError as error:
+                if attempt:
+                    raise
+                self._set_aside(error)
 
     def __len__(self) -> int:
         with self._connection() as connection:

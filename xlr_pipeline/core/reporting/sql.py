@@ -8,7 +8,11 @@ can be read or written, no database attached, no extension installed, and the se
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -52,8 +56,38 @@ def _connect(db_path: Path, timeout_s: float = 30.0) -> duckdb.DuckDBPyConnectio
             raise QueryError(str(error)) from None
 
 
-def run_sql(db_path: Path, sql: str) -> pl.DataFrame:
-    """Run one or more statements read-only; the last statement's rows come back."""
+@contextmanager
+def _interruptible(connection: duckdb.DuckDBPyConnection, timeout_s: float | None) -> Iterator[list[str]]:
+    """Stop the running query after `timeout_s` or on Ctrl-C (DuckDB runs it outside Python, where neither
+    would otherwise reach it); the list names what stopped it, if anything did."""
+    stopped: list[str] = []
+
+    def stop(reason: str) -> None:
+        stopped.append(reason)
+        connection.interrupt()
+
+    timer = (
+        threading.Timer(timeout_s, stop, [f"it ran past the {timeout_s:g} s timeout (--timeout)"])
+        if timeout_s
+        else None
+    )
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop("interrupted (Ctrl-C)")) if in_main else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
+    try:
+        yield stopped
+    finally:
+        if timer is not None:
+            timer.cancel()
+        if in_main:
+            signal.signal(signal.SIGINT, previous)
+
+
+def run_sql(db_path: Path, sql: str, timeout_s: float | None = None) -> pl.DataFrame:
+    """Run one or more statements read-only; the last statement's rows come back. A query running past
+    `timeout_s`, or interrupted with Ctrl-C, is stopped with a `QueryError` saying so."""
     connection = _connect(db_path)
     try:
         refused = [
@@ -65,8 +99,14 @@ def run_sql(db_path: Path, sql: str) -> pl.DataFrame:
             raise QueryError(
                 f"xlr sql is read-only: it runs queries (SELECT, WITH …, DESCRIBE, SUMMARIZE, EXPLAIN) and refuses {refused[0]}"
             )
-        relation = connection.sql(sql)
-        return pl.DataFrame() if relation is None else pl.from_arrow(relation.to_arrow_table())
+        with _interruptible(connection, timeout_s) as stopped:
+            try:
+                relation = connection.sql(sql)
+                return pl.DataFrame() if relation is None else pl.from_arrow(relation.to_arrow_table())
+            except duckdb.Error:
+                if stopped:
+                    raise QueryError(f"query stopped: {stopped[0]}") from None
+                raise
     except duckdb.Error as error:
         message = str(error)
         if "read-only" in message:

@@ -7,6 +7,7 @@ written to a local temporary file and uploaded in one PUT, so readers see the ol
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tempfile
@@ -70,9 +71,20 @@ def atomic_path(target: Location) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; an output is readable like any file the user writes
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@functools.lru_cache(maxsize=1)
+def _umask() -> int:
+    """The process's umask, read where Linux shows it (setting it to read it would race other threads' writes)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            return next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration):
+        return 0o022
 
 
 def write_parquet_atomic(frame: pl.DataFrame, target: Location) -> None:
