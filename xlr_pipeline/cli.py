@@ -1,5 +1,5 @@
-"""The `xlr` command: run, status, grid, tagging, tag, search, serve, evaluate, alignment, datasets, sql and dev
-(`xlr --help`).
+"""The `xlr` command: run, status, grid, tagging, tag, search, serve, evaluate, retire, alignment, datasets, sql and
+dev (`xlr --help`).
 
 Only light modules are imported at the top: `xlr sql` and `--help` start without torch or Dagster.
 """
@@ -366,6 +366,28 @@ def command_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_retire(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from xlr_pipeline.core.data.datasets import DatasetError
+    from xlr_pipeline.core.data.languages import UnknownLanguageError, normalize_language
+    from xlr_pipeline.runner import RunFailed, ensure_instance_home, retire_languages
+
+    ensure_instance_home()
+    try:
+        pipeline = _pipeline(args)
+        (dataset,) = _datasets(args, pipeline, all_by_default=False)
+        languages = [normalize_language(code, "languages") for code in args.languages]
+        with dg.DagsterInstance.get() as instance:
+            remaining = retire_languages(instance, pipeline.lane(dataset), languages)
+    except (RunFailed, DatasetError, KeyError, UnknownLanguageError) as error:
+        return _fail(error)
+    print(
+        f"retired {', '.join(languages)} from {dataset}; its languages: {' '.join(remaining)} (past results stay in DuckDB)"
+    )
+    return 0
+
+
 def command_evaluate(args: argparse.Namespace) -> int:
     import dagster as dg
 
@@ -519,8 +541,10 @@ def command_sql(args: argparse.Namespace) -> int:
 
 def command_dev(args: argparse.Namespace) -> int:
     from xlr_pipeline.runner import concurrent_runs_of, ensure_instance_home
+    from xlr_pipeline.settings_sources import environment_of
 
     home = ensure_instance_home()
+    os.environ.update(environment_of(_settings_flags(args)))  # --data-dir and friends reach the code location
     if not os.environ.get("XLR_STEP_THREADS"):
         # Runs the UI launches share the cores: each embedding step gets its share of the run queue's width.
         os.environ["XLR_STEP_THREADS"] = str(max(1, available_cores() // concurrent_runs_of(home)))
@@ -721,6 +745,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("languages", nargs="+", help="ISO 639-1 codes, e.g. ja de")
     evaluate.set_defaults(handler=command_evaluate)
 
+    retire = commands.add_parser(
+        "retire",
+        parents=[location_options],
+        help="drop languages whose caption files you removed from a dataset's lane",
+    )
+    retire.add_argument("languages", nargs="+", help="ISO 639-1 codes, e.g. tr")
+    retire.add_argument("--dataset", help=f"the dataset (default: {DEFAULT_DATASET})")
+    retire.set_defaults(handler=command_retire)
+
     alignment = commands.add_parser(
         "alignment",
         parents=[pipeline_options],
@@ -749,7 +782,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sql.set_defaults(handler=command_sql)
 
-    dev = commands.add_parser("dev", help="start the Dagster UI on the instance `xlr run` uses")
+    dev = commands.add_parser(
+        "dev", parents=[backend_option], help="start the Dagster UI on the instance `xlr run` uses"
+    )
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=3000)
     dev.set_defaults(handler=command_dev)

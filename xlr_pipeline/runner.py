@@ -103,6 +103,25 @@ def register_languages(instance: dg.DagsterInstance, lane: Lane) -> list[str]:
     return languages
 
 
+def retire_languages(instance: dg.DagsterInstance, lane: Lane, languages: list[str]) -> list[str]:
+    """Drop languages whose caption files were removed from the lane's partitions (their results stay in DuckDB
+    as history); a language whose file is still there, or that the lane trains on, is refused."""
+    files, _ = lane.spec.scan_caption_files()
+    registered = set(instance.get_dynamic_partitions(lane.partitions.name))
+    for language in languages:
+        if language not in registered:
+            raise RunFailed(f"{language!r} is not a language of {lane.name!r}; its languages: {sorted(registered)}")
+        if language == lane.train_language:
+            raise RunFailed(f"{language!r} is the language {lane.name!r} trains on; it cannot be retired")
+        if language in files:
+            raise RunFailed(
+                f"{files[language]} still exists: remove it first, or the lane's sensor adds {language!r} back"
+            )
+    for language in languages:
+        instance.delete_dynamic_partition(lane.partitions.name, language)
+    return sorted(registered - set(languages))
+
+
 def _first_error(result: dg.ExecuteInProcessResult) -> str:
     for event in result.all_events:
         if event.event_type == dg.DagsterEventType.STEP_FAILURE:

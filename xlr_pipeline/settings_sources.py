@@ -51,3 +51,15 @@ def settings_values(flags: Mapping[str, object] | None = None, environ: Mapping[
 def data_dir_of(flags: Mapping[str, object] | None = None) -> Path:
     """The data dir as every entry point resolves it."""
     return Path(str(settings_values(flags).get("data_dir") or DEFAULT_DATA_DIR)).expanduser().resolve()
+
+
+def environment_of(flags: Mapping[str, object]) -> dict[str, str]:
+    """The `XLR_*` variables that carry a command's flags to a process that reads only the environment (the code
+    location `xlr dev` starts): the flags given, on top of the environment's own."""
+    values = settings_values(flags)
+    variables = {
+        ENVIRONMENT_VARIABLES[field]: str(value) for field, value in values.items() if field in ENVIRONMENT_VARIABLES
+    }
+    if "dataset_roots" in values:
+        variables[DATASET_ROOTS_VARIABLE] = os.pathsep.join(values["dataset_roots"])
+    return variables

@@ -89,3 +89,30 @@ def test_a_lane_waiting_for_its_images_fails_only_the_command_that_names_it(tmp_
     assert "not everything could be brought up to date in xtd10" in capsys.readouterr().err
     assert main(["status", *location]) == 0
     assert "| xtd10/images |  | waiting | waiting for images:" in capsys.readouterr().out
+
+
+def test_a_removed_language_is_retired_by_command_and_stops_failing_runs(tmp_path, capsys, monkeypatch):
+    from xlr_pipeline_tests.conftest import DATASET, make_emoji_subset
+
+    make_emoji_subset(tmp_path / "data", n_train=4, n_test=4)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    from xlr_pipeline.runner import ensure_instance_home, register_languages
+    from xlr_pipeline_tests.conftest import pipeline_for
+
+    location = ["--data-dir", str(tmp_path / "data"), "--dataset", DATASET]
+    ensure_instance_home()
+    with dg.DagsterInstance.get() as instance:  # as a run or the lane's sensor does
+        assert register_languages(instance, pipeline_for(tmp_path / "data").lane(DATASET)) == ["de", "en", "ja"]
+    (tmp_path / "data" / DATASET / "captions" / "ja.tsv").unlink()
+    assert main(["status", *location]) == 0
+    assert "captions | ja | error" in capsys.readouterr().out
+    capsys.readouterr()
+    assert main(["retire", "de", *location]) == 1
+    assert "de.tsv still exists: remove it first" in capsys.readouterr().err
+    assert main(["retire", "en", *location]) == 1
+    assert "is the language 'emoji_small' trains on" in capsys.readouterr().err
+    assert main(["retire", "jp", *location]) == 0  # an alias of ja
+    assert "retired ja from emoji_small; its languages: de en" in capsys.readouterr().out
+    assert main(["status", *location]) == 0
+    assert "| ja |" not in capsys.readouterr().out

@@ -72,3 +72,25 @@ def test_xlr_sql_finds_the_data_dir_as_every_command_does(tmp_path, monkeypatch)
     monkeypatch.setenv("XLR_DATA_DIR", str(tmp_path))
     assert data_dir_of() == tmp_path.resolve() == data_dir_of({"data_dir": None})
     assert data_dir_of({"data_dir": str(SHIPPED)}) == SHIPPED.resolve()
+
+
+def test_xlr_dev_hands_its_location_flags_to_the_code_location_it_starts(tmp_path, monkeypatch):
+    from xlr_pipeline.cli import _settings_flags
+    from xlr_pipeline.settings_sources import environment_of
+
+    monkeypatch.setenv("XLR_TEXT_MODEL", SAMPLES["text_model"])
+    args = build_parser().parse_args(
+        ["dev", "--data-dir", str(tmp_path), "--dataset-root", str(tmp_path / "more"), "--encoder-backend", "native"]
+    )
+    variables = environment_of(_settings_flags(args))
+    assert variables["XLR_DATA_DIR"] == str(tmp_path) and variables["XLR_ENCODER_BACKEND"] == "native"
+    assert variables["XLR_DATASET_ROOTS"] == str((tmp_path / "more").resolve())
+    assert variables["XLR_TEXT_MODEL"] == SAMPLES["text_model"]  # the environment's own settings pass through
+    monkeypatch.setattr("os.environ", {**variables})
+    started = settings_from_environment()
+    assert (started.data_dir, started.dataset_roots, started.encoder_backend, started.text_model) == (
+        str(tmp_path),
+        [str((tmp_path / "more").resolve())],
+        "native",
+        SAMPLES["text_model"],
+    )
