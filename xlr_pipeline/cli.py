@@ -103,6 +103,18 @@ def _console_level(args: argparse.Namespace) -> str:
     return "CRITICAL"
 
 
+def _instance_home(args: argparse.Namespace) -> Path:
+    """The Dagster home this command's data folder uses (refused, exit 2, when it keeps another folder's runs)."""
+    from xlr_pipeline.runner import InstanceInUse, ensure_instance_home
+    from xlr_pipeline.settings_sources import data_dir_of
+
+    try:
+        return ensure_instance_home(data_dir_of(_settings_flags(args)))
+    except InstanceInUse as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def _fail(error: Exception) -> int:
     print(f"error: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
     return 1
@@ -113,9 +125,9 @@ def command_run(args: argparse.Namespace) -> int:
 
     from xlr_pipeline.core.data.datasets import DatasetError
     from xlr_pipeline.core.reporting.report import recall_by_language, to_markdown
-    from xlr_pipeline.runner import RunFailed, ensure_instance_home, head_run_ids, run_pipeline
+    from xlr_pipeline.runner import RunFailed, head_run_ids, run_pipeline
 
-    home = ensure_instance_home()
+    home = _instance_home(args)
     try:
         pipeline = _pipeline(args)
         datasets = _datasets(args, pipeline, all_by_default=args.stale)
@@ -191,10 +203,10 @@ def command_grid(args: argparse.Namespace) -> int:
     from xlr_pipeline.core.data.datasets import DatasetError
     from xlr_pipeline.defs.experiments import AugmentationConfig, GridConfig
     from xlr_pipeline.defs.lane import CHAIN_ASSETS, EXPERIMENT_ASSETS
-    from xlr_pipeline.runner import RunFailed, ensure_instance_home, materialize_target, run_pipeline
+    from xlr_pipeline.runner import RunFailed, materialize_target, run_pipeline
     from xlr_pipeline.staleness import Target
 
-    ensure_instance_home()
+    _instance_home(args)
     try:
         pipeline = _pipeline(args)
         (dataset,) = _datasets(args, pipeline, all_by_default=False)
@@ -234,9 +246,9 @@ def command_tagging(args: argparse.Namespace) -> int:
     from xlr_pipeline.core.data.datasets import DatasetError
     from xlr_pipeline.defs.lane import CHAIN_ASSETS, TAGGING_ASSETS
     from xlr_pipeline.defs.tagging import TaggingReportConfig
-    from xlr_pipeline.runner import RunFailed, ensure_instance_home, run_pipeline
+    from xlr_pipeline.runner import RunFailed, run_pipeline
 
-    ensure_instance_home()
+    _instance_home(args)
     try:
         pipeline = _pipeline(args)
         (dataset,) = _datasets(args, pipeline, all_by_default=False)
@@ -371,9 +383,9 @@ def command_retire(args: argparse.Namespace) -> int:
 
     from xlr_pipeline.core.data.datasets import DatasetError
     from xlr_pipeline.core.data.languages import UnknownLanguageError, normalize_language
-    from xlr_pipeline.runner import RunFailed, ensure_instance_home, retire_languages
+    from xlr_pipeline.runner import RunFailed, retire_languages
 
-    ensure_instance_home()
+    _instance_home(args)
     try:
         pipeline = _pipeline(args)
         (dataset,) = _datasets(args, pipeline, all_by_default=False)
@@ -392,9 +404,9 @@ def command_evaluate(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from xlr_pipeline.core.data.datasets import DatasetError
-    from xlr_pipeline.runner import RunFailed, ensure_instance_home, evaluate_languages
+    from xlr_pipeline.runner import RunFailed, evaluate_languages
 
-    ensure_instance_home()
+    _instance_home(args)
     try:
         pipeline = _pipeline(args)
         (dataset,) = _datasets(args, pipeline, all_by_default=False)
@@ -424,10 +436,10 @@ def command_alignment(args: argparse.Namespace) -> int:
     from xlr_pipeline.core.data.datasets import DatasetError
     from xlr_pipeline.core.reporting.report import to_markdown
     from xlr_pipeline.defs.alignment import TextAlignmentConfig
-    from xlr_pipeline.runner import RunFailed, ensure_instance_home, materialize_target
+    from xlr_pipeline.runner import RunFailed, materialize_target
     from xlr_pipeline.staleness import Target
 
-    ensure_instance_home()
+    _instance_home(args)
     try:
         pipeline = _pipeline(args)
         (dataset,) = _datasets(args, pipeline, all_by_default=False)
@@ -454,9 +466,9 @@ def command_status(args: argparse.Namespace) -> int:
 
     from xlr_pipeline.core.data.datasets import DatasetError
     from xlr_pipeline.core.reporting.report import to_markdown
-    from xlr_pipeline.runner import current_statuses, ensure_instance_home
+    from xlr_pipeline.runner import current_statuses
 
-    ensure_instance_home()
+    _instance_home(args)
     try:
         pipeline = _pipeline(args)
         datasets = _datasets(args, pipeline, all_by_default=True)
@@ -540,10 +552,10 @@ def command_sql(args: argparse.Namespace) -> int:
 
 
 def command_dev(args: argparse.Namespace) -> int:
-    from xlr_pipeline.runner import concurrent_runs_of, ensure_instance_home
+    from xlr_pipeline.runner import concurrent_runs_of
     from xlr_pipeline.settings_sources import environment_of
 
-    home = ensure_instance_home()
+    home = _instance_home(args)
     os.environ.update(environment_of(_settings_flags(args)))  # --data-dir and friends reach the code location
     if not os.environ.get("XLR_STEP_THREADS"):
         # Runs the UI launches share the cores: each embedding step gets its share of the run queue's width.

@@ -32,6 +32,10 @@ from xlr_pipeline.staleness import StalenessResolver, Status, Target
 DEFAULT_DAGSTER_HOME = DEFAULT_DATA_DIR.parent / ".dagster_home"
 
 
+class InstanceInUse(RuntimeError):
+    """The Dagster instance keeps another data folder's runs."""
+
+
 class RunFailed(RuntimeError):
     pass
 
@@ -59,14 +63,27 @@ def instance_yaml(cpus: int) -> str:
     )
 
 
-def ensure_instance_home() -> Path:
+def ensure_instance_home(data_dir: Path) -> Path:
     """Use $DAGSTER_HOME, else the project's .dagster_home, so CLI and UI share runs. A new home gets the
     project's dagster.yaml and its storage is created once, under a lock: two commands started at once on a
-    fresh home do not race to create the same tables."""
+    fresh home do not race to create the same tables.
+
+    A home belongs to one data folder (recorded in `.xlr-data-dir` on first use): its records of what was
+    materialized describe that folder's files, so a command over another folder is refused rather than told
+    that a folder it never built is up to date."""
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(DEFAULT_DAGSTER_HOME)))
     home.mkdir(parents=True, exist_ok=True)
     with open(home / ".xlr-instance.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        owner = home / ".xlr-data-dir"
+        data_dir = data_dir.expanduser().resolve()
+        if not owner.exists():
+            write_with_atomic(owner, lambda tmp: tmp.write_text(str(data_dir) + "\n", "utf-8"))
+        elif (recorded := owner.read_text("utf-8").strip()) != str(data_dir):
+            raise InstanceInUse(
+                f"the Dagster instance {home} keeps the runs of data folder {recorded}, not {data_dir}: set "
+                f"DAGSTER_HOME to a folder of its own for {data_dir} (or delete {owner} to move the instance along)"
+            )
         config = home / "dagster.yaml"
         if not config.exists():
             write_with_atomic(config, lambda tmp: tmp.write_text(instance_yaml(os.cpu_count() or 1)))

@@ -202,7 +202,10 @@ class StalenessResolver:
                 causes.append(f"upstream missing: {parent.name}")
             elif _version(parent_materialization) != recorded_inputs.get(parent.name_in_lane):
                 causes.append(f"upstream changed: {parent.name}")
-        return Status(target, "stale" if causes else "fresh", tuple(causes))
+        # Written once but gone (a new data folder, deleted outputs or results): missing, so plain `xlr run` rebuilds
+        # it, as it would an asset never materialized; changed inputs, code or config make it stale.
+        gone = any(cause.startswith(("output missing:", "results missing:")) for cause in causes)
+        return Status(target, "missing" if gone else "stale" if causes else "fresh", tuple(causes))
 
     def plan(self) -> list[Status]:
         """Status of every target; what would rerun makes its dependents pending too (transitive)."""

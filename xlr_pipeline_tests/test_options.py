@@ -26,7 +26,8 @@ from xlr_pipeline.defs.train import HeadTrainingConfig
         (["--seed", "-1"], "--seed must be a finite number in [0, 4.29497e+09], not -1"),
     ],
 )
-def test_the_cli_refuses_a_head_option_out_of_range_in_one_line(tmp_path, capsys, flags, message):
+def test_the_cli_refuses_a_head_option_out_of_range_in_one_line(tmp_path, capsys, monkeypatch, flags, message):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
     with pytest.raises(SystemExit) as exited:
         main(["run", "--data-dir", str(tmp_path), *flags])
     err = capsys.readouterr().err
@@ -34,7 +35,8 @@ def test_the_cli_refuses_a_head_option_out_of_range_in_one_line(tmp_path, capsys
     assert not (tmp_path / "outputs").exists()  # nothing ran
 
 
-def test_the_cli_bounds_workers_by_the_cores(tmp_path, capsys):
+def test_the_cli_bounds_workers_by_the_cores(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
     most = WORKERS_PER_CORE * available_cores()
     with pytest.raises(SystemExit) as exited:
         main(["run", "--data-dir", str(tmp_path), "--workers", "1000"])
@@ -101,7 +103,7 @@ def test_a_removed_language_is_retired_by_command_and_stops_failing_runs(tmp_pat
     from xlr_pipeline_tests.conftest import pipeline_for
 
     location = ["--data-dir", str(tmp_path / "data"), "--dataset", DATASET]
-    ensure_instance_home()
+    ensure_instance_home(tmp_path / "data")
     with dg.DagsterInstance.get() as instance:  # as a run or the lane's sensor does
         assert register_languages(instance, pipeline_for(tmp_path / "data").lane(DATASET)) == ["de", "en", "ja"]
     (tmp_path / "data" / DATASET / "captions" / "ja.tsv").unlink()
@@ -116,3 +118,20 @@ def test_a_removed_language_is_retired_by_command_and_stops_failing_runs(tmp_pat
     assert "retired ja from emoji_small; its languages: de en" in capsys.readouterr().out
     assert main(["status", *location]) == 0
     assert "| ja |" not in capsys.readouterr().out
+
+
+def test_an_instance_keeps_one_data_folder_and_refuses_another(tmp_path, capsys, monkeypatch):
+    from xlr_pipeline_tests.conftest import make_emoji_subset
+
+    for folder in ("first", "second"):
+        make_emoji_subset(tmp_path / folder, n_train=4, n_test=4)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    assert main(["status", "--data-dir", str(tmp_path / "first")]) == 0
+    with pytest.raises(SystemExit) as exited:
+        main(["status", "--data-dir", str(tmp_path / "second")])
+    err = capsys.readouterr().err
+    assert (
+        exited.value.code == 2
+        and f"keeps the runs of data folder {tmp_path / 'first'}, not {tmp_path / 'second'}" in err
+    )
+    assert "set DAGSTER_HOME to a folder of its own" in err
