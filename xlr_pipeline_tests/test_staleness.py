@@ -311,3 +311,14 @@ def test_a_deleted_or_emptied_results_file_reruns_the_evaluations_it_lost(scenar
         connection.execute("DELETE FROM recall WHERE language = 'ja'")
     assert rerun_stale(instance, pipeline_for(data_dir)) == {"retrieval_metrics[ja]"}
     assert all(status.state == "fresh" for status in statuses(instance, pipeline_for(data_dir)).values())
+
+
+def test_a_data_folder_copied_with_new_file_times_stays_fresh(base, tmp_path):
+    import os
+
+    shutil.copytree(base, tmp_path / "copy", copy_function=shutil.copyfile)  # every file gets a new time
+    data_dir = tmp_path / "copy" / "data"
+    for image in (data_dir / DATASET / "images").iterdir():
+        os.utime(image, ns=(0, 0))
+    with dg.DagsterInstance.local_temp(tempdir=str(tmp_path / "copy" / "home")) as instance:
+        assert all(status.state == "fresh" for status in statuses(instance, pipeline_for(data_dir)).values())

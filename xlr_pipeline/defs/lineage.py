@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 
 from xlr_pipeline.core.data.datasets import DatasetError
-from xlr_pipeline.core.data.image_sources import folders_fingerprint, locate_images
+from xlr_pipeline.core.data.image_sources import ContentHashes, folders_fingerprint, locate_images
 from xlr_pipeline.core.data.readers import ImagesNotAvailable
 from xlr_pipeline.core.models.encoders import backend_of
 from xlr_pipeline.core.storage.locations import Location, is_remote, sha256_file, storage_location
@@ -38,7 +38,9 @@ def _images_config(settings: XlrSettings, lane: Lane, partition: str | None, hea
     config = {
         "dataset": spec.name,
         "image_list_sha256": sha256_file(spec.image_list_path),
-        "files": folders_fingerprint(folders, settings.root),
+        "files": folders_fingerprint(
+            folders, settings.root, ContentHashes(settings.root / "cache" / "file_hashes.sqlite")
+        ),
     }
     if coco is not None:
         config |= {

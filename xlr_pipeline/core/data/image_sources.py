@@ -10,7 +10,9 @@ counted, never a crash of the run.
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Callable, Iterable
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -170,10 +172,39 @@ def build_image_set(
     return pl.DataFrame(rows, schema=IMAGE_SET_SCHEMA)
 
 
-def folders_fingerprint(folders: Iterable[Path], data_dir: Path) -> str:
-    """Names, sizes and modification times of the image files in the folders (not their bytes: cheap to
-    recompute for a staleness check over thousands of files)."""
-    parts = []
+class ContentHashes:
+    """SHA-256 of files, remembered by (path, size, modification time) in one SQLite file: a file is read again
+    only when it changed, and a copied folder (new times, same bytes) costs one pass and then matches."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def of(self, files: list[tuple[Path, os.stat_result]]) -> list[str]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(sqlite3.connect(self.path, timeout=120, isolation_level=None)) as connection:
+            connection.execute(
+                "CREATE TABLE IF NOT EXISTS hashes (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, sha256 TEXT)"
+            )
+            known = {
+                row[0]: row[1:]
+                for row in connection.execute("SELECT path, size, mtime_ns, sha256 FROM hashes").fetchall()
+            }
+            digests, fresh = [], []
+            for path, stat in files:
+                size, mtime_ns, digest = known.get(str(path), (None, None, None))
+                if (size, mtime_ns) != (stat.st_size, stat.st_mtime_ns):
+                    digest = sha256_file(path)
+                    fresh.append((str(path), stat.st_size, stat.st_mtime_ns, digest))
+                digests.append(digest)
+            if fresh:
+                connection.executemany("INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?)", fresh)
+        return digests
+
+
+def folders_fingerprint(folders: Iterable[Path], data_dir: Path, hashes: ContentHashes) -> str:
+    """Names (relative to the data dir) and contents of the image files in the folders: a copied or moved data
+    folder matches, a changed file does not."""
+    files = []
     for folder in folders:
         for sub in (folder, *(folder / name for name in LOCAL_LAYOUT_FOLDERS)):
             if not sub.is_dir():
@@ -181,9 +212,11 @@ def folders_fingerprint(folders: Iterable[Path], data_dir: Path) -> str:
             with os.scandir(sub) as entries:
                 for entry in entries:
                     if Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS and entry.is_file():
-                        stat = entry.stat()
-                        parts.append(f"{stored_path(Path(entry.path), data_dir)}:{stat.st_size}:{stat.st_mtime_ns}")
-    return combined_hash(sorted(parts))
+                        files.append((Path(entry.path), entry.stat()))
+    digests = hashes.of(files)
+    return combined_hash(
+        sorted(f"{stored_path(path, data_dir)}:{digest}" for (path, _), digest in zip(files, digests, strict=True))
+    )
 
 
 @dataclass(frozen=True)
