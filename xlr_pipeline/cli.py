@@ -273,8 +273,6 @@ def command_tagging(args: argparse.Namespace) -> int:
 
 
 def command_tag(args: argparse.Namespace) -> int:
-    import contextlib
-
     import numpy as np
 
     from xlr_pipeline.core.data.datasets import DatasetError
@@ -303,8 +301,7 @@ def command_tag(args: argparse.Namespace) -> int:
         if missing:
             raise DatasetError(f"{missing[0]}: no such image file")
         head, provenance = head_from_bytes(outputs.head_path.read_bytes())
-        with contextlib.redirect_stdout(sys.stderr):  # model-loading chatter is not part of the answer
-            encoder = pipeline.settings.image_encoder(provenance["image_model"])
+        encoder = pipeline.settings.image_encoder(provenance["image_model"])
         vocabulary = read_parquet(vocabulary_path)
         tags, tag_vectors = vocabulary["tag"].to_list(), vectors_of(vocabulary)
         batch = pipeline.settings.image_batch_size
@@ -331,7 +328,6 @@ def _print_answer(answer) -> None:
 
 
 def command_search(args: argparse.Namespace) -> int:
-    import contextlib
     import json
 
     from xlr_pipeline.core.data.datasets import DatasetError
@@ -341,16 +337,15 @@ def command_search(args: argparse.Namespace) -> int:
         print("error: give a query text or --image PATH (one of them)", file=sys.stderr)
         return 2
     try:
-        with contextlib.redirect_stdout(sys.stderr):  # model-loading chatter must not mix with the answer (--json)
-            service = _settings(args).search_service()
-            dataset = args.dataset or DEFAULT_DATASET
-            if args.image is not None:
-                path = Path(args.image)
-                if not path.is_file():
-                    raise SearchError(f"{path}: no such image file")
-                answer = service.similar(decode_query_image(path.read_bytes(), str(path)), dataset, args.lang, args.top)
-            else:
-                answer = service.search(args.query, dataset, args.lang, args.top)
+        service = _settings(args).search_service()
+        dataset = args.dataset or DEFAULT_DATASET
+        if args.image is not None:
+            path = Path(args.image)
+            if not path.is_file():
+                raise SearchError(f"{path}: no such image file")
+            answer = service.similar(decode_query_image(path.read_bytes(), str(path)), dataset, args.lang, args.top)
+        else:
+            answer = service.search(args.query, dataset, args.lang, args.top)
     except (SearchError, DatasetError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

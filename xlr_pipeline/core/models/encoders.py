@@ -17,9 +17,11 @@ with fine-tuned layers; name fine-tuned files by their content so the embedding 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -578,7 +580,8 @@ def _load(registry: dict, model_id: str, kind: str, runtime: EncoderRuntime | No
         ref = ModelRef.parse(model_id)
         if ref.scheme not in registry:
             raise EncoderError(f"unknown {kind} model scheme {ref.scheme!r} in {model_id!r}; known: {sorted(registry)}")
-        return registry[ref.scheme](ref, model_id, runtime or EncoderRuntime())
+        with contextlib.redirect_stdout(sys.stderr):  # libraries print while loading; stdout carries our results
+            return registry[ref.scheme](ref, model_id, runtime or EncoderRuntime())
     except EncoderError as error:
         raise EncoderError(f"{error} ({kind} models that load offline: {', '.join(OFFLINE_MODELS[kind])})") from None
 
