@@ -133,9 +133,10 @@ def command_run(args: argparse.Namespace) -> int:
         datasets = _datasets(args, pipeline, all_by_default=args.stale)
         head_config = head_training_config(args)
         settings = pipeline.settings
-        print(
-            f"datasets {', '.join(datasets)} | image {settings.image_model} | text {settings.text_model} | DAGSTER_HOME={home}"
-        )
+        for dataset in datasets:
+            lane_settings = pipeline.lane(dataset).settings(settings)
+            print(f"{dataset}: image {lane_settings.image_model} | text {lane_settings.text_model}")
+        print(f"DAGSTER_HOME={home}")
         with dg.DagsterInstance.get() as instance:
             report = run_pipeline(
                 instance,
@@ -237,6 +238,26 @@ def command_grid(args: argparse.Namespace) -> int:
         return _fail(error)
     report_path = lane.reports_dir(pipeline.settings) / "report.md"
     print(report_path.read_text("utf-8") if report_path.exists() else "no report yet")
+    return adopt_validation_choice(lane.spec, lane.outputs(pipeline.settings)) if args.adopt else 0
+
+
+def adopt_validation_choice(spec, outputs) -> int:
+    """Write the grid's validation choice into the dataset's `[defaults]`: what `xlr run` trains from now on."""
+    from xlr_pipeline.core.experiments.tuning import validation_choice
+    from xlr_pipeline.core.storage.locations import read_parquet, write_with_atomic
+    from xlr_pipeline.core.training.defaults import DefaultsError, with_defaults_table
+
+    validation, tuning = outputs.experiments / "grid_validation.parquet", outputs.experiments / "tuning.parquet"
+    if not validation.is_file():
+        return _fail(ValueError(f"{validation}: no validation results to choose from (the dataset needs a val split)"))
+    declaration = spec.root / "dataset.toml"
+    try:
+        chosen = validation_choice(read_parquet(validation), read_parquet(tuning) if tuning.is_file() else None)
+        text = with_defaults_table(declaration.read_text("utf-8"), chosen)
+    except DefaultsError as error:
+        return _fail(error)
+    write_with_atomic(declaration, lambda tmp: tmp.write_text(text, "utf-8"))
+    print(f"\nadopted the validation choice into {declaration}:\n\n{chosen.as_toml()}\n`xlr run --stale` trains it")
     return 0
 
 
@@ -697,6 +718,11 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--objectives", nargs="+", choices=OBJECTIVES, help="objectives (default all)")
     grid.add_argument(
         "--rerun", action="store_true", help="retrain the grid even if it exists (e.g. after changing --seeds)"
+    )
+    grid.add_argument(
+        "--adopt",
+        action="store_true",
+        help="write the configuration chosen on validation into the dataset's dataset.toml [defaults] (what xlr run trains)",
     )
     grid.set_defaults(handler=command_grid)
 

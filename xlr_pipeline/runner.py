@@ -167,7 +167,11 @@ def _materialize(
     """One run of `keys`; `asset_configs` maps an asset name (e.g. projection_head) to its Config in any lane.
 
     The assets come from the pipeline's definitions, with its settings resource already bound."""
-    ops = {pipeline.op_name(key): asset_configs[asset_name(key)] for key in keys if asset_name(key) in asset_configs}
+    ops = {
+        pipeline.op_name(key): given_run_config(asset_configs[asset_name(key)])
+        for key in keys
+        if asset_name(key) in asset_configs
+    }
     result = dg.materialize(
         pipeline.assets(),
         selection=keys,
@@ -178,6 +182,13 @@ def _materialize(
     )
     if not result.success:
         raise RunFailed(f"{what} failed: {_first_error(result)}")
+
+
+def given_run_config(config: dg.Config) -> dict:
+    """An op's run config with only the fields the caller set: a field left out keeps its default in the asset,
+    which for the head is the dataset's `[defaults]` (Dagster's own conversion would write every default in)."""
+    values = config._convert_to_config_dictionary()
+    return {"config": {name: value for name, value in values.items() if name in config.model_fields_set}}
 
 
 def materialize_target(
@@ -191,8 +202,9 @@ def materialize_target(
 
 
 def head_config_of(asset_configs: dict[str, dg.Config]) -> dict:
+    """The head options given (each lane puts them over its own `[defaults]`)."""
     config = asset_configs.get("projection_head") or HeadTrainingConfig()
-    return config.head_config().as_dict()
+    return config.given()
 
 
 def _resolver(

@@ -27,9 +27,11 @@ def make_emoji_subset(
     name: str = DATASET,
     first: int = 0,
     n_val: int = 0,
+    with_defaults: bool = False,
 ) -> Path:
     """Copy a deterministic slice of data/emoji_cldr (images, split, captions) into `target`/`name`,
-    declared under that name; `first` skips that many train, validation and test images of the shipped split."""
+    declared under that name; `first` skips that many train, validation and test images of the shipped split.
+    Its `[defaults]` table is dropped unless `with_defaults` (the project's defaults: the fast encoders)."""
     source = SHIPPED / "emoji_cldr"
     dataset = target / name
     (dataset / "images").mkdir(parents=True)
@@ -52,9 +54,12 @@ def make_emoji_subset(
         lines = (source / "captions" / f"{language}.tsv").read_text("utf-8").splitlines()
         kept = [lines[0]] + [line for line in lines[1:] if line.split("\t", 1)[0] in keep]
         (dataset / "captions" / f"{language}.tsv").write_text("\n".join(kept) + "\n", "utf-8")
-    (dataset / "dataset.toml").write_text(
-        (source / "dataset.toml").read_text("utf-8").replace('name = "emoji_cldr"', f'name = "{name}"'), "utf-8"
-    )
+    declaration = (source / "dataset.toml").read_text("utf-8").replace('name = "emoji_cldr"', f'name = "{name}"')
+    if (
+        not with_defaults
+    ):  # the project's own defaults (fast encoders, the hinge head) unless a test wants the shipped ones
+        declaration = declaration.split("\n[defaults]")[0] + "\n"
+    (dataset / "dataset.toml").write_text(declaration, "utf-8")
     return dataset
 
 

@@ -125,7 +125,7 @@ def test_every_asset_writes_what_it_promises(chain):
 
 
 def test_duckdb_holds_both_directions_for_every_language(chain):
-    settings = chain[0].settings
+    settings = chain[0].lane(DATASET).settings(chain[0].settings)
     with duckdb.connect(str(settings.results_db), read_only=True) as connection:
         rows = connection.execute(
             "SELECT language, direction, k, recall, n_queries FROM recall r JOIN runs USING (run_id) "

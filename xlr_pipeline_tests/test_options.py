@@ -135,3 +135,12 @@ def test_an_instance_keeps_one_data_folder_and_refuses_another(tmp_path, capsys,
         and f"keeps the runs of data folder {tmp_path / 'first'}, not {tmp_path / 'second'}" in err
     )
     assert "set DAGSTER_HOME to a folder of its own" in err
+
+
+def test_only_the_head_options_given_reach_the_run_so_the_dataset_defaults_fill_the_rest():
+    from xlr_pipeline.runner import given_run_config
+
+    assert given_run_config(HeadTrainingConfig(epochs=5, learning_rate=0.01)) == {
+        "config": {"epochs": 5, "learning_rate": 0.01}
+    }
+    assert given_run_config(HeadTrainingConfig()) == {"config": {}}

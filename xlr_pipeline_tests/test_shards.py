@@ -183,7 +183,8 @@ def test_caption_shards_that_do_not_cover_the_captions_are_refused(tmp_path):
     outputs = outputs_for(tmp_path)
     captions = pl.read_parquet(outputs.captions_path("de")).filter(pl.col("split") == "test")
     paths = [outputs.text_embedding_shard_path("de", shard) for shard in shard_keys(2)]
-    model = pipeline_for(tmp_path).settings.text_model
+    pipeline = pipeline_for(tmp_path)
+    model = pipeline.lane(DATASET).settings(pipeline.settings).text_model
     assert _union_of_caption_shards(captions, paths, model).height == captions.height
     with pytest.raises(
         DatasetError,

@@ -87,6 +87,7 @@ def build_image_embedding_shards(lane: Lane, images: dg.AssetsDefinition) -> dg.
         """Frozen image-encoder features of one shard of the usable images (stable hash buckets of image ids,
         `image_shards` in dataset.toml). Cached by (image content hash, model id): an image is never encoded twice
         by the same model, whichever shard or process encodes it."""
+        settings = lane.settings(settings)  # this dataset's encoders
         outputs = lane.outputs(settings)
         with clear_failures():
             shards = ImageSet.read(require_file(outputs.images_path, f"{lane.name}/images")).split(
@@ -164,6 +165,7 @@ def build_image_embeddings(lane: Lane, shards: dg.AssetsDefinition) -> dg.Assets
     def image_embeddings(context: dg.AssetExecutionContext, settings: XlrSettings) -> dg.MaterializeResult:
         """Every usable image's vector, in the `images` asset's order: the union of all image shards. What every
         downstream asset reads (one file, whatever the shard count)."""
+        settings = lane.settings(settings)  # this dataset's encoders
         spec = lane.spec
         outputs = lane.outputs(settings)
         path = outputs.image_embeddings_path
@@ -331,6 +333,7 @@ def build_text_embeddings(lane: Lane, captions: dg.AssetsDefinition) -> dg.Asset
         Only what is used is encoded: test-split captions of every language, plus train-split captions of
         the dataset's training language. Cached by (caption hash, model id).
         """
+        settings = lane.settings(settings)  # this dataset's encoders
         with clear_failures():
             encoder = settings.text_encoder()
 
@@ -365,6 +368,7 @@ def _build_sharded_text_embeddings(lane: Lane, captions: dg.AssetsDefinition) ->
     @dg.op(name=f"{prefix}_embed_shard", ins={"shard": dg.In(dg.Nothing)}, tags={"kind": "pytorch"})
     def embed_caption_shard(context: dg.OpExecutionContext, settings: XlrSettings) -> None:
         """One shard of one language's needed captions, written to `text_embeddings/shards/<language>/<shard>.parquet`."""
+        settings = lane.settings(settings)  # this dataset's encoders
         language, shard = context.partition_key, context.get_mapping_key().replace("_", "-")
         index, count = parse_shard_key(shard)
         with clear_failures():
@@ -385,6 +389,7 @@ def _build_sharded_text_embeddings(lane: Lane, captions: dg.AssetsDefinition) ->
         },
     )
     def union_caption_shards(context: dg.OpExecutionContext, settings: XlrSettings):
+        settings = lane.settings(settings)  # this dataset's encoders
         language = context.partition_key
         outputs = lane.outputs(settings)
         with clear_failures():

@@ -257,6 +257,7 @@ def build_experiments(
         caption words and wordfreq's frequent words per language): no parallel data, no dictionary, and no
         caption of any other language or of the test split is read.
         """
+        settings = lane.settings(settings)  # this dataset's encoders
         outputs = lane.outputs(settings)
         source = require_file(outputs.captions_path(train_language), f"{lane.name}/captions[{train_language}]")
         train = read_parquet(source).filter(pl.col("split") == "train")
@@ -354,6 +355,7 @@ def build_experiments(
         `text_augmentations`' lexicon, with the switched words' input embeddings mixed with the English
         words' inside the model; `core/models/encoder_finetune.py`). Writes the changed layers per arm, named by their
         content, and `finetuned_encoders.parquet` with the model ids the grid compares."""
+        settings = lane.settings(settings)  # this dataset's encoders
         from xlr_pipeline.core.models.e5_torch import TrainableE5
         from xlr_pipeline.core.models.encoder_finetune import finetune
 
@@ -439,6 +441,7 @@ def build_experiments(
         after the chain's embeddings exist); "Materialize all" on the global graph includes it. Smaller grids:
         set `objectives`, `augmentations` and `seeds` in the launchpad.
         """
+        settings = lane.settings(settings)  # this dataset's encoders
         from xlr_pipeline.core.training.head import TrainingResult
         from xlr_pipeline.core.training.training_pool import train_heads
 
@@ -680,6 +683,7 @@ def build_experiments(
     def grid_report(context: dg.AssetExecutionContext, settings: XlrSettings) -> dg.MaterializeResult:
         """Markdown + PNG report of the grid: zero-shot mean R@1/R@5 with bootstrap CIs, paired tests, per-language
         bars, and a summary generated from the numbers. Written to `<data_dir>/reports/<dataset>/`."""
+        settings = lane.settings(settings)  # this dataset's encoders
         outputs = lane.outputs(settings)
         folder = outputs.experiments
         hits_path = require_file(folder / "grid_hits.parquet", f"{lane.name}/experiment_grid")

@@ -11,6 +11,7 @@ import dagster as dg
 from xlr_pipeline.core.data.datasets import DatasetSpec
 from xlr_pipeline.core.data.shards import shard_keys
 from xlr_pipeline.core.storage.outputs import DatasetOutputs
+from xlr_pipeline.core.training.configs import HeadConfig
 from xlr_pipeline.defs.resources import XlrSettings
 
 # Language-partitioned assets run a backfill of many languages as one run (`BackfillPolicy.single_run`): one
@@ -89,6 +90,14 @@ class Lane:
 
     def keys(self, assets: tuple[str, ...]) -> list[dg.AssetKey]:
         return [self.key(asset) for asset in assets]
+
+    def settings(self, settings: XlrSettings) -> XlrSettings:
+        """The settings with this dataset's encoders resolved (`XlrSettings.for_dataset`)."""
+        return settings.for_dataset(self.spec)
+
+    def head_config(self, overrides: dict) -> HeadConfig:
+        """The head this lane trains: its `[defaults]`, then the options given."""
+        return self.spec.defaults.head_config(overrides)
 
     def outputs(self, settings: XlrSettings) -> DatasetOutputs:
         return settings.outputs(self.name)

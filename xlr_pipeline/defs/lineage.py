@@ -70,6 +70,7 @@ def _captions_config(settings: XlrSettings, lane: Lane, partition: str | None, h
 
 
 def _image_embeddings_config(settings: XlrSettings, lane: Lane, partition: str | None, head_config: dict) -> dict:
+    settings = lane.settings(settings)
     return {
         "dataset": lane.name,
         "image_model": settings.image_model,
@@ -79,6 +80,7 @@ def _image_embeddings_config(settings: XlrSettings, lane: Lane, partition: str |
 
 def _text_model_config(settings: XlrSettings, lane: Lane, partition: str | None, head_config: dict) -> dict:
     """Text embeddings and the grid's augmentations: the dataset, its training language and the text model."""
+    settings = lane.settings(settings)
     return {
         "dataset": lane.name,
         "train_language": lane.train_language,
@@ -88,10 +90,11 @@ def _text_model_config(settings: XlrSettings, lane: Lane, partition: str | None,
 
 
 def _head_config(settings: XlrSettings, lane: Lane, partition: str | None, head_config: dict) -> dict:
-    return {"train_language": lane.train_language, **head_config}
+    return {"train_language": lane.train_language, **lane.head_config(head_config).as_dict()}
 
 
 def _tags_config(settings: XlrSettings, lane: Lane, partition: str | None, head_config: dict) -> dict:
+    settings = lane.settings(settings)
     declared = lane.spec.tag_file(partition) if partition else None
     return {"text_model": settings.text_model, "tag_file_sha256": sha256_file(declared) if declared else ""}
 

@@ -48,11 +48,14 @@ class XlrSettings(dg.ConfigurableResource):
         default=[], description="More folders holding datasets (each a folder with a dataset.toml, or one such folder)"
     )
     image_model: str = Field(
-        default=DEFAULT_IMAGE_MODEL, description="Frozen image encoder id, e.g. torchvision:resnet50"
+        default="",
+        description="Frozen image encoder id for every dataset, e.g. torchvision:resnet50 (empty: each dataset's "
+        f"[defaults] image_model, else {DEFAULT_IMAGE_MODEL})",
     )
     text_model: str = Field(
-        default=DEFAULT_TEXT_MODEL,
-        description="Frozen text encoder id, e.g. sentence-transformers:sentence-transformers/LaBSE",
+        default="",
+        description="Frozen text encoder id for every dataset, e.g. sentence-transformers:sentence-transformers/LaBSE "
+        f"(empty: each dataset's [defaults] text_model, else {DEFAULT_TEXT_MODEL})",
     )
     image_batch_size: int = Field(default=32, description="Images per encoder batch")
     text_batch_size: int = Field(default=64, description="Captions per encoder batch")
@@ -176,12 +179,22 @@ class XlrSettings(dg.ConfigurableResource):
         exports = Path(self.export_dir).expanduser().resolve() if self.export_dir else self.root / "cache" / "onnx"
         return EncoderRuntime(self.encoder_backend, exports, self.step_threads)
 
+    def for_dataset(self, spec: DatasetSpec) -> XlrSettings:
+        """These settings with the encoders one dataset uses: those set here (flag, variable), else the
+        dataset's `[defaults]`, else the project's defaults."""
+        image = self.image_model or spec.defaults.image_model or DEFAULT_IMAGE_MODEL
+        text = self.text_model or spec.defaults.text_model or DEFAULT_TEXT_MODEL
+        if (image, text) == (self.image_model, self.text_model):
+            return self
+        fields = {name: getattr(self, name) for name in type(self).model_fields}
+        return XlrSettings(**(fields | {"image_model": image, "text_model": text}))
+
     def image_encoder(self, model_id: str | None = None) -> ImageEncoder:
         """An image model (default: the configured one) on the configured backend."""
-        return load_image_encoder(model_id or self.image_model, self.encoder_runtime)
+        return load_image_encoder(model_id or self.image_model or DEFAULT_IMAGE_MODEL, self.encoder_runtime)
 
     def text_encoder(self, model_id: str | None = None) -> TextEncoder:
-        return load_text_encoder(model_id or self.text_model, self.encoder_runtime)
+        return load_text_encoder(model_id or self.text_model or DEFAULT_TEXT_MODEL, self.encoder_runtime)
 
     def search_service(self) -> SearchService:
         """Text and image search over every dataset found under the roots (`xlr search`, `xlr serve`)."""

@@ -95,6 +95,7 @@ def build_tagging(
         tag file, else the keywords of its captions) embedded by the frozen text encoder and projected by the
         English-trained head; an image's tags are the nearest vocabulary entries. Top tags go to Parquet and
         to DuckDB `tags`; the embedded vocabulary is kept for `tagging_report` and `xlr tag`."""
+        settings = lane.settings(settings)  # this dataset's encoders
         from xlr_pipeline.core.training.head import head_fingerprint, head_from_bytes
 
         outputs = lane.outputs(settings)
@@ -192,6 +193,7 @@ def build_tagging(
         image's scores averaged over heads of several seeds; paired sign-flip tests per language and metric
         with Holm–Bonferroni over all of them. Rows in DuckDB `tagging`, `tagging_tests`; Markdown in
         `reports/<dataset>/tagging.md`."""
+        settings = lane.settings(settings)  # this dataset's encoders
         from xlr_pipeline.core.training.head import head_fingerprint, head_from_bytes, train_head
 
         outputs = lane.outputs(settings)

@@ -71,6 +71,11 @@ class HeadTrainingConfig(dg.Config):
     def head_config(self) -> HeadConfig:
         return HeadConfig(**self.model_dump())
 
+    def given(self) -> dict:
+        """The values set in the run config or on the command line: what overrides the dataset's `[defaults]`
+        (a field left out of the launchpad's config takes the dataset's default)."""
+        return self.model_dump(include=self.model_fields_set)
+
 
 def training_pairs(images: pl.DataFrame, texts: pl.DataFrame) -> pl.DataFrame:
     """Train-split captions joined to their image's features; one row per caption."""
@@ -129,7 +134,7 @@ def build_projection_head(
             raise dg.Failure(
                 f"only {pairs.height} train-split {train_language} captions match train images in {lane.name}"
             )
-        head_config = config.head_config()
+        head_config = lane.head_config(config.given())
         context.log.info(f"training on {pairs.height} {train_language} pairs: {head_config}")
         try:
             result = train_head(
@@ -162,7 +167,7 @@ def build_projection_head(
             metadata={
                 **provenance.as_dict(),
                 "head_config": head_config.as_dict(),
-                **_loss_metadata(result.loss_history, f"{lane.name}: {config.objective}"),
+                **_loss_metadata(result.loss_history, f"{lane.name}: {head_config.objective}"),
                 "loss_history": dg.MetadataValue.path(str(outputs.loss_history_path)),
                 "path": dg.MetadataValue.path(str(outputs.head_path)),
                 **lineage_metadata(

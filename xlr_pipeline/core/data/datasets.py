@@ -31,6 +31,7 @@ from xlr_pipeline.core.data.readers import (
     read_text_strict,
 )
 from xlr_pipeline.core.data.shards import MAX_SHARDS
+from xlr_pipeline.core.training.defaults import DefaultsError, LaneDefaults
 
 __all__ = [
     "CaptionFileError",
@@ -109,6 +110,8 @@ class DatasetSpec:
     # own step of the language's run: an executor with several workers (multiprocess, Dask, Kubernetes) runs
     # them in parallel.
     caption_shards: int = 1
+    # `[defaults]`: the encoders and head `xlr run` trains unless told otherwise, and the grid run that chose them.
+    defaults: LaneDefaults = LaneDefaults()
 
     @classmethod
     def load(cls, root: Path) -> DatasetSpec:
@@ -171,6 +174,12 @@ class DatasetSpec:
                 raise DatasetError(
                     f"{spec_file}: {field} must be a whole number from 1 to {MAX_SHARDS}, not {shards!r}"
                 )
+        if not isinstance(raw.get("defaults", {}), dict):
+            raise DatasetError(f"{spec_file}: defaults must be a table ([defaults])")
+        try:
+            raw["defaults"] = LaneDefaults.from_table(raw.get("defaults", {}))
+        except DefaultsError as error:
+            raise DatasetError(f"{spec_file}: {error}") from None
         return cls(root=root, **raw)
 
     @property

@@ -180,6 +180,8 @@ def plan_cells(plan: GridPlan, text_model: str, image_model: str) -> list[Cell]:
         ]
     pairs = [(model, image_model) for model in plan.other_text_models]
     pairs += [(text, image) for image in plan.other_image_models for text in plan.image_text_models or [text_model]]
+    # a comparison encoder that is the main one (a dataset whose default already is it) adds no cells of its own
+    pairs = [pair for pair in dict.fromkeys(pairs) if pair != (text_model, image_model)]
     for text, image in pairs:
         cells += [
             Cell(o, "none", s, text, image, with_random_baseline=o == first)

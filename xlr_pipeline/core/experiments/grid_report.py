@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 
 from xlr_pipeline.core.experiments.stats import Estimate, PairedTest, hierarchical_ci, holm_adjusted, paired_test
-from xlr_pipeline.core.experiments.tuning import best_system
+from xlr_pipeline.core.experiments.tuning import best_system, selection_candidates
 from xlr_pipeline.core.training.choices import ENGLISH_ONLY_TEXT_MODEL
 
 SIGNIFICANCE = 0.05
@@ -178,9 +178,7 @@ def validation_sections(
             chosen = group.filter(pl.col("chosen")).row(0, named=True)
             default = group.filter(pl.col("candidate") == 0).row(0, named=True)
             lines.append(f"| {objective} | `{chosen['parameters']}` | {chosen['score']:.4f} | {default['score']:.4f} |")
-    trained = validation.filter(
-        (pl.col("text_model") != ENGLISH_ONLY_TEXT_MODEL) & (pl.col("objective") != "random_init")
-    )
+    trained = selection_candidates(validation)
     chosen_system = best_system(trained, SYSTEM_COLUMNS)
     score = trained.filter(pl.all_horizontal([pl.col(c) == v for c, v in zip(SYSTEM_COLUMNS, chosen_system)]))[
         "score"

@@ -18,7 +18,9 @@ import polars as pl
 
 from xlr_pipeline.core.experiments.grid import TrainingData, TrainingJob
 from xlr_pipeline.core.scoring.metrics import evaluate_head
+from xlr_pipeline.core.training.choices import ENGLISH_ONLY_TEXT_MODEL
 from xlr_pipeline.core.training.configs import HeadConfig
+from xlr_pipeline.core.training.defaults import DefaultsError, LaneDefaults
 
 if TYPE_CHECKING:
     from xlr_pipeline.core.training.head import ProjectionHead
@@ -133,3 +135,29 @@ def best_system(validation: pl.DataFrame, system_columns: Sequence[str]) -> tupl
         .sort([pl.col("score"), *system_columns], descending=[True] + [False] * len(system_columns))
     )
     return tuple(means.row(0)[: len(system_columns)])
+
+
+def selection_candidates(validation: pl.DataFrame) -> pl.DataFrame:
+    """The systems a configuration may be chosen from: every trained one but the English-only control (which
+    cannot transfer, and English validation cannot tell)."""
+    return validation.filter((pl.col("text_model") != ENGLISH_ONLY_TEXT_MODEL) & (pl.col("objective") != "random_init"))
+
+
+def validation_choice(validation: pl.DataFrame, tuning: pl.DataFrame | None) -> LaneDefaults:
+    """The configuration a grid chose on the validation split, as a dataset's `[defaults]`: its encoders, its
+    objective with the values tuned for it, and the grid's step budget (so `xlr run` trains what was chosen)."""
+    objective, augmentation, text_model, image_model = best_system(
+        selection_candidates(validation), ("objective", "augmentation", "text_model", "image_model")
+    )
+    if augmentation != "none":
+        raise DefaultsError(
+            f"the validation choice trains with augmentation {augmentation!r}, which `xlr run` does not: "
+            "adopt it by hand, or run a grid without augmented cells"
+        )
+    head: dict[str, object] = {"objective": objective}
+    if tuning is not None:
+        chosen = tuning.filter(pl.col("chosen") & (pl.col("objective") == objective))
+        head |= json.loads(chosen["parameters"][0]) | {"steps": int(chosen["steps"][0])}
+    return LaneDefaults.from_table(
+        {"image_model": image_model, "text_model": text_model, "chosen_by": validation["grid_run_id"][0], **head}
+    )
