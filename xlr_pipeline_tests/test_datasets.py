@@ -427,3 +427,12 @@ def test_a_lane_trains_its_defaults_unless_an_option_is_given(tmp_path):
         other.settings(pipeline.settings).text_model == DEFAULT_TEXT_MODEL
         and other.head_config({}).objective == "hinge"
     )
+
+
+def test_given_epochs_replace_a_default_step_budget():
+    from xlr_pipeline.core.training.defaults import LaneDefaults
+
+    defaults = LaneDefaults.from_table({"objective": "infonce", "steps": 840})
+    assert defaults.head_config({}).steps == 840
+    assert defaults.head_config({"epochs": 5}).steps is None and defaults.head_config({"epochs": 5}).epochs == 5
+    assert defaults.head_config({"epochs": 5, "steps": 10}).steps == 10

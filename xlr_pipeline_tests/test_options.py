@@ -55,7 +55,7 @@ def test_every_range_is_checked_in_core_and_in_the_launchpad_config():
                 HeadTrainingConfig(**{option: bad})
     with pytest.raises(ConfigError, match=r"margin must be a finite number in \(0, 2\], not 0"):
         HeadConfig(margin=0)
-    assert HeadTrainingConfig(margin=None, steps=None).head_config() == HeadConfig()
+    assert HeadConfig(**HeadTrainingConfig(margin=None, steps=None).given()) == HeadConfig()
 
 
 def test_a_launchpad_run_with_an_infinite_learning_rate_fails_before_training():

@@ -1,3 +1,5 @@
+from typing import Literal, get_args
+
 import dagster as dg
 import numpy as np
 import polars as pl
@@ -26,55 +28,67 @@ from xlr_pipeline.defs.resources import XlrSettings, require_file
 from xlr_pipeline.defs.versions import CODE_VERSIONS
 
 _DEFAULT = HeadConfig()
+UNSET = "unset: the dataset's dataset.toml [defaults], else"
+# Dagster's config has no optional choice, so a choice field offers "default": the dataset's, else the project's.
+DATASET_DEFAULT = "default"
+ArchitectureChoice = Literal[(DATASET_DEFAULT, *get_args(Architecture))]
+ObjectiveChoice = Literal[(DATASET_DEFAULT, *get_args(Objective))]
+NegativesChoice = Literal[(DATASET_DEFAULT, *get_args(NegativeMining))]
 
 
 class HeadTrainingConfig(dg.Config):
-    """Hyperparameters of the projection head (shown in the launchpad)."""
+    """Hyperparameters of the projection head (shown in the launchpad). A field left empty takes the dataset's
+    `[defaults]`, else the project's default (named in each description)."""
 
-    architecture: Architecture = Field(
-        _DEFAULT.architecture,
-        description="One linear layer per modality, a 2-layer MLP, or identity (no head: an aligned CLIP-family pair as it is)",
+    architecture: ArchitectureChoice = Field(
+        DATASET_DEFAULT,
+        description="One linear layer per modality, a 2-layer MLP, or identity (no head: an aligned CLIP-family pair "
+        f"as it is); {UNSET} {_DEFAULT.architecture}",
     )
-    embed_dim: int = Field(_DEFAULT.embed_dim, description="Dimension of the shared space")
-    hidden_dim: int = Field(_DEFAULT.hidden_dim, description="Hidden width of the MLP branches")
-    objective: Objective = Field(
-        _DEFAULT.objective,
+    embed_dim: int | None = Field(None, description=f"Dimension of the shared space; {UNSET} {_DEFAULT.embed_dim}")
+    hidden_dim: int | None = Field(None, description=f"Hidden width of the MLP branches; {UNSET} {_DEFAULT.hidden_dim}")
+    objective: ObjectiveChoice = Field(
+        DATASET_DEFAULT,
         description="'hinge': plain triplet hinge; 'patr': the paper's positive-aware triplet ranking; 'm3': patr + text "
-        "repulsion (the paper's m3); 'm3_pull': patr + extra positive pull (control); 'infonce': symmetric CLIP-style",
+        "repulsion (the paper's m3); 'm3_pull': patr + extra positive pull (control); 'infonce': symmetric CLIP-style; "
+        f"{UNSET} {_DEFAULT.objective}",
     )
     margin: float | None = Field(
-        _DEFAULT.margin,
+        None,
         description="hinge: margin on cosine similarity (unset: 0.1); patr/m3/m3_pull: η on cosine distance (unset: 1.0)",
     )
-    negatives: NegativeMining = Field(
-        _DEFAULT.negatives, description="Average all violating in-batch negatives, or only the hardest"
+    negatives: NegativesChoice = Field(
+        DATASET_DEFAULT,
+        description=f"Average all violating in-batch negatives, or only the hardest; {UNSET} {_DEFAULT.negatives}",
     )
-    text_margin: float = Field(
-        _DEFAULT.text_margin, description="m3: β2, distance margin of the caption-vs-other-captions term"
+    text_margin: float | None = Field(
+        None,
+        description=f"m3: β2, distance margin of the caption-vs-other-captions term; {UNSET} {_DEFAULT.text_margin}",
     )
-    text_weight: float = Field(_DEFAULT.text_weight, description="m3/m3_pull: α3, weight of the extra term (0 = patr)")
-    temperature: float = Field(_DEFAULT.temperature, description="infonce: softmax temperature")
-    epochs: int = Field(_DEFAULT.epochs, description="Passes over the training-language pairs")
-    steps: int | None = Field(
-        _DEFAULT.steps, description="Fixed number of optimiser steps instead of epochs (unset: epochs)"
+    text_weight: float | None = Field(
+        None, description=f"m3/m3_pull: α3, weight of the extra term (0 = patr); {UNSET} {_DEFAULT.text_weight}"
     )
-    batch_size: int = Field(_DEFAULT.batch_size, description="Pairs per batch (in-batch negatives come from here)")
-    learning_rate: float = Field(_DEFAULT.learning_rate, description="AdamW learning rate")
-    weight_decay: float = Field(_DEFAULT.weight_decay, description="AdamW weight decay")
-    seed: int = Field(_DEFAULT.seed, description="Seeds initialisation and batch order")
+    temperature: float | None = Field(None, description=f"infonce: softmax temperature; {UNSET} {_DEFAULT.temperature}")
+    epochs: int | None = Field(
+        None,
+        description=f"Passes over the training-language pairs (given alone, it replaces a default step budget); {UNSET} {_DEFAULT.epochs}",
+    )
+    steps: int | None = Field(None, description="Fixed number of optimiser steps instead of epochs (unset: epochs)")
+    batch_size: int | None = Field(
+        None, description=f"Pairs per batch (in-batch negatives come from here); {UNSET} {_DEFAULT.batch_size}"
+    )
+    learning_rate: float | None = Field(None, description=f"AdamW learning rate; {UNSET} {_DEFAULT.learning_rate}")
+    weight_decay: float | None = Field(None, description=f"AdamW weight decay; {UNSET} {_DEFAULT.weight_decay}")
+    seed: int | None = Field(None, description=f"Seeds initialisation and batch order; {UNSET} {_DEFAULT.seed}")
 
     @model_validator(mode="after")
     def _in_range(self) -> "HeadTrainingConfig":
-        self.head_config()  # a value outside HEAD_RANGES is refused when the run config is read, before any step
+        HeadConfig(**self.given())  # a value outside HEAD_RANGES is refused when the run config is read
         return self
 
-    def head_config(self) -> HeadConfig:
-        return HeadConfig(**self.model_dump())
-
     def given(self) -> dict:
-        """The values set in the run config or on the command line: what overrides the dataset's `[defaults]`
-        (a field left out of the launchpad's config takes the dataset's default)."""
-        return self.model_dump(include=self.model_fields_set)
+        """The values given (run config, launchpad, command line): what overrides the dataset's `[defaults]`."""
+        return {name: value for name, value in self.model_dump().items() if value not in (None, DATASET_DEFAULT)}
 
 
 def training_pairs(images: pl.DataFrame, texts: pl.DataFrame) -> pl.DataFrame:

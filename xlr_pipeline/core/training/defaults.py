@@ -51,8 +51,12 @@ class LaneDefaults:
         )
 
     def head_config(self, overrides: Mapping[str, object]) -> HeadConfig:
-        """The head this dataset trains: its defaults, then the options given (CLI, launchpad) on top."""
-        return HeadConfig(**{**dict(self.head), **overrides})
+        """The head this dataset trains: its defaults, then the options given (CLI, launchpad) on top; epochs given
+        without steps replace a default step budget (steps would otherwise win)."""
+        defaults = dict(self.head)
+        if "epochs" in overrides and "steps" not in overrides:
+            defaults.pop("steps", None)
+        return HeadConfig(**{**defaults, **overrides})
 
     def as_toml(self) -> str:
         """The `[defaults]` table (values as TOML literals: JSON's strings and numbers are TOML's too)."""
