@@ -11,8 +11,9 @@ import pytest
 from xlr_pipeline.core.data.datasets import DatasetError, DatasetSpec
 from xlr_pipeline.core.data.image_sources import ImageSet
 from xlr_pipeline.core.data.shards import parse_shard_key, shard_indices, shard_keys, shard_of
+from xlr_pipeline.core.models.embeddings import union_of_shards
 from xlr_pipeline.core.models.threads import available_cores
-from xlr_pipeline.defs.embed import _union_of_caption_shards
+from xlr_pipeline.defs.embed import CAPTION_SHARDS, caption_hashes
 from xlr_pipeline.runner import run_pipeline
 from xlr_pipeline_tests.conftest import DATASET, location_job, make_emoji_subset, outputs_for, pipeline_for
 
@@ -185,19 +186,21 @@ def test_caption_shards_that_do_not_cover_the_captions_are_refused(tmp_path):
     paths = [outputs.text_embedding_shard_path("de", shard) for shard in shard_keys(2)]
     pipeline = pipeline_for(tmp_path)
     model = pipeline.lane(DATASET).settings(pipeline.settings).text_model
-    assert _union_of_caption_shards(captions, paths, model).height == captions.height
+    assert union_of_shards(caption_hashes(captions), paths, model, CAPTION_SHARDS).height == captions.height
     with pytest.raises(
         DatasetError,
         match=rf"do not match the {captions.height} needed captions embedded by another:model \(e\.g\. \['",
     ):
-        _union_of_caption_shards(captions, paths, "another:model")  # every row, but from another model
+        union_of_shards(
+            caption_hashes(captions), paths, "another:model", CAPTION_SHARDS
+        )  # every row, but from another model
     shard = pl.read_parquet(paths[1])
     shard.head(shard.height - 1).write_parquet(paths[1])  # one caption's vector lost
     with pytest.raises(
         DatasetError,
         match=rf"the caption shards \(2 files, {captions.height - 1} rows\) do not match the {captions.height} needed",
     ):
-        _union_of_caption_shards(captions, paths, model)
+        union_of_shards(caption_hashes(captions), paths, model, CAPTION_SHARDS)
 
 
 def test_more_caption_shards_than_captions_leaves_empty_shards_and_a_whole_table(tmp_path):

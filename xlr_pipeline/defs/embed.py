@@ -1,18 +1,23 @@
-from pathlib import Path
-
 import dagster as dg
 import numpy as np
 import polars as pl
 
-from xlr_pipeline.core.data.datasets import DatasetError, ImageRecord
+from xlr_pipeline.core.data.datasets import ImageRecord
 from xlr_pipeline.core.data.image_sources import ImageSet
 from xlr_pipeline.core.data.shards import parse_shard_key, shard_indices
 from xlr_pipeline.core.data.shards import shard_keys as shard_keys_of
 from xlr_pipeline.core.data.validation import duplicate_groups, norm_summary, vector_problems
-from xlr_pipeline.core.models.embeddings import ProgressCallback, embed_with_cache, vectors_of, with_vectors
+from xlr_pipeline.core.models.embeddings import (
+    ProgressCallback,
+    ShardUnion,
+    embed_with_cache,
+    union_of_shards,
+    vectors_of,
+    with_vectors,
+)
 from xlr_pipeline.core.models.encoders import ImageEncoder, TextEncoder, load_image
 from xlr_pipeline.core.models.threads import available_cores, limited_threads
-from xlr_pipeline.core.storage.locations import Location, combined_hash, read_parquet, sha256_text, write_parquet_atomic
+from xlr_pipeline.core.storage.locations import combined_hash, read_parquet, sha256_text, write_parquet_atomic
 from xlr_pipeline.defs.lane import Lane
 from xlr_pipeline.defs.lineage import CURRENT_CONFIG, VERSION_KEY, file_version, input_name, lineage_metadata
 from xlr_pipeline.defs.metadata import PartitionOutcome, file_data_version, materialize_partitions, progress_logger
@@ -176,7 +181,8 @@ def build_image_embeddings(lane: Lane, shards: dg.AssetsDefinition) -> dg.Assets
             shard_paths = {shard: outputs.image_embedding_shard_path(shard) for shard in shard_keys}
             for shard, shard_path in shard_paths.items():
                 require_file(shard_path, f"{lane.name}/image_embedding_shards[{shard}]")
-            frame = _union_of_shards(image_set, list(shard_paths.values()), settings.image_model)
+            wanted = image_set.usable.select("image_id", pl.col("sha256").alias("expected_hash"))
+            frame = union_of_shards(wanted, list(shard_paths.values()), settings.image_model, IMAGE_SHARDS)
         vectors = vectors_of(frame)
         write_parquet_atomic(frame, path)
         model_id = frame["model_id"][0]
@@ -210,24 +216,8 @@ def build_image_embeddings(lane: Lane, shards: dg.AssetsDefinition) -> dg.Assets
     return image_embeddings
 
 
-def _union_of_shards(image_set: ImageSet, shard_paths: list[Path], image_model: str) -> pl.DataFrame:
-    """The shards' rows in the image set's order; every usable image must be in exactly one shard, embedded from
-    its current content by the configured model (else the shards are out of date: a clear error, nothing written)."""
-    shards = pl.concat([read_parquet(path) for path in shard_paths])
-    wanted = image_set.usable.select("image_id", pl.col("sha256").alias("expected_hash"))
-    joined = wanted.join(shards, on="image_id", how="left", maintain_order="left")
-    out_of_date = joined.filter(
-        pl.col("content_hash").is_null()
-        | (pl.col("content_hash") != pl.col("expected_hash"))
-        | (pl.col("model_id") != image_model)
-    )
-    if shards.height != wanted.height or not out_of_date.is_empty():
-        examples = out_of_date["image_id"].head(5).to_list()
-        raise DatasetError(
-            f"the image shards ({len(shard_paths)} files, {shards.height} rows) do not match the {wanted.height} usable images "
-            f"embedded by {image_model} (e.g. {examples}): materialize image_embedding_shards again"
-        )
-    return joined.drop("expected_hash")
+IMAGE_SHARDS = ShardUnion("image", "usable images", "materialize image_embedding_shards again")
+CAPTION_SHARDS = ShardUnion("caption", "needed captions", "run text_embeddings again")
 
 
 def _distinct_images_check(records: list[ImageRecord], hashes: list[str]) -> dg.AssetCheckResult:
@@ -398,7 +388,7 @@ def _build_sharded_text_embeddings(lane: Lane, captions: dg.AssetsDefinition) ->
                 require_file(outputs.text_embedding_shard_path(language, shard), f"{key.to_user_string()}[{language}]")
                 for shard in shard_keys
             ]
-            frame = _union_of_caption_shards(needed, paths, settings.text_model)
+            frame = union_of_shards(caption_hashes(needed), paths, settings.text_model, CAPTION_SHARDS)
             encoder = settings.text_encoder()  # its dimension is what the vectors are checked against
         outcome = _write_text_embeddings(
             lane, settings, key, language, frame, encoder, needed, {"shards": len(shard_keys)}
@@ -425,20 +415,6 @@ def _build_sharded_text_embeddings(lane: Lane, captions: dg.AssetsDefinition) ->
     return text_embeddings
 
 
-def _union_of_caption_shards(needed: pl.DataFrame, shard_paths: list[Location], text_model: str) -> pl.DataFrame:
-    """The shards' rows in the captions' order; every needed caption must be in exactly one shard, embedded from
-    its current text by the configured model (else a clear error, nothing written)."""
-    shards = pl.concat([read_parquet(path) for path in shard_paths])
-    wanted = needed.select("caption_id", pl.Series("expected_hash", [sha256_text(text) for text in needed["caption"]]))
-    joined = wanted.join(shards, on="caption_id", how="left", maintain_order="left")
-    out_of_date = joined.filter(
-        pl.col("content_hash").is_null()
-        | (pl.col("content_hash") != pl.col("expected_hash"))
-        | (pl.col("model_id") != text_model)
-    )
-    if shards.height != wanted.height or not out_of_date.is_empty():
-        raise DatasetError(
-            f"the caption shards ({len(shard_paths)} files, {shards.height} rows) do not match the {wanted.height} needed "
-            f"captions embedded by {text_model} (e.g. {out_of_date['caption_id'].head(5).to_list()}): run text_embeddings again"
-        )
-    return joined.drop("expected_hash")
+def caption_hashes(needed: pl.DataFrame) -> pl.DataFrame:
+    """The needed captions' ids and the hash each one's vector must have been computed from."""
+    return needed.select("caption_id", pl.Series("expected_hash", [sha256_text(text) for text in needed["caption"]]))

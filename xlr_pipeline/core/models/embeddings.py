@@ -23,11 +23,15 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 import polars as pl
+
+from xlr_pipeline.core.data.readers import DatasetError
+from xlr_pipeline.core.storage.locations import Location, read_parquet
 
 Item = TypeVar("Item")
 Decoded = TypeVar("Decoded")
@@ -204,3 +208,34 @@ def with_vectors(frame: pl.DataFrame, vectors: np.ndarray, column: str = "vector
     return frame.with_columns(
         pl.Series(column, vectors.astype(np.float32), dtype=pl.Array(pl.Float32, vectors.shape[1]))
     )
+
+
+@dataclass(frozen=True)
+class ShardUnion:
+    """What the shards of one embedding table must hold, named for its error message."""
+
+    kind: str  # "image", "caption": the shards' name
+    items: str  # "usable images", "needed captions": what must be covered
+    remedy: str  # the command that rewrites the shards
+
+
+def union_of_shards(
+    wanted: pl.DataFrame, shard_paths: Sequence[Location], model_id: str, union: ShardUnion
+) -> pl.DataFrame:
+    """The shards' rows in `wanted`'s order (`wanted`: an id column, then `expected_hash`). Every wanted row must be
+    in exactly one shard, embedded from its current content by `model_id`; else the shards are out of date: a
+    `DatasetError` naming examples, nothing written."""
+    shards = pl.concat([read_parquet(path) for path in shard_paths])
+    id_column = wanted.columns[0]
+    joined = wanted.join(shards, on=id_column, how="left", maintain_order="left")
+    out_of_date = joined.filter(
+        pl.col("content_hash").is_null()
+        | (pl.col("content_hash") != pl.col("expected_hash"))
+        | (pl.col("model_id") != model_id)
+    )
+    if shards.height != wanted.height or not out_of_date.is_empty():
+        raise DatasetError(
+            f"the {union.kind} shards ({len(shard_paths)} files, {shards.height} rows) do not match the {wanted.height} "
+            f"{union.items} embedded by {model_id} (e.g. {out_of_date[id_column].head(5).to_list()}): {union.remedy}"
+        )
+    return joined.drop("expected_hash")
