@@ -32,7 +32,7 @@ from results_io import header, write_results
 
 from xlr_pipeline.core.models.threads import available_cores
 from xlr_pipeline.core.training.choices import DEFAULT_TEXT_MODEL
-from xlr_pipeline.defs.lanes import build_pipeline
+from xlr_pipeline.defs.pipeline import build_pipeline
 from xlr_pipeline.defs.resources import DEFAULT_DATA_DIR, XlrSettings
 from xlr_pipeline.runner import materialize_target, register_languages
 from xlr_pipeline.staleness import Target

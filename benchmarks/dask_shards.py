@@ -68,7 +68,7 @@ def on_dask(data_dir: Path) -> float:
     from dask.distributed import LocalCluster
 
     from xlr_pipeline.core.models.threads import available_cores
-    from xlr_pipeline.defs.lanes import build_pipeline
+    from xlr_pipeline.defs.pipeline import build_pipeline
     from xlr_pipeline.defs.resources import XlrSettings
     from xlr_pipeline.runner import materialize_target, register_languages
     from xlr_pipeline.staleness import Target

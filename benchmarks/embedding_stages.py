@@ -29,7 +29,7 @@ from results_io import RESULTS, header, write_results
 from xlr_pipeline.core.models.encoders import load_image, load_image_encoder, load_text_encoder
 from xlr_pipeline.core.models.threads import available_cores, limited_threads
 from xlr_pipeline.core.training.choices import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
-from xlr_pipeline.defs.lanes import build_pipeline
+from xlr_pipeline.defs.pipeline import build_pipeline
 from xlr_pipeline.defs.resources import DEFAULT_DATA_DIR, XlrSettings
 from xlr_pipeline.runner import materialize_concurrently, materialize_target, register_languages
 from xlr_pipeline.staleness import Target

@@ -18,7 +18,7 @@ from pathlib import Path
 import dagster as dg
 from results_io import emoji_copy_holding_back, header, write_results
 
-from xlr_pipeline.defs.lanes import build_pipeline
+from xlr_pipeline.defs.pipeline import build_pipeline
 from xlr_pipeline.defs.resources import XlrSettings
 from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline.runner import run_pipeline

@@ -23,7 +23,7 @@ from results_io import header, write_results
 
 from xlr_pipeline.core.storage.outputs import DEFAULT_DATA_DIR
 from xlr_pipeline.defs.lane import CHAIN_ASSETS
-from xlr_pipeline.defs.lanes import build_pipeline
+from xlr_pipeline.defs.pipeline import build_pipeline
 from xlr_pipeline.defs.resources import XlrSettings
 from xlr_pipeline.runner import run_pipeline
 from xlr_pipeline_tests.conftest import DATASET, make_emoji_subset

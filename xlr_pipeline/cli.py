@@ -72,7 +72,7 @@ def _settings(args: argparse.Namespace):
 
 def _pipeline(args: argparse.Namespace):
     """The lanes of every dataset under the data dir and the dataset roots, with the chosen models and backend."""
-    from xlr_pipeline.defs.lanes import build_pipeline
+    from xlr_pipeline.defs.pipeline import build_pipeline
 
     pipeline = build_pipeline(_settings(args))
     for message in pipeline.broken.values():

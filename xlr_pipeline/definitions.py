@@ -7,7 +7,7 @@ a reload, with no code change.
 import dagster as dg
 
 from xlr_pipeline.defs.executors import executor_from_environment
-from xlr_pipeline.defs.lanes import build_pipeline
+from xlr_pipeline.defs.pipeline import build_pipeline
 from xlr_pipeline.defs.resources import settings_from_environment
 
 

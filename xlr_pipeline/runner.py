@@ -24,7 +24,7 @@ from xlr_pipeline.core.models.threads import available_cores
 from xlr_pipeline.core.storage.locations import write_with_atomic
 from xlr_pipeline.core.storage.locks import exclusive_lanes
 from xlr_pipeline.defs.lane import CHAIN_ASSETS, LANGUAGE_ASSETS, Lane, asset_name
-from xlr_pipeline.defs.lanes import Pipeline, build_pipeline
+from xlr_pipeline.defs.pipeline import Pipeline, build_pipeline
 from xlr_pipeline.defs.resources import DEFAULT_DATA_DIR, XlrSettings
 from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline.staleness import StalenessResolver, Status, Target

@@ -22,7 +22,6 @@ from xlr_pipeline.core.data.datasets import DatasetError
 from xlr_pipeline.core.data.readers import ImagesNotAvailable
 from xlr_pipeline.core.reporting.results import has_recall_rows
 from xlr_pipeline.defs.lane import CHAIN_ASSETS, asset_name
-from xlr_pipeline.defs.lanes import Pipeline
 from xlr_pipeline.defs.lineage import (
     CONFIG_KEY,
     CURRENT_CONFIG,
@@ -34,6 +33,7 @@ from xlr_pipeline.defs.lineage import (
     input_name,
     output_location,
 )
+from xlr_pipeline.defs.pipeline import Pipeline
 
 # waiting: its images are not there yet and may not be downloaded (a COCO-sourced lane as shipped): not an error
 State = Literal["fresh", "missing", "stale", "error", "blocked", "waiting"]

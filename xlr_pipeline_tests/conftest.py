@@ -11,7 +11,7 @@ import dagster as dg
 import pytest
 
 from xlr_pipeline.core.storage.outputs import DatasetOutputs
-from xlr_pipeline.defs.lanes import Pipeline, build_pipeline
+from xlr_pipeline.defs.pipeline import Pipeline, build_pipeline
 from xlr_pipeline.defs.resources import DEFAULT_DATA_DIR, XlrSettings
 
 SHIPPED = DEFAULT_DATA_DIR

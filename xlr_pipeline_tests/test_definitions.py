@@ -5,7 +5,7 @@ import pytest
 
 from xlr_pipeline.core.data.datasets import DatasetError
 from xlr_pipeline.defs.lane import CHAIN_ASSETS, DIAGNOSTIC_ASSETS, EXPERIMENT_ASSETS, TAGGING_ASSETS
-from xlr_pipeline.defs.lanes import build_pipeline
+from xlr_pipeline.defs.pipeline import build_pipeline
 from xlr_pipeline.defs.resources import XlrSettings
 from xlr_pipeline_tests.conftest import DATASET, make_emoji_subset, pipeline_for
 

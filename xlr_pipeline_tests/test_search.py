@@ -45,7 +45,7 @@ def searchable(tmp_path_factory, subset_data_dir):
 
 
 def _pipeline(data_dir):
-    from xlr_pipeline.defs.lanes import build_pipeline
+    from xlr_pipeline.defs.pipeline import build_pipeline
 
     return build_pipeline(settings_for(data_dir))
 

@@ -1,4 +1,4 @@
-"""The lane factory: one dataset declaration → its assets, checks, sensor, schedule and job."""
+"""The code location for one settings object: a lane per dataset (the lane factory) merged into one `Pipeline`."""
 
 from __future__ import annotations
 
