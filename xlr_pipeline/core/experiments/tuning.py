@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
+from xlr_pipeline.core.experiments.comparisons import SYSTEM_COLUMNS
 from xlr_pipeline.core.experiments.grid import TrainingData, TrainingJob
 from xlr_pipeline.core.scoring.metrics import evaluate_head
 from xlr_pipeline.core.training.choices import ENGLISH_ONLY_TEXT_MODEL
@@ -146,9 +147,7 @@ def selection_candidates(validation: pl.DataFrame) -> pl.DataFrame:
 def validation_choice(validation: pl.DataFrame, tuning: pl.DataFrame | None) -> LaneDefaults:
     """The configuration a grid chose on the validation split, as a dataset's `[defaults]`: its encoders, its
     objective with the values tuned for it, and the grid's step budget (so `xlr run` trains what was chosen)."""
-    objective, augmentation, text_model, image_model = best_system(
-        selection_candidates(validation), ("objective", "augmentation", "text_model", "image_model")
-    )
+    objective, augmentation, text_model, image_model = best_system(selection_candidates(validation), SYSTEM_COLUMNS)
     if augmentation != "none":
         raise DefaultsError(
             f"the validation choice trains with augmentation {augmentation!r}, which `xlr run` does not: "

