@@ -176,11 +176,17 @@ def test_quarantined_rows_warn_but_keep_good_rows(fresh_data_dir, instance):
     assert pl.read_parquet(outputs.captions_path("de")).height == 190
 
 
-def test_corrupt_and_missing_images_are_named_and_left_out(fresh_data_dir, instance):
+def test_a_corrupt_image_stops_the_lane_and_a_missing_one_is_named_and_left_out(fresh_data_dir, instance):
     images = sorted((fresh_data_dir / DATASET / "images").iterdir())
-    images[3].write_bytes(b"not an image at all")
     images[5].unlink()
+    original = images[3].read_bytes()
+    images[3].write_bytes(b"not an image at all")
     pipeline = pipeline_for(fresh_data_dir)
+    failed = materialize(instance, pipeline, "images", raise_on_error=False)
+    message = "".join(str(event.event_specific_data) for event in failed.all_events if event.is_failure)
+    assert not failed.success and f"1 listed image(s) cannot be decoded — {images[3]}: cannot decode image" in message
+    assert "replace them or remove them from the image list" in message
+    images[3].write_bytes(original)
     result = materialize(instance, pipeline, "images")
     evaluation = next(
         e.event_specific_data
@@ -188,19 +194,13 @@ def test_corrupt_and_missing_images_are_named_and_left_out(fresh_data_dir, insta
         if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
         and e.event_specific_data.check_name == "all_images_usable"
     )
-    assert not evaluation.passed and evaluation.metadata["unusable"].value == 2
-    assert images[3].stem in evaluation.metadata["first"].value and images[5].stem in evaluation.metadata["first"].value
+    assert not evaluation.passed and evaluation.metadata["unusable"].value == 1
+    assert images[5].stem in evaluation.metadata["first"].value
     unusable = pl.read_parquet(pipeline.settings.outputs(DATASET).images_path).filter(pl.col("status") != "ok")
-    assert dict(zip(unusable["image_id"], unusable["status"])) == {
-        images[3].stem: "undecodable",
-        images[5].stem: "missing",
-    }
-    assert unusable.filter(pl.col("status") == "undecodable")["detail"][0].startswith(
-        f"{images[3]}: cannot decode image"
-    )
+    assert dict(zip(unusable["image_id"], unusable["status"])) == {images[5].stem: "missing"}
     result = embed_images(instance, pipeline)
     embedded = pl.read_parquet(pipeline.settings.outputs(DATASET).image_embeddings_path)
-    assert embedded.height == 188 and not {images[3].stem, images[5].stem} & set(embedded["image_id"])
+    assert embedded.height == 189 and images[5].stem not in set(embedded["image_id"])
 
 
 def test_byte_identical_images_under_two_ids_are_reported(fresh_data_dir, instance):

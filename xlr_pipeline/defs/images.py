@@ -28,7 +28,8 @@ def build_images(lane: Lane) -> dg.AssetsDefinition:
         usual layout), downloaded when allowed, size + sha256 + decode check per file.
 
         COCO-sourced datasets (XTD10) add English COCO train2014 images and their captions for training,
-        never one of the test images. A missing or undecodable image is a row naming it and why; downstream
+        never one of the test images. An image file that is there but cannot be decoded stops the lane, naming it; a
+        listed image that is not found (e.g. a COCO file not downloaded) is a row naming it and why, downstream
         assets use the usable ones and the count is reported here.
         """
         outputs = lane.outputs(settings)
@@ -49,6 +50,13 @@ def build_images(lane: Lane) -> dg.AssetsDefinition:
                 log,
             )
             frame = resolved.image_set
+            broken = frame.filter(pl.col("status") == "undecodable")
+            if broken.height:  # a file that is there but cannot be read is never silently left out
+                raise DatasetError(
+                    f"{lane.name}: {broken.height} listed image(s) cannot be decoded — "
+                    + "; ".join(broken["detail"].head(3).to_list())
+                    + ": replace them or remove them from the image list"
+                )
             usable_test = frame.filter((pl.col("status") == "ok") & (pl.col("split") == "test")).height
             if not usable_test:
                 raise DatasetError(

@@ -4,7 +4,7 @@ Stored with every run row, so each number in the results DuckDB says which code 
 """
 
 CODE_VERSIONS = {
-    "images": "1",
+    "images": "2",
     "captions": "3",
     "image_embedding_shards": "1",
     "image_embeddings": "3",
