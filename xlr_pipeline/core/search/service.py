@@ -132,12 +132,16 @@ class LoadedLane:
     signature: tuple
 
 
-def _load_lane(lane: SearchLane) -> LoadedLane:
+def _lane_signature(outputs: DatasetOutputs) -> tuple:
+    """What a loaded lane depends on: its head, index and index ids files."""
+    return tuple(_signature(p) for p in (outputs.head_path, outputs.index_path, outputs.index_ids_path))
+
+
+def _load_lane(lane: SearchLane, signature: tuple) -> LoadedLane:
     from xlr_pipeline.core.scoring.index import load_index
     from xlr_pipeline.core.training.head import head_from_bytes
 
     outputs = lane.outputs
-    signature = tuple(_signature(p) for p in (outputs.head_path, outputs.index_path, outputs.index_ids_path))
     missing = [
         p
         for p in (outputs.head_path, outputs.index_path, outputs.index_ids_path, outputs.images_path)
@@ -191,17 +195,18 @@ class _LaneState:
         self._loaded: LoadedLane | None = None
         self._lock = threading.Lock()
         self._captions: dict[str, tuple[tuple, LanguageCaptions]] = {}
+        # the last (language, file signature, head run) whose test captions were projected: (rows, vectors)
+        self.caption_vectors: dict[tuple, tuple] = {}
 
     def current(self) -> LoadedLane:
-        outputs = self.lane.outputs
-        signature = tuple(_signature(p) for p in (outputs.head_path, outputs.index_path, outputs.index_ids_path))
+        signature = _lane_signature(self.lane.outputs)
         loaded = self._loaded
         if loaded is not None and loaded.signature == signature:
             return loaded
         with self._lock:
             if self._loaded is None or self._loaded.signature != signature:
                 try:
-                    self._loaded = _load_lane(self.lane)
+                    self._loaded = _load_lane(self.lane, signature)
                 except LaneNotReady:
                     if self._loaded is None:
                         raise
@@ -297,10 +302,7 @@ class SearchService:
             code = normalize_language(language, "lang")
         except UnknownLanguageError as error:
             raise UnknownName(str(error)) from None
-        if code not in state.languages():
-            raise UnknownName(
-                f"dataset {state.lane.name!r} has no captions in {code!r}; languages: {state.languages()}"
-            )
+        state.captions(code)  # refuses a language the lane has no captions in, naming those it has
         return code
 
     @staticmethod
@@ -412,12 +414,18 @@ class SearchService:
         from xlr_pipeline.core.training.head import project
 
         path = state.lane.outputs.text_embeddings_path(language)
-        if not path.exists():
+        key = (language, _signature(path), loaded.run_id)
+        if key not in state.caption_vectors:  # read and projected once per file and head, not per query
+            embedded = read_parquet(path).filter(pl.col("model_id") == loaded.text_model) if key[1] else None
+            state.caption_vectors = {
+                key: (embedded, project(loaded.head, vectors_of(embedded), "text"))
+                if embedded is not None and embedded.height
+                else (None, None)
+            }
+        embedded, projected = state.caption_vectors[key]
+        if embedded is None:
             return []
-        embedded = read_parquet(path).filter(pl.col("model_id") == loaded.text_model)
-        if embedded.is_empty():
-            return []
-        scores = project(loaded.head, vectors_of(embedded), "text") @ image_vector
+        scores = projected @ image_vector
         top = np.argsort(-scores, kind="stable")[:TOP_CAPTIONS]
         text = state.captions(language).text
         ids, image_ids = embedded["caption_id"].to_list(), embedded["image_id"].to_list()

@@ -39,9 +39,7 @@ class LaneDefaults:
         head = {key: value for key, value in table.items() if key in HEAD_FIELDS}
         try:
             HeadConfig(**head)
-        except ConfigError as error:
-            raise DefaultsError(f"[defaults] {error}") from None
-        except TypeError as error:
+        except (ConfigError, TypeError) as error:
             raise DefaultsError(f"[defaults] {error}") from None
         return cls(
             image_model=str(table.get("image_model", "")),
