@@ -22,7 +22,6 @@ import dagster as dg
 from results_io import header, write_results
 
 from xlr_pipeline.core.storage.outputs import DEFAULT_DATA_DIR
-from xlr_pipeline.defs.lane import CHAIN_ASSETS
 from xlr_pipeline.defs.pipeline import build_pipeline
 from xlr_pipeline.defs.resources import XlrSettings
 from xlr_pipeline.runner import run_pipeline
@@ -53,12 +52,13 @@ def main() -> None:
         data_dir = Path(tmp) / "data"
         make_emoji_subset(data_dir, n_train=120, n_test=40, n_val=30)
         with dg.instance_for_test() as instance:
+            pipeline = build_pipeline(XlrSettings(data_dir=str(data_dir)))
             run_pipeline(
                 instance,
-                build_pipeline(XlrSettings(data_dir=str(data_dir))),
+                pipeline,
                 [DATASET],
                 {},
-                stages=frozenset(CHAIN_ASSETS + ("tags",)),
+                stages=pipeline.stage_assets("run") | {"tags"},
                 log=lambda _: None,
             )
         rows = [tag_run(data_dir, images[:count], Path(tmp)) for count in COUNTS]

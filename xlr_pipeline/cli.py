@@ -203,7 +203,6 @@ def command_grid(args: argparse.Namespace) -> int:
 
     from xlr_pipeline.core.data.datasets import DatasetError
     from xlr_pipeline.defs.experiments import AugmentationConfig, GridConfig
-    from xlr_pipeline.defs.lane import CHAIN_ASSETS, EXPERIMENT_ASSETS
     from xlr_pipeline.runner import RunFailed, materialize_target, run_pipeline
     from xlr_pipeline.staleness import Target
 
@@ -225,7 +224,7 @@ def command_grid(args: argparse.Namespace) -> int:
                 [dataset],
                 configs,
                 include_stale=True,
-                stages=frozenset(CHAIN_ASSETS + EXPERIMENT_ASSETS),
+                stages=pipeline.stage_assets("run", "grid"),
                 console_log_level=_console_level(args),
                 workers=args.workers,
             )
@@ -247,7 +246,7 @@ def adopt_validation_choice(spec, outputs) -> int:
     from xlr_pipeline.core.storage.locations import read_parquet, write_with_atomic
     from xlr_pipeline.core.training.defaults import DefaultsError, with_defaults_table
 
-    validation, tuning = outputs.experiments / "grid_validation.parquet", outputs.experiments / "tuning.parquet"
+    validation, tuning = outputs.grid_validation_path, outputs.tuning_path
     if not validation.is_file():
         return _fail(ValueError(f"{validation}: no validation results to choose from (the dataset needs a val split)"))
     declaration = spec.root / "dataset.toml"
@@ -265,7 +264,6 @@ def command_tagging(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from xlr_pipeline.core.data.datasets import DatasetError
-    from xlr_pipeline.defs.lane import CHAIN_ASSETS, TAGGING_ASSETS
     from xlr_pipeline.defs.tagging import TaggingReportConfig
     from xlr_pipeline.runner import RunFailed, run_pipeline
 
@@ -282,7 +280,7 @@ def command_tagging(args: argparse.Namespace) -> int:
                 [dataset],
                 configs,
                 include_stale=True,
-                stages=frozenset(CHAIN_ASSETS + TAGGING_ASSETS),
+                stages=pipeline.stage_assets("run", "tagging"),
                 console_log_level=_console_level(args),
                 workers=args.workers,
             )

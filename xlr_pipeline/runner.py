@@ -23,7 +23,7 @@ from xlr_pipeline.core.data.datasets import DatasetError
 from xlr_pipeline.core.models.threads import available_cores
 from xlr_pipeline.core.storage.locations import write_with_atomic
 from xlr_pipeline.core.storage.locks import exclusive_lanes
-from xlr_pipeline.defs.lane import CHAIN_ASSETS, LANGUAGE_ASSETS, Lane, asset_name
+from xlr_pipeline.defs.lane import Lane, asset_name
 from xlr_pipeline.defs.pipeline import Pipeline, build_pipeline
 from xlr_pipeline.defs.resources import DEFAULT_DATA_DIR, XlrSettings
 from xlr_pipeline.defs.train import HeadTrainingConfig
@@ -212,12 +212,16 @@ def _resolver(
     pipeline: Pipeline,
     datasets: list[str],
     asset_configs: dict[str, dg.Config],
-    stages: frozenset[str],
+    stages: frozenset[str] | None,
     languages_of: Callable[[Lane], list[str]],
 ) -> StalenessResolver:
     lanes = [pipeline.lane(name) for name in datasets]
     return StalenessResolver(
-        instance, pipeline, head_config_of(asset_configs), {lane.name: languages_of(lane) for lane in lanes}, stages
+        instance,
+        pipeline,
+        head_config_of(asset_configs),
+        {lane.name: languages_of(lane) for lane in lanes},
+        pipeline.stage_assets("run") if stages is None else stages,
     )
 
 
@@ -229,12 +233,13 @@ def run_pipeline(
     include_stale: bool = False,
     log: Callable[[str], None] = print,
     console_log_level: str = "INFO",
-    stages: frozenset[str] = frozenset(CHAIN_ASSETS),
+    stages: frozenset[str] | None = None,
     workers: int = 1,
 ) -> RunReport:
     """Materialize what is missing (and, with `include_stale`, what is stale) in the given datasets' lanes,
     one graph level at a time. What cannot run (its sources are unreadable, or an input is blocked) is
-    reported and skipped; everything else still runs. With `workers` > 1, the shards of a sharded asset run as
+    reported and skipped; everything else still runs. `stages`: the asset names walked (default: the chain,
+    `pipeline.stage_assets("run")`). With `workers` > 1, the shards of a sharded asset run as
     that many concurrent runs, each in its own process with an equal share of the cores.
 
     One command at a time per lane: a second one waits for the first (`cache/locks/<dataset>.lock` in the data
@@ -253,7 +258,7 @@ def _run_levels(
     include_stale: bool,
     log: Callable[[str], None],
     console_log_level: str,
-    stages: frozenset[str],
+    stages: frozenset[str] | None,
     workers: int,
 ) -> RunReport:
     resolver = _resolver(
@@ -408,7 +413,7 @@ def evaluate_languages(
             _materialize(
                 instance,
                 pipeline,
-                lane.keys(LANGUAGE_ASSETS),
+                pipeline.language_keys(lane),
                 language,
                 {},
                 f"re-evaluating {dataset} {language}",
@@ -422,7 +427,7 @@ def current_statuses(
     pipeline: Pipeline,
     datasets: list[str],
     asset_configs: dict[str, dg.Config] | None = None,
-    stages: frozenset[str] = frozenset(CHAIN_ASSETS),
+    stages: frozenset[str] | None = None,
 ) -> list[Status]:
     """`xlr status`: every asset partition of the datasets with its state and causes, before anything runs."""
 

@@ -21,10 +21,9 @@ import dagster as dg
 from xlr_pipeline.core.data.datasets import DatasetError
 from xlr_pipeline.core.data.readers import ImagesNotAvailable
 from xlr_pipeline.core.reporting.results import has_recall_rows
-from xlr_pipeline.defs.lane import CHAIN_ASSETS, asset_name
+from xlr_pipeline.defs.lane import asset_name
 from xlr_pipeline.defs.lineage import (
     CONFIG_KEY,
-    CURRENT_CONFIG,
     INPUTS_KEY,
     OUTPUTS_KEY,
     VERSION_KEY,
@@ -95,7 +94,7 @@ class StalenessResolver:
     pipeline: Pipeline
     head_config: dict
     languages: dict[str, list[str]]  # the lanes walked (dataset name → its language partitions)
-    stages: frozenset[str] = frozenset(CHAIN_ASSETS)
+    stages: frozenset[str]  # asset names walked (`Pipeline.stage_assets`)
     graph: object = field(init=False)
     # Each target's latest materialization, read once per walk (a target is every other's parent several times
     # over); `forget` drops one after it has been rematerialized.
@@ -163,7 +162,7 @@ class StalenessResolver:
         materialization = self.latest(target)
         lane = self.pipeline.lane_of(target.key)
         try:
-            current_config = CURRENT_CONFIG[asset_name(target.key)](
+            current_config = self.pipeline.declaration(target.key).config(
                 self.pipeline.settings, lane, target.partition, self.head_config
             )
         except ImagesNotAvailable as error:

@@ -88,7 +88,7 @@ def test_augmentation_asset_never_reads_test_or_foreign_captions(tmp_path, subse
     )
     result = dg.materialize(assets, selection=[lane.key("text_augmentations")], instance=instance, run_config=config)
     assert result.success
-    out = pl.read_parquet(outputs_for(data_dir).experiments / "code_switched.parquet")
+    out = pl.read_parquet(outputs_for(data_dir).code_switched_path)
     assert out.height > 10 and set(out["language"]) <= {"de", "ja"}
     assert not out["caption"].str.contains("POISON").any() and not out["original"].str.contains("POISON").any()
     assert not out["english_control"].str.contains("POISON").any()

@@ -17,7 +17,7 @@ import polars as pl
 import pytest
 
 from xlr_pipeline.core.training.head import head_from_bytes
-from xlr_pipeline_tests.conftest import DATASET, SUBSET_LANGUAGES, outputs_for
+from xlr_pipeline_tests.conftest import DATASET, SUBSET_LANGUAGES, outputs_for, pipeline_for
 from xlr_pipeline_tests.ui_session import (
     CHROMIUM,
     DagsterUI,
@@ -37,26 +37,6 @@ pytestmark = [
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (installed by .ci/run)"),
 ]
 
-CHAIN = [
-    "images",
-    "captions",
-    "image_embedding_shards",
-    "image_embeddings",
-    "image_index",
-    "projection_head",
-    "retrieval_metrics",
-    "text_embeddings",
-]
-EVERY_ASSET = [
-    *CHAIN,
-    "text_augmentations",
-    "text_encoder_finetuning",
-    "experiment_grid",
-    "grid_report",
-    "text_alignment",
-    "tags",
-    "tagging_report",
-]
 SMALL_GRID = f"""ops:
   {DATASET}__text_augmentations:
     config:
@@ -109,20 +89,24 @@ def test_a_user_works_the_pipeline_in_the_browser(fresh_data_dir, tmp_path):
         xlr_dev(fresh_data_dir, tmp_path / "dagster_home", tmp_path / "dev.log", DATASET, languages) as ui,
         chromium_page(tmp_path) as page,
     ):
+        # What the UI must show, read off the graph the code location builds.
+        pipeline = pipeline_for(fresh_data_dir)
+        chain = sorted(pipeline.stage_assets("run"))
+        every_asset = pipeline.stage_assets("run", "grid", "alignment", "tagging")
         nodes = ui.graphql("{ assetNodes { assetKey { path } groupName } }")["assetNodes"]
-        assert {tuple(node["assetKey"]["path"]) for node in nodes} == {(DATASET, asset) for asset in EVERY_ASSET}
+        assert {tuple(node["assetKey"]["path"]) for node in nodes} == {(DATASET, asset) for asset in every_asset}
         assert {node["groupName"] for node in nodes} == {DATASET, f"{DATASET}_experiments", f"{DATASET}_tagging"}
 
         # The lane's graph: its eight assets, with Materialize all.
         open_page(page, group_url(ui, DATASET))
-        for asset in CHAIN:  # long names are shown middle-truncated ("image_embe…_shards")
+        for asset in chain:  # long names are shown middle-truncated ("image_embe…_shards")
             page.get_by_text(re.compile(rf"^({asset}|{asset[:6]}.*….*{asset[-6:]})$")).first.wait_for()
 
         # Materialize all → one backfill; language-partitioned assets run as one run per asset range.
         launched = click_materialize_all(page, ui, DATASET)
         runs = ui.wait_for_runs(lambda runs: _materialized(runs, "retrieval_metrics"), 600, "the lane's backfill")
         timings["materialize_all_s"] = max(run["endTime"] for run in runs) - launched
-        assert {asset for run in runs for asset in run["assets"]} == set(CHAIN)
+        assert {asset for run in runs for asset in run["assets"]} == set(chain)
         assert len(runs) <= 8, [run["assets"] for run in runs]  # a run per language and asset would be 14
         assert all(run["status"] == "SUCCESS" for run in runs)
         ranged = [run for run in runs if "captions" in run["assets"]]

@@ -4,8 +4,8 @@ import dagster as dg
 import pytest
 
 from xlr_pipeline.core.data.datasets import DatasetError
-from xlr_pipeline.defs.lane import CHAIN_ASSETS, DIAGNOSTIC_ASSETS, EXPERIMENT_ASSETS, TAGGING_ASSETS
-from xlr_pipeline.defs.pipeline import build_pipeline
+from xlr_pipeline.defs.lane import STAGE_TAG
+from xlr_pipeline.defs.pipeline import DECLARATIONS, build_pipeline
 from xlr_pipeline.defs.resources import XlrSettings
 from xlr_pipeline_tests.conftest import DATASET, make_emoji_subset, pipeline_for
 
@@ -19,16 +19,57 @@ def test_the_code_location_loads_a_lane_per_shipped_dataset():
     assert {key.path[0] for key in graph.get_all_asset_keys()} == {"emoji_cldr", "xtd10"}
 
 
+CHAIN = {
+    "images",
+    "captions",
+    "image_embedding_shards",
+    "image_embeddings",
+    "text_embeddings",
+    "projection_head",
+    "image_index",
+    "retrieval_metrics",
+}
+
+
+def test_every_asset_is_built_from_its_one_declaration():
+    """Code version, stage (and so group) come from the declaration beside the asset; the lists the runner, the
+    staleness walk and the browser test use are read off the graph built from them."""
+    graph = SHIPPED_PIPELINE.definitions.get_repository_def().asset_graph
+    for key in graph.get_all_asset_keys():
+        declaration = SHIPPED_PIPELINE.declaration(key)
+        node = graph.get(key)
+        assert (node.code_version, node.tags[STAGE_TAG]) == (declaration.code_version, declaration.stage)
+        assert node.group_name == declaration.asset_args(SHIPPED_PIPELINE.lane_of(key))["group_name"]
+    for dataset in SHIPPED_PIPELINE.lanes:
+        assert {key.path[-1] for key in graph.get_all_asset_keys() if key.path[0] == dataset} == set(DECLARATIONS)
+    assert SHIPPED_PIPELINE.stage_assets("run") == CHAIN
+    assert SHIPPED_PIPELINE.stage_assets("grid") == {
+        "text_augmentations",
+        "text_encoder_finetuning",
+        "experiment_grid",
+        "grid_report",
+    }
+    assert SHIPPED_PIPELINE.stage_assets("alignment", "tagging") == {"text_alignment", "tags", "tagging_report"}
+    lane = SHIPPED_PIPELINE.lane("emoji_cldr")
+    assert {key.path[-1] for key in SHIPPED_PIPELINE.language_keys(lane)} == {
+        "captions",
+        "text_embeddings",
+        "retrieval_metrics",
+    }
+
+
 @pytest.mark.parametrize("dataset", ["emoji_cldr", "xtd10"])
 def test_each_lane_has_the_expected_graph(dataset):
     graph = SHIPPED_PIPELINE.definitions.get_repository_def().asset_graph
     lane = SHIPPED_PIPELINE.lane(dataset)
     groups = {key.path[-1]: graph.get(key).group_name for key in graph.get_all_asset_keys() if key.path[0] == dataset}
-    assert {name for name, group in groups.items() if group == dataset} == set(CHAIN_ASSETS)
-    assert {name for name, group in groups.items() if group == f"{dataset}_experiments"} == set(
-        EXPERIMENT_ASSETS + DIAGNOSTIC_ASSETS
+    assert {name for name, group in groups.items() if group == dataset} == CHAIN
+    assert {
+        name for name, group in groups.items() if group == f"{dataset}_experiments"
+    } == SHIPPED_PIPELINE.stage_assets("grid", "alignment")
+    assert {name for name, group in groups.items() if group == f"{dataset}_tagging"} == SHIPPED_PIPELINE.stage_assets(
+        "tagging"
     )
-    assert {name for name, group in groups.items() if group == f"{dataset}_tagging"} == set(TAGGING_ASSETS)
 
     def parents(asset: str) -> set[str]:
         return {p.to_user_string() for p in graph.get(lane.key(asset)).parent_keys}
@@ -42,7 +83,7 @@ def test_each_lane_has_the_expected_graph(dataset):
     assert parents("retrieval_metrics") == {
         f"{dataset}/{asset}" for asset in ("text_embeddings", "image_embeddings", "projection_head", "image_index")
     }
-    for asset in CHAIN_ASSETS + EXPERIMENT_ASSETS + DIAGNOSTIC_ASSETS + TAGGING_ASSETS:
+    for asset in DECLARATIONS:
         node = graph.get(lane.key(asset))
         assert node.code_version and node.description
         if asset == "image_embedding_shards":  # the shipped datasets declare one shard: not partitioned
@@ -50,7 +91,7 @@ def test_each_lane_has_the_expected_graph(dataset):
         elif node.assets_def.partitions_def is not None:
             assert node.assets_def.partitions_def.name == f"{dataset}_languages"
     checked = {key.asset_key.path[-1] for key in graph.asset_check_keys if key.asset_key.path[0] == dataset}
-    assert checked == set(CHAIN_ASSETS)
+    assert checked == CHAIN
 
 
 def test_head_depends_on_the_training_language_partition_only(tmp_path):

@@ -26,7 +26,6 @@ from xlr_pipeline.core.reporting.sql import run_sql
 from xlr_pipeline.core.training.choices import ENGLISH_ONLY_TEXT_MODEL, LITE2_IMAGE_MODEL
 from xlr_pipeline.core.training.head import HeadConfig
 from xlr_pipeline.defs.experiments import AugmentationConfig, FinetuneAssetConfig, GridConfig
-from xlr_pipeline.defs.lane import CHAIN_ASSETS, EXPERIMENT_ASSETS
 from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline.runner import run_pipeline
 from xlr_pipeline_tests.conftest import DATASET, SHIPPED, SUBSET_LANGUAGES, outputs_for, pipeline_for
@@ -194,16 +193,17 @@ def test_grid_trains_every_cell_reports_from_one_run_and_reproduces_bit_for_bit(
         ),
     }
     report_dir = data_dir / "reports" / DATASET
-    hits_path = outputs_for(data_dir).experiments / "grid_hits.parquet"
+    hits_path = outputs_for(data_dir).grid_hits_path
     runs = []
     for _ in range(2):  # a fresh instance each time: the whole grid runs again (embeddings come from the cache)
         with dg.instance_for_test() as instance:
-            stages = frozenset(CHAIN_ASSETS + EXPERIMENT_ASSETS)
+            stages = pipeline.stage_assets("run", "grid")
             report = run_pipeline(instance, pipeline, [DATASET], configs, stages=stages, log=lambda _: None)
-        assert {f"{DATASET}/{asset}" for asset in EXPERIMENT_ASSETS} <= {asset for asset, _, _ in report.executed}
+        grid_assets = {f"{DATASET}/{asset}" for asset in pipeline.stage_assets("grid")}
+        assert grid_assets <= {asset for asset, _, _ in report.executed}
         hits = pl.read_parquet(hits_path)
         run_id = hits["grid_run_id"].unique().item()
-        tuning = pl.read_parquet(outputs_for(data_dir).experiments / "tuning.parquet")
+        tuning = pl.read_parquet(outputs_for(data_dir).tuning_path)
         assert tuning["grid_run_id"].unique().to_list() == [run_id]
         runs.append(
             (
@@ -224,7 +224,7 @@ def test_grid_trains_every_cell_reports_from_one_run_and_reproduces_bit_for_bit(
         "## Tuning on the validation split" in second_report
         and "## Configuration chosen on the validation split" in second_report
     )
-    cost = json.loads((outputs_for(data_dir).experiments / "grid_cost.json").read_text("utf-8"))
+    cost = json.loads((outputs_for(data_dir).grid_cost_path).read_text("utf-8"))
     assert cost["grid_run_id"] == second_id and cost["cells"] == 42 and cost["seconds"] > cost["tuning_seconds"] > 0
     assert f"the `experiment_grid` step took **{cost['seconds']:.0f} s**" in second_report
     timeless = [
@@ -331,21 +331,22 @@ def test_tuning_and_the_chosen_configuration_never_read_the_test_split(tmp_path,
         if poisoned:
             _reverse_test_captions(data_dir / DATASET)
         with dg.instance_for_test() as instance:
+            pipeline = pipeline_for(data_dir)
             run_pipeline(
                 instance,
-                pipeline_for(data_dir),
+                pipeline,
                 [DATASET],
                 configs,
-                stages=frozenset(CHAIN_ASSETS + EXPERIMENT_ASSETS),
+                stages=pipeline.stage_assets("run", "grid"),
                 log=lambda _: None,
             )
-        folder = outputs_for(data_dir).experiments
+        outputs = outputs_for(data_dir)
         outcomes.append(
             [
-                pl.read_parquet(folder / name)
+                pl.read_parquet(path)
                 .drop("grid_run_id")
                 .with_columns(pl.col(pl.String).str.replace(str(data_dir), "DATA", literal=True))
-                for name in ("tuning.parquet", "grid_validation.parquet", "grid_hits.parquet")
+                for path in (outputs.tuning_path, outputs.grid_validation_path, outputs.grid_hits_path)
             ]
         )  # fine-tuned encoders are named by their files' paths: compare them relative to the data dir
     (tuning, validation, hits), (poisoned_tuning, poisoned_validation, poisoned_hits) = outcomes

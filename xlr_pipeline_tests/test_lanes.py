@@ -9,12 +9,12 @@ import numpy as np
 import polars as pl
 import pytest
 
+from xlr_pipeline.core.models.embedding_frames import training_pairs
 from xlr_pipeline.core.models.embeddings import vectors_of
 from xlr_pipeline.core.reporting.sql import run_sql
 from xlr_pipeline.core.training.head import HeadConfig, head_fingerprint, head_from_bytes, train_head
 from xlr_pipeline.defs.experiments import AugmentationConfig, FinetuneAssetConfig, GridConfig
-from xlr_pipeline.defs.lane import CHAIN_ASSETS, EXPERIMENT_ASSETS
-from xlr_pipeline.defs.train import HeadTrainingConfig, training_pairs
+from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline.runner import current_statuses, run_pipeline
 from xlr_pipeline_tests.conftest import make_emoji_subset, outputs_for, pipeline_for
 
@@ -31,10 +31,8 @@ def executed(report) -> set[str]:
 def materialization_records(instance, dataset: str) -> list:
     """Every stored materialization event of a dataset's assets, serialised: storage id, tags and metadata."""
     records = []
-    for asset in CHAIN_ASSETS + EXPERIMENT_ASSETS:
-        found = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey([dataset, asset])), limit=1000
-        ).records
+    for key in sorted(key for key in instance.get_asset_keys() if key.path[0] == dataset):
+        found = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key), limit=1000).records
         records += [
             (
                 r.storage_id,
@@ -141,15 +139,15 @@ def test_nothing_done_on_one_dataset_touches_the_other(two_datasets, tmp_path):
         ),
     }
     report = run_pipeline(
-        instance, pipeline, [B], grid, stages=frozenset(CHAIN_ASSETS + EXPERIMENT_ASSETS), log=lambda _: None
+        instance, pipeline, [B], grid, stages=pipeline.stage_assets("run", "grid"), log=lambda _: None
     )
-    assert {f"{B}/{asset}" for asset in EXPERIMENT_ASSETS} <= executed(report)
+    assert {f"{B}/{asset}" for asset in pipeline.stage_assets("grid")} <= executed(report)
     grid_languages = run_sql(
         data_dir / "results.duckdb",
         f"SELECT DISTINCT language FROM recall WHERE dataset = '{B}' AND run_id LIKE '%/seed%'",
     )
     assert set(grid_languages["language"]) == {"en", "de"}
-    assert set(pl.read_parquet(outputs_for(data_dir, B).experiments / "grid_hits.parquet")["language"]) == {"en", "de"}
+    assert set(pl.read_parquet(outputs_for(data_dir, B).grid_hits_path)["language"]) == {"en", "de"}
     assert (data_dir / "reports" / B / "report.md").is_file() and not (data_dir / "reports" / A).exists()
 
     after = (

@@ -148,12 +148,9 @@ def test_a_replaced_test_image_gives_new_recall_rows_that_agree_with_the_rank_fi
     import duckdb
     import polars as pl
 
-    from xlr_pipeline.defs.lane import CHAIN_ASSETS
-
     config = {"projection_head": HeadTrainingConfig(epochs=10)}
-    stages = frozenset(CHAIN_ASSETS)
     with dg.instance_for_test() as instance:
-        run_pipeline(instance, pipeline_for(fresh_data_dir), [DATASET], config, stages=stages, log=lambda _: None)
+        run_pipeline(instance, pipeline_for(fresh_data_dir), [DATASET], config, log=lambda _: None)
         split = (fresh_data_dir / DATASET / "split.csv").read_text("utf-8").splitlines()
         test_ids = [line.split(",")[0] for line in split[1:] if line.split(",")[1] == "test"]
         images = fresh_data_dir / DATASET / "images"
@@ -164,7 +161,6 @@ def test_a_replaced_test_image_gives_new_recall_rows_that_agree_with_the_rank_fi
             [DATASET],
             config,
             include_stale=True,
-            stages=stages,
             log=lambda _: None,
         )
     db = outputs_for(fresh_data_dir).root.parents[1] / "results.duckdb"

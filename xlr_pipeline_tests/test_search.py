@@ -21,7 +21,6 @@ from PIL import Image
 from xlr_pipeline.cli import main
 from xlr_pipeline.core.search.limits import MAX_QUERY_CHARS, MAX_UPLOAD_BYTES
 from xlr_pipeline.core.training.head import head_from_bytes
-from xlr_pipeline.defs.lane import CHAIN_ASSETS
 from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline.runner import run_pipeline
 from xlr_pipeline.web.app import create_app
@@ -38,9 +37,9 @@ def searchable(tmp_path_factory, subset_data_dir):
     shutil.copytree(subset_data_dir / DATASET, data_dir / DATASET)
     make_emoji_subset(data_dir, n_train=4, n_test=4, name=UNBUILT)
     with dg.instance_for_test() as instance:
-        run_pipeline(
-            instance, _pipeline(data_dir), [DATASET], {}, stages=frozenset(CHAIN_ASSETS + ("tags",)), log=lambda _: None
-        )
+        pipeline = _pipeline(data_dir)
+        stages = pipeline.stage_assets("run") | {"tags"}
+        run_pipeline(instance, pipeline, [DATASET], {}, stages=stages, log=lambda _: None)
         yield data_dir, instance
 
 
@@ -266,7 +265,6 @@ def test_a_real_server_answers_from_the_retrained_head_on_the_next_query(searcha
             [DATASET],
             {"projection_head": HeadTrainingConfig(seed=7)},
             include_stale=True,
-            stages=frozenset(CHAIN_ASSETS),
             log=lambda _: None,
         )
         after = _get(f"{url}/api/search?q=Katze&lang=de&dataset={DATASET}")

@@ -18,7 +18,6 @@ from xlr_pipeline.core.scoring.tagging import (
     vocabulary_from_keywords,
 )
 from xlr_pipeline.core.training.augment import Lexicon
-from xlr_pipeline.defs.lane import CHAIN_ASSETS, TAGGING_ASSETS
 from xlr_pipeline.defs.tagging import TaggingReportConfig
 from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline.runner import run_pipeline
@@ -64,12 +63,13 @@ def tagged(tmp_path_factory, subset_data_dir):
     shutil.copytree(subset_data_dir / DATASET, data_dir / DATASET)
     configs = {"projection_head": HeadTrainingConfig(epochs=30), "tagging_report": TaggingReportConfig(seeds=[0, 1])}
     with dg.instance_for_test() as instance:
+        pipeline = pipeline_for(data_dir)
         report = run_pipeline(
             instance,
-            pipeline_for(data_dir),
+            pipeline,
             [DATASET],
             configs,
-            stages=frozenset(CHAIN_ASSETS + TAGGING_ASSETS),
+            stages=pipeline.stage_assets("run", "tagging"),
             log=lambda _: None,
         )
     return data_dir, report

@@ -13,7 +13,6 @@ from xlr_pipeline.core.reporting.results import RecallRecord, RunRecord, record_
 from xlr_pipeline.core.reporting.sql import QueryError, run_sql
 from xlr_pipeline.core.reporting.warehouse import SCHEMA_V1, SCHEMA_VERSION, connect_for_write
 from xlr_pipeline.defs.experiments import AugmentationConfig, FinetuneAssetConfig, GridConfig
-from xlr_pipeline.defs.lane import CHAIN_ASSETS, EXPERIMENT_ASSETS, TAGGING_ASSETS
 from xlr_pipeline.defs.tagging import TaggingReportConfig
 from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline.runner import run_pipeline
@@ -50,7 +49,7 @@ def two_runs(tmp_path_factory, subset_data_dir):
             head = {"projection_head": HeadTrainingConfig(epochs=20, seed=seed)}
             run_pipeline(instance, pipeline, [DATASET], head, log=lambda _: None)
             if seed == 1:  # and a small experiment grid and tagging, for their queries
-                stages = frozenset(CHAIN_ASSETS + EXPERIMENT_ASSETS + TAGGING_ASSETS)
+                stages = pipeline.stage_assets("run", "grid", "tagging")
                 run_pipeline(instance, pipeline, [DATASET], {**head, **tiny_grid}, stages=stages, log=lambda _: None)
     return pipeline.settings
 

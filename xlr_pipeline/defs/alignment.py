@@ -11,11 +11,12 @@ from xlr_pipeline.core.reporting.report import to_markdown
 from xlr_pipeline.core.reporting.results import append_tables
 from xlr_pipeline.core.scoring.alignment import CaptionVectors, text_alignment
 from xlr_pipeline.core.storage.locations import sha256_file, write_parquet_atomic, write_with_atomic
-from xlr_pipeline.defs.lane import Lane
+from xlr_pipeline.defs.lane import AssetDeclaration, Lane
 from xlr_pipeline.defs.lineage import lineage_metadata
 from xlr_pipeline.defs.metadata import sql_hint
 from xlr_pipeline.defs.resources import XlrSettings, clear_failures
-from xlr_pipeline.defs.versions import CODE_VERSIONS
+
+TEXT_ALIGNMENT = AssetDeclaration("text_alignment", code_version="1", stage="alignment")
 
 
 class TextAlignmentConfig(dg.Config):
@@ -56,7 +57,7 @@ def alignment_frame(
                 "recall": recall,
                 "n_queries": result.n_queries,
                 "captions_hash": hashes[result.language],
-                "code_version": CODE_VERSIONS["text_alignment"],
+                "code_version": TEXT_ALIGNMENT.code_version,
                 "dagster_run_id": run_id,
             }
             for result in results
@@ -109,9 +110,7 @@ def alignment_report(rows: pl.DataFrame, dataset: str, pivot: str, run_id: str) 
 
 
 def build_text_alignment(lane: Lane) -> dg.AssetsDefinition:
-    key = lane.key("text_alignment")
-
-    @dg.asset(key=key, group_name=lane.experiment_group, kinds={"duckdb"}, code_version=CODE_VERSIONS["text_alignment"])
+    @dg.asset(**TEXT_ALIGNMENT.asset_args(lane), kinds={"duckdb"})
     def text_alignment_diagnostic(
         context: dg.AssetExecutionContext, config: TextAlignmentConfig, settings: XlrSettings
     ) -> dg.MaterializeResult:

@@ -9,7 +9,7 @@ import dagster as dg
 
 from xlr_pipeline.core.data.datasets import DatasetError, read_captions
 from xlr_pipeline.core.storage.locations import sha256_file
-from xlr_pipeline.defs.lane import LANGUAGE_ASSETS, Lane
+from xlr_pipeline.defs.lane import Lane
 
 DEFAULT_REEVALUATION_CRON = "0 3 * * 1"  # Mondays 03:00
 
@@ -53,9 +53,9 @@ def _images_missing(instance: dg.DagsterInstance, lane: Lane) -> str | None:
 
 
 def build_automation(
-    lane: Lane,
+    lane: Lane, language_keys: list[dg.AssetKey]
 ) -> tuple[list[dg.SensorDefinition], dg.ScheduleDefinition, dg.UnresolvedAssetJobDefinition]:
-    language_keys = lane.keys(LANGUAGE_ASSETS)
+    """`language_keys`: what one language runs (`language_asset_keys`)."""
     job = dg.define_asset_job(
         f"{lane.name}_reevaluate_language",
         selection=dg.AssetSelection.assets(*language_keys),

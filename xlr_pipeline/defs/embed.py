@@ -15,14 +15,26 @@ from xlr_pipeline.core.models.embeddings import (
     vectors_of,
     with_vectors,
 )
-from xlr_pipeline.core.models.encoders import ImageEncoder, TextEncoder, load_image
+from xlr_pipeline.core.models.encoders import ImageEncoder, TextEncoder
 from xlr_pipeline.core.models.threads import available_cores, limited_threads
 from xlr_pipeline.core.storage.locations import combined_hash, read_parquet, sha256_text, write_parquet_atomic
-from xlr_pipeline.defs.lane import Lane
-from xlr_pipeline.defs.lineage import CURRENT_CONFIG, VERSION_KEY, file_version, input_name, lineage_metadata
+from xlr_pipeline.defs.lane import AssetDeclaration, Lane
+from xlr_pipeline.defs.lineage import (
+    VERSION_KEY,
+    file_version,
+    image_model_config,
+    input_name,
+    lineage_metadata,
+    text_model_config,
+)
 from xlr_pipeline.defs.metadata import PartitionOutcome, file_data_version, materialize_partitions, progress_logger
 from xlr_pipeline.defs.resources import XlrSettings, clear_failures, require_file
-from xlr_pipeline.defs.versions import CODE_VERSIONS
+
+IMAGE_EMBEDDING_SHARDS = AssetDeclaration(
+    "image_embedding_shards", code_version="1", stage="run", config=image_model_config
+)
+IMAGE_EMBEDDINGS = AssetDeclaration("image_embeddings", code_version="3", stage="run", config=image_model_config)
+TEXT_EMBEDDINGS = AssetDeclaration("text_embeddings", code_version="1", stage="run", config=text_model_config)
 
 
 def _vector_check(asset: dg.AssetKey, vectors, dim: int, expected_rows: int) -> list[dg.AssetCheckResult]:
@@ -50,40 +62,14 @@ def _vector_check_specs(asset: dg.AssetKey, source: str) -> list[dg.AssetCheckSp
     ]
 
 
-def embed_images(
-    settings: XlrSettings, image_set: ImageSet, encoder: ImageEncoder, progress: ProgressCallback | None = None
-) -> tuple[pl.DataFrame, int]:
-    """Every usable listed image's vector (`image_id`, `split`, `content_hash`, `vector`, `model_id`), through the
-    embedding cache; also how many were encoded now. Images decode ahead on `settings.decode_workers` threads;
-    the encoder uses `settings.step_threads`."""
-    records, paths, hashes = image_set.records(), image_set.paths(settings.root), image_set.hashes()
-    with limited_threads(settings.step_threads):
-        vectors, encoded = embed_with_cache(
-            [paths[record.image_id] for record in records],
-            hashes,
-            encoder.encode_prepared,
-            settings.embedding_cache(encoder),
-            settings.image_batch_size,
-            progress,
-            decode=lambda path: encoder.prepare(load_image(path)),
-            decode_workers=settings.decode_workers,
-        )
-    frame = pl.DataFrame(
-        {"image_id": [r.image_id for r in records], "split": [r.split for r in records], "content_hash": hashes}
-    )
-    return with_vectors(frame, vectors).with_columns(pl.lit(encoder.model_id).alias("model_id")), encoded
-
-
 def build_image_embedding_shards(lane: Lane, images: dg.AssetsDefinition) -> dg.AssetsDefinition:
-    key = lane.key("image_embedding_shards")
+    key = lane.key(IMAGE_EMBEDDING_SHARDS.name)
 
     @dg.asset(
-        key=key,
+        **IMAGE_EMBEDDING_SHARDS.asset_args(lane),
         partitions_def=lane.shards,
         deps=[images],
-        group_name=lane.group,
         kinds={"pytorch", "parquet"},
-        code_version=CODE_VERSIONS["image_embedding_shards"],
         check_specs=_vector_check_specs(key, "usable image of the shard"),
         # One run per shard: a backfill's runs embed shards in parallel (as many as the run queue admits).
         backfill_policy=dg.BackfillPolicy.multi_run(1) if lane.shards else None,
@@ -106,8 +92,8 @@ def build_image_embedding_shards(lane: Lane, images: dg.AssetsDefinition) -> dg.
                 if image_set.usable.is_empty():
                     frame, encoded = _empty_embeddings(encoder), 0
                 else:
-                    frame, encoded = embed_images(
-                        settings, image_set, encoder, progress_logger(context, f"images of shard {shard}")
+                    frame, encoded = settings.embed_images(
+                        image_set, encoder, progress_logger(context, f"images of shard {shard}")
                     )
             path = outputs.image_embedding_shard_path(shard)
             write_parquet_atomic(frame, path)
@@ -123,7 +109,7 @@ def build_image_embedding_shards(lane: Lane, images: dg.AssetsDefinition) -> dg.
                     "decode_workers": settings.decode_workers,
                     "path": dg.MetadataValue.path(str(path)),
                     **lineage_metadata(
-                        CURRENT_CONFIG["image_embedding_shards"](settings, lane, shard, {}),
+                        IMAGE_EMBEDDING_SHARDS.config(settings, lane, shard, {}),
                         {"images": file_version(outputs.images_path)},
                         [path],
                         settings.root,
@@ -152,14 +138,12 @@ def _empty_embeddings(encoder: ImageEncoder) -> pl.DataFrame:
 
 
 def build_image_embeddings(lane: Lane, shards: dg.AssetsDefinition) -> dg.AssetsDefinition:
-    key = lane.key("image_embeddings")
+    key = lane.key(IMAGE_EMBEDDINGS.name)
 
     @dg.asset(
-        key=key,
+        **IMAGE_EMBEDDINGS.asset_args(lane),
         deps=[shards],
-        group_name=lane.group,
         kinds={"parquet"},
-        code_version=CODE_VERSIONS["image_embeddings"],
         check_specs=[
             *_vector_check_specs(key, "listed image"),
             dg.AssetCheckSpec(
@@ -198,7 +182,7 @@ def build_image_embeddings(lane: Lane, shards: dg.AssetsDefinition) -> dg.Assets
                 "images_hash": combined_hash(hashes),
                 "path": dg.MetadataValue.path(str(path)),
                 **lineage_metadata(
-                    CURRENT_CONFIG["image_embeddings"](settings, lane, None, {}),
+                    IMAGE_EMBEDDINGS.config(settings, lane, None, {}),
                     {
                         input_name("image_embedding_shards", shard if lane.shards else None): file_version(p)
                         for shard, p in shard_paths.items()
@@ -291,7 +275,7 @@ def _write_text_embeddings(
             **extra,
             "path": dg.MetadataValue.path(str(path)),
             **lineage_metadata(
-                CURRENT_CONFIG["text_embeddings"](settings, lane, language, {}),
+                TEXT_EMBEDDINGS.config(settings, lane, language, {}),
                 {input_name("captions", language): file_version(outputs.captions_path(language))},
                 [path],
                 settings.root,
@@ -305,15 +289,13 @@ def build_text_embeddings(lane: Lane, captions: dg.AssetsDefinition) -> dg.Asset
     """One step per language, or — with `caption_shards` > 1 — a language's captions in shards, each its own step."""
     if lane.spec.caption_shards > 1:
         return _build_sharded_text_embeddings(lane, captions)
-    key = lane.key("text_embeddings")
+    key = lane.key(TEXT_EMBEDDINGS.name)
 
     @dg.asset(
-        key=key,
+        **TEXT_EMBEDDINGS.asset_args(lane),
         partitions_def=lane.partitions,
         deps=[captions],
-        group_name=lane.group,
         kinds={"pytorch", "parquet"},
-        code_version=CODE_VERSIONS["text_embeddings"],
         backfill_policy=dg.BackfillPolicy.single_run(),
         check_specs=_vector_check_specs(key, "needed caption"),
     )
@@ -345,7 +327,7 @@ def _build_sharded_text_embeddings(lane: Lane, captions: dg.AssetsDefinition) ->
     """`text_embeddings` as a graph: a language's captions split into `caption_shards` stable hash buckets of
     caption ids, each embedded by its own step (run side by side by the multiprocess, Dask, Celery or Kubernetes
     executor), then their union — the same asset, partitions and table as unsharded, so nothing downstream changes."""
-    key = lane.key("text_embeddings")
+    key = lane.key(TEXT_EMBEDDINGS.name)
     check_specs = _vector_check_specs(key, "needed caption")
     shard_keys = shard_keys_of(lane.spec.caption_shards)
     prefix = f"{lane.name}__text_embeddings"
@@ -398,12 +380,10 @@ def _build_sharded_text_embeddings(lane: Lane, captions: dg.AssetsDefinition) ->
         yield dg.Output(None, output_name="result", data_version=dg.DataVersion(outcome.version))
 
     @dg.graph_asset(
-        key=key,
+        **TEXT_EMBEDDINGS.asset_args(lane),
         ins={"captions": dg.AssetIn(key=captions.key, dagster_type=dg.Nothing)},
         partitions_def=lane.partitions,
-        group_name=lane.group,
         kinds={"pytorch", "parquet"},
-        code_version=CODE_VERSIONS["text_embeddings"],
         backfill_policy=dg.BackfillPolicy.multi_run(1),  # one language per run; its shards are the run's parallel steps
         check_specs=check_specs,
         description=_build_sharded_text_embeddings.__doc__,

@@ -1,3 +1,5 @@
+from collections.abc import Mapping
+
 import dagster as dg
 import numpy as np
 import polars as pl
@@ -9,11 +11,12 @@ from xlr_pipeline.core.reporting.results import gallery_hash, query_ranks_frame,
 from xlr_pipeline.core.scoring.evaluation import RANDOM, TRAINED, RunProvenance, TestQueries, evaluate_run
 from xlr_pipeline.core.scoring.metrics import DirectionResult, recall_is_monotone
 from xlr_pipeline.core.storage.locations import read_parquet, sha256_file, write_parquet_atomic
-from xlr_pipeline.defs.lane import Lane
+from xlr_pipeline.defs.lane import AssetDeclaration, Lane
 from xlr_pipeline.defs.lineage import file_version, input_name, lineage_metadata, warehouse_rows_metadata
 from xlr_pipeline.defs.metadata import PartitionOutcome, materialize_partitions, png_metadata, sql_hint
 from xlr_pipeline.defs.resources import XlrSettings, clear_failures, require_file
-from xlr_pipeline.defs.versions import CODE_VERSIONS
+
+RETRIEVAL_METRICS = AssetDeclaration("retrieval_metrics", code_version="2", stage="run")
 
 
 def _recall_table(results: dict[str, list[DirectionResult]]) -> dg.MetadataValue:
@@ -30,20 +33,19 @@ def _recall_table(results: dict[str, list[DirectionResult]]) -> dg.MetadataValue
 
 def build_retrieval_metrics(
     lane: Lane,
+    code_versions: Mapping[str, str],
     text_embeddings: dg.AssetsDefinition,
     image_embeddings: dg.AssetsDefinition,
     projection_head: dg.AssetsDefinition,
     image_index: dg.AssetsDefinition,
 ) -> dg.AssetsDefinition:
-    key = lane.key("retrieval_metrics")
+    key = lane.key(RETRIEVAL_METRICS.name)
 
     @dg.asset(
-        key=key,
+        **RETRIEVAL_METRICS.asset_args(lane),
         partitions_def=lane.partitions,
         deps=[text_embeddings, image_embeddings, projection_head, image_index],
-        group_name=lane.group,
         kinds={"duckdb"},
-        code_version=CODE_VERSIONS["retrieval_metrics"],
         # A head retrained from the launchpad carries its index and metrics along (the automation sensor).
         automation_condition=dg.AutomationCondition.eager(),
         backfill_policy=dg.BackfillPolicy.single_run(),
@@ -102,7 +104,7 @@ def build_retrieval_metrics(
             provenance,
             vectors_of(indexed),
             tests,
-            CODE_VERSIONS,
+            code_versions,
             context.run.run_id,
             gallery,
         )

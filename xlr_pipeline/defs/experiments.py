@@ -2,6 +2,7 @@
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 
 import dagster as dg
@@ -12,19 +13,12 @@ from pydantic import Field
 from xlr_pipeline.core.data.image_sources import ImageSet
 from xlr_pipeline.core.experiments.grid import (
     GridPlan,
-    TrainingJob,
-    cell_job,
-    hits_frame,
-    plan_cells,
-    step_budget,
-    training_data,
 )
 from xlr_pipeline.core.experiments.grid_report import build_report
-from xlr_pipeline.core.experiments.tuning import ValidationSet, tune, tuned_configs, validation_recall
-from xlr_pipeline.core.models.embeddings import model_slug, vectors_of, with_vectors
+from xlr_pipeline.core.experiments.grid_run import GridInputs, GridOptions, run_grid
+from xlr_pipeline.core.models.embeddings import vectors_of, with_vectors
 from xlr_pipeline.core.models.threads import available_cores
-from xlr_pipeline.core.reporting.results import gallery_hash, record_evaluation
-from xlr_pipeline.core.scoring.evaluation import RunProvenance, TestQueries, evaluate_run
+from xlr_pipeline.core.reporting.results import record_evaluation
 from xlr_pipeline.core.storage.locations import read_parquet, sha256_file, write_parquet_atomic, write_with_atomic
 from xlr_pipeline.core.storage.outputs import DatasetOutputs
 from xlr_pipeline.core.training.augment import (
@@ -32,7 +26,6 @@ from xlr_pipeline.core.training.augment import (
     code_switched_copies,
     induce_lexicon,
     language_means,
-    shift_to_centroid,
 )
 from xlr_pipeline.core.training.choices import (
     AUGMENTATIONS,
@@ -46,13 +39,16 @@ from xlr_pipeline.core.training.choices import (
     ObjectiveName,
 )
 from xlr_pipeline.core.training.configs import FinetuneConfig, HeadConfig
-from xlr_pipeline.defs.embed import embed_images
-from xlr_pipeline.defs.lane import Lane
-from xlr_pipeline.defs.lineage import CURRENT_CONFIG, file_version, input_name, lineage_metadata
+from xlr_pipeline.defs.lane import AssetDeclaration, Lane
+from xlr_pipeline.defs.lineage import file_version, input_name, lineage_metadata, text_model_config
 from xlr_pipeline.defs.metadata import markdown_preview, png_metadata, progress_logger
 from xlr_pipeline.defs.resources import XlrSettings, clear_failures, require_file
 from xlr_pipeline.defs.train import training_pairs
-from xlr_pipeline.defs.versions import CODE_VERSIONS
+
+TEXT_AUGMENTATIONS = AssetDeclaration("text_augmentations", code_version="3", stage="grid", config=text_model_config)
+TEXT_ENCODER_FINETUNING = AssetDeclaration("text_encoder_finetuning", code_version="1", stage="grid")
+EXPERIMENT_GRID = AssetDeclaration("experiment_grid", code_version="7", stage="grid", config=text_model_config)
+GRID_REPORT = AssetDeclaration("grid_report", code_version="5", stage="grid")
 
 
 def has_word_list(language: str) -> bool:
@@ -160,10 +156,9 @@ class GridConfig(dg.Config):
             other_image_models=self.other_image_models,
         )
 
-    def objective_configs(self, steps: int) -> dict[str, HeadConfig]:
-        """Each objective's head configuration, all with the same step budget."""
+    def objective_configs(self) -> dict[str, HeadConfig]:
+        """Each objective's head configuration (the grid run gives all of them its step budget)."""
         shared = {
-            "steps": steps,
             "text_margin": self.text_margin,
             "text_weight": self.text_weight,
             "temperature": self.temperature,
@@ -176,38 +171,6 @@ class GridConfig(dg.Config):
             )
             for name in self.objectives
         }
-
-
-def _gallery_rows(images: pl.DataFrame) -> dict[str, int]:
-    return {image_id: i for i, image_id in enumerate(images["image_id"].to_list())}
-
-
-def _validation_set(images: pl.DataFrame, frame: pl.DataFrame) -> ValidationSet | None:
-    """The training language's validation captions against the validation images (None: no validation split)."""
-    validation_images = images.filter(pl.col("split") == "val")
-    positions = _gallery_rows(validation_images)
-    captions = frame.filter((pl.col("split") == "val") & pl.col("image_id").is_in(list(positions)))
-    if captions.is_empty():
-        return None
-    return ValidationSet(
-        vectors_of(captions),
-        np.array([positions[i] for i in captions["image_id"].to_list()]),
-        vectors_of(validation_images),
-    )
-
-
-def _test_queries(
-    frames: dict[str, pl.DataFrame], positions: dict[str, int], captions_hashes: dict[str, str]
-) -> dict[str, TestQueries]:
-    tests = {language: frame.filter(pl.col("split") == "test") for language, frame in frames.items()}
-    return {
-        language: TestQueries(
-            vectors_of(frame),
-            np.array([positions.get(i, -1) for i in frame["image_id"].to_list()]),
-            captions_hashes[language],
-        )
-        for language, frame in tests.items()
-    }
 
 
 def _main_image_model(outputs: DatasetOutputs) -> str:
@@ -231,6 +194,7 @@ def _caption_frames(
 
 def build_experiments(
     lane: Lane,
+    code_versions: Mapping[str, str],
     captions: dg.AssetsDefinition,
     image_embeddings: dg.AssetsDefinition,
     text_embeddings: dg.AssetsDefinition,
@@ -240,11 +204,9 @@ def build_experiments(
     train_partition = dg.SpecificPartitionsPartitionMapping([train_language])
 
     @dg.asset(
-        key=lane.key("text_augmentations"),
+        **TEXT_AUGMENTATIONS.asset_args(lane),
         deps=[dg.AssetDep(captions, partition_mapping=train_partition)],
-        group_name=lane.experiment_group,
         kinds={"wordfreq", "parquet"},
-        code_version=CODE_VERSIONS["text_augmentations"],
     )
     def text_augmentations(
         context: dg.AssetExecutionContext, config: AugmentationConfig, settings: XlrSettings
@@ -326,7 +288,7 @@ def build_experiments(
                 "examples": markdown_preview(out.select("language", "original", "caption", "english_control"), rows=8),
                 "path": dg.MetadataValue.path(str(path)),
                 **lineage_metadata(
-                    CURRENT_CONFIG["text_augmentations"](settings, lane, None, {}),
+                    TEXT_AUGMENTATIONS.config(settings, lane, None, {}),
                     {input_name("captions", train_language): file_version(source)},
                     [
                         path,
@@ -340,11 +302,9 @@ def build_experiments(
         )
 
     @dg.asset(
-        key=lane.key("text_encoder_finetuning"),
+        **TEXT_ENCODER_FINETUNING.asset_args(lane),
         deps=[image_embeddings, text_augmentations, dg.AssetDep(captions, partition_mapping=train_partition)],
-        group_name=lane.experiment_group,
         kinds={"pytorch", "parquet"},
-        code_version=CODE_VERSIONS["text_encoder_finetuning"],
     )
     def text_encoder_finetuning(
         context: dg.AssetExecutionContext, config: FinetuneAssetConfig, settings: XlrSettings
@@ -423,11 +383,9 @@ def build_experiments(
         )
 
     @dg.asset(
-        key=lane.key("experiment_grid"),
+        **EXPERIMENT_GRID.asset_args(lane),
         deps=[image_embeddings, text_embeddings, text_augmentations, text_encoder_finetuning, captions],
-        group_name=lane.experiment_group,
         kinds={"pytorch", "duckdb"},
-        code_version=CODE_VERSIONS["experiment_grid"],
     )
     def experiment_grid(
         context: dg.AssetExecutionContext, config: GridConfig, settings: XlrSettings
@@ -442,27 +400,15 @@ def build_experiments(
         set `objectives`, `augmentations` and `seeds` in the launchpad.
         """
         settings = lane.settings(settings)  # this dataset's encoders
-        from xlr_pipeline.core.training.head import TrainingResult
-        from xlr_pipeline.core.training.training_pool import train_heads
-
         started = time.perf_counter()
-        processes = config.processes or available_cores()
         outputs = lane.outputs(settings)
         languages = sorted(context.instance.get_dynamic_partitions(lane.partitions.name))
         images = read_parquet(require_file(outputs.image_embeddings_path, f"{lane.name}/image_embeddings"))
-        main_frames = {
-            lang: read_parquet(require_file(outputs.text_embeddings_path(lang), f"{lane.name}/text_embeddings[{lang}]"))
-            for lang in languages
-        }
-        folder = outputs.experiments
-        switched = read_parquet(require_file(folder / "code_switched.parquet", f"{lane.name}/text_augmentations"))
-        keywords = (
-            read_parquet(folder / "keywords.parquet") if (folder / "keywords.parquet").is_file() else switched.clear()
-        )
-        means_frame = read_parquet(require_file(folder / "language_means.parquet", f"{lane.name}/text_augmentations"))
-        means = dict(zip(means_frame["language"].to_list(), vectors_of(means_frame)))
-
-        finetuned = folder / "finetuned_encoders.parquet"
+        augmentations = f"{lane.name}/text_augmentations"
+        switched = read_parquet(require_file(outputs.code_switched_path, augmentations))
+        keywords = read_parquet(outputs.keywords_path) if outputs.keywords_path.is_file() else switched.clear()
+        means_frame = read_parquet(require_file(outputs.language_means_path, augmentations))
+        finetuned = outputs.finetuned_encoders_path
         finetuned_models = (
             read_parquet(finetuned)["model_id"].to_list() if config.finetuned_encoders and finetuned.is_file() else []
         )
@@ -471,173 +417,66 @@ def build_experiments(
             other_text_models=[*config.other_text_models, *finetuned_models],
             image_text_models=[settings.text_model, *config.other_text_models],
         )
-        main_pair = (settings.text_model, images["model_id"][0])
-        cells = plan_cells(plan, *main_pair)
-        image_frames = {main_pair[1]: images}
-        encoding_started = time.perf_counter()
-        if plan.other_image_models:
-            image_set = ImageSet.read(require_file(outputs.images_path, f"{lane.name}/images"))
-            for model in plan.other_image_models:
-                image_frames[model] = embed_images(
-                    settings, image_set, settings.image_encoder(model), progress_logger(context, model)
-                )[0]
-        text_frames = {settings.text_model: main_frames}
-        for model in [*plan.other_text_models, *([plan.english_only_model] if plan.english_only_model else [])]:
-            text_frames[model] = _caption_frames(settings, outputs, languages, train_language, model)
-        encoding_seconds = time.perf_counter() - encoding_started
-        pairs = list(dict.fromkeys(cell.encoders for cell in cells))
-        encoders = {
-            (text, image): training_data(
-                training_pairs(image_frames[image], text_frames[text][train_language]),
-                *((switched, keywords) if (text, image) == main_pair else ()),
-            )
-            for text, image in pairs
-        }
-        steps = step_budget(encoders[main_pair], plan.augmentations, plan.seeds, config.epochs, HeadConfig().batch_size)
-        validation = {
-            (text, image): _validation_set(image_frames[image], text_frames[text][train_language])
-            for text, image in pairs
-        }
-        objective_configs = config.objective_configs(steps)
-        tuning = None
-        tuning_started = time.perf_counter()
-        if config.tuning_candidates:
-            if validation[main_pair] is None:
-                raise ValueError(
-                    f"{lane.name} has no '{train_language}' captions of validation ('val') images to tune on; "
-                    "add a val split to its image list or set tuning_candidates to 0"
-                )
-            tuning = tune(
-                objective_configs,
-                encoders[main_pair],
-                validation[main_pair],
-                config.tuning_candidates,
-                config.tuning_seeds,
-                processes,
-            ).with_columns(pl.lit(context.run.run_id).alias("grid_run_id"), pl.lit(steps).alias("steps"))
-            objective_configs = tuned_configs(tuning, objective_configs)
-            context.log.info(
-                f"tuned {len(objective_configs)} objectives on validation: {tuning.filter(pl.col('chosen')).rows()}"
-            )
 
-        tuning_seconds = time.perf_counter() - tuning_started
-        test_images = {model: frame.filter(pl.col("split") == "test") for model, frame in image_frames.items()}
-        galleries = {model: vectors_of(frame) for model, frame in test_images.items()}
-        gallery_hashes = {
-            model: gallery_hash(frame["image_id"].to_list(), frame["content_hash"].to_list())
-            for model, frame in test_images.items()
-        }
-        images_hash = sha256_file(outputs.image_embeddings_path)
+        def embed_images(model: str) -> pl.DataFrame:
+            image_set = ImageSet.read(require_file(outputs.images_path, f"{lane.name}/images"))
+            return settings.embed_images(image_set, settings.image_encoder(model), progress_logger(context, model))[0]
+
+        inputs = GridInputs(
+            dataset=lane.name,
+            train_language=train_language,
+            languages=languages,
+            text_model=settings.text_model,
+            images=images,
+            captions={
+                lang: read_parquet(
+                    require_file(outputs.text_embeddings_path(lang), f"{lane.name}/text_embeddings[{lang}]")
+                )
+                for lang in languages
+            },
+            code_switched=switched,
+            keywords=keywords,
+            language_means=dict(zip(means_frame["language"].to_list(), vectors_of(means_frame))),
+            images_hash=sha256_file(outputs.image_embeddings_path),
+            captions_hashes={lang: sha256_file(outputs.captions_path(lang)) for lang in languages},
+            embed_images=embed_images,
+            embed_captions=lambda model: _caption_frames(settings, outputs, languages, train_language, model),
+        )
+        options = GridOptions(
+            plan=plan,
+            objective_configs=config.objective_configs(),
+            epochs=config.epochs,
+            mixup_alpha=config.mixup_alpha,
+            tuning_candidates=config.tuning_candidates,
+            tuning_seeds=config.tuning_seeds,
+            processes=config.processes or available_cores(),
+        )
         grid_run_id = context.run.run_id
-        captions_hashes = {lang: sha256_file(outputs.captions_path(lang)) for lang in languages}
-        test_queries = {
-            (text, image): _test_queries(text_frames[text], _gallery_rows(test_images[image]), captions_hashes)
-            for text, image in pairs
-        }
-        train_captions_hash = captions_hashes[train_language]
-        jobs = {cell: cell_job(cell, objective_configs[cell.objective]) for cell in cells}
-        trainings = train_heads(list(dict.fromkeys(jobs.values())), encoders, config.mixup_alpha, processes)
-        trained_jobs: dict[TrainingJob, tuple[TrainingResult, int]] = {}
-        hits, validation_rows, runs, recall, ranks = [], [], [], [], []
-        for number, cell in enumerate(cells, start=1):
-            if jobs[cell] not in trained_jobs:  # jobs are in the order of their first cell
-                trained_jobs[jobs[cell]] = next(trainings)
-            trained, training_rows = trained_jobs[jobs[cell]]
-            queries = test_queries[cell.encoders]
-            if cell.centring == "per_language":
-                queries = {
-                    lang: TestQueries(
-                        shift_to_centroid(test.vectors, means[lang], means[train_language]),
-                        test.labels,
-                        test.captions_hash,
-                    )
-                    if lang in means
-                    else test
-                    for lang, test in queries.items()
-                }
-            if trained.steps != steps:
-                raise RuntimeError(f"cell {cell} took {trained.steps} steps, not the grid's {steps}")
-            label = (
-                "+".join(model_slug(model) for model, main in zip(cell.encoders, main_pair) if model != main) or "main"
-            )
-            provenance = RunProvenance(
-                run_id=f"{grid_run_id}/{cell.run_suffix(label)}",
-                dataset=lane.name,
-                image_model=cell.image_model,
-                text_model=cell.text_model,
-                train_language=train_language,
-                train_captions_hash=train_captions_hash,
-                images_hash=images_hash,
-                dagster_run_id=grid_run_id,
-                augmentation=cell.augmentation_label,
-                train_pairs=training_rows,
-            )
-            evaluation = evaluate_run(
-                trained.head,
-                provenance,
-                galleries[cell.image_model],
-                queries,
-                CODE_VERSIONS,
-                grid_run_id,
-                gallery_hashes[cell.image_model],
-                with_random_baseline=cell.with_random_baseline,
-            )
-            context.log.info(f"cell {number}/{len(cells)}: {cell}")
-            hits.append(
-                hits_frame(
-                    cell,
-                    evaluation.results,
-                    {lang: test.labels for lang, test in queries.items()},
-                    grid_run_id,
-                    trained.steps,
-                )
-            )
-            if validation[cell.encoders] is not None:
-                validation_rows.append(
-                    {
-                        "grid_run_id": grid_run_id,
-                        "objective": cell.objective,
-                        "augmentation": cell.augmentation_label,
-                        "text_model": cell.text_model,
-                        "image_model": cell.image_model,
-                        "seed": cell.seed,
-                        **validation_recall(trained.head, validation[cell.encoders]),
-                    }
-                )
-            runs += evaluation.runs
-            recall += evaluation.recall
-            ranks += evaluation.ranks
+        outcome = run_grid(inputs, options, grid_run_id, code_versions, context.log.info)
         with clear_failures():
-            record_evaluation(settings.results_db, runs, recall, ranks)
-        path = folder / "grid_hits.parquet"
-        write_parquet_atomic(pl.concat(hits), path)
-        validation_path = folder / "grid_validation.parquet"
-        if validation_rows:
-            write_parquet_atomic(pl.DataFrame(validation_rows), validation_path)
-        else:
-            validation_path.unlink(missing_ok=True)
-        if tuning is None:
-            (folder / "tuning.parquet").unlink(missing_ok=True)
-        else:
-            write_parquet_atomic(tuning, folder / "tuning.parquet")
+            record_evaluation(settings.results_db, outcome.runs, outcome.recall, outcome.ranks)
+        write_parquet_atomic(outcome.hits, outputs.grid_hits_path)
+        for path, frame in ((outputs.grid_validation_path, outcome.validation), (outputs.tuning_path, outcome.tuning)):
+            if frame is None:
+                path.unlink(missing_ok=True)
+            else:
+                write_parquet_atomic(frame, path)
         cost = {
             "grid_run_id": grid_run_id,
             "seconds": round(time.perf_counter() - started, 1),
-            "encoding_seconds": round(encoding_seconds, 1),
-            "tuning_seconds": round(tuning_seconds, 1),
-            "cells": len(cells),
-            "head_trainings": len(trained_jobs)
-            + (tuning.height * len(config.tuning_seeds) if tuning is not None else 0),
-            "processes": processes,
+            "encoding_seconds": round(outcome.encoding_seconds, 1),
+            "tuning_seconds": round(outcome.tuning_seconds, 1),
+            "cells": outcome.cells,
+            "head_trainings": outcome.head_trainings,
+            "processes": options.processes,
             "cores": available_cores(),
         }
-        write_with_atomic(
-            folder / "grid_cost.json", lambda target: target.write_text(json.dumps(cost, indent=2), "utf-8")
-        )
+        write_with_atomic(outputs.grid_cost_path, lambda target: target.write_text(json.dumps(cost, indent=2), "utf-8"))
+        tuning = outcome.tuning
         return dg.MaterializeResult(
-            data_version=dg.DataVersion(file_version(path)),
+            data_version=dg.DataVersion(file_version(outputs.grid_hits_path)),
             metadata={
-                "steps_per_cell": steps,
+                "steps_per_cell": outcome.steps,
                 "tuned_on_validation": tuning is not None,
                 **(
                     {"tuning": markdown_preview(tuning.filter(pl.col("chosen")).drop("chosen", "grid_run_id"), rows=10)}
@@ -646,13 +485,13 @@ def build_experiments(
                 ),
                 **cost,
                 "languages": languages,
-                "path": dg.MetadataValue.path(str(path)),
+                "path": dg.MetadataValue.path(str(outputs.grid_hits_path)),
                 "grid_config": config.model_dump(),
                 **lineage_metadata(
-                    CURRENT_CONFIG["experiment_grid"](settings, lane, None, {}),
+                    EXPERIMENT_GRID.config(settings, lane, None, {}),
                     {
                         "image_embeddings": file_version(outputs.image_embeddings_path),
-                        "text_augmentations": file_version(folder / "code_switched.parquet"),
+                        "text_augmentations": file_version(outputs.code_switched_path),
                         **({"text_encoder_finetuning": file_version(finetuned)} if finetuned_models else {}),
                         **{
                             input_name("text_embeddings", lang): file_version(outputs.text_embeddings_path(lang))
@@ -664,9 +503,9 @@ def build_experiments(
                         },
                     },
                     [
-                        path,
-                        folder / "grid_cost.json",
-                        *(p for p in (validation_path, folder / "tuning.parquet") if p.is_file()),
+                        outputs.grid_hits_path,
+                        outputs.grid_cost_path,
+                        *(p for p in (outputs.grid_validation_path, outputs.tuning_path) if p.is_file()),
                     ],
                     settings.root,
                 ),
@@ -674,11 +513,9 @@ def build_experiments(
         )
 
     @dg.asset(
-        key=lane.key("grid_report"),
+        **GRID_REPORT.asset_args(lane),
         deps=[experiment_grid],
-        group_name=lane.experiment_group,
         kinds={"markdown"},
-        code_version=CODE_VERSIONS["grid_report"],
     )
     def grid_report(context: dg.AssetExecutionContext, settings: XlrSettings) -> dg.MaterializeResult:
         """Markdown + PNG report of the grid: zero-shot mean R@1/R@5 with bootstrap CIs, paired tests, per-language

@@ -2,23 +2,54 @@ import dagster as dg
 import polars as pl
 
 from xlr_pipeline.core.data.datasets import DatasetError
-from xlr_pipeline.core.data.image_sources import resolve_images
-from xlr_pipeline.core.storage.locations import read_parquet, write_parquet_atomic
-from xlr_pipeline.defs.lane import Lane
-from xlr_pipeline.defs.lineage import CURRENT_CONFIG, lineage_metadata
+from xlr_pipeline.core.data.image_sources import ContentHashes, folders_fingerprint, locate_images, resolve_images
+from xlr_pipeline.core.data.readers import ImagesNotAvailable
+from xlr_pipeline.core.storage.locations import read_parquet, sha256_file, write_parquet_atomic
+from xlr_pipeline.defs.lane import AssetDeclaration, Lane
+from xlr_pipeline.defs.lineage import lineage_metadata
 from xlr_pipeline.defs.metadata import PROGRESS, file_data_version, markdown_preview
 from xlr_pipeline.defs.resources import XlrSettings, clear_failures
-from xlr_pipeline.defs.versions import CODE_VERSIONS
+
+
+def _images_config(settings: XlrSettings, lane: Lane, partition: str | None, head_config: dict) -> dict:
+    """The image list, where images are looked for (by names, sizes and times of the files there) and the
+    COCO options. A COCO-sourced dataset with no test image on disk and downloads off cannot run: an error."""
+    spec = lane.spec
+    coco = settings.coco_source(spec)
+    folders = settings.image_folders(spec)
+    config = {
+        "dataset": spec.name,
+        "image_list_sha256": sha256_file(spec.image_list_path),
+        "files": folders_fingerprint(
+            folders, settings.root, ContentHashes(settings.root / "cache" / "file_hashes.sqlite")
+        ),
+    }
+    if coco is not None:
+        config |= {
+            "coco_train_images": settings.train_image_count(spec.coco_train_images),
+            "coco_download": coco.download,
+        }
+        if not coco.download:
+            tests = [record for record in spec.image_records() if record.split == "test"]
+            if not locate_images(tests, spec.images_dir, coco):
+                raise ImagesNotAvailable(
+                    f"no {spec.name} test image in {', '.join(map(str, folders))}: "
+                    f"`xlr run --dataset {spec.name} --download`, or point --coco-dir (XLR_COCO_DIR) at a COCO folder"
+                )
+    elif not spec.images_dir.is_dir():
+        raise DatasetError(f"{spec.images_dir}: images folder not found for dataset {spec.name!r}")
+    return config
+
+
+IMAGES = AssetDeclaration("images", code_version="2", stage="run", config=_images_config)
 
 
 def build_images(lane: Lane) -> dg.AssetsDefinition:
-    key = lane.key("images")
+    key = lane.key(IMAGES.name)
 
     @dg.asset(
-        key=key,
-        group_name=lane.group,
+        **IMAGES.asset_args(lane),
         kinds={"parquet"},
-        code_version=CODE_VERSIONS["images"],
         check_specs=[
             dg.AssetCheckSpec("all_images_usable", asset=key, description="Every listed image is on disk and decodes")
         ],
@@ -97,7 +128,7 @@ def build_images(lane: Lane) -> dg.AssetsDefinition:
                 "download_retries": resolved.downloads.retries,
                 "downloaded_mb": round(resolved.downloads.bytes_fetched / 1e6, 1),
             }
-        metadata |= lineage_metadata(CURRENT_CONFIG["images"](settings, lane, None, {}), {}, written, settings.root)
+        metadata |= lineage_metadata(IMAGES.config(settings, lane, None, {}), {}, written, settings.root)
         return dg.MaterializeResult(
             data_version=file_data_version(outputs.images_path),
             metadata=metadata,

@@ -8,13 +8,15 @@ from xlr_pipeline.core.models.embeddings import vectors_of
 from xlr_pipeline.core.scoring.index import IndexPlan, build_index, recall_against_exact, save_index
 from xlr_pipeline.core.search.limits import DEFAULT_PORT
 from xlr_pipeline.core.storage.locations import read_parquet, write_parquet_atomic
-from xlr_pipeline.defs.lane import Lane
+from xlr_pipeline.defs.lane import AssetDeclaration, Lane
 from xlr_pipeline.defs.lineage import file_version, lineage_metadata
 from xlr_pipeline.defs.metadata import file_data_version
 from xlr_pipeline.defs.resources import XlrSettings, require_file
-from xlr_pipeline.defs.versions import CODE_VERSIONS
 
 RECALL_QUERIES = 1_000
+
+
+IMAGE_INDEX = AssetDeclaration("image_index", code_version="1", stage="run")
 
 
 def search_hint(dataset: str, language: str) -> str:
@@ -49,14 +51,12 @@ class ImageIndexConfig(dg.Config):
 def build_image_index(
     lane: Lane, projection_head: dg.AssetsDefinition, image_embeddings: dg.AssetsDefinition
 ) -> dg.AssetsDefinition:
-    key = lane.key("image_index")
+    key = lane.key(IMAGE_INDEX.name)
 
     @dg.asset(
-        key=key,
+        **IMAGE_INDEX.asset_args(lane),
         deps=[projection_head, image_embeddings],
-        group_name=lane.group,
         kinds={"faiss"},
-        code_version=CODE_VERSIONS["image_index"],
         # A head retrained from the launchpad carries its index and metrics along (the automation sensor).
         automation_condition=dg.AutomationCondition.eager(),
         check_specs=[dg.AssetCheckSpec("indexes_every_test_image", asset=key)],

@@ -4,27 +4,37 @@ import polars as pl
 from xlr_pipeline.core.data.datasets import CAPTION_SCHEMA, read_captions
 from xlr_pipeline.core.data.image_sources import ImageSet
 from xlr_pipeline.core.storage.locations import read_parquet, sha256_file, write_parquet_atomic
-from xlr_pipeline.defs.lane import Lane
-from xlr_pipeline.defs.lineage import CURRENT_CONFIG, file_version, lineage_metadata
+from xlr_pipeline.defs.lane import AssetDeclaration, Lane
+from xlr_pipeline.defs.lineage import file_version, lineage_metadata
 from xlr_pipeline.defs.metadata import PartitionOutcome, markdown_preview, materialize_partitions
 from xlr_pipeline.defs.resources import XlrSettings, clear_failures, require_file
-from xlr_pipeline.defs.versions import CODE_VERSIONS
+
+
+def _captions_config(settings: XlrSettings, lane: Lane, partition: str | None, head_config: dict) -> dict:
+    """The caption file and the image list, whose split column every caption row carries."""
+    spec = lane.spec
+    return {
+        "dataset": spec.name,
+        "source_sha256": sha256_file(spec.caption_file(partition)),
+        "image_list_sha256": sha256_file(spec.image_list_path),
+    }
+
+
+CAPTIONS = AssetDeclaration("captions", code_version="3", stage="run", config=_captions_config)
 
 
 def build_captions(lane: Lane, images: dg.AssetsDefinition) -> dg.AssetsDefinition:
-    key = lane.key("captions")
+    key = lane.key(CAPTIONS.name)
     # A COCO-sourced dataset's captions read the `images` asset: its English training captions come from there,
     # and captions of images that could not be had are left out. Other datasets' captions read only their files
     # (queries of a missing image simply have no correct item), so a backfill runs them beside the images.
     reads_images = lane.spec.coco_sourced
 
     @dg.asset(
-        key=key,
+        **CAPTIONS.asset_args(lane),
         partitions_def=lane.partitions,
         deps=[images] if reads_images else [],
-        group_name=lane.group,
         kinds={"polars", "parquet"},
-        code_version=CODE_VERSIONS["captions"],
         backfill_policy=dg.BackfillPolicy.single_run(),
         check_specs=[
             dg.AssetCheckSpec("no_quarantined_rows", asset=key, description="Every row of the caption file was usable"),
@@ -83,7 +93,7 @@ def build_captions(lane: Lane, images: dg.AssetsDefinition) -> dg.AssetsDefiniti
                     "path": dg.MetadataValue.path(str(outputs.captions_path(language))),
                     "preview": markdown_preview(frame.select("image_id", "caption", "split")),
                     **lineage_metadata(
-                        CURRENT_CONFIG["captions"](settings, lane, language, {}),
+                        CAPTIONS.config(settings, lane, language, {}),
                         {"images": file_version(outputs.images_path)} if reads_images else {},
                         [outputs.captions_path(language), outputs.quarantine_path(language)],
                         settings.root,

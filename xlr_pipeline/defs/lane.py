@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import dagster as dg
 
@@ -21,24 +23,38 @@ warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", categor
 # Sharded text embeddings report their data version on a graph's output (`Output(data_version=…)`, also beta).
 warnings.filterwarnings("ignore", message="Parameter `data_version`", category=dg.BetaWarning)
 
-# The per-dataset chain (`xlr run`) and the experiments on top of it (`xlr grid`), by asset name.
-CHAIN_ASSETS = (
-    "images",
-    "captions",
-    "image_embedding_shards",
-    "image_embeddings",
-    "text_embeddings",
-    "projection_head",
-    "image_index",
-    "retrieval_metrics",
-)
-EXPERIMENT_ASSETS = ("text_augmentations", "text_encoder_finetuning", "experiment_grid", "grid_report")
-# Diagnostics in the experiments group that no command brings up to date implicitly (`xlr alignment` runs it).
-DIAGNOSTIC_ASSETS = ("text_alignment",)
-# Zero-shot image tagging with the chain's head (`xlr tagging`).
-TAGGING_ASSETS = ("tags", "tagging_report")
-# What the new-language sensor and the re-evaluation job run for one language.
-LANGUAGE_ASSETS = ("captions", "text_embeddings", "retrieval_metrics")
+# The command that brings an asset up to date: `xlr run` (the chain), `xlr grid` (experiments on top of it),
+# `xlr alignment` (a diagnostic no other command runs) and `xlr tagging`. Recorded as each asset's STAGE_TAG.
+Stage = Literal["run", "grid", "alignment", "tagging"]
+STAGE_TAG = "xlr/stage"
+ConfigFunction = Callable[["XlrSettings", "Lane", "str | None", dict], dict]
+
+
+def no_config(settings: XlrSettings, lane: Lane, partition: str | None, head_config: dict) -> dict:
+    return {}
+
+
+@dataclass(frozen=True)
+class AssetDeclaration:
+    """One asset's facts besides its body, declared beside it: its name in every lane, its code version (bump it
+    when the logic changes, so it and what depends on it go stale), the command that runs it, and `config`, the
+    configuration its output depends on besides code and inputs — recorded with every materialization and
+    recomputed by the staleness walk (`xlr_pipeline/staleness.py`)."""
+
+    name: str
+    code_version: str
+    stage: Stage
+    config: ConfigFunction = no_config
+
+    def asset_args(self, lane: Lane) -> dict:
+        """The `@dg.asset` arguments these facts fix: key, group, code version and stage tag."""
+        group = {"run": lane.group, "tagging": lane.tagging_group}.get(self.stage, lane.experiment_group)
+        return {
+            "key": lane.key(self.name),
+            "group_name": group,
+            "code_version": self.code_version,
+            "tags": {STAGE_TAG: self.stage},
+        }
 
 
 @dataclass(frozen=True)
@@ -107,5 +123,15 @@ class Lane:
 
 
 def asset_name(key: dg.AssetKey) -> str:
-    """`captions` for `emoji_cldr/captions`: what lineage, configs and versions are keyed by."""
+    """`captions` for `emoji_cldr/captions`: an asset's name within its lane."""
     return key.path[-1]
+
+
+def language_asset_keys(assets: Iterable[dg.AssetsDefinition], lane: Lane) -> list[dg.AssetKey]:
+    """The chain's assets partitioned by the lane's languages: what a new language runs."""
+    return [
+        spec.key
+        for assets_def in assets
+        for spec in assets_def.specs
+        if spec.tags.get(STAGE_TAG) == "run" and spec.partitions_def == lane.partitions
+    ]

@@ -8,18 +8,53 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from xlr_pipeline.core.data.datasets import DatasetSpec, discover_datasets
-from xlr_pipeline.defs.alignment import build_text_alignment
+from xlr_pipeline.defs.alignment import TEXT_ALIGNMENT, build_text_alignment
 from xlr_pipeline.defs.automation import build_automation
-from xlr_pipeline.defs.embed import build_image_embedding_shards, build_image_embeddings, build_text_embeddings
-from xlr_pipeline.defs.evaluate import build_retrieval_metrics
-from xlr_pipeline.defs.experiments import build_experiments
-from xlr_pipeline.defs.images import build_images
-from xlr_pipeline.defs.index import build_image_index
-from xlr_pipeline.defs.ingest import build_captions
-from xlr_pipeline.defs.lane import Lane
+from xlr_pipeline.defs.embed import (
+    IMAGE_EMBEDDING_SHARDS,
+    IMAGE_EMBEDDINGS,
+    TEXT_EMBEDDINGS,
+    build_image_embedding_shards,
+    build_image_embeddings,
+    build_text_embeddings,
+)
+from xlr_pipeline.defs.evaluate import RETRIEVAL_METRICS, build_retrieval_metrics
+from xlr_pipeline.defs.experiments import (
+    EXPERIMENT_GRID,
+    GRID_REPORT,
+    TEXT_AUGMENTATIONS,
+    TEXT_ENCODER_FINETUNING,
+    build_experiments,
+)
+from xlr_pipeline.defs.images import IMAGES, build_images
+from xlr_pipeline.defs.index import IMAGE_INDEX, build_image_index
+from xlr_pipeline.defs.ingest import CAPTIONS, build_captions
+from xlr_pipeline.defs.lane import STAGE_TAG, AssetDeclaration, Lane, Stage, asset_name, language_asset_keys
 from xlr_pipeline.defs.resources import XlrSettings
-from xlr_pipeline.defs.tagging import build_tagging
-from xlr_pipeline.defs.train import build_projection_head
+from xlr_pipeline.defs.tagging import TAGGING_REPORT, TAGS, build_tagging
+from xlr_pipeline.defs.train import PROJECTION_HEAD, build_projection_head
+
+# Every asset's declaration (beside its definition), by name: what the staleness walk asks for its configuration.
+DECLARATIONS: dict[str, AssetDeclaration] = {
+    declaration.name: declaration
+    for declaration in (
+        IMAGES,
+        CAPTIONS,
+        IMAGE_EMBEDDING_SHARDS,
+        IMAGE_EMBEDDINGS,
+        TEXT_EMBEDDINGS,
+        PROJECTION_HEAD,
+        IMAGE_INDEX,
+        RETRIEVAL_METRICS,
+        TEXT_AUGMENTATIONS,
+        TEXT_ENCODER_FINETUNING,
+        EXPERIMENT_GRID,
+        GRID_REPORT,
+        TEXT_ALIGNMENT,
+        TAGS,
+        TAGGING_REPORT,
+    )
+}
 
 
 def lane_definitions(lane: Lane) -> dg.Definitions:
@@ -30,23 +65,30 @@ def lane_definitions(lane: Lane) -> dg.Definitions:
     text_embeddings = build_text_embeddings(lane, captions)
     projection_head = build_projection_head(lane, image_embeddings, text_embeddings)
     image_index = build_image_index(lane, projection_head, image_embeddings)
-    retrieval_metrics = build_retrieval_metrics(lane, text_embeddings, image_embeddings, projection_head, image_index)
-    experiments = [*build_experiments(lane, captions, image_embeddings, text_embeddings), build_text_alignment(lane)]
+    code_versions = {name: declaration.code_version for name, declaration in DECLARATIONS.items()}
+    retrieval_metrics = build_retrieval_metrics(
+        lane, code_versions, text_embeddings, image_embeddings, projection_head, image_index
+    )
+    experiments = [
+        *build_experiments(lane, code_versions, captions, image_embeddings, text_embeddings),
+        build_text_alignment(lane),
+    ]
     tagging = build_tagging(lane, captions, image_embeddings, text_embeddings, projection_head)
-    sensors, schedule, job = build_automation(lane)
+    assets = [
+        images,
+        captions,
+        image_embedding_shards,
+        image_embeddings,
+        text_embeddings,
+        projection_head,
+        image_index,
+        retrieval_metrics,
+        *experiments,
+        *tagging,
+    ]
+    sensors, schedule, job = build_automation(lane, language_asset_keys(assets, lane))
     return dg.Definitions(
-        assets=[
-            images,
-            captions,
-            image_embedding_shards,
-            image_embeddings,
-            text_embeddings,
-            projection_head,
-            image_index,
-            retrieval_metrics,
-            *experiments,
-            *tagging,
-        ],
+        assets=assets,
         sensors=sensors,
         schedules=[schedule],
         jobs=[job],
@@ -75,6 +117,20 @@ class Pipeline:
     def assets(self) -> list[dg.AssetsDefinition]:
         """Every lane's assets with the settings resource bound, ready for `dg.materialize`."""
         return list(dict.fromkeys(self.definitions.get_repository_def().assets_defs_by_key.values()))
+
+    def declaration(self, key: dg.AssetKey) -> AssetDeclaration:
+        return DECLARATIONS[asset_name(key)]
+
+    def stage_assets(self, *stages: Stage) -> frozenset[str]:
+        """Names of the assets that the given commands bring up to date, read off the graph's stage tags."""
+        graph = self.definitions.get_repository_def().asset_graph
+        return frozenset(
+            asset_name(key) for key in graph.get_all_asset_keys() if graph.get(key).tags.get(STAGE_TAG) in stages
+        )
+
+    def language_keys(self, lane: Lane) -> list[dg.AssetKey]:
+        """What a new language of `lane` runs: its chain assets partitioned by language."""
+        return language_asset_keys(self.assets(), lane)
 
     def op_name(self, key: dg.AssetKey) -> str:
         """The op that materializes `key`: what run config (e.g. a projection_head Config) is keyed by."""

@@ -9,13 +9,15 @@ from urllib.parse import urlsplit
 
 import dagster as dg
 import numpy as np
+import polars as pl
 from pydantic import Field, field_validator
 
 from xlr_pipeline.core.data.coco import DEFAULT_ANNOTATIONS_URL, DEFAULT_IMAGE_URL, CocoError
 from xlr_pipeline.core.data.datasets import DatasetError, DatasetSpec, discover_datasets
 from xlr_pipeline.core.data.download import DownloadPolicy
-from xlr_pipeline.core.data.image_sources import CocoSource
-from xlr_pipeline.core.models.embeddings import EmbeddingCache, embed_with_cache
+from xlr_pipeline.core.data.image_sources import CocoSource, ImageSet
+from xlr_pipeline.core.models.embedding_frames import embed_images
+from xlr_pipeline.core.models.embeddings import EmbeddingCache, ProgressCallback, embed_with_cache
 from xlr_pipeline.core.models.encoders import (
     EncoderError,
     ImageEncoder,
@@ -206,6 +208,21 @@ class XlrSettings(dg.ConfigurableResource):
 
     def embedding_cache(self, encoder: ImageEncoder | TextEncoder) -> EmbeddingCache:
         return EmbeddingCache(self.root / "cache" / "embeddings", encoder.model_id, encoder.backend)
+
+    def embed_images(
+        self, image_set: ImageSet, encoder: ImageEncoder, progress: ProgressCallback | None = None
+    ) -> tuple[pl.DataFrame, int]:
+        """`core.models.embedding_frames.embed_images` with these settings' cache, batches, decoders and threads."""
+        return embed_images(
+            image_set,
+            encoder,
+            self.embedding_cache(encoder),
+            self.root,
+            self.image_batch_size,
+            self.decode_workers,
+            self.step_threads,
+            progress,
+        )
 
     def cached_text_encoder(self, model_id: str | None = None) -> Callable[[list[str]], np.ndarray]:
         """A text model (default: the configured one) loaded once, as a function from texts to vectors that

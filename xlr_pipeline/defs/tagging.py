@@ -10,6 +10,7 @@ import polars as pl
 from pydantic import Field
 
 from xlr_pipeline.core.data.datasets import read_text_strict
+from xlr_pipeline.core.models.embedding_frames import training_pairs
 from xlr_pipeline.core.models.embeddings import vectors_of, with_vectors
 from xlr_pipeline.core.reporting.report import to_markdown
 from xlr_pipeline.core.reporting.results import append_tables
@@ -27,13 +28,27 @@ from xlr_pipeline.core.scoring.tagging import (
     translate_tags,
     vocabulary_from_keywords,
 )
-from xlr_pipeline.core.storage.locations import combined_hash, read_parquet, write_parquet_atomic, write_with_atomic
-from xlr_pipeline.defs.lane import Lane
-from xlr_pipeline.defs.lineage import CURRENT_CONFIG, file_version, input_name, lineage_metadata
+from xlr_pipeline.core.storage.locations import (
+    combined_hash,
+    read_parquet,
+    sha256_file,
+    write_parquet_atomic,
+    write_with_atomic,
+)
+from xlr_pipeline.defs.lane import AssetDeclaration, Lane
+from xlr_pipeline.defs.lineage import file_version, input_name, lineage_metadata, text_model_config
 from xlr_pipeline.defs.metadata import PartitionOutcome, materialize_partitions
 from xlr_pipeline.defs.resources import XlrSettings, clear_failures, require_file
-from xlr_pipeline.defs.train import training_pairs
-from xlr_pipeline.defs.versions import CODE_VERSIONS
+
+
+def _tags_config(settings: XlrSettings, lane: Lane, partition: str | None, head_config: dict) -> dict:
+    settings = lane.settings(settings)
+    declared = lane.spec.tag_file(partition) if partition else None
+    return {"text_model": settings.text_model, "tag_file_sha256": sha256_file(declared) if declared else ""}
+
+
+TAGS = AssetDeclaration("tags", code_version="1", stage="tagging", config=_tags_config)
+TAGGING_REPORT = AssetDeclaration("tagging_report", code_version="3", stage="tagging", config=text_model_config)
 
 
 class TagsConfig(dg.Config):
@@ -82,12 +97,10 @@ def build_tagging(
     train_language = lane.train_language
 
     @dg.asset(
-        key=lane.key("tags"),
+        **TAGS.asset_args(lane),
         partitions_def=lane.partitions,
         deps=[captions, image_embeddings, projection_head],
-        group_name=lane.tagging_group,
         kinds={"faiss", "duckdb"},
-        code_version=CODE_VERSIONS["tags"],
         backfill_policy=dg.BackfillPolicy.single_run(),
     )
     def tags(context: dg.AssetExecutionContext, config: TagsConfig, settings: XlrSettings) -> dg.MaterializeResult:
@@ -158,7 +171,7 @@ def build_tagging(
                     "gallery": _gallery(top_tags, truth),
                     "path": dg.MetadataValue.path(str(outputs.tags_path(language))),
                     **lineage_metadata(
-                        CURRENT_CONFIG["tags"](settings, lane, language, {}),
+                        TAGS.config(settings, lane, language, {}),
                         {
                             input_name("captions", language): file_version(captions_path),
                             "image_embeddings": file_version(outputs.image_embeddings_path),
@@ -173,16 +186,14 @@ def build_tagging(
         return materialize_partitions(context, one_language)
 
     @dg.asset(
-        key=lane.key("tagging_report"),
+        **TAGGING_REPORT.asset_args(lane),
         deps=[
             tags,
             image_embeddings,
             projection_head,
             dg.AssetDep(text_embeddings, partition_mapping=dg.SpecificPartitionsPartitionMapping([train_language])),
         ],
-        group_name=lane.tagging_group,
         kinds={"duckdb", "markdown"},
-        code_version=CODE_VERSIONS["tagging_report"],
     )
     def tagging_report(
         context: dg.AssetExecutionContext, config: TaggingReportConfig, settings: XlrSettings
@@ -263,7 +274,7 @@ def build_tagging(
         metric_rows = metrics.with_columns(
             **shared,
             vocabulary_size=pl.col("language").replace_strict(sizes),
-            code_version=pl.lit(CODE_VERSIONS["tagging_report"]),
+            code_version=pl.lit(TAGGING_REPORT.code_version),
         )
         test_rows = tests.with_columns(**shared)
         tables = [("tagging", metric_rows, "evaluated_at")] + (
@@ -284,7 +295,7 @@ def build_tagging(
                 "languages": languages,
                 "seeds": sorted(config.seeds),
                 **lineage_metadata(
-                    CURRENT_CONFIG["tagging_report"](settings, lane, None, {}),
+                    TAGGING_REPORT.config(settings, lane, None, {}),
                     {
                         **{
                             input_name("tags", language): file_version(outputs.tags_path(language))

@@ -5,6 +5,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field, model_validator
 
+from xlr_pipeline.core.models.embedding_frames import training_pairs
 from xlr_pipeline.core.models.embeddings import vectors_of
 from xlr_pipeline.core.reporting.plots import loss_curve
 from xlr_pipeline.core.scoring.evaluation import RunProvenance
@@ -16,16 +17,14 @@ from xlr_pipeline.core.storage.locations import (
 )
 from xlr_pipeline.core.training.choices import Architecture, NegativeMining, Objective
 from xlr_pipeline.core.training.configs import HeadConfig
-from xlr_pipeline.defs.lane import Lane
+from xlr_pipeline.defs.lane import AssetDeclaration, Lane
 from xlr_pipeline.defs.lineage import (
-    CURRENT_CONFIG,
     file_version,
     input_name,
     lineage_metadata,
 )
 from xlr_pipeline.defs.metadata import png_metadata
 from xlr_pipeline.defs.resources import XlrSettings, require_file
-from xlr_pipeline.defs.versions import CODE_VERSIONS
 
 _DEFAULT = HeadConfig()
 UNSET = "unset: the dataset's dataset.toml [defaults], else"
@@ -34,6 +33,13 @@ DATASET_DEFAULT = "default"
 ArchitectureChoice = Literal[(DATASET_DEFAULT, *get_args(Architecture))]
 ObjectiveChoice = Literal[(DATASET_DEFAULT, *get_args(Objective))]
 NegativesChoice = Literal[(DATASET_DEFAULT, *get_args(NegativeMining))]
+
+
+def _head_config(settings: XlrSettings, lane: Lane, partition: str | None, head_config: dict) -> dict:
+    return {"train_language": lane.train_language, **lane.head_config(head_config).as_dict()}
+
+
+PROJECTION_HEAD = AssetDeclaration("projection_head", code_version="1", stage="run", config=_head_config)
 
 
 class HeadTrainingConfig(dg.Config):
@@ -91,30 +97,19 @@ class HeadTrainingConfig(dg.Config):
         return {name: value for name, value in self.model_dump().items() if value not in (None, DATASET_DEFAULT)}
 
 
-def training_pairs(images: pl.DataFrame, texts: pl.DataFrame) -> pl.DataFrame:
-    """Train-split captions joined to their image's features; one row per caption."""
-    return texts.filter(pl.col("split") == "train").join(
-        images.filter(pl.col("split") == "train").select("image_id", pl.col("vector").alias("image_vector")),
-        on="image_id",
-        how="inner",
-    )
-
-
 def build_projection_head(
     lane: Lane, image_embeddings: dg.AssetsDefinition, text_embeddings: dg.AssetsDefinition
 ) -> dg.AssetsDefinition:
-    key = lane.key("projection_head")
+    key = lane.key(PROJECTION_HEAD.name)
     train_language = lane.train_language
 
     @dg.asset(
-        key=key,
+        **PROJECTION_HEAD.asset_args(lane),
         deps=[
             image_embeddings,
             dg.AssetDep(text_embeddings, partition_mapping=dg.SpecificPartitionsPartitionMapping([train_language])),
         ],
-        group_name=lane.group,
         kinds={"pytorch"},
-        code_version=CODE_VERSIONS["projection_head"],
         check_specs=[
             dg.AssetCheckSpec("weights_finite", asset=key, description="No NaN/inf in the trained weights"),
             dg.AssetCheckSpec("loss_decreased", asset=key, description="Final epoch loss below the first"),
@@ -185,7 +180,7 @@ def build_projection_head(
                 "loss_history": dg.MetadataValue.path(str(outputs.loss_history_path)),
                 "path": dg.MetadataValue.path(str(outputs.head_path)),
                 **lineage_metadata(
-                    CURRENT_CONFIG["projection_head"](settings, lane, None, head_config.as_dict()),
+                    PROJECTION_HEAD.config(settings, lane, None, head_config.as_dict()),
                     {
                         "image_embeddings": file_version(outputs.image_embeddings_path),
                         input_name("text_embeddings", train_language): file_version(text_path),

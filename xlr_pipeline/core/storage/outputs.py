@@ -72,3 +72,44 @@ class DatasetOutputs:
     @property
     def experiments(self) -> Location:
         return self.root / "experiments"
+
+    @property
+    def code_switched_path(self) -> Location:
+        return self.experiments / "code_switched.parquet"
+
+    @property
+    def lexicon_path(self) -> Location:
+        return self.experiments / "lexicon.parquet"
+
+    @property
+    def keywords_path(self) -> Location:
+        return self.experiments / "keywords.parquet"
+
+    @property
+    def language_means_path(self) -> Location:
+        return self.experiments / "language_means.parquet"
+
+    @property
+    def finetuned_dir(self) -> Location:
+        """Fine-tuned text-encoder layers, one file per arm named by its content."""
+        return self.experiments / "finetuned"
+
+    @property
+    def finetuned_encoders_path(self) -> Location:
+        return self.experiments / "finetuned_encoders.parquet"
+
+    @property
+    def grid_hits_path(self) -> Location:
+        return self.experiments / "grid_hits.parquet"
+
+    @property
+    def grid_validation_path(self) -> Location:
+        return self.experiments / "grid_validation.parquet"
+
+    @property
+    def tuning_path(self) -> Location:
+        return self.experiments / "tuning.parquet"
+
+    @property
+    def grid_cost_path(self) -> Location:
+        return self.experiments / "grid_cost.json"

@@ -1,0 +1,266 @@
+"""One run of the experiment grid over a dataset's embeddings: tune each objective on validation, train every
+cell's heads with the same step budget, evaluate them on every test language.
+
+The caller reads the inputs and writes the outcome (`defs/experiments.py: experiment_grid`); nothing here touches
+files except through the encoders `GridInputs` is given for the other models compared.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import polars as pl
+
+from xlr_pipeline.core.experiments.grid import (
+    GridPlan,
+    TrainingJob,
+    cell_job,
+    hits_frame,
+    plan_cells,
+    step_budget,
+    training_data,
+)
+from xlr_pipeline.core.experiments.tuning import ValidationSet, tune, tuned_configs, validation_recall
+from xlr_pipeline.core.models.embedding_frames import training_pairs
+from xlr_pipeline.core.models.embeddings import model_slug, vectors_of
+from xlr_pipeline.core.reporting.results import gallery_hash
+from xlr_pipeline.core.scoring.evaluation import RunProvenance, TestQueries, evaluate_run
+from xlr_pipeline.core.training.augment import shift_to_centroid
+from xlr_pipeline.core.training.configs import HeadConfig
+
+
+@dataclass(frozen=True)
+class GridInputs:
+    """What a grid run reads: the lane's own embeddings and augmentations, and how to embed with the other
+    encoders the plan compares."""
+
+    dataset: str
+    train_language: str
+    languages: Sequence[str]
+    text_model: str
+    images: pl.DataFrame  # the lane's image embeddings, every split
+    captions: Mapping[str, pl.DataFrame]  # the lane's text embeddings per language
+    code_switched: pl.DataFrame  # text_augmentations: SALT copies with their control twins
+    keywords: pl.DataFrame  # text_augmentations: keyword texts (empty when the dataset has none)
+    language_means: Mapping[str, np.ndarray]  # text_augmentations: per-language centroids
+    images_hash: str
+    captions_hashes: Mapping[str, str]  # per language, of the caption files the embeddings came from
+    embed_images: Callable[[str], pl.DataFrame]  # another image model → its frame of the same images
+    embed_captions: Callable[[str], dict[str, pl.DataFrame]]  # another text model → its caption frames per language
+
+    @property
+    def main_pair(self) -> tuple[str, str]:
+        return self.text_model, self.images["model_id"][0]
+
+
+@dataclass(frozen=True)
+class GridOptions:
+    plan: GridPlan
+    objective_configs: Mapping[str, HeadConfig]  # per objective; the run sets every one's steps to the budget
+    epochs: int  # passes over the largest training set of the grid: every cell gets that many steps
+    mixup_alpha: float
+    tuning_candidates: int  # per objective (0: no tuning)
+    tuning_seeds: Sequence[int]
+    processes: int
+
+
+@dataclass(frozen=True)
+class GridOutcome:
+    steps: int  # per cell
+    hits: pl.DataFrame  # per-query ranks of every cell (the statistics' input)
+    validation: pl.DataFrame | None  # every cell's validation recall (None: the dataset has no val split)
+    tuning: pl.DataFrame | None  # every tuning candidate and its score (None: not tuned)
+    runs: list
+    recall: list
+    ranks: list
+    encoding_seconds: float
+    tuning_seconds: float
+    cells: int
+    head_trainings: int
+
+
+def _gallery_rows(images: pl.DataFrame) -> dict[str, int]:
+    return {image_id: i for i, image_id in enumerate(images["image_id"].to_list())}
+
+
+def _validation_set(images: pl.DataFrame, frame: pl.DataFrame) -> ValidationSet | None:
+    """The training language's validation captions against the validation images (None: no validation split)."""
+    validation_images = images.filter(pl.col("split") == "val")
+    positions = _gallery_rows(validation_images)
+    captions = frame.filter((pl.col("split") == "val") & pl.col("image_id").is_in(list(positions)))
+    if captions.is_empty():
+        return None
+    return ValidationSet(
+        vectors_of(captions),
+        np.array([positions[i] for i in captions["image_id"].to_list()]),
+        vectors_of(validation_images),
+    )
+
+
+def _test_queries(
+    frames: Mapping[str, pl.DataFrame], positions: dict[str, int], captions_hashes: Mapping[str, str]
+) -> dict[str, TestQueries]:
+    tests = {language: frame.filter(pl.col("split") == "test") for language, frame in frames.items()}
+    return {
+        language: TestQueries(
+            vectors_of(frame),
+            np.array([positions.get(i, -1) for i in frame["image_id"].to_list()]),
+            captions_hashes[language],
+        )
+        for language, frame in tests.items()
+    }
+
+
+def _centred(
+    queries: dict[str, TestQueries], means: Mapping[str, np.ndarray], train_language: str
+) -> dict[str, TestQueries]:
+    """Each language's queries moved from its centroid to the training language's (where a centroid exists)."""
+    return {
+        language: TestQueries(
+            shift_to_centroid(test.vectors, means[language], means[train_language]), test.labels, test.captions_hash
+        )
+        if language in means
+        else test
+        for language, test in queries.items()
+    }
+
+
+def run_grid(
+    inputs: GridInputs,
+    options: GridOptions,
+    run_id: str,
+    code_versions: Mapping[str, str],
+    log: Callable[[str], None],
+) -> GridOutcome:
+    """Every cell of `options.plan` trained (after tuning on validation) and evaluated; result rows carry `run_id`."""
+    from xlr_pipeline.core.training.training_pool import train_heads
+
+    plan, main_pair, train_language = options.plan, inputs.main_pair, inputs.train_language
+    cells = plan_cells(plan, *main_pair)
+
+    encoding_started = time.perf_counter()
+    image_frames = {main_pair[1]: inputs.images} | {
+        model: inputs.embed_images(model) for model in plan.other_image_models
+    }
+    text_frames = {main_pair[0]: dict(inputs.captions)}
+    for model in [*plan.other_text_models, *([plan.english_only_model] if plan.english_only_model else [])]:
+        text_frames[model] = inputs.embed_captions(model)
+    encoding_seconds = time.perf_counter() - encoding_started
+
+    pairs = list(dict.fromkeys(cell.encoders for cell in cells))
+    encoders = {
+        (text, image): training_data(
+            training_pairs(image_frames[image], text_frames[text][train_language]),
+            *((inputs.code_switched, inputs.keywords) if (text, image) == main_pair else ()),
+        )
+        for text, image in pairs
+    }
+    steps = step_budget(encoders[main_pair], plan.augmentations, plan.seeds, options.epochs, HeadConfig().batch_size)
+    validation = {
+        (text, image): _validation_set(image_frames[image], text_frames[text][train_language]) for text, image in pairs
+    }
+    objective_configs = {name: replace(config, steps=steps) for name, config in options.objective_configs.items()}
+
+    tuning = None
+    tuning_started = time.perf_counter()
+    if options.tuning_candidates:
+        if validation[main_pair] is None:
+            raise ValueError(
+                f"{inputs.dataset} has no '{train_language}' captions of validation ('val') images to tune on; "
+                "add a val split to its image list or set tuning_candidates to 0"
+            )
+        tuning = tune(
+            objective_configs,
+            encoders[main_pair],
+            validation[main_pair],
+            options.tuning_candidates,
+            list(options.tuning_seeds),
+            options.processes,
+        ).with_columns(pl.lit(run_id).alias("grid_run_id"), pl.lit(steps).alias("steps"))
+        objective_configs = tuned_configs(tuning, objective_configs)
+        log(f"tuned {len(objective_configs)} objectives on validation: {tuning.filter(pl.col('chosen')).rows()}")
+    tuning_seconds = time.perf_counter() - tuning_started
+
+    test_images = {model: frame.filter(pl.col("split") == "test") for model, frame in image_frames.items()}
+    galleries = {model: vectors_of(frame) for model, frame in test_images.items()}
+    gallery_hashes = {
+        model: gallery_hash(frame["image_id"].to_list(), frame["content_hash"].to_list())
+        for model, frame in test_images.items()
+    }
+    test_queries = {
+        (text, image): _test_queries(text_frames[text], _gallery_rows(test_images[image]), inputs.captions_hashes)
+        for text, image in pairs
+    }
+    jobs = {cell: cell_job(cell, objective_configs[cell.objective]) for cell in cells}
+    trainings = train_heads(list(dict.fromkeys(jobs.values())), encoders, options.mixup_alpha, options.processes)
+    trained_jobs: dict[TrainingJob, tuple] = {}
+    hits, validation_rows, runs, recall, ranks = [], [], [], [], []
+    for number, cell in enumerate(cells, start=1):
+        if jobs[cell] not in trained_jobs:  # jobs are in the order of their first cell
+            trained_jobs[jobs[cell]] = next(trainings)
+        trained, training_rows = trained_jobs[jobs[cell]]
+        if trained.steps != steps:
+            raise RuntimeError(f"cell {cell} took {trained.steps} steps, not the grid's {steps}")
+        queries = test_queries[cell.encoders]
+        if cell.centring == "per_language":
+            queries = _centred(queries, inputs.language_means, train_language)
+        label = "+".join(model_slug(model) for model, main in zip(cell.encoders, main_pair) if model != main) or "main"
+        provenance = RunProvenance(
+            run_id=f"{run_id}/{cell.run_suffix(label)}",
+            dataset=inputs.dataset,
+            image_model=cell.image_model,
+            text_model=cell.text_model,
+            train_language=train_language,
+            train_captions_hash=inputs.captions_hashes[train_language],
+            images_hash=inputs.images_hash,
+            dagster_run_id=run_id,
+            augmentation=cell.augmentation_label,
+            train_pairs=training_rows,
+        )
+        evaluation = evaluate_run(
+            trained.head,
+            provenance,
+            galleries[cell.image_model],
+            queries,
+            code_versions,
+            run_id,
+            gallery_hashes[cell.image_model],
+            with_random_baseline=cell.with_random_baseline,
+        )
+        log(f"cell {number}/{len(cells)}: {cell}")
+        hits.append(
+            hits_frame(
+                cell, evaluation.results, {lang: test.labels for lang, test in queries.items()}, run_id, trained.steps
+            )
+        )
+        if validation[cell.encoders] is not None:
+            validation_rows.append(
+                {
+                    "grid_run_id": run_id,
+                    "objective": cell.objective,
+                    "augmentation": cell.augmentation_label,
+                    "text_model": cell.text_model,
+                    "image_model": cell.image_model,
+                    "seed": cell.seed,
+                    **validation_recall(trained.head, validation[cell.encoders]),
+                }
+            )
+        runs += evaluation.runs
+        recall += evaluation.recall
+        ranks += evaluation.ranks
+    return GridOutcome(
+        steps=steps,
+        hits=pl.concat(hits),
+        validation=pl.DataFrame(validation_rows) if validation_rows else None,
+        tuning=tuning,
+        runs=runs,
+        recall=recall,
+        ranks=ranks,
+        encoding_seconds=encoding_seconds,
+        tuning_seconds=tuning_seconds,
+        cells=len(cells),
+        head_trainings=len(trained_jobs) + (tuning.height * len(options.tuning_seeds) if tuning is not None else 0),
+    )
