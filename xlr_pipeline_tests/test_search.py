@@ -213,7 +213,7 @@ def _serve(data_dir: Path, log: Path):
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
-    poll(lambda: urllib.request.urlopen(f"{url}/api/datasets", timeout=5).status, lambda s: s == 200, 90, "xlr serve")
+    poll(lambda: urllib.request.urlopen(f"{url}/api/datasets", timeout=30).status, lambda s: s == 200, 90, "xlr serve")
     return process, url
 
 

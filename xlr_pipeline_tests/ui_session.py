@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -58,7 +57,7 @@ def poll(fetch: Callable[[], Any], ready: Callable[[Any], bool], timeout_s: floa
             last = fetch()
             if ready(last):
                 return last
-        except (urllib.error.URLError, ConnectionError, KeyError, TypeError):
+        except (OSError, KeyError, TypeError):  # OSError: refused, reset or timed out (URLError is one)
             pass
         time.sleep(every_s)
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}; last answer: {last}")
