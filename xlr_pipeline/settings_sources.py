@@ -28,6 +28,7 @@ ENVIRONMENT_VARIABLES = {
     "decode_workers": "XLR_DECODE_WORKERS",
     "encoder_backend": "XLR_ENCODER_BACKEND",
     "export_dir": "XLR_EXPORT_DIR",
+    "embedding_cache_dir": "XLR_EMBEDDING_CACHE_DIR",
 }
 DATASET_ROOTS_VARIABLE = "XLR_DATASET_ROOTS"  # more dataset folders, separated like PATH
 

@@ -63,13 +63,24 @@ def make_emoji_subset(
     return dataset
 
 
+# Settings of caches that the whole test run shares (in-process settings and `xlr` subprocesses alike, through
+# their variables): an encoder is exported once per run, and an image or caption embedded once per run and model,
+# not once per test's data dir. A test of a cache itself gives its own (`settings_for(..., embedding_cache_dir=…)`,
+# or the variable set to "" for a subprocess: the data dir's own cache).
+SHARED_CACHES = {"export_dir": "XLR_EXPORT_DIR", "embedding_cache_dir": "XLR_EMBEDDING_CACHE_DIR"}
+
+
 @pytest.fixture(scope="session", autouse=True)
-def shared_onnx_exports(tmp_path_factory) -> Path:
-    """One folder of ONNX exports for the whole run (in-process settings and `xlr` subprocesses alike): each
-    encoder is exported once per pytest run, not once per test's data dir."""
-    folder = tmp_path_factory.mktemp("onnx_exports")
-    os.environ["XLR_EXPORT_DIR"] = str(folder)
-    return folder
+def shared_caches(tmp_path_factory, worker_id) -> None:
+    """Both caches in one folder of this run, shared by its xdist workers (SQLite caches take concurrent writers;
+    an export is written atomically)."""
+    run_folder = tmp_path_factory.getbasetemp()
+    if worker_id != "master":  # each worker's basetemp is a child of the run's
+        run_folder = run_folder.parent
+    for name, variable in SHARED_CACHES.items():
+        folder = run_folder / f"shared_{name}"
+        folder.mkdir(exist_ok=True)
+        os.environ[variable] = str(folder)
 
 
 @pytest.fixture(scope="session")
@@ -90,7 +101,8 @@ def fresh_data_dir(tmp_path, subset_data_dir) -> Path:
 
 
 def settings_for(data_dir: Path, **overrides) -> XlrSettings:
-    return XlrSettings(data_dir=str(data_dir), **({"export_dir": os.environ.get("XLR_EXPORT_DIR", "")} | overrides))
+    shared = {name: os.environ.get(variable, "") for name, variable in SHARED_CACHES.items()}
+    return XlrSettings(data_dir=str(data_dir), **(shared | overrides))
 
 
 def pipeline_for(data_dir: Path, **overrides) -> Pipeline:

@@ -51,7 +51,8 @@ def test_readme_run_command_on_the_shipped_default(tmp_path):
     """`xlr run` on data/emoji_cldr: every XTD10 language, both directions, trained head beats random."""
     data_dir = tmp_path / "data"
     shutil.copytree(SHIPPED / "emoji_cldr", data_dir / "emoji_cldr")
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster_home")}
+    # a new user's machine: no embedding cache shared with other tests
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster_home"), "XLR_EMBEDDING_CACHE_DIR": ""}
     completed = subprocess.run(
         [sys.executable, "-m", "xlr_pipeline.cli", "run", "--data-dir", str(data_dir)],
         env=env,

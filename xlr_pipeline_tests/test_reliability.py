@@ -50,7 +50,7 @@ def test_the_same_config_and_seed_give_identical_result_rows(tmp_path, subset_da
 def test_a_run_killed_while_embedding_images_resumes_from_the_cache_to_the_same_numbers(tmp_path):
     data_dir = tmp_path / "data"
     make_emoji_subset(data_dir, n_train=200, n_test=60)
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home")}
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "XLR_EMBEDDING_CACHE_DIR": ""}  # its own cache
     command = [
         sys.executable,
         "-m",

@@ -21,6 +21,7 @@ SAMPLES = {
     "decode_workers": "2",
     "encoder_backend": "native",
     "export_dir": "{tmp}/exports",
+    "embedding_cache_dir": "{tmp}/embeddings",
 }
 
 

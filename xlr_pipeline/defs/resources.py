@@ -82,6 +82,11 @@ class XlrSettings(dg.ConfigurableResource):
         default="",
         description="Where ONNX exports of the encoders are cached, keyed by weights (empty: <data_dir>/cache/onnx)",
     )
+    embedding_cache_dir: str = Field(
+        default="",
+        description="Where the embedding cache lives (empty: <data_dir>/cache/embeddings). Data folders may share one: "
+        "a vector is keyed by content hash, model id and backend",
+    )
     coco_dir: str = Field(
         default="",
         description="A local COCO folder (train2014/ + val2014/, a flat folder of COCO_*2014_*.jpg, or train2017/ + val2017/)",
@@ -207,7 +212,12 @@ class XlrSettings(dg.ConfigurableResource):
         return SearchService(lanes, self.text_encoder, self.image_encoder)
 
     def embedding_cache(self, encoder: ImageEncoder | TextEncoder) -> EmbeddingCache:
-        return EmbeddingCache(self.root / "cache" / "embeddings", encoder.model_id, encoder.backend)
+        folder = (
+            Path(self.embedding_cache_dir).expanduser().resolve()
+            if self.embedding_cache_dir
+            else self.root / "cache" / "embeddings"
+        )
+        return EmbeddingCache(folder, encoder.model_id, encoder.backend)
 
     def embed_images(
         self, image_set: ImageSet, encoder: ImageEncoder, progress: ProgressCallback | None = None
