@@ -16,6 +16,7 @@ from xlr_pipeline.core.experiments.grid import (
 )
 from xlr_pipeline.core.experiments.grid_report import build_report
 from xlr_pipeline.core.experiments.grid_run import GridInputs, GridOptions, run_grid
+from xlr_pipeline.core.models.embedding_frames import training_pairs
 from xlr_pipeline.core.models.embeddings import vectors_of, with_vectors
 from xlr_pipeline.core.models.threads import available_cores
 from xlr_pipeline.core.reporting.results import record_evaluation
@@ -43,7 +44,6 @@ from xlr_pipeline.defs.lane import AssetDeclaration, Lane
 from xlr_pipeline.defs.lineage import file_version, input_name, lineage_metadata, text_model_config
 from xlr_pipeline.defs.metadata import markdown_preview, png_metadata, progress_logger
 from xlr_pipeline.defs.resources import XlrSettings, clear_failures, require_file
-from xlr_pipeline.defs.train import training_pairs
 
 TEXT_AUGMENTATIONS = AssetDeclaration("text_augmentations", code_version="3", stage="grid", config=text_model_config)
 TEXT_ENCODER_FINETUNING = AssetDeclaration("text_encoder_finetuning", code_version="1", stage="grid")
@@ -263,16 +263,15 @@ def build_experiments(
         means = language_means(
             [lang for lang in centroid_languages if has_word_list(lang)], config.words_per_language, encode
         )
-        folder = outputs.experiments
-        write_parquet_atomic(out, folder / "code_switched.parquet")
-        write_parquet_atomic(lexicon.to_frame(), folder / "lexicon.parquet")
+        write_parquet_atomic(out, outputs.code_switched_path)
+        write_parquet_atomic(lexicon.to_frame(), outputs.lexicon_path)
         if keywords is not None:
-            write_parquet_atomic(keywords, folder / "keywords.parquet")
+            write_parquet_atomic(keywords, outputs.keywords_path)
         write_parquet_atomic(
             with_vectors(pl.DataFrame({"language": list(means)}), np.stack(list(means.values()))),
-            folder / "language_means.parquet",
+            outputs.language_means_path,
         )
-        path = folder / "code_switched.parquet"
+        path = outputs.code_switched_path
         return dg.MaterializeResult(
             data_version=dg.DataVersion(file_version(path)),
             metadata={
@@ -292,9 +291,9 @@ def build_experiments(
                     {input_name("captions", train_language): file_version(source)},
                     [
                         path,
-                        folder / "language_means.parquet",
-                        folder / "lexicon.parquet",
-                        *([folder / "keywords.parquet"] if keywords is not None else []),
+                        outputs.language_means_path,
+                        outputs.lexicon_path,
+                        *([outputs.keywords_path] if keywords is not None else []),
                     ],
                     settings.root,
                 ),
@@ -320,14 +319,13 @@ def build_experiments(
         from xlr_pipeline.core.models.encoder_finetune import finetune
 
         outputs = lane.outputs(settings)
-        folder = outputs.experiments
         lexicon = Lexicon.from_frame(
-            read_parquet(require_file(folder / "lexicon.parquet", f"{lane.name}/text_augmentations"))
+            read_parquet(require_file(outputs.lexicon_path, f"{lane.name}/text_augmentations"))
         )
         source = require_file(outputs.captions_path(train_language), f"{lane.name}/captions[{train_language}]")
         images = read_parquet(require_file(outputs.image_embeddings_path, f"{lane.name}/image_embeddings"))
         pairs = training_pairs(images, read_parquet(source))
-        (folder / "finetuned").mkdir(parents=True, exist_ok=True)
+        outputs.finetuned_dir.mkdir(parents=True, exist_ok=True)
         rows, written = [], []
         for arm in [name.value for name in config.arms]:
             started = time.perf_counter()
@@ -340,7 +338,7 @@ def build_experiments(
                 lexicon,
                 config.finetune_config(),
             )
-            path = folder / "finetuned" / f"{arm}-{result.fingerprint}.pt"
+            path = outputs.finetuned_dir / f"{arm}-{result.fingerprint}.pt"
             saved = result.to_bytes()
             write_with_atomic(path, lambda target, saved=saved: target.write_bytes(saved))
             written.append(path)
@@ -359,7 +357,7 @@ def build_experiments(
                     "last_loss": result.losses[-1],
                 }
             )
-        manifest = folder / "finetuned_encoders.parquet"
+        manifest = outputs.finetuned_encoders_path
         frame = pl.DataFrame(rows)
         write_parquet_atomic(frame, manifest)
         return dg.MaterializeResult(
@@ -373,7 +371,7 @@ def build_experiments(
                     {},
                     {
                         "image_embeddings": file_version(outputs.image_embeddings_path),
-                        "text_augmentations": file_version(folder / "code_switched.parquet"),
+                        "text_augmentations": file_version(outputs.code_switched_path),
                         input_name("captions", train_language): file_version(source),
                     },
                     [manifest, *written],
@@ -522,9 +520,8 @@ def build_experiments(
         bars, and a summary generated from the numbers. Written to `<data_dir>/reports/<dataset>/`."""
         settings = lane.settings(settings)  # this dataset's encoders
         outputs = lane.outputs(settings)
-        folder = outputs.experiments
-        hits_path = require_file(folder / "grid_hits.parquet", f"{lane.name}/experiment_grid")
-        validation, tuning = (folder / "grid_validation.parquet", folder / "tuning.parquet")
+        hits_path = require_file(outputs.grid_hits_path, f"{lane.name}/experiment_grid")
+        validation, tuning = (outputs.grid_validation_path, outputs.tuning_path)
         out_dir = lane.reports_dir(settings)
         markdown = build_report(
             read_parquet(hits_path),
@@ -535,12 +532,8 @@ def build_experiments(
             f"Experiment grid on {lane.name} (not XTD10 numbers)",
             read_parquet(validation) if validation.is_file() else None,
             read_parquet(tuning) if tuning.is_file() else None,
-            json.loads((folder / "grid_cost.json").read_text("utf-8"))
-            if (folder / "grid_cost.json").is_file()
-            else None,
-            read_parquet(folder / "finetuned_encoders.parquet")
-            if (folder / "finetuned_encoders.parquet").is_file()
-            else None,
+            json.loads(outputs.grid_cost_path.read_text("utf-8")) if outputs.grid_cost_path.is_file() else None,
+            read_parquet(outputs.finetuned_encoders_path) if outputs.finetuned_encoders_path.is_file() else None,
         )
         return dg.MaterializeResult(
             data_version=dg.DataVersion(file_version(out_dir / "report.md")),
