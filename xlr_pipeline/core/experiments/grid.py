@@ -51,11 +51,12 @@ class Cell:
 @dataclass(frozen=True)
 class AugmentedCopies:
     """One seed's code-switched copies: the row of `TrainingData.text` each was made from, its vector, and the
-    vector of its English control twin (the same words deleted instead of translated)."""
+    vectors of its English control twins (the same words deleted, or replaced by English neighbours)."""
 
     of: np.ndarray
     switched: np.ndarray
     english_control: np.ndarray
+    english_substitute: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def training_data(
     pairs: pl.DataFrame, switched: pl.DataFrame | None = None, keywords: pl.DataFrame | None = None
 ) -> TrainingData:
     """`pairs` (train captions with `vector` and their image's `image_vector`) and, when given, the code-switched
-    copies of every seed (`seed`, `caption_id`, `vector`, `control_vector`) and the keyword texts (`caption_id`,
+    copies of every seed (`seed`, `caption_id`, `vector`, `control_vector`, `substitute_vector`) and the keyword texts (`caption_id`,
     `vector`) of those captions; augmentations of captions not in `pairs` are left out."""
     base = (vectors_of(pairs), vectors_of(pairs, "image_vector"), pairs["image_id"].to_numpy())
     if switched is None:
@@ -88,7 +89,9 @@ def training_data(
     copies = {}
     for (seed,), frame in switched.group_by("seed"):
         frame, of = usable(frame.sort("caption_id"))
-        copies[seed] = AugmentedCopies(of, vectors_of(frame), vectors_of(frame, "control_vector"))
+        copies[seed] = AugmentedCopies(
+            of, vectors_of(frame), vectors_of(frame, "control_vector"), vectors_of(frame, "substitute_vector")
+        )
     keyword_frame, keyword_of = usable(keywords) if keywords is not None else (pl.DataFrame(), np.zeros(0, np.int64))
     has_keywords = keyword_frame.height > 0
     return TrainingData(
@@ -108,7 +111,7 @@ def _with_rows(data: TrainingData, text: np.ndarray, of: np.ndarray) -> tuple[np
 def training_arrays(
     data: TrainingData, augmentation: str, alpha: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The pairs one cell trains on. SALT and its English control draw the same mixup weights for a seed."""
+    """The pairs one cell trains on. SALT and its English controls draw the same mixup weights for a seed."""
     if augmentation == "none":
         return data.text, data.image, data.image_ids
     if augmentation == "keywords":
@@ -121,7 +124,11 @@ def training_arrays(
             f"{sorted(data.copies)} (rematerialize it with this seed in its `seeds`)"
         )
     copies = data.copies[seed]
-    other = copies.switched if augmentation == "salt" else copies.english_control
+    other = {
+        "salt": copies.switched,
+        "english_substitutes": copies.english_substitute,
+        "english_mixup": copies.english_control,
+    }[augmentation]
     return _with_rows(data, mixup(data.text[copies.of], other, alpha, np.random.default_rng(seed)), copies.of)
 
 

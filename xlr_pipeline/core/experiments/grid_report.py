@@ -7,11 +7,13 @@ figures: `core/reporting/grid_plots.py`.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import polars as pl
 
 from xlr_pipeline.core.experiments.comparisons import (
+    EQUIVALENCE_MARGINS,
     SIGNIFICANCE,
     SYSTEM_COLUMNS,
     Comparison,
@@ -21,49 +23,61 @@ from xlr_pipeline.core.experiments.comparisons import (
     image_encoder_label,
     system_label,
 )
-from xlr_pipeline.core.experiments.stats import Estimate
-from xlr_pipeline.core.experiments.tuning import best_system, selection_candidates
+from xlr_pipeline.core.experiments.stats import Estimate, p_value
+from xlr_pipeline.core.experiments.tuning import best_system, edges, selection_candidates
 from xlr_pipeline.core.reporting.grid_plots import mean_recall, per_language_r1
 from xlr_pipeline.core.training.choices import ENGLISH_ONLY_TEXT_MODEL
-
-
-def _p(value: float) -> str:
-    return "< 0.001" if value < 0.001 else f"{value:.3f}"
 
 
 def _fmt(estimate: Estimate) -> str:
     return f"{estimate.mean:.3f} [{estimate.low:.3f}, {estimate.high:.3f}]"
 
 
+def transfer_ratio(estimates: dict[str, Estimate], english: dict[str, Estimate]) -> float:
+    """Zero-shot mean t2i R@10 / English t2i R@10 (NaN without English queries or English hits)."""
+    return estimates["r10"].mean / english["r10"].mean if english and english["r10"].mean > 0 else float("nan")
+
+
 def validation_sections(
-    validation: pl.DataFrame, tuning: pl.DataFrame | None, estimates: dict, english_r1: dict
+    validation: pl.DataFrame, tuning: pl.DataFrame | None, estimates: dict, english: dict
 ) -> list[str]:
     """How hyperparameters and the reported configuration were chosen (validation split only), and the chosen
     configuration's test numbers."""
     lines = []
     if tuning is not None:
+        trials = tuning.group_by("text_model", "image_model", "objective").len()["len"]
         lines += [
             "",
             "## Tuning on the validation split",
             "",
-            f"Per objective, {tuning.group_by('objective').len()['len'].max()} configurations (candidate 0: the stated "
-            "defaults; the others drawn from `core/experiments/tuning.py`'s search space), each trained on the English train split "
-            "with the grid's step budget and scored on English validation captions → validation images (score = mean "
-            "of R@1, R@5, R@10). The grid then trains every cell of an objective with its chosen values.",
+            f"One seeded Optuna study (TPE) per objective and encoder pair, each with the same budget of "
+            f"{trials.max()} trials (trial 0: the stated defaults; the rest sampled from "
+            "`core/experiments/tuning.py`'s `SEARCH_SPACE`: learning rate, margins, τ, α3/β2, linear or MLP head, "
+            "dropout), each trained on the English train split with the grid's step budget and scored on English "
+            "validation captions → validation images (score = mean of R@1, R@5, R@10). Every cell of an objective "
+            "and encoder pair then trains with its study's chosen values. 'edge': a chosen value in the outer 2 % of "
+            "a range that is not a hard limit of the parameter (a sign the space should widen).",
             "",
-            "| objective | chosen values | validation score (chosen) | validation score (stated defaults) |",
-            "|---|---|---|---|",
+            "| text encoder | image encoder | objective | chosen values | edge | validation score (chosen) | validation score (stated defaults) |",
+            "|---|---|---|---|---|---|---|",
         ]
-        for (objective,), group in tuning.group_by("objective", maintain_order=True):
+        for (text_model, image_model, objective), group in tuning.group_by(
+            "text_model", "image_model", "objective", maintain_order=True
+        ):
             chosen = group.filter(pl.col("chosen")).row(0, named=True)
-            default = group.filter(pl.col("candidate") == 0).row(0, named=True)
-            lines.append(f"| {objective} | `{chosen['parameters']}` | {chosen['score']:.4f} | {default['score']:.4f} |")
+            default = group.filter(pl.col("trial") == 0).row(0, named=True)
+            values = json.loads(chosen["parameters"])
+            shown = {name: round(v, 4) if isinstance(v, float) else v for name, v in values.items()}
+            lines.append(
+                f"| {encoder_label(text_model)} | {image_encoder_label(image_model)} | {objective} | `{json.dumps(shown)}` | "
+                f"{', '.join(edges(objective, values)) or '–'} | {chosen['score']:.4f} | {default['score']:.4f} |"
+            )
     trained = selection_candidates(validation)
     chosen_system = best_system(trained, SYSTEM_COLUMNS)
     score = trained.filter(pl.all_horizontal([pl.col(c) == v for c, v in zip(SYSTEM_COLUMNS, chosen_system)]))[
         "score"
     ].mean()
-    english = english_r1[chosen_system]
+    chosen_english = english[chosen_system]
     lines += [
         "",
         "## Configuration chosen on the validation split",
@@ -72,7 +86,13 @@ def validation_sections(
         f"**{system_label(chosen_system, main_image_model='')}** ({score:.4f}; per-language centring does not "
         "change English queries, so it ties with plain training and the plain one is named). Its "
         f"test numbers: zero-shot mean t2i R@10 {_fmt(estimates[chosen_system]['r10'])}, R@5 {_fmt(estimates[chosen_system]['r5'])}, "
-        f"R@1 {_fmt(estimates[chosen_system]['r1'])}; en t2i R@1 {_fmt(english) if english else '–'}.",
+        f"R@1 {_fmt(estimates[chosen_system]['r1'])}; "
+        + (
+            f"en t2i R@1 {_fmt(chosen_english['r1'])}, R@5 {_fmt(chosen_english['r5'])}, R@10 {_fmt(chosen_english['r10'])}; "
+            f"transfer ratio {transfer_ratio(estimates[chosen_system], chosen_english):.2f}."
+            if chosen_english
+            else "no English test queries."
+        ),
     ]
     return lines
 
@@ -92,7 +112,8 @@ def build_report(
     """Write `report.md`, `per_language_r1.png` and `mean_recall.png` into out_dir; return the Markdown.
     `validation` (each cell's validation scores), `tuning` and `cost` (the grid step's wall time) must come from
     the same grid run as `hits`; `finetuning` is the fine-tuned encoders' manifest (their cost)."""
-    analysis = analyse(hits, train_language, main_text_model, main_image_model, validation, tuning, cost)
+    chosen = best_system(selection_candidates(validation), SYSTEM_COLUMNS) if validation is not None else None
+    analysis = analyse(hits, train_language, main_text_model, main_image_model, validation, tuning, cost, chosen)
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = render(analysis, title, validation, tuning, cost, finetuning)
     per_language_r1(analysis, title, out_dir / "per_language_r1.png")
@@ -121,32 +142,52 @@ def render(
         "quantile on Welch–Satterthwaite degrees of freedom.] t2i = text→image, i2t = image→text.",
         "",
         *(cost_lines(cost, finetuning) if cost is not None else []),
-        "| objective | augmentation | text encoder | image encoder | seeds | zero-shot t2i R@1 | zero-shot t2i R@5 | zero-shot t2i R@10 | zero-shot i2t R@1 | en t2i R@1 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| objective | augmentation | text encoder | image encoder | seeds | zero-shot t2i R@1 | zero-shot t2i R@5 | zero-shot t2i R@10 | zero-shot i2t R@1 | {a.train_language} t2i R@1 | {a.train_language} t2i R@5 | {a.train_language} t2i R@10 | transfer ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for system in a.systems:
-        e = a.estimates[system]
-        english_cell = _fmt(a.english_r1[system]) if a.english_r1[system] else "–"
+        e, english = a.estimates[system], a.english[system]
+        english_cells = " | ".join(_fmt(english[key]) if english else "–" for key in ("r1", "r5", "r10"))
         lines.append(
             f"| {system[0]} | {system[1]} | {encoder_label(system[2])} | {image_encoder_label(system[3])} | {a.seed_count[system]} | {_fmt(e['r1'])} | {_fmt(e['r5'])} | "
-            f"{_fmt(e['r10'])} | {_fmt(e['i1'])} | {english_cell} |"
+            f"{_fmt(e['r10'])} | {_fmt(e['i1'])} | {english_cells} | {transfer_ratio(e, english):.2f} |"
         )
-    lines += [
-        "",
-        "## Paired comparisons (zero-shot mean, text→image)",
-        "",
-        "Same seeds, same images. p = the larger of a sign-flip test with the image as the unit (all languages "
-        "together) and a seeds × images test; **Holm–Bonferroni over all "
-        f"{len(a.comparisons)} comparisons below**; verdicts at adjusted p < {SIGNIFICANCE}.",
-        "",
-        "| comparison | k | difference [95% CI] | p (images) | p (seeds × images) | p | Holm p | verdict |",
-        "|---|---|---|---|---|---|---|---|",
-        *[
-            f"| {c.label} | {c.k} | {c.test.difference:+.4f} [{c.test.low:+.4f}, {c.test.high:+.4f}] | {_p(c.test.p_sign_flip)} | "
-            f"{_p(c.test.p_hierarchical)} | {_p(c.test.p_value)} | {_p(c.adjusted_p)} | {c.verdict} |"
-            for c in a.comparisons
-        ],
-    ]
+    for family, heading, note in (
+        (
+            "primary",
+            "## Primary comparisons (declared before the run; zero-shot mean, text→image)",
+            "The research questions, fixed in `core/experiments/comparisons.py` before any grid ran; Holm–Bonferroni "
+            "within this family.",
+        ),
+        (
+            "secondary",
+            "## Secondary comparisons (exploratory; zero-shot mean, text→image)",
+            "Every other contrast the grid allows; Holm–Bonferroni within this family only.",
+        ),
+    ):
+        rows = [c for c in a.comparisons if c.family == family]
+        if not rows:
+            continue
+        lines += [
+            "",
+            heading,
+            "",
+            f"{note} {len(rows)} comparisons. Same seeds, same images. p = the larger of a sign-flip test with the "
+            "image as the unit (all languages together; normal approximation of the sign-flip distribution) and a "
+            "seeds × images t test; verdicts at adjusted p < "
+            f"{SIGNIFICANCE}; 'equivalent' only where a TOST with the stated margin (R@1 ±{EQUIVALENCE_MARGINS[1]}, "
+            f"R@5 ±{EQUIVALENCE_MARGINS[5]}), Holm-corrected the same way, shows it, else 'inconclusive'. "
+            "The 95% CIs are unadjusted (per comparison).",
+            "",
+            "| comparison | k | difference [95% CI, unadjusted] | p (images) | p (seeds × images) | p | Holm p | TOST Holm p | verdict |",
+            "|---|---|---|---|---|---|---|---|---|",
+            *[
+                f"| {c.label} | {c.k} | {c.test.difference:+.4f} [{c.test.low:+.4f}, {c.test.high:+.4f}] | {p_value(c.test.p_sign_flip)} | "
+                f"{p_value(c.test.p_hierarchical)} | {p_value(c.test.p_value)} | {p_value(c.adjusted_p)} | "
+                f"{p_value(c.adjusted_p_equivalence)} | {c.verdict} |"
+                for c in rows
+            ],
+        ]
     lines += [
         "",
         "## Per language, text→image R@1 (mean over seeds and images; descriptive, no test)",
@@ -160,11 +201,11 @@ def render(
             for system in a.systems
         ],
         "",
-        *(validation_sections(validation, tuning, a.estimates, a.english_r1) if validation is not None else []),
+        *(validation_sections(validation, tuning, a.estimates, a.english) if validation is not None else []),
         "",
         "## What the numbers say",
         "",
-        *summarise(a.comparisons, a.estimates, a.english_r1, a.main_text_model, a.main_image_model),
+        *summarise(a.comparisons, a.estimates, a.english, a.main_text_model, a.main_image_model),
         "",
         "![per-language R@1](per_language_r1.png)",
         "",
@@ -188,12 +229,15 @@ def cost_lines(cost: dict, finetuning: pl.DataFrame | None) -> list[str]:
 
 
 def summarise(
-    comparisons: list[Comparison], estimates: dict, english_r1: dict, main_text_model: str, main_image_model: str
+    comparisons: list[Comparison], estimates: dict, english: dict, main_text_model: str, main_image_model: str
 ) -> list[str]:
-    """Sentences generated from the numbers, so the README's answer can never drift from them."""
+    """Sentences generated from the numbers, so the README's answer can never drift from them: every primary
+    comparison, and the secondary ones with a verdict other than 'inconclusive'."""
     sentences = [
-        f"- {c.label}, R@{c.k}: {c.test.difference:+.4f} (Holm-adjusted p {_p(c.adjusted_p)}) — {c.verdict}."
+        f"- {c.family.capitalize()}: {c.label}, R@{c.k}: {c.test.difference:+.4f} (Holm-adjusted p {p_value(c.adjusted_p)}, "
+        f"TOST {p_value(c.adjusted_p_equivalence)}) — {c.verdict}."
         for c in comparisons
+        if c.family == "primary" or c.verdict != "inconclusive"
     ]
     trained = [s for s in estimates if s[2:] == (main_text_model, main_image_model) and s[0] != "random_init"]
     best = max(trained, key=lambda s: estimates[s]["r10"].mean)
@@ -202,8 +246,8 @@ def summarise(
         "(descriptive: a configuration chosen by test numbers is not a selection)."
     )
     for system in [s for s in estimates if s[0] == "random_init" or s[2] == ENGLISH_ONLY_TEXT_MODEL]:
-        english = english_r1[system].mean if english_r1[system] else float("nan")
+        english_r1 = english[system]["r1"].mean if english[system] else float("nan")
         sentences.append(
-            f"- Baseline {system_label(system, main_image_model)}: zero-shot mean R@1 {estimates[system]['r1'].mean:.3f}, English R@1 {english:.3f}."
+            f"- Baseline {system_label(system, main_image_model)}: zero-shot mean R@1 {estimates[system]['r1'].mean:.3f}, English R@1 {english_r1:.3f}."
         )
     return sentences

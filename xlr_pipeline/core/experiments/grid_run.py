@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -59,12 +60,13 @@ class GridInputs:
 @dataclass(frozen=True)
 class GridOptions:
     plan: GridPlan
-    objective_configs: Mapping[str, HeadConfig]  # per objective; the run sets every one's steps to the budget
+    objective_configs: Mapping[str, HeadConfig]  # per objective (stated defaults); the run sets steps to the budget
     epochs: int  # passes over the largest training set of the grid: every cell gets that many steps
     mixup_alpha: float
-    tuning_candidates: int  # per objective (0: no tuning)
+    tuning_trials: int  # per objective and encoder pair (0: no tuning)
     tuning_seeds: Sequence[int]
     processes: int
+    study_path: Path | None = None  # where the Optuna studies are stored
 
 
 @dataclass(frozen=True)
@@ -162,26 +164,31 @@ def run_grid(
     validation = {
         (text, image): _validation_set(image_frames[image], text_frames[text][train_language]) for text, image in pairs
     }
-    objective_configs = {name: replace(config, steps=steps) for name, config in options.objective_configs.items()}
+    configs = {
+        (cell.encoders, cell.objective): replace(options.objective_configs[cell.objective], steps=steps)
+        for cell in cells
+    }
 
     tuning = None
     tuning_started = time.perf_counter()
-    if options.tuning_candidates:
-        if validation[main_pair] is None:
+    if options.tuning_trials:
+        untunable = sorted({pair for pair, _ in configs if validation[pair] is None})
+        if untunable:
             raise ValueError(
-                f"{inputs.dataset} has no '{train_language}' captions of validation ('val') images to tune on; "
-                "add a val split to its image list or set tuning_candidates to 0"
+                f"{inputs.dataset} has no '{train_language}' captions of validation ('val') images to tune on "
+                f"(encoder pairs {untunable}); add a val split to its image list or set tuning_trials to 0"
             )
         tuning = tune(
-            objective_configs,
-            encoders[main_pair],
-            validation[main_pair],
-            options.tuning_candidates,
+            configs,
+            encoders,
+            {pair: validation[pair] for pair, _ in configs},
+            options.tuning_trials,
             list(options.tuning_seeds),
             options.processes,
+            options.study_path,
         ).with_columns(pl.lit(run_id).alias("grid_run_id"), pl.lit(steps).alias("steps"))
-        objective_configs = tuned_configs(tuning, objective_configs)
-        log(f"tuned {len(objective_configs)} objectives on validation: {tuning.filter(pl.col('chosen')).rows()}")
+        configs = tuned_configs(tuning, configs)
+        log(f"tuned {len(configs)} (encoder pair, objective) studies on validation")
     tuning_seconds = time.perf_counter() - tuning_started
 
     test_images = {model: frame.filter(pl.col("split") == "test") for model, frame in image_frames.items()}
@@ -194,7 +201,7 @@ def run_grid(
         (text, image): _test_queries(text_frames[text], _gallery_rows(test_images[image]), inputs.captions_hashes)
         for text, image in pairs
     }
-    jobs = {cell: cell_job(cell, objective_configs[cell.objective]) for cell in cells}
+    jobs = {cell: cell_job(cell, configs[(cell.encoders, cell.objective)]) for cell in cells}
     trainings = train_heads(list(dict.fromkeys(jobs.values())), encoders, options.mixup_alpha, options.processes)
     trained_jobs: dict[TrainingJob, tuple] = {}
     hits, validation_rows, runs, recall, ranks = [], [], [], [], []

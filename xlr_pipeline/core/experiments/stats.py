@@ -10,10 +10,14 @@ language l, image i (the hit rate of that image's queries; NaN where the languag
   factors of a crossed design is slightly conservative — Owen, "The pigeonhole bootstrap", 2007), and a t
   quantile whose degrees of freedom come from the seed and image variance components (Welch–Satterthwaite), so
   a seed-dominated difference measured on five seeds gets the wide interval it deserves;
-- **paired tests** of two systems on the same seeds and images: the larger of (a) a sign-flip permutation test
-  that flips each *image's* difference (summed over seeds and languages) — exact for the images, conditional on
-  the seeds — and (b) the t test from the bootstrap error above, which adds seed-to-seed variance. The larger
-  of two valid p-values is a valid p-value.
+- **paired tests** of two systems on the same seeds and images: the larger of (a) a sign-flip test that flips
+  each *image's* difference (summed over seeds and languages) — valid for the images, conditional on the seeds —
+  and (b) the t test from the bootstrap error above, which adds seed-to-seed variance. The larger of two valid
+  p-values is a valid p-value. The sign-flip p is the normal approximation of the sign-flip distribution (its
+  variance is exact: the sum of the squared per-image differences), so its resolution is not capped by a
+  number of draws; `sign_flips=N` draws N random flips instead, and a test checks that the two agree;
+- **equivalence** (TOST, Schuirmann 1987): two one-sided t tests, on the same error and degrees of freedom,
+  that the difference lies above −margin and below +margin; "no difference" is only claimed where it passes.
 
 The tagging report uses the same functions with one language per table.
 """
@@ -41,6 +45,8 @@ class PairedTest:
     p_sign_flip: float  # images as the unit, conditional on the seeds
     p_hierarchical: float  # seeds × images (bootstrap error, t reference)
     p_value: float  # the larger of the two
+    p_equivalence: float  # TOST: |difference| < margin (seeds × images error, t reference)
+    margin: float
 
 
 def _check_table(hits: np.ndarray) -> np.ndarray:
@@ -100,53 +106,91 @@ def _degrees_of_freedom(hits: np.ndarray) -> float:
     return float((seed_part + image_part) ** 2 / denominator) if denominator > 0 else float(images - 1)
 
 
-def _t_interval(center: float, samples: np.ndarray, hits: np.ndarray, level: float) -> tuple[float, float, float]:
-    """(low, high, two-sided p of center = 0): center ± t quantile × bootstrap standard error."""
+def _t_reference(samples: np.ndarray, hits: np.ndarray) -> tuple[float, float]:
+    """(standard error, degrees of freedom): the bootstrap error and its Satterthwaite degrees of freedom."""
+    return float(np.std(samples, ddof=1)), _degrees_of_freedom(hits)
+
+
+def _t_interval(center: float, error: float, df: float, level: float) -> tuple[float, float, float]:
+    """(low, high, two-sided p of center = 0): center ± t quantile × standard error."""
     from scipy import stats
 
-    error = float(np.std(samples, ddof=1))
-    df = _degrees_of_freedom(hits)
     half = stats.t.ppf(0.5 + level / 2, df) * error
     p_value = 1.0 if error == 0 else float(2 * stats.t.sf(abs(center) / error, df))
     return center - half, center + half, p_value
+
+
+def equivalence_p(difference: float, error: float, df: float, margin: float) -> float:
+    """TOST p of −margin < difference < margin: the larger of the two one-sided t tests' p-values."""
+    from scipy import stats
+
+    if margin <= 0:
+        raise ValueError(f"an equivalence margin is positive, not {margin}")
+    if error == 0:
+        return 0.0 if abs(difference) < margin else 1.0
+    above_lower = stats.t.sf((difference + margin) / error, df)
+    below_upper = stats.t.cdf((difference - margin) / error, df)
+    return float(max(above_lower, below_upper))
+
+
+def sign_flip_p(contributions: np.ndarray, sign_flips: int | None = None, seed: int = 0) -> float:
+    """Two-sided p of the sum of per-image `contributions` under random signs: the normal approximation
+    (sign_flips None; variance Σ c²) or `sign_flips` random draws (Monte Carlo, +1 in both counts)."""
+    from scipy import stats
+
+    observed = float(contributions.sum())
+    if sign_flips is None:
+        spread = float(np.sqrt(np.sum(contributions**2)))
+        return 1.0 if spread == 0 else float(2 * stats.norm.sf(abs(observed) / spread))
+    rng, exceed, chunk = np.random.default_rng(seed), 0, 10_000
+    for start in range(0, sign_flips, chunk):
+        signs = rng.choice(np.array([-1.0, 1.0]), size=(min(chunk, sign_flips - start), len(contributions)))
+        exceed += int(np.sum(np.abs(signs @ contributions) >= abs(observed) - 1e-12))
+    return (exceed + 1) / (sign_flips + 1)
 
 
 def hierarchical_ci(hits: np.ndarray, resamples: int = 2000, seed: int = 0, level: float = 0.95) -> Estimate:
     """The score with a t interval: crossed (seeds × images) bootstrap error, Satterthwaite degrees of freedom."""
     hits = _check_table(hits)
     center = score(hits)
-    low, high, _ = _t_interval(center, _crossed_bootstrap(hits, resamples, seed), hits, level)
+    low, high, _ = _t_interval(center, *_t_reference(_crossed_bootstrap(hits, resamples, seed), hits), level)
     return Estimate(center, low, high)
 
 
 def paired_test(
-    a: np.ndarray, b: np.ndarray, resamples: int = 2000, permutations: int = 5000, seed: int = 0, level: float = 0.95
+    a: np.ndarray,
+    b: np.ndarray,
+    margin: float,
+    resamples: int = 2000,
+    sign_flips: int | None = None,
+    seed: int = 0,
+    level: float = 0.95,
 ) -> PairedTest:
-    """Compare two systems on the same (seed, language, image) cells; see the module docstring."""
+    """Compare two systems on the same (seed, language, image) cells; see the module docstring. `margin`: the
+    equivalence margin of the TOST (in units of the score)."""
     a, b = _check_table(a), _check_table(b)
     if a.shape != b.shape or not np.array_equal(np.isnan(a), np.isnan(b)):
         raise ValueError("a paired test needs both systems on the same seeds, languages and images")
     difference = a - b
     observed = score(difference)
-    low, high, p_hierarchical = _t_interval(
-        observed, _crossed_bootstrap(difference, resamples, seed), difference, level
-    )
+    error, df = _t_reference(_crossed_bootstrap(difference, resamples, seed), difference)
+    low, high, p_hierarchical = _t_interval(observed, error, df, level)
 
     present = ~np.isnan(difference)
     per_image = np.where(present, difference, 0.0).sum(axis=0)  # (languages, images)
     per_language_count = present.sum(axis=(0, 2)).astype(np.float64)
     used = per_language_count > 0
-    contributions = (per_image[used] / per_language_count[used, None]).T  # (images, used languages)
-    signs = np.random.default_rng(seed + 1).choice(np.array([-1.0, 1.0]), size=(permutations, difference.shape[2]))
-    null = (signs @ contributions).mean(axis=1)
-    p_sign_flip = (np.sum(np.abs(null) >= abs(observed) - 1e-12) + 1) / (permutations + 1)
+    contributions = (per_image[used] / per_language_count[used, None]).mean(axis=0)  # (images,): sums to observed
+    p_sign_flip = sign_flip_p(contributions, sign_flips, seed + 1)
     return PairedTest(
         observed,
         low,
         high,
-        float(p_sign_flip),
+        p_sign_flip,
         float(p_hierarchical),
         float(max(p_sign_flip, p_hierarchical)),
+        equivalence_p(observed, error, df, margin),
+        margin,
     )
 
 
@@ -160,3 +204,8 @@ def holm_adjusted(p_values: list[float]) -> list[float]:
         running = max(running, min(1.0, (len(p_values) - position) * p_values[index]))
         adjusted[index] = running
     return adjusted.tolist()
+
+
+def p_value(value: float) -> str:
+    """A p-value as reports print it: two significant figures."""
+    return f"{value:.2g}"

@@ -7,10 +7,12 @@ tuning table does not change).
 
 from __future__ import annotations
 
-import itertools
 import json
+import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,24 +26,56 @@ from xlr_pipeline.core.training.configs import HeadConfig
 from xlr_pipeline.core.training.defaults import DefaultsError, LaneDefaults
 
 if TYPE_CHECKING:
+    import optuna
+
     from xlr_pipeline.core.training.head import ProjectionHead
 
-# The stated search budget: per objective, these values of these HeadConfig fields. The step budget is not
-# searched: every cell of a grid trains for the same number of steps, so augmentations compare at equal cost.
-SEARCH_SPACE: dict[str, dict[str, tuple[float, ...]]] = {
-    "hinge": {"learning_rate": (3e-4, 1e-3, 3e-3), "margin": (0.05, 0.1, 0.2)},
-    "patr": {"learning_rate": (3e-4, 1e-3, 3e-3), "margin": (0.5, 1.0, 1.5)},
+
+@dataclass(frozen=True)
+class Dimension:
+    """A searched HeadConfig field: a float in [low, high] (log scale where `log`), or one of `choices`.
+    `hard_limit`: which ends the field's valid range fixes (a chosen value there is not a too-narrow space)."""
+
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+    choices: tuple[str, ...] = ()
+    hard_limit: tuple[bool, bool] = (False, False)
+
+    def at_edge(self, value: float) -> str | None:
+        """'low' / 'high' where a chosen value sits in the outer 2 % of the space (None: interior or a choice)."""
+        if self.choices:
+            return None
+        scale = np.log if self.log else (lambda x: x)
+        position = (scale(value) - scale(self.low)) / (scale(self.high) - scale(self.low))
+        if position <= 0.02 and not self.hard_limit[0]:
+            return "low"
+        if position >= 0.98 and not self.hard_limit[1]:
+            return "high"
+        return None
+
+
+_LEARNING_RATE = Dimension(3e-5, 3e-2, log=True)
+_HEAD = {"architecture": Dimension(choices=("linear", "mlp")), "dropout": Dimension(0.0, 0.5)}  # dropout: mlp only
+_DISTANCE_MARGIN = Dimension(0.1, 2.0, hard_limit=(False, True))  # a cosine distance is at most 2
+_WEIGHT = Dimension(0.01, 10.0, log=True)
+# The stated search space per objective (Optuna's TPE samples it; the stated defaults are every study's first
+# trial). The step budget is not searched: every cell of a grid trains for the same number of steps, so
+# augmentations compare at equal cost.
+SEARCH_SPACE: dict[str, dict[str, Dimension]] = {
+    "hinge": {"learning_rate": _LEARNING_RATE, "margin": Dimension(0.01, 1.0), **_HEAD},
+    "patr": {"learning_rate": _LEARNING_RATE, "margin": _DISTANCE_MARGIN, **_HEAD},
     "m3": {
-        "learning_rate": (3e-4, 1e-3, 3e-3),
-        "margin": (0.5, 1.0, 1.5),
-        "text_margin": (0.5, 1.0),
-        "text_weight": (0.25, 0.5, 1.0),
+        "learning_rate": _LEARNING_RATE,
+        "margin": _DISTANCE_MARGIN,
+        "text_margin": Dimension(0.0, 2.0, hard_limit=(True, True)),
+        "text_weight": _WEIGHT,
+        **_HEAD,
     },
-    "m3_pull": {"learning_rate": (3e-4, 1e-3, 3e-3), "margin": (0.5, 1.0, 1.5), "text_weight": (0.25, 0.5, 1.0)},
-    "infonce": {"learning_rate": (3e-4, 1e-3, 3e-3), "temperature": (0.02, 0.05, 0.1)},
+    "m3_pull": {"learning_rate": _LEARNING_RATE, "margin": _DISTANCE_MARGIN, "text_weight": _WEIGHT, **_HEAD},
+    "infonce": {"learning_rate": _LEARNING_RATE, "temperature": Dimension(0.003, 1.0, log=True), **_HEAD},
 }
 VALIDATION_KS = (1, 5, 10)
-TUNING_DATA = ("train", "train")  # the one encoder pair tuning trains on
 
 
 @dataclass(frozen=True)
@@ -64,68 +98,128 @@ def validation_recall(head: ProjectionHead, validation: ValidationSet) -> dict[s
     return {**recall, "score": float(np.mean(list(recall.values())))}
 
 
-def candidate_configs(base: HeadConfig, budget: int, seed: int) -> list[HeadConfig]:
-    """`base` (the stated defaults) and up to `budget` − 1 other points of its objective's search space,
-    drawn uniformly without replacement."""
-    if budget < 1:
-        raise ValueError(f"a tuning budget is at least 1 configuration, got {budget}")
-    space = SEARCH_SPACE[base.objective]
-    points = [dict(zip(space, values)) for values in itertools.product(*space.values())]
-    others = [point for point in points if point != searched_values(base)]
-    order = np.random.default_rng(seed).permutation(len(others))
-    return [base] + [replace(base, **others[i]) for i in order[: budget - 1]]
-
-
-def searched_values(config: HeadConfig) -> dict[str, float]:
-    return {
+def searched_values(config: HeadConfig) -> dict[str, float | str]:
+    """The searched fields of `config` (dropout only for an MLP, where it exists)."""
+    values = {
         name: getattr(config, name) if name != "margin" else config.resolved_margin
         for name in SEARCH_SPACE[config.objective]
     }
+    if values["architecture"] != "mlp":
+        del values["dropout"]
+    return values
+
+
+def _suggested(trial: optuna.Trial, objective: str) -> dict[str, float | str]:
+    values: dict[str, float | str] = {}
+    for name, dimension in SEARCH_SPACE[objective].items():
+        if name == "dropout" and values["architecture"] != "mlp":
+            continue
+        if dimension.choices:
+            values[name] = trial.suggest_categorical(name, list(dimension.choices))
+        else:
+            values[name] = trial.suggest_float(name, dimension.low, dimension.high, log=dimension.log)
+    return values
+
+
+def edges(objective: str, values: Mapping[str, float | str]) -> list[str]:
+    """The chosen values that sit on a soft edge of the search space ("learning_rate=low", ...)."""
+    space = SEARCH_SPACE[objective]
+    found = []
+    for name, value in values.items():
+        if not isinstance(value, str) and (edge := space[name].at_edge(float(value))):
+            found.append(f"{name}={edge}")
+    return found
+
+
+TuningKey = tuple[tuple[str, str], str]  # (text model, image model), objective
+
+
+def _study_name(key: TuningKey) -> str:
+    (text_model, image_model), objective = key
+    return f"{objective}|{text_model}|{image_model}"
 
 
 def tune(
-    base_configs: Mapping[str, HeadConfig],
-    train: TrainingData,
-    validation: ValidationSet,
-    budget: int,
+    base_configs: Mapping[TuningKey, HeadConfig],
+    data: Mapping[tuple[str, str], TrainingData],
+    validation: Mapping[tuple[str, str], ValidationSet],
+    trials: int,
     seeds: Sequence[int],
     processes: int = 1,
+    study_path: Path | None = None,
+    sampler_seed: int = 0,
 ) -> pl.DataFrame:
-    """Every candidate of every objective trained on the unaugmented `train` pairs with each seed (in `processes`
-    workers) and scored on `validation`; one row per candidate (mean over seeds), `chosen` marking each
-    objective's best (ties: the earlier candidate, so the stated defaults win a tie)."""
+    """One Optuna study (TPE, seeded) per (encoder pair, objective), each with the same `trials`: trial 0 is the
+    stated defaults, the rest sampled from SEARCH_SPACE. A trial trains on the unaugmented train pairs of its
+    encoder pair with each seed and scores the mean validation score. The studies advance together, one trial
+    each per round, so a round's heads train in `processes` workers. One row per trial; `chosen` marks each
+    study's best (ties: the earlier trial, so the stated defaults win a tie). `study_path`: where the studies are
+    stored (SQLite, written whole at the end)."""
+    import optuna
+
     from xlr_pipeline.core.training.training_pool import train_heads
 
+    if trials < 1:
+        raise ValueError(f"a tuning budget is at least 1 trial, got {trials}")
     if not seeds:
         raise ValueError("tuning needs at least one seed")
-    candidates = [
-        (objective, number, config)
-        for objective, base in base_configs.items()
-        for number, config in enumerate(candidate_configs(base, budget, seed=0))
-    ]
-    jobs = [TrainingJob(TUNING_DATA, "none", replace(config, seed=s)) for _, _, config in candidates for s in seeds]
-    trained = iter(train_heads(jobs, {TUNING_DATA: train}, 0.0, processes))
-    scored = []
-    for objective, number, config in candidates:
-        per_seed = [validation_recall(next(trained)[0].head, validation) for _ in seeds]
-        means = {name: float(np.mean([r[name] for r in per_seed])) for name in per_seed[0]}
-        scored.append(
-            {"objective": objective, "candidate": number, "parameters": json.dumps(searched_values(config)), **means}
+    missing = sorted({pair for pair, _ in base_configs} - set(validation))
+    if missing:
+        raise ValueError(f"no validation set for encoder pairs {missing}: tuning needs each pair's validation split")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    folder = tempfile.mkdtemp(dir=study_path.parent) if study_path is not None else tempfile.mkdtemp()
+    storage = f"sqlite:///{Path(folder) / 'studies.db'}"
+    studies = {}
+    for key, base in base_configs.items():
+        studies[key] = optuna.create_study(
+            study_name=_study_name(key),
+            storage=storage,
+            direction="maximize",
+            sampler=optuna.samplers.TPESampler(seed=sampler_seed, n_startup_trials=max(1, trials // 3)),
         )
-    best = {}
-    for i, row in enumerate(scored):
-        if row["objective"] not in best or row["score"] > scored[best[row["objective"]]]["score"]:
-            best[row["objective"]] = i
-    return pl.DataFrame([{**row, "chosen": i in best.values()} for i, row in enumerate(scored)])
+        studies[key].enqueue_trial(searched_values(base))
+    rows = []
+    for number in range(trials):
+        asked = {key: study.ask() for key, study in studies.items()}
+        configs = {key: replace(base_configs[key], **_suggested(trial, key[1])) for key, trial in asked.items()}
+        jobs = [TrainingJob(key[0], "none", replace(config, seed=s)) for key, config in configs.items() for s in seeds]
+        trained = iter(train_heads(jobs, data, 0.0, processes))
+        for key, trial in asked.items():
+            per_seed = [validation_recall(next(trained)[0].head, validation[key[0]]) for _ in seeds]
+            means = {name: float(np.mean([r[name] for r in per_seed])) for name in per_seed[0]}
+            studies[key].tell(trial, means["score"])
+            rows.append(
+                {
+                    "text_model": key[0][0],
+                    "image_model": key[0][1],
+                    "objective": key[1],
+                    "trial": number,
+                    "parameters": json.dumps(searched_values(configs[key]), sort_keys=True),
+                    **means,
+                }
+            )
+    if study_path is not None:
+        os.replace(Path(folder) / "studies.db", study_path)
+    table = pl.DataFrame(rows).sort("text_model", "image_model", "objective", "trial")
+    best = table.group_by("text_model", "image_model", "objective").agg(
+        pl.col("trial").sort_by(pl.col("score"), pl.col("trial"), descending=[True, False]).first().alias("best")
+    )
+    return (
+        table.join(best, on=["text_model", "image_model", "objective"])
+        .with_columns((pl.col("trial") == pl.col("best")).alias("chosen"))
+        .drop("best")
+    )
 
 
-def tuned_configs(table: pl.DataFrame, base_configs: Mapping[str, HeadConfig]) -> dict[str, HeadConfig]:
-    """Each objective's base configuration with its chosen candidate's values."""
+def tuned_configs(table: pl.DataFrame, base_configs: Mapping[TuningKey, HeadConfig]) -> dict[TuningKey, HeadConfig]:
+    """Each study's base configuration with its chosen trial's values."""
     chosen = {
-        objective: json.loads(parameters)
-        for objective, parameters in table.filter(pl.col("chosen")).select("objective", "parameters").iter_rows()
+        ((text_model, image_model), objective): json.loads(parameters)
+        for text_model, image_model, objective, parameters in table.filter(pl.col("chosen"))
+        .select("text_model", "image_model", "objective", "parameters")
+        .iter_rows()
     }
-    return {objective: replace(base, **chosen[objective]) for objective, base in base_configs.items()}
+    return {key: replace(base, **chosen[key]) for key, base in base_configs.items()}
 
 
 def best_system(validation: pl.DataFrame, system_columns: Sequence[str]) -> tuple:
@@ -155,7 +249,12 @@ def validation_choice(validation: pl.DataFrame, tuning: pl.DataFrame | None) -> 
         )
     head: dict[str, object] = {"objective": objective}
     if tuning is not None:
-        chosen = tuning.filter(pl.col("chosen") & (pl.col("objective") == objective))
+        chosen = tuning.filter(
+            pl.col("chosen")
+            & (pl.col("objective") == objective)
+            & (pl.col("text_model") == text_model)
+            & (pl.col("image_model") == image_model)
+        )
         head |= json.loads(chosen["parameters"][0]) | {"steps": int(chosen["steps"][0])}
     return LaneDefaults.from_table(
         {"image_model": image_model, "text_model": text_model, "chosen_by": validation["grid_run_id"][0], **head}

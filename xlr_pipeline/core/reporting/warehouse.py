@@ -203,6 +203,11 @@ DROP TABLE rank_summary;
 ALTER TABLE rank_summary_v7 RENAME TO rank_summary;
 """
 
+SCHEMA_V8 = """
+ALTER TABLE tagging_tests ADD COLUMN p_equivalence DOUBLE;
+ALTER TABLE tagging_tests ADD COLUMN p_equivalence_holm DOUBLE;
+"""
+
 # (version, what it adds, DDL). Version 1 is the layout the first release wrote without a version table.
 MIGRATIONS = (
     (1, "runs, recall, rank_summary", SCHEMA_V1),
@@ -212,6 +217,7 @@ MIGRATIONS = (
     (5, "model family of published rows; text-to-text alignment diagnostic", SCHEMA_V5),
     (6, "location of the per-query rank files", SCHEMA_V6),
     (7, "recall and rank_summary keyed by the test gallery's hash", SCHEMA_V7),
+    (8, "equivalence (TOST) p-values of the tagging tests", SCHEMA_V8),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

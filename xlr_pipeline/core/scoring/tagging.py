@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
-from xlr_pipeline.core.experiments.stats import hierarchical_ci, holm_adjusted, paired_test
+from xlr_pipeline.core.experiments.stats import hierarchical_ci, holm_adjusted, p_value, paired_test
 from xlr_pipeline.core.scoring.index import flat_ip_index
 from xlr_pipeline.core.training.augment import WORD, Lexicon, code_switch, mutual_nearest_translations
 
@@ -35,6 +35,8 @@ TAG_SEPARATOR = "|"
 METHOD = "zero_shot_head"
 BASELINE = "english_then_translate"
 TAGGING_KS = (1, 5, 10)
+# A tagging difference smaller than this (in the metric's units) counts as no difference, where TOST shows it.
+EQUIVALENCE_MARGIN = 0.02
 
 
 def normalise_tag(tag: str) -> str:
@@ -172,16 +174,17 @@ def tagging_markdown(
         lines += [
             "",
             f"## Paired tests, zero-shot head − baseline (`core/experiments/stats.py`'s paired test: image unit, seeds a level; Holm–Bonferroni over all "
-            f"{tests.height} tests of {tests['language'].n_unique()} languages × {tests.height // max(tests['language'].n_unique(), 1)} metrics)",
+            f"{tests.height} tests of {tests['language'].n_unique()} languages × {tests.height // max(tests['language'].n_unique(), 1)} metrics; "
+            f"'equivalent' where a TOST with margin ±{EQUIVALENCE_MARGIN}, Holm-corrected the same way, shows it)",
             "",
-            "| language | metric | difference | p | p (Holm) | verdict |",
-            "|---|---|---|---|---|---|",
+            "| language | metric | difference | p | p (Holm) | TOST p (Holm) | verdict |",
+            "|---|---|---|---|---|---|---|",
         ]
         shown = pl.col("metric").is_in(["map", "precision"]) & pl.col("k").is_in([0, 1, 5])
         for row in tests.filter(shown).sort("language", "metric", "k").iter_rows(named=True):
             name = "mAP" if row["metric"] == "map" else f"P@{row['k']}"
             lines.append(
-                f"| {row['language']} | {name} | {row['difference']:+.4f} | {row['p_value']:.4f} | {row['p_holm']:.4f} | {row['verdict']} |"
+                f"| {row['language']} | {name} | {row['difference']:+.4f} | {p_value(row['p_value'])} | {p_value(row['p_holm'])} | {p_value(row['p_equivalence_holm'])} | {row['verdict']} |"
             )
         lines += ["", "Every metric and k, with CIs and tests: DuckDB tables `tagging` and `tagging_tests`."]
     return "\n".join(lines) + "\n"
@@ -263,7 +266,7 @@ def compare_methods(per_language: dict[str, dict[str, list[ImageScores]]]) -> tu
                 )
         if BASELINE in tables:
             for (metric, k), values in tables[METHOD].items():
-                test = paired_test(values, tables[BASELINE][(metric, k)])
+                test = paired_test(values, tables[BASELINE][(metric, k)], EQUIVALENCE_MARGIN)
                 test_rows.append(
                     {
                         "language": language,
@@ -271,22 +274,28 @@ def compare_methods(per_language: dict[str, dict[str, list[ImageScores]]]) -> tu
                         "k": k,
                         "difference": test.difference,
                         "p_value": test.p_value,
+                        "p_equivalence": test.p_equivalence,
                     }
                 )
-    for row, adjusted in zip(test_rows, holm_adjusted([row["p_value"] for row in test_rows])):
+    adjusted_equivalence = holm_adjusted([row["p_equivalence"] for row in test_rows])
+    for row, adjusted, equivalent in zip(
+        test_rows, holm_adjusted([row["p_value"] for row in test_rows]), adjusted_equivalence
+    ):
         row["p_holm"] = adjusted
-        row["verdict"] = (
-            "not significant"
-            if adjusted >= SIGNIFICANCE
-            else ("head better" if row["difference"] > 0 else "baseline better")
-        )
+        row["p_equivalence_holm"] = equivalent
+        if adjusted < SIGNIFICANCE:
+            row["verdict"] = "head better" if row["difference"] > 0 else "baseline better"
+        else:
+            row["verdict"] = f"equivalent (±{EQUIVALENCE_MARGIN})" if equivalent < SIGNIFICANCE else "inconclusive"
     test_schema = {
         "language": pl.String,
         "metric": pl.String,
         "k": pl.Int64,
         "difference": pl.Float64,
         "p_value": pl.Float64,
+        "p_equivalence": pl.Float64,
         "p_holm": pl.Float64,
+        "p_equivalence_holm": pl.Float64,
         "verdict": pl.String,
     }
     return pl.DataFrame(metric_rows), pl.DataFrame(test_rows, schema=test_schema)

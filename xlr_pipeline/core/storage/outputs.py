@@ -111,5 +111,9 @@ class DatasetOutputs:
         return self.experiments / "tuning.parquet"
 
     @property
+    def tuning_studies_path(self) -> Location:
+        return self.experiments / "tuning_studies.db"
+
+    @property
     def grid_cost_path(self) -> Location:
         return self.experiments / "grid_cost.json"

@@ -15,9 +15,11 @@ Our encoder is frozen and sentence-level, so the adaptation is:
 3. **Embedding mixup.** The training text vector of a code-switched copy is λ·e(original) + (1−λ)·e(switched),
    λ ~ Beta(α, α), renormalised; it is paired with the original caption's image.
 
-Control: each code-switched copy has an English twin in which the *same* words are deleted instead of
-translated. Mixup with that twin ("english_mixup") has the same captions, the same number of extra rows and the
-same mixing weights, but no other language: what SALT adds beyond it is the other languages.
+Controls: each code-switched copy has two English twins with the *same* words changed. In the first the words
+are replaced by their nearest **English** neighbour in the encoder's space (`english_substitutes`: the same
+operation as SALT, only the substitutes' language differs — the fair control); in the second they are deleted
+(`english_mixup`). Mixup with a twin has the same captions, the same number of extra rows and the same mixing
+weights, but no other language: what SALT adds beyond the substitutes control is the other languages.
 Copies are drawn per seed, so seed-to-seed variance includes the augmentation draw.
 
 Only English train-split captions enter here; captions of other languages (and all test captions) never do.
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
@@ -63,11 +65,23 @@ def mutual_nearest_translations(
     return {source_words[i]: target_words[j] for i, j in enumerate(forward) if backward[j] == i}
 
 
+def nearest_other_words(words: Sequence[str], pool: Sequence[str], pool_vectors: np.ndarray) -> dict[str, str]:
+    """Each of `words` (all in `pool`) → its nearest *other* word of `pool` (cosine after centring the pool)."""
+    unit = _centred_unit(pool_vectors)
+    row_of = {word: i for i, word in enumerate(pool)}
+    rows = np.array([row_of[word] for word in words], dtype=np.int64)
+    similarity = unit[rows] @ unit.T
+    similarity[np.arange(len(rows)), rows] = -np.inf
+    return {word: pool[j] for word, j in zip(words, similarity.argmax(axis=1))}
+
+
 @dataclass(frozen=True)
 class Lexicon:
-    """English word → {language: translation}, induced from the encoder alone."""
+    """English word → {language: translation}, induced from the encoder alone; and English word → its nearest
+    other English word (`substitutes`, the control's replacements)."""
 
     translations: dict[str, dict[str, str]]
+    substitutes: dict[str, str] = field(default_factory=dict)
 
     @property
     def languages(self) -> list[str]:
@@ -77,27 +91,36 @@ class Lexicon:
         return sum(language in options for options in self.translations.values())
 
     def to_frame(self) -> pl.DataFrame:
-        """One row per (English word, language, translation): how the lexicon is stored."""
+        """One row per (English word, language, translation) and per (English word, "en", substitute) with
+        `relation` "translation" or "substitute": how the lexicon is stored."""
         rows = [
-            (english, language, foreign)
+            (english, language, foreign, "translation")
             for english, options in sorted(self.translations.items())
             for language, foreign in sorted(options.items())
         ]
-        return pl.DataFrame(
-            rows, schema={"english": pl.String, "language": pl.String, "translation": pl.String}, orient="row"
-        )
+        rows += [(english, "en", other, "substitute") for english, other in sorted(self.substitutes.items())]
+        schema = {"english": pl.String, "language": pl.String, "translation": pl.String, "relation": pl.String}
+        return pl.DataFrame(rows, schema=schema, orient="row")
 
     @classmethod
     def from_frame(cls, frame: pl.DataFrame) -> Lexicon:
         translations: dict[str, dict[str, str]] = {}
-        for english, language, foreign in frame.select("english", "language", "translation").iter_rows():
-            translations.setdefault(english, {})[language] = foreign
-        return cls(translations)
+        substitutes: dict[str, str] = {}
+        for english, language, foreign, relation in frame.select(
+            "english", "language", "translation", "relation"
+        ).iter_rows():
+            if relation == "substitute":
+                substitutes[english] = foreign
+            else:
+                translations.setdefault(english, {})[language] = foreign
+        return cls(translations, substitutes)
 
 
 def induce_lexicon(
     captions: Sequence[str], languages: Sequence[str], words_per_language: int, encode: Encode
 ) -> Lexicon:
+    """Translations into `languages` of the captions' English words, and each word's English substitute (its
+    nearest neighbour among the caption words and English's `words_per_language` most frequent words)."""
     source = english_words(captions)
     source_vectors = encode(source)
     translations: dict[str, dict[str, str]] = {}
@@ -105,7 +128,9 @@ def induce_lexicon(
         target = frequent_words(language, words_per_language)
         for english, foreign in mutual_nearest_translations(source, source_vectors, target, encode(target)).items():
             translations.setdefault(english, {})[language] = foreign
-    return Lexicon(translations)
+    extra = sorted(set(frequent_words("en", words_per_language)) - set(source))
+    pool_vectors = np.concatenate([source_vectors, encode(extra)]) if extra else source_vectors
+    return Lexicon(translations, nearest_other_words(source, [*source, *extra], pool_vectors))
 
 
 def language_means(languages: Sequence[str], words_per_language: int, encode: Encode) -> dict[str, np.ndarray]:
@@ -125,6 +150,7 @@ class SwitchedCopy:
     language: str
     switched: str  # translatable words replaced by their `language` translation
     english_control: str  # the same words deleted instead: a perturbed English copy
+    english_substitute: str  # the same words replaced by their nearest English neighbour
 
 
 @dataclass(frozen=True)
@@ -165,15 +191,20 @@ def apply_switches(caption: str, switches: Sequence[Switch]) -> tuple[str, list[
 
 def code_switch(
     caption: str, lexicon: Lexicon, language: str, switch_ratio: float, rng: np.random.Generator
-) -> tuple[str, str]:
-    """(switched caption, English control): the control deletes exactly the switched words, with the whitespace
-    before each (where that leaves nothing, it is the unchanged caption)."""
+) -> tuple[str, str, str]:
+    """(switched caption, deletion control, substitution control): the deletion control deletes exactly the
+    switched words, with the whitespace before each (where that leaves nothing, it is the unchanged caption); the
+    substitution control replaces them by their English substitutes (a word without one stays)."""
     switches = draw_switches(caption, lexicon, language, switch_ratio, rng)
     deleted = {switch.start for switch in switches}
     control = SPACED_WORD.sub(
         lambda match: "" if match.end() - len(match.group(0).lstrip()) in deleted else match.group(0), caption
     ).strip()
-    return apply_switches(caption, switches)[0], control or caption
+    substitutions = [
+        Switch(s.start, s.end, lexicon.substitutes.get(caption[s.start : s.end].lower(), caption[s.start : s.end]))
+        for s in switches
+    ]
+    return apply_switches(caption, switches)[0], control or caption, apply_switches(caption, substitutions)[0]
 
 
 def code_switched_copies(
@@ -185,9 +216,9 @@ def code_switched_copies(
     copies = []
     for index, caption in enumerate(captions):
         language = languages[rng.integers(len(languages))]
-        switched, control = code_switch(caption, lexicon, language, switch_ratio, rng)
+        switched, deletion, substitution = code_switch(caption, lexicon, language, switch_ratio, rng)
         if switched != caption:
-            copies.append(SwitchedCopy(index, language, switched, control))
+            copies.append(SwitchedCopy(index, language, switched, deletion, substitution))
     return copies
 
 

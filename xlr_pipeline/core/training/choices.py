@@ -17,8 +17,9 @@ Objective = Literal["hinge", "patr", "m3", "m3_pull", "infonce"]
 NegativeMining = Literal["all", "hardest"]
 # "identity": no head, for encoders that already share one space (CLIP family): evaluated as they are.
 Architecture = Literal["linear", "mlp", "identity"]
-# "english_mixup": SALT's mixup with a perturbed English copy instead of a code-switched one (control).
-Augmentation = Literal["none", "salt", "english_mixup", "keywords"]
+# "english_substitutes": SALT's mixup with the switched words replaced by English neighbours instead (the control);
+# "english_mixup": the same with the switched words deleted (a second control).
+Augmentation = Literal["none", "salt", "english_substitutes", "english_mixup", "keywords"]
 # Fine-tuning the text encoder: on English captions alone, or with code-switching + mixup inside the model.
 FinetuneArm = Literal["english", "salt_in_model"]
 

@@ -38,6 +38,7 @@ class Range:
 HEAD_RANGES = {
     "embed_dim": Range(1, 8192),
     "hidden_dim": Range(1, 16384),
+    "dropout": Range(0, 0.9),
     "margin": Range(0, 2, low_open=True),
     "text_margin": Range(0, 2),
     "text_weight": Range(0, 100),
@@ -56,6 +57,7 @@ class HeadConfig:
     architecture: Architecture = "linear"
     embed_dim: int = 256
     hidden_dim: int = 1024
+    dropout: float = 0.1  # mlp only: between its two layers
     objective: Objective = "hinge"
     margin: float | None = (
         None  # hinge: on similarities (default 0.1); patr/m3/m3_pull: η (β1) on distance (default 1.0)

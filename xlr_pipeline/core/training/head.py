@@ -47,7 +47,10 @@ def _branch(in_dim: int, config: HeadConfig) -> nn.Module:
     if config.architecture == "linear":
         return nn.Linear(in_dim, config.embed_dim)
     return nn.Sequential(
-        nn.Linear(in_dim, config.hidden_dim), nn.GELU(), nn.Dropout(0.1), nn.Linear(config.hidden_dim, config.embed_dim)
+        nn.Linear(in_dim, config.hidden_dim),
+        nn.GELU(),
+        nn.Dropout(config.dropout),
+        nn.Linear(config.hidden_dim, config.embed_dim),
     )
 
 
