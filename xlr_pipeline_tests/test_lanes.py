@@ -125,7 +125,7 @@ def test_nothing_done_on_one_dataset_touches_the_other(two_datasets, tmp_path):
     grid = {
         **HEAD,
         "text_augmentations": AugmentationConfig(languages=["de"], words_per_language=200, seeds=[0]),
-        "text_encoder_finetuning": FinetuneAssetConfig(steps=2, batch_size=8, trainable_layers=1),
+        "text_encoder_finetuning": FinetuneAssetConfig(steps=2, batch_size=8, trainable_layers=1, seeds=[0]),
         "experiment_grid": GridConfig(
             objectives=["patr"],
             augmentations=["none", "salt"],

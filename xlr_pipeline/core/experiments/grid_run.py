@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -29,8 +30,12 @@ from xlr_pipeline.core.models.embedding_frames import training_pairs
 from xlr_pipeline.core.models.embeddings import model_slug, vectors_of
 from xlr_pipeline.core.reporting.results import gallery_hash
 from xlr_pipeline.core.scoring.evaluation import RunProvenance, TestQueries, evaluate_run
+from xlr_pipeline.core.scoring.hubness import HUBNESS_PARAMETERS, HubnessReduction
 from xlr_pipeline.core.training.augment import shift_to_centroid
 from xlr_pipeline.core.training.configs import HeadConfig
+
+if TYPE_CHECKING:
+    from xlr_pipeline.core.training.head import ProjectionHead
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,7 @@ class GridOptions:
     tuning_trials: int  # per objective and encoder pair (0: no tuning)
     tuning_seeds: Sequence[int]
     processes: int
+    development_language: str | None = None  # its validation captions: the secondary selection
     study_path: Path | None = None  # where the Optuna studies are stored
 
 
@@ -89,7 +95,7 @@ def _gallery_rows(images: pl.DataFrame) -> dict[str, int]:
 
 
 def _validation_set(images: pl.DataFrame, frame: pl.DataFrame) -> ValidationSet | None:
-    """The training language's validation captions against the validation images (None: no validation split)."""
+    """One language's validation captions against the validation images (None: no validation split)."""
     validation_images = images.filter(pl.col("split") == "val")
     positions = _gallery_rows(validation_images)
     captions = frame.filter((pl.col("split") == "val") & pl.col("image_id").is_in(list(positions)))
@@ -130,6 +136,17 @@ def _centred(
     }
 
 
+def _tuned_hubness(
+    head: ProjectionHead, method: str, bank: np.ndarray, validation: ValidationSet | None
+) -> HubnessReduction:
+    """The hubness reduction `method` with the parameter that scores best on validation (ties: the first)."""
+    if validation is None:
+        raise ValueError(f"hubness reduction ({method}) is tuned on the validation split, and this pair has none")
+    candidates = [HubnessReduction(method, parameter, bank) for parameter in HUBNESS_PARAMETERS[method]]
+    scores = [validation_recall(head, validation, candidate)["score"] for candidate in candidates]
+    return candidates[int(np.argmax(scores))]
+
+
 def run_grid(
     inputs: GridInputs,
     options: GridOptions,
@@ -148,7 +165,11 @@ def run_grid(
         model: inputs.embed_images(model) for model in plan.other_image_models
     }
     text_frames = {main_pair[0]: dict(inputs.captions)}
-    for model in [*plan.other_text_models, *([plan.english_only_model] if plan.english_only_model else [])]:
+    for model in [
+        *plan.other_text_models,
+        *plan.finetuned_text_models,
+        *([plan.english_only_model] if plan.english_only_model else []),
+    ]:
         text_frames[model] = inputs.embed_captions(model)
     encoding_seconds = time.perf_counter() - encoding_started
 
@@ -163,6 +184,13 @@ def run_grid(
     steps = step_budget(encoders[main_pair], plan.augmentations, plan.seeds, options.epochs, HeadConfig().batch_size)
     validation = {
         (text, image): _validation_set(image_frames[image], text_frames[text][train_language]) for text, image in pairs
+    }
+    development = options.development_language
+    if development is not None and development not in inputs.languages:
+        raise ValueError(f"development language {development!r} is not a language of {inputs.dataset}")
+    development_validation = {
+        (text, image): _validation_set(image_frames[image], text_frames[text][development]) if development else None
+        for text, image in pairs
     }
     configs = {
         (cell.encoders, cell.objective): replace(options.objective_configs[cell.objective], steps=steps)
@@ -214,6 +242,11 @@ def run_grid(
         queries = test_queries[cell.encoders]
         if cell.centring == "per_language":
             queries = _centred(queries, inputs.language_means, train_language)
+        hubness = None
+        if cell.retrieval != "plain":  # its parameter chosen on validation (the bank: English train captions)
+            hubness = _tuned_hubness(
+                trained.head, cell.retrieval, encoders[cell.encoders].text, validation[cell.encoders]
+            )
         label = "+".join(model_slug(model) for model, main in zip(cell.encoders, main_pair) if model != main) or "main"
         provenance = RunProvenance(
             run_id=f"{run_id}/{cell.run_suffix(label)}",
@@ -236,6 +269,7 @@ def run_grid(
             run_id,
             gallery_hashes[cell.image_model],
             with_random_baseline=cell.with_random_baseline,
+            hubness=hubness,
         )
         log(f"cell {number}/{len(cells)}: {cell}")
         hits.append(
@@ -244,6 +278,7 @@ def run_grid(
             )
         )
         if validation[cell.encoders] is not None:
+            development_set = development_validation[cell.encoders]
             validation_rows.append(
                 {
                     "grid_run_id": run_id,
@@ -252,7 +287,12 @@ def run_grid(
                     "text_model": cell.text_model,
                     "image_model": cell.image_model,
                     "seed": cell.seed,
-                    **validation_recall(trained.head, validation[cell.encoders]),
+                    **validation_recall(trained.head, validation[cell.encoders], hubness),
+                    "hubness_parameter": hubness.parameter if hubness else None,
+                    "development_language": development,
+                    "development_score": validation_recall(trained.head, development_set, hubness)["score"]
+                    if development_set is not None
+                    else None,
                 }
             )
         runs += evaluation.runs

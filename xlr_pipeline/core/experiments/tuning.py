@@ -28,6 +28,7 @@ from xlr_pipeline.core.training.defaults import DefaultsError, LaneDefaults
 if TYPE_CHECKING:
     import optuna
 
+    from xlr_pipeline.core.scoring.hubness import HubnessReduction
     from xlr_pipeline.core.training.head import ProjectionHead
 
 
@@ -91,9 +92,11 @@ class ValidationSet:
             raise ValueError("the validation split is empty: tuning needs validation captions and images")
 
 
-def validation_recall(head: ProjectionHead, validation: ValidationSet) -> dict[str, float]:
+def validation_recall(
+    head: ProjectionHead, validation: ValidationSet, hubness: HubnessReduction | None = None
+) -> dict[str, float]:
     """Text→image R@1/5/10 on the validation split and their mean (`score`, the quantity maximised)."""
-    text_to_image = evaluate_head(head, validation.images, validation.text, validation.labels)[0]
+    text_to_image = evaluate_head(head, validation.images, validation.text, validation.labels, hubness)[0]
     recall = {f"r{k}": text_to_image.recall[k] for k in VALIDATION_KS}
     return {**recall, "score": float(np.mean(list(recall.values())))}
 

@@ -18,6 +18,7 @@ from xlr_pipeline.core.reporting.warehouse import RANDOM_HEAD_SUFFIX
 from xlr_pipeline.core.scoring.metrics import DirectionResult, evaluate_head, random_head_like
 
 if TYPE_CHECKING:
+    from xlr_pipeline.core.scoring.hubness import HubnessReduction
     from xlr_pipeline.core.training.head import ProjectionHead
 
 TRAINED, RANDOM = "trained", "random"
@@ -78,9 +79,11 @@ def evaluate_run(
     evaluating_run_id: str,
     gallery_hash: str,
     with_random_baseline: bool = True,
+    hubness: HubnessReduction | None = None,
 ) -> Evaluation:
     """Evaluate `head` (and its random baseline) on every language of `queries` against the image gallery
-    (`gallery`: the raw test-image features, `gallery_hash` their identity), with exact ranks."""
+    (`gallery`: the raw test-image features, `gallery_hash` their identity), with exact ranks; `hubness`:
+    text→image scores rescored against its query bank."""
     with_random_baseline = with_random_baseline and not head.is_identity  # nothing trained: no random twin
     heads = {TRAINED: head, **({RANDOM: random_head_like(head)} if with_random_baseline else {})}
     run_ids = {TRAINED: provenance.run_id, RANDOM: provenance.run_id + RANDOM_HEAD_SUFFIX}
@@ -110,7 +113,7 @@ def evaluate_run(
     ranks: list[RankRecord] = []
     for language, test in queries.items():
         results[language] = {
-            name: evaluate_head(model, gallery, test.vectors, test.labels) for name, model in heads.items()
+            name: evaluate_head(model, gallery, test.vectors, test.labels, hubness) for name, model in heads.items()
         }
         for name, directions in results[language].items():
             for result in directions:

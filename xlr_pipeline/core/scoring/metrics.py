@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:  # torch loads only where a head is evaluated
+    from xlr_pipeline.core.scoring.hubness import HubnessReduction
     from xlr_pipeline.core.training.head import ProjectionHead
 
 DEFAULT_KS = (1, 5, 10)
@@ -111,9 +112,16 @@ def evaluate_retrieval(
     text_vectors: np.ndarray,
     text_labels: np.ndarray,
     ks: tuple[int, ...] = DEFAULT_KS,
+    image_offsets: np.ndarray | None = None,
 ) -> list[DirectionResult]:
-    """Both directions, exact: captions rank the images, images rank the captions."""
-    text_to_image = first_correct_ranks(image_vectors, text_vectors, text_labels, image_labels)
+    """Both directions, exact: captions rank the images (each image's score lowered by `image_offsets`, where
+    given: hubness reduction), images rank the captions."""
+    gallery, queries = image_vectors, text_vectors
+    if image_offsets is not None:
+        from xlr_pipeline.core.scoring.hubness import with_offsets
+
+        gallery, queries = with_offsets(image_vectors, text_vectors, image_offsets)
+    text_to_image = first_correct_ranks(gallery, queries, text_labels, image_labels)
     image_to_text = first_correct_ranks(text_vectors, image_vectors, image_labels, text_labels)
     return [summarise("text_to_image", text_to_image, ks), summarise("image_to_text", image_to_text, ks)]
 
@@ -128,14 +136,25 @@ def random_head_like(head: ProjectionHead) -> ProjectionHead:
 
 
 def evaluate_head(
-    head: ProjectionHead, image_features: np.ndarray, text_features: np.ndarray, text_labels: np.ndarray
+    head: ProjectionHead,
+    image_features: np.ndarray,
+    text_features: np.ndarray,
+    text_labels: np.ndarray,
+    hubness: HubnessReduction | None = None,
 ) -> list[DirectionResult]:
     """Retrieval in both directions through one head. Image i of `image_features` has label i;
-    `text_labels[j]` is the image of caption j."""
+    `text_labels[j]` is the image of caption j. `hubness`: text→image scores rescored against its query bank."""
     from xlr_pipeline.core.training.head import project
 
     images = project(head, image_features, "image")
-    return evaluate_retrieval(images, np.arange(len(image_features)), project(head, text_features, "text"), text_labels)
+    offsets = None
+    if hubness is not None:
+        from xlr_pipeline.core.scoring.hubness import gallery_offsets
+
+        offsets = gallery_offsets(hubness.method, hubness.parameter, project(head, hubness.bank, "text"), images)
+    return evaluate_retrieval(
+        images, np.arange(len(image_features)), project(head, text_features, "text"), text_labels, image_offsets=offsets
+    )
 
 
 def recall_is_monotone(recall: dict[int, float]) -> bool:
