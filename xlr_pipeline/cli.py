@@ -16,7 +16,13 @@ from xlr_pipeline.core.models.inference import BACKENDS, DEFAULT_BACKEND
 from xlr_pipeline.core.models.threads import available_cores
 from xlr_pipeline.core.search.limits import DEFAULT_PORT, MAX_RESULTS
 from xlr_pipeline.core.storage.outputs import DEFAULT_DATA_DIR
-from xlr_pipeline.core.training.choices import ARCHITECTURES, DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, OBJECTIVES
+from xlr_pipeline.core.training.choices import (
+    ARCHITECTURES,
+    DEFAULT_IMAGE_MODEL,
+    DEFAULT_TEXT_MODEL,
+    HUBNESS,
+    OBJECTIVES,
+)
 
 # Head hyperparameters settable from the command line (the rest through the Dagster launchpad).
 HEAD_OPTIONS = {
@@ -27,6 +33,8 @@ HEAD_OPTIONS = {
     "architecture": ARCHITECTURES,
     "learning_rate": float,
     "embed_dim": int,
+    "hubness": HUBNESS,
+    "hubness_parameter": float,
 }
 
 

@@ -154,3 +154,22 @@ def test_the_adopted_configuration_is_the_validation_choice_with_its_tuned_value
         "margin": 0.5,
         "steps": 100,
     }
+
+
+def test_a_hubness_reduction_chosen_on_validation_is_adopted_with_its_most_chosen_parameter():
+    _, validation, tuning = _grid_run()
+    chosen_cells = pl.DataFrame(
+        {
+            "grid_run_id": "g1",
+            "objective": "m3",
+            "augmentation": "none + qb_norm",
+            "text_model": MUSE,
+            "image_model": LITE2,
+            "seed": [0, 1, 2],
+            "score": 0.95,
+            "hubness_parameter": [20.0, 10.0, 20.0],
+        }
+    )
+    chosen = validation_choice(pl.concat([validation, chosen_cells], how="diagonal"), tuning)
+    assert dict(chosen.head)["hubness"] == "qb_norm" and dict(chosen.head)["hubness_parameter"] == 20.0
+    assert dict(chosen.head)["objective"] == "m3" and (chosen.text_model, chosen.image_model) == (MUSE, LITE2)

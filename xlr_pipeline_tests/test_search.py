@@ -274,3 +274,19 @@ def test_a_real_server_answers_from_the_retrained_head_on_the_next_query(searcha
         )
     finally:
         _stop_group(process, grace_s=10)
+
+
+def test_a_head_with_hubness_reduction_ranks_the_same_in_search_and_evaluation(searchable):
+    """Retrained with QB-Norm: the index carries each image's offset, and search still ranks every test caption's
+    image where the evaluation (which rescored against the same query bank) does."""
+    data_dir, instance = searchable
+    config = HeadTrainingConfig(hubness="qb_norm", hubness_parameter=20.0)
+    run_pipeline(instance, _pipeline(data_dir), [DATASET], {"projection_head": config}, include_stale=True, log=print)
+    head, _ = head_from_bytes(outputs_for(data_dir).head_path.read_bytes())
+    reduction = head.hubness_reduction()
+    assert reduction is not None and reduction.method == "qb_norm" and len(reduction.bank) > 0
+    service = settings_for(data_dir).search_service()
+    ranks = _query_ranks(data_dir, "de")
+    for caption, image_id, rank in ranks.select("caption", "image_id", "rank").iter_rows():
+        answer = service.search(caption, DATASET, "de", k=100)
+        assert [hit.image_id for hit in answer.images].index(image_id) + 1 == rank, caption

@@ -5,6 +5,7 @@ import polars as pl
 from pydantic import Field
 
 from xlr_pipeline.core.models.embeddings import vectors_of
+from xlr_pipeline.core.scoring.hubness import gallery_offsets, offset_gallery, offset_queries
 from xlr_pipeline.core.scoring.index import IndexPlan, build_index, recall_against_exact, save_index
 from xlr_pipeline.core.search.limits import DEFAULT_PORT
 from xlr_pipeline.core.storage.locations import read_parquet, write_parquet_atomic
@@ -66,7 +67,8 @@ def build_image_index(
     ) -> dg.MaterializeResult:
         """FAISS cosine (inner-product) index over the projected test-split images: exact up to `exact_up_to`
         images, HNSW past it, with its recall@10 against exact search measured on up to 1,000 projected
-        train-split images as queries (`recall_at_10_vs_exact`)."""
+        train-split images as queries (`recall_at_10_vs_exact`). A head trained with hubness reduction adds each
+        image's offset as one more dimension (`core/scoring/hubness.py`), so the index ranks as the metrics do."""
         import faiss
 
         from xlr_pipeline.core.training.head import head_fingerprint, head_from_bytes, project
@@ -78,9 +80,17 @@ def build_image_index(
         if test.is_empty():
             raise dg.Failure(f"dataset {lane.name!r} has no test-split images to index")
         projected = project(head, vectors_of(test), "image")
+        hubness = head.hubness_reduction()
+        if hubness is not None:  # each image's hubness offset as one more dimension (queries get a 1 there)
+            bank = project(head, hubness.bank, "text")
+            projected = offset_gallery(projected, gallery_offsets(hubness.method, hubness.parameter, bank, projected))
         index = build_index(projected, config.plan())
         others = images.filter(pl.col("split") != "test").head(RECALL_QUERIES)
-        queries = project(head, vectors_of(others), "image") if others.height else projected[:RECALL_QUERIES]
+        if others.height:
+            queries = project(head, vectors_of(others), "image")
+            queries = queries if hubness is None else offset_queries(queries)
+        else:
+            queries = projected[:RECALL_QUERIES]
         recall = 1.0 if isinstance(index, faiss.IndexFlat) else recall_against_exact(index, projected, queries)
         save_index(index, outputs.index_path)
         ids = test.select("image_id", "content_hash").with_columns(pl.lit(provenance["run_id"]).alias("head_run_id"))
@@ -92,6 +102,7 @@ def build_image_index(
                 "indexed_images": index.ntotal,
                 "dim": index.d,
                 "index_type": type(index).__name__,
+                "hubness": "none" if hubness is None else f"{hubness.method} ({hubness.parameter:g})",
                 "recall_at_10_vs_exact": recall,
                 "index_plan": config.model_dump(),
                 "path": dg.MetadataValue.path(str(outputs.index_path)),

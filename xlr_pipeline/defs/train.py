@@ -15,7 +15,7 @@ from xlr_pipeline.core.storage.locations import (
     write_parquet_atomic,
     write_with_atomic,
 )
-from xlr_pipeline.core.training.choices import Architecture, NegativeMining, Objective
+from xlr_pipeline.core.training.choices import Architecture, Hubness, NegativeMining, Objective
 from xlr_pipeline.core.training.configs import HeadConfig
 from xlr_pipeline.defs.lane import AssetDeclaration, Lane
 from xlr_pipeline.defs.lineage import (
@@ -33,6 +33,7 @@ DATASET_DEFAULT = "default"
 ArchitectureChoice = Literal[(DATASET_DEFAULT, *get_args(Architecture))]
 ObjectiveChoice = Literal[(DATASET_DEFAULT, *get_args(Objective))]
 NegativesChoice = Literal[(DATASET_DEFAULT, *get_args(NegativeMining))]
+HubnessChoice = Literal[(DATASET_DEFAULT, *get_args(Hubness))]
 
 
 def _head_config(settings: XlrSettings, lane: Lane, partition: str | None, head_config: dict) -> dict:
@@ -87,6 +88,14 @@ class HeadTrainingConfig(dg.Config):
     learning_rate: float | None = Field(None, description=f"AdamW learning rate; {UNSET} {_DEFAULT.learning_rate}")
     weight_decay: float | None = Field(None, description=f"AdamW weight decay; {UNSET} {_DEFAULT.weight_decay}")
     seed: int | None = Field(None, description=f"Seeds initialisation and batch order; {UNSET} {_DEFAULT.seed}")
+    hubness: HubnessChoice = Field(
+        DATASET_DEFAULT,
+        description="Retrieval-time hubness reduction against the training captions: 'csls' or 'qb_norm' "
+        f"(core/scoring/hubness.py); {UNSET} {_DEFAULT.hubness}",
+    )
+    hubness_parameter: float | None = Field(
+        None, description=f"CSLS's k or QB-Norm's β; {UNSET} {_DEFAULT.hubness_parameter:g}"
+    )
 
     @model_validator(mode="after")
     def _in_range(self) -> "HeadTrainingConfig":

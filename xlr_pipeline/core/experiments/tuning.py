@@ -20,6 +20,7 @@ import polars as pl
 
 from xlr_pipeline.core.experiments.comparisons import SYSTEM_COLUMNS
 from xlr_pipeline.core.experiments.grid import TrainingData, TrainingJob
+from xlr_pipeline.core.scoring.hubness import HUBNESS_PARAMETERS
 from xlr_pipeline.core.scoring.metrics import evaluate_head
 from xlr_pipeline.core.training.choices import ENGLISH_ONLY_TEXT_MODEL
 from xlr_pipeline.core.training.configs import HeadConfig
@@ -245,7 +246,8 @@ def validation_choice(validation: pl.DataFrame, tuning: pl.DataFrame | None) -> 
     """The configuration a grid chose on the validation split, as a dataset's `[defaults]`: its encoders, its
     objective with the values tuned for it, and the grid's step budget (so `xlr run` trains what was chosen)."""
     objective, augmentation, text_model, image_model = best_system(selection_candidates(validation), SYSTEM_COLUMNS)
-    if augmentation != "none":
+    hubness = next((method for method in HUBNESS_PARAMETERS if augmentation == f"none + {method}"), None)
+    if augmentation != "none" and hubness is None:
         raise DefaultsError(
             f"the validation choice trains with augmentation {augmentation!r}, which `xlr run` does not: "
             "adopt it by hand, or run a grid without augmented cells"
@@ -259,6 +261,15 @@ def validation_choice(validation: pl.DataFrame, tuning: pl.DataFrame | None) -> 
             & (pl.col("image_model") == image_model)
         )
         head |= json.loads(chosen["parameters"][0]) | {"steps": int(chosen["steps"][0])}
+    if hubness is not None:  # the parameter its seeds' heads chose most often on validation (ties: the smallest)
+        chosen = validation.filter(
+            (pl.col("objective") == objective)
+            & (pl.col("augmentation") == augmentation)
+            & (pl.col("text_model") == text_model)
+            & (pl.col("image_model") == image_model)
+        )["hubness_parameter"]
+        counts = chosen.value_counts(sort=True).sort(["count", "hubness_parameter"], descending=[True, False])
+        head |= {"hubness": hubness, "hubness_parameter": float(counts["hubness_parameter"][0])}
     return LaneDefaults.from_table(
         {"image_model": image_model, "text_model": text_model, "chosen_by": validation["grid_run_id"][0], **head}
     )

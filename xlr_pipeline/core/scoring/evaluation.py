@@ -83,8 +83,9 @@ def evaluate_run(
 ) -> Evaluation:
     """Evaluate `head` (and its random baseline) on every language of `queries` against the image gallery
     (`gallery`: the raw test-image features, `gallery_hash` their identity), with exact ranks; `hubness`:
-    text→image scores rescored against its query bank."""
+    text→image scores rescored against its query bank (default: the head's own)."""
     with_random_baseline = with_random_baseline and not head.is_identity  # nothing trained: no random twin
+    hubness = hubness or head.hubness_reduction()
     heads = {TRAINED: head, **({RANDOM: random_head_like(head)} if with_random_baseline else {})}
     run_ids = {TRAINED: provenance.run_id, RANDOM: provenance.run_id + RANDOM_HEAD_SUFFIX}
     config = head.config.as_dict()

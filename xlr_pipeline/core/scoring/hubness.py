@@ -50,10 +50,12 @@ def gallery_offsets(method: str, parameter: float, bank: np.ndarray, gallery: np
     raise ValueError(f"unknown hubness reduction {method!r}")
 
 
-def with_offsets(gallery: np.ndarray, queries: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Vectors whose inner products are score(q, g) − offset(g): one more dimension, 1 for queries, −offset for
-    the gallery (so exact inner-product ranking applies unchanged)."""
-    return (
-        np.hstack([gallery, -offsets[:, None]]).astype(np.float32),
-        np.hstack([queries, np.ones((len(queries), 1))]).astype(np.float32),
-    )
+def offset_gallery(gallery: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Gallery vectors with one more dimension, −offset: with `offset_queries`, inner products are
+    score(q, g) − offset(g), so exact or FAISS inner-product search applies unchanged."""
+    return np.hstack([gallery, -offsets[:, None]]).astype(np.float32)
+
+
+def offset_queries(queries: np.ndarray) -> np.ndarray:
+    """Query vectors with one more dimension, 1 (the partner of `offset_gallery`)."""
+    return np.hstack([queries, np.ones((len(queries), 1))]).astype(np.float32)

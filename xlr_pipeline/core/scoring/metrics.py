@@ -118,9 +118,9 @@ def evaluate_retrieval(
     given: hubness reduction), images rank the captions."""
     gallery, queries = image_vectors, text_vectors
     if image_offsets is not None:
-        from xlr_pipeline.core.scoring.hubness import with_offsets
+        from xlr_pipeline.core.scoring.hubness import offset_gallery, offset_queries
 
-        gallery, queries = with_offsets(image_vectors, text_vectors, image_offsets)
+        gallery, queries = offset_gallery(image_vectors, image_offsets), offset_queries(text_vectors)
     text_to_image = first_correct_ranks(gallery, queries, text_labels, image_labels)
     image_to_text = first_correct_ranks(text_vectors, image_vectors, image_labels, text_labels)
     return [summarise("text_to_image", text_to_image, ks), summarise("image_to_text", image_to_text, ks)]

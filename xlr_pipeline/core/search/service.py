@@ -239,6 +239,15 @@ class _LaneState:
         )
 
 
+def _index_query(head: ProjectionHead, vector: np.ndarray) -> np.ndarray:
+    """A projected query as the lane's index expects it: with the hubness dimension where the head has one."""
+    if head.hubness_reduction() is None:
+        return vector
+    from xlr_pipeline.core.scoring.hubness import offset_queries
+
+    return offset_queries(vector)
+
+
 def decode_query_image(data: bytes, name: str) -> Image.Image:
     """An uploaded or named query image as RGB: size and pixel count are checked before anything is decoded."""
     if len(data) > MAX_UPLOAD_BYTES:
@@ -370,7 +379,7 @@ class SearchService:
         started = time.perf_counter()
         vector = project(loaded.head, self._encode("text", loaded.text_model, [text]), "text")
         encoded = time.perf_counter()
-        scores, rows = loaded.index.search(vector, min(k, loaded.index.ntotal))
+        scores, rows = loaded.index.search(_index_query(loaded.head, vector), min(k, loaded.index.ntotal))
         searched = time.perf_counter()
         return Answer(
             dataset,
@@ -393,7 +402,7 @@ class SearchService:
         features = self._encode("image", loaded.image_model, [image])
         vector = project(loaded.head, features, "image")
         encoded = time.perf_counter()
-        scores, rows = loaded.index.search(vector, min(k, loaded.index.ntotal))
+        scores, rows = loaded.index.search(_index_query(loaded.head, vector), min(k, loaded.index.ntotal))
         images = self._hits(state, loaded, language, scores[0], rows[0])
         captions = self._best_captions(state, loaded, language, vector[0])
         tags = self._tags(state, loaded, language, features)

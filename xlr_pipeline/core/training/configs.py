@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from xlr_pipeline.core.training.choices import Architecture, NegativeMining, Objective
+from xlr_pipeline.core.training.choices import Architecture, Hubness, NegativeMining, Objective
 
 
 class ConfigError(ValueError):
@@ -49,6 +49,7 @@ HEAD_RANGES = {
     "learning_rate": Range(0, 1, low_open=True),
     "weight_decay": Range(0, 1),
     "seed": Range(0, 2**32 - 1),
+    "hubness_parameter": Range(0, 1000, low_open=True),
 }
 
 
@@ -72,6 +73,9 @@ class HeadConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     seed: int = 0
+    # At retrieval time: text→image scores rescored against the training captions (CSLS's k, QB-Norm's β).
+    hubness: Hubness = "none"
+    hubness_parameter: float = 10.0
 
     def __post_init__(self) -> None:
         for option, allowed in HEAD_RANGES.items():

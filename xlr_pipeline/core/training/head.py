@@ -5,14 +5,18 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
 from xlr_pipeline.core.training.configs import HeadConfig
+
+if TYPE_CHECKING:
+    from xlr_pipeline.core.scoring.hubness import HubnessReduction
 from xlr_pipeline.core.training.losses import (
     hinge_triplet_loss,
     m3_loss,
@@ -69,6 +73,8 @@ class ProjectionHead(nn.Module):
         self.register_buffer("text_mean", torch.zeros(text_dim))
         self.register_buffer("image_mean", torch.zeros(image_dim))
         self.register_buffer("image_std", torch.ones(image_dim))
+        if config.hubness != "none":  # the training captions' raw vectors: the query bank (set when trained)
+            self.register_buffer("query_bank", torch.zeros(0, text_dim))
         self.text_branch = _branch(text_dim, config)
         self.image_branch = _branch(image_dim, config)
 
@@ -84,6 +90,22 @@ class ProjectionHead(nn.Module):
     def copy_normalisation(self, other: ProjectionHead) -> None:
         for name in ("text_mean", "image_mean", "image_std"):
             getattr(self, name).copy_(getattr(other, name))
+        if self.config.hubness != "none":
+            self.query_bank = other.query_bank.clone()
+
+    def load_weights(self, state: Mapping[str, torch.Tensor]) -> None:
+        """`load_state_dict`, with the query bank sized as saved."""
+        if "query_bank" in state:
+            self.query_bank = torch.empty_like(state["query_bank"])
+        self.load_state_dict(state)
+
+    def hubness_reduction(self) -> HubnessReduction | None:
+        """The retrieval-time hubness reduction this head was trained for (None: plain cosine)."""
+        if self.config.hubness == "none":
+            return None
+        from xlr_pipeline.core.scoring.hubness import HubnessReduction
+
+        return HubnessReduction(self.config.hubness, self.config.hubness_parameter, self.query_bank.numpy())
 
     def project_text(self, text: torch.Tensor) -> torch.Tensor:
         return nn.functional.normalize(self.text_branch(text - self.text_mean), dim=-1)
@@ -125,6 +147,8 @@ def train_head(text: np.ndarray, image: np.ndarray, image_ids: np.ndarray, confi
     _, group_ids = np.unique(image_ids, return_inverse=True)
     groups = torch.from_numpy(group_ids)
     head.fit_normalisation(text_t, image_t)
+    if config.hubness != "none":
+        head.query_bank = text_t.clone()
     optimiser = torch.optim.AdamW(head.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
     history: list[float] = []
@@ -185,7 +209,7 @@ def head_to_bytes(head: ProjectionHead, extra: dict) -> bytes:
 def head_from_bytes(data: bytes) -> tuple[ProjectionHead, dict]:
     saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     head = ProjectionHead(saved["text_dim"], saved["image_dim"], HeadConfig(**saved["config"]))
-    head.load_state_dict(saved["state_dict"])
+    head.load_weights(saved["state_dict"])
     head.eval()
     return head, saved["extra"]
 

@@ -41,7 +41,7 @@ def _train_in_worker(job: TrainingJob) -> _Payload:
 def _rebuilt(job: TrainingJob, payload: _Payload) -> tuple[TrainingResult, int]:
     state, history, steps, rows = payload
     head = ProjectionHead(state["text_mean"].shape[0], state["image_mean"].shape[0], job.config)
-    head.load_state_dict({name: torch.from_numpy(array) for name, array in state.items()})
+    head.load_weights({name: torch.from_numpy(array) for name, array in state.items()})
     return TrainingResult(head.eval(), history, steps), rows
 
 
