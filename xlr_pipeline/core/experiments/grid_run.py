@@ -80,7 +80,7 @@ class GridOutcome:
     steps: int  # per cell
     hits: pl.DataFrame  # per-query ranks of every cell (the statistics' input)
     validation: pl.DataFrame | None  # every cell's validation recall (None: the dataset has no val split)
-    tuning: pl.DataFrame | None  # every tuning candidate and its score (None: not tuned)
+    tuning: pl.DataFrame | None  # every tuning trial and its score (None: not tuned)
     runs: list
     recall: list
     ranks: list
