@@ -288,7 +288,7 @@ def run_grid(
                     "image_model": cell.image_model,
                     "seed": cell.seed,
                     **validation_recall(trained.head, validation[cell.encoders], hubness),
-                    "hubness_parameter": hubness.parameter if hubness else None,
+                    "hubness_parameter": float(hubness.parameter) if hubness else None,
                     "development_language": development,
                     "development_score": validation_recall(trained.head, development_set, hubness)["score"]
                     if development_set is not None
@@ -301,7 +301,7 @@ def run_grid(
     return GridOutcome(
         steps=steps,
         hits=pl.concat(hits),
-        validation=pl.DataFrame(validation_rows) if validation_rows else None,
+        validation=pl.DataFrame(validation_rows, infer_schema_length=None) if validation_rows else None,
         tuning=tuning,
         runs=runs,
         recall=recall,
