@@ -25,7 +25,7 @@ from xlr_pipeline.core.experiments.comparisons import (
     system_label,
 )
 from xlr_pipeline.core.experiments.stats import Estimate, hierarchical_ci, p_value
-from xlr_pipeline.core.experiments.tuning import best_system, edges, selection_candidates
+from xlr_pipeline.core.experiments.tuning import adoptable_candidates, best_system, edges, selection_candidates
 from xlr_pipeline.core.models.inference import EMBEDDING_TOLERANCE
 from xlr_pipeline.core.reporting.grid_plots import mean_recall, per_language_r1
 from xlr_pipeline.core.scoring.hubness import HUBNESS_PARAMETERS
@@ -143,6 +143,15 @@ def validation_sections(
             else "no English test queries."
         ),
     ]
+    adoptable = best_system(adoptable_candidates(validation), SYSTEM_COLUMNS)
+    if adoptable != chosen_system:
+        lines += [
+            "",
+            f"Among the systems `xlr run` trains (no training augmentation): **{system_label(adoptable, main_image_model='')}** "
+            f"— what `xlr grid --adopt` writes into `[defaults]`. Its test numbers: zero-shot mean t2i R@10 "
+            f"{_fmt(estimates[adoptable]['r10'])}, R@1 {_fmt(estimates[adoptable]['r1'])}"
+            + (f"; en t2i R@1 {_fmt(english[adoptable]['r1'])}." if english[adoptable] else "."),
+        ]
     return lines
 
 

@@ -242,10 +242,18 @@ def selection_candidates(validation: pl.DataFrame) -> pl.DataFrame:
     return validation.filter((pl.col("text_model") != ENGLISH_ONLY_TEXT_MODEL) & (pl.col("objective") != "random_init"))
 
 
+def adoptable_candidates(validation: pl.DataFrame) -> pl.DataFrame:
+    """The selection candidates `xlr run` can train: no training augmentation (keywords and SALT copies are the
+    grid's), plain retrieval or a hubness reduction."""
+    plain = ["none", *(f"none + {method}" for method in HUBNESS_PARAMETERS)]
+    return selection_candidates(validation).filter(pl.col("augmentation").is_in(plain))
+
+
 def validation_choice(validation: pl.DataFrame, tuning: pl.DataFrame | None) -> LaneDefaults:
-    """The configuration a grid chose on the validation split, as a dataset's `[defaults]`: its encoders, its
-    objective with the values tuned for it, and the grid's step budget (so `xlr run` trains what was chosen)."""
-    objective, augmentation, text_model, image_model = best_system(selection_candidates(validation), SYSTEM_COLUMNS)
+    """The best configuration on the validation split among those `xlr run` trains, as a dataset's `[defaults]`:
+    its encoders, its objective with the values tuned for it, a chosen hubness reduction, and the grid's step
+    budget (so `xlr run` trains what was chosen)."""
+    objective, augmentation, text_model, image_model = best_system(adoptable_candidates(validation), SYSTEM_COLUMNS)
     hubness = next((method for method in HUBNESS_PARAMETERS if augmentation == f"none + {method}"), None)
     if augmentation != "none" and hubness is None:
         raise DefaultsError(
