@@ -15,7 +15,7 @@ from xlr_pipeline.core.reporting.sql import run_sql
 from xlr_pipeline.core.training.head import HeadConfig, head_fingerprint, head_from_bytes, train_head
 from xlr_pipeline.defs.experiments import AugmentationConfig, FinetuneAssetConfig, GridConfig
 from xlr_pipeline.defs.train import HeadTrainingConfig
-from xlr_pipeline.runner import current_statuses, run_pipeline
+from xlr_pipeline.runner import RunFailed, current_statuses, run_pipeline
 from xlr_pipeline_tests.conftest import make_emoji_subset, outputs_for, pipeline_for
 
 pytestmark = pytest.mark.slow  # runs several lanes
@@ -121,27 +121,32 @@ def test_nothing_done_on_one_dataset_touches_the_other(two_datasets, tmp_path):
     rerun = run_pipeline(instance, pipeline, [A, B], HEAD, include_stale=True, log=lambda _: None)
     assert executed(rerun) == {f"{B}/captions[de]", f"{B}/text_embeddings[de]", f"{B}/retrieval_metrics[de]"}
 
-    # the grid runs on B alone, reading B's languages and no other
+    # the grid runs on B alone, reading B's languages and no other; B has no val split, so hubness reduction
+    # (tuned on validation) is refused before any training, naming the option that turns it off
+    grid_options = dict(
+        objectives=["patr"],
+        augmentations=["none", "salt"],
+        seeds=[0],
+        epochs=5,
+        per_language_centring=False,
+        english_only_baseline=False,
+        tuning_trials=0,
+        other_text_models=[],
+        other_image_models=[],
+    )
     grid = {
         **HEAD,
         "text_augmentations": AugmentationConfig(languages=["de"], words_per_language=200, seeds=[0]),
         "text_encoder_finetuning": FinetuneAssetConfig(steps=2, batch_size=8, trainable_layers=1, seeds=[0]),
-        "experiment_grid": GridConfig(
-            objectives=["patr"],
-            augmentations=["none", "salt"],
-            seeds=[0],
-            epochs=5,
-            per_language_centring=False,
-            english_only_baseline=False,
-            tuning_trials=0,
-            other_text_models=[],
-            other_image_models=[],
-        ),
+        "experiment_grid": GridConfig(**grid_options),
     }
-    report = run_pipeline(
-        instance, pipeline, [B], grid, stages=pipeline.stage_assets("run", "grid"), log=lambda _: None
-    )
-    assert {f"{B}/{asset}" for asset in pipeline.stage_assets("grid")} <= executed(report)
+    grid_stages = pipeline.stage_assets("run", "grid")
+    with pytest.raises(RunFailed, match="no 'en' captions of validation .* set hubness_reduction to false"):
+        run_pipeline(instance, pipeline, [B], grid, stages=grid_stages, log=lambda _: None)
+    grid["experiment_grid"] = GridConfig(**grid_options, hubness_reduction=False)
+    report = run_pipeline(instance, pipeline, [B], grid, stages=grid_stages, log=lambda _: None)
+    # the refused run materialized the grid's inputs; this one the grid and its report
+    assert {f"{B}/experiment_grid", f"{B}/grid_report"} <= executed(report)
     grid_languages = run_sql(
         data_dir / "results.duckdb",
         f"SELECT DISTINCT language FROM recall WHERE dataset = '{B}' AND run_id LIKE '%/seed%'",

@@ -17,6 +17,7 @@ import numpy as np
 import polars as pl
 
 from xlr_pipeline.core.experiments.grid import (
+    Cell,
     GridPlan,
     TrainingJob,
     cell_job,
@@ -136,12 +137,30 @@ def _centred(
     }
 
 
-def _tuned_hubness(
-    head: ProjectionHead, method: str, bank: np.ndarray, validation: ValidationSet | None
-) -> HubnessReduction:
+def _require_validation(
+    cells: Sequence[Cell],
+    validation: Mapping[tuple[str, str], ValidationSet | None],
+    tuning_trials: int,
+    dataset: str,
+    train_language: str,
+) -> None:
+    """A ValueError before any training when tuning or a hubness cell needs a validation split a pair lacks."""
+    needs = {
+        cell.encoders: "tuning_trials to 0" if tuning_trials else "hubness_reduction to false"
+        for cell in cells
+        if tuning_trials or cell.retrieval != "plain"
+    }
+    missing = sorted(pair for pair in needs if validation[pair] is None)
+    if missing:
+        remedies = " and ".join(sorted({needs[pair] for pair in missing}))
+        raise ValueError(
+            f"{dataset} has no '{train_language}' captions of validation ('val') images to tune on "
+            f"(encoder pairs {missing}); add a val split to its image list or set {remedies}"
+        )
+
+
+def _tuned_hubness(head: ProjectionHead, method: str, bank: np.ndarray, validation: ValidationSet) -> HubnessReduction:
     """The hubness reduction `method` with the parameter that scores best on validation (ties: the first)."""
-    if validation is None:
-        raise ValueError(f"hubness reduction ({method}) is tuned on the validation split, and this pair has none")
     candidates = [HubnessReduction(method, parameter, bank) for parameter in HUBNESS_PARAMETERS[method]]
     scores = [validation_recall(head, validation, candidate)["score"] for candidate in candidates]
     return candidates[int(np.argmax(scores))]
@@ -197,15 +216,10 @@ def run_grid(
         for cell in cells
     }
 
+    _require_validation(cells, validation, options.tuning_trials, inputs.dataset, train_language)
     tuning = None
     tuning_started = time.perf_counter()
     if options.tuning_trials:
-        untunable = sorted({pair for pair, _ in configs if validation[pair] is None})
-        if untunable:
-            raise ValueError(
-                f"{inputs.dataset} has no '{train_language}' captions of validation ('val') images to tune on "
-                f"(encoder pairs {untunable}); add a val split to its image list or set tuning_trials to 0"
-            )
         tuning = tune(
             configs,
             encoders,
