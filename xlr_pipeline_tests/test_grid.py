@@ -25,6 +25,7 @@ from xlr_pipeline.core.experiments.grid import (
 from xlr_pipeline.core.reporting.sql import run_sql
 from xlr_pipeline.core.training.choices import ENGLISH_ONLY_TEXT_MODEL, LITE2_IMAGE_MODEL
 from xlr_pipeline.core.training.head import HeadConfig
+from xlr_pipeline.defs.diagnostics import DiagnosticsConfig
 from xlr_pipeline.defs.experiments import AugmentationConfig, FinetuneAssetConfig, GridConfig
 from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline.runner import run_pipeline
@@ -214,6 +215,7 @@ def test_grid_trains_every_cell_reports_from_one_run_and_reproduces_bit_for_bit(
         "experiment_grid": GridConfig(
             objectives=["patr", "m3"], seeds=[0, 1], epochs=10, tuning_trials=3, tuning_seeds=[0]
         ),
+        "target_diagnostics": DiagnosticsConfig(fractions=[0.5, 1.0], seeds=[0, 1]),
     }
     report_dir = data_dir / "reports" / DATASET
     hits_path = outputs_for(data_dir).grid_hits_path
@@ -234,11 +236,19 @@ def test_grid_trains_every_cell_reports_from_one_run_and_reproduces_bit_for_bit(
                 hits.drop("grid_run_id"),
                 (report_dir / "report.md").read_text("utf-8"),
                 tuning.drop("grid_run_id"),
+                pl.read_parquet(outputs_for(data_dir).root / "learning_curve.parquet"),
             )
         )
-    (first_id, first_hits, first_report, first_tuning), (second_id, second_hits, second_report, second_tuning) = runs
+    (first_id, first_hits, first_report, first_tuning, first_curve) = runs[0]
+    (second_id, second_hits, second_report, second_tuning, second_curve) = runs[1]
     assert first_id != second_id and f"Grid run `{second_id}`" in second_report
     assert first_hits.equals(second_hits) and first_tuning.equals(second_tuning)
+    # the diagnostics of the default head: 2 fractions × 2 seeds × 3 languages, the same numbers in both runs
+    assert second_curve.height == 12 and second_curve["run_id"].unique().to_list() == [second_id]
+    assert first_curve.drop("run_id").equals(second_curve.drop("run_id"))
+    assert second_curve["captions_hash"].null_count() == 0 and second_curve["images_hash"].n_unique() == 1
+    diagnostics = (report_dir / "diagnostics.md").read_text("utf-8")
+    assert "## Learning curve" in diagnostics and "too few languages" in diagnostics  # de and ja: no correlation
     # one study of 3 trials per encoder pair and objective
     # (4 pairs with both objectives, the 6 fine-tuned replicates with m3, the English-only pair with the first)
     assert second_tuning.group_by("objective").agg(pl.len(), pl.col("chosen").sum()).sort("objective").rows() == [

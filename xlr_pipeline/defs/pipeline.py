@@ -10,6 +10,7 @@ import dagster as dg
 from xlr_pipeline.core.data.datasets import DatasetSpec, discover_datasets
 from xlr_pipeline.defs.alignment import TEXT_ALIGNMENT, build_text_alignment
 from xlr_pipeline.defs.automation import build_automation
+from xlr_pipeline.defs.diagnostics import TARGET_DIAGNOSTICS, build_target_diagnostics
 from xlr_pipeline.defs.embed import (
     IMAGE_EMBEDDING_SHARDS,
     IMAGE_EMBEDDINGS,
@@ -50,6 +51,7 @@ DECLARATIONS: dict[str, AssetDeclaration] = {
         TEXT_ENCODER_FINETUNING,
         EXPERIMENT_GRID,
         GRID_REPORT,
+        TARGET_DIAGNOSTICS,
         TEXT_ALIGNMENT,
         TAGS,
         TAGGING_REPORT,
@@ -71,6 +73,7 @@ def lane_definitions(lane: Lane) -> dg.Definitions:
     )
     experiments = [
         *build_experiments(lane, code_versions, captions, image_embeddings, text_embeddings),
+        build_target_diagnostics(lane, image_embeddings, text_embeddings),
         build_text_alignment(lane),
     ]
     tagging = build_tagging(lane, captions, image_embeddings, text_embeddings, projection_head)
