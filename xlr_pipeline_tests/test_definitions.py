@@ -48,6 +48,7 @@ def test_every_asset_is_built_from_its_one_declaration():
         "text_encoder_finetuning",
         "experiment_grid",
         "grid_report",
+        "target_diagnostics",
     }
     assert SHIPPED_PIPELINE.stage_assets("alignment", "tagging") == {"text_alignment", "tags", "tagging_report"}
     lane = SHIPPED_PIPELINE.lane("emoji_cldr")

@@ -12,6 +12,7 @@ from xlr_pipeline.cli import main as xlr
 from xlr_pipeline.core.reporting.results import RecallRecord, RunRecord, record_evaluation
 from xlr_pipeline.core.reporting.sql import QueryError, run_sql
 from xlr_pipeline.core.reporting.warehouse import SCHEMA_V1, SCHEMA_VERSION, connect_for_write
+from xlr_pipeline.defs.diagnostics import DiagnosticsConfig
 from xlr_pipeline.defs.experiments import AugmentationConfig, FinetuneAssetConfig, GridConfig
 from xlr_pipeline.defs.tagging import TaggingReportConfig
 from xlr_pipeline.defs.train import HeadTrainingConfig
@@ -35,13 +36,18 @@ def two_runs(tmp_path_factory, subset_data_dir):
         "text_encoder_finetuning": FinetuneAssetConfig(steps=2, batch_size=8, trainable_layers=1, seeds=[0]),
         "experiment_grid": GridConfig(
             objectives=["patr"],
+            augmentations=["none", "salt"],
             seeds=[0, 1],
             epochs=20,
             per_language_centring=False,
+            hubness_reduction=False,
             english_only_baseline=False,
             other_text_models=[],
             other_image_models=[],
+            finetuned_encoders=False,
+            tuning_trials=0,
         ),
+        "target_diagnostics": DiagnosticsConfig(fractions=[0.5, 1.0], seeds=[0]),
         "tagging_report": TaggingReportConfig(seeds=[1]),
     }
     for seed in (0, 1):

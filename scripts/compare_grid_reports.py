@@ -1,0 +1,85 @@
+"""Compare two grid reports (a committed one and a fresh clone's rerun): which lines match, which differ only in
+their numbers (and by how much), which differ in words (a verdict, a chosen system), and whether every verdict of
+"What the numbers say" and both tables of comparisons is unchanged.
+
+Usage:  python scripts/compare_grid_reports.py COMMITTED.md RERUN.md [--out reproduction.md]
+The run ids and the wall-time ("Cost:") line are set aside: they differ by design.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+RUN_ID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
+VERDICT = re.compile(r"(significant gain|significant loss|equivalent \(±[\d.]+\)|inconclusive)")
+
+
+def comparable_lines(text: str) -> list[str]:
+    return [RUN_ID.sub("RUN", line) for line in text.splitlines() if not line.startswith("Cost:")]
+
+
+def compare(committed: str, rerun: str) -> dict:
+    ours, theirs = comparable_lines(committed), comparable_lines(rerun)
+    if len(ours) != len(theirs):
+        return {"same_shape": False, "lines": (len(ours), len(theirs))}
+    numeric, worded, largest = [], [], 0.0
+    for number, (a, b) in enumerate(zip(ours, theirs), start=1):
+        if a == b:
+            continue
+        if NUMBER.sub("#", a) == NUMBER.sub("#", b):
+            delta = max(abs(float(x) - float(y)) for x, y in zip(NUMBER.findall(a), NUMBER.findall(b)))
+            numeric.append((number, delta))
+            largest = max(largest, delta)
+        else:
+            worded.append((number, a, b))
+    verdicts_changed = [(n, a, b) for n, a, b in worded if VERDICT.findall(a) != VERDICT.findall(b)]
+    return {
+        "same_shape": True,
+        "lines": (len(ours), len(theirs)),
+        "identical": sum(a == b for a, b in zip(ours, theirs)),
+        "numeric": numeric,
+        "largest_numeric_difference": largest,
+        "worded": worded,
+        "verdicts_changed": verdicts_changed,
+    }
+
+
+def as_markdown(result: dict, committed: Path, rerun: Path) -> str:
+    lines = [f"# Reproduction of `{committed}`", "", f"Rerun: `{rerun}` (`scripts/compare_grid_reports.py`).", ""]
+    if not result["same_shape"]:
+        return "\n".join([*lines, f"Different reports: {result['lines'][0]} lines against {result['lines'][1]}.", ""])
+    total = result["lines"][0]
+    lines += [
+        f"- {result['identical']} of {total} lines identical (run ids and the wall-time line set aside).",
+        f"- {len(result['numeric'])} lines differ only in their numbers; largest difference "
+        f"{result['largest_numeric_difference']:.4g}.",
+        f"- {len(result['worded'])} lines differ in words; verdicts changed: {len(result['verdicts_changed'])}.",
+        "",
+    ]
+    for number, committed_line, rerun_line in result["worded"]:
+        lines += [f"Line {number}:", "", f"    committed: {committed_line}", f"    rerun:     {rerun_line}", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("committed", type=Path)
+    parser.add_argument("rerun", type=Path)
+    parser.add_argument("--out", type=Path, help="write the Markdown here (default: print it)")
+    args = parser.parse_args(argv)
+    result = compare(args.committed.read_text("utf-8"), args.rerun.read_text("utf-8"))
+    markdown = as_markdown(result, args.committed, args.rerun)
+    if args.out:
+        args.out.write_text(markdown, "utf-8")
+    else:
+        print(markdown)
+    reproduced = result["same_shape"] and not result["verdicts_changed"]
+    return 0 if reproduced else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
