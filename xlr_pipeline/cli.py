@@ -18,6 +18,7 @@ from xlr_pipeline.core.search.limits import DEFAULT_PORT, MAX_RESULTS
 from xlr_pipeline.core.storage.outputs import DEFAULT_DATA_DIR
 from xlr_pipeline.core.training.choices import (
     ARCHITECTURES,
+    CHAIN_AUGMENTATIONS,
     DEFAULT_IMAGE_MODEL,
     DEFAULT_TEXT_MODEL,
     HUBNESS,
@@ -35,6 +36,7 @@ HEAD_OPTIONS = {
     "embed_dim": int,
     "hubness": HUBNESS,
     "hubness_parameter": float,
+    "augmentation": CHAIN_AUGMENTATIONS,  # training data, not a head hyperparameter
 }
 
 
@@ -45,7 +47,7 @@ def head_training_config(args: argparse.Namespace):
 
     given = {name: getattr(args, name) for name in HEAD_OPTIONS if getattr(args, name) is not None}
     try:
-        HeadConfig(**given)
+        HeadConfig(**{name: value for name, value in given.items() if name != "augmentation"})
     except ConfigError as error:
         print(
             f"xlr: error: --{error.option.replace('_', '-')} {error.requirement}, not {error.value!r}", file=sys.stderr

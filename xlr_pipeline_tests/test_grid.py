@@ -370,8 +370,10 @@ def test_tuning_and_the_chosen_configuration_never_read_the_test_split(tmp_path,
             english_only_baseline=False,
             tuning_trials=3,
             tuning_seeds=[0],
+            other_text_models=[],
             other_image_models=[],
         ),
+        "target_diagnostics": DiagnosticsConfig(fractions=[0.5, 1.0], seeds=[0]),
     }
     outcomes = []
     for poisoned in (False, True):

@@ -173,3 +173,26 @@ def test_a_hubness_reduction_chosen_on_validation_is_adopted_with_its_most_chose
     chosen = validation_choice(pl.concat([validation, chosen_cells], how="diagonal"), tuning)
     assert dict(chosen.head)["hubness"] == "qb_norm" and dict(chosen.head)["hubness_parameter"] == 20.0
     assert dict(chosen.head)["objective"] == "m3" and (chosen.text_model, chosen.image_model) == (MUSE, LITE2)
+
+
+def test_keywords_chosen_on_validation_are_adopted_and_salt_never_is():
+    _, validation, tuning = _grid_run()
+
+    def best_of(augmentation: str, score: float) -> pl.DataFrame:
+        return pl.DataFrame(
+            {
+                "grid_run_id": "g1",
+                "objective": "m3",
+                "augmentation": augmentation,
+                "text_model": MUSE,
+                "image_model": LITE2,
+                "seed": [0, 1, 2],
+                "score": score,
+            }
+        )
+
+    keywords = validation_choice(pl.concat([validation, best_of("keywords", 0.95)], how="diagonal"), tuning)
+    assert keywords.augmentation == "keywords" and dict(keywords.head)["objective"] == "m3"
+    assert 'augmentation = "keywords"' in keywords.as_toml()
+    salt = validation_choice(pl.concat([validation, best_of("salt", 0.99)], how="diagonal"), tuning)
+    assert salt.augmentation == "" and dict(salt.head) == dict(validation_choice(validation, tuning).head)

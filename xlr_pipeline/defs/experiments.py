@@ -29,6 +29,7 @@ from xlr_pipeline.core.training.augment import (
     Lexicon,
     code_switched_copies,
     induce_lexicon,
+    keyword_texts,
     language_means,
 )
 from xlr_pipeline.core.training.choices import (
@@ -283,9 +284,7 @@ def build_experiments(
         out = with_vectors(frame, encode(frame["caption"].to_list()))
         out = with_vectors(out, encode(frame["english_control"].to_list()), "control_vector")
         out = with_vectors(out, encode(frame["substitute_control"].to_list()), "substitute_vector")
-        keywords = train.filter(pl.col("keywords") != "").select(
-            "caption_id", "image_id", pl.col("keywords").str.replace_all(r" \| ", ", ").alias("text")
-        )
+        keywords = keyword_texts(train)
         keywords = with_vectors(keywords, encode(keywords["text"].to_list())) if keywords.height else None
         lane_languages = context.instance.get_dynamic_partitions(lane.partitions.name)
         centroid_languages = sorted(set(config.languages) | set(lane_languages) | {train_language})

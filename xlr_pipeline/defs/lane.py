@@ -115,6 +115,10 @@ class Lane:
         """The head this lane trains: its `[defaults]`, then the options given."""
         return self.spec.defaults.head_config(overrides)
 
+    def augmentation(self, given: str | None) -> str:
+        """What this lane's head trains with besides its pairs: the option given, else its `[defaults]`."""
+        return given or self.spec.defaults.augmentation or "none"
+
     def outputs(self, settings: XlrSettings) -> DatasetOutputs:
         return settings.outputs(self.name)
 

@@ -65,7 +65,7 @@ def lane_definitions(lane: Lane) -> dg.Definitions:
     image_embedding_shards = build_image_embedding_shards(lane, images)
     image_embeddings = build_image_embeddings(lane, image_embedding_shards)
     text_embeddings = build_text_embeddings(lane, captions)
-    projection_head = build_projection_head(lane, image_embeddings, text_embeddings)
+    projection_head = build_projection_head(lane, captions, image_embeddings, text_embeddings)
     image_index = build_image_index(lane, projection_head, image_embeddings)
     code_versions = {name: declaration.code_version for name, declaration in DECLARATIONS.items()}
     retrieval_metrics = build_retrieval_metrics(

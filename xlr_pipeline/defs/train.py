@@ -5,8 +5,8 @@ import numpy as np
 import polars as pl
 from pydantic import Field, model_validator
 
-from xlr_pipeline.core.models.embedding_frames import training_pairs
-from xlr_pipeline.core.models.embeddings import vectors_of
+from xlr_pipeline.core.models.embedding_frames import training_pairs, with_keyword_pairs
+from xlr_pipeline.core.models.embeddings import vectors_of, with_vectors
 from xlr_pipeline.core.reporting.plots import loss_curve
 from xlr_pipeline.core.scoring.evaluation import RunProvenance
 from xlr_pipeline.core.storage.locations import (
@@ -15,7 +15,8 @@ from xlr_pipeline.core.storage.locations import (
     write_parquet_atomic,
     write_with_atomic,
 )
-from xlr_pipeline.core.training.choices import Architecture, Hubness, NegativeMining, Objective
+from xlr_pipeline.core.training.augment import keyword_texts
+from xlr_pipeline.core.training.choices import Architecture, ChainAugmentation, Hubness, NegativeMining, Objective
 from xlr_pipeline.core.training.configs import HeadConfig
 from xlr_pipeline.defs.lane import AssetDeclaration, Lane
 from xlr_pipeline.defs.lineage import (
@@ -34,10 +35,15 @@ ArchitectureChoice = Literal[(DATASET_DEFAULT, *get_args(Architecture))]
 ObjectiveChoice = Literal[(DATASET_DEFAULT, *get_args(Objective))]
 NegativesChoice = Literal[(DATASET_DEFAULT, *get_args(NegativeMining))]
 HubnessChoice = Literal[(DATASET_DEFAULT, *get_args(Hubness))]
+AugmentationChoice = Literal[(DATASET_DEFAULT, *get_args(ChainAugmentation))]
 
 
 def _head_config(settings: XlrSettings, lane: Lane, partition: str | None, head_config: dict) -> dict:
-    return {"train_language": lane.train_language, **lane.head_config(head_config).as_dict()}
+    given = dict(head_config)
+    augmentation = lane.augmentation(given.pop("augmentation", None))
+    # recorded only when used, so heads trained before the option existed stay fresh
+    extra = {} if augmentation == "none" else {"augmentation": augmentation}
+    return {"train_language": lane.train_language, **lane.head_config(given).as_dict(), **extra}
 
 
 PROJECTION_HEAD = AssetDeclaration("projection_head", code_version="1", stage="run", config=_head_config)
@@ -96,28 +102,57 @@ class HeadTrainingConfig(dg.Config):
     hubness_parameter: float | None = Field(
         None, description=f"CSLS's k or QB-Norm's β; {UNSET} {_DEFAULT.hubness_parameter:g}"
     )
+    augmentation: AugmentationChoice = Field(
+        DATASET_DEFAULT,
+        description="Extra training pairs: 'keywords' adds each training caption's keywords (a caption file's "
+        "`keywords` column) as one more text of its image; {UNSET} none".replace("{UNSET}", UNSET),
+    )
 
     @model_validator(mode="after")
     def _in_range(self) -> "HeadTrainingConfig":
-        HeadConfig(**self.given())  # a value outside HEAD_RANGES is refused when the run config is read
+        HeadConfig(**self.head_given())  # a value outside HEAD_RANGES is refused when the run config is read
         return self
 
     def given(self) -> dict:
         """The values given (run config, launchpad, command line): what overrides the dataset's `[defaults]`."""
         return {name: value for name, value in self.model_dump().items() if value not in (None, DATASET_DEFAULT)}
 
+    def head_given(self) -> dict:
+        """The given values that are the head's hyperparameters (all but the training augmentation)."""
+        return {name: value for name, value in self.given().items() if name != "augmentation"}
+
+
+def _with_keywords(
+    pairs: pl.DataFrame, captions: pl.DataFrame, lane: Lane, settings: XlrSettings, text_model: str
+) -> pl.DataFrame:
+    """The pairs plus one per training caption's keywords, embedded by the pairs' own text encoder."""
+    keywords = keyword_texts(captions.filter(pl.col("split") == "train"))
+    if not keywords.height:
+        raise dg.Failure(
+            f"{lane.name}: augmentation 'keywords' needs keywords in its {lane.train_language} training captions "
+            "(a `keywords` column in the caption file); it has none",
+            allow_retries=False,
+        )
+    encode = lane.settings(settings).cached_text_encoder(text_model)
+    return with_keyword_pairs(pairs, with_vectors(keywords, encode(keywords["text"].to_list())))
+
 
 def build_projection_head(
-    lane: Lane, image_embeddings: dg.AssetsDefinition, text_embeddings: dg.AssetsDefinition
+    lane: Lane,
+    captions: dg.AssetsDefinition,
+    image_embeddings: dg.AssetsDefinition,
+    text_embeddings: dg.AssetsDefinition,
 ) -> dg.AssetsDefinition:
     key = lane.key(PROJECTION_HEAD.name)
     train_language = lane.train_language
+    train_partition = dg.SpecificPartitionsPartitionMapping([train_language])
 
     @dg.asset(
         **PROJECTION_HEAD.asset_args(lane),
         deps=[
             image_embeddings,
-            dg.AssetDep(text_embeddings, partition_mapping=dg.SpecificPartitionsPartitionMapping([train_language])),
+            dg.AssetDep(text_embeddings, partition_mapping=train_partition),
+            dg.AssetDep(captions, partition_mapping=train_partition),  # their keywords
         ],
         kinds={"pytorch"},
         check_specs=[
@@ -153,8 +188,12 @@ def build_projection_head(
             raise dg.Failure(
                 f"only {pairs.height} train-split {train_language} captions match train images in {lane.name}"
             )
-        head_config = lane.head_config(config.given())
-        context.log.info(f"training on {pairs.height} {train_language} pairs: {head_config}")
+        augmentation = lane.augmentation(config.given().get("augmentation"))
+        head_config = lane.head_config(config.head_given())
+        captions_path = require_file(outputs.captions_path(train_language), f"{lane.name}/captions[{train_language}]")
+        if augmentation == "keywords":
+            pairs = _with_keywords(pairs, read_parquet(captions_path), lane, settings, texts["model_id"][0])
+        context.log.info(f"training on {pairs.height} {train_language} pairs ({augmentation}): {head_config}")
         try:
             result = train_head(
                 vectors_of(pairs), vectors_of(pairs, "image_vector"), pairs["image_id"].to_numpy(), head_config
@@ -174,6 +213,7 @@ def build_projection_head(
             train_captions_hash=sha256_file(text_path),
             images_hash=sha256_file(outputs.image_embeddings_path),
             dagster_run_id=run_id,
+            augmentation=augmentation,
             train_pairs=pairs.height,
         )
         write_with_atomic(
@@ -190,10 +230,13 @@ def build_projection_head(
                 "loss_history": dg.MetadataValue.path(str(outputs.loss_history_path)),
                 "path": dg.MetadataValue.path(str(outputs.head_path)),
                 **lineage_metadata(
-                    PROJECTION_HEAD.config(settings, lane, None, head_config.as_dict()),
+                    PROJECTION_HEAD.config(
+                        settings, lane, None, {**head_config.as_dict(), "augmentation": augmentation}
+                    ),
                     {
                         "image_embeddings": file_version(outputs.image_embeddings_path),
                         input_name("text_embeddings", train_language): file_version(text_path),
+                        input_name("captions", train_language): file_version(captions_path),
                     },
                     [outputs.head_path, outputs.loss_history_path],
                     settings.root,

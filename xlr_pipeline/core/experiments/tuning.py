@@ -22,9 +22,9 @@ from xlr_pipeline.core.experiments.comparisons import SYSTEM_COLUMNS
 from xlr_pipeline.core.experiments.grid import TrainingData, TrainingJob
 from xlr_pipeline.core.scoring.hubness import HUBNESS_PARAMETERS
 from xlr_pipeline.core.scoring.metrics import evaluate_head
-from xlr_pipeline.core.training.choices import ENGLISH_ONLY_TEXT_MODEL
+from xlr_pipeline.core.training.choices import CHAIN_AUGMENTATIONS, ENGLISH_ONLY_TEXT_MODEL
 from xlr_pipeline.core.training.configs import HeadConfig
-from xlr_pipeline.core.training.defaults import DefaultsError, LaneDefaults
+from xlr_pipeline.core.training.defaults import LaneDefaults
 
 if TYPE_CHECKING:
     import optuna
@@ -243,24 +243,21 @@ def selection_candidates(validation: pl.DataFrame) -> pl.DataFrame:
 
 
 def adoptable_candidates(validation: pl.DataFrame) -> pl.DataFrame:
-    """The selection candidates `xlr run` can train: no training augmentation (keywords and SALT copies are the
-    grid's), plain retrieval or a hubness reduction."""
-    plain = ["none", *(f"none + {method}" for method in HUBNESS_PARAMETERS)]
-    return selection_candidates(validation).filter(pl.col("augmentation").is_in(plain))
+    """The selection candidates `xlr run` can train: no augmentation or the captions' keywords (SALT's copies are
+    the grid's), plain retrieval or a hubness reduction."""
+    trainable = [*CHAIN_AUGMENTATIONS, *(f"none + {method}" for method in HUBNESS_PARAMETERS)]
+    return selection_candidates(validation).filter(pl.col("augmentation").is_in(trainable))
 
 
 def validation_choice(validation: pl.DataFrame, tuning: pl.DataFrame | None) -> LaneDefaults:
     """The best configuration on the validation split among those `xlr run` trains, as a dataset's `[defaults]`:
-    its encoders, its objective with the values tuned for it, a chosen hubness reduction, and the grid's step
-    budget (so `xlr run` trains what was chosen)."""
+    its encoders, its objective with the values tuned for it, its training augmentation, a chosen hubness
+    reduction, and the grid's step budget (so `xlr run` trains what was chosen)."""
     objective, augmentation, text_model, image_model = best_system(adoptable_candidates(validation), SYSTEM_COLUMNS)
     hubness = next((method for method in HUBNESS_PARAMETERS if augmentation == f"none + {method}"), None)
-    if augmentation != "none" and hubness is None:
-        raise DefaultsError(
-            f"the validation choice trains with augmentation {augmentation!r}, which `xlr run` does not: "
-            "adopt it by hand, or run a grid without augmented cells"
-        )
     head: dict[str, object] = {"objective": objective}
+    if augmentation in CHAIN_AUGMENTATIONS:
+        head["augmentation"] = augmentation
     if tuning is not None:
         chosen = tuning.filter(
             pl.col("chosen")

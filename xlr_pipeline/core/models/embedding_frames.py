@@ -51,3 +51,13 @@ def training_pairs(images: pl.DataFrame, texts: pl.DataFrame) -> pl.DataFrame:
         on="image_id",
         how="inner",
     )
+
+
+def with_keyword_pairs(pairs: pl.DataFrame, keywords: pl.DataFrame) -> pl.DataFrame:
+    """`pairs` followed by one more pair per keyword text (`caption_id`, `vector`) of a caption in `pairs`, with
+    that caption's image (the grid's `keywords` augmentation: the same rows in the same order)."""
+    extra = keywords.select("caption_id", "vector").join(
+        pairs.select("caption_id", "image_id", "image_vector"), on="caption_id", how="inner", maintain_order="left"
+    )
+    columns = ["caption_id", "image_id", "vector", "image_vector"]
+    return pl.concat([pairs.select(columns), extra.select(columns)])

@@ -227,3 +227,11 @@ def mixup(original: np.ndarray, switched: np.ndarray, alpha: float, rng: np.rand
     weights = rng.beta(alpha, alpha, size=(len(original), 1)).astype(np.float32)
     mixed = weights * original + (1 - weights) * switched
     return (mixed / np.maximum(np.linalg.norm(mixed, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def keyword_texts(train_captions: pl.DataFrame) -> pl.DataFrame:
+    """The `keywords` augmentation's extra texts: each training caption's keywords as one comma-separated text
+    (`caption_id`, `image_id`, `text`), paired later with the caption's image; captions without keywords give none."""
+    return train_captions.filter(pl.col("keywords") != "").select(
+        "caption_id", "image_id", pl.col("keywords").str.replace_all(r" \| ", ", ").alias("text")
+    )

@@ -22,6 +22,8 @@ Architecture = Literal["linear", "mlp", "identity"]
 # "english_substitutes": SALT's mixup with the switched words replaced by English neighbours instead (the control);
 # "english_mixup": the same with the switched words deleted (a second control).
 Augmentation = Literal["none", "salt", "english_substitutes", "english_mixup", "keywords"]
+# What `xlr run` can train with: the captions' own keywords as extra pairs (the others need the grid's copies).
+ChainAugmentation = Literal["none", "keywords"]
 # Fine-tuning the text encoder: on English captions alone, or with code-switching + mixup inside the model.
 FinetuneArm = Literal["english", "salt_in_model"]
 
@@ -29,6 +31,7 @@ OBJECTIVES: tuple[str, ...] = get_args(Objective)
 ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
 HUBNESS: tuple[str, ...] = get_args(Hubness)
 AUGMENTATIONS: tuple[str, ...] = get_args(Augmentation)
+CHAIN_AUGMENTATIONS: tuple[str, ...] = get_args(ChainAugmentation)
 FINETUNE_ARMS: tuple[str, ...] = get_args(FinetuneArm)
 
 # The same names as enumerations, for lists of them in a launchpad Config: Dagster's config schema checks

@@ -7,6 +7,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
+from xlr_pipeline.core.training.choices import CHAIN_AUGMENTATIONS
 from xlr_pipeline.core.training.configs import ConfigError, HeadConfig
 
 HEAD_FIELDS = frozenset(field.name for field in fields(HeadConfig))
@@ -22,20 +23,25 @@ class LaneDefaults:
     image_model: str = ""  # empty: the project's default encoder
     text_model: str = ""
     head: tuple[tuple[str, object], ...] = ()  # HeadConfig fields that differ from HeadConfig's own defaults
+    augmentation: str = ""  # extra training pairs, of CHAIN_AUGMENTATIONS (empty: none)
     chosen_by: str = ""  # the grid run whose validation choice this is (empty: stated, not chosen)
 
     @classmethod
     def from_table(cls, table: Mapping[str, object]) -> LaneDefaults:
         """From a `[defaults]` table; unknown keys and out-of-range values are refused, naming the key."""
-        unknown = sorted(set(table) - HEAD_FIELDS - set(MODEL_KEYS) - {"chosen_by"})
+        unknown = sorted(set(table) - HEAD_FIELDS - set(MODEL_KEYS) - {"chosen_by", "augmentation"})
         if unknown:
             raise DefaultsError(
                 f"[defaults] has unknown keys {unknown}; known: encoders {list(MODEL_KEYS)}, chosen_by, "
-                f"and the head's {sorted(HEAD_FIELDS)}"
+                f"augmentation, and the head's {sorted(HEAD_FIELDS)}"
             )
-        for key in (*MODEL_KEYS, "chosen_by"):
+        for key in (*MODEL_KEYS, "chosen_by", "augmentation"):
             if not isinstance(table.get(key, ""), str):
                 raise DefaultsError(f"[defaults] {key} must be a string, not {table[key]!r}")
+        if table.get("augmentation", "none") not in CHAIN_AUGMENTATIONS:
+            raise DefaultsError(
+                f"[defaults] augmentation must be one of {list(CHAIN_AUGMENTATIONS)}, not {table['augmentation']!r}"
+            )
         head = {key: value for key, value in table.items() if key in HEAD_FIELDS}
         try:
             HeadConfig(**head)
@@ -46,6 +52,7 @@ class LaneDefaults:
             text_model=str(table.get("text_model", "")),
             head=tuple(sorted(head.items())),
             chosen_by=str(table.get("chosen_by", "")),
+            augmentation="" if table.get("augmentation", "none") == "none" else str(table["augmentation"]),
         )
 
     def head_config(self, overrides: Mapping[str, object]) -> HeadConfig:
@@ -62,6 +69,8 @@ class LaneDefaults:
         if self.chosen_by:
             lines.append(f"chosen_by = {json.dumps(self.chosen_by)}")
         lines += [f"{key} = {json.dumps(getattr(self, key))}" for key in MODEL_KEYS if getattr(self, key)]
+        if self.augmentation:
+            lines.append(f"augmentation = {json.dumps(self.augmentation)}")
         lines += [f"{key} = {json.dumps(value)}" for key, value in self.head]
         return "\n".join(lines) + "\n"
 
