@@ -41,7 +41,7 @@ def _planted(noise_by_language: dict[str, float], n_train: int = 120, n_test: in
     for language, noise in noise_by_language.items():
         text = image_vectors @ mapping + noise * rng.normal(size=image_vectors.shape).astype(np.float32)
         text /= np.linalg.norm(text, axis=1, keepdims=True)
-        captions[language] = pl.DataFrame({"image_id": ids, "split": splits, "vector": list(text)})
+        captions[language] = pl.DataFrame({"caption_id": ids, "image_id": ids, "split": splits, "vector": list(text)})
     return images, captions
 
 
@@ -81,3 +81,13 @@ def test_doublings_to_a_target():
     assert doublings_to(0.15, 0.10, 0.02) == pytest.approx(2.5)
     assert doublings_to(0.15, 0.20, 0.02) == 0.0
     assert doublings_to(0.15, 0.10, -0.01) is None
+
+
+def test_the_curve_of_a_keyword_trained_default_counts_the_keyword_pairs_of_each_subset():
+    images, captions = _planted({"en": 0.0, "aa": 0.5, "bb": 1.0})
+    english_train = captions["en"].filter(pl.col("split") == "train")
+    keywords = english_train.head(40).select("caption_id", "vector")  # the first 40 captions have keywords
+    config = HeadConfig(objective="infonce", steps=10, batch_size=32, embed_dim=DIM)
+    curve = diagnose(images, captions, "en", config, [0.5, 1.0], [0], keywords).curve
+    sizes = dict(curve.filter(pl.col("language") == "en").select("train_images", "train_pairs").iter_rows())
+    assert sizes[120] == 120 + 40 and 60 < sizes[60] < 60 + 40  # a subset keeps its own captions' keywords only

@@ -12,6 +12,7 @@ from xlr_pipeline.defs.lane import AssetDeclaration, Lane
 from xlr_pipeline.defs.lineage import file_version, input_name, lineage_metadata
 from xlr_pipeline.defs.metadata import markdown_preview
 from xlr_pipeline.defs.resources import XlrSettings, require_file
+from xlr_pipeline.defs.train import keyword_vectors
 
 
 def _default_system(settings: XlrSettings, lane: Lane, partition: str | None, head_config: dict) -> dict:
@@ -23,6 +24,7 @@ def _default_system(settings: XlrSettings, lane: Lane, partition: str | None, he
         "text_model": settings.text_model,
         "image_model": settings.image_model,
         "head": lane.head_config({}).as_dict(),
+        "augmentation": lane.augmentation(None),
     }
 
 
@@ -58,9 +60,20 @@ class DiagnosticsConfig(dg.Config):
 
 
 def build_target_diagnostics(
-    lane: Lane, image_embeddings: dg.AssetsDefinition, text_embeddings: dg.AssetsDefinition
+    lane: Lane,
+    captions: dg.AssetsDefinition,
+    image_embeddings: dg.AssetsDefinition,
+    text_embeddings: dg.AssetsDefinition,
 ) -> dg.AssetsDefinition:
-    @dg.asset(**TARGET_DIAGNOSTICS.asset_args(lane), deps=[image_embeddings, text_embeddings], kinds={"pytorch"})
+    train_captions = dg.AssetDep(
+        captions, partition_mapping=dg.SpecificPartitionsPartitionMapping([lane.train_language])
+    )
+
+    @dg.asset(
+        **TARGET_DIAGNOSTICS.asset_args(lane),
+        deps=[image_embeddings, text_embeddings, train_captions],  # the captions: their keywords
+        kinds={"pytorch"},
+    )
     def target_diagnostics(
         context: dg.AssetExecutionContext, config: DiagnosticsConfig, settings: XlrSettings
     ) -> dg.MaterializeResult:
@@ -79,9 +92,15 @@ def build_target_diagnostics(
             )
             for language in languages
         }
-        head = lane.head_config({})
-        context.log.info(f"{len(config.fractions)} fractions × {len(config.seeds)} seeds of {head}")
-        diagnostics = diagnose(images, captions, train_language, head, config.fractions, config.seeds)
+        head, augmentation = lane.head_config({}), lane.augmentation(None)
+        captions_path = require_file(outputs.captions_path(train_language), f"{lane.name}/captions[{train_language}]")
+        keywords = (
+            keyword_vectors(read_parquet(captions_path), lane, settings, settings.text_model)
+            if augmentation == "keywords"
+            else None
+        )
+        context.log.info(f"{len(config.fractions)} fractions × {len(config.seeds)} seeds of {head} ({augmentation})")
+        diagnostics = diagnose(images, captions, train_language, head, config.fractions, config.seeds, keywords)
         run_id = context.run.run_id
         provenance = {
             "run_id": run_id,
@@ -89,6 +108,7 @@ def build_target_diagnostics(
             "text_model": settings.text_model,
             "image_model": settings.image_model,
             "head_config": json.dumps(head.as_dict(), sort_keys=True),
+            "augmentation": augmentation,
             "code_version": TARGET_DIAGNOSTICS.code_version,
             "images_hash": sha256_file(outputs.image_embeddings_path),
         }
@@ -105,7 +125,10 @@ def build_target_diagnostics(
         )
         write_parquet_atomic(curve, outputs.root / "learning_curve.parquet")
         write_parquet_atomic(alignment, outputs.root / "alignment_transfer.parquet")
-        system = f"{head.objective} ({head.architecture}, hubness {head.hubness}) on {settings.text_model} + {settings.image_model}"
+        system = (
+            f"{head.objective} ({head.architecture}, augmentation {augmentation}, hubness {head.hubness}) on "
+            f"{settings.text_model} + {settings.image_model}"
+        )
         markdown = diagnostics_report(
             diagnostics,
             lane.name,
@@ -135,6 +158,7 @@ def build_target_diagnostics(
                     TARGET_DIAGNOSTICS.config(settings, lane, None, {}),
                     {
                         "image_embeddings": file_version(outputs.image_embeddings_path),
+                        input_name("captions", train_language): file_version(captions_path),
                         **{
                             input_name("text_embeddings", lang): file_version(outputs.text_embeddings_path(lang))
                             for lang in languages

@@ -73,7 +73,7 @@ def lane_definitions(lane: Lane) -> dg.Definitions:
     )
     experiments = [
         *build_experiments(lane, code_versions, captions, image_embeddings, text_embeddings),
-        build_target_diagnostics(lane, image_embeddings, text_embeddings),
+        build_target_diagnostics(lane, captions, image_embeddings, text_embeddings),
         build_text_alignment(lane),
     ]
     tagging = build_tagging(lane, captions, image_embeddings, text_embeddings, projection_head)

@@ -122,10 +122,9 @@ class HeadTrainingConfig(dg.Config):
         return {name: value for name, value in self.given().items() if name != "augmentation"}
 
 
-def _with_keywords(
-    pairs: pl.DataFrame, captions: pl.DataFrame, lane: Lane, settings: XlrSettings, text_model: str
-) -> pl.DataFrame:
-    """The pairs plus one per training caption's keywords, embedded by the pairs' own text encoder."""
+def keyword_vectors(captions: pl.DataFrame, lane: Lane, settings: XlrSettings, text_model: str) -> pl.DataFrame:
+    """Each training caption's keywords as one text (`caption_id`, `image_id`, `text`, `vector`), embedded by the
+    pairs' own text encoder: the `keywords` augmentation's extra pairs."""
     keywords = keyword_texts(captions.filter(pl.col("split") == "train"))
     if not keywords.height:
         raise dg.Failure(
@@ -134,7 +133,7 @@ def _with_keywords(
             allow_retries=False,
         )
     encode = lane.settings(settings).cached_text_encoder(text_model)
-    return with_keyword_pairs(pairs, with_vectors(keywords, encode(keywords["text"].to_list())))
+    return with_vectors(keywords, encode(keywords["text"].to_list()))
 
 
 def build_projection_head(
@@ -192,7 +191,8 @@ def build_projection_head(
         head_config = lane.head_config(config.head_given())
         captions_path = require_file(outputs.captions_path(train_language), f"{lane.name}/captions[{train_language}]")
         if augmentation == "keywords":
-            pairs = _with_keywords(pairs, read_parquet(captions_path), lane, settings, texts["model_id"][0])
+            keywords = keyword_vectors(read_parquet(captions_path), lane, settings, texts["model_id"][0])
+            pairs = with_keyword_pairs(pairs, keywords)
         context.log.info(f"training on {pairs.height} {train_language} pairs ({augmentation}): {head_config}")
         try:
             result = train_head(

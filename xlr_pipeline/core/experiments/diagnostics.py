@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import polars as pl
 
-from xlr_pipeline.core.models.embedding_frames import training_pairs
+from xlr_pipeline.core.models.embedding_frames import training_pairs, with_keyword_pairs
 from xlr_pipeline.core.models.embeddings import vectors_of
 from xlr_pipeline.core.scoring.alignment import CaptionVectors, align_language
 from xlr_pipeline.core.scoring.metrics import evaluate_head
@@ -71,15 +71,19 @@ def learning_curve(
     config: HeadConfig,
     fractions: Sequence[float],
     seeds: Sequence[int],
+    keywords: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """Heads of `config` trained on nested subsets of the training images with one step budget (its `steps`, else
-    its epochs over all the pairs), each evaluated text→image on every language's test split."""
+    its epochs over all the pairs), each evaluated text→image on every language's test split. `keywords`
+    (`caption_id`, `vector`): the keyword augmentation's extra pairs, of the subset's captions only."""
     pairs = training_pairs(images, captions[train_language])
     if config.steps is None:
         config = replace(config, steps=config.epochs * math.ceil(pairs.height / config.batch_size))
     rows = []
     for fraction, subset in nested_image_subsets(pairs["image_id"].to_list(), fractions).items():
         chosen = pairs.filter(pl.col("image_id").is_in(list(subset)))
+        if keywords is not None:
+            chosen = with_keyword_pairs(chosen, keywords)
         text, image = vectors_of(chosen), np.stack(chosen["image_vector"].to_numpy()).astype(np.float32)
         for seed in seeds:
             head = train_head(text, image, chosen["image_id"].to_numpy(), replace(config, seed=seed)).head
@@ -88,7 +92,7 @@ def learning_curve(
                     {
                         "fraction": fraction,
                         "train_images": len(subset),
-                        "train_pairs": chosen.height,
+                        "train_pairs": chosen.height,  # keyword pairs included
                         "seed": seed,
                         "language": language,
                         **_test_recall(head, images, frame),
@@ -136,10 +140,11 @@ def diagnose(
     config: HeadConfig,
     fractions: Sequence[float],
     seeds: Sequence[int],
+    keywords: pl.DataFrame | None = None,
 ) -> Diagnostics:
     from scipy import stats
 
-    curve = learning_curve(images, captions, train_language, config, fractions, seeds)
+    curve = learning_curve(images, captions, train_language, config, fractions, seeds, keywords)
     alignment = alignment_against_transfer(curve, captions, train_language)
     rho = p = None
     if alignment.height >= MIN_CORRELATED_LANGUAGES:
