@@ -80,7 +80,11 @@ def test_each_lane_has_the_expected_graph(dataset):
     assert parents("image_embeddings") == {f"{dataset}/image_embedding_shards"}
     # Only a COCO-sourced dataset's captions read the images asset (its English training captions come from it).
     assert parents("captions") == ({f"{dataset}/images"} if dataset == "xtd10" else set())
-    assert parents("projection_head") == {f"{dataset}/image_embeddings", f"{dataset}/text_embeddings"}
+    assert parents("projection_head") == {
+        f"{dataset}/captions",
+        f"{dataset}/image_embeddings",
+        f"{dataset}/text_embeddings",
+    }
     assert parents("retrieval_metrics") == {
         f"{dataset}/{asset}" for asset in ("text_embeddings", "image_embeddings", "projection_head", "image_index")
     }
@@ -104,8 +108,10 @@ def test_head_depends_on_the_training_language_partition_only(tmp_path):
     for pipeline, language in ((SHIPPED_PIPELINE, "en"), (pipeline_for(tmp_path), "de")):
         name = "emoji_cldr" if pipeline is SHIPPED_PIPELINE else DATASET
         head = pipeline.definitions.get_repository_def().assets_defs_by_key[dg.AssetKey([name, "projection_head"])]
-        mapping = head.get_partition_mapping(dg.AssetKey([name, "text_embeddings"]))
-        assert isinstance(mapping, dg.SpecificPartitionsPartitionMapping) and list(mapping.partition_keys) == [language]
+        for parent in ("text_embeddings", "captions"):  # the captions: their keywords
+            mapping = head.get_partition_mapping(dg.AssetKey([name, parent]))
+            assert isinstance(mapping, dg.SpecificPartitionsPartitionMapping)
+            assert list(mapping.partition_keys) == [language]
 
 
 def test_every_lane_has_its_sensor_schedule_and_job():

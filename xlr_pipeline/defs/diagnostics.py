@@ -6,7 +6,6 @@ import dagster as dg
 import polars as pl
 from pydantic import Field, field_validator
 
-from xlr_pipeline.core.experiments.diagnostics import diagnose, diagnostics_report
 from xlr_pipeline.core.storage.locations import read_parquet, sha256_file, write_parquet_atomic, write_with_atomic
 from xlr_pipeline.defs.lane import AssetDeclaration, Lane
 from xlr_pipeline.defs.lineage import file_version, input_name, lineage_metadata
@@ -81,6 +80,8 @@ def build_target_diagnostics(
         learning curve of the training-language R@1 over nested subsets of the training images (same step
         budget), and each language's text alignment with the training language against its transfer ratio
         (Spearman). Rows to `target_diagnostics.parquet`, the report to `reports/<dataset>/diagnostics.md`."""
+        from xlr_pipeline.core.experiments.diagnostics import diagnose, diagnostics_report  # torch: only to run
+
         settings = lane.settings(settings)  # this dataset's encoders
         outputs = lane.outputs(settings)
         train_language = lane.train_language
