@@ -74,6 +74,8 @@ def test_fewer_than_three_other_languages_give_no_rank_correlation():
     config = HeadConfig(objective="infonce", steps=10, batch_size=32, embed_dim=DIM)
     diagnostics = diagnose(images, captions, "en", config, [0.5, 1.0], [0])
     assert diagnostics.rank_correlation is None
+    in_workers = diagnose(images, captions, "en", config, [0.5, 1.0], [0], processes=2)
+    assert in_workers.curve.equals(diagnostics.curve)  # single-threaded heads: the same numbers in worker processes
     assert "too few languages" in diagnostics_report(diagnostics, "planted", "en", "infonce", "RUN", 0.1, 0.1)
 
 

@@ -6,6 +6,7 @@ import dagster as dg
 import polars as pl
 from pydantic import Field, field_validator
 
+from xlr_pipeline.core.models.threads import available_cores
 from xlr_pipeline.core.storage.locations import read_parquet, sha256_file, write_parquet_atomic, write_with_atomic
 from xlr_pipeline.defs.lane import AssetDeclaration, Lane
 from xlr_pipeline.defs.lineage import file_version, input_name, lineage_metadata
@@ -101,7 +102,9 @@ def build_target_diagnostics(
             else None
         )
         context.log.info(f"{len(config.fractions)} fractions × {len(config.seeds)} seeds of {head} ({augmentation})")
-        diagnostics = diagnose(images, captions, train_language, head, config.fractions, config.seeds, keywords)
+        diagnostics = diagnose(
+            images, captions, train_language, head, config.fractions, config.seeds, keywords, available_cores()
+        )
         run_id = context.run.run_id
         provenance = {
             "run_id": run_id,

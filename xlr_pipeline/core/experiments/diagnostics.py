@@ -21,12 +21,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 import polars as pl
 
+from xlr_pipeline.core.experiments.grid import TrainingData, TrainingJob
 from xlr_pipeline.core.models.embedding_frames import training_pairs, with_keyword_pairs
 from xlr_pipeline.core.models.embeddings import vectors_of
 from xlr_pipeline.core.scoring.alignment import CaptionVectors, align_language
 from xlr_pipeline.core.scoring.metrics import evaluate_head
 from xlr_pipeline.core.training.configs import HeadConfig
-from xlr_pipeline.core.training.head import train_head
 
 SUBSET_SEED = 0  # the nested image subsets are one fixed draw, so seeds vary only the head
 MIN_CORRELATED_LANGUAGES = 3  # a rank correlation over fewer languages says nothing
@@ -72,32 +72,40 @@ def learning_curve(
     fractions: Sequence[float],
     seeds: Sequence[int],
     keywords: pl.DataFrame | None = None,
+    processes: int = 1,
 ) -> pl.DataFrame:
     """Heads of `config` trained on nested subsets of the training images with one step budget (its `steps`, else
     its epochs over all the pairs), each evaluated text→image on every language's test split. `keywords`
-    (`caption_id`, `vector`): the keyword augmentation's extra pairs, of the subset's captions only."""
+    (`caption_id`, `vector`): the keyword augmentation's extra pairs, of the subset's captions only. The heads
+    train in `processes` single-threaded workers (the grid's pool: the numbers do not depend on `processes`)."""
+    from xlr_pipeline.core.training.training_pool import train_heads
+
     pairs = training_pairs(images, captions[train_language])
     if config.steps is None:
         config = replace(config, steps=config.epochs * math.ceil(pairs.height / config.batch_size))
-    rows = []
+    subsets, data = {}, {}
     for fraction, subset in nested_image_subsets(pairs["image_id"].to_list(), fractions).items():
         chosen = pairs.filter(pl.col("image_id").is_in(list(subset)))
         if keywords is not None:
             chosen = with_keyword_pairs(chosen, keywords)
-        text, image = vectors_of(chosen), np.stack(chosen["image_vector"].to_numpy()).astype(np.float32)
-        for seed in seeds:
-            head = train_head(text, image, chosen["image_id"].to_numpy(), replace(config, seed=seed)).head
-            for language, frame in captions.items():
-                rows.append(
-                    {
-                        "fraction": fraction,
-                        "train_images": len(subset),
-                        "train_pairs": chosen.height,  # keyword pairs included
-                        "seed": seed,
-                        "language": language,
-                        **_test_recall(head, images, frame),
-                    }
-                )
+        key = ("subset", str(fraction))  # the pool's data key: one training set per fraction
+        subsets[key] = (fraction, len(subset), chosen.height)  # pairs: keyword pairs included
+        data[key] = TrainingData(vectors_of(chosen), vectors_of(chosen, "image_vector"), chosen["image_id"].to_numpy())
+    jobs = [TrainingJob(key, "none", replace(config, seed=seed)) for key in data for seed in seeds]
+    rows = []
+    for job, (result, _) in zip(jobs, train_heads(jobs, data, 0.0, processes)):
+        fraction, train_images, train_pairs = subsets[job.encoders]
+        for language, frame in captions.items():
+            rows.append(
+                {
+                    "fraction": fraction,
+                    "train_images": train_images,
+                    "train_pairs": train_pairs,
+                    "seed": job.config.seed,
+                    "language": language,
+                    **_test_recall(result.head, images, frame),
+                }
+            )
     return pl.DataFrame(rows)
 
 
@@ -141,10 +149,11 @@ def diagnose(
     fractions: Sequence[float],
     seeds: Sequence[int],
     keywords: pl.DataFrame | None = None,
+    processes: int = 1,
 ) -> Diagnostics:
     from scipy import stats
 
-    curve = learning_curve(images, captions, train_language, config, fractions, seeds, keywords)
+    curve = learning_curve(images, captions, train_language, config, fractions, seeds, keywords, processes)
     alignment = alignment_against_transfer(curve, captions, train_language)
     rho = p = None
     if alignment.height >= MIN_CORRELATED_LANGUAGES:
