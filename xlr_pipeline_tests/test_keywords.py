@@ -47,6 +47,7 @@ def test_the_chains_keyword_pairs_are_the_grids_keyword_rows():
     assert chain["image_id"].to_list() == list(image_ids)
 
 
+@pytest.mark.slow  # runs the chain twice
 def test_xlr_run_trains_with_keywords_records_it_and_refuses_a_dataset_without_them(fresh_data_dir):
     pipeline = pipeline_for(fresh_data_dir)
     outputs = outputs_for(fresh_data_dir)

@@ -159,11 +159,15 @@ def _require_validation(
         )
 
 
-def _tuned_hubness(head: ProjectionHead, method: str, bank: np.ndarray, validation: ValidationSet) -> HubnessReduction:
-    """The hubness reduction `method` with the parameter that scores best on validation (ties: the first)."""
+def _tuned_hubness(
+    head: ProjectionHead, method: str, bank: np.ndarray, validation: ValidationSet
+) -> tuple[HubnessReduction, dict[str, float]]:
+    """The hubness reduction `method` with the parameter that scores best on validation (ties: the first), and
+    its validation recall."""
     candidates = [HubnessReduction(method, parameter, bank) for parameter in HUBNESS_PARAMETERS[method]]
-    scores = [validation_recall(head, validation, candidate)["score"] for candidate in candidates]
-    return candidates[int(np.argmax(scores))]
+    recalls = [validation_recall(head, validation, candidate) for candidate in candidates]
+    best = int(np.argmax([recall["score"] for recall in recalls]))
+    return candidates[best], recalls[best]
 
 
 def run_grid(
@@ -256,9 +260,9 @@ def run_grid(
         queries = test_queries[cell.encoders]
         if cell.centring == "per_language":
             queries = _centred(queries, inputs.language_means, train_language)
-        hubness = None
+        hubness, validation_scores = None, None
         if cell.retrieval != "plain":  # its parameter chosen on validation (the bank: English train captions)
-            hubness = _tuned_hubness(
+            hubness, validation_scores = _tuned_hubness(
                 trained.head, cell.retrieval, encoders[cell.encoders].text, validation[cell.encoders]
             )
         label = "+".join(model_slug(model) for model, main in zip(cell.encoders, main_pair) if model != main) or "main"
@@ -301,7 +305,7 @@ def run_grid(
                     "text_model": cell.text_model,
                     "image_model": cell.image_model,
                     "seed": cell.seed,
-                    **validation_recall(trained.head, validation[cell.encoders], hubness),
+                    **(validation_scores or validation_recall(trained.head, validation[cell.encoders])),
                     "hubness_parameter": float(hubness.parameter) if hubness else None,
                     "development_language": development,
                     "development_score": validation_recall(trained.head, development_set, hubness)["score"]
