@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -81,6 +82,22 @@ def shared_caches(tmp_path_factory, worker_id) -> None:
         folder = run_folder / f"shared_{name}"
         folder.mkdir(exist_ok=True)
         os.environ[variable] = str(folder)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_core_per_worker(worker_id) -> None:
+    """Each xdist worker (and every process it starts) on a core of its own when there are enough: every step sizes
+    its thread pools from the cores it may use (`available_cores`), so two workers on two cores no longer run four
+    torch threads between them (a small head trained 25x slower so on a busy 2-core machine)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if worker_id != "master" and 1 < workers <= len(cores):
+        index = int(worker_id.removeprefix("gw"))
+        share = len(cores) // workers
+        os.sched_setaffinity(0, cores[index * share : (index + 1) * share])
+        torch = sys.modules.get("torch")  # imported while collecting: its pool was sized before the affinity
+        if torch:
+            torch.set_num_threads(share)
 
 
 @pytest.fixture(scope="session")
