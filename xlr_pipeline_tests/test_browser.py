@@ -48,6 +48,7 @@ SMALL_GRID = f"""ops:
       steps: 2
       batch_size: 8
       trainable_layers: 1
+      seeds: [0]
   {DATASET}__experiment_grid:
     config:
       objectives: [patr, m3]
@@ -55,11 +56,17 @@ SMALL_GRID = f"""ops:
       seeds: [0]
       epochs: 10
       per_language_centring: false
+      hubness_reduction: false
       english_only_baseline: false
+      finetuned_encoders: false
       tuning_trials: 2
       other_text_models: []
       other_image_models: []
       tuning_seeds: [0]
+  {DATASET}__target_diagnostics:
+    config:
+      fractions: [0.5, 1.0]
+      seeds: [0]
 """
 
 
