@@ -3,6 +3,7 @@ their numbers (and by how much), which differ in words (a verdict, a chosen syst
 "What the numbers say" and both tables of comparisons is unchanged.
 
 Usage:  python scripts/compare_grid_reports.py COMMITTED.md RERUN.md [--out reproduction.md]
+            [--committed-label TEXT] [--rerun-label TEXT]   (how the Markdown names the two reports)
 The run ids and the wall-time ("Cost:") line are set aside: they differ by design.
 """
 
@@ -48,8 +49,13 @@ def compare(committed: str, rerun: str) -> dict:
     }
 
 
-def as_markdown(result: dict, committed: Path, rerun: Path) -> str:
-    lines = [f"# Reproduction of `{committed}`", "", f"Rerun: `{rerun}` (`scripts/compare_grid_reports.py`).", ""]
+def as_markdown(result: dict, committed: str, rerun: str) -> str:
+    lines = [
+        f"# Reproduction of {committed}",
+        "",
+        f"Rerun: {rerun} (compared by `scripts/compare_grid_reports.py`).",
+        "",
+    ]
     if not result["same_shape"]:
         return "\n".join([*lines, f"Different reports: {result['lines'][0]} lines against {result['lines'][1]}.", ""])
     total = result["lines"][0]
@@ -70,9 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("committed", type=Path)
     parser.add_argument("rerun", type=Path)
     parser.add_argument("--out", type=Path, help="write the Markdown here (default: print it)")
+    parser.add_argument("--committed-label", help="how to name the committed report (default: its path)")
+    parser.add_argument("--rerun-label", help="how to name the rerun (default: its path)")
     args = parser.parse_args(argv)
     result = compare(args.committed.read_text("utf-8"), args.rerun.read_text("utf-8"))
-    markdown = as_markdown(result, args.committed, args.rerun)
+    markdown = as_markdown(result, args.committed_label or f"`{args.committed}`", args.rerun_label or f"`{args.rerun}`")
     if args.out:
         args.out.write_text(markdown, "utf-8")
     else:
