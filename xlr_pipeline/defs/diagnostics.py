@@ -28,7 +28,7 @@ def _default_system(settings: XlrSettings, lane: Lane, partition: str | None, he
     }
 
 
-TARGET_DIAGNOSTICS = AssetDeclaration("target_diagnostics", code_version="1", stage="grid", config=_default_system)
+TARGET_DIAGNOSTICS = AssetDeclaration("target_diagnostics", code_version="2", stage="grid", config=_default_system)
 
 
 class DiagnosticsConfig(dg.Config):
