@@ -17,6 +17,18 @@ from pathlib import Path
 NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
 RUN_ID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
 VERDICT = re.compile(r"(significant gain|significant loss|equivalent \(±[\d.]+\)|inconclusive)")
+CHOICE = re.compile(r"Highest mean validation score[^*]*\*\*([^*]+)\*\* \(([\d.]+)")
+COMPARISON_ROW = re.compile(r"^\| (.+?) \| (\d+) \| .* \| ([^|]+) \|$")  # comparison, k, ..., verdict
+
+
+def verdicts(text: str) -> dict[tuple[str, str], str]:
+    """(comparison, k) → verdict, from the rows of the comparison tables (every comparison, both families)."""
+    table = {}
+    for line in text.splitlines():
+        match = COMPARISON_ROW.match(line)
+        if match and VERDICT.fullmatch(match[3].strip()):
+            table[(match[1], match[2])] = match[3].strip()
+    return table
 
 
 def comparable_lines(text: str) -> list[str]:
@@ -25,8 +37,24 @@ def comparable_lines(text: str) -> list[str]:
 
 def compare(committed: str, rerun: str) -> dict:
     ours, theirs = comparable_lines(committed), comparable_lines(rerun)
+    before, after = verdicts(committed), verdicts(rerun)
+    choices = tuple(
+        f"{match[1]} (validation score {match[2]})" if (match := CHOICE.search(text)) else "none"
+        for text in (committed, rerun)
+    )
+    verdict_changes = sorted(
+        (key, before.get(key, "absent"), after.get(key, "absent"))
+        for key in before.keys() | after.keys()
+        if before.get(key) != after.get(key)
+    )
     if len(ours) != len(theirs):
-        return {"same_shape": False, "lines": (len(ours), len(theirs))}
+        return {
+            "same_shape": False,
+            "lines": (len(ours), len(theirs)),
+            "comparisons": len(before),
+            "verdict_changes": verdict_changes,
+            "choices": choices,
+        }
     numeric, worded, largest = [], [], 0.0
     for number, (a, b) in enumerate(zip(ours, theirs), start=1):
         if a == b:
@@ -46,6 +74,9 @@ def compare(committed: str, rerun: str) -> dict:
         "largest_numeric_difference": largest,
         "worded": worded,
         "verdicts_changed": verdicts_changed,
+        "comparisons": len(before),
+        "verdict_changes": verdict_changes,
+        "choices": choices,
     }
 
 
@@ -56,8 +87,17 @@ def as_markdown(result: dict, committed: str, rerun: str) -> str:
         f"Rerun: {rerun} (compared by `scripts/compare_grid_reports.py`).",
         "",
     ]
+    lines += [
+        f"Configuration chosen on validation: {result['choices'][0]} → {result['choices'][1]}.",
+        "",
+        f"Verdicts of the {result['comparisons']} comparisons (both families, every k): "
+        f"{len(result['verdict_changes'])} changed.",
+        "",
+        *(f"- {name}, R@{k}: {old} → {new}" for (name, k), old, new in result["verdict_changes"]),
+        "",
+    ]
     if not result["same_shape"]:
-        return "\n".join([*lines, f"Different reports: {result['lines'][0]} lines against {result['lines'][1]}.", ""])
+        return "\n".join([*lines, f"Line by line: {result['lines'][0]} lines against {result['lines'][1]}.", ""])
     total = result["lines"][0]
     lines += [
         f"- {result['identical']} of {total} lines identical (run ids and the wall-time line set aside).",
@@ -85,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(markdown, "utf-8")
     else:
         print(markdown)
-    reproduced = result["same_shape"] and not result["verdicts_changed"]
+    reproduced = not result["verdict_changes"] and not result.get("verdicts_changed")
     return 0 if reproduced else 1
 
 
