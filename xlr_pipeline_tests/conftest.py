@@ -88,7 +88,7 @@ def shared_caches(tmp_path_factory, worker_id) -> None:
 def one_core_per_worker(worker_id) -> None:
     """Each xdist worker (and every process it starts) on a core of its own when there are enough: every step sizes
     its thread pools from the cores it may use (`available_cores`), so two workers on two cores no longer run four
-    torch threads between them (a small head trained 25x slower so on a busy 2-core machine)."""
+    torch threads between them (oversubscribed OpenMP pools spin against each other on a busy machine)."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     if worker_id != "master" and 1 < workers <= len(cores):
