@@ -105,7 +105,7 @@ class HeadTrainingConfig(dg.Config):
     augmentation: AugmentationChoice = Field(
         DATASET_DEFAULT,
         description="Extra training pairs: 'keywords' adds each training caption's keywords (a caption file's "
-        "`keywords` column) as one more text of its image; {UNSET} none".replace("{UNSET}", UNSET),
+        f"`keywords` column) as one more text of its image; {UNSET} none",
     )
 
     @model_validator(mode="after")
