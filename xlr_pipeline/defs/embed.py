@@ -31,10 +31,10 @@ from xlr_pipeline.defs.metadata import PartitionOutcome, file_data_version, mate
 from xlr_pipeline.defs.resources import XlrSettings, clear_failures, require_file
 
 IMAGE_EMBEDDING_SHARDS = AssetDeclaration(
-    "image_embedding_shards", code_version="1", stage="run", config=image_model_config
+    "image_embedding_shards", code_version="2", stage="run", config=image_model_config
 )
-IMAGE_EMBEDDINGS = AssetDeclaration("image_embeddings", code_version="3", stage="run", config=image_model_config)
-TEXT_EMBEDDINGS = AssetDeclaration("text_embeddings", code_version="1", stage="run", config=text_model_config)
+IMAGE_EMBEDDINGS = AssetDeclaration("image_embeddings", code_version="4", stage="run", config=image_model_config)
+TEXT_EMBEDDINGS = AssetDeclaration("text_embeddings", code_version="2", stage="run", config=text_model_config)
 
 
 def _vector_check(asset: dg.AssetKey, vectors, dim: int, expected_rows: int) -> list[dg.AssetCheckResult]:

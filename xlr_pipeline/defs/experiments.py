@@ -51,10 +51,10 @@ from xlr_pipeline.defs.lineage import file_version, input_name, lineage_metadata
 from xlr_pipeline.defs.metadata import markdown_preview, png_metadata, progress_logger
 from xlr_pipeline.defs.resources import XlrSettings, clear_failures, require_file
 
-TEXT_AUGMENTATIONS = AssetDeclaration("text_augmentations", code_version="4", stage="grid", config=text_model_config)
+TEXT_AUGMENTATIONS = AssetDeclaration("text_augmentations", code_version="5", stage="grid", config=text_model_config)
 TEXT_ENCODER_FINETUNING = AssetDeclaration("text_encoder_finetuning", code_version="2", stage="grid")
-EXPERIMENT_GRID = AssetDeclaration("experiment_grid", code_version="8", stage="grid", config=text_model_config)
-GRID_REPORT = AssetDeclaration("grid_report", code_version="8", stage="grid")
+EXPERIMENT_GRID = AssetDeclaration("experiment_grid", code_version="9", stage="grid", config=text_model_config)
+GRID_REPORT = AssetDeclaration("grid_report", code_version="9", stage="grid")
 
 
 def has_word_list(language: str) -> bool:

@@ -26,7 +26,6 @@ from xlr_pipeline.core.experiments.comparisons import (
 )
 from xlr_pipeline.core.experiments.stats import Estimate, hierarchical_ci, p_value
 from xlr_pipeline.core.experiments.tuning import adoptable_candidates, best_system, edges, selection_candidates
-from xlr_pipeline.core.models.inference import EMBEDDING_TOLERANCE
 from xlr_pipeline.core.reporting.grid_plots import mean_recall, per_language_r1
 from xlr_pipeline.core.scoring.hubness import HUBNESS_PARAMETERS
 from xlr_pipeline.core.training.choices import ENGLISH_ONLY_TEXT_MODEL
@@ -202,8 +201,8 @@ def render(
         f"{len(a.zero_shot)} languages other than `{a.train_language}` (the head is trained on `{a.train_language}` only). "
         "[95% CI: crossed bootstrap over seeds and images — the image is the unit in every language — with a t "
         "quantile on Welch–Satterthwaite degrees of freedom.] t2i = text→image, i2t = image→text. Embeddings are "
-        f"reproducible to {EMBEDDING_TOLERANCE:g} per coordinate whatever the batching and threads (multilingual USE v3 "
-        "is not bit-exact across batch compositions; `xlr_pipeline_tests/test_determinism.py`).",
+        "bit-exact whatever the batching, threads and cache state: every item is encoded alone "
+        "(`xlr_pipeline_tests/test_determinism.py`).",
         "",
         *(cost_lines(cost, finetuning) if cost is not None else []),
         f"| objective | augmentation | text encoder | image encoder | seeds | zero-shot t2i R@1 | zero-shot t2i R@5 | zero-shot t2i R@10 | zero-shot i2t R@1 | {a.train_language} t2i R@1 | {a.train_language} t2i R@5 | {a.train_language} t2i R@10 | transfer ratio |",

@@ -43,14 +43,20 @@ def model_slug(model_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", model_id).strip("_")
 
 
+# How vectors are computed beyond the engine's version; a cache of another scheme is not read. "each-alone": one item
+# per encoder call (`encoders.each_alone`), so a vector never depends on its batch.
+VECTOR_SCHEME = "each-alone"
+
+
 class EmbeddingCache:
-    """One model's vectors by content hash, as one backend computed them, in `<root>/<model slug>--<backend>.sqlite`:
-    vectors of another backend (or another version of it) are never mixed in."""
+    """One model's vectors by content hash, as one backend computed them, in
+    `<root>/<model slug>--<backend>--<vector scheme>.sqlite`: vectors of another backend (or another version of it,
+    or another scheme) are never mixed in."""
 
     def __init__(self, root: Path, model_id: str, backend: str):
         if not backend:
             raise ValueError(f"an embedding cache of {model_id} needs the backend that computes its vectors")
-        self.path = root / f"{model_slug(model_id)}--{model_slug(backend)}.sqlite"
+        self.path = root / f"{model_slug(model_id)}--{model_slug(backend)}--{VECTOR_SCHEME}.sqlite"
         self.model_id = model_id
         self.backend = backend
 

