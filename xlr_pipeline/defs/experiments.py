@@ -143,7 +143,7 @@ class GridConfig(dg.Config):
     temperature: float = Field(HeadConfig().temperature, description="infonce: softmax temperature")
     mixup_alpha: float = Field(0.4, description="SALT mixup λ ~ Beta(α, α)")
     tuning_trials: int = Field(
-        8,
+        12,
         ge=0,
         description="Optuna trials per objective and encoder pair on the validation split (the values above first, "
         "then TPE draws from core/experiments/tuning.py's SEARCH_SPACE); 0: no tuning, the values above as they are",

@@ -115,7 +115,7 @@ def validation_sections(
             chosen = group.filter(pl.col("chosen")).row(0, named=True)
             default = group.filter(pl.col("trial") == 0).row(0, named=True)
             values = json.loads(chosen["parameters"])
-            shown = {name: round(v, 4) if isinstance(v, float) else v for name, v in values.items()}
+            shown = {name: float(f"{v:.3g}") if isinstance(v, float) else v for name, v in values.items()}
             lines.append(
                 f"| {encoder_label(text_model)} | {image_encoder_label(image_model)} | {objective} | `{json.dumps(shown)}` | "
                 f"{', '.join(edges(objective, values)) or '–'} | {chosen['score']:.4f} | {default['score']:.4f} |"
