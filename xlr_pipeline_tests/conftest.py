@@ -150,3 +150,14 @@ def location_job(name: str, key: dg.AssetKey) -> dg.JobDefinition:
 def instance():
     with dg.instance_for_test() as test_instance:
         yield test_instance
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under `--dist loadgroup`, tests spread over the xdist workers one by one (two long tests of one file no longer
+    queue on one worker), except a file's tests that share a module-scoped fixture: those stay on one worker, so
+    the fixture is built once."""
+    for item in items:
+        fixtures = getattr(item, "_fixtureinfo", None)
+        definitions = fixtures.name2fixturedefs.values() if fixtures else ()
+        if any(definition.scope in ("module", "class") for chain in definitions for definition in chain):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))

@@ -206,8 +206,9 @@ def test_unknown_objective_or_augmentation_is_refused_where_it_enters():
 def test_grid_trains_every_cell_reports_from_one_run_and_reproduces_bit_for_bit(tmp_path, subset_data_dir):
     data_dir = tmp_path / "data"
     shutil.copytree(subset_data_dir / DATASET, data_dir / DATASET)
-    pipeline = pipeline_for(data_dir)
-    settings = pipeline.settings
+    # the second run embeds everything again into an empty cache, as a fresh clone would
+    pipelines = [pipeline_for(data_dir), pipeline_for(data_dir, embedding_cache_dir=str(tmp_path / "empty_cache"))]
+    settings = pipelines[0].settings
     configs = {
         "projection_head": HeadTrainingConfig(epochs=10),
         "text_augmentations": AugmentationConfig(languages=["de", "ja"], words_per_language=300, seeds=[0, 1]),
@@ -220,7 +221,7 @@ def test_grid_trains_every_cell_reports_from_one_run_and_reproduces_bit_for_bit(
     report_dir = data_dir / "reports" / DATASET
     hits_path = outputs_for(data_dir).grid_hits_path
     runs = []
-    for _ in range(2):  # a fresh instance each time: the whole grid runs again (embeddings come from the cache)
+    for pipeline in pipelines:  # a fresh instance each time: the whole grid runs again
         with dg.instance_for_test() as instance:
             stages = pipeline.stage_assets("run", "grid")
             report = run_pipeline(instance, pipeline, [DATASET], configs, stages=stages, log=lambda _: None)
@@ -239,6 +240,7 @@ def test_grid_trains_every_cell_reports_from_one_run_and_reproduces_bit_for_bit(
                 pl.read_parquet(outputs_for(data_dir).root / "learning_curve.parquet"),
             )
         )
+    assert any((tmp_path / "empty_cache").glob("*.sqlite"))  # the second run's vectors were computed anew
     (first_id, first_hits, first_report, first_tuning, first_curve) = runs[0]
     (second_id, second_hits, second_report, second_tuning, second_curve) = runs[1]
     assert first_id != second_id and f"Grid run `{second_id}`" in second_report
