@@ -362,7 +362,7 @@ def test_a_broken_declaration_costs_its_own_lane_only(tmp_path, capsys):
 
 def test_the_shipped_defaults_are_the_committed_reports_validation_choice():
     """data/emoji_cldr/dataset.toml [defaults] = what data/reports/emoji_cldr/report.md chose on validation: its
-    encoders, objective, the values its tuning study chose (the report prints them to 4 decimals), the step
+    encoders, objective, the values its tuning study chose (the report prints them to 3 significant figures), the step
     budget, and a chosen hubness reduction."""
     import json
     import re
@@ -386,7 +386,9 @@ def test_the_shipped_defaults_are_the_committed_reports_validation_choice():
         assert head.pop("hubness") == augmentation.removeprefix("none + ") and head.pop("hubness_parameter") > 0
     assert defaults.augmentation == ("" if augmentation.startswith("none") else augmentation)
     assert head.keys() == tuned.keys()
-    assert all(head[name] == value or head[name] == pytest.approx(value, abs=5e-5) for name, value in tuned.items())
+    assert all(
+        head[name] == value or head[name] == pytest.approx(value, rel=5e-3, abs=5e-5) for name, value in tuned.items()
+    )
 
 
 def test_a_defaults_table_is_checked_where_declared_and_rewritten_in_place(tmp_path):
