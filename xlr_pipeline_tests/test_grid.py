@@ -446,7 +446,8 @@ def test_tuning_runs_one_seeded_study_per_pair_and_objective_with_the_stated_def
     with sqlite3.connect(tmp_path / "studies.db") as stored:
         names = {row[0] for row in stored.execute("SELECT study_name FROM studies")}
     assert names == {"hinge|t|i", "m3|t|i"}
-    assert edges("hinge", {"learning_rate": 3e-5, "margin": 0.5}) == ["learning_rate=low"]
+    lowest_rate = SEARCH_SPACE["hinge"]["learning_rate"].low
+    assert edges("hinge", {"learning_rate": lowest_rate, "margin": 0.5}) == ["learning_rate=low"]
     assert edges("m3", {"text_margin": 2.0, "margin": 2.0}) == []  # hard limits of the parameters
     with pytest.raises(ValueError, match="at least 1 trial"):
         tune(bases, pairs, validation, 0, seeds=[0])
