@@ -54,8 +54,9 @@ def copy_dataset(target: Path, images: int, shards: int) -> Path:
     (dataset / "images").mkdir()
     for image_id in split["image_id"]:
         shutil.copyfile(source / "images" / f"{image_id}.png", dataset / "images" / f"{image_id}.png")
-    with open(dataset / "dataset.toml", "a", encoding="utf-8") as spec:
-        spec.write(f"image_shards = {shards}\n")
+    declaration = dataset / "dataset.toml"
+    keys, table_start, tables = declaration.read_text("utf-8").partition("\n[")  # a top-level key goes before tables
+    declaration.write_text(f"{keys.rstrip()}\nimage_shards = {shards}\n{table_start}{tables}", "utf-8")
     return target
 
 
