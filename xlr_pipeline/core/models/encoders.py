@@ -154,8 +154,8 @@ def load_image(path: Path) -> Image.Image:
 def each_alone(encode_batch: Callable[[list], np.ndarray], items: list, dim: int) -> np.ndarray:
     """`items` encoded one per call. Batched kernels of other shapes sum in other orders, so a vector computed in a
     batch depends on its batch-mates; computed alone it is the same bits whatever the batching, the thread count
-    and which items the embedding cache already held (xlr_pipeline_tests/test_determinism.py). Measured here it
-    costs no speed but for mUSE v3 (about 2x): padding and batch assembly go away."""
+    and which items the embedding cache already held (xlr_pipeline_tests/test_determinism.py). Speeds with it:
+    benchmarks/results/encoder_backends.md."""
     if not items:
         return np.zeros((0, dim), dtype=np.float32)
     return np.concatenate([np.asarray(encode_batch([item]), dtype=np.float32) for item in items])
