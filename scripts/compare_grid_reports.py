@@ -4,6 +4,7 @@ their numbers (and by how much), which differ in words (a verdict, a chosen syst
 
 Usage:  python scripts/compare_grid_reports.py COMMITTED.md RERUN.md [--out reproduction.md]
             [--committed-label TEXT] [--rerun-label TEXT]   (how the Markdown names the two reports)
+            [--tables COMMITTED_DIR RERUN_DIR]   (two runs' `experiments` folders: their tables compared bit for bit)
 The run ids and the wall-time ("Cost:") line are set aside: they differ by design.
 """
 
@@ -80,6 +81,29 @@ def compare(committed: str, rerun: str) -> dict:
     }
 
 
+# The tables a grid run writes (`experiments/`): every test rank, validation score and tuning trial.
+GRID_TABLES = ("grid_hits.parquet", "grid_validation.parquet", "tuning.parquet")
+
+
+def compare_tables(committed: Path, rerun: Path) -> list[str]:
+    """One line per grid table: identical bit for bit (its run id column set aside) or how it differs."""
+    import polars as pl
+
+    lines = []
+    for name in GRID_TABLES:
+        ours, theirs = (pl.read_parquet(folder / name).drop("grid_run_id") for folder in (committed, rerun))
+        if ours.equals(theirs):
+            lines.append(
+                f"- `{name}`: identical bit for bit ({ours.height} rows, {ours.width} columns; run ids aside)."
+            )
+        elif ours.schema != theirs.schema or ours.height != theirs.height:
+            lines.append(f"- `{name}`: different shape ({ours.shape} against {theirs.shape}).")
+        else:
+            differing = ours.with_row_index().join(theirs.with_row_index(), on=ours.columns + ["index"], how="anti")
+            lines.append(f"- `{name}`: {differing.height} of {ours.height} rows differ.")
+    return lines
+
+
 def as_markdown(result: dict, committed: str, rerun: str) -> str:
     lines = [
         f"# Reproduction of {committed}",
@@ -118,14 +142,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write the Markdown here (default: print it)")
     parser.add_argument("--committed-label", help="how to name the committed report (default: its path)")
     parser.add_argument("--rerun-label", help="how to name the rerun (default: its path)")
+    parser.add_argument("--tables", nargs=2, type=Path, metavar=("COMMITTED_DIR", "RERUN_DIR"))
     args = parser.parse_args(argv)
     result = compare(args.committed.read_text("utf-8"), args.rerun.read_text("utf-8"))
     markdown = as_markdown(result, args.committed_label or f"`{args.committed}`", args.rerun_label or f"`{args.rerun}`")
+    tables_identical = True
+    if args.tables:
+        table_lines = compare_tables(*args.tables)
+        tables_identical = all("identical bit for bit" in line for line in table_lines)
+        markdown += "\n".join(
+            ["The grid's tables (every test rank, validation score and tuning trial):", "", *table_lines, ""]
+        )
     if args.out:
         args.out.write_text(markdown, "utf-8")
     else:
         print(markdown)
-    reproduced = not result["verdict_changes"] and not result.get("verdicts_changed")
+    reproduced = not result["verdict_changes"] and not result.get("verdicts_changed") and tables_identical
     return 0 if reproduced else 1
 
 

@@ -4,6 +4,8 @@ import re
 import subprocess
 import sys
 
+import polars as pl
+
 from xlr_pipeline_tests.conftest import SHIPPED
 
 SCRIPT = SHIPPED.parent / "scripts" / "compare_grid_reports.py"
@@ -32,3 +34,32 @@ def test_numbers_that_move_are_measured_and_a_changed_verdict_fails(tmp_path):
     flipped = committed.replace(verdict, verdict.rsplit("—", 1)[0] + "— " + other, 1)
     changed = _compare(tmp_path, flipped)
     assert changed.returncode == 1 and "verdicts changed: 1" in changed.stdout
+
+
+def test_the_grid_tables_of_two_runs_are_compared_bit_for_bit_run_ids_aside(tmp_path):
+    hits = pl.DataFrame({"grid_run_id": "a", "seed": [0, 1, 2], "rank": [1, 5, 9]})
+    validation = pl.DataFrame({"grid_run_id": "a", "score": [0.25, 0.5]})
+    tuning = pl.DataFrame({"grid_run_id": "a", "trial": [0, 1], "score": [0.1, 0.2]})
+    for run, rank, score in (("committed", 9, 0.2), ("same", 9, 0.2), ("moved", 8, 0.2000001)):
+        folder = tmp_path / run
+        folder.mkdir()
+        hits.with_columns(pl.lit(run).alias("grid_run_id"), pl.Series("rank", [1, 5, rank])).write_parquet(
+            folder / "grid_hits.parquet"
+        )
+        validation.write_parquet(folder / "grid_validation.parquet")
+        tuning.with_columns(pl.Series("score", [0.1, score])).write_parquet(folder / "tuning.parquet")
+    report = tmp_path / "report.md"
+    report.write_text(REPORT.read_text("utf-8"), "utf-8")
+
+    def compare(rerun: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, str(SCRIPT), str(report), str(report), "--tables", str(tmp_path / "committed")]
+        return subprocess.run([*command, str(tmp_path / rerun)], capture_output=True, text=True)
+
+    same = compare("same")
+    assert same.returncode == 0 and same.stdout.count("identical bit for bit") == 3
+    moved = compare("moved")
+    assert moved.returncode == 1
+    assert (
+        "`grid_hits.parquet`: 1 of 3 rows differ" in moved.stdout
+        and "`tuning.parquet`: 1 of 2 rows differ" in moved.stdout
+    )

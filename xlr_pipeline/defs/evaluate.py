@@ -16,7 +16,7 @@ from xlr_pipeline.defs.lineage import file_version, input_name, lineage_metadata
 from xlr_pipeline.defs.metadata import PartitionOutcome, materialize_partitions, png_metadata, sql_hint
 from xlr_pipeline.defs.resources import XlrSettings, clear_failures, require_file
 
-RETRIEVAL_METRICS = AssetDeclaration("retrieval_metrics", code_version="2", stage="run")
+RETRIEVAL_METRICS = AssetDeclaration("retrieval_metrics", code_version="3", stage="run")
 
 
 def _recall_table(results: dict[str, list[DirectionResult]]) -> dg.MetadataValue:

@@ -53,8 +53,8 @@ from xlr_pipeline.defs.resources import XlrSettings, clear_failures, require_fil
 
 TEXT_AUGMENTATIONS = AssetDeclaration("text_augmentations", code_version="5", stage="grid", config=text_model_config)
 TEXT_ENCODER_FINETUNING = AssetDeclaration("text_encoder_finetuning", code_version="2", stage="grid")
-EXPERIMENT_GRID = AssetDeclaration("experiment_grid", code_version="9", stage="grid", config=text_model_config)
-GRID_REPORT = AssetDeclaration("grid_report", code_version="9", stage="grid")
+EXPERIMENT_GRID = AssetDeclaration("experiment_grid", code_version="10", stage="grid", config=text_model_config)
+GRID_REPORT = AssetDeclaration("grid_report", code_version="10", stage="grid")
 
 
 def has_word_list(language: str) -> bool:
@@ -164,6 +164,13 @@ class GridConfig(dg.Config):
         "objective m3 — or the first objective when m3 is not in the grid — unaugmented)",
     )
 
+    ensembles: bool = Field(
+        True,
+        description="Also evaluate score ensembles of the unaugmented heads: each objective's seeds with the configured "
+        "encoders, and per seed the configured pair with each other encoder pair (then all of them); a two-pair "
+        "ensemble's weights chosen on validation",
+    )
+
     def plan(self, train_language: str) -> GridPlan:
         return GridPlan(
             objectives=[name.value for name in self.objectives],
@@ -176,6 +183,7 @@ class GridConfig(dg.Config):
             else None,
             other_text_models=self.other_text_models,
             other_image_models=self.other_image_models,
+            ensembles=self.ensembles,
         )
 
     def objective_configs(self) -> dict[str, HeadConfig]:
@@ -514,6 +522,7 @@ def build_experiments(
             "tuning_seconds": round(outcome.tuning_seconds, 1),
             "cells": outcome.cells,
             "head_trainings": outcome.head_trainings,
+            "ensembles": outcome.ensembles,
             "processes": options.processes,
             "cores": available_cores(),
         }

@@ -197,12 +197,26 @@ def primary_comparisons(
     return [(a, b, label) for a, b, label in pairs if a in present and b in present]
 
 
+def _seed_mean(table: np.ndarray) -> np.ndarray:
+    with warnings.catch_warnings():  # images without queries in a language stay NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(table, axis=0, keepdims=True)
+
+
+def on_one_level(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two systems' tables on the same seed level. A system of one level (a seed ensemble: all seeds' heads at
+    once) meets the other's seed mean, so the comparison is conditional on those heads: images are its unit."""
+    if a.shape[0] == b.shape[0]:
+        return a, b
+    if 1 not in (a.shape[0], b.shape[0]):
+        raise ValueError(f"systems with {a.shape[0]} and {b.shape[0]} seeds cannot be paired")
+    return _seed_mean(a), _seed_mean(b)
+
+
 def replicate_table(tables: HitTables, replicates: list[System]) -> np.ndarray:
     """hits[replicate, language, image]: each replicate's hits averaged over its heads' seeds, so the replicate
     (an independently fine-tuned encoder) is the level the statistics resample, not the head seed."""
-    with warnings.catch_warnings():  # images without queries in a language stay NaN
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.stack([np.nanmean(tables.tables[system], axis=0) for system in replicates])
+    return np.concatenate([_seed_mean(tables.tables[system]) for system in replicates])
 
 
 @dataclass(frozen=True)
@@ -274,12 +288,12 @@ def analyse(
     ]
     families = {
         "primary": [
-            (label, key, tables[key].tables[a], tables[key].tables[b])
+            (label, key, *on_one_level(tables[key].tables[a], tables[key].tables[b]))
             for a, b, label in primary
             for key in ("r1", "r5")
         ],
         "secondary": [
-            (label, key, tables[key].tables[a], tables[key].tables[b])
+            (label, key, *on_one_level(tables[key].tables[a], tables[key].tables[b]))
             for a, b, label in secondary
             for key in ("r1", "r5")
         ],

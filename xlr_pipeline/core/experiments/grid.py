@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
+from xlr_pipeline.core.experiments.comparisons import encoder_label, image_encoder_label
 from xlr_pipeline.core.models.embeddings import vectors_of
 from xlr_pipeline.core.scoring.evaluation import TRAINED
 from xlr_pipeline.core.scoring.hubness import HUBNESS_PARAMETERS
@@ -161,6 +162,7 @@ class GridPlan:
     other_image_models: Sequence[str] = ()  # every objective, unaugmented, with each of these image encoders ...
     image_text_models: Sequence[str] = ()  # ... crossed with these text encoders (empty: the main one)
     finetuned_text_models: Sequence[str] = ()  # fine-tuned replicates: FINETUNED_OBJECTIVE only, unaugmented
+    ensembles: bool = True  # score ensembles of the unaugmented heads (`plan_ensembles`)
 
 
 def require_known(kind: str, names: Sequence[str], known: Sequence[str]) -> list[str]:
@@ -224,6 +226,88 @@ def plan_cells(plan: GridPlan, text_model: str, image_model: str) -> list[Cell]:
     return cells
 
 
+# A seed ensemble's hits: one level of the statistics (its heads are all the seeds), not a seed.
+SEED_ENSEMBLE = -1
+# The main pair's share of a two-pair ensemble's score, chosen per seed on validation (ties: the first, equal weights).
+ENSEMBLE_SHARES = (0.5, 0.25, 0.75)
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    """A score ensemble of trained cells (plain retrieval, unaugmented): all seeds of one objective with the main
+    encoders (`seeds`), or one seed's heads of that objective on the main and other encoder pairs (`encoders`);
+    the first member is the main pair's. Evaluated at retrieval time: nothing is trained for it."""
+
+    members: tuple[Cell, ...]
+    kind: str  # "seeds" or "encoders"
+
+    @property
+    def objective(self) -> str:
+        return self.members[0].objective
+
+    @property
+    def seed(self) -> int:
+        return SEED_ENSEMBLE if self.kind == "seeds" else self.members[0].seed
+
+    @property
+    def text_model(self) -> str:
+        return self.members[0].text_model
+
+    @property
+    def image_model(self) -> str:
+        return self.members[0].image_model
+
+    @property
+    def augmentation_label(self) -> str:
+        if self.kind == "seeds":
+            return f"none + ensemble of {len(self.members)} seeds"
+        if len(self.members) > 2:
+            return f"none + ensemble of {len(self.members)} encoder pairs"
+        others = ", ".join(
+            f"{encoder_label(member.text_model)} + {image_encoder_label(member.image_model)}"
+            for member in self.members[1:]
+        )
+        return f"none + ensemble with {others}"
+
+    @property
+    def weighs_members(self) -> bool:
+        """Whether the main member's share is chosen on validation (two encoder pairs); else equal weights."""
+        return self.kind == "encoders" and len(self.members) == 2
+
+
+def plan_ensembles(plan: GridPlan, cells: Sequence[Cell], main_pair: tuple[str, str]) -> list[Ensemble]:
+    """Per objective: its seeds with the main encoders (when there are several); and per seed the main pair with
+    each other encoder pair the plan compares (not the fine-tuned or English-only encoders), then with all of
+    them (when there are several)."""
+    if not plan.ensembles:
+        return []
+    excluded = {*plan.finetuned_text_models, plan.english_only_model}
+    plain = {
+        (c.objective, c.encoders, c.seed): c
+        for c in cells
+        if c.augmentation == "none"
+        and c.centring == "train"
+        and c.retrieval == "plain"
+        and c.text_model not in excluded
+    }
+    ensembles = []
+    for objective in plan.objectives:
+        seeds = [seed for seed in plan.seeds if (objective, main_pair, seed) in plain]
+        if len(seeds) > 1:
+            ensembles.append(Ensemble(tuple(plain[(objective, main_pair, seed)] for seed in seeds), "seeds"))
+        others = [
+            pair
+            for pair in dict.fromkeys(pair for o, pair, _ in plain if o == objective and pair != main_pair)
+            if all((objective, pair, seed) in plain for seed in seeds)
+        ]
+        for group in [[pair] for pair in others] + ([others] if len(others) > 1 else []):
+            ensembles += [
+                Ensemble(tuple(plain[(objective, pair, seed)] for pair in [main_pair, *group]), "encoders")
+                for seed in seeds
+            ]
+    return ensembles
+
+
 @dataclass(frozen=True)
 class TrainingJob:
     """One head to train: the training data of an encoder pair (text, image), with `augmentation`; `config.seed`
@@ -251,7 +335,7 @@ def train_job(job: TrainingJob, data: TrainingData, mixup_alpha: float) -> tuple
 
 
 def hits_frame(
-    cell: Cell,
+    cell: Cell | Ensemble,
     results: Mapping[str, Mapping[str, list[DirectionResult]]],
     query_images: Mapping[str, np.ndarray],
     grid_run_id: str,

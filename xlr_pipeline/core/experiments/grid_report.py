@@ -24,6 +24,7 @@ from xlr_pipeline.core.experiments.comparisons import (
     image_encoder_label,
     system_label,
 )
+from xlr_pipeline.core.experiments.grid import ENSEMBLE_SHARES
 from xlr_pipeline.core.experiments.stats import Estimate, hierarchical_ci, p_value
 from xlr_pipeline.core.experiments.tuning import adoptable_candidates, best_system, edges, selection_candidates
 from xlr_pipeline.core.reporting.grid_plots import mean_recall, per_language_r1
@@ -78,6 +79,28 @@ def hubness_lines(validation: pl.DataFrame) -> list[str]:
         "QB-Norm's β chosen per head on validation from "
         + ", ".join(f"{method} {list(values)}" for method, values in HUBNESS_PARAMETERS.items())
         + "): "
+        + "; ".join(
+            f"{augmentation} / {objective}: {', '.join(f'{v:g}' for v in values)}"
+            for augmentation, objective, values in rows.iter_rows()
+        )
+        + ".",
+    ]
+
+
+def ensemble_lines(validation: pl.DataFrame) -> list[str]:
+    """The main pair's share of each two-pair ensemble, chosen on validation (one per seed)."""
+    if "ensemble_share" not in validation.columns:
+        return []
+    chosen = validation.filter(pl.col("ensemble_share").is_not_null())
+    if chosen.is_empty():
+        return []
+    rows = chosen.group_by("augmentation", "objective", maintain_order=True).agg(pl.col("ensemble_share"))
+    return [
+        "",
+        "Score ensembles (`core/scoring/ensemble.py`: the weighted mean of the members' cosine similarities; a seed "
+        "ensemble's heads are all the seeds, so it has one level and its CI and comparisons are conditional on those "
+        "heads, images the only unit). The main pair's share of a two-pair ensemble, chosen per seed on validation "
+        f"from {list(ENSEMBLE_SHARES)} (more pairs: equal weights): "
         + "; ".join(
             f"{augmentation} / {objective}: {', '.join(f'{v:g}' for v in values)}"
             for augmentation, objective, values in rows.iter_rows()
@@ -237,7 +260,8 @@ def render(
             "",
             f"{note} {len(rows)} comparisons. Same seeds, same images. p = the larger of a sign-flip test with the "
             "image as the unit (all languages together; normal approximation of the sign-flip distribution) and a "
-            "seeds × images t test; verdicts at adjusted p < "
+            "seeds × images t test (a seed ensemble, one level, meets its members' seed mean: images only); "
+            "verdicts at adjusted p < "
             f"{SIGNIFICANCE}; 'equivalent' only where a TOST with the stated margin (R@1 ±{EQUIVALENCE_MARGINS[1]}, "
             f"R@5 ±{EQUIVALENCE_MARGINS[5]}), Holm-corrected the same way, shows it, else 'inconclusive'. "
             "The 95% CIs are unadjusted (per comparison).",
@@ -265,7 +289,11 @@ def render(
         ],
         "",
         *(validation_sections(validation, tuning, a.estimates, a.english) if validation is not None else []),
-        *(development_selection(validation, hits, a) + hubness_lines(validation) if validation is not None else []),
+        *(
+            development_selection(validation, hits, a) + hubness_lines(validation) + ensemble_lines(validation)
+            if validation is not None
+            else []
+        ),
         "",
         "## What the numbers say",
         "",
@@ -284,7 +312,8 @@ def cost_lines(cost: dict, finetuning: pl.DataFrame | None) -> list[str]:
     line = (
         f"Cost: the `experiment_grid` step took **{cost['seconds']:.0f} s** on {cost['cores']} CPU cores ({cost['processes']} "
         f"training processes): {cost['head_trainings']} head trainings for {cost['cells']} cells, of which tuning "
-        f"{cost['tuning_seconds']:.0f} s; embedding with the other encoders {cost['encoding_seconds']:.0f} s (cached after the first run)."
+        f"{cost['tuning_seconds']:.0f} s; embedding with the other encoders {cost['encoding_seconds']:.0f} s (cached after the first run)"
+        + (f"; {cost['ensembles']} score ensembles of those heads." if cost.get("ensembles") else ".")
     )
     if finetuning is not None and finetuning.height:
         arms = ", ".join(f"{arm} {seconds:.0f} s" for arm, seconds in finetuning.select("arm", "seconds").iter_rows())

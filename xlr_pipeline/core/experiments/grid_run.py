@@ -17,20 +17,30 @@ import numpy as np
 import polars as pl
 
 from xlr_pipeline.core.experiments.grid import (
+    ENSEMBLE_SHARES,
     Cell,
+    Ensemble,
     GridPlan,
     TrainingJob,
     cell_job,
     hits_frame,
     plan_cells,
+    plan_ensembles,
     step_budget,
     training_data,
 )
-from xlr_pipeline.core.experiments.tuning import ValidationSet, tune, tuned_configs, validation_recall
+from xlr_pipeline.core.experiments.tuning import (
+    ValidationSet,
+    tune,
+    tuned_configs,
+    validation_recall,
+    validation_scores,
+)
 from xlr_pipeline.core.models.embedding_frames import training_pairs
 from xlr_pipeline.core.models.embeddings import model_slug, vectors_of
 from xlr_pipeline.core.reporting.results import gallery_hash
-from xlr_pipeline.core.scoring.evaluation import RunProvenance, TestQueries, evaluate_run
+from xlr_pipeline.core.scoring.ensemble import EnsembleMember, evaluate_ensemble, member_weights
+from xlr_pipeline.core.scoring.evaluation import TRAINED, RunProvenance, TestQueries, evaluate_run
 from xlr_pipeline.core.scoring.hubness import HUBNESS_PARAMETERS, HubnessReduction
 from xlr_pipeline.core.training.augment import shift_to_centroid
 from xlr_pipeline.core.training.configs import HeadConfig
@@ -89,6 +99,7 @@ class GridOutcome:
     tuning_seconds: float
     cells: int
     head_trainings: int
+    ensembles: int = 0
 
 
 def _gallery_rows(images: pl.DataFrame) -> dict[str, int]:
@@ -168,6 +179,41 @@ def _tuned_hubness(
     recalls = [validation_recall(head, validation, candidate) for candidate in candidates]
     best = int(np.argmax([recall["score"] for recall in recalls]))
     return candidates[best], recalls[best]
+
+
+def _require_same_rows(
+    ensembles: Sequence[Ensemble],
+    image_frames: Mapping[str, pl.DataFrame],
+    text_frames: Mapping[str, Mapping[str, pl.DataFrame]],
+) -> None:
+    """A ValueError unless the members of every ensemble read the same images and captions in the same order
+    (their projections are joined row by row)."""
+    for ensemble in ensembles:
+        image_models = list(dict.fromkeys(member.image_model for member in ensemble.members))
+        text_models = list(dict.fromkeys(member.text_model for member in ensemble.members))
+        checks = [("images", {m: image_frames[m].select("image_id", "split") for m in image_models})]
+        checks += [
+            (f"{language} captions", {m: text_frames[m][language].select("caption_id", "split") for m in text_models})
+            for language in text_frames[text_models[0]]
+        ]
+        for what, frames in checks:
+            first, *rest = frames.items()
+            for model, frame in rest:
+                if not frame.equals(first[1]):
+                    raise ValueError(
+                        f"ensemble {ensemble.augmentation_label!r}: {model} and {first[0]} embed different {what} "
+                        "(or in another order); their scores cannot be averaged"
+                    )
+
+
+def _ensemble_validation(
+    heads: Sequence[ProjectionHead], sets: Sequence[ValidationSet | None], share: float | None
+) -> dict[str, float] | None:
+    """The ensemble's validation scores with the main member's `share` (None: a member's pair has no such split)."""
+    if any(validation is None for validation in sets):
+        return None
+    members = [EnsembleMember(head, v.images, v.text) for head, v in zip(heads, sets)]
+    return validation_scores(evaluate_ensemble(members, sets[0].labels, member_weights(len(heads), share))[0])
 
 
 def run_grid(
@@ -260,9 +306,9 @@ def run_grid(
         queries = test_queries[cell.encoders]
         if cell.centring == "per_language":
             queries = _centred(queries, inputs.language_means, train_language)
-        hubness, validation_scores = None, None
+        hubness, hubness_scores = None, None
         if cell.retrieval != "plain":  # its parameter chosen on validation (the bank: English train captions)
-            hubness, validation_scores = _tuned_hubness(
+            hubness, hubness_scores = _tuned_hubness(
                 trained.head, cell.retrieval, encoders[cell.encoders].text, validation[cell.encoders]
             )
         label = "+".join(model_slug(model) for model, main in zip(cell.encoders, main_pair) if model != main) or "main"
@@ -305,8 +351,9 @@ def run_grid(
                     "text_model": cell.text_model,
                     "image_model": cell.image_model,
                     "seed": cell.seed,
-                    **(validation_scores or validation_recall(trained.head, validation[cell.encoders])),
+                    **(hubness_scores or validation_recall(trained.head, validation[cell.encoders])),
                     "hubness_parameter": float(hubness.parameter) if hubness else None,
+                    "ensemble_share": None,
                     "development_language": development,
                     "development_score": validation_recall(trained.head, development_set, hubness)["score"]
                     if development_set is not None
@@ -316,6 +363,52 @@ def run_grid(
         runs += evaluation.runs
         recall += evaluation.recall
         ranks += evaluation.ranks
+    ensembles = plan_ensembles(plan, cells, main_pair)
+    _require_same_rows(ensembles, image_frames, text_frames)
+    for number, ensemble in enumerate(ensembles, start=1):
+        heads = [trained_jobs[jobs[member]][0].head for member in ensemble.members]
+        sets = [validation[member.encoders] for member in ensemble.members]
+        shares = ENSEMBLE_SHARES if ensemble.weighs_members else (None,)
+        scored = [_ensemble_validation(heads, sets, share) for share in shares]
+        best = int(np.argmax([scores["score"] if scores else 0.0 for scores in scored]))
+        share, ensemble_scores = shares[best], scored[best]
+        weights = member_weights(len(heads), share)
+        main_queries = test_queries[ensemble.members[0].encoders]
+        results = {
+            language: {
+                TRAINED: evaluate_ensemble(
+                    [
+                        EnsembleMember(head, galleries[m.image_model], test_queries[m.encoders][language].vectors)
+                        for head, m in zip(heads, ensemble.members)
+                    ],
+                    test.labels,
+                    weights,
+                )
+            }
+            for language, test in main_queries.items()
+        }
+        log(
+            f"ensemble {number}/{len(ensembles)}: {ensemble.objective} / {ensemble.augmentation_label} / seed {ensemble.seed}"
+        )
+        hits.append(hits_frame(ensemble, results, {lang: t.labels for lang, t in main_queries.items()}, run_id, steps))
+        if ensemble_scores is not None:
+            development_sets = [development_validation[member.encoders] for member in ensemble.members]
+            development_scores = _ensemble_validation(heads, development_sets, share)
+            validation_rows.append(
+                {
+                    "grid_run_id": run_id,
+                    "objective": ensemble.objective,
+                    "augmentation": ensemble.augmentation_label,
+                    "text_model": ensemble.text_model,
+                    "image_model": ensemble.image_model,
+                    "seed": ensemble.seed,
+                    **ensemble_scores,
+                    "hubness_parameter": None,
+                    "ensemble_share": share,
+                    "development_language": development,
+                    "development_score": development_scores["score"] if development_scores else None,
+                }
+            )
     return GridOutcome(
         steps=steps,
         hits=pl.concat(hits),
@@ -327,5 +420,6 @@ def run_grid(
         encoding_seconds=encoding_seconds,
         tuning_seconds=tuning_seconds,
         cells=len(cells),
+        ensembles=len(ensembles),
         head_trainings=len(trained_jobs) + (tuning.height * len(options.tuning_seeds) if tuning is not None else 0),
     )

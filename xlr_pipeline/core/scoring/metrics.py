@@ -127,12 +127,13 @@ def evaluate_retrieval(
 
 
 def random_head_like(head: ProjectionHead) -> ProjectionHead:
-    """The untrained baseline of a head: same seed, same architecture, same input normalisation."""
+    """The untrained baseline of a head: same seed, same architecture, same input normalisation, evaluated as a
+    trained head is (dropout off: in training mode an MLP's baseline would drop features at random)."""
     from xlr_pipeline.core.training.head import new_head
 
     random_head = new_head(head.text_mean.shape[0], head.image_mean.shape[0], head.config)
     random_head.copy_normalisation(head)
-    return random_head
+    return random_head.eval()
 
 
 def evaluate_head(
