@@ -228,6 +228,7 @@ def plan_cells(plan: GridPlan, text_model: str, image_model: str) -> list[Cell]:
 
 # A seed ensemble's hits: one level of the statistics (its heads are all the seeds), not a seed.
 SEED_ENSEMBLE = -1
+ENSEMBLE_PREFIX = "none + ensemble"  # how every ensemble's augmentation label starts
 # The main pair's share of a two-pair ensemble's score, chosen per seed on validation (ties: the first, equal weights).
 ENSEMBLE_SHARES = (0.5, 0.25, 0.75)
 
@@ -260,14 +261,14 @@ class Ensemble:
     @property
     def augmentation_label(self) -> str:
         if self.kind == "seeds":
-            return f"none + ensemble of {len(self.members)} seeds"
+            return f"{ENSEMBLE_PREFIX} of {len(self.members)} seeds"
         if len(self.members) > 2:
-            return f"none + ensemble of {len(self.members)} encoder pairs"
+            return f"{ENSEMBLE_PREFIX} of {len(self.members)} encoder pairs"
         others = ", ".join(
             f"{encoder_label(member.text_model)} + {image_encoder_label(member.image_model)}"
             for member in self.members[1:]
         )
-        return f"none + ensemble with {others}"
+        return f"{ENSEMBLE_PREFIX} with {others}"
 
     @property
     def weighs_members(self) -> bool:

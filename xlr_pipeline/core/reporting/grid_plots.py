@@ -1,5 +1,6 @@
-"""The grid report's figures (PNG): zero-shot R@1 per language of the main encoders' systems, and every system's
-zero-shot mean R@1 and R@10 with their CIs."""
+"""The grid report's figures (PNG): zero-shot R@1 per language of the main encoders' trained systems (score
+ensembles left to the second figure and the report's tables), and every system's zero-shot mean R@1 and R@10
+with their CIs."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from xlr_pipeline.core.experiments.comparisons import GridAnalysis, system_label
+from xlr_pipeline.core.experiments.grid import ENSEMBLE_PREFIX
 
 
 def per_language_r1(analysis: GridAnalysis, title: str, path: Path) -> None:
@@ -19,7 +21,9 @@ def per_language_r1(analysis: GridAnalysis, title: str, path: Path) -> None:
     main = [
         s
         for s in analysis.systems
-        if s[2:] == (analysis.main_text_model, analysis.main_image_model) and s[0] != "random_init"
+        if s[2:] == (analysis.main_text_model, analysis.main_image_model)
+        and s[0] != "random_init"
+        and not s[1].startswith(ENSEMBLE_PREFIX)
     ]
     languages = analysis.zero_shot
     figure, axis = plt.subplots(figsize=(12, 4.5))
