@@ -65,48 +65,47 @@ def development_selection(validation: pl.DataFrame, hits: pl.DataFrame, analysis
     ]
 
 
-def hubness_lines(validation: pl.DataFrame) -> list[str]:
-    """The hubness-reduction parameters chosen on validation, per method and objective (one per seed's head)."""
-    if "hubness_parameter" not in validation.columns:
+def _chosen_per_system(validation: pl.DataFrame, column: str, intro: str) -> list[str]:
+    """`intro`, then the values of `column` chosen on validation per system and objective (one per seed's head)."""
+    if column not in validation.columns:
         return []
-    chosen = validation.filter(pl.col("hubness_parameter").is_not_null())
+    chosen = validation.filter(pl.col(column).is_not_null())
     if chosen.is_empty():
         return []
-    rows = chosen.group_by("augmentation", "objective", maintain_order=True).agg(pl.col("hubness_parameter"))
+    rows = chosen.group_by("augmentation", "objective", maintain_order=True).agg(pl.col(column))
     return [
         "",
-        "Hubness reduction (`core/scoring/hubness.py`; query bank: the English train captions; CSLS's k and "
-        "QB-Norm's β chosen per head on validation from "
-        + ", ".join(f"{method} {list(values)}" for method, values in HUBNESS_PARAMETERS.items())
-        + "): "
+        intro
         + "; ".join(
             f"{augmentation} / {objective}: {', '.join(f'{v:g}' for v in values)}"
             for augmentation, objective, values in rows.iter_rows()
         )
         + ".",
     ]
+
+
+def hubness_lines(validation: pl.DataFrame) -> list[str]:
+    """The hubness-reduction parameters chosen on validation, per method and objective (one per seed's head)."""
+    return _chosen_per_system(
+        validation,
+        "hubness_parameter",
+        "Hubness reduction (`core/scoring/hubness.py`; query bank: the English train captions; CSLS's k and "
+        "QB-Norm's β chosen per head on validation from "
+        + ", ".join(f"{method} {list(values)}" for method, values in HUBNESS_PARAMETERS.items())
+        + "): ",
+    )
 
 
 def ensemble_lines(validation: pl.DataFrame) -> list[str]:
     """The main pair's share of each two-pair ensemble, chosen on validation (one per seed)."""
-    if "ensemble_share" not in validation.columns:
-        return []
-    chosen = validation.filter(pl.col("ensemble_share").is_not_null())
-    if chosen.is_empty():
-        return []
-    rows = chosen.group_by("augmentation", "objective", maintain_order=True).agg(pl.col("ensemble_share"))
-    return [
-        "",
+    return _chosen_per_system(
+        validation,
+        "ensemble_share",
         "Score ensembles (`core/scoring/ensemble.py`: the weighted mean of the members' cosine similarities; a seed "
         "ensemble's heads are all the seeds, so it has one level and its CI and comparisons are conditional on those "
         "heads, images the only unit). The main pair's share of a two-pair ensemble, chosen per seed on validation "
-        f"from {list(ENSEMBLE_SHARES)} (more pairs: equal weights): "
-        + "; ".join(
-            f"{augmentation} / {objective}: {', '.join(f'{v:g}' for v in values)}"
-            for augmentation, objective, values in rows.iter_rows()
-        )
-        + ".",
-    ]
+        f"from {list(ENSEMBLE_SHARES)} (more pairs: equal weights): ",
+    )
 
 
 def validation_sections(
