@@ -86,15 +86,22 @@ GRID_TABLES = ("grid_hits.parquet", "grid_validation.parquet", "tuning.parquet")
 
 
 def compare_tables(committed: Path, rerun: Path) -> list[str]:
-    """One line per grid table: identical bit for bit (its run id column set aside) or how it differs."""
+    """One line per grid table: identical bit for bit (its run id column and the folder of a fine-tuned encoder's
+    weights file in model ids set aside: the clone's location; the file name carries the weights' content hash)
+    or how it differs."""
     import polars as pl
+
+    def comparable(frame: pl.DataFrame) -> pl.DataFrame:
+        models = [c for c in frame.columns if c.endswith("_model") and frame.schema[c] == pl.String]
+        return frame.drop("grid_run_id").with_columns(pl.col(models).str.replace(r"@.*/", "@"))
 
     lines = []
     for name in GRID_TABLES:
-        ours, theirs = (pl.read_parquet(folder / name).drop("grid_run_id") for folder in (committed, rerun))
+        ours, theirs = (comparable(pl.read_parquet(folder / name)) for folder in (committed, rerun))
         if ours.equals(theirs):
             lines.append(
-                f"- `{name}`: identical bit for bit ({ours.height} rows, {ours.width} columns; run ids aside)."
+                f"- `{name}`: identical bit for bit ({ours.height} rows, {ours.width} columns; run ids and the "
+                "clone's folder in fine-tuned encoders' model ids aside)."
             )
         elif ours.schema != theirs.schema or ours.height != theirs.height:
             lines.append(f"- `{name}`: different shape ({ours.shape} against {theirs.shape}).")
@@ -150,9 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.tables:
         table_lines = compare_tables(*args.tables)
         tables_identical = all("identical bit for bit" in line for line in table_lines)
-        markdown += "\n".join(
-            ["The grid's tables (every test rank, validation score and tuning trial):", "", *table_lines, ""]
-        )
+        heading = "The grid's tables (every test rank, validation score and tuning trial):"
+        markdown = "\n".join([markdown.rstrip("\n"), "", heading, "", *table_lines, ""])
     if args.out:
         args.out.write_text(markdown, "utf-8")
     else:

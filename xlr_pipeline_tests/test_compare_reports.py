@@ -43,9 +43,10 @@ def test_the_grid_tables_of_two_runs_are_compared_bit_for_bit_run_ids_aside(tmp_
     for run, rank, score in (("committed", 9, 0.2), ("same", 9, 0.2), ("moved", 8, 0.2000001)):
         folder = tmp_path / run
         folder.mkdir()
-        hits.with_columns(pl.lit(run).alias("grid_run_id"), pl.Series("rank", [1, 5, rank])).write_parquet(
-            folder / "grid_hits.parquet"
-        )
+        weights = f"e5torch:multilingual-e5-small@/clones/{run}/finetuned/english-s0-1234.pt"  # the clone's folder
+        hits.with_columns(
+            pl.lit(run).alias("grid_run_id"), pl.Series("rank", [1, 5, rank]), pl.lit(weights).alias("text_model")
+        ).write_parquet(folder / "grid_hits.parquet")
         validation.write_parquet(folder / "grid_validation.parquet")
         tuning.with_columns(pl.Series("score", [0.1, score])).write_parquet(folder / "tuning.parquet")
     report = tmp_path / "report.md"
