@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from xlr_pipeline.core.scoring.ensemble import EnsembleMember, evaluate_ensemble, joined, member_weights
+from xlr_pipeline.core.scoring.ensemble import joined, member_weights, projected, rank_joined
 from xlr_pipeline.core.scoring.metrics import evaluate_head, random_head_like
 from xlr_pipeline.core.training.head import HeadConfig, new_head, project
 
@@ -34,25 +34,28 @@ def test_an_ensemble_of_two_heads_ranks_by_the_weighted_mean_of_their_similarity
     rng = np.random.default_rng(0)
     images, captions = 60, 150
     labels = rng.integers(0, images, captions)
-    members = []
+    heads, image_features, text_features = [], [], []
     for seed, (text_dim, image_dim) in enumerate([(16, 12), (10, 14)]):
-        head = new_head(text_dim, image_dim, HeadConfig(seed=seed, architecture="mlp", dropout=0.5)).eval()
-        members.append(
-            EnsembleMember(head, rng.normal(size=(images, image_dim)), rng.normal(size=(captions, text_dim)))
-        )
+        heads.append(new_head(text_dim, image_dim, HeadConfig(seed=seed, architecture="mlp", dropout=0.5)).eval())
+        image_features.append(rng.normal(size=(images, image_dim)))
+        text_features.append(rng.normal(size=(captions, text_dim)))
     weights = member_weights(2, 0.25)
     scores = sum(
-        weight * project(m.head, m.text, "text") @ project(m.head, m.images, "image").T
-        for weight, m in zip(weights, members)
+        weight * project(head, text, "text") @ project(head, image, "image").T
+        for weight, head, image, text in zip(weights, heads, image_features, text_features)
     )
-    text_to_image, image_to_text = evaluate_ensemble(members, labels, weights)
+    projected_images, projected_texts = (
+        projected(heads, image_features, "image"),
+        projected(heads, text_features, "text"),
+    )
+    text_to_image, image_to_text = rank_joined(projected_images, projected_texts, labels, weights)
     assert np.array_equal(text_to_image.ranks, _ranks_by_full_scores(scores, labels))
     # image → text: an image's rank is that of its best-scoring caption among all captions
     best_caption = np.array([scores[labels == i, i].max() if (labels == i).any() else -np.inf for i in range(images)])
     expected = np.where(np.isfinite(best_caption), 1 + (scores.T > best_caption[:, None]).sum(axis=1), 0)
     assert np.array_equal(image_to_text.ranks, expected)
     # the ensemble is not either member alone
-    alone = evaluate_ensemble(members[:1], labels, [1.0])[0].ranks
+    alone = rank_joined(projected_images[:1], projected_texts[:1], labels, [1.0])[0].ranks
     assert not np.array_equal(alone, text_to_image.ranks)
 
 

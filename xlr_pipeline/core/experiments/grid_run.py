@@ -39,7 +39,7 @@ from xlr_pipeline.core.experiments.tuning import (
 from xlr_pipeline.core.models.embedding_frames import training_pairs
 from xlr_pipeline.core.models.embeddings import model_slug, vectors_of
 from xlr_pipeline.core.reporting.results import gallery_hash
-from xlr_pipeline.core.scoring.ensemble import EnsembleMember, evaluate_ensemble, member_weights
+from xlr_pipeline.core.scoring.ensemble import member_weights, projected, rank_joined
 from xlr_pipeline.core.scoring.evaluation import TRAINED, RunProvenance, TestQueries, evaluate_run
 from xlr_pipeline.core.scoring.hubness import HUBNESS_PARAMETERS, HubnessReduction
 from xlr_pipeline.core.training.augment import shift_to_centroid
@@ -186,34 +186,41 @@ def _require_same_rows(
     image_frames: Mapping[str, pl.DataFrame],
     text_frames: Mapping[str, Mapping[str, pl.DataFrame]],
 ) -> None:
-    """A ValueError unless the members of every ensemble read the same images and captions in the same order
-    (their projections are joined row by row)."""
-    for ensemble in ensembles:
-        image_models = list(dict.fromkeys(member.image_model for member in ensemble.members))
-        text_models = list(dict.fromkeys(member.text_model for member in ensemble.members))
-        checks = [("images", {m: image_frames[m].select("image_id", "split") for m in image_models})]
-        checks += [
-            (f"{language} captions", {m: text_frames[m][language].select("caption_id", "split") for m in text_models})
-            for language in text_frames[text_models[0]]
-        ]
-        for what, frames in checks:
-            first, *rest = frames.items()
-            for model, frame in rest:
-                if not frame.equals(first[1]):
-                    raise ValueError(
-                        f"ensemble {ensemble.augmentation_label!r}: {model} and {first[0]} embed different {what} "
-                        "(or in another order); their scores cannot be averaged"
-                    )
+    """A ValueError unless every encoder an ensemble joins read the same images and captions in the same order
+    (members' projections are joined row by row)."""
+    members = [member for ensemble in ensembles for member in ensemble.members]
+    image_models = list(dict.fromkeys(member.image_model for member in members))
+    text_models = list(dict.fromkeys(member.text_model for member in members))
+    checks = [("images", {m: image_frames[m].select("image_id", "split") for m in image_models})]
+    checks += [
+        (f"{language} captions", {m: text_frames[m][language].select("caption_id", "split") for m in text_models})
+        for language in (text_frames[text_models[0]] if text_models else {})
+    ]
+    for what, frames in checks:
+        first, *rest = frames.items()
+        for model, frame in rest:
+            if not frame.equals(first[1]):
+                raise ValueError(
+                    f"{model} and {first[0]} embed different {what} (or in another order); the scores of "
+                    "their heads cannot be averaged in an ensemble"
+                )
 
 
 def _ensemble_validation(
-    heads: Sequence[ProjectionHead], sets: Sequence[ValidationSet | None], share: float | None
-) -> dict[str, float] | None:
-    """The ensemble's validation scores with the main member's `share` (None: a member's pair has no such split)."""
+    heads: Sequence[ProjectionHead], sets: Sequence[ValidationSet | None], shares: Sequence[float | None]
+) -> tuple[float | None, dict[str, float] | None]:
+    """The main member's share scoring best on these validation sets (ties: the first) and its scores (None: a
+    member's pair has no such split)."""
     if any(validation is None for validation in sets):
-        return None
-    members = [EnsembleMember(head, v.images, v.text) for head, v in zip(heads, sets)]
-    return validation_scores(evaluate_ensemble(members, sets[0].labels, member_weights(len(heads), share))[0])
+        return shares[0], None
+    images = projected(heads, [v.images for v in sets], "image")
+    texts = projected(heads, [v.text for v in sets], "text")
+    scored = [
+        validation_scores(rank_joined(images, texts, sets[0].labels, member_weights(len(heads), share))[0])
+        for share in shares
+    ]
+    best = int(np.argmax([scores["score"] for scores in scored]))
+    return shares[best], scored[best]
 
 
 def run_grid(
@@ -367,20 +374,18 @@ def run_grid(
     _require_same_rows(ensembles, image_frames, text_frames)
     for number, ensemble in enumerate(ensembles, start=1):
         heads = [trained_jobs[jobs[member]][0].head for member in ensemble.members]
-        sets = [validation[member.encoders] for member in ensemble.members]
         shares = ENSEMBLE_SHARES if ensemble.weighs_members else (None,)
-        scored = [_ensemble_validation(heads, sets, share) for share in shares]
-        best = int(np.argmax([scores["score"] if scores else 0.0 for scores in scored]))
-        share, ensemble_scores = shares[best], scored[best]
+        share, ensemble_scores = _ensemble_validation(
+            heads, [validation[member.encoders] for member in ensemble.members], shares
+        )
         weights = member_weights(len(heads), share)
         main_queries = test_queries[ensemble.members[0].encoders]
+        gallery = projected(heads, [galleries[member.image_model] for member in ensemble.members], "image")
         results = {
             language: {
-                TRAINED: evaluate_ensemble(
-                    [
-                        EnsembleMember(head, galleries[m.image_model], test_queries[m.encoders][language].vectors)
-                        for head, m in zip(heads, ensemble.members)
-                    ],
+                TRAINED: rank_joined(
+                    gallery,
+                    projected(heads, [test_queries[m.encoders][language].vectors for m in ensemble.members], "text"),
                     test.labels,
                     weights,
                 )
@@ -393,7 +398,7 @@ def run_grid(
         hits.append(hits_frame(ensemble, results, {lang: t.labels for lang, t in main_queries.items()}, run_id, steps))
         if ensemble_scores is not None:
             development_sets = [development_validation[member.encoders] for member in ensemble.members]
-            development_scores = _ensemble_validation(heads, development_sets, share)
+            _, development_scores = _ensemble_validation(heads, development_sets, (share,))
             validation_rows.append(
                 {
                     "grid_run_id": run_id,

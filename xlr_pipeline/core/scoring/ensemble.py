@@ -9,7 +9,6 @@ is ever stored.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,16 +17,6 @@ from xlr_pipeline.core.scoring.metrics import DirectionResult, evaluate_retrieva
 
 if TYPE_CHECKING:
     from xlr_pipeline.core.training.head import ProjectionHead
-
-
-@dataclass(frozen=True)
-class EnsembleMember:
-    """One member: its trained head and the raw encoder features it reads (its pair's image gallery and the
-    queries' text vectors, row for row the same images and captions as every other member's)."""
-
-    head: ProjectionHead
-    images: np.ndarray
-    text: np.ndarray
 
 
 def member_weights(count: int, first_share: float | None) -> list[float]:
@@ -52,13 +41,18 @@ def joined(parts: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
     )
 
 
-def evaluate_ensemble(
-    members: Sequence[EnsembleMember], labels: np.ndarray, weights: Sequence[float]
-) -> list[DirectionResult]:
-    """Both directions, exact, ranked by the weighted mean cosine of the members (image i has label i;
-    `labels[j]`: the image of caption j)."""
+def projected(heads: Sequence[ProjectionHead], features: Sequence[np.ndarray], modality: str) -> list[np.ndarray]:
+    """Each member's raw features (its own encoder's; row for row the same items as every other member's)
+    through its own head: what `rank_joined` joins. Projected once, they serve every weighting tried."""
     from xlr_pipeline.core.training.head import project
 
-    images = joined([project(member.head, member.images, "image") for member in members], weights)
-    text = joined([project(member.head, member.text, "text") for member in members], weights)
-    return evaluate_retrieval(images, np.arange(len(images)), text, labels)
+    return [project(head, part, modality) for head, part in zip(heads, features)]
+
+
+def rank_joined(
+    images: Sequence[np.ndarray], texts: Sequence[np.ndarray], labels: np.ndarray, weights: Sequence[float]
+) -> list[DirectionResult]:
+    """Both directions, exact, ranked by the weighted mean cosine of the members' projections (image i has label
+    i; `labels[j]`: the image of caption j)."""
+    joined_images = joined(images, weights)
+    return evaluate_retrieval(joined_images, np.arange(len(joined_images)), joined(texts, weights), labels)
