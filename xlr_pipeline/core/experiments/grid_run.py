@@ -189,12 +189,14 @@ def _require_same_rows(
     """A ValueError unless every encoder an ensemble joins read the same images and captions in the same order
     (members' projections are joined row by row)."""
     members = [member for ensemble in ensembles for member in ensemble.members]
+    if not members:
+        return
     image_models = list(dict.fromkeys(member.image_model for member in members))
     text_models = list(dict.fromkeys(member.text_model for member in members))
     checks = [("images", {m: image_frames[m].select("image_id", "split") for m in image_models})]
     checks += [
         (f"{language} captions", {m: text_frames[m][language].select("caption_id", "split") for m in text_models})
-        for language in (text_frames[text_models[0]] if text_models else {})
+        for language in text_frames[text_models[0]]
     ]
     for what, frames in checks:
         first, *rest = frames.items()
