@@ -28,7 +28,6 @@ from results_io import RESULTS, header, write_results
 
 from xlr_pipeline.core.models.encoders import load_image, load_image_encoder, load_text_encoder
 from xlr_pipeline.core.models.threads import available_cores, limited_threads
-from xlr_pipeline.core.training.choices import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
 from xlr_pipeline.defs.pipeline import build_pipeline
 from xlr_pipeline.defs.resources import DEFAULT_DATA_DIR, XlrSettings
 from xlr_pipeline.runner import materialize_concurrently, materialize_target, register_languages
@@ -60,10 +59,18 @@ def copy_dataset(target: Path, images: int, shards: int) -> Path:
     return target
 
 
+def lane_models(data_dir: Path) -> tuple[str, str]:
+    """The (text, image) models the lane's stages embed with: its `[defaults]`, else the project's defaults; the
+    bare loops must run the same models for the ratios to mean anything."""
+    settings = XlrSettings(data_dir=str(data_dir))
+    lane_settings = build_pipeline(settings).lane(DATASET).settings(settings)
+    return lane_settings.text_model, lane_settings.image_model
+
+
 def bare_image_loop(data_dir: Path) -> tuple[float, int]:
     paths = sorted((data_dir / DATASET / "images").glob("*.png"))
     started = time.perf_counter()
-    encoder = load_image_encoder(DEFAULT_IMAGE_MODEL)
+    encoder = load_image_encoder(lane_models(data_dir)[1])
     with limited_threads(0):
         for start in range(0, len(paths), 32):
             encoder.encode([load_image(path) for path in paths[start : start + 32]])
@@ -78,7 +85,7 @@ def bare_text_loop(data_dir: Path) -> tuple[float, int]:
     )
     captions = captions.filter(pl.col("image_id").is_in(listed.implode()))["caption"].to_list()
     started = time.perf_counter()
-    encoder = load_text_encoder(DEFAULT_TEXT_MODEL)
+    encoder = load_text_encoder(lane_models(data_dir)[0])
     with limited_threads(0):
         for start in range(0, len(captions), 64):
             encoder.encode(captions[start : start + 64])
@@ -144,7 +151,8 @@ def measure(images: int) -> list[dict]:
     # Text first, before anything loads torch (the text encoder is numpy-only). Untimed warm-up: each encoder's
     # weights read once and one Dagster run made, so no measurement pays the process's one-time imports (those
     # are in benchmarks/whole_commands.py).
-    load_text_encoder(DEFAULT_TEXT_MODEL)
+    text_model, image_model = lane_models(fresh())
+    load_text_encoder(text_model)
     stage_seconds(fresh(), "text")
     seconds, captions = bare_text_loop(fresh())
     record("bare text loop: en captions, batches of 64", seconds, captions, "captions")
@@ -155,7 +163,7 @@ def measure(images: int) -> list[dict]:
         "captions",
         "bare text loop: en captions, batches of 64",
     )
-    load_image_encoder(DEFAULT_IMAGE_MODEL)
+    load_image_encoder(image_model)
     seconds, count = bare_image_loop(fresh())
     record(BARE_IMAGES, seconds, count, "images")
     record(
@@ -214,7 +222,7 @@ def profile_text_stage(images: int) -> None:
     def fresh() -> Path:
         return copy_dataset(Path(tempfile.mkdtemp(prefix="xlr-bench-")), images, 1)
 
-    load_text_encoder(DEFAULT_TEXT_MODEL)
+    load_text_encoder(lane_models(fresh())[0])
     stage_seconds(fresh(), "text")  # the same untimed warm-up as the table's
     with Profiler() as profiler:
         stage_seconds(fresh(), "text")

