@@ -53,7 +53,7 @@ from xlr_pipeline.defs.resources import XlrSettings, clear_failures, require_fil
 
 TEXT_AUGMENTATIONS = AssetDeclaration("text_augmentations", code_version="5", stage="grid", config=text_model_config)
 TEXT_ENCODER_FINETUNING = AssetDeclaration("text_encoder_finetuning", code_version="2", stage="grid")
-EXPERIMENT_GRID = AssetDeclaration("experiment_grid", code_version="10", stage="grid", config=text_model_config)
+EXPERIMENT_GRID = AssetDeclaration("experiment_grid", code_version="11", stage="grid", config=text_model_config)
 GRID_REPORT = AssetDeclaration("grid_report", code_version="10", stage="grid")
 
 
@@ -148,7 +148,12 @@ class GridConfig(dg.Config):
         description="Optuna trials per objective and encoder pair on the validation split (the values above first, "
         "then TPE draws from core/experiments/tuning.py's SEARCH_SPACE); 0: no tuning, the values above as they are",
     )
-    tuning_seeds: list[int] = Field([0], description="Seeds each tuning trial is trained with (its score: the mean)")
+    tuning_seeds: list[int] = Field(
+        [0, 1],
+        min_length=1,
+        description="Seeds each tuning trial is trained with (its score: the mean over them, so a study's choice "
+        "depends less on one seed's luck)",
+    )
     processes: int = Field(
         0, ge=0, description="Worker processes training heads (one torch thread each); 0: one per core this run may use"
     )
