@@ -498,6 +498,20 @@ def test_tuning_runs_one_seeded_study_per_pair_and_objective_with_the_stated_def
     ]
     chosen = tuned_configs(table, bases)[(("t", "i"), "m3")]
     assert chosen.steps == 20 and chosen.objective == "m3"
+    # Scored with two seeds, a trial's recall is the mean of its one-seed recalls (trial 0: the same values in each);
+    # noisier captions, so that the two seeds' heads rank differently.
+    noisy = images[:, :12] + rng.normal(size=(40, 12)).astype(np.float32)
+    noisy_pairs = {("t", "i"): TrainingData(noisy[:30], images[:30], np.arange(30))}
+    noisy_validation = {("t", "i"): ValidationSet(noisy[30:], np.arange(10), images[30:])}
+    first_trials = [
+        tune(bases, noisy_pairs, noisy_validation, 1, seeds=seeds)
+        .sort("objective")
+        .select("r1", "r5", "r10")
+        .to_numpy()
+        for seeds in ([0], [1], [0, 1])
+    ]
+    np.testing.assert_allclose(first_trials[2], (first_trials[0] + first_trials[1]) / 2)
+    assert not np.array_equal(first_trials[0], first_trials[1])  # the seeds train different heads
     with sqlite3.connect(tmp_path / "studies.db") as stored:
         names = {row[0] for row in stored.execute("SELECT study_name FROM studies")}
     assert names == {"hinge|t|i", "m3|t|i"}
