@@ -78,6 +78,7 @@ def _grid_run(run="g1"):
                 "image_model": i,
                 "objective": o,
                 "trial": c,
+                "seeds": [0, 1],
                 "parameters": json.dumps(
                     {
                         "architecture": "linear",
@@ -131,6 +132,7 @@ def test_the_report_names_every_system_and_corrects_each_family_on_its_own(tmp_p
         and "| m3 vs patr (usem3 + efficientnet-lite0) | 5 |" in markdown
     )
     assert "| chosen on validation vs previous default | 1 |" in markdown
+    assert "each trained with seeds 0, 1 (score: their mean)" in markdown  # the tuning table's seeds
     assert "| en t2i R@10 | transfer ratio |" in markdown
     english_r10 = analysis.english[chosen]["r10"].mean
     assert f"transfer ratio {analysis.estimates[chosen]['r10'].mean / english_r10:.2f}" in markdown

@@ -116,6 +116,10 @@ def validation_sections(
     lines = []
     if tuning is not None:
         trials = tuning.group_by("text_model", "image_model", "objective").len()["len"]
+        seeds = tuning["seeds"].explode().unique().sort().to_list()
+        trained_with = (
+            f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))} (score: their mean)"
+        )
         lines += [
             "",
             "## Tuning on the validation split",
@@ -123,10 +127,10 @@ def validation_sections(
             f"One seeded Optuna study (TPE) per objective and encoder pair, each with the same budget of "
             f"{trials.max()} trials (trial 0: the stated defaults; the rest sampled from "
             "`core/experiments/tuning.py`'s `SEARCH_SPACE`: learning rate, margins, τ, α3/β2, linear or MLP head, "
-            "dropout), each trained on the English train split with the grid's step budget and scored on English "
-            "validation captions → validation images (score = mean of R@1, R@5, R@10). Every cell of an objective "
-            "and encoder pair then trains with its study's chosen values. 'edge': a chosen value in the outer 2 % of "
-            "a range that is not a hard limit of the parameter (a sign the space should widen).",
+            f"dropout), each trained with {trained_with} on the English train split with the grid's step budget and "
+            "scored on English validation captions → validation images (score = mean of R@1, R@5, R@10). Every cell "
+            "of an objective and encoder pair then trains with its study's chosen values. 'edge': a chosen value in "
+            "the outer 2 % of a range that is not a hard limit of the parameter (a sign the space should widen).",
             "",
             "| text encoder | image encoder | objective | chosen values | edge | validation score (chosen) | validation score (stated defaults) |",
             "|---|---|---|---|---|---|---|",

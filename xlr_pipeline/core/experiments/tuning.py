@@ -162,7 +162,7 @@ def tune(
 ) -> pl.DataFrame:
     """One Optuna study (TPE, seeded) per (encoder pair, objective), each with the same `trials`: trial 0 is the
     stated defaults, the rest sampled from SEARCH_SPACE. A trial trains on the unaugmented train pairs of its
-    encoder pair with each seed and scores the mean validation score. The studies advance together, one trial
+    encoder pair with each seed and scores the mean validation score (its row lists the seeds). The studies advance together, one trial
     each per round, so a round's heads train in `processes` workers. One row per trial; `chosen` marks each
     study's best (ties: the earlier trial, so the stated defaults win a tie). `study_path`: where the studies are
     stored (SQLite, written whole at the end)."""
@@ -205,6 +205,7 @@ def tune(
                     "image_model": key[0][1],
                     "objective": key[1],
                     "trial": number,
+                    "seeds": list(seeds),
                     "parameters": json.dumps(searched_values(configs[key]), sort_keys=True),
                     **means,
                 }
