@@ -69,8 +69,9 @@ def lane_models(data_dir: Path) -> tuple[str, str]:
 
 def bare_image_loop(data_dir: Path) -> tuple[float, int]:
     paths = sorted((data_dir / DATASET / "images").glob("*.png"))
+    image_model = lane_models(data_dir)[1]  # resolved before the clock starts: it builds the whole pipeline
     started = time.perf_counter()
-    encoder = load_image_encoder(lane_models(data_dir)[1])
+    encoder = load_image_encoder(image_model)
     with limited_threads(0):
         for start in range(0, len(paths), 32):
             encoder.encode([load_image(path) for path in paths[start : start + 32]])
@@ -84,8 +85,9 @@ def bare_text_loop(data_dir: Path) -> tuple[float, int]:
         data_dir / DATASET / "captions" / "en.tsv", separator="\t", quote_char=None, infer_schema=False
     )
     captions = captions.filter(pl.col("image_id").is_in(listed.implode()))["caption"].to_list()
+    text_model = lane_models(data_dir)[0]  # resolved before the clock starts
     started = time.perf_counter()
-    encoder = load_text_encoder(lane_models(data_dir)[0])
+    encoder = load_text_encoder(text_model)
     with limited_threads(0):
         for start in range(0, len(captions), 64):
             encoder.encode(captions[start : start + 64])
