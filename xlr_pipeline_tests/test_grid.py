@@ -518,6 +518,7 @@ def test_tuning_runs_one_seeded_study_per_pair_and_objective_with_the_stated_def
     lowest_rate = SEARCH_SPACE["hinge"]["learning_rate"].low
     assert edges("hinge", {"learning_rate": lowest_rate, "margin": 0.5}) == ["learning_rate=low"]
     assert edges("m3", {"text_margin": 2.0, "margin": 2.0}) == []  # hard limits of the parameters
+    assert edges("patr", {"dropout": 0.0}) == [] and edges("patr", {"dropout": 0.9}) == ["dropout=high"]
     with pytest.raises(ValueError, match="at least 1 trial"):
         tune(bases, pairs, validation, 0, seeds=[0])
     with pytest.raises(ValueError, match="validation split is empty"):

@@ -54,7 +54,7 @@ from xlr_pipeline.defs.resources import XlrSettings, clear_failures, require_fil
 TEXT_AUGMENTATIONS = AssetDeclaration("text_augmentations", code_version="5", stage="grid", config=text_model_config)
 TEXT_ENCODER_FINETUNING = AssetDeclaration("text_encoder_finetuning", code_version="2", stage="grid")
 EXPERIMENT_GRID = AssetDeclaration("experiment_grid", code_version="11", stage="grid", config=text_model_config)
-GRID_REPORT = AssetDeclaration("grid_report", code_version="11", stage="grid")
+GRID_REPORT = AssetDeclaration("grid_report", code_version="12", stage="grid")
 
 
 def has_word_list(language: str) -> bool:

@@ -61,7 +61,8 @@ class Dimension:
 # 3417f45e (learning rate ≈ 3e-2, the old top, for three e5-small linear heads), 7d3b452e (learning rate 0.26 and
 # dropout 0.70, both tops, for two SALT-fine-tuned encoders' MLP heads).
 _LEARNING_RATE = Dimension(1e-5, 1.0, log=True)
-_HEAD = {"architecture": Dimension(choices=("linear", "mlp")), "dropout": Dimension(0.0, 0.9)}  # dropout: mlp only
+# dropout: mlp only; 0 (no dropout) is the end of its valid range
+_HEAD = {"architecture": Dimension(choices=("linear", "mlp")), "dropout": Dimension(0.0, 0.9, hard_limit=(True, False))}
 _DISTANCE_MARGIN = Dimension(0.1, 2.0, hard_limit=(False, True))  # a cosine distance is at most 2
 _WEIGHT = Dimension(0.01, 10.0, log=True)
 # The stated search space per objective (Optuna's TPE samples it; the stated defaults are every study's first
