@@ -441,7 +441,8 @@ def test_a_lane_trains_its_defaults_unless_an_option_is_given(tmp_path):
     head = lane.head_config({})
     shipped = DatasetSpec.load(SHIPPED / "emoji_cldr").defaults  # the subset declares the shipped table
     assert {name: getattr(head, name) for name, _ in shipped.head} == dict(shipped.head)
-    assert lane.augmentation(None) == shipped.augmentation
+    assert lane.augmentation(None) == (shipped.augmentation or "none")  # a table without one trains on pairs only
+    assert lane.augmentation("keywords") == "keywords"  # an option given wins
     told = pipeline_for(tmp_path, text_model=DEFAULT_TEXT_MODEL)
     assert told.lane(DATASET).settings(told.settings).text_model == DEFAULT_TEXT_MODEL  # a flag or variable wins
     make_emoji_subset(tmp_path, n_train=4, n_test=4, name="no_table")  # another dataset, no [defaults]
