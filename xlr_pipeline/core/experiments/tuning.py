@@ -163,8 +163,8 @@ def tune(
 ) -> pl.DataFrame:
     """One Optuna study (TPE, seeded) per (encoder pair, objective), each with the same `trials`: trial 0 is the
     stated defaults, the rest sampled from SEARCH_SPACE. A trial trains on the unaugmented train pairs of its
-    encoder pair with each seed and scores the mean validation score (its row lists the seeds). The studies advance together, one trial
-    each per round, so a round's heads train in `processes` workers. One row per trial; `chosen` marks each
+    encoder pair with each seed and scores the mean validation score (its row lists the seeds). The studies
+    advance together, one trial each per round, so a round's heads train in `processes` workers. One row per trial; `chosen` marks each
     study's best (ties: the earlier trial, so the stated defaults win a tie). `study_path`: where the studies are
     stored (SQLite, written whole at the end)."""
     import optuna
