@@ -11,6 +11,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from xlr_pipeline.core.models.inference import EncoderRuntime
 from xlr_pipeline.core.storage.outputs import DatasetOutputs
 from xlr_pipeline.defs.pipeline import Pipeline, build_pipeline
 from xlr_pipeline.defs.resources import DEFAULT_DATA_DIR, XlrSettings
@@ -82,6 +83,12 @@ def shared_caches(tmp_path_factory, worker_id) -> None:
         folder = run_folder / f"shared_{name}"
         folder.mkdir(exist_ok=True)
         os.environ[variable] = str(folder)
+
+
+def shared_runtime() -> EncoderRuntime:
+    """The default encoder runtime with this run's shared export cache: a test that loads an encoder itself never
+    writes exports into the project's data/cache (an export of a test's temporary weights is never reused)."""
+    return EncoderRuntime(export_dir=Path(os.environ[SHARED_CACHES["export_dir"]]))
 
 
 @pytest.fixture(scope="session", autouse=True)

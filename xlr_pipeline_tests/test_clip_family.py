@@ -16,7 +16,7 @@ from xlr_pipeline.core.models.encoders import EncoderError, load_image_encoder, 
 from xlr_pipeline.core.training.head import HeadConfig, train_head
 from xlr_pipeline.defs.train import HeadTrainingConfig
 from xlr_pipeline.runner import run_pipeline
-from xlr_pipeline_tests.conftest import DATASET, SUBSET_LANGUAGES, pipeline_for
+from xlr_pipeline_tests.conftest import DATASET, SUBSET_LANGUAGES, pipeline_for, shared_runtime
 
 pytestmark = pytest.mark.slow  # runs lanes with open_clip models
 
@@ -74,7 +74,10 @@ def tiny_sentence_transformers_clip(folder) -> str:
 
 
 def test_open_clip_model_embeds_images_and_texts_into_one_space(tiny_open_clip):
-    images, texts = load_image_encoder(tiny_open_clip), load_text_encoder(tiny_open_clip)
+    images, texts = (
+        load_image_encoder(tiny_open_clip, shared_runtime()),
+        load_text_encoder(tiny_open_clip, shared_runtime()),
+    )
     image_vectors = images.encode([Image.new("RGB", (50, 40), (200, 30, 30)), Image.new("RGB", (64, 64), (0, 0, 255))])
     text_vectors = texts.encode(["a red square", "ein blaues Quadrat", "青い四角"])
     assert images.dim == texts.dim == 32 and image_vectors.shape == (2, 32) and text_vectors.shape == (3, 32)
@@ -91,7 +94,7 @@ def test_open_clip_needs_weights_named_and_a_known_architecture(tiny_open_clip):
 
 def test_sentence_transformers_clip_embeds_images_and_texts(tmp_path):
     model_id = tiny_sentence_transformers_clip(tmp_path)
-    images, texts = load_image_encoder(model_id), load_text_encoder(model_id)
+    images, texts = load_image_encoder(model_id, shared_runtime()), load_text_encoder(model_id, shared_runtime())
     vectors = images.encode([Image.new("RGB", (40, 30), (10, 200, 10))])
     assert (
         images.dim == texts.dim == 16 and vectors.shape == (1, 16) and texts.encode(["a green square"]).shape == (1, 16)

