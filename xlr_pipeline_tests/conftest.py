@@ -85,12 +85,6 @@ def shared_caches(tmp_path_factory, worker_id) -> None:
         os.environ[variable] = str(folder)
 
 
-def shared_runtime() -> EncoderRuntime:
-    """The default encoder runtime with this run's shared export cache: a test that loads an encoder itself never
-    writes exports into the project's data/cache (an export of a test's temporary weights is never reused)."""
-    return EncoderRuntime(export_dir=Path(os.environ[SHARED_CACHES["export_dir"]]))
-
-
 @pytest.fixture(scope="session", autouse=True)
 def one_core_per_worker(worker_id) -> None:
     """Each xdist worker (and every process it starts) on a core of its own when there are enough: every step sizes
@@ -127,6 +121,13 @@ def fresh_data_dir(tmp_path, subset_data_dir) -> Path:
 def settings_for(data_dir: Path, **overrides) -> XlrSettings:
     shared = {name: os.environ.get(variable, "") for name, variable in SHARED_CACHES.items()}
     return XlrSettings(data_dir=str(data_dir), **(shared | overrides))
+
+
+def shared_runtime() -> EncoderRuntime:
+    """The encoder runtime the settings give, so with this run's shared export cache: a test that loads an encoder
+    itself never writes exports into the project's data/cache (an export of a test's temporary weights is never
+    reused)."""
+    return settings_for(SHIPPED).encoder_runtime
 
 
 def pipeline_for(data_dir: Path, **overrides) -> Pipeline:
