@@ -1,4 +1,6 @@
 import multiprocessing
+import sqlite3
+import threading
 
 import numpy as np
 import pytest
@@ -45,6 +47,19 @@ def test_concurrent_writer_processes_lose_nothing(tmp_path):
     cache = EmbeddingCache(tmp_path, "image:m", "engine-1")
     found = cache.lookup([f"h{i}" for i in range(800)])
     assert len(cache) == len(found) == 800 and found["h613"].tolist() == [600.0] * 4
+
+
+def test_a_new_cache_file_another_process_is_writing_is_waited_for(tmp_path):
+    # SQLite fails a switch to WAL at once, without its busy wait, while another connection writes the file
+    cache = EmbeddingCache(tmp_path, "image:m", "engine-1")
+    other = sqlite3.connect(cache.path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("CREATE TABLE unrelated (x)")
+    release = threading.Timer(0.5, lambda: (other.execute("COMMIT"), other.close()))
+    release.start()
+    cache.add(["h1"], np.ones((1, 4), np.float32))
+    release.join()
+    assert cache.lookup(["h1"])["h1"].tolist() == [1.0] * 4
 
 
 def test_a_failed_write_stores_nothing(tmp_path):

@@ -36,6 +36,7 @@ from xlr_pipeline.core.storage.locations import Location, read_parquet
 Item = TypeVar("Item")
 Decoded = TypeVar("Decoded")
 ProgressCallback = Callable[[int, int], None]
+_BUSY_TIMEOUT_S = 120  # how long a process waits for another's write before it fails
 _QUERY_CHUNK = 10_000  # hashes per `IN (...)` query (SQLite allows 32,766 parameters)
 
 
@@ -63,14 +64,39 @@ class EmbeddingCache:
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(sqlite3.connect(self.path, timeout=120, isolation_level=None)) as connection:
-            connection.execute("PRAGMA page_size=16384")  # a new file only: ten 384-d vectors per page, little slack
-            connection.execute("PRAGMA journal_mode=WAL")
+        with closing(sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)) as connection:
             connection.execute("PRAGMA synchronous=NORMAL")
-            connection.execute(
-                "CREATE TABLE IF NOT EXISTS vectors (content_hash TEXT PRIMARY KEY, dim INTEGER NOT NULL, vector BLOB NOT NULL)"
-            )
+            if not self._is_set_up(connection):
+                self._set_up(connection)
             yield connection
+
+    @staticmethod
+    def _is_set_up(connection: sqlite3.Connection) -> bool:
+        # Reading the schema first makes SQLite open the file, so the journal mode read next is the file's own.
+        has_table = connection.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'vectors'"
+        ).fetchone()
+        return has_table is not None and connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+    def _set_up(self, connection: sqlite3.Connection) -> None:
+        """WAL mode and the table, once per file. Switching to WAL fails at once ("database is locked") rather than
+        waiting when another process holds the new file, so processes that create the cache together retry."""
+        deadline = time.monotonic() + _BUSY_TIMEOUT_S
+        pause = 0.01
+        while True:
+            try:
+                connection.execute("PRAGMA page_size=16384")  # a new file only: ten 384-d vectors per page
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute(
+                    "CREATE TABLE IF NOT EXISTS vectors "
+                    "(content_hash TEXT PRIMARY KEY, dim INTEGER NOT NULL, vector BLOB NOT NULL)"
+                )
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)
 
     @staticmethod
     def _insert(connection: sqlite3.Connection, hashes: Sequence[str], vectors: np.ndarray) -> None:
