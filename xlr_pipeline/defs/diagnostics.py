@@ -8,6 +8,7 @@ from pydantic import Field, field_validator
 
 from xlr_pipeline.core.models.threads import available_cores
 from xlr_pipeline.core.storage.locations import read_parquet, sha256_file, write_parquet_atomic, write_with_atomic
+from xlr_pipeline.defs.experiments import chain_frames
 from xlr_pipeline.defs.lane import AssetDeclaration, Lane
 from xlr_pipeline.defs.lineage import file_version, input_name, lineage_metadata
 from xlr_pipeline.defs.metadata import markdown_preview
@@ -16,8 +17,9 @@ from xlr_pipeline.defs.train import keyword_vectors
 
 
 def _default_system(settings: XlrSettings, lane: Lane, partition: str | None, head_config: dict) -> dict:
-    """What the diagnostics train: the dataset's default head on its default encoders (`[defaults]`)."""
-    settings = lane.settings(settings)
+    """What the diagnostics train: the dataset's default head on its default encoders (`[defaults]`; an
+    ensemble's first member)."""
+    settings = lane.grid_settings(settings)
     return {
         "dataset": lane.name,
         "train_language": lane.train_language,
@@ -83,17 +85,11 @@ def build_target_diagnostics(
         (Spearman). Rows to `target_diagnostics.parquet`, the report to `reports/<dataset>/diagnostics.md`."""
         from xlr_pipeline.core.experiments.diagnostics import diagnose, diagnostics_report  # torch: only to run
 
-        settings = lane.settings(settings)  # this dataset's encoders
+        settings = lane.grid_settings(settings)  # this dataset's encoders (an ensemble's first member's)
         outputs = lane.outputs(settings)
         train_language = lane.train_language
         languages = sorted(context.instance.get_dynamic_partitions(lane.partitions.name))
-        images = read_parquet(require_file(outputs.image_embeddings_path, f"{lane.name}/image_embeddings"))
-        captions = {
-            language: read_parquet(
-                require_file(outputs.text_embeddings_path(language), f"{lane.name}/text_embeddings[{language}]")
-            )
-            for language in languages
-        }
+        images, captions = chain_frames(settings, lane, outputs, languages)
         head, augmentation = lane.head_config({}), lane.augmentation(None)
         captions_path = require_file(outputs.captions_path(train_language), f"{lane.name}/captions[{train_language}]")
         keywords = (

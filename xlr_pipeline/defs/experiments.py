@@ -21,6 +21,7 @@ from xlr_pipeline.core.experiments.grid_report import build_report
 from xlr_pipeline.core.experiments.grid_run import GridInputs, GridOptions, run_grid
 from xlr_pipeline.core.models.embedding_frames import training_pairs
 from xlr_pipeline.core.models.embeddings import vectors_of, with_vectors
+from xlr_pipeline.core.models.joined import first_part
 from xlr_pipeline.core.models.threads import available_cores
 from xlr_pipeline.core.reporting.results import record_evaluation
 from xlr_pipeline.core.storage.locations import read_parquet, sha256_file, write_parquet_atomic, write_with_atomic
@@ -47,13 +48,15 @@ from xlr_pipeline.core.training.choices import (
 )
 from xlr_pipeline.core.training.configs import FinetuneConfig, HeadConfig
 from xlr_pipeline.defs.lane import AssetDeclaration, Lane
-from xlr_pipeline.defs.lineage import file_version, input_name, lineage_metadata, text_model_config
+from xlr_pipeline.defs.lineage import file_version, grid_text_model_config, input_name, lineage_metadata
 from xlr_pipeline.defs.metadata import markdown_preview, png_metadata, progress_logger
 from xlr_pipeline.defs.resources import XlrSettings, clear_failures, require_file
 
-TEXT_AUGMENTATIONS = AssetDeclaration("text_augmentations", code_version="5", stage="grid", config=text_model_config)
+TEXT_AUGMENTATIONS = AssetDeclaration(
+    "text_augmentations", code_version="5", stage="grid", config=grid_text_model_config
+)
 TEXT_ENCODER_FINETUNING = AssetDeclaration("text_encoder_finetuning", code_version="2", stage="grid")
-EXPERIMENT_GRID = AssetDeclaration("experiment_grid", code_version="11", stage="grid", config=text_model_config)
+EXPERIMENT_GRID = AssetDeclaration("experiment_grid", code_version="11", stage="grid", config=grid_text_model_config)
 GRID_REPORT = AssetDeclaration("grid_report", code_version="12", stage="grid")
 
 
@@ -208,8 +211,24 @@ class GridConfig(dg.Config):
         }
 
 
-def _main_image_model(outputs: DatasetOutputs) -> str:
-    return read_parquet(outputs.image_embeddings_path, columns=["model_id"])["model_id"][0]
+def chain_frames(
+    settings: XlrSettings, lane: Lane, outputs: DatasetOutputs, languages: list[str]
+) -> tuple[pl.DataFrame, dict[str, pl.DataFrame]]:
+    """The chain's image and caption embeddings as the grid reads them: for the encoder pair of `settings`
+    (an ensemble's joined vectors cut to its first member's, `core/models/joined.py`)."""
+    images = read_parquet(require_file(outputs.image_embeddings_path, f"{lane.name}/image_embeddings"))
+    captions = {
+        language: read_parquet(
+            require_file(outputs.text_embeddings_path(language), f"{lane.name}/text_embeddings[{language}]")
+        )
+        for language in languages
+    }
+    if images["model_id"][0] != settings.image_model:
+        images = first_part(images, settings.image_model, settings.image_encoder().dim)
+    if any(frame["model_id"][0] != settings.text_model for frame in captions.values()):
+        dim = settings.text_encoder().dim
+        captions = {language: first_part(frame, settings.text_model, dim) for language, frame in captions.items()}
+    return images, captions
 
 
 def _caption_frames(
@@ -255,7 +274,7 @@ def build_experiments(
         caption words and wordfreq's frequent words per language): no parallel data, no dictionary, and no
         caption of any other language or of the test split is read.
         """
-        settings = lane.settings(settings)  # this dataset's encoders
+        settings = lane.grid_settings(settings)  # the encoder pair the grid compares others with
         outputs = lane.outputs(settings)
         source = require_file(outputs.captions_path(train_language), f"{lane.name}/captions[{train_language}]")
         train = read_parquet(source).filter(pl.col("split") == "train")
@@ -357,7 +376,7 @@ def build_experiments(
         `text_augmentations`' lexicon, with the switched words' input embeddings mixed with the English
         words' inside the model; `core/models/encoder_finetune.py`). Writes the changed layers per arm, named by their
         content, and `finetuned_encoders.parquet` with the model ids the grid compares."""
-        settings = lane.settings(settings)  # this dataset's encoders
+        settings = lane.grid_settings(settings)  # the encoder pair the grid compares others with
         from xlr_pipeline.core.models.e5_torch import TrainableE5
         from xlr_pipeline.core.models.encoder_finetune import finetune
 
@@ -366,7 +385,7 @@ def build_experiments(
             read_parquet(require_file(outputs.lexicon_path, f"{lane.name}/text_augmentations"))
         )
         source = require_file(outputs.captions_path(train_language), f"{lane.name}/captions[{train_language}]")
-        images = read_parquet(require_file(outputs.image_embeddings_path, f"{lane.name}/image_embeddings"))
+        images, _ = chain_frames(settings, lane, outputs, [])
         pairs = training_pairs(images, read_parquet(source))
         outputs.finetuned_dir.mkdir(parents=True, exist_ok=True)
         rows, written = [], []
@@ -442,7 +461,7 @@ def build_experiments(
         after the chain's embeddings exist); "Materialize all" on the global graph includes it. Smaller grids:
         set `objectives`, `augmentations` and `seeds` in the launchpad.
         """
-        settings = lane.settings(settings)  # this dataset's encoders
+        settings = lane.grid_settings(settings)  # the encoder pair the grid compares others with
         started = time.perf_counter()
         outputs = lane.outputs(settings)
         languages = sorted(context.instance.get_dynamic_partitions(lane.partitions.name))
@@ -453,7 +472,7 @@ def build_experiments(
             raise dg.Failure(
                 f"{lane.name}: development_language {development!r} is not one of its languages {languages}"
             )
-        images = read_parquet(require_file(outputs.image_embeddings_path, f"{lane.name}/image_embeddings"))
+        images, captions = chain_frames(settings, lane, outputs, languages)
         augmentations = f"{lane.name}/text_augmentations"
         switched = read_parquet(require_file(outputs.code_switched_path, augmentations))
         keywords = read_parquet(outputs.keywords_path) if outputs.keywords_path.is_file() else switched.clear()
@@ -478,12 +497,7 @@ def build_experiments(
             languages=languages,
             text_model=settings.text_model,
             images=images,
-            captions={
-                lang: read_parquet(
-                    require_file(outputs.text_embeddings_path(lang), f"{lane.name}/text_embeddings[{lang}]")
-                )
-                for lang in languages
-            },
+            captions=captions,
             code_switched=switched,
             keywords=keywords,
             language_means=dict(zip(means_frame["language"].to_list(), vectors_of(means_frame))),
@@ -580,7 +594,7 @@ def build_experiments(
     def grid_report(context: dg.AssetExecutionContext, settings: XlrSettings) -> dg.MaterializeResult:
         """Markdown + PNG report of the grid: zero-shot mean R@1/R@5 with bootstrap CIs, paired tests, per-language
         bars, and a summary generated from the numbers. Written to `<data_dir>/reports/<dataset>/`."""
-        settings = lane.settings(settings)  # this dataset's encoders
+        settings = lane.grid_settings(settings)  # the encoder pair the grid compares others with
         outputs = lane.outputs(settings)
         hits_path = require_file(outputs.grid_hits_path, f"{lane.name}/experiment_grid")
         validation, tuning = (outputs.grid_validation_path, outputs.tuning_path)
@@ -589,7 +603,7 @@ def build_experiments(
             read_parquet(hits_path),
             train_language,
             settings.text_model,
-            _main_image_model(outputs),
+            settings.image_model,
             out_dir,
             f"Experiment grid on {lane.name} (not XTD10 numbers)",
             read_parquet(validation) if validation.is_file() else None,

@@ -108,8 +108,12 @@ class Lane:
         return [self.key(asset) for asset in assets]
 
     def settings(self, settings: XlrSettings) -> XlrSettings:
-        """The settings with this dataset's encoders resolved (`XlrSettings.for_dataset`)."""
+        """The settings with this dataset's encoders resolved (`XlrSettings.for_dataset`): the chain's."""
         return settings.for_dataset(self.spec)
+
+    def grid_settings(self, settings: XlrSettings) -> XlrSettings:
+        """The settings with the encoder pair the grid compares others with: an ensemble's first member's."""
+        return settings.for_dataset(self.spec, ensemble=False)
 
     def head_config(self, overrides: dict) -> HeadConfig:
         """The head this lane trains: its `[defaults]`, then the options given."""

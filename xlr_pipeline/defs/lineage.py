@@ -38,8 +38,16 @@ def image_model_config(settings: XlrSettings, lane: Lane, partition: str | None,
 
 
 def text_model_config(settings: XlrSettings, lane: Lane, partition: str | None, head_config: dict) -> dict:
-    """Text embeddings and the grid's augmentations: the dataset, its training language and the text model."""
-    settings = lane.settings(settings)
+    """Text embeddings and tagging: the dataset, its training language and the chain's text model."""
+    return _text_model(lane.settings(settings), lane)
+
+
+def grid_text_model_config(settings: XlrSettings, lane: Lane, partition: str | None, head_config: dict) -> dict:
+    """The grid's assets: as `text_model_config`, with the text model the grid compares others with."""
+    return _text_model(lane.grid_settings(settings), lane)
+
+
+def _text_model(settings: XlrSettings, lane: Lane) -> dict:
     return {
         "dataset": lane.name,
         "train_language": lane.train_language,

@@ -27,6 +27,7 @@ from xlr_pipeline.core.models.encoders import (
     load_text_encoder,
 )
 from xlr_pipeline.core.models.inference import DEFAULT_BACKEND, Backend, EncoderRuntime
+from xlr_pipeline.core.models.joined import JoinedEmbeddingCache, JoinedImageEncoder, JoinedTextEncoder
 from xlr_pipeline.core.reporting.warehouse import WarehouseError
 from xlr_pipeline.core.search.service import SearchLane, SearchService
 from xlr_pipeline.core.storage.locations import Location, StorageError, sha256_text, storage_location
@@ -186,11 +187,21 @@ class XlrSettings(dg.ConfigurableResource):
         exports = Path(self.export_dir).expanduser().resolve() if self.export_dir else self.root / "cache" / "onnx"
         return EncoderRuntime(self.encoder_backend, exports, self.step_threads)
 
-    def for_dataset(self, spec: DatasetSpec) -> XlrSettings:
+    def trains_ensemble(self, spec: DatasetSpec) -> bool:
+        """Whether a dataset's chain trains its `[defaults]` ensemble: it declares one and no encoder is set here."""
+        return bool(spec.defaults.ensemble) and not (self.image_model or self.text_model)
+
+    def for_dataset(self, spec: DatasetSpec, ensemble: bool = True) -> XlrSettings:
         """These settings with the encoders one dataset uses: those set here (flag, variable), else the
-        dataset's `[defaults]`, else the project's defaults."""
-        image = self.image_model or spec.defaults.image_model or DEFAULT_IMAGE_MODEL
-        text = self.text_model or spec.defaults.text_model or DEFAULT_TEXT_MODEL
+        dataset's `[defaults]` (an ensemble's joined encoders; with `ensemble` False its first member's, the pair
+        the grid compares), else the project's defaults."""
+        defaults = spec.defaults
+        joined = ensemble and self.trains_ensemble(spec)
+        text_default, image_default = (
+            defaults.joined_encoders() if joined else (defaults.text_model, defaults.image_model)
+        )
+        image = self.image_model or image_default or DEFAULT_IMAGE_MODEL
+        text = self.text_model or text_default or DEFAULT_TEXT_MODEL
         if (image, text) == (self.image_model, self.text_model):
             return self
         fields = {name: getattr(self, name) for name in type(self).model_fields}
@@ -211,12 +222,17 @@ class XlrSettings(dg.ConfigurableResource):
         }
         return SearchService(lanes, self.text_encoder, self.image_encoder)
 
-    def embedding_cache(self, encoder: ImageEncoder | TextEncoder) -> EmbeddingCache:
+    def embedding_cache(self, encoder: ImageEncoder | TextEncoder) -> EmbeddingCache | JoinedEmbeddingCache:
         folder = (
             Path(self.embedding_cache_dir).expanduser().resolve()
             if self.embedding_cache_dir
             else self.root / "cache" / "embeddings"
         )
+        if isinstance(encoder, (JoinedImageEncoder, JoinedTextEncoder)):  # cached per part, as the grid reads them
+            return JoinedEmbeddingCache(
+                [EmbeddingCache(folder, part.model_id, part.backend) for part in encoder.parts],
+                [part.dim for part in encoder.parts],
+            )
         return EmbeddingCache(folder, encoder.model_id, encoder.backend)
 
     def embed_images(

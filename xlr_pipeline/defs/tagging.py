@@ -2,7 +2,6 @@
 translate-the-English-tags baseline (group `<dataset>_tagging`)."""
 
 import json
-from dataclasses import replace
 
 import dagster as dg
 import numpy as np
@@ -205,7 +204,7 @@ def build_tagging(
         with Holm–Bonferroni over all of them. Rows in DuckDB `tagging`, `tagging_tests`; Markdown in
         `reports/<dataset>/tagging.md`."""
         settings = lane.settings(settings)  # this dataset's encoders
-        from xlr_pipeline.core.training.head import head_fingerprint, head_from_bytes, train_head
+        from xlr_pipeline.core.training.head import head_fingerprint, head_from_bytes, retrained
 
         outputs = lane.outputs(settings)
         languages = sorted(context.instance.get_dynamic_partitions(lane.partitions.name))
@@ -226,12 +225,9 @@ def build_tagging(
         heads = {
             seed: chain_head
             if seed == chain_head.config.seed
-            else train_head(
-                vectors_of(pairs),
-                vectors_of(pairs, "image_vector"),
-                pairs["image_id"].to_numpy(),
-                replace(chain_head.config, seed=seed),
-            ).head
+            else retrained(
+                chain_head, vectors_of(pairs), vectors_of(pairs, "image_vector"), pairs["image_id"].to_numpy(), seed
+            )
             for seed in config.seeds
         }
         vocabularies = {

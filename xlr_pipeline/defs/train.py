@@ -1,13 +1,14 @@
 from typing import Literal, get_args
 
 import dagster as dg
-import numpy as np
 import polars as pl
 from pydantic import Field, model_validator
 
 from xlr_pipeline.core.models.embedding_frames import training_pairs, with_keyword_pairs
 from xlr_pipeline.core.models.embeddings import vectors_of, with_vectors
+from xlr_pipeline.core.models.joined import model_parts, part_slices
 from xlr_pipeline.core.reporting.plots import loss_curve
+from xlr_pipeline.core.scoring.ensemble import member_weights
 from xlr_pipeline.core.scoring.evaluation import RunProvenance
 from xlr_pipeline.core.storage.locations import (
     read_parquet,
@@ -41,8 +42,15 @@ AugmentationChoice = Literal[(DATASET_DEFAULT, *get_args(ChainAugmentation))]
 def _head_config(settings: XlrSettings, lane: Lane, partition: str | None, head_config: dict) -> dict:
     given = dict(head_config)
     augmentation = lane.augmentation(given.pop("augmentation", None))
-    # recorded only when used, so heads trained before the option existed stay fresh
+    # recorded only when used, so heads trained before these options existed stay fresh
     extra = {} if augmentation == "none" else {"augmentation": augmentation}
+    if settings.trains_ensemble(lane.spec):
+        defaults = lane.spec.defaults
+        extra["ensemble"] = [
+            {"text_model": text, "image_model": image, **member.as_dict()}
+            for (text, image), member in zip(defaults.encoder_pairs(), defaults.member_configs(given))
+        ]
+        extra["ensemble_share"] = defaults.ensemble_share
     return {"train_language": lane.train_language, **lane.head_config(given).as_dict(), **extra}
 
 
@@ -169,9 +177,11 @@ def build_projection_head(
         (retraining to bit-identical weights keeps the earlier run id).
         """
         from xlr_pipeline.core.training.head import (
+            head_description,
             head_fingerprint,
             head_from_bytes,
             head_to_bytes,
+            train_ensemble,
             train_head,
             weights_are_finite,
         )
@@ -194,15 +204,24 @@ def build_projection_head(
             keywords = keyword_vectors(read_parquet(captions_path), lane, settings, texts["model_id"][0])
             pairs = with_keyword_pairs(pairs, keywords)
         context.log.info(f"training on {pairs.height} {train_language} pairs ({augmentation}): {head_config}")
+        text, image, image_ids = vectors_of(pairs), vectors_of(pairs, "image_vector"), pairs["image_id"].to_numpy()
         try:
-            result = train_head(
-                vectors_of(pairs), vectors_of(pairs, "image_vector"), pairs["image_id"].to_numpy(), head_config
-            )
+            if settings.trains_ensemble(lane.spec):
+                if augmentation != "none":
+                    raise ValueError(f"{lane.name}: an ensemble trains without augmentation, not {augmentation!r}")
+                members = ensemble_members(lane.settings(settings), lane, config.head_given())
+                context.log.info(f"an ensemble of {len(members)} heads: {[m.encoders for m in members]}")
+                shares = member_weights(len(members), lane.spec.defaults.ensemble_share)
+                head, results = train_ensemble(text, image, image_ids, members, shares)
+                histories = [result.loss_history for result in results]
+            else:
+                result = train_head(text, image, image_ids, head_config)
+                head, histories = result.head, [result.loss_history]
         except ValueError as error:
             raise dg.Failure(str(error), allow_retries=False) from None
         # Identical weights (e.g. only test captions changed) stay the same experiment: keep its run id.
         previous = head_from_bytes(outputs.head_path.read_bytes()) if outputs.head_path.is_file() else None
-        same_weights = previous is not None and head_fingerprint(previous[0]) == head_fingerprint(result.head)
+        same_weights = previous is not None and head_fingerprint(previous[0]) == head_fingerprint(head)
         run_id = previous[1]["run_id"] if same_weights else context.run.run_id
         provenance = RunProvenance(
             run_id=run_id,
@@ -216,23 +235,26 @@ def build_projection_head(
             augmentation=augmentation,
             train_pairs=pairs.height,
         )
-        write_with_atomic(
-            outputs.head_path, lambda tmp: tmp.write_bytes(head_to_bytes(result.head, provenance.as_dict()))
+        write_with_atomic(outputs.head_path, lambda tmp: tmp.write_bytes(head_to_bytes(head, provenance.as_dict())))
+        history = pl.DataFrame(
+            [
+                {"member": member, "epoch": epoch, "loss": loss}
+                for member, losses in enumerate(histories, start=1)
+                for epoch, loss in enumerate(losses, start=1)
+            ],
+            schema={"member": pl.Int64, "epoch": pl.Int64, "loss": pl.Float64},
         )
-        history = pl.DataFrame({"epoch": np.arange(1, len(result.loss_history) + 1), "loss": result.loss_history})
         write_parquet_atomic(history, outputs.loss_history_path)
         return dg.MaterializeResult(
-            data_version=dg.DataVersion(head_fingerprint(result.head)),
+            data_version=dg.DataVersion(head_fingerprint(head)),
             metadata={
                 **provenance.as_dict(),
-                "head_config": head_config.as_dict(),
-                **_loss_metadata(result.loss_history, f"{lane.name}: {head_config.objective}"),
+                "head_config": head_description(head),
+                **_loss_metadata(histories[0], f"{lane.name}: {head_config.objective}"),
                 "loss_history": dg.MetadataValue.path(str(outputs.loss_history_path)),
                 "path": dg.MetadataValue.path(str(outputs.head_path)),
                 **lineage_metadata(
-                    PROJECTION_HEAD.config(
-                        settings, lane, None, {**head_config.as_dict(), "augmentation": augmentation}
-                    ),
+                    PROJECTION_HEAD.config(settings, lane, None, {**config.head_given(), "augmentation": augmentation}),
                     {
                         "image_embeddings": file_version(outputs.image_embeddings_path),
                         input_name("text_embeddings", train_language): file_version(text_path),
@@ -243,8 +265,8 @@ def build_projection_head(
                 ),
             },
             check_results=[
-                dg.AssetCheckResult(check_name="weights_finite", passed=weights_are_finite(result.head)),
-                _loss_check(result.loss_history),
+                dg.AssetCheckResult(check_name="weights_finite", passed=weights_are_finite(head)),
+                _loss_check(histories),
             ],
         )
 
@@ -261,11 +283,36 @@ def _loss_metadata(history: list[float], title: str) -> dict:
     }
 
 
-def _loss_check(history: list[float]) -> dg.AssetCheckResult:
-    metadata = {"first": history[0], "final": history[-1]} if history else {"note": "identity head: nothing trained"}
+def _loss_check(histories: list[list[float]]) -> dg.AssetCheckResult:
+    """Every member's final epoch loss below its first (one member: the head)."""
+    trained = [history for history in histories if history]
+    metadata = (
+        {"first": [h[0] for h in trained], "final": [h[-1] for h in trained]}
+        if trained
+        else {"note": "identity head: nothing trained"}
+    )
     return dg.AssetCheckResult(
         check_name="loss_decreased",
-        passed=not history or history[-1] < history[0],
+        passed=all(history[-1] < history[0] for history in trained),
         severity=dg.AssetCheckSeverity.WARN,
         metadata=metadata,
     )
+
+
+def ensemble_members(settings: XlrSettings, lane: Lane, given: dict) -> list:
+    """The lane's `[defaults]` ensemble as members to train: each member's encoders, their columns in the joined
+    vectors `settings` embeds with, and its head values with the options `given` on top."""
+    from xlr_pipeline.core.training.head import EnsembleMemberSpec
+
+    defaults = lane.spec.defaults
+    columns = {}
+    for model_id, load in (
+        (settings.text_model, settings.text_encoder),
+        (settings.image_model, settings.image_encoder),
+    ):
+        parts = model_parts(model_id)
+        columns |= dict(zip(parts, part_slices([load(part).dim for part in parts])))
+    return [
+        EnsembleMemberSpec((text, image), columns[text], columns[image], member_config)
+        for (text, image), member_config in zip(defaults.encoder_pairs(), defaults.member_configs(given))
+    ]

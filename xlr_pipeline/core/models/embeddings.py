@@ -25,13 +25,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import polars as pl
 
 from xlr_pipeline.core.data.readers import DatasetError
 from xlr_pipeline.core.storage.locations import Location, read_parquet
+
+if TYPE_CHECKING:
+    from xlr_pipeline.core.models.joined import JoinedEmbeddingCache
 
 Item = TypeVar("Item")
 Decoded = TypeVar("Decoded")
@@ -201,7 +204,7 @@ def embed_with_cache(
     items: Sequence[Item],
     hashes: Sequence[str],
     encode_batch: Callable[[list], np.ndarray],
-    cache: EmbeddingCache,
+    cache: EmbeddingCache | JoinedEmbeddingCache,
     batch_size: int,
     progress: ProgressCallback | None = None,
     decode: Callable[[Item], Decoded] | None = None,

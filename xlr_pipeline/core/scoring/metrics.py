@@ -129,8 +129,10 @@ def evaluate_retrieval(
 def random_head_like(head: ProjectionHead) -> ProjectionHead:
     """The untrained baseline of a head: same seed, same architecture, same input normalisation, evaluated as a
     trained head is (dropout off: in training mode an MLP's baseline would drop features at random)."""
-    from xlr_pipeline.core.training.head import new_head
+    from xlr_pipeline.core.training.head import EnsembleHead, new_head
 
+    if isinstance(head, EnsembleHead):
+        return head.with_members([random_head_like(member) for member in head.members]).eval()
     random_head = new_head(head.text_mean.shape[0], head.image_mean.shape[0], head.config)
     random_head.copy_normalisation(head)
     return random_head.eval()

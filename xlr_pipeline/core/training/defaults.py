@@ -18,6 +18,50 @@ class DefaultsError(ValueError):
     pass
 
 
+MEMBER_KEYS = frozenset(MODEL_KEYS) | HEAD_FIELDS - {"hubness", "hubness_parameter"}
+
+
+@dataclass(frozen=True)
+class EnsembleMember:
+    """A further member of a score ensemble: its encoder pair and the head values it trains with."""
+
+    text_model: str
+    image_model: str
+    head: tuple[tuple[str, object], ...] = ()
+
+    @classmethod
+    def from_table(cls, table: object, number: int) -> EnsembleMember:
+        if not isinstance(table, Mapping):
+            raise DefaultsError(f"[defaults] ensemble member {number} must be a table, not {table!r}")
+        unknown = sorted(set(table) - MEMBER_KEYS)
+        missing = [key for key in MODEL_KEYS if not isinstance(table.get(key), str) or not table[key]]
+        if unknown or missing:
+            raise DefaultsError(
+                f"[defaults] ensemble member {number}: unknown keys {unknown}, encoders missing {missing}; a member "
+                f"names {list(MODEL_KEYS)} and may set the head's {sorted(MEMBER_KEYS - set(MODEL_KEYS))}"
+            )
+        head = {key: value for key, value in table.items() if key in HEAD_FIELDS}
+        try:
+            HeadConfig(**head)
+        except (ConfigError, TypeError) as error:
+            raise DefaultsError(f"[defaults] ensemble member {number}: {error}") from None
+        return cls(str(table["text_model"]), str(table["image_model"]), tuple(sorted(head.items())))
+
+    def as_toml(self) -> str:
+        """One inline table (TOML literals: JSON's strings and numbers are TOML's too)."""
+        values = [("text_model", self.text_model), ("image_model", self.image_model), *self.head]
+        return "{ " + ", ".join(f"{key} = {json.dumps(value)}" for key, value in values) + " }"
+
+
+def _configured(head: Mapping[str, object], overrides: Mapping[str, object]) -> HeadConfig:
+    """`head`'s values with the options given on top; epochs given without steps replace a stated step budget
+    (steps would otherwise win)."""
+    values = dict(head)
+    if "epochs" in overrides and "steps" not in overrides:
+        values.pop("steps", None)
+    return HeadConfig(**{**values, **overrides})
+
+
 @dataclass(frozen=True)
 class LaneDefaults:
     image_model: str = ""  # empty: the project's default encoder
@@ -25,15 +69,21 @@ class LaneDefaults:
     head: tuple[tuple[str, object], ...] = ()  # HeadConfig fields that differ from HeadConfig's own defaults
     augmentation: str = ""  # extra training pairs, of CHAIN_AUGMENTATIONS (empty: none)
     chosen_by: str = ""  # the grid run whose validation choice this is (empty: stated, not chosen)
+    # Further members of a score ensemble with the encoders and head above (empty: one head), and the first
+    # member's share of the score with two members (None: equal weights; `core/scoring/ensemble.py`).
+    ensemble: tuple[EnsembleMember, ...] = ()
+    ensemble_share: float | None = None
 
     @classmethod
     def from_table(cls, table: Mapping[str, object]) -> LaneDefaults:
         """From a `[defaults]` table; unknown keys and out-of-range values are refused, naming the key."""
-        unknown = sorted(set(table) - HEAD_FIELDS - set(MODEL_KEYS) - {"chosen_by", "augmentation"})
+        unknown = sorted(
+            set(table) - HEAD_FIELDS - set(MODEL_KEYS) - {"chosen_by", "augmentation", "ensemble", "ensemble_share"}
+        )
         if unknown:
             raise DefaultsError(
                 f"[defaults] has unknown keys {unknown}; known: encoders {list(MODEL_KEYS)}, chosen_by, "
-                f"augmentation, and the head's {sorted(HEAD_FIELDS)}"
+                f"augmentation, ensemble, ensemble_share, and the head's {sorted(HEAD_FIELDS)}"
             )
         for key in (*MODEL_KEYS, "chosen_by", "augmentation"):
             if not isinstance(table.get(key, ""), str):
@@ -47,21 +97,55 @@ class LaneDefaults:
             HeadConfig(**head)
         except (ConfigError, TypeError) as error:
             raise DefaultsError(f"[defaults] {error}") from None
+        members = table.get("ensemble", [])
+        if not isinstance(members, list):
+            raise DefaultsError(f"[defaults] ensemble must be a list of member tables, not {members!r}")
+        ensemble = tuple(EnsembleMember.from_table(member, number) for number, member in enumerate(members, start=2))
+        share = table.get("ensemble_share")
+        if share is not None and (len(ensemble) != 1 or not isinstance(share, float) or not 0.0 < share < 1.0):
+            raise DefaultsError(
+                f"[defaults] ensemble_share is the first member's share of a two-member ensemble, in (0, 1); "
+                f"got {share!r} with {len(ensemble) + 1} members"
+            )
+        if ensemble and (not table.get("image_model") or not table.get("text_model")):
+            raise DefaultsError("[defaults] with an ensemble names the first member's image_model and text_model")
+        if ensemble and (table.get("augmentation", "none") != "none" or table.get("hubness", "none") != "none"):
+            raise DefaultsError(
+                "[defaults] an ensemble trains without augmentation and ranks without hubness reduction"
+            )
         return cls(
             image_model=str(table.get("image_model", "")),
             text_model=str(table.get("text_model", "")),
             head=tuple(sorted(head.items())),
             chosen_by=str(table.get("chosen_by", "")),
             augmentation="" if table.get("augmentation", "none") == "none" else str(table["augmentation"]),
+            ensemble=ensemble,
+            ensemble_share=share,
         )
 
     def head_config(self, overrides: Mapping[str, object]) -> HeadConfig:
-        """The head this dataset trains: its defaults, then the options given (CLI, launchpad) on top; epochs given
-        without steps replace a default step budget (steps would otherwise win)."""
-        defaults = dict(self.head)
-        if "epochs" in overrides and "steps" not in overrides:
-            defaults.pop("steps", None)
-        return HeadConfig(**{**defaults, **overrides})
+        """The head this dataset trains (an ensemble's first member): its defaults, then the options given (CLI,
+        launchpad) on top."""
+        return _configured(dict(self.head), overrides)
+
+    def member_configs(self, overrides: Mapping[str, object]) -> list[HeadConfig]:
+        """Every ensemble member's head, the first's included, each with the options given on top."""
+        return [self.head_config(overrides), *(_configured(dict(member.head), overrides) for member in self.ensemble)]
+
+    def encoder_pairs(self) -> list[tuple[str, str]]:
+        """(text model, image model) of every member, the first's included."""
+        return [(self.text_model, self.image_model), *((m.text_model, m.image_model) for m in self.ensemble)]
+
+    def joined_encoders(self) -> tuple[str, str]:
+        """The (text, image) model ids an ensemble embeds with: each modality's distinct encoders joined in member
+        order (`core/models/joined.py`); for one head, its own encoders."""
+        from xlr_pipeline.core.models.joined import joined_model_id
+
+        pairs = self.encoder_pairs()
+        return (
+            joined_model_id(list(dict.fromkeys(text for text, _ in pairs))),
+            joined_model_id(list(dict.fromkeys(image for _, image in pairs))),
+        )
 
     def as_toml(self) -> str:
         """The `[defaults]` table (values as TOML literals: JSON's strings and numbers are TOML's too)."""
@@ -72,6 +156,10 @@ class LaneDefaults:
         if self.augmentation:
             lines.append(f"augmentation = {json.dumps(self.augmentation)}")
         lines += [f"{key} = {json.dumps(value)}" for key, value in self.head]
+        if self.ensemble:
+            lines += ["ensemble = [", *(f"    {member.as_toml()}," for member in self.ensemble), "]"]
+        if self.ensemble_share is not None:
+            lines.append(f"ensemble_share = {json.dumps(self.ensemble_share)}")
         return "\n".join(lines) + "\n"
 
 

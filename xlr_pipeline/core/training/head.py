@@ -6,7 +6,7 @@ import hashlib
 import io
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -114,6 +114,74 @@ class ProjectionHead(nn.Module):
         return nn.functional.normalize(self.image_branch((image - self.image_mean) / self.image_std), dim=-1)
 
 
+class EnsembleHead(nn.Module):
+    """A score ensemble of heads on different encoder pairs, as one head over joined vectors
+    (`core/models/joined.py`): member m projects its encoders' columns (`text_slices[m]`, `image_slices[m]`) and
+    its unit vectors are scaled by √weight_m and laid side by side. The joined projections are unit vectors whose
+    inner product is Σ_m w_m cos_m, the ensemble's score (`core/scoring/ensemble.py`), so the image index, the
+    metrics and the search service rank by it as they rank by one head."""
+
+    def __init__(
+        self,
+        members: list[ProjectionHead],
+        encoders: list[tuple[str, str]],
+        text_slices: list[tuple[int, int]],
+        image_slices: list[tuple[int, int]],
+        weights: list[float],
+    ):
+        super().__init__()
+        if not len(members) == len(encoders) == len(text_slices) == len(image_slices) == len(weights) > 1:
+            raise ValueError("an ensemble needs two or more members, each with its encoders, slices and weight")
+        if any(member.config.hubness != "none" or member.is_identity for member in members):
+            raise ValueError("an ensemble's members are trained heads that rank without hubness reduction")
+        self.members = nn.ModuleList(members)
+        self.encoders = encoders  # (text model, image model) of each member
+        self.text_slices, self.image_slices, self.weights = text_slices, image_slices, weights
+
+    @property
+    def config(self) -> HeadConfig:
+        """The first member's configuration (its objective and seed name the ensemble's run)."""
+        return self.members[0].config
+
+    is_identity = False
+
+    def hubness_reduction(self) -> None:
+        return None
+
+    def with_members(self, members: list[ProjectionHead]) -> EnsembleHead:
+        """The same ensemble over other heads (e.g. their random twins)."""
+        return EnsembleHead(members, self.encoders, self.text_slices, self.image_slices, self.weights)
+
+    def _joined(self, vectors: torch.Tensor, slices: list[tuple[int, int]], modality: str) -> torch.Tensor:
+        parts = []
+        for member, (start, stop), weight in zip(self.members, slices, self.weights):
+            branch = member.project_text if modality == "text" else member.project_image
+            parts.append(math.sqrt(weight) * branch(vectors[:, start:stop]))
+        return torch.cat(parts, dim=1)
+
+    def project_text(self, text: torch.Tensor) -> torch.Tensor:
+        return self._joined(text, self.text_slices, "text")
+
+    def project_image(self, image: torch.Tensor) -> torch.Tensor:
+        return self._joined(image, self.image_slices, "image")
+
+    def describe(self) -> dict:
+        """The first member's configuration and every member's encoders, weight and configuration."""
+        members = [
+            {"text_model": text, "image_model": image, "weight": weight, **member.config.as_dict()}
+            for member, (text, image), weight in zip(self.members, self.encoders, self.weights)
+        ]
+        return {**self.config.as_dict(), "ensemble": members}
+
+
+AnyHead = ProjectionHead | EnsembleHead
+
+
+def head_description(head: AnyHead) -> dict:
+    """A head's configuration as recorded with its results: its config, with an ensemble's members."""
+    return head.describe() if isinstance(head, EnsembleHead) else head.config.as_dict()
+
+
 def new_head(text_dim: int, image_dim: int, config: HeadConfig) -> ProjectionHead:
     """A freshly initialised head (seeded): the starting point of training and the random-head baseline."""
     torch.manual_seed(config.seed)
@@ -184,43 +252,107 @@ def train_head(text: np.ndarray, image: np.ndarray, image_ids: np.ndarray, confi
     return TrainingResult(head, history, steps)
 
 
-def project(head: ProjectionHead, vectors: np.ndarray, modality: Literal["text", "image"]) -> np.ndarray:
+@dataclass(frozen=True)
+class EnsembleMemberSpec:
+    """One member to train: its encoders, their columns in the joined vectors, and its head configuration."""
+
+    encoders: tuple[str, str]  # (text model, image model)
+    text_columns: tuple[int, int]
+    image_columns: tuple[int, int]
+    config: HeadConfig
+
+
+def train_ensemble(
+    text: np.ndarray, image: np.ndarray, image_ids: np.ndarray, members: list[EnsembleMemberSpec], weights: list[float]
+) -> tuple[EnsembleHead, list[TrainingResult]]:
+    """Each member trained on its encoders' columns of the same aligned rows (as `train_head`), then joined."""
+    results = [
+        train_head(text[:, slice(*m.text_columns)], image[:, slice(*m.image_columns)], image_ids, m.config)
+        for m in members
+    ]
+    head = EnsembleHead(
+        [result.head for result in results],
+        [m.encoders for m in members],
+        [m.text_columns for m in members],
+        [m.image_columns for m in members],
+        weights,
+    )
+    return head.eval(), results
+
+
+def retrained(head: AnyHead, text: np.ndarray, image: np.ndarray, image_ids: np.ndarray, seed: int) -> AnyHead:
+    """The same head (an ensemble: the same members and weights) trained again with another seed."""
+    if isinstance(head, ProjectionHead):
+        return train_head(text, image, image_ids, replace(head.config, seed=seed)).head
+    members = [
+        EnsembleMemberSpec(encoders, text_columns, image_columns, replace(member.config, seed=seed))
+        for member, encoders, text_columns, image_columns in zip(
+            head.members, head.encoders, head.text_slices, head.image_slices
+        )
+    ]
+    return train_ensemble(text, image, image_ids, members, list(head.weights))[0]
+
+
+def project(head: AnyHead, vectors: np.ndarray, modality: Literal["text", "image"]) -> np.ndarray:
     with torch.inference_mode():
         tensor = torch.tensor(vectors, dtype=torch.float32)
         out = head.project_text(tensor) if modality == "text" else head.project_image(tensor)
     return out.numpy().astype(np.float32)
 
 
-def head_to_bytes(head: ProjectionHead, extra: dict) -> bytes:
+def _saved(head: ProjectionHead) -> dict:
+    return {
+        "config": head.config.as_dict(),
+        "text_dim": head.text_mean.shape[0],
+        "image_dim": head.image_mean.shape[0],
+        "state_dict": head.state_dict(),
+    }
+
+
+def _loaded(saved: Mapping) -> ProjectionHead:
+    head = ProjectionHead(saved["text_dim"], saved["image_dim"], HeadConfig(**saved["config"]))
+    head.load_weights(saved["state_dict"])
+    return head.eval()
+
+
+def head_to_bytes(head: AnyHead, extra: dict) -> bytes:
+    """A head (an ensemble: its members, encoders, slices and weights) and `extra` (its provenance) as bytes."""
+    if isinstance(head, EnsembleHead):
+        saved = {
+            "members": [_saved(member) for member in head.members],
+            "encoders": [list(pair) for pair in head.encoders],
+            "text_slices": [list(columns) for columns in head.text_slices],
+            "image_slices": [list(columns) for columns in head.image_slices],
+            "weights": list(head.weights),
+        }
+    else:
+        saved = _saved(head)
     buffer = io.BytesIO()
-    torch.save(
-        {
-            "config": head.config.as_dict(),
-            "text_dim": head.text_mean.shape[0],
-            "image_dim": head.image_mean.shape[0],
-            "state_dict": head.state_dict(),
-            "extra": extra,
-        },
-        buffer,
-    )
+    torch.save({**saved, "extra": extra}, buffer)
     return buffer.getvalue()
 
 
-def head_from_bytes(data: bytes) -> tuple[ProjectionHead, dict]:
+def head_from_bytes(data: bytes) -> tuple[AnyHead, dict]:
     saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    head = ProjectionHead(saved["text_dim"], saved["image_dim"], HeadConfig(**saved["config"]))
-    head.load_weights(saved["state_dict"])
-    head.eval()
-    return head, saved["extra"]
+    if "members" not in saved:
+        return _loaded(saved), saved["extra"]
+    head = EnsembleHead(
+        [_loaded(member) for member in saved["members"]],
+        [tuple(pair) for pair in saved["encoders"]],
+        [tuple(columns) for columns in saved["text_slices"]],
+        [tuple(columns) for columns in saved["image_slices"]],
+        list(saved["weights"]),
+    )
+    return head.eval(), saved["extra"]
 
 
-def head_fingerprint(head: ProjectionHead) -> str:
-    """Hash of config and weights: identical retraining gives the same data version."""
-    digest = hashlib.sha256(repr(head.config).encode())
+def head_fingerprint(head: AnyHead) -> str:
+    """Hash of configuration and weights: identical retraining gives the same data version."""
+    digest = hashlib.sha256(repr(head.config if isinstance(head, ProjectionHead) else head.describe()).encode())
     for tensor in head.state_dict().values():
         digest.update(tensor.numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
-def weights_are_finite(head: ProjectionHead) -> bool:
+def weights_are_finite(head: AnyHead) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in head.parameters())
