@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
-from xlr_pipeline.core.experiments.comparisons import SYSTEM_COLUMNS
-from xlr_pipeline.core.experiments.grid import TrainingData, TrainingJob
+from xlr_pipeline.core.experiments.comparisons import SYSTEM_COLUMNS, encoder_label, image_encoder_label
+from xlr_pipeline.core.experiments.grid import ENSEMBLE_PREFIX, TrainingData, TrainingJob
 from xlr_pipeline.core.scoring.hubness import HUBNESS_PARAMETERS
 from xlr_pipeline.core.scoring.metrics import DirectionResult, evaluate_head
 from xlr_pipeline.core.training.choices import CHAIN_AUGMENTATIONS, ENGLISH_ONLY_TEXT_MODEL
 from xlr_pipeline.core.training.configs import HeadConfig
-from xlr_pipeline.core.training.defaults import LaneDefaults
+from xlr_pipeline.core.training.defaults import DefaultsError, LaneDefaults
 
 if TYPE_CHECKING:
     import optuna
@@ -253,37 +253,70 @@ def selection_candidates(validation: pl.DataFrame) -> pl.DataFrame:
 
 def adoptable_candidates(validation: pl.DataFrame) -> pl.DataFrame:
     """The selection candidates `xlr run` can train: no augmentation or the captions' keywords (SALT's copies are
-    the grid's), plain retrieval or a hubness reduction."""
+    the grid's), plain retrieval, a hubness reduction, or a score ensemble over encoder pairs (not over seeds)."""
     trainable = [*CHAIN_AUGMENTATIONS, *(f"none + {method}" for method in HUBNESS_PARAMETERS)]
-    return selection_candidates(validation).filter(pl.col("augmentation").is_in(trainable))
+    label = pl.col("augmentation")
+    encoder_ensemble = label.str.starts_with(f"{ENSEMBLE_PREFIX} ") & ~label.str.ends_with(" seeds")
+    return selection_candidates(validation).filter(label.is_in(trainable) | encoder_ensemble)
+
+
+def _tuned(tuning: pl.DataFrame | None, objective: str, text_model: str, image_model: str) -> dict[str, object]:
+    """The values the tuning study of an objective and encoder pair chose, with the grid's step budget."""
+    if tuning is None:
+        return {}
+    chosen = tuning.filter(
+        pl.col("chosen")
+        & (pl.col("objective") == objective)
+        & (pl.col("text_model") == text_model)
+        & (pl.col("image_model") == image_model)
+    )
+    return json.loads(chosen["parameters"][0]) | {"steps": int(chosen["steps"][0])}
+
+
+def _most_chosen(values: pl.Series) -> float:
+    """The value a system's seeds chose most often on validation (ties: the smallest)."""
+    counts = values.value_counts(sort=True).sort(["count", values.name], descending=[True, False])
+    return float(counts[values.name][0])
+
+
+def _ensemble_members(
+    augmentation: str, objective: str, main_pair: tuple[str, str], tuning: pl.DataFrame | None
+) -> list[dict[str, object]]:
+    """The further members of a grid encoder ensemble, as `[defaults]` tables: "with <text> + <image>" names one
+    pair, "of N encoder pairs" joins every pair the objective was tuned for (the grid's `plan_ensembles`)."""
+    if tuning is None:
+        raise DefaultsError(f"adopting {augmentation!r} needs the grid's tuning table, which names its members")
+    tuned = tuning.filter(pl.col("objective") == objective).select("text_model", "image_model")
+    pairs = [pair for pair in dict.fromkeys(tuned.iter_rows()) if pair != main_pair]
+    if not augmentation.endswith(" encoder pairs"):
+        named = augmentation.removeprefix(f"{ENSEMBLE_PREFIX} with ")
+        pairs = [(t, i) for t, i in pairs if f"{encoder_label(t)} + {image_encoder_label(i)}" == named]
+    expected = int(augmentation.split()[-3]) - 1 if augmentation.endswith(" encoder pairs") else 1
+    if len(pairs) != expected:
+        raise DefaultsError(f"the tuning table does not name the {expected} further members of {augmentation!r}")
+    return [
+        {"text_model": text, "image_model": image, "objective": objective, **_tuned(tuning, objective, text, image)}
+        for text, image in pairs
+    ]
 
 
 def validation_choice(validation: pl.DataFrame, tuning: pl.DataFrame | None) -> LaneDefaults:
     """The best configuration on the validation split among those `xlr run` trains, as a dataset's `[defaults]`:
     its encoders, its objective with the values tuned for it, its training augmentation, a chosen hubness
     reduction, and the grid's step budget (so `xlr run` trains what was chosen)."""
-    objective, augmentation, text_model, image_model = best_system(adoptable_candidates(validation), SYSTEM_COLUMNS)
+    system = best_system(adoptable_candidates(validation), SYSTEM_COLUMNS)
+    objective, augmentation, text_model, image_model = system
+    rows = validation.filter(pl.all_horizontal(pl.col(c) == v for c, v in zip(SYSTEM_COLUMNS, system)))
     hubness = next((method for method in HUBNESS_PARAMETERS if augmentation == f"none + {method}"), None)
-    head: dict[str, object] = {"objective": objective}
+    head: dict[str, object] = {"objective": objective, **_tuned(tuning, objective, text_model, image_model)}
     if augmentation in CHAIN_AUGMENTATIONS:
         head["augmentation"] = augmentation
-    if tuning is not None:
-        chosen = tuning.filter(
-            pl.col("chosen")
-            & (pl.col("objective") == objective)
-            & (pl.col("text_model") == text_model)
-            & (pl.col("image_model") == image_model)
-        )
-        head |= json.loads(chosen["parameters"][0]) | {"steps": int(chosen["steps"][0])}
-    if hubness is not None:  # the parameter its seeds' heads chose most often on validation (ties: the smallest)
-        chosen = validation.filter(
-            (pl.col("objective") == objective)
-            & (pl.col("augmentation") == augmentation)
-            & (pl.col("text_model") == text_model)
-            & (pl.col("image_model") == image_model)
-        )["hubness_parameter"]
-        counts = chosen.value_counts(sort=True).sort(["count", "hubness_parameter"], descending=[True, False])
-        head |= {"hubness": hubness, "hubness_parameter": float(counts["hubness_parameter"][0])}
+    if hubness is not None:
+        head |= {"hubness": hubness, "hubness_parameter": _most_chosen(rows["hubness_parameter"])}
+    if augmentation.startswith(ENSEMBLE_PREFIX):
+        head["ensemble"] = _ensemble_members(augmentation, objective, (text_model, image_model), tuning)
+        if len(head["ensemble"]) == 1:  # two members: the first's share chosen on validation
+            head["ensemble_share"] = _most_chosen(rows["ensemble_share"])
     return LaneDefaults.from_table(
         {"image_model": image_model, "text_model": text_model, "chosen_by": validation["grid_run_id"][0], **head}
     )
