@@ -368,6 +368,7 @@ def test_the_shipped_defaults_are_the_committed_reports_validation_choice():
     import re
 
     from xlr_pipeline.core.experiments.comparisons import encoder_label, image_encoder_label
+    from xlr_pipeline.core.experiments.grid import ENSEMBLE_PREFIX
 
     report = (SHIPPED / "reports" / "emoji_cldr" / "report.md").read_text("utf-8")
     grid_run = re.search(r"Grid run `([0-9a-f-]+)`", report)[1]
@@ -375,20 +376,34 @@ def test_the_shipped_defaults_are_the_committed_reports_validation_choice():
     section = report.split("## Configuration chosen on the validation split")[1]
     adopted = re.search(r"Among the systems `xlr run` trains[^*]*\*\*([^*]+)\*\*", section)  # when the best is not
     objective, augmentation, text, image = (adopted or re.search(r"\*\*([^*]+)\*\*", section))[1].split(" / ")
-    study = rf"^\| {re.escape(text)} \| {re.escape(image)} \| {objective} \| `(\{{.*?\}})` \|"
-    tuned = json.loads(re.search(study, report, re.M)[1])
+
+    def assert_tuned(values: tuple, text_model: str, image_model: str) -> None:
+        """A head's values are its objective and encoder pair's study's choice, with the grid's step budget."""
+        text, image = encoder_label(text_model), image_encoder_label(image_model)
+        study = rf"^\| {re.escape(text)} \| {re.escape(image)} \| {objective} \| `(\{{.*?\}})` \|"
+        tuned = json.loads(re.search(study, report, re.M)[1])
+        head = dict(values)
+        assert (head.pop("objective"), head.pop("steps")) == (objective, steps)
+        if augmentation.startswith("none + ") and not augmentation.startswith(ENSEMBLE_PREFIX):  # hubness reduction
+            assert head.pop("hubness") == augmentation.removeprefix("none + ") and head.pop("hubness_parameter") > 0
+        assert head.keys() == tuned.keys()
+        assert all(
+            head[name] == value or head[name] == pytest.approx(value, rel=5e-3, abs=5e-5)
+            for name, value in tuned.items()
+        )
+
     defaults = DatasetSpec.load(SHIPPED / "emoji_cldr").defaults
     assert defaults.chosen_by == grid_run
     assert (encoder_label(defaults.text_model), image_encoder_label(defaults.image_model)) == (text, image)
-    head = dict(defaults.head)
-    assert (head.pop("objective"), head.pop("steps")) == (objective, steps)
-    if augmentation.startswith("none + "):  # a retrieval-time hubness reduction
-        assert head.pop("hubness") == augmentation.removeprefix("none + ") and head.pop("hubness_parameter") > 0
     assert defaults.augmentation == ("" if augmentation.startswith("none") else augmentation)
-    assert head.keys() == tuned.keys()
-    assert all(
-        head[name] == value or head[name] == pytest.approx(value, rel=5e-3, abs=5e-5) for name, value in tuned.items()
-    )
+    assert_tuned(defaults.head, defaults.text_model, defaults.image_model)
+    if augmentation.startswith(ENSEMBLE_PREFIX):  # every further member: its pair's study's values
+        pairs = augmentation.removeprefix(f"{ENSEMBLE_PREFIX} of ").removesuffix(" encoder pairs")
+        assert len(defaults.ensemble) + 1 == (int(pairs) if pairs.isdigit() else 2)
+        for member in defaults.ensemble:
+            assert_tuned(member.head, member.text_model, member.image_model)
+    else:
+        assert defaults.ensemble == ()
 
 
 def test_a_defaults_table_is_checked_where_declared_and_rewritten_in_place(tmp_path):
@@ -436,15 +451,20 @@ def test_a_lane_trains_its_defaults_unless_an_option_is_given(tmp_path):
     make_emoji_subset(tmp_path, n_train=4, n_test=4, with_defaults=True)
     pipeline = pipeline_for(tmp_path)
     lane = pipeline.lane(DATASET)
-    resolved = lane.settings(pipeline.settings)
-    assert (resolved.image_model, resolved.text_model) == (LITE2_IMAGE_MODEL, MUSE_TEXT_MODEL)
-    head = lane.head_config({})
     shipped = DatasetSpec.load(SHIPPED / "emoji_cldr").defaults  # the subset declares the shipped table
+    resolved = lane.settings(pipeline.settings)
+    assert (resolved.text_model, resolved.image_model) == shipped.joined_encoders()  # an ensemble's: joined
+    first = lane.grid_settings(pipeline.settings)
+    assert (first.image_model, first.text_model) == (LITE2_IMAGE_MODEL, MUSE_TEXT_MODEL)
+    head = lane.head_config({})
     assert {name: getattr(head, name) for name, _ in shipped.head} == dict(shipped.head)
     assert lane.augmentation(None) == (shipped.augmentation or "none")  # a table without one trains on pairs only
     assert lane.augmentation("keywords") == "keywords"  # an option given wins
     told = pipeline_for(tmp_path, text_model=DEFAULT_TEXT_MODEL)
-    assert told.lane(DATASET).settings(told.settings).text_model == DEFAULT_TEXT_MODEL  # a flag or variable wins
+    told_settings = told.lane(DATASET).settings(told.settings)
+    # a flag or variable wins, and with an encoder named there the first member trains alone
+    assert (told_settings.text_model, told_settings.image_model) == (DEFAULT_TEXT_MODEL, LITE2_IMAGE_MODEL)
+    assert not told.settings.trains_ensemble(told.lane(DATASET).spec)
     make_emoji_subset(tmp_path, n_train=4, n_test=4, name="no_table")  # another dataset, no [defaults]
     other = pipeline_for(tmp_path).lane("no_table")
     assert (

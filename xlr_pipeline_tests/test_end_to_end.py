@@ -75,12 +75,14 @@ def test_readme_run_command_on_the_shipped_default(tmp_path):
                WHERE runs.baseline_of IS NULL AND t.k = 10"""
         ).fetchall()
         recorded = connection.execute(
-            "SELECT text_model, image_model, objective, head_config->>'steps' FROM runs WHERE baseline_of IS NULL"
+            "SELECT text_model, image_model, objective, head_config->>'steps', "
+            "coalesce(json_array_length(head_config->'ensemble'), 1) FROM runs WHERE baseline_of IS NULL"
         ).fetchall()
     # what the shipped dataset.toml [defaults] chose on validation (test_datasets checks them against the report)
     defaults = DatasetSpec.load(SHIPPED / "emoji_cldr").defaults
     head = dict(defaults.head)
-    assert recorded == [(defaults.text_model, defaults.image_model, head["objective"], str(head["steps"]))]
+    members = len(defaults.ensemble) + 1  # a score ensemble: its encoders joined (`core/models/joined.py`)
+    assert recorded == [(*defaults.joined_encoders(), head["objective"], str(head["steps"]), members)]
     assert {language for language, *_ in trained} == XTD10_LANGUAGES
     assert len(trained) == len(XTD10_LANGUAGES) * 2 * 3
     assert len(gaps) == len(XTD10_LANGUAGES) * 2

@@ -174,8 +174,8 @@ def validation_sections(
     else:
         lines += [
             "",
-            "Among the systems `xlr run` trains (no augmentation or the captions' keywords; SALT's copies are the "
-            f"grid's): **{system_label(adoptable, main_image_model='')}** "
+            "Among the systems `xlr run` trains (no augmentation or the captions' keywords, SALT's copies being the "
+            f"grid's; plain, hubness-reduced or ensembled over encoder pairs, not over seeds): **{system_label(adoptable, main_image_model='')}** "
             f"— what `xlr grid --adopt` writes into `[defaults]`. Its test numbers: zero-shot mean t2i R@10 "
             f"{_fmt(estimates[adoptable]['r10'])}, R@1 {_fmt(estimates[adoptable]['r1'])}"
             + (f"; en t2i R@1 {_fmt(english[adoptable]['r1'])}." if english[adoptable] else "."),
