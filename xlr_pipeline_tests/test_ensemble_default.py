@@ -92,6 +92,32 @@ def test_an_ensemble_head_ranks_by_the_weighted_mean_cosine_of_its_members():
     assert [m.config.seed for m in again.members] == [3, 3] and again.weights == head.weights
 
 
+def test_the_chain_trains_an_ensemble_member_bit_for_bit_as_the_grids_workers_do():
+    """`projection_head` trains on one torch thread, as the grid's worker processes do: the default's members are the
+    grid's heads of the same configuration and seed, whatever the machine's cores."""
+    from xlr_pipeline.core.experiments.grid import TrainingData, TrainingJob
+    from xlr_pipeline.core.models.threads import limited_threads
+    from xlr_pipeline.core.training.training_pool import train_heads
+
+    rng = np.random.default_rng(1)
+    # the shipped encoders' widths: big enough products that torch splits them between threads
+    text, image = rng.normal(size=(256, 512)).astype(np.float32), rng.normal(size=(256, 1280)).astype(np.float32)
+    ids = np.arange(256) // 2
+    config = HeadConfig(architecture="mlp", objective="infonce", steps=4, seed=2)
+    with limited_threads(2):  # the machine's cores, as a chain step starts with them
+        with limited_threads(1):
+            head, _ = train_ensemble(
+                text,
+                image,
+                ids,
+                [EnsembleMemberSpec(("t", "i"), (0, 512), (0, 1280), config)] * 2,
+                [0.5, 0.5],
+            )
+    jobs = [TrainingJob(("t", "i"), "none", config)] * 2
+    grid_heads = [result.head for result, _ in train_heads(jobs, {("t", "i"): TrainingData(text, image, ids)}, 0.0, 2)]
+    assert [head_fingerprint(member) for member in head.members] == [head_fingerprint(h) for h in grid_heads]
+
+
 def test_a_defaults_table_declares_an_ensemble_and_refuses_a_malformed_one():
     import tomllib
 

@@ -85,6 +85,7 @@ def build_target_diagnostics(
         (Spearman). Rows to `target_diagnostics.parquet`, the report to `reports/<dataset>/diagnostics.md`."""
         from xlr_pipeline.core.experiments.diagnostics import diagnose, diagnostics_report  # torch: only to run
 
+        members = len(lane.spec.defaults.ensemble) + 1 if settings.trains_ensemble(lane.spec) else 1
         settings = lane.grid_settings(settings)  # this dataset's encoders (an ensemble's first member's)
         outputs = lane.outputs(settings)
         train_language = lane.train_language
@@ -128,6 +129,7 @@ def build_target_diagnostics(
         system = (
             f"{head.objective} ({head.architecture}, augmentation {augmentation}, hubness {head.hubness}) on "
             f"{settings.text_model} + {settings.image_model}"
+            + (f" (the first of the default score ensemble's {members} members)" if members > 1 else "")
         )
         markdown = diagnostics_report(
             diagnostics,

@@ -11,6 +11,7 @@ from pydantic import Field
 from xlr_pipeline.core.data.datasets import read_text_strict
 from xlr_pipeline.core.models.embedding_frames import training_pairs
 from xlr_pipeline.core.models.embeddings import vectors_of, with_vectors
+from xlr_pipeline.core.models.threads import limited_threads
 from xlr_pipeline.core.reporting.report import to_markdown
 from xlr_pipeline.core.reporting.results import append_tables
 from xlr_pipeline.core.scoring.evaluation import RunProvenance
@@ -47,7 +48,7 @@ def _tags_config(settings: XlrSettings, lane: Lane, partition: str | None, head_
 
 
 TAGS = AssetDeclaration("tags", code_version="1", stage="tagging", config=_tags_config)
-TAGGING_REPORT = AssetDeclaration("tagging_report", code_version="3", stage="tagging", config=text_model_config)
+TAGGING_REPORT = AssetDeclaration("tagging_report", code_version="4", stage="tagging", config=text_model_config)
 
 
 class TagsConfig(dg.Config):
@@ -222,14 +223,15 @@ def build_tagging(
                 )
             ),
         )
-        heads = {
-            seed: chain_head
-            if seed == chain_head.config.seed
-            else retrained(
-                chain_head, vectors_of(pairs), vectors_of(pairs, "image_vector"), pairs["image_id"].to_numpy(), seed
-            )
-            for seed in config.seeds
-        }
+        with limited_threads(1):  # as `projection_head` trains: the weights do not depend on the machine's cores
+            heads = {
+                seed: chain_head
+                if seed == chain_head.config.seed
+                else retrained(
+                    chain_head, vectors_of(pairs), vectors_of(pairs, "image_vector"), pairs["image_id"].to_numpy(), seed
+                )
+                for seed in config.seeds
+            }
         vocabularies = {
             language: read_parquet(require_file(outputs.tag_vocabulary_path(language), f"{lane.name}/tags[{language}]"))
             for language in languages

@@ -7,6 +7,7 @@ from pydantic import Field, model_validator
 from xlr_pipeline.core.models.embedding_frames import training_pairs, with_keyword_pairs
 from xlr_pipeline.core.models.embeddings import vectors_of, with_vectors
 from xlr_pipeline.core.models.joined import model_parts, part_slices
+from xlr_pipeline.core.models.threads import limited_threads
 from xlr_pipeline.core.reporting.plots import loss_curve
 from xlr_pipeline.core.scoring.ensemble import member_weights
 from xlr_pipeline.core.scoring.evaluation import RunProvenance
@@ -54,7 +55,7 @@ def _head_config(settings: XlrSettings, lane: Lane, partition: str | None, head_
     return {"train_language": lane.train_language, **lane.head_config(given).as_dict(), **extra}
 
 
-PROJECTION_HEAD = AssetDeclaration("projection_head", code_version="1", stage="run", config=_head_config)
+PROJECTION_HEAD = AssetDeclaration("projection_head", code_version="2", stage="run", config=_head_config)
 
 
 class HeadTrainingConfig(dg.Config):
@@ -205,20 +206,25 @@ def build_projection_head(
             pairs = with_keyword_pairs(pairs, keywords)
         context.log.info(f"training on {pairs.height} {train_language} pairs ({augmentation}): {head_config}")
         text, image, image_ids = vectors_of(pairs), vectors_of(pairs, "image_vector"), pairs["image_id"].to_numpy()
+        members = []
+        if settings.trains_ensemble(lane.spec):
+            if augmentation != "none":
+                raise dg.Failure(f"{lane.name}: an ensemble trains without augmentation, not {augmentation!r}")
+            members = ensemble_members(lane.settings(settings), lane, config.head_given())
+            context.log.info(f"an ensemble of {len(members)} heads: {[m.encoders for m in members]}")
+        # One torch thread, as the grid's workers train: the weights do not depend on the machine's cores, and the
+        # head is the grid's cell (or ensemble) of the same configuration and seed, bit for bit.
         try:
-            if settings.trains_ensemble(lane.spec):
-                if augmentation != "none":
-                    raise ValueError(f"{lane.name}: an ensemble trains without augmentation, not {augmentation!r}")
-                members = ensemble_members(lane.settings(settings), lane, config.head_given())
-                context.log.info(f"an ensemble of {len(members)} heads: {[m.encoders for m in members]}")
-                shares = member_weights(len(members), lane.spec.defaults.ensemble_share)
-                head, results = train_ensemble(text, image, image_ids, members, shares)
-                histories = [result.loss_history for result in results]
-            else:
-                result = train_head(text, image, image_ids, head_config)
-                head, histories = result.head, [result.loss_history]
+            with limited_threads(1):
+                if members:
+                    shares = member_weights(len(members), lane.spec.defaults.ensemble_share)
+                    head, results = train_ensemble(text, image, image_ids, members, shares)
+                else:
+                    results = [train_head(text, image, image_ids, head_config)]
+                    head = results[0].head
         except ValueError as error:
             raise dg.Failure(str(error), allow_retries=False) from None
+        histories = [result.loss_history for result in results]
         # Identical weights (e.g. only test captions changed) stay the same experiment: keep its run id.
         previous = head_from_bytes(outputs.head_path.read_bytes()) if outputs.head_path.is_file() else None
         same_weights = previous is not None and head_fingerprint(previous[0]) == head_fingerprint(head)
