@@ -135,6 +135,7 @@ def command_run(args: argparse.Namespace) -> int:
 
     from xlr_pipeline.core.data.datasets import DatasetError
     from xlr_pipeline.core.reporting.report import recall_by_language, to_markdown
+    from xlr_pipeline.core.training.defaults import DefaultsError
     from xlr_pipeline.runner import RunFailed, head_run_ids, run_pipeline
 
     home = _instance_home(args)
@@ -144,7 +145,10 @@ def command_run(args: argparse.Namespace) -> int:
         head_config = head_training_config(args)
         settings = pipeline.settings
         for dataset in datasets:
-            lane_settings = pipeline.lane(dataset).settings(settings)
+            lane = pipeline.lane(dataset)
+            if settings.trains_ensemble(lane.spec):
+                lane.spec.defaults.check_ensemble_options(head_config.given())
+            lane_settings = lane.settings(settings)
             print(f"{dataset}: image {lane_settings.image_model} | text {lane_settings.text_model}")
         print(f"DAGSTER_HOME={home}")
         with dg.DagsterInstance.get() as instance:
@@ -158,7 +162,7 @@ def command_run(args: argparse.Namespace) -> int:
                 workers=args.workers,
             )
             run_ids = head_run_ids(instance, pipeline, datasets)
-    except (RunFailed, DatasetError, KeyError) as error:
+    except (RunFailed, DatasetError, DefaultsError, KeyError) as error:
         return _fail(error)
     total = sum(seconds for _, _, seconds in report.executed)
     print(

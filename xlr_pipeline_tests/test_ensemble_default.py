@@ -141,7 +141,7 @@ def test_a_defaults_table_declares_an_ensemble_and_refuses_a_malformed_one():
 
 
 @pytest.mark.xdist_group("ensemble_lane")
-def test_a_lane_with_an_ensemble_default_trains_evaluates_and_searches_it(tmp_path, capsys):
+def test_a_lane_with_an_ensemble_default_trains_evaluates_and_searches_it(tmp_path, capsys, monkeypatch):
     dataset = make_emoji_subset(tmp_path, n_train=12, n_test=8)
     (dataset / "dataset.toml").write_text((dataset / "dataset.toml").read_text("utf-8") + ENSEMBLE_TABLE, "utf-8")
     pipeline = pipeline_for(tmp_path)
@@ -171,6 +171,9 @@ def test_a_lane_with_an_ensemble_default_trains_evaluates_and_searches_it(tmp_pa
     assert np.array_equal(
         np.stack(images["vector"].to_list())[0], alone.lookup([images["content_hash"][0]])[images["content_hash"][0]]
     )
-    capsys.readouterr()
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    capsys.readouterr()  # an option an ensemble cannot train with is refused before anything runs
+    assert main(["run", "--hubness", "csls", "--dataset", DATASET, "--data-dir", str(tmp_path)]) == 1
+    assert "cannot train with {'hubness': 'csls'}" in capsys.readouterr().err
     assert main(["search", "a smiling face", "--dataset", DATASET, "--lang", "de", "--data-dir", str(tmp_path)]) == 0
     assert len([line for line in capsys.readouterr().out.splitlines() if ".png" in line]) == 8

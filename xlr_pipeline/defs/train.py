@@ -20,6 +20,7 @@ from xlr_pipeline.core.storage.locations import (
 from xlr_pipeline.core.training.augment import keyword_texts
 from xlr_pipeline.core.training.choices import Architecture, ChainAugmentation, Hubness, NegativeMining, Objective
 from xlr_pipeline.core.training.configs import HeadConfig
+from xlr_pipeline.core.training.defaults import DefaultsError
 from xlr_pipeline.defs.lane import AssetDeclaration, Lane
 from xlr_pipeline.defs.lineage import (
     file_version,
@@ -208,9 +209,7 @@ def build_projection_head(
         text, image, image_ids = vectors_of(pairs), vectors_of(pairs, "image_vector"), pairs["image_id"].to_numpy()
         members = []
         if settings.trains_ensemble(lane.spec):
-            if augmentation != "none":
-                raise dg.Failure(f"{lane.name}: an ensemble trains without augmentation, not {augmentation!r}")
-            members = ensemble_members(lane.settings(settings), lane, config.head_given())
+            members = ensemble_members(lane.settings(settings), lane, config.given())
             context.log.info(f"an ensemble of {len(members)} heads: {[m.encoders for m in members]}")
         # One torch thread, as the grid's workers train: the weights do not depend on the machine's cores, and the
         # head is the grid's cell (or ensemble) of the same configuration and seed, bit for bit.
@@ -311,6 +310,11 @@ def ensemble_members(settings: XlrSettings, lane: Lane, given: dict) -> list:
     from xlr_pipeline.core.training.head import EnsembleMemberSpec
 
     defaults = lane.spec.defaults
+    try:
+        defaults.check_ensemble_options(given)
+    except DefaultsError as error:
+        raise dg.Failure(f"{lane.name}: {error}", allow_retries=False) from None
+    configs = defaults.member_configs(given)
     columns = {}
     for model_id, load in (
         (settings.text_model, settings.text_encoder),
@@ -320,5 +324,5 @@ def ensemble_members(settings: XlrSettings, lane: Lane, given: dict) -> list:
         columns |= dict(zip(parts, part_slices([load(part).dim for part in parts])))
     return [
         EnsembleMemberSpec((text, image), columns[text], columns[image], member_config)
-        for (text, image), member_config in zip(defaults.encoder_pairs(), defaults.member_configs(given))
+        for (text, image), member_config in zip(defaults.encoder_pairs(), configs)
     ]

@@ -132,6 +132,21 @@ class LaneDefaults:
         """Every ensemble member's head, the first's included, each with the options given on top."""
         return [self.head_config(overrides), *(_configured(dict(member.head), overrides) for member in self.ensemble)]
 
+    def check_ensemble_options(self, given: Mapping[str, object]) -> None:
+        """Refuse the options an ensemble cannot train with (its members are trained heads, on pairs only, ranked
+        without hubness reduction), naming them; nothing to refuse for one head."""
+        refused = {
+            name: value
+            for name, value in given.items()
+            if (name in ("hubness", "augmentation") and value != "none")
+            or (name, value) == ("architecture", "identity")
+        }
+        if self.ensemble and refused:
+            raise DefaultsError(
+                f"the dataset's default is a score ensemble, which cannot train with {refused}; to train one head "
+                "with these options, name its encoders (--text-model, --image-model)"
+            )
+
     def encoder_pairs(self) -> list[tuple[str, str]]:
         """(text model, image model) of every member, the first's included."""
         return [(self.text_model, self.image_model), *((m.text_model, m.image_model) for m in self.ensemble)]
