@@ -38,14 +38,18 @@ def part_slices(dims: Sequence[int]) -> list[tuple[int, int]]:
     return list(zip(ends[:-1], ends[1:]))
 
 
-class JoinedImageEncoder:
-    """Image encoders as one: `prepare` prepares the image for every part, vectors are the parts' side by side."""
+class _Joined:
+    """Encoders of one modality as one: the joined id, the summed width and the parts' engines."""
 
     def __init__(self, parts: Sequence):
         self.parts = list(parts)
         self.model_id = joined_model_id([part.model_id for part in self.parts])
         self.dim = sum(part.dim for part in self.parts)
         self.backend = JOIN.join(part.backend for part in self.parts)
+
+
+class JoinedImageEncoder(_Joined):
+    """Image encoders as one: `prepare` prepares the image for every part, vectors are the parts' side by side."""
 
     def prepare(self, image: Image.Image) -> tuple:
         return tuple(part.prepare(image) for part in self.parts)
@@ -59,14 +63,8 @@ class JoinedImageEncoder:
         return self.encode_prepared([self.prepare(image) for image in images])
 
 
-class JoinedTextEncoder:
+class JoinedTextEncoder(_Joined):
     """Text encoders as one: vectors are the parts' side by side."""
-
-    def __init__(self, parts: Sequence):
-        self.parts = list(parts)
-        self.model_id = joined_model_id([part.model_id for part in self.parts])
-        self.dim = sum(part.dim for part in self.parts)
-        self.backend = JOIN.join(part.backend for part in self.parts)
 
     def encode(self, texts: list[str]) -> np.ndarray:
         return np.concatenate([np.asarray(part.encode(texts), dtype=np.float32) for part in self.parts], axis=1)

@@ -40,17 +40,23 @@ class EnsembleMember:
                 f"[defaults] ensemble member {number}: unknown keys {unknown}, encoders missing {missing}; a member "
                 f"names {list(MODEL_KEYS)} and may set the head's {sorted(MEMBER_KEYS - set(MODEL_KEYS))}"
             )
-        head = {key: value for key, value in table.items() if key in HEAD_FIELDS}
-        try:
-            HeadConfig(**head)
-        except (ConfigError, TypeError) as error:
-            raise DefaultsError(f"[defaults] ensemble member {number}: {error}") from None
+        head = _head_values(table, f"[defaults] ensemble member {number}")
         return cls(str(table["text_model"]), str(table["image_model"]), tuple(sorted(head.items())))
 
     def as_toml(self) -> str:
         """One inline table (TOML literals: JSON's strings and numbers are TOML's too)."""
         values = [("text_model", self.text_model), ("image_model", self.image_model), *self.head]
         return "{ " + ", ".join(f"{key} = {json.dumps(value)}" for key, value in values) + " }"
+
+
+def _head_values(table: Mapping[str, object], where: str) -> dict[str, object]:
+    """The head's fields of a table, checked against their ranges (the error names `where`)."""
+    head = {key: value for key, value in table.items() if key in HEAD_FIELDS}
+    try:
+        HeadConfig(**head)
+    except (ConfigError, TypeError) as error:
+        raise DefaultsError(f"{where}: {error}") from None
+    return head
 
 
 def _configured(head: Mapping[str, object], overrides: Mapping[str, object]) -> HeadConfig:
@@ -92,11 +98,7 @@ class LaneDefaults:
             raise DefaultsError(
                 f"[defaults] augmentation must be one of {list(CHAIN_AUGMENTATIONS)}, not {table['augmentation']!r}"
             )
-        head = {key: value for key, value in table.items() if key in HEAD_FIELDS}
-        try:
-            HeadConfig(**head)
-        except (ConfigError, TypeError) as error:
-            raise DefaultsError(f"[defaults] {error}") from None
+        head = _head_values(table, "[defaults]")
         members = table.get("ensemble", [])
         if not isinstance(members, list):
             raise DefaultsError(f"[defaults] ensemble must be a list of member tables, not {members!r}")
