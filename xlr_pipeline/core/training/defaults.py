@@ -40,7 +40,7 @@ class EnsembleMember:
                 f"[defaults] ensemble member {number}: unknown keys {unknown}, encoders missing {missing}; a member "
                 f"names {list(MODEL_KEYS)} and may set the head's {sorted(MEMBER_KEYS - set(MODEL_KEYS))}"
             )
-        head = _head_values(table, f"[defaults] ensemble member {number}")
+        head = _head_values(table, f"[defaults] ensemble member {number}:")
         return cls(str(table["text_model"]), str(table["image_model"]), tuple(sorted(head.items())))
 
     def as_toml(self) -> str:
@@ -55,7 +55,7 @@ def _head_values(table: Mapping[str, object], where: str) -> dict[str, object]:
     try:
         HeadConfig(**head)
     except (ConfigError, TypeError) as error:
-        raise DefaultsError(f"{where}: {error}") from None
+        raise DefaultsError(f"{where} {error}") from None
     return head
 
 
