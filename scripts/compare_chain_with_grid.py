@@ -17,7 +17,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from xlr_pipeline.core.experiments.grid import ENSEMBLE_PREFIX
+from xlr_pipeline.core.experiments.grid import encoder_ensemble_label
 from xlr_pipeline.core.models.joined import model_parts
 
 
@@ -42,15 +42,7 @@ def grid_label(run: dict) -> tuple[str, str, str, int]:
         hubness = config.get("hubness", "none")
         label = run["augmentation"] if hubness == "none" else f"{run['augmentation']} + {hubness}"
         return label, run["text_model"], run["image_model"], config["seed"]
-    if len(members) > 2:
-        label = f"{ENSEMBLE_PREFIX} of {len(members)} encoder pairs"
-    else:
-        from xlr_pipeline.core.experiments.comparisons import encoder_label, image_encoder_label
-
-        other = members[1]
-        label = (
-            f"{ENSEMBLE_PREFIX} with {encoder_label(other['text_model'])} + {image_encoder_label(other['image_model'])}"
-        )
+    label = encoder_ensemble_label([(member["text_model"], member["image_model"]) for member in members[1:]])
     return label, members[0]["text_model"], members[0]["image_model"], config["seed"]
 
 

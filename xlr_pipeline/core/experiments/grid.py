@@ -233,6 +233,14 @@ ENSEMBLE_PREFIX = "none + ensemble"  # how every ensemble's augmentation label s
 ENSEMBLE_SHARES = (0.5, 0.25, 0.75)
 
 
+def encoder_ensemble_label(others: Sequence[tuple[str, str]]) -> str:
+    """How the report names an ensemble of the main pair with the (text, image) pairs `others`."""
+    if len(others) > 1:
+        return f"{ENSEMBLE_PREFIX} of {len(others) + 1} encoder pairs"
+    (text, image), *_ = others
+    return f"{ENSEMBLE_PREFIX} with {encoder_label(text)} + {image_encoder_label(image)}"
+
+
 @dataclass(frozen=True)
 class Ensemble:
     """A score ensemble of trained cells (plain retrieval, unaugmented): all seeds of one objective with the main
@@ -262,13 +270,7 @@ class Ensemble:
     def augmentation_label(self) -> str:
         if self.kind == "seeds":
             return f"{ENSEMBLE_PREFIX} of {len(self.members)} seeds"
-        if len(self.members) > 2:
-            return f"{ENSEMBLE_PREFIX} of {len(self.members)} encoder pairs"
-        others = ", ".join(
-            f"{encoder_label(member.text_model)} + {image_encoder_label(member.image_model)}"
-            for member in self.members[1:]
-        )
-        return f"{ENSEMBLE_PREFIX} with {others}"
+        return encoder_ensemble_label([member.encoders for member in self.members[1:]])
 
     @property
     def weighs_members(self) -> bool:

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
-from xlr_pipeline.core.experiments.comparisons import SYSTEM_COLUMNS, encoder_label, image_encoder_label
-from xlr_pipeline.core.experiments.grid import ENSEMBLE_PREFIX, TrainingData, TrainingJob
+from xlr_pipeline.core.experiments.comparisons import SYSTEM_COLUMNS
+from xlr_pipeline.core.experiments.grid import ENSEMBLE_PREFIX, TrainingData, TrainingJob, encoder_ensemble_label
 from xlr_pipeline.core.scoring.hubness import HUBNESS_PARAMETERS
 from xlr_pipeline.core.scoring.metrics import DirectionResult, evaluate_head
 from xlr_pipeline.core.training.choices import CHAIN_AUGMENTATIONS, ENGLISH_ONLY_TEXT_MODEL
@@ -282,21 +282,20 @@ def _most_chosen(values: pl.Series) -> float:
 def _ensemble_members(
     augmentation: str, objective: str, main_pair: tuple[str, str], tuning: pl.DataFrame | None
 ) -> list[dict[str, object]]:
-    """The further members of a grid encoder ensemble, as `[defaults]` tables: "with <text> + <image>" names one
-    pair, "of N encoder pairs" joins every pair the objective was tuned for (the grid's `plan_ensembles`)."""
+    """The further members of a grid encoder ensemble, as `[defaults]` tables: the group of the other pairs the
+    objective was tuned for — each alone, or all together, as the grid's `plan_ensembles` groups them — whose
+    label is `augmentation`."""
     if tuning is None:
         raise DefaultsError(f"adopting {augmentation!r} needs the grid's tuning table, which names its members")
     tuned = tuning.filter(pl.col("objective") == objective).select("text_model", "image_model")
-    pairs = [pair for pair in dict.fromkeys(tuned.iter_rows()) if pair != main_pair]
-    if not augmentation.endswith(" encoder pairs"):
-        named = augmentation.removeprefix(f"{ENSEMBLE_PREFIX} with ")
-        pairs = [(t, i) for t, i in pairs if f"{encoder_label(t)} + {image_encoder_label(i)}" == named]
-    expected = int(augmentation.split()[-3]) - 1 if augmentation.endswith(" encoder pairs") else 1
-    if len(pairs) != expected:
-        raise DefaultsError(f"the tuning table does not name the {expected} further members of {augmentation!r}")
+    others = [pair for pair in dict.fromkeys(tuned.iter_rows()) if pair != main_pair]
+    groups = [[pair] for pair in others] + ([others] if len(others) > 1 else [])
+    named = [group for group in groups if encoder_ensemble_label(group) == augmentation]
+    if len(named) != 1:
+        raise DefaultsError(f"the tuning table does not name the further members of {augmentation!r}")
     return [
         {"text_model": text, "image_model": image, "objective": objective, **_tuned(tuning, objective, text, image)}
-        for text, image in pairs
+        for text, image in named[0]
     ]
 
 
