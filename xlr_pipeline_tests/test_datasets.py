@@ -413,8 +413,8 @@ def test_a_defaults_table_is_checked_where_declared_and_rewritten_in_place(tmp_p
     for table, message in [
         ("[defaults]\nobjectiv = 'm3'\n", r"\[defaults\] has unknown keys \['objectiv'\]"),
         (
-            "[defaults]\nlearning_rate = 5.0\n",
-            r"\[defaults\] learning_rate must be a finite number in \(0, 1\], not 5.0",
+            "[defaults]\nlearning_rate = 50.0\n",
+            r"\[defaults\] learning_rate must be a finite number in \(0, 10\], not 50.0",
         ),
         ("[defaults]\ntext_model = 3\n", r"\[defaults\] text_model must be a string, not 3"),
         (

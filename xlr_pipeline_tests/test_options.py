@@ -63,7 +63,7 @@ def test_a_launchpad_run_with_an_infinite_learning_rate_fails_before_training():
     def head(config: HeadTrainingConfig) -> None:
         raise AssertionError("the step body must not run")
 
-    with pytest.raises(Exception, match="learning_rate must be a finite number in \\(0, 1\\], not inf"):
+    with pytest.raises(Exception, match="learning_rate must be a finite number in \\(0, 10\\], not inf"):
         dg.materialize([head], run_config={"ops": {"head": {"config": {"learning_rate": math.inf}}}})
 
 

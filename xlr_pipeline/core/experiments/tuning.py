@@ -59,7 +59,8 @@ class Dimension:
 
 # Widened where grid runs chose values on an edge: cece0492 (learning rate ≈ 3e-5 for three studies, dropout ≈ 0.5),
 # 3417f45e (learning rate ≈ 3e-2, the old top, for three e5-small linear heads), 7d3b452e (learning rate 0.26 and
-# dropout 0.70, both tops, for two SALT-fine-tuned encoders' MLP heads).
+# dropout 0.70, both tops, for two SALT-fine-tuned encoders' MLP heads), 1c44ae26 (hinge alone: learning rate 0.975
+# and margin 0.999, both tops of its own ranges, so hinge's are widened without moving any other study's space).
 _LEARNING_RATE = Dimension(1e-5, 1.0, log=True)
 # dropout: mlp only; 0 (no dropout) is the end of its valid range
 _HEAD = {"architecture": Dimension(choices=("linear", "mlp")), "dropout": Dimension(0.0, 0.9, hard_limit=(True, False))}
@@ -69,7 +70,11 @@ _WEIGHT = Dimension(0.01, 10.0, log=True)
 # trial). The step budget is not searched: every cell of a grid trains for the same number of steps, so
 # augmentations compare at equal cost.
 SEARCH_SPACE: dict[str, dict[str, Dimension]] = {
-    "hinge": {"learning_rate": _LEARNING_RATE, "margin": Dimension(0.01, 1.0), **_HEAD},
+    "hinge": {
+        "learning_rate": Dimension(1e-5, 10.0, log=True),
+        "margin": Dimension(0.01, 2.0, hard_limit=(False, True)),  # a gap of cosine similarities is at most 2
+        **_HEAD,
+    },
     "patr": {"learning_rate": _LEARNING_RATE, "margin": _DISTANCE_MARGIN, **_HEAD},
     "m3": {
         "learning_rate": _LEARNING_RATE,

@@ -46,7 +46,7 @@ HEAD_RANGES = {
     "epochs": Range(1, 100_000),
     "steps": Range(1, 10_000_000),
     "batch_size": Range(2, 65_536),
-    "learning_rate": Range(0, 1, low_open=True),
+    "learning_rate": Range(0, 10, low_open=True),
     "weight_decay": Range(0, 1),
     "seed": Range(0, 2**32 - 1),
     "hubness_parameter": Range(0, 1000, low_open=True),
