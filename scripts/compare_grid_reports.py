@@ -5,6 +5,8 @@ their numbers (and by how much), which differ in words (a verdict, a chosen syst
 Usage:  python scripts/compare_grid_reports.py COMMITTED.md RERUN.md [--out reproduction.md]
             [--committed-label TEXT] [--rerun-label TEXT]   (how the Markdown names the two reports)
             [--tables COMMITTED_DIR RERUN_DIR]   (two runs' `experiments` folders: their tables compared bit for bit)
+            [--rerun-objectives OBJECTIVE ...]   (the rerun was `xlr grid --objectives ...`: only the tables of
+                                                   its cells are compared; the reports cannot be)
 The run ids and the wall-time ("Cost:") line are set aside: they differ by design.
 """
 
@@ -89,15 +91,9 @@ def compare_tables(committed: Path, rerun: Path) -> list[str]:
     """One line per grid table: identical bit for bit (its run id column and the folder of a fine-tuned encoder's
     weights file in model ids set aside: the clone's location; the file name carries the weights' content hash)
     or how it differs."""
-    import polars as pl
-
-    def comparable(frame: pl.DataFrame) -> pl.DataFrame:
-        models = [c for c in frame.columns if c.endswith("_model") and frame.schema[c] == pl.String]
-        return frame.drop("grid_run_id").with_columns(pl.col(models).str.replace(r"@.*/", "@"))
-
     lines = []
     for name in GRID_TABLES:
-        ours, theirs = (comparable(pl.read_parquet(folder / name)) for folder in (committed, rerun))
+        ours, theirs = (comparable_table(folder / name) for folder in (committed, rerun))
         if ours.equals(theirs):
             lines.append(
                 f"- `{name}`: identical bit for bit ({ours.height} rows, {ours.width} columns; run ids and the "
@@ -109,6 +105,63 @@ def compare_tables(committed: Path, rerun: Path) -> list[str]:
             differing = ours.with_row_index().join(theirs.with_row_index(), on=ours.columns + ["index"], how="anti")
             lines.append(f"- `{name}`: {differing.height} of {ours.height} rows differ.")
     return lines
+
+
+def comparable_table(path: Path):
+    """A grid table without its run id column and with the clone's folder cut from fine-tuned encoders' model ids."""
+    import polars as pl
+
+    frame = pl.read_parquet(path)
+    models = [c for c in frame.columns if c.endswith("_model") and frame.schema[c] == pl.String]
+    return frame.drop("grid_run_id").with_columns(pl.col(models).str.replace(r"@.*/", "@"))
+
+
+# What names a cell in every grid table; a random head's rows carry objective "random_init" and its cell's
+# other columns, so random twins of different objectives' cells share these columns.
+CELL = ("objective", "augmentation", "text_model", "image_model")
+RANDOM = "random_init"
+
+
+def compare_table_cells(committed: Path, rerun: Path, objectives: list[str]) -> tuple[list[str], bool]:
+    """For a rerun of some objectives only: per grid table, whether every row of those objectives' cells that
+    both runs have is identical, and whether every random-head row of those cells is one of the committed run's
+    (which also holds the random twins of its other objectives' cells). Cells only the rerun has (a smaller grid's
+    English-only baseline is its first objective) are named, not compared. Also whether all compared rows match."""
+    import polars as pl
+
+    lines, reproduced = [], True
+    for name in GRID_TABLES:
+        ours, theirs = (comparable_table(folder / name) for folder in (committed, rerun))
+        if ours.schema != theirs.schema:
+            lines.append(f"- `{name}`: different columns ({ours.columns} against {theirs.columns}).")
+            reproduced = False
+            continue
+        cell = [c for c in CELL if c in ours.columns]
+        trained = pl.col("objective").is_in(objectives)
+        shared = theirs.filter(trained).select(cell).unique().join(ours.select(cell).unique(), on=cell)
+        only_rerun = theirs.filter(trained).select(cell).unique().join(shared, on=cell, how="anti").sort(cell)
+        ours_trained, theirs_trained = (frame.join(shared, on=cell).sort(frame.columns) for frame in (ours, theirs))
+        twins = shared.drop("objective").unique()
+        rerun_random = theirs.filter(pl.col("objective") == RANDOM).join(twins, on=cell[1:])
+        unmatched_random = rerun_random.join(ours, on=ours.columns, how="anti", nulls_equal=True).height
+        same = ours_trained.equals(theirs_trained)
+        lines.append(
+            f"- `{name}`: {shared.height} cells of {', '.join(objectives)} in both runs: "
+            + (
+                f"identical bit for bit ({ours_trained.height} rows)"
+                if same
+                else f"different ({ours_trained.height} rows committed, {theirs_trained.height} rerun)"
+            )
+            + f"; {rerun_random.height - unmatched_random} of {rerun_random.height} random-head rows of those cells "
+            f"found in the committed table; {only_rerun.height} cells only in the rerun"
+            + (
+                f" ({'; '.join(' / '.join(str(v) for v in row) for row in only_rerun.iter_rows())})."
+                if only_rerun.height
+                else "."
+            )
+        )
+        reproduced = reproduced and same and not unmatched_random
+    return lines, reproduced
 
 
 def as_markdown(result: dict, committed: str, rerun: str) -> str:
@@ -150,20 +203,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--committed-label", help="how to name the committed report (default: its path)")
     parser.add_argument("--rerun-label", help="how to name the rerun (default: its path)")
     parser.add_argument("--tables", nargs=2, type=Path, metavar=("COMMITTED_DIR", "RERUN_DIR"))
+    parser.add_argument("--rerun-objectives", nargs="+", metavar="OBJECTIVE")
     args = parser.parse_args(argv)
-    result = compare(args.committed.read_text("utf-8"), args.rerun.read_text("utf-8"))
-    markdown = as_markdown(result, args.committed_label or f"`{args.committed}`", args.rerun_label or f"`{args.rerun}`")
-    tables_identical = True
-    if args.tables:
-        table_lines = compare_tables(*args.tables)
-        tables_identical = all("identical bit for bit" in line for line in table_lines)
-        heading = "The grid's tables (every test rank, validation score and tuning trial):"
-        markdown = "\n".join([markdown.rstrip("\n"), "", heading, "", *table_lines, ""])
+    committed_label = args.committed_label or f"`{args.committed}`"
+    rerun_label = args.rerun_label or f"`{args.rerun}`"
+    if args.rerun_objectives:
+        if not args.tables:
+            parser.error("--rerun-objectives compares the runs' tables: give --tables")
+        table_lines, reproduced = compare_table_cells(*args.tables, args.rerun_objectives)
+        markdown = "\n".join(
+            [
+                f"# Reproduction of the {', '.join(args.rerun_objectives)} cells of {committed_label}",
+                "",
+                f"Rerun: {rerun_label} (compared by `scripts/compare_grid_reports.py --rerun-objectives`).",
+                "",
+                "The grid's tables (every test rank, validation score and tuning trial of those cells):",
+                "",
+                *table_lines,
+                "",
+            ]
+        )
+    else:
+        result = compare(args.committed.read_text("utf-8"), args.rerun.read_text("utf-8"))
+        markdown = as_markdown(result, committed_label, rerun_label)
+        reproduced = not result["verdict_changes"] and not result.get("verdicts_changed")
+        if args.tables:
+            table_lines = compare_tables(*args.tables)
+            reproduced = reproduced and all("identical bit for bit" in line for line in table_lines)
+            heading = "The grid's tables (every test rank, validation score and tuning trial):"
+            markdown = "\n".join([markdown.rstrip("\n"), "", heading, "", *table_lines, ""])
     if args.out:
         args.out.write_text(markdown, "utf-8")
     else:
         print(markdown)
-    reproduced = not result["verdict_changes"] and not result.get("verdicts_changed") and tables_identical
     return 0 if reproduced else 1
 
 

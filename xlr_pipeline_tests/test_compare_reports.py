@@ -64,3 +64,46 @@ def test_the_grid_tables_of_two_runs_are_compared_bit_for_bit_run_ids_aside(tmp_
         "`grid_hits.parquet`: 1 of 3 rows differ" in moved.stdout
         and "`tuning.parquet`: 1 of 2 rows differ" in moved.stdout
     )
+
+
+def test_a_rerun_of_one_objective_is_compared_cell_by_cell_with_the_full_run(tmp_path):
+    def cells(rows: list[tuple[str, str, int]]) -> pl.DataFrame:  # (objective, text model, rank)
+        objective, text_model, rank = zip(*rows)
+        return pl.DataFrame(
+            {
+                "grid_run_id": "run",
+                "objective": objective,
+                "augmentation": "none",
+                "text_model": text_model,
+                "image_model": "lite0",
+                "rank": rank,
+            }
+        )
+
+    full = [("hinge", "e5", 3), ("random_init", "e5", 40), ("infonce", "e5", 2), ("random_init", "e5", 41)]
+    for run, rows in (
+        ("full", full),
+        (
+            "hinge",
+            [("hinge", "e5", 3), ("random_init", "e5", 40), ("hinge", "minilm", 9), ("random_init", "minilm", 50)],
+        ),
+        ("moved", [("hinge", "e5", 4), ("random_init", "e5", 40)]),
+        ("other_twin", [("hinge", "e5", 3), ("random_init", "e5", 42)]),
+    ):
+        folder = tmp_path / run
+        folder.mkdir()
+        for name in ("grid_hits.parquet", "grid_validation.parquet", "tuning.parquet"):
+            cells(rows).write_parquet(folder / name)
+
+    def compare(rerun: str) -> subprocess.CompletedProcess:
+        tables = ["--tables", str(tmp_path / "full"), str(tmp_path / rerun), "--rerun-objectives", "hinge"]
+        return subprocess.run(
+            [sys.executable, str(SCRIPT), str(REPORT), str(REPORT), *tables], capture_output=True, text=True
+        )
+
+    same = compare("hinge")
+    assert same.returncode == 0, same.stderr
+    assert same.stdout.count("1 cells of hinge in both runs: identical bit for bit (1 rows); 1 of 1 random-head") == 3
+    assert "1 cells only in the rerun (hinge / none / minilm / lite0)" in same.stdout
+    assert compare("moved").returncode == 1 and "different (1 rows committed, 1 rerun)" in compare("moved").stdout
+    assert compare("other_twin").returncode == 1 and "0 of 1 random-head rows" in compare("other_twin").stdout
