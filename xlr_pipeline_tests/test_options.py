@@ -21,8 +21,8 @@ from xlr_pipeline.defs.train import HeadTrainingConfig
         (["--embed-dim", "0"], "--embed-dim must be a finite number in [1, 8192], not 0"),
         (["--epochs", "0"], "--epochs must be a finite number in [1, 100000], not 0"),
         (["--margin", "-5"], "--margin must be a finite number in (0, 2], not -5.0"),
-        (["--learning-rate", "inf"], "--learning-rate must be a finite number in (0, 1], not inf"),
-        (["--learning-rate", "nan"], "--learning-rate must be a finite number in (0, 1], not nan"),
+        (["--learning-rate", "inf"], "--learning-rate must be a finite number in (0, 10], not inf"),
+        (["--learning-rate", "nan"], "--learning-rate must be a finite number in (0, 10], not nan"),
         (["--seed", "-1"], "--seed must be a finite number in [0, 4.29497e+09], not -1"),
     ],
 )
