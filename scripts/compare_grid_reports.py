@@ -87,13 +87,14 @@ def compare(committed: str, rerun: str) -> dict:
 GRID_TABLES = ("grid_hits.parquet", "grid_validation.parquet", "tuning.parquet")
 
 
-def compare_tables(committed: Path, rerun: Path) -> list[str]:
+def compare_tables(committed: Path, rerun: Path) -> tuple[list[str], bool]:
     """One line per grid table: identical bit for bit (its run id column and the folder of a fine-tuned encoder's
     weights file in model ids set aside: the clone's location; the file name carries the weights' content hash)
-    or how it differs."""
-    lines = []
+    or how it differs. Also whether every table is identical."""
+    lines, identical = [], True
     for name in GRID_TABLES:
         ours, theirs = (comparable_table(folder / name) for folder in (committed, rerun))
+        identical = identical and ours.equals(theirs)
         if ours.equals(theirs):
             lines.append(
                 f"- `{name}`: identical bit for bit ({ours.height} rows, {ours.width} columns; run ids and the "
@@ -104,7 +105,7 @@ def compare_tables(committed: Path, rerun: Path) -> list[str]:
         else:
             differing = ours.with_row_index().join(theirs.with_row_index(), on=ours.columns + ["index"], how="anti")
             lines.append(f"- `{name}`: {differing.height} of {ours.height} rows differ.")
-    return lines
+    return lines, identical
 
 
 def comparable_table(path: Path):
@@ -228,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         markdown = as_markdown(result, committed_label, rerun_label)
         reproduced = not result["verdict_changes"] and not result.get("verdicts_changed")
         if args.tables:
-            table_lines = compare_tables(*args.tables)
-            reproduced = reproduced and all("identical bit for bit" in line for line in table_lines)
+            table_lines, tables_identical = compare_tables(*args.tables)
+            reproduced = reproduced and tables_identical
             heading = "The grid's tables (every test rank, validation score and tuning trial):"
             markdown = "\n".join([markdown.rstrip("\n"), "", heading, "", *table_lines, ""])
     if args.out:
