@@ -94,8 +94,9 @@ def compare_tables(committed: Path, rerun: Path) -> tuple[list[str], bool]:
     lines, identical = [], True
     for name in GRID_TABLES:
         ours, theirs = (comparable_table(folder / name) for folder in (committed, rerun))
-        identical = identical and ours.equals(theirs)
-        if ours.equals(theirs):
+        table_identical = ours.equals(theirs)
+        identical = identical and table_identical
+        if table_identical:
             lines.append(
                 f"- `{name}`: identical bit for bit ({ours.height} rows, {ours.width} columns; run ids and the "
                 "clone's folder in fine-tuned encoders' model ids aside)."
